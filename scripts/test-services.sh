@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install (Debian packages) and start the servers and binaries the test suite talks to. Idempotent: a
+# package already installed or a server already answering is left alone. Needs root (or sudo) for apt.
+set -uo pipefail
+
+SUDO=""
+if [ "$(id -u)" != "0" ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else echo "test-services: not root and no sudo; skipping installs"; fi
+fi
+
+apt_updated=0
+need_pkg() {  # need_pkg BINARY PACKAGE...
+  local bin=$1; shift
+  if ! command -v "$bin" >/dev/null 2>&1 && [ -x "/usr/bin/$bin" ] ; then return 0; fi
+  command -v "$bin" >/dev/null 2>&1 && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then echo "test-services: $bin missing and no apt-get"; return 0; fi
+  if [ $apt_updated = 0 ]; then $SUDO apt-get update -qq >/dev/null 2>&1 || true; apt_updated=1; fi
+  echo "test-services: installing $*"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 \
+    || echo "test-services: could not install $*"
+}
+
+# Prometheus server + promtool (alert rule unit tests, scrape test).
+need_pkg promtool prometheus
+# Stop the Debian service's own Prometheus if the package started one: tests run their own on loopback.
+if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+
+# PostgreSQL on 127.0.0.1:5432 (trust auth on this kind of machine).
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    for v in $(ls /etc/postgresql); do $SUDO pg_ctlcluster --skip-systemctl-redirect "$v" main start || true; done
+  fi
+fi
+if ! command -v pg_isready >/dev/null 2>&1; then
+  need_pkg pg_isready postgresql
+  if [ -d /etc/postgresql ]; then
+    for v in $(ls /etc/postgresql); do $SUDO pg_ctlcluster --skip-systemctl-redirect "$v" main start || true; done
+  fi
+fi
+# The test database (idempotent).
+if command -v psql >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+  psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='greekfire_test'" 2>/dev/null | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE greekfire_test" >/dev/null 2>&1 || true
+fi
+echo "test-services: ready"

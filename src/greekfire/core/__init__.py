@@ -1,0 +1,1 @@
+"""Core: settings, logging, metrics registry, errors and clocks. Imports nothing else of greekfire."""

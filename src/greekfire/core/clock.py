@@ -1,0 +1,42 @@
+"""Clocks: one place for wall time (UTC) and monotonic time, so tests can replace them."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+def utc_now() -> datetime:
+    """The current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def monotonic_ns() -> int:
+    """Monotonic nanoseconds, for latency measurement (never goes backwards)."""
+    return time.perf_counter_ns()
+
+
+def wall_ns() -> int:
+    """Nanoseconds since the Unix epoch (UTC)."""
+    return time.time_ns()
+
+
+class ManualClock:
+    """A clock that moves only when told to; for simulations and deterministic tests.
+
+    Times are nanoseconds since the epoch.
+    """
+
+    def __init__(self, start_ns: int = 0) -> None:
+        self._now = int(start_ns)
+
+    def now_ns(self) -> int:
+        """Current simulated time in nanoseconds."""
+        return self._now
+
+    def advance(self, ns: int) -> int:
+        """Move forward by ``ns`` nanoseconds (must be >= 0); returns the new time."""
+        if ns < 0:
+            raise ValueError(f"ManualClock.advance: ns={ns} must be >= 0")
+        self._now += int(ns)
+        return self._now

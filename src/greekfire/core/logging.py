@@ -1,0 +1,78 @@
+"""Logging: Rich console for people, JSON lines for machines, an optional rotating file.
+
+Call :func:`configure_logging` once at process start (the CLI does). Libraries only do
+``log = logging.getLogger(__name__)`` and pass context as ``extra={...}``; the JSON formatter writes
+those extra fields as keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC ISO-8601), level, logger, msg, any ``extra`` fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in record.__dict__.items():
+            if k not in _STD_ATTRS and not k.startswith("_"):
+                out[k] = v
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(
+    level: str = "INFO",
+    json_format: bool = False,
+    file: str | Path | None = None,
+    max_bytes: int = 10_000_000,
+    backup_count: int = 5,
+    stream: Any = None,
+) -> logging.Logger:
+    """Configure the root logger (idempotent: earlier greekfire handlers are replaced).
+
+    ``file`` adds a rotating file handler (always JSON lines) rotating at ``max_bytes`` bytes and keeping
+    ``backup_count`` files. Returns the ``greekfire`` logger.
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_greekfire", False):
+            root.removeHandler(h)
+            h.close()
+    stream = stream or sys.stderr
+    handler: logging.Handler
+    if json_format:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(JsonFormatter())
+    else:
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=True)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._greekfire = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    if file:
+        path = Path(file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backup_count)
+        fh.setFormatter(JsonFormatter())
+        fh._greekfire = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
+    root.setLevel(level.upper())
+    return logging.getLogger("greekfire")

@@ -1,0 +1,345 @@
+"""Settings: one tree of pydantic models.
+
+Sources, strongest first:
+
+1. values passed to :func:`load_settings` (``overrides``, dotted keys such as ``{"gpu.sample_interval_s": 1}``),
+2. environment variables ``GREEKFIRE_<SECTION>__<KEY>`` (``GREEKFIRE_GPU__SAMPLE_INTERVAL_S=1``),
+3. the YAML file named by ``config_path`` (the CLI's ``--config``) or by ``GREEKFIRE_CONFIG``,
+4. the defaults below.
+
+A bad value fails at start with :class:`~greekfire.core.errors.ConfigErrors`, naming the field path, the
+value and what is allowed. This is the only module that reads ``os.environ``: other modules call
+:func:`env_get` / :func:`env_set` so that every read of the process environment is visible here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from greekfire.core.errors import ConfigError, ConfigErrors
+
+ENV_PREFIX = "GREEKFIRE_"
+CONFIG_ENV = "GREEKFIRE_CONFIG"
+
+
+class Section(BaseModel):
+    """Base of every settings section: unknown keys are errors (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoggingSettings(Section):
+    """Logging: console (Rich) for people, JSON lines for machines, optional rotating file."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    json_format: bool = Field(False, alias="json", description="JSON lines instead of the Rich console")
+    file: Path | None = Field(None, description="rotating log file; none by default")
+    max_bytes: int = Field(10_000_000, gt=0, description="rotate the file at this size (bytes)")
+    backup_count: int = Field(5, ge=0, description="rotated files kept")
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class MetricsSettings(Section):
+    """Prometheus metrics."""
+
+    enabled: bool = True
+    namespace: str = Field("greekfire", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+class DatabaseSettings(Section):
+    """Database URL (SQLAlchemy): SQLite embedded by default, PostgreSQL in production."""
+
+    url: SecretStr = SecretStr("sqlite:///.greekfire/greekfire.db")
+    echo: bool = False
+
+
+class StorageSettings(Section):
+    """Object storage through fsspec: local paths, s3:// (AWS, MinIO, any S3-compatible), gs://, az://."""
+
+    root: str = Field(".greekfire/data", description="default root for datasets (path or URL)")
+    s3_endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000 for MinIO")
+    s3_region: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_anon: bool = False
+
+
+class GpuAlertSettings(Section):
+    """Alert thresholds, each logged once per crossing and counted."""
+
+    memory_pct: float = Field(90.0, gt=0, le=100, description="framebuffer used, percent")
+    temperature_c: float = Field(85.0, gt=0, description="GPU temperature, degrees C")
+    power_pct: float = Field(95.0, gt=0, le=200, description="power draw, percent of the limit")
+    leak_samples: int = Field(10, ge=2, description="consecutive growing samples that flag a leak")
+
+
+class GpuSettings(Section):
+    """GPU resource manager: discovery, memory policy, monitoring, health and placement."""
+
+    enabled: bool = True
+    sample_interval_s: float = Field(5.0, gt=0, le=3600, description="monitor sampling interval, seconds")
+    metric_naming: Literal["dcgm", "greekfire"] = Field(
+        "dcgm", description="dcgm: DCGM_FI_DEV_* names; greekfire: greekfire_gpu_* (nodes running dcgm-exporter)"
+    )
+    cloud: Literal["auto", "aws", "gcp", "azure", "none"] = "auto"
+    cloud_metadata: bool = Field(False, description="query the metadata service for instance type/region")
+    metadata_timeout_s: float = Field(1.0, gt=0, le=10)
+    memory_fraction: float | None = Field(None, gt=0, le=1, description="per-process fraction of device memory")
+    expandable_segments: bool = True
+    preallocate_mb: int = Field(0, ge=0, description="reserve this many MiB at start (0: none)")
+    placement: Literal["least_loaded", "round_robin", "pack"] = "least_loaded"
+    min_free_mb: int = Field(512, ge=0, description="memory headroom a device needs to be placed on")
+    host: str = "127.0.0.1"
+    port: int = Field(9400, ge=1, le=65535)
+    alerts: GpuAlertSettings = GpuAlertSettings()
+
+
+class QuantSettings(Section):
+    """Pricing defaults."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float64", "float32"] = "float64"
+    tree_steps: int = Field(200, ge=1, le=100_000, description="binomial tree steps")
+
+
+class MarketSettings(Section):
+    """Market core: books, feeds, microstructure (owned by greekfire.market)."""
+
+    max_levels: int = Field(10, ge=1, le=1000, description="depth levels kept in snapshots")
+
+
+class RiskSettings(Section):
+    """Pre-trade and continuous risk limits (owned by greekfire.trading.risk); changeable at run time."""
+
+    max_order_qty: int = Field(1000, gt=0, description="contracts or shares per order")
+    max_notional: float = Field(1_000_000.0, gt=0, description="per order, in currency")
+
+
+class TradingSettings(Section):
+    """Event-driven trading engine (owned by greekfire.trading)."""
+
+    venues: int = Field(2, ge=1, le=16, description="simulated venues in paper trading")
+    risk: RiskSettings = RiskSettings()
+
+
+class TrainingSettings(Section):
+    """Pricing-model training (owned by greekfire.ml / greekfire.training)."""
+
+    runs_dir: Path = Field(Path(".greekfire/runs"), description="checkpoints, TensorBoard and MLflow store")
+    seed: int = 1234
+
+
+class ApiSettings(Section):
+    """HTTP servers (trading API, inference, dashboards)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+_yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("greekfire_yaml_data", default=None)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The parsed YAML file of the current :func:`load_settings` call."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return (_yaml_data.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_data.get() or {})
+
+
+class Settings(BaseSettings):
+    """The whole settings tree. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+        case_sensitive=False,
+    )
+
+    home: Path = Field(Path(".greekfire"), description="folder for local state (SQLite, data, runs)")
+    logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    storage: StorageSettings = StorageSettings()
+    gpu: GpuSettings = GpuSettings()
+    quant: QuantSettings = QuantSettings()
+    market: MarketSettings = MarketSettings()
+    trading: TradingSettings = TradingSettings()
+    training: TrainingSettings = TrainingSettings()
+    api: ApiSettings = ApiSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # explicit overrides (init) beat the environment, which beats the YAML file, which beats defaults.
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+def env_get(name: str, default: str | None = None) -> str | None:
+    """Read one process environment variable (the only sanctioned way outside this module)."""
+    return os.environ.get(name, default)
+
+
+def env_set(name: str, value: str, *, overwrite: bool = True) -> None:
+    """Set one process environment variable (e.g. ``PYTORCH_CUDA_ALLOC_CONF`` before CUDA starts)."""
+    if overwrite or name not in os.environ:
+        os.environ[name] = value
+
+
+def env_snapshot(prefix: str = "") -> dict[str, str]:
+    """A copy of the environment variables whose names start with ``prefix``."""
+    return {k: v for k, v in os.environ.items() if k.startswith(prefix)}
+
+
+def is_ci() -> bool:
+    """True when running under CI (``CI=true``): tests that would skip must fail instead."""
+    return (os.environ.get("CI") or "").strip().lower() in {"1", "true", "yes"}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError("config", str(path), "the YAML file does not exist", source="--config/GREEKFIRE_CONFIG")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", str(path), f"not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("config", str(path), "the top level must be a mapping of sections")
+    return data
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(dotted, value, f"{p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigErrors:
+    errors = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ()))
+        value = err.get("input")
+        allowed = err.get("msg", "invalid")
+        ctx = err.get("ctx") or {}
+        if "expected" in ctx:
+            allowed = f"{allowed} (allowed: {ctx['expected']})"
+        errors.append(ConfigError(field or "settings", value, allowed, source=source))
+    return ConfigErrors(errors)
+
+
+def load_settings(
+    config_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build the settings tree from defaults, a YAML file, the environment and ``overrides``.
+
+    ``config_path`` falls back to ``$GREEKFIRE_CONFIG``. ``overrides`` maps dotted keys to values
+    (``{"gpu.placement": "pack"}``) and beats every other source. Raises ``ConfigErrors`` naming each bad
+    field path, its value and what is allowed.
+    """
+    path = config_path or os.environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    source = "defaults/environment"
+    if path:
+        data = _read_yaml(Path(path))
+        source = f"{path} or environment"
+    init: dict[str, Any] = {}
+    for k, v in (overrides or {}).items():
+        _set_dotted(init, k, v)
+    if init:
+        source += " or overrides"
+    token = _yaml_data.set(data)
+    try:
+        # nested init values replace whole sections, so merge the YAML under the overrides ourselves
+        merged_init = _deep_merge(_section_defaults(data, init), init) if init else {}
+        return Settings(**merged_init)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+    finally:
+        _yaml_data.reset(token)
+
+
+def _section_defaults(yaml_data: dict[str, Any], init: dict[str, Any]) -> dict[str, Any]:
+    """For each overridden section, start from the YAML and environment values of that section."""
+    out: dict[str, Any] = {}
+    env_tree: dict[str, Any] = {}
+    for k, v in os.environ.items():
+        if k.upper().startswith(ENV_PREFIX) and "__" in k:
+            path = k[len(ENV_PREFIX) :].lower().split("__")
+            node = env_tree
+            for p in path[:-1]:
+                node = node.setdefault(p, {})
+            if isinstance(node, dict):
+                node[path[-1]] = v
+    for section in init:
+        base = yaml_data.get(section, {})
+        if isinstance(base, dict):
+            out[section] = _deep_merge(base, env_tree.get(section, {}))
+    return out
+
+
+_MASK = "********"
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        raw = value.get_secret_value()
+        if "://" in raw and "@" in raw:  # a URL with credentials: keep the scheme and host
+            scheme, rest = raw.split("://", 1)
+            return f"{scheme}://{_MASK}@{rest.split('@', 1)[1]}"
+        if "://" in raw:  # a URL without credentials (sqlite:///file.db) is not a secret
+            return raw
+        return _MASK if raw else ""
+    if isinstance(value, BaseModel):
+        return {(f.alias or k): _mask(getattr(value, k)) for k, f in type(value).model_fields.items()}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(v) for v in value]
+    return value
+
+
+def settings_dict(settings: Settings, *, reveal: bool = False) -> dict[str, Any]:
+    """The effective settings as plain data; secrets are masked unless ``reveal``."""
+    if reveal:
+        return settings.model_dump(mode="json", by_alias=True)
+    return _mask(settings)

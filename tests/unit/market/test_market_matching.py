@@ -250,9 +250,7 @@ def test_random_flow_conserves_quantity_and_stays_uncrossed(flow, stp):
             reports = eng.submit(i, owner, side, qty, px, ot, tif, post_only=(op == "post"))
         for r in reports:
             assert r.leaves_qty >= 0 and r.cum_qty >= 0 and r.qty >= 0
-            if r.kind == ExecKind.ACCEPTED:
-                submitted[r.order_id] = r.qty
-            elif r.kind == ExecKind.REPLACED:
+            if r.kind == ExecKind.ACCEPTED or r.kind == ExecKind.REPLACED:
                 submitted[r.order_id] = r.qty
             elif r.kind == ExecKind.TRADE:
                 if r.side == B:

@@ -75,6 +75,9 @@ class StorageSettings(Section):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_anon: bool = False
+    connect_timeout_s: float = Field(5.0, gt=0, le=300, description="object-store connect timeout, seconds")
+    max_attempts: int = Field(3, ge=1, le=20, description="tries per object-store request (1: no retry)")
+    row_group_rows: int = Field(65_536, ge=1, description="rows per Parquet row group when writing")
 
 
 class GpuAlertSettings(Section):

@@ -1,0 +1,325 @@
+"""Torch datasets over :class:`~greekfire.data.features.Samples`: in memory, or streamed from Parquet.
+
+Each item is ``{"seq": float32[window, F_seq], "contract": float32[F_c], "target": float32[]}``.
+
+:func:`write_samples` stores prepared samples as Parquet (``seq`` flattened into a fixed-size list
+column, shapes and feature names in the file's metadata). :class:`StreamingOptionsDataset` reads such
+files from any fsspec URL one row group at a time with ranged reads, so a worker never downloads a whole
+file; the row groups are dealt round-robin over (DDP rank, DataLoader worker), so every sample is seen
+exactly once per epoch across all of them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from greekfire.core.errors import DataError
+from greekfire.core.metrics import counter
+from greekfire.data.features import Samples
+from greekfire.data.storage import open_fs
+
+META_KEY = b"greekfire.samples"
+ROW_GROUPS_READ = counter("greekfire_data_stream_row_groups", "Parquet row groups read by streaming datasets")
+BYTES_READ = counter("greekfire_data_stream_bytes", "bytes read from storage by streaming datasets")
+
+
+class OptionsDataset(Dataset):
+    """Map-style dataset over in-memory :class:`Samples` (tensors share the numpy memory)."""
+
+    def __init__(self, samples: Samples) -> None:
+        self.samples = samples
+        self._seq = torch.from_numpy(np.ascontiguousarray(samples.seq, dtype=np.float32))
+        self._contract = torch.from_numpy(np.ascontiguousarray(samples.contract, dtype=np.float32))
+        self._target = torch.from_numpy(np.ascontiguousarray(samples.target, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"seq": self._seq[i], "contract": self._contract[i], "target": self._target[i]}
+
+
+def samples_to_table(samples: Samples) -> pa.Table:
+    """Samples as an Arrow table (``seq`` flattened per row); shapes and names go in the metadata."""
+    n, window, f_seq = samples.seq.shape
+    f_c = samples.contract.shape[1]
+    seq = pa.FixedSizeListArray.from_arrays(pa.array(samples.seq.reshape(-1), pa.float32()), window * f_seq)
+    contract = pa.FixedSizeListArray.from_arrays(pa.array(samples.contract.reshape(-1), pa.float32()), f_c)
+    meta = {
+        "window": window,
+        "seq_names": list(samples.seq_names),
+        "contract_names": list(samples.contract_names),
+        "dropped": dict(samples.dropped),
+    }
+    return pa.table(
+        {
+            "seq": seq,
+            "contract": contract,
+            "target": pa.array(samples.target.astype(np.float32)),
+            "bs_baseline": pa.array(samples.bs_baseline.astype(np.float32)),
+            "quote_date": pa.array(samples.quote_date.astype("datetime64[D]"), pa.date32()),
+        }
+    ).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+
+
+def table_to_samples(table: pa.Table) -> Samples:
+    """Inverse of :func:`samples_to_table`."""
+    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    if "window" not in meta:
+        raise DataError(
+            "parquet.metadata", list((table.schema.metadata or {}).keys()), "not a greekfire samples file"
+        )
+    window, seq_names, contract_names = meta["window"], meta["seq_names"], meta["contract_names"]
+    n = table.num_rows
+    seq = table.column("seq").combine_chunks().flatten().to_numpy().reshape(n, window, len(seq_names))
+    contract = table.column("contract").combine_chunks().flatten().to_numpy().reshape(n, len(contract_names))
+    return Samples(
+        seq=seq.astype(np.float32),
+        contract=contract.astype(np.float32),
+        target=table.column("target").to_numpy().astype(np.float32),
+        bs_baseline=table.column("bs_baseline").to_numpy().astype(np.float32),
+        quote_date=table.column("quote_date").to_numpy().astype("datetime64[D]"),
+        seq_names=list(seq_names),
+        contract_names=list(contract_names),
+        dropped={k: int(v) for k, v in meta.get("dropped", {}).items()},
+    )
+
+
+def write_samples(
+    samples: Samples,
+    url: str,
+    settings: Any = None,
+    *,
+    row_group_size: int = 4096,
+    rows_per_file: int | None = None,
+) -> list[str]:
+    """Write samples as Parquet file(s) under the folder ``url`` (any fsspec URL); returns the paths.
+
+    ``row_group_size`` (rows) is the unit a streaming reader fetches and shards; ``rows_per_file`` splits
+    into ``part-00000.parquet``, ``part-00001.parquet``... (default: one file).
+    """
+    if row_group_size < 1:
+        raise DataError("row_group_size", row_group_size, "must be >= 1 row")
+    fs, root = open_fs(url, settings)
+    fs.makedirs(root, exist_ok=True)
+    n = len(samples)
+    per = rows_per_file or max(n, 1)
+    paths = []
+    for k, start in enumerate(range(0, max(n, 1), per)):
+        part = samples.take(np.arange(start, min(start + per, n)))
+        buf = io.BytesIO()
+        pq.write_table(samples_to_table(part), buf, row_group_size=row_group_size, compression="zstd")
+        path = f"{root.rstrip('/')}/part-{k:05d}.parquet"
+        with fs.open(path, "wb") as fh:
+            fh.write(buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def read_samples(url: str, settings: Any = None) -> Samples:
+    """Read every samples file under ``url`` into memory (files in name order)."""
+    fs, root = open_fs(url, settings)
+    files = _sample_files(fs, root)
+    if not files:
+        raise DataError("url", url, "no .parquet sample files found")
+    tables = []
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            tables.append(pq.read_table(fh))
+    meta = tables[0].schema.metadata
+    return table_to_samples(pa.concat_tables(tables).replace_schema_metadata(meta))
+
+
+def _sample_files(fs: Any, root: str) -> list[str]:
+    if fs.isfile(root):
+        return [root]
+    return sorted(p for p in fs.find(root) if p.endswith(".parquet"))
+
+
+class _CountingFile(io.RawIOBase):
+    """Read-only file wrapper that counts the bytes pyarrow asks for (ranged reads on object stores)."""
+
+    def __init__(self, fh: Any, stats: StreamStats) -> None:
+        self._fh = fh
+        self._stats = stats
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._fh.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._fh.tell())
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        self._stats.bytes_read += len(data)
+        BYTES_READ.inc(len(data))
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+@dataclass
+class StreamStats:
+    """What one iterator read (in the process that iterated): bytes, row groups, files opened, samples."""
+
+    bytes_read: int = 0
+    row_groups_read: int = 0
+    files_opened: int = 0
+    samples: int = 0
+
+
+class StreamingOptionsDataset(IterableDataset):
+    """Iterable dataset over Parquet sample files (from :func:`write_samples`) on any fsspec URL.
+
+    Row groups are the unit of work: all (file, row group) pairs are listed from the footers; rank ``r``
+    takes every ``world_size``-th pair starting at ``r``, and its DataLoader worker ``w`` every
+    ``num_workers``-th of those starting at ``w``. ``rank``/``world_size`` default to torch.distributed's when it is initialised, else 0/1;
+    pass them to simulate ranks. ``shuffle`` permutes row-group order and rows within a group, seeded by
+    ``seed + epoch`` (call :meth:`set_epoch`), identically on every rank, so shards stay disjoint.
+    Ranks may get a different number of samples when row groups do not divide evenly.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        settings: Any = None,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        block_size: int = 1 << 20,
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.settings = settings
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = 0
+        self._rank = rank
+        self._world = world_size
+        self.block_size = int(block_size)
+        self.stats = StreamStats()
+        self._units: list[tuple[str, int, int]] | None = None  # (path, row group, rows)
+        self._meta: dict[str, Any] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the shuffle order for the next pass (same on every rank)."""
+        self.epoch = int(epoch)
+
+    def _dist(self) -> tuple[int, int]:
+        if self._rank is not None or self._world is not None:
+            rank, world = int(self._rank or 0), int(self._world or 1)
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world = 0, 1
+        if not 0 <= rank < world:
+            raise DataError("rank", rank, f"must be in [0, world_size={world})")
+        return rank, world
+
+    def _open(self, fs: Any, path: str) -> pq.ParquetFile:
+        # no read-ahead cache: each read is one ranged GET of exactly what pyarrow asks for
+        fh = (
+            fs.open(path, "rb", block_size=self.block_size, cache_type="none")
+            if "s3" in str(fs.protocol)
+            else (fs.open(path, "rb"))
+        )
+        self.stats.files_opened += 1
+        return pq.ParquetFile(_CountingFile(fh, self.stats))
+
+    def units(self) -> list[tuple[str, int, int]]:
+        """All (file, row group, rows) pairs, in file order (reads the footers once)."""
+        if self._units is None:
+            fs, root = open_fs(self.url, self.settings, fresh=True)
+            files = _sample_files(fs, root)
+            if not files:
+                raise DataError("url", self.url, "no .parquet sample files found")
+            units = []
+            for f in files:
+                pf = self._open(fs, f)
+                if self._meta is None:
+                    self._meta = json.loads((pf.schema_arrow.metadata or {}).get(META_KEY, b"{}"))
+                md = pf.metadata
+                units.extend((f, i, md.row_group(i).num_rows) for i in range(md.num_row_groups))
+                pf.close()
+            self._units = units
+        return self._units
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """window, seq_names, contract_names, dropped (from the first file's metadata)."""
+        self.units()
+        return dict(self._meta or {})
+
+    def _rank_units(self) -> list[tuple[str, int, int]]:
+        """This rank's row groups: every world_size-th of the (possibly shuffled) order."""
+        rank, world = self._dist()
+        units = self.units()
+        order = np.arange(len(units))
+        if self.shuffle:
+            order = np.random.default_rng(self.seed + self.epoch).permutation(len(units))
+        return [units[j] for j in order[rank::world]]
+
+    def __len__(self) -> int:
+        """Samples in this rank's shard (all DataLoader workers of the rank together)."""
+        return sum(rows for _, _, rows in self._rank_units())
+
+    def _my_units(self) -> list[tuple[str, int, int]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self._rank_units()[wid::nw]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        mine = self._my_units()
+        meta = self.meta
+        window, f_seq, f_c = meta["window"], len(meta["seq_names"]), len(meta["contract_names"])
+        fs, _ = open_fs(self.url, self.settings, fresh=True)
+        rng = np.random.default_rng(self.seed + self.epoch + 7919)
+        open_files: dict[str, pq.ParquetFile] = {}
+        try:
+            for path, rg, _rows in mine:
+                pf = open_files.get(path)
+                if pf is None:
+                    pf = open_files[path] = self._open(fs, path)
+                table = pf.read_row_group(rg, columns=["seq", "contract", "target"])
+                self.stats.row_groups_read += 1
+                ROW_GROUPS_READ.inc()
+                n = table.num_rows
+                seq = torch.from_numpy(
+                    table.column("seq").combine_chunks().flatten().to_numpy().reshape(n, window, f_seq).copy()
+                )
+                contract = torch.from_numpy(
+                    table.column("contract").combine_chunks().flatten().to_numpy().reshape(n, f_c).copy()
+                )
+                target = torch.from_numpy(table.column("target").to_numpy().copy())
+                rows = rng.permutation(n) if self.shuffle else range(n)
+                for i in rows:
+                    self.stats.samples += 1
+                    yield {"seq": seq[i], "contract": contract[i], "target": target[i]}
+        finally:
+            for pf in open_files.values():
+                pf.close()

@@ -1,0 +1,130 @@
+"""Real data: SPXW end-of-day quotes in a vendor CSV layout, and the S&P 500 daily history from ``arch``.
+
+The vendor layout (e.g. ``SPX_2018.csv``): a UTF-8 byte-order mark, CRLF lines, dates as MM/DD/YYYY, a
+header ``exchange`` column written with a leading space, ``type`` as call/put, and the vendor's implied
+vol and Greeks. SPXW options are European, cash-settled options on the S&P 500 index; ``arch`` ships that
+same index's daily OHLC, so the two join on the date (:func:`spot_alignment` measures how well).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from greekfire.core.errors import DataError
+from greekfire.data.schema import conform_bars, conform_quotes
+
+# vendor column -> our column
+_VENDOR_COLUMNS = {
+    "underlying_last": "spot",
+    "optionroot": "symbol",
+    "type": "right",
+    "expiration": "expiry",
+    "quotedate": "quote_date",
+    "strike": "strike",
+    "last": "last",
+    "bid": "bid",
+    "ask": "ask",
+    "volume": "volume",
+    "openinterest": "open_interest",
+    "impliedvol": "vendor_iv",
+    "delta": "vendor_delta",
+    "gamma": "vendor_gamma",
+    "theta": "vendor_theta",
+    "vega": "vendor_vega",
+}
+_NEEDED = ("underlying_last", "type", "expiration", "quotedate", "strike", "bid", "ask")
+INDEX_NAME = "SPX"
+
+
+def load_spx_quotes(path: str | Path, *, underlying: str = INDEX_NAME) -> pd.DataFrame:
+    """Read an SPX/SPXW quote CSV in the vendor layout into the quote schema (every row kept).
+
+    Rows that cannot be parsed keep nulls (a bad date becomes NaT) so that cleaning counts them; no row is
+    silently lost. ``underlying`` names the index the options are on (the vendor writes the option root,
+    SPXW, which is kept in ``symbol``'s prefix). Style is European. Raises :class:`DataError` when the file
+    lacks a needed column.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("path", str(path), "no such file")
+    # utf-8-sig drops the byte-order mark; dtype=str keeps every value as written until we parse it
+    raw = pd.read_csv(p, encoding="utf-8-sig", dtype=str, keep_default_na=False, skipinitialspace=True)
+    raw.columns = [c.strip().lower() for c in raw.columns]
+    missing = [c for c in _NEEDED if c not in raw.columns]
+    if missing:
+        raise DataError("csv.columns", missing, f"{p.name} lacks columns the vendor layout has")
+    df = pd.DataFrame(
+        {ours: raw[theirs].str.strip() for theirs, ours in _VENDOR_COLUMNS.items() if theirs in raw}
+    )
+    for c in ("quote_date", "expiry"):
+        df[c] = pd.to_datetime(df[c], format="%m/%d/%Y", errors="coerce")
+    df["underlying"] = underlying
+    df["style"] = "E"
+    for c in (
+        "spot",
+        "strike",
+        "last",
+        "bid",
+        "ask",
+        "volume",
+        "open_interest",
+        *[v for v in _VENDOR_COLUMNS.values() if v.startswith("vendor_")],
+    ):
+        if c in df:
+            df[c] = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
+    return conform_quotes(df)
+
+
+def load_sp500_history(start: Any = None, end: Any = None) -> pd.DataFrame:
+    """The S&P 500 index daily bars that the ``arch`` package ships (1999-01-04..2018-12-31).
+
+    Columns of the bar schema; ``close`` is the index level (the index is a price index, so its close and
+    adjusted close agree). ``start``/``end`` bound the dates, inclusive.
+    """
+    try:
+        from arch.data import sp500
+    except ImportError as exc:  # pragma: no cover - arch is a runtime dependency
+        raise DataError(
+            "arch", "missing", "the arch package provides the S&P 500 history (pip install arch)"
+        ) from exc
+    raw = sp500.load()
+    df = pd.DataFrame(
+        {
+            "date": raw.index,
+            "underlying": INDEX_NAME,
+            "open": raw["Open"].to_numpy(),
+            "high": raw["High"].to_numpy(),
+            "low": raw["Low"].to_numpy(),
+            "close": raw["Close"].to_numpy(),
+            "adj_close": raw["Adj Close"].to_numpy(),
+            "volume": raw["Volume"].to_numpy(dtype=float),
+        }
+    )
+    bars = conform_bars(df)
+    if start is not None:
+        bars = bars[bars["date"] >= pd.Timestamp(start)]
+    if end is not None:
+        bars = bars[bars["date"] <= pd.Timestamp(end)]
+    return bars.reset_index(drop=True)
+
+
+def spot_alignment(quotes: pd.DataFrame, bars: pd.DataFrame) -> dict[str, float | int]:
+    """How well the quotes' spot matches the bars' close on the same dates.
+
+    Returns ``dates`` (quote dates), ``matched`` (dates with a bar), ``max_abs_rel_diff`` and
+    ``mean_abs_rel_diff`` of spot vs close (fractions, e.g. 0.001 = 0.1%).
+    """
+    spot = quotes.groupby("quote_date")["spot"].median()
+    close = bars.set_index("date")["close"]
+    joined = pd.concat([spot, close], axis=1, join="inner", keys=["spot", "close"]).dropna()
+    rel = (joined["spot"] / joined["close"] - 1.0).abs()
+    return {
+        "dates": int(len(spot)),
+        "matched": int(len(joined)),
+        "max_abs_rel_diff": float(rel.max()) if len(rel) else float("nan"),
+        "mean_abs_rel_diff": float(rel.mean()) if len(rel) else float("nan"),
+    }

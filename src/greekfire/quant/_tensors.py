@@ -1,0 +1,101 @@
+"""Tensor plumbing shared by the pricing modules: coercion, broadcasting, the normal distribution.
+
+Conventions used everywhere in :mod:`greekfire.quant`: ``ttm`` in years (ACT/365), ``rate`` and
+``div_yield`` continuously compounded, ``vol`` annualised, ``right`` +1.0 for a call and -1.0 for a put.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from greekfire.core.errors import DataError
+
+TensorLike = torch.Tensor | float | int | np.ndarray | Sequence[float]
+
+SQRT_2PI = math.sqrt(2.0 * math.pi)
+INV_SQRT_2PI = 1.0 / SQRT_2PI
+SQRT_2 = math.sqrt(2.0)
+DAYS_PER_YEAR = 365.0
+
+
+def _pick(values: Iterable[Any]) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of the first floating tensor among ``values`` (else CPU float64)."""
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return v.device, v.dtype
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v.device, torch.float64
+    return torch.device("cpu"), torch.float64
+
+
+def as_tensors(
+    *values: TensorLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> list[torch.Tensor]:
+    """Coerce ``values`` to tensors on one device and dtype and broadcast them to one shape.
+
+    The device and dtype follow the first floating tensor argument (float64 on CPU when there is none),
+    unless given explicitly.
+    """
+    dev, dt = _pick(values)
+    dev = torch.device(device) if device is not None else dev
+    dt = dtype or dt
+    out = []
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            out.append(v.to(device=dev, dtype=dt))
+        else:
+            out.append(torch.as_tensor(np.asarray(v, dtype=np.float64), device=dev).to(dt))
+    return list(torch.broadcast_tensors(*out))
+
+
+def norm_cdf(x: torch.Tensor) -> torch.Tensor:
+    """Standard normal CDF, accurate in the far left tail (erfc based)."""
+    return torch.special.ndtr(x)
+
+
+def norm_pdf(x: torch.Tensor) -> torch.Tensor:
+    """Standard normal density."""
+    return torch.exp(-0.5 * x * x) * INV_SQRT_2PI
+
+
+_RIGHT_WORDS = {"c": 1.0, "call": 1.0, "p": -1.0, "put": -1.0, "1": 1.0, "-1": -1.0, "1.0": 1.0, "-1.0": -1.0}
+
+
+def parse_right(
+    values: Any, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64, strict: bool = True
+) -> torch.Tensor:
+    """Map 'C'/'P'/'call'/'put'/1/-1 (any case; a scalar or a sequence) to a tensor of +1.0 / -1.0.
+
+    With ``strict`` an unknown value raises :class:`DataError` naming it and its position; without it the
+    unknown entries become NaN (a batch flags them and goes on).
+    """
+    if isinstance(values, torch.Tensor):
+        t = values.to(device=device or values.device, dtype=dtype)
+        bad = ~((t == 1.0) | (t == -1.0))
+        if strict and bool(bad.any()):
+            pos = int(torch.nonzero(bad.flatten())[0])
+            raise DataError("right", t.flatten()[pos].item(), "must be +1 (call) or -1 (put)", pos)
+        return torch.where(bad, torch.full_like(t, float("nan")), t)
+    scalar = isinstance(values, str | int | float | np.generic) and not isinstance(values, bool)
+    seq = [values] if scalar else list(np.asarray(values, dtype=object).ravel())
+    out = np.empty(len(seq), dtype=np.float64)
+    for i, v in enumerate(seq):
+        key = str(v).strip().lower() if v is not None else ""
+        r = _RIGHT_WORDS.get(key)
+        if r is None:
+            if strict:
+                raise DataError("right", v, "must be C/P/call/put/1/-1", i)
+            r = float("nan")
+        out[i] = r
+    t = torch.as_tensor(out, device=device).to(dtype)
+    if scalar:
+        return t[0]
+    if not isinstance(values, list | tuple):
+        t = t.reshape(np.shape(values))
+    return t

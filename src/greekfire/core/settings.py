@@ -129,6 +129,27 @@ class RiskSettings(Section):
 
     max_order_qty: int = Field(1000, gt=0, description="contracts or shares per order")
     max_notional: float = Field(1_000_000.0, gt=0, description="per order, in currency")
+    price_band_pct: float = Field(0.10, gt=0, le=10, description="limit price band around the reference, fraction")
+    price_band_ticks: int = Field(20, ge=0, description="the band is never narrower than this many ticks")
+    max_position: int = Field(500, gt=0, description="absolute position per instrument (contracts or shares)")
+    max_underlying_position: int = Field(2000, gt=0, description="sum of absolute positions per underlying")
+    max_delta: float = Field(50_000.0, gt=0, description="portfolio delta per underlying, share equivalents")
+    max_gamma: float = Field(5_000.0, gt=0, description="portfolio gamma per underlying, shares per 1.00 spot")
+    max_vega: float = Field(100_000.0, gt=0, description="portfolio vega per underlying, currency per 1.00 vol")
+    max_theta: float = Field(500_000.0, gt=0, description="portfolio |theta| per underlying, currency per year")
+    max_total_delta_cash: float = Field(5_000_000.0, gt=0, description="sum over underlyings of delta x spot")
+    max_total_vega: float = Field(250_000.0, gt=0, description="sum over underlyings, currency per 1.00 vol")
+    max_total_gamma_cash: float = Field(1_000_000.0, gt=0, description="sum of gamma x spot^2 / 100 (per 1% move)")
+    max_total_theta: float = Field(1_000_000.0, gt=0, description="sum of |theta|, currency per year")
+    var_limit: float = Field(250_000.0, gt=0, description="1-day VaR limit, currency (positive loss)")
+    var_confidence: float = Field(0.99, gt=0.5, lt=1)
+    var_mc_paths: int = Field(2000, ge=100, le=1_000_000, description="Monte Carlo VaR paths (continuous check)")
+    max_orders_per_s: int = Field(5000, gt=0, description="order submits + amends per second, per strategy")
+    margin_rate: float = Field(0.20, ge=0, le=1, description="short option margin as a fraction of underlying notional")
+    stop_loss: float = Field(50_000.0, gt=0, description="loss on one position that closes it (currency)")
+    daily_loss_limit: float = Field(200_000.0, gt=0, description="loss since the start of the day that halts")
+    max_drawdown: float = Field(300_000.0, gt=0, description="fall from the equity peak that halts (currency)")
+    kill_on_breach: bool = Field(True, description="a continuous-limit breach trips the kill switch")
 
 
 class TradingSettings(Section):
@@ -136,6 +157,18 @@ class TradingSettings(Section):
 
     venues: int = Field(2, ge=1, le=16, description="simulated venues in paper trading")
     risk: RiskSettings = RiskSettings()
+    strategy: str = Field("market_maker", description="strategy run by `greekfire trade` (name or module:Class)")
+    starting_cash: float = Field(1_000_000.0, description="paper account cash at start, currency")
+    duration_s: float = Field(20.0, gt=0, description="default paper run length, seconds")
+    timer_interval_s: float = Field(0.25, gt=0, description="strategy timers and continuous risk checks")
+    snapshot_interval_s: float = Field(1.0, gt=0, description="state snapshots to the database")
+    venue_latency_us: float = Field(200.0, ge=0, description="simulated one-way venue latency, microseconds")
+    venue_latency_jitter_us: float = Field(100.0, ge=0, description="extra uniform latency, microseconds")
+    maker_fee: float = Field(-0.20, description="per contract; negative is a rebate")
+    taker_fee: float = Field(0.50, description="per contract")
+    background_rate_hz: float = Field(200.0, ge=0, description="synthetic participant orders per second per venue")
+    seed: int = 7
+    audit_file: Path | None = Field(None, description="append-only JSON-lines audit log; none keeps it in memory")
 
 
 class TrainingSettings(Section):

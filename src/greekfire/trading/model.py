@@ -1,0 +1,207 @@
+"""Trading domain objects: instruments, orders, fills and the events they produce.
+
+Prices on the engine's hot path are floats in currency; a venue converts them to integer ticks with
+:meth:`Instrument.to_ticks` at its edge. Quantities are integers (contracts or shares).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any
+
+from greekfire.core.errors import DataError
+
+SECONDS_PER_YEAR = 365.0 * 86400.0  # ACT/365, the pricing core's convention
+
+
+class Side(IntEnum):
+    """Order side; the value is the sign of the position change (same values as the matching engine)."""
+
+    BUY = 1
+    SELL = -1
+
+
+class OrderType(IntEnum):
+    LIMIT = 0
+    MARKET = 1
+    STOP = 2  # a market order once the reference price trades through stop_price
+    STOP_LIMIT = 3
+
+
+class TimeInForce(IntEnum):
+    GTC = 0
+    DAY = 1
+    IOC = 2
+    FOK = 3
+    GTD = 4  # good till expire_ns
+
+
+class InstrumentKind(IntEnum):
+    EQUITY = 0
+    OPTION = 1
+
+
+@dataclass(slots=True, frozen=True)
+class Instrument:
+    """A tradable instrument. ``right`` is +1.0 call / -1.0 put (0.0 for equities).
+
+    ``expiry_ns`` is the expiry as nanoseconds since the epoch (UTC); ``tick_size`` in currency per unit;
+    ``lot_size`` the quantity increment; ``multiplier`` units of underlying per contract.
+    """
+
+    instrument_id: int
+    symbol: str
+    kind: InstrumentKind = InstrumentKind.EQUITY
+    underlying: str = ""
+    strike: float = 0.0
+    expiry_ns: int = 0
+    right: float = 0.0
+    multiplier: float = 1.0
+    tick_size: float = 0.01
+    lot_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tick_size <= 0:
+            raise DataError("tick_size", self.tick_size, "must be > 0", self.symbol)
+        if self.lot_size <= 0:
+            raise DataError("lot_size", self.lot_size, "must be > 0", self.symbol)
+        if self.multiplier <= 0:
+            raise DataError("multiplier", self.multiplier, "must be > 0", self.symbol)
+        if self.kind == InstrumentKind.OPTION:
+            if self.right not in (1.0, -1.0):
+                raise DataError("right", self.right, "an option needs +1.0 (call) or -1.0 (put)", self.symbol)
+            if self.strike <= 0:
+                raise DataError("strike", self.strike, "an option needs a strike > 0", self.symbol)
+            if not self.underlying:
+                raise DataError("underlying", self.underlying, "an option needs an underlying symbol", self.symbol)
+        elif not self.underlying:
+            object.__setattr__(self, "underlying", self.symbol)
+
+    @property
+    def is_option(self) -> bool:
+        return self.kind == InstrumentKind.OPTION
+
+    def to_ticks(self, price: float) -> int:
+        """Price in currency -> integer ticks (rounded to the nearest tick)."""
+        return round(price / self.tick_size)
+
+    def from_ticks(self, ticks: int) -> float:
+        """Integer ticks -> price in currency."""
+        return ticks * self.tick_size
+
+    def on_tick(self, price: float) -> bool:
+        """True when ``price`` is a whole number of ticks (to 1e-6 of a tick)."""
+        q = price / self.tick_size
+        return abs(q - round(q)) < 1e-6
+
+    def ttm(self, now_ns: int) -> float:
+        """Time to expiry in years (ACT/365) from ``now_ns``; 0 for equities or past expiry."""
+        if not self.is_option:
+            return 0.0
+        return max(0.0, (self.expiry_ns - now_ns) / 1e9 / SECONDS_PER_YEAR)
+
+
+def option(
+    instrument_id: int,
+    underlying: str,
+    strike: float,
+    expiry: datetime,
+    right: str | float,
+    *,
+    multiplier: float = 100.0,
+    tick_size: float = 0.05,
+    lot_size: int = 1,
+) -> Instrument:
+    """Build an option Instrument; ``right`` is 'C'/'P'/'call'/'put' or +1/-1; ``expiry`` a UTC datetime."""
+    r = right
+    if isinstance(r, str):
+        key = r.strip().lower()
+        if key in ("c", "call"):
+            r = 1.0
+        elif key in ("p", "put"):
+            r = -1.0
+        else:
+            raise DataError("right", right, "use C/P/call/put or +1/-1")
+    if expiry.tzinfo is None:
+        expiry = expiry.replace(tzinfo=UTC)
+    tag = "C" if float(r) > 0 else "P"
+    symbol = f"{underlying} {expiry:%Y%m%d} {strike:g}{tag}"
+    return Instrument(
+        instrument_id,
+        symbol,
+        InstrumentKind.OPTION,
+        underlying,
+        float(strike),
+        int(expiry.timestamp() * 1e9),
+        float(r),
+        multiplier,
+        tick_size,
+        lot_size,
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class Fill:
+    """One execution of one order. ``fill_id`` is unique per venue trade and side (dedup key)."""
+
+    fill_id: str
+    client_id: str
+    instrument_id: int
+    side: Side
+    qty: int
+    price: float
+    fee: float = 0.0  # currency, negative is a rebate
+    liquidity: str = ""  # "M" maker / "T" taker
+    venue: str = ""
+    ts_ns: int = 0
+    strategy_id: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class Quote:
+    """Top of book for one instrument (prices in currency, sizes in units)."""
+
+    instrument_id: int
+    bid: float
+    ask: float
+    bid_size: int = 0
+    ask_size: int = 0
+    ts_ns: int = 0
+    venue: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class TradeTick:
+    """A print on a venue."""
+
+    instrument_id: int
+    price: float
+    qty: int
+    aggressor: Side
+    ts_ns: int = 0
+    venue: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class BookUpdate:
+    """Depth snapshot: lists of (price, size), best first."""
+
+    instrument_id: int
+    bids: tuple[tuple[float, int], ...]
+    asks: tuple[tuple[float, int], ...]
+    ts_ns: int = 0
+    venue: str = ""
+
+
+@dataclass(slots=True)
+class OrderEvent:
+    """One order state transition, as published on the bus and written to the audit log."""
+
+    seq: int
+    ts_ns: int
+    client_id: str
+    old: str
+    new: str
+    info: dict[str, Any] = field(default_factory=dict)

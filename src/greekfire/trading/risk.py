@@ -1,0 +1,463 @@
+"""Risk engine: pre-trade checks with reason codes, continuous checks, trading state and the kill switch.
+
+Pre-trade (:meth:`RiskEngine.check`, on every submit and amend) runs cheapest first and stops at the first
+denial. Greek, position and VaR checks look at the portfolio *as it would be after the order fully
+fills*, and deny only an order that makes a breached measure worse (a reducing order always passes them).
+
+Greeks come from the portfolio's per-unit cache (refreshed at each quote-batch end, never priced per
+order). VaR: :meth:`RiskEngine.refresh` computes the parametric VaR of the current book with
+:func:`greekfire.quant.parametric_var` and its sensitivity to each underlying's delta and gamma cash (by
+central differences); pre-trade, VaR after the order is that first-order estimate, and when the estimate is
+within ``VAR_EXACT_ZONE`` of the limit it is recomputed exactly with ``quant`` before deciding. Monte Carlo
+VaR (:func:`greekfire.quant.mc_var`) runs in the continuous check and denies risk-increasing orders while it
+is over the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import torch
+
+from greekfire import quant
+from greekfire.core.errors import ConfigError
+from greekfire.core.metrics import counter, gauge
+from greekfire.core.settings import RiskSettings
+from greekfire.trading.model import OrderType
+from greekfire.trading.orders import Order
+from greekfire.trading.portfolio import Portfolio
+
+log = logging.getLogger(__name__)
+
+DENIALS = counter("greekfire_trading_risk_denials", "orders denied by pre-trade risk", ["reason"])
+BREACHES = counter("greekfire_trading_risk_breaches", "continuous-limit breaches", ["reason"])
+STATE_GAUGE = gauge("greekfire_trading_state", "trading state: 0 active, 1 reducing, 2 halted")
+VAR_GAUGE = gauge("greekfire_trading_var", "1-day VaR of the book, currency", ["method"])
+
+VAR_EXACT_ZONE = 0.8  # recompute VaR exactly when the linear estimate is above this share of the limit
+
+
+class TradingState(StrEnum):
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"  # only orders that shrink a position pass
+    HALTED = "HALTED"  # nothing passes
+
+
+class Reason(StrEnum):
+    """Denial and breach reason codes (stable strings: they are metrics labels and API values)."""
+
+    HALTED = "HALTED"
+    KILL_SWITCH = "KILL_SWITCH"
+    REDUCING_ONLY = "REDUCING_ONLY"
+    UNKNOWN_INSTRUMENT = "UNKNOWN_INSTRUMENT"
+    BAD_QTY = "BAD_QTY"
+    BAD_LOT = "BAD_LOT"
+    BAD_TICK = "BAD_TICK"
+    NO_REFERENCE_PRICE = "NO_REFERENCE_PRICE"
+    PRICE_BAND = "PRICE_BAND"
+    MAX_QTY = "MAX_QTY"
+    MAX_NOTIONAL = "MAX_NOTIONAL"
+    REDUCE_ONLY = "REDUCE_ONLY"
+    POSITION_LIMIT = "POSITION_LIMIT"
+    UNDERLYING_POSITION_LIMIT = "UNDERLYING_POSITION_LIMIT"
+    DELTA_LIMIT = "DELTA_LIMIT"
+    GAMMA_LIMIT = "GAMMA_LIMIT"
+    VEGA_LIMIT = "VEGA_LIMIT"
+    THETA_LIMIT = "THETA_LIMIT"
+    TOTAL_DELTA_LIMIT = "TOTAL_DELTA_LIMIT"
+    TOTAL_GAMMA_LIMIT = "TOTAL_GAMMA_LIMIT"
+    TOTAL_VEGA_LIMIT = "TOTAL_VEGA_LIMIT"
+    TOTAL_THETA_LIMIT = "TOTAL_THETA_LIMIT"
+    VAR_LIMIT = "VAR_LIMIT"
+    ORDER_RATE = "ORDER_RATE"
+    INSUFFICIENT_MARGIN = "INSUFFICIENT_MARGIN"
+    # continuous
+    STOP_LOSS = "STOP_LOSS"
+    DAILY_LOSS = "DAILY_LOSS"
+    DRAWDOWN = "DRAWDOWN"
+    MC_VAR = "MC_VAR"
+
+
+@dataclass(slots=True, frozen=True)
+class Denial:
+    """Why an order was refused: a reason code, the values that caused it, and a sentence."""
+
+    reason: Reason
+    values: dict[str, Any]
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason.value, "values": self.values, "message": self.message}
+
+
+@dataclass(slots=True)
+class Breach:
+    """A continuous-check result: a reason, the values, and the action taken."""
+
+    reason: Reason
+    values: dict[str, Any]
+    action: str
+    instrument_id: int | None = None
+
+
+@dataclass
+class _RateWindow:
+    # token bucket per strategy: capacity = max per second, refilled continuously
+    tokens: float
+    last_ns: int
+
+
+@dataclass
+class _VarState:
+    unds: list[str] = field(default_factory=list)
+    delta_cash: list[float] = field(default_factory=list)
+    gamma_cash: list[float] = field(default_factory=list)
+    spots: list[float] = field(default_factory=list)
+    vols: list[float] = field(default_factory=list)
+    var: float = 0.0
+    d_delta: dict[str, float] = field(default_factory=dict)  # dVaR / d delta_cash per underlying
+    d_gamma: dict[str, float] = field(default_factory=dict)
+    mc_var: float = 0.0
+
+
+class RiskEngine:
+    """Checks orders against :class:`~greekfire.core.settings.RiskSettings` and watches the book.
+
+    ``vol_of(underlying)`` gives the annualised volatility used for VaR (defaults to the portfolio's default).
+    Limits can be changed while running with :meth:`set_limits`.
+    """
+
+    def __init__(
+        self,
+        limits: RiskSettings,
+        portfolio: Portfolio,
+        *,
+        vol_of: Callable[[str], float] | None = None,
+        on_kill: Callable[[str], None] | None = None,
+    ) -> None:
+        self.limits = limits.model_copy()
+        self.portfolio = portfolio
+        self.state = TradingState.ACTIVE
+        self.killed = False
+        self.kill_reason = ""
+        self.vol_of = vol_of or (lambda und: portfolio.default_vol)
+        self.on_kill = on_kill
+        self.denials: dict[str, int] = {}
+        self.breaches: list[Breach] = []
+        self._rate: dict[str, _RateWindow] = {}
+        self._var = _VarState()
+        self._margin_used = 0.0
+        self.exact_var_checks = 0
+        self.var_available = True
+        STATE_GAUGE.set(0)
+
+    # ---------------------------------------------------------------- limits and state
+    def set_limits(self, **changes: Any) -> None:
+        """Change limits at run time (validated: a bad value raises ConfigError naming the field)."""
+        for k, v in changes.items():
+            if k not in RiskSettings.model_fields:
+                raise ConfigError(f"trading.risk.{k}", v, "not a risk limit")
+            try:
+                setattr(self.limits, k, v)
+            except Exception as exc:
+                raise ConfigError(f"trading.risk.{k}", v, str(exc)) from None
+        log.info("risk limits changed", extra={"changes": changes})
+
+    def set_state(self, state: TradingState | str, reason: str = "manual") -> None:
+        """Move to ACTIVE, REDUCING or HALTED (ACTIVE is refused while the kill switch is set)."""
+        state = TradingState(state)
+        if self.killed and state != TradingState.HALTED:
+            raise ConfigError("trading.state", state.value, "reset the kill switch first")
+        if state != self.state:
+            log.warning("trading state %s -> %s (%s)", self.state.value, state.value, reason)
+        self.state = state
+        STATE_GAUGE.set({TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}[state])
+
+    def kill(self, reason: str = "manual") -> None:
+        """Trip the kill switch: HALTED, every open order is canceled (by ``on_kill``), new ones blocked."""
+        first = not self.killed
+        self.killed = True
+        self.kill_reason = reason
+        self.set_state(TradingState.HALTED, reason)
+        if first:
+            log.error("kill switch tripped: %s", reason, extra={"reason": reason})
+        if self.on_kill is not None:
+            self.on_kill(reason)
+
+    def reset_kill(self) -> None:
+        """Clear the kill switch and return to ACTIVE."""
+        self.killed = False
+        self.kill_reason = ""
+        self.set_state(TradingState.ACTIVE, "kill switch reset")
+
+    # ---------------------------------------------------------------- pre-trade
+    def _deny(self, reason: Reason, message: str, **values: Any) -> Denial:
+        self.denials[reason.value] = self.denials.get(reason.value, 0) + 1
+        DENIALS.labels(reason.value).inc()
+        return Denial(reason, values, message)
+
+    def check(self, order: Order, ref_price: float | None, now_ns: int, *, amend_of: Order | None = None) -> Denial | None:
+        """Pre-trade checks for a new order (or an amend: ``order`` holds the new terms, ``amend_of`` the live one).
+
+        Prices in currency; ``ref_price`` is the instrument's reference (mid) price, None when unknown.
+        Returns None to pass, or a :class:`Denial`.
+        """
+        lim = self.limits
+        pf = self.portfolio
+        if self.killed:
+            return self._deny(Reason.KILL_SWITCH, f"kill switch is set ({self.kill_reason})", kill_reason=self.kill_reason)
+        inst = pf.instruments.get(order.instrument_id)
+        if inst is None:
+            return self._deny(Reason.UNKNOWN_INSTRUMENT, "instrument not registered", instrument_id=order.instrument_id)
+        qty = order.qty
+        if qty <= 0:
+            return self._deny(Reason.BAD_QTY, f"qty={qty} must be > 0", qty=qty)
+        if qty % inst.lot_size:
+            return self._deny(Reason.BAD_LOT, f"qty={qty} is not a multiple of lot {inst.lot_size}", qty=qty, lot=inst.lot_size)
+        if qty > lim.max_order_qty:
+            return self._deny(Reason.MAX_QTY, f"qty={qty} > max_order_qty={lim.max_order_qty}", qty=qty, limit=lim.max_order_qty)
+        # an amend that only shrinks the working size never adds risk; rate and price checks still apply
+        extra_qty = qty if amend_of is None else max(0, qty - amend_of.qty)
+        pos = pf.positions.get(order.instrument_id)
+        pos_qty = pos.qty if pos is not None else 0
+        signed = int(order.side) * extra_qty
+        reducing = pos_qty != 0 and (pos_qty > 0) != (signed > 0) and abs(signed) <= abs(pos_qty)
+
+        if self.state == TradingState.HALTED:
+            return self._deny(Reason.HALTED, "trading is HALTED", state=self.state.value)
+        if self.state == TradingState.REDUCING and not reducing and extra_qty:
+            return self._deny(Reason.REDUCING_ONLY, "trading is REDUCING: only position-reducing orders", position=pos_qty, signed_qty=signed)
+        if order.reduce_only and not reducing and extra_qty:
+            return self._deny(Reason.REDUCE_ONLY, "reduce-only order would increase the position", position=pos_qty, signed_qty=signed)
+
+        # order rate (token bucket per strategy)
+        key = order.strategy_id
+        w = self._rate.get(key)
+        cap = float(lim.max_orders_per_s)
+        if w is None:
+            w = self._rate[key] = _RateWindow(cap, now_ns)
+        else:
+            w.tokens = min(cap, w.tokens + (now_ns - w.last_ns) * 1e-9 * cap)
+            w.last_ns = now_ns
+        if w.tokens < 1.0:
+            return self._deny(Reason.ORDER_RATE, f"more than {lim.max_orders_per_s} orders/s", limit=lim.max_orders_per_s, strategy=key)
+        w.tokens -= 1.0
+
+        # price: tick, band, notional
+        price = order.price
+        if order.ord_type in (OrderType.LIMIT, OrderType.STOP_LIMIT):
+            if price is None or not math.isfinite(price) or price <= 0:
+                return self._deny(Reason.BAD_TICK, f"limit price {price!r} must be a positive number", price=price)
+            if not inst.on_tick(price):
+                return self._deny(Reason.BAD_TICK, f"price {price} is not on tick {inst.tick_size}", price=price, tick=inst.tick_size)
+        if ref_price is None or not ref_price > 0:
+            if order.ord_type != OrderType.LIMIT:
+                return self._deny(Reason.NO_REFERENCE_PRICE, "market/stop order without a reference price", price=price)
+            ref = price
+        else:
+            ref = ref_price
+            if price is not None and order.ord_type != OrderType.MARKET:
+                band = max(lim.price_band_pct * ref, lim.price_band_ticks * inst.tick_size)
+                if abs(price - ref) > band + 1e-12:
+                    return self._deny(
+                        Reason.PRICE_BAND, f"price {price} outside {ref:.4f} +/- {band:.4f}",
+                        price=price, reference=ref, band=band,
+                    )
+        exec_px = price if price is not None and order.ord_type != OrderType.MARKET else ref
+        notional = qty * exec_px * inst.multiplier
+        if notional > lim.max_notional:
+            return self._deny(Reason.MAX_NOTIONAL, f"notional {notional:.2f} > {lim.max_notional}", notional=notional, limit=lim.max_notional)
+        if not extra_qty or reducing:
+            return None
+
+        # position limits (after the order)
+        after = pos_qty + signed
+        if abs(after) > lim.max_position and abs(after) > abs(pos_qty):
+            return self._deny(Reason.POSITION_LIMIT, f"position after {after} beyond {lim.max_position}", position_after=after, limit=lim.max_position)
+        und = inst.underlying
+        und_gross = 0
+        for iid, p in pf.positions.items():
+            if p.qty and pf.instruments[iid].underlying == und:
+                und_gross += abs(p.qty)
+        und_after = und_gross - abs(pos_qty) + abs(after)
+        if und_after > lim.max_underlying_position and und_after > und_gross:
+            return self._deny(
+                Reason.UNDERLYING_POSITION_LIMIT, f"{und} gross position after {und_after} beyond {lim.max_underlying_position}",
+                underlying=und, gross_after=und_after, limit=lim.max_underlying_position,
+            )
+
+        # Greek limits per underlying, then totals (cash forms), on the book after the order
+        before = pf.totals[und]
+        _, g = pf.greeks_after(order.instrument_id, signed)
+        for i, (reason, lim_v) in enumerate(
+            ((Reason.DELTA_LIMIT, lim.max_delta), (Reason.GAMMA_LIMIT, lim.max_gamma),
+             (Reason.VEGA_LIMIT, lim.max_vega), (Reason.THETA_LIMIT, lim.max_theta))
+        ):
+            if abs(g[i]) > lim_v and abs(g[i]) > abs(before[i]):
+                return self._deny(
+                    reason, f"{und} {reason.value[:-6].lower()} after {g[i]:.2f} beyond {lim_v}",
+                    underlying=und, before=before[i], after=g[i], limit=lim_v,
+                )
+        spot = pf.spots.get(und, 0.0)
+        d_dc = (g[0] - before[0]) * spot
+        d_gc = (g[1] - before[1]) * spot * spot / 100.0
+        tot_dc = tot_gc = tot_v = tot_t = 0.0
+        for u2, t in pf.totals.items():
+            s2 = pf.spots.get(u2, 0.0)
+            tot_dc += t[0] * s2
+            tot_gc += t[1] * s2 * s2 / 100.0
+            tot_v += t[2]
+            tot_t += t[3]
+        checks = (
+            (Reason.TOTAL_DELTA_LIMIT, tot_dc, tot_dc + d_dc, lim.max_total_delta_cash),
+            (Reason.TOTAL_GAMMA_LIMIT, tot_gc, tot_gc + d_gc, lim.max_total_gamma_cash),
+            (Reason.TOTAL_VEGA_LIMIT, tot_v, tot_v + g[2] - before[2], lim.max_total_vega),
+            (Reason.TOTAL_THETA_LIMIT, tot_t, tot_t + g[3] - before[3], lim.max_total_theta),
+        )
+        for reason, b, a, lim_v in checks:
+            if abs(a) > lim_v and abs(a) > abs(b):
+                return self._deny(reason, f"total after {a:.2f} beyond {lim_v}", before=b, after=a, limit=lim_v)
+
+        # VaR: first-order estimate, exact recompute near the limit
+        vs = self._var
+        var_est = vs.var + vs.d_delta.get(und, 0.0) * d_dc + vs.d_gamma.get(und, 0.0) * d_gc
+        if var_est > VAR_EXACT_ZONE * lim.var_limit or und not in vs.d_delta:
+            var_after = self._exact_var_after(und, d_dc, d_gc)
+            if var_after > lim.var_limit and var_after > vs.var:
+                return self._deny(Reason.VAR_LIMIT, f"VaR after {var_after:.2f} > {lim.var_limit}", var_before=vs.var, var_after=var_after, limit=lim.var_limit)
+        if vs.mc_var > lim.var_limit:
+            return self._deny(Reason.VAR_LIMIT, f"Monte Carlo VaR {vs.mc_var:.2f} > {lim.var_limit}", mc_var=vs.mc_var, limit=lim.var_limit)
+
+        # cash or margin: buying pays the premium, selling short posts margin on the underlying notional
+        if signed > 0:
+            need = extra_qty * exec_px * inst.multiplier
+        else:
+            need = lim.margin_rate * extra_qty * (spot or exec_px) * inst.multiplier - extra_qty * exec_px * inst.multiplier
+        avail = pf.cash - self._margin_used
+        if need > 0 and need > avail:
+            return self._deny(Reason.INSUFFICIENT_MARGIN, f"needs {need:.2f}, available {avail:.2f}", need=need, available=avail)
+        return None
+
+    # ---------------------------------------------------------------- VaR
+    def _var_inputs(self) -> tuple[list[str], list[float], list[float], list[float], list[float]]:
+        pf = self.portfolio
+        unds = [u for u in pf.totals if u in pf.spots]
+        dc, gc, sp, vo = [], [], [], []
+        for u in unds:
+            d, g = pf.cash_greeks(u)
+            dc.append(d)
+            gc.append(g)
+            sp.append(pf.spots[u])
+            vo.append(self.vol_of(u) / math.sqrt(252.0))
+        return unds, dc, gc, sp, vo
+
+    def _param_var(self, dc: list[float], gc: list[float], sp: list[float], vo: list[float]) -> float:
+        if not dc:
+            return 0.0
+        fn = getattr(quant, "parametric_var", None)
+        if fn is None:  # the pricing core of this build has no VaR: the check is off, and says so once
+            if self.var_available:
+                log.error("greekfire.quant.parametric_var is missing: the VaR limit is NOT enforced")
+            self.var_available = False
+            return 0.0
+        var, _ = fn(
+            torch.tensor(dc, dtype=torch.float64), torch.tensor(gc, dtype=torch.float64),
+            torch.tensor(sp, dtype=torch.float64), torch.tensor(vo, dtype=torch.float64),
+            confidence=self.limits.var_confidence,
+        )
+        return float(var.sum())
+
+    def _exact_var_after(self, und: str, d_dc: float, d_gc: float) -> float:
+        self.exact_var_checks += 1
+        unds, dc, gc, sp, vo = self._var_inputs()
+        if und in unds:
+            i = unds.index(und)
+            dc[i] += d_dc
+            gc[i] += d_gc
+        return self._param_var(dc, gc, sp, vo)
+
+    def refresh(self) -> float:
+        """Recompute parametric VaR, its per-underlying sensitivities and the margin in use; returns VaR."""
+        unds, dc, gc, sp, vo = self._var_inputs()
+        vs = self._var
+        vs.unds, vs.delta_cash, vs.gamma_cash, vs.spots, vs.vols = unds, dc, gc, sp, vo
+        vs.var = self._param_var(dc, gc, sp, vo)
+        vs.d_delta.clear()
+        vs.d_gamma.clear()
+        for i, u in enumerate(unds):
+            h_d = max(1.0, abs(dc[i]) * 1e-3)
+            h_g = max(1.0, abs(gc[i]) * 1e-3)
+            up, dn = list(dc), list(dc)
+            up[i] += h_d
+            dn[i] -= h_d
+            vs.d_delta[u] = (self._param_var(up, gc, sp, vo) - self._param_var(dn, gc, sp, vo)) / (2 * h_d)
+            up, dn = list(gc), list(gc)
+            up[i] += h_g
+            dn[i] -= h_g
+            vs.d_gamma[u] = (self._param_var(dc, up, sp, vo) - self._param_var(dc, dn, sp, vo)) / (2 * h_g)
+        VAR_GAUGE.labels("parametric").set(vs.var)
+        pf = self.portfolio
+        margin = 0.0
+        for iid, p in pf.positions.items():
+            if p.qty < 0:
+                inst = pf.instruments[iid]
+                margin += self.limits.margin_rate * -p.qty * pf.spots.get(inst.underlying, p.avg_cost) * inst.multiplier
+        self._margin_used = margin
+        return vs.var
+
+    @property
+    def var(self) -> float:
+        """The last parametric VaR computed by :meth:`refresh` (currency)."""
+        return self._var.var
+
+    @property
+    def mc_var_value(self) -> float:
+        return self._var.mc_var
+
+    def set_mc_var(self, value: float) -> None:
+        """Record a Monte Carlo VaR figure computed off the hot path (currency)."""
+        self._var.mc_var = float(value)
+        VAR_GAUGE.labels("monte_carlo").set(value)
+
+    # ---------------------------------------------------------------- continuous checks
+    def continuous(self) -> list[Breach]:
+        """Stop loss per position, daily loss, drawdown, Monte Carlo VaR; may change state or kill.
+
+        Returns the breaches found; a STOP_LOSS breach asks the engine to close that position.
+        """
+        lim = self.limits
+        pf = self.portfolio
+        out: list[Breach] = []
+        for iid, p in pf.positions.items():
+            if p.qty:
+                pnl = pf.position_pnl(iid)
+                if pnl < -lim.stop_loss:
+                    out.append(Breach(Reason.STOP_LOSS, {"pnl": pnl, "limit": lim.stop_loss, "qty": p.qty}, "close_position", iid))
+        equity = pf.equity()
+        pf.peak_equity = max(pf.peak_equity, equity)
+        day_loss = pf.day_start_equity - equity
+        drawdown = pf.peak_equity - equity
+        if day_loss > lim.daily_loss_limit:
+            out.append(Breach(Reason.DAILY_LOSS, {"loss": day_loss, "limit": lim.daily_loss_limit}, "halt"))
+        elif day_loss > 0.8 * lim.daily_loss_limit and self.state == TradingState.ACTIVE:
+            out.append(Breach(Reason.DAILY_LOSS, {"loss": day_loss, "limit": lim.daily_loss_limit}, "reduce"))
+        if drawdown > lim.max_drawdown:
+            out.append(Breach(Reason.DRAWDOWN, {"drawdown": drawdown, "limit": lim.max_drawdown}, "halt"))
+        if self._var.mc_var > lim.var_limit:
+            out.append(Breach(Reason.MC_VAR, {"mc_var": self._var.mc_var, "limit": lim.var_limit}, "reduce"))
+        for b in out:
+            BREACHES.labels(b.reason.value).inc()
+            self.breaches.append(b)
+            if b.action == "halt":
+                if lim.kill_on_breach:
+                    self.kill(f"{b.reason.value}: {b.values}")
+                elif self.state != TradingState.HALTED:
+                    self.set_state(TradingState.HALTED, b.reason.value)
+            elif b.action == "reduce" and self.state == TradingState.ACTIVE:
+                self.set_state(TradingState.REDUCING, b.reason.value)
+        return out

@@ -1,0 +1,363 @@
+"""Venues: the interface the engine trades through, and a simulated exchange built on the matching engine.
+
+A :class:`Venue` takes requests (submit, amend, cancel) and gives back :class:`VenueEvent` execution events
+and market data (:class:`~greekfire.trading.model.Quote`, :class:`~greekfire.trading.model.TradeTick`)
+when the engine calls :meth:`Venue.poll`. :meth:`Venue.report` gives the venue's own view of our orders
+and fills, which the OMS reconciles against after a reconnect.
+
+:class:`SimulatedVenue` keeps one :class:`~greekfire.market.matching.MatchingEngine` per instrument,
+delays requests and reports by a configurable latency (each way), charges maker/taker fees, and runs
+background flow from synthetic participants (passive quotes around a fair value and occasional takers)
+so that books move and our resting orders get filled.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from greekfire.market.matching import ExecKind, ExecReport, MatchingEngine, OrdType
+from greekfire.market.matching import Side as MSide
+from greekfire.market.matching import TimeInForce as MTif
+from greekfire.trading.model import Instrument, OrderType, Quote, TimeInForce, TradeTick
+from greekfire.trading.orders import Order
+
+
+@dataclass(slots=True, frozen=True)
+class VenueEvent:
+    """One execution event for one of our orders.
+
+    ``kind``: accepted, rejected, fill, canceled, replaced, expired, cancel_reject, replace_reject.
+    Prices in currency; ``leaves_qty``/``cum_qty`` as the venue sees them after this event.
+    """
+
+    kind: str
+    venue: str
+    client_id: str
+    venue_order_id: str = ""
+    qty: int = 0
+    price: float = 0.0
+    leaves_qty: int = 0
+    cum_qty: int = 0
+    fill_id: str = ""
+    fee: float = 0.0
+    liquidity: str = ""
+    reason: str = ""
+    ts_ns: int = 0
+    instrument_id: int = -1
+    side: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class VenueOrderState:
+    """A venue's view of one of our orders, for reconciliation."""
+
+    client_id: str
+    venue_order_id: str
+    instrument_id: int
+    side: int
+    qty: int
+    price: float
+    cum_qty: int
+    open: bool
+
+
+class Venue(ABC):
+    """What the engine needs from a venue (simulated, or a FIX gateway)."""
+
+    name: str
+
+    @abstractmethod
+    def submit(self, order: Order, now_ns: int) -> None:
+        """Send a new order (limit price in currency; the venue converts to its ticks)."""
+
+    @abstractmethod
+    def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
+        """Change quantity (new total) and/or price of a live order."""
+
+    @abstractmethod
+    def cancel(self, order: Order, now_ns: int) -> None:
+        """Cancel a live order."""
+
+    @abstractmethod
+    def poll(self, now_ns: int) -> list[Any]:
+        """Events due by ``now_ns``: VenueEvent for our orders, Quote / TradeTick market data."""
+
+    @abstractmethod
+    def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:
+        """The venue's view for reconciliation: our orders it knows, and every fill it gave us."""
+
+    def fees(self) -> tuple[float, float]:
+        """(maker, taker) fee per contract in currency (negative: rebate)."""
+        return 0.0, 0.0
+
+    def tick_size(self, instrument_id: int) -> float:
+        return 0.01
+
+
+_TIF = {
+    TimeInForce.GTC: MTif.GTC, TimeInForce.DAY: MTif.DAY, TimeInForce.IOC: MTif.IOC,
+    TimeInForce.FOK: MTif.FOK, TimeInForce.GTD: MTif.GTC,  # GTD expiry is enforced by the engine's timer
+}
+_KIND = {
+    ExecKind.ACCEPTED: "accepted", ExecKind.REJECTED: "rejected", ExecKind.TRADE: "fill",
+    ExecKind.CANCELED: "canceled", ExecKind.REPLACED: "replaced", ExecKind.EXPIRED: "expired",
+}
+
+US_OWNER = 1  # our orders on the simulated books; synthetic participants use owners >= 100
+
+
+class SimulatedVenue(Venue):
+    """A simulated exchange: one matching engine per instrument, latency, fees and background flow.
+
+    ``fair_value(instrument_id) -> float`` is where synthetic participants centre their quotes (currency).
+    Latency is one way, in microseconds: ``latency_us`` plus uniform jitter up to ``jitter_us``.
+    ``flow_rate_hz`` synthetic orders per second across all instruments. Deterministic for a given ``seed``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        instruments: list[Instrument],
+        fair_value: Callable[[int], float],
+        *,
+        latency_us: float = 200.0,
+        jitter_us: float = 100.0,
+        maker_fee: float = -0.20,
+        taker_fee: float = 0.50,
+        flow_rate_hz: float = 200.0,
+        taker_share: float = 0.3,
+        half_spread_ticks: int = 3,
+        seed: int = 0,
+    ) -> None:
+        self.name = name
+        self.instruments = {i.instrument_id: i for i in instruments}
+        self.fair_value = fair_value
+        self.latency_ns = int(latency_us * 1000)
+        self.jitter_ns = int(jitter_us * 1000)
+        self.maker_fee, self.taker_fee = maker_fee, taker_fee
+        self.flow_rate_hz = flow_rate_hz
+        self.taker_share = taker_share
+        self.half_spread_ticks = half_spread_ticks
+        self.rng = random.Random(seed)
+        # fees are per unit of quantity on the books: one contract is one unit here
+        self.books = {
+            iid: MatchingEngine(iid, maker_fee=maker_fee, taker_fee=taker_fee) for iid in self.instruments
+        }
+        self._inbound: list[tuple[int, int, str, tuple[Any, ...]]] = []  # (due_ns, seq, op, args)
+        self._outbound: list[tuple[int, int, Any]] = []
+        self._seq = 0
+        self._next_oid = 1
+        self._oid_of: dict[str, int] = {}
+        self._cid_of: dict[int, str] = {}
+        self._inst_of: dict[int, int] = {}
+        self._our_fills: list[VenueEvent] = []
+        self._last_flow_ns: int | None = None
+        self._bg_live: dict[int, list[int]] = {iid: [] for iid in self.instruments}
+        self.connected = True
+        self.requests = 0
+
+    # ---------------------------------------------------------------- interface
+    def fees(self) -> tuple[float, float]:
+        return self.maker_fee, self.taker_fee
+
+    def tick_size(self, instrument_id: int) -> float:
+        return self.instruments[instrument_id].tick_size
+
+    def _delay(self) -> int:
+        return self.latency_ns + (int(self.rng.random() * self.jitter_ns) if self.jitter_ns else 0)
+
+    def _push_in(self, now_ns: int, op: str, args: tuple[Any, ...]) -> None:
+        self._seq += 1
+        self.requests += 1
+        heapq.heappush(self._inbound, (now_ns + self._delay(), self._seq, op, args))
+
+    def submit(self, order: Order, now_ns: int) -> None:
+        self._push_in(now_ns, "submit", (order.client_id, order.instrument_id, int(order.side), order.qty,
+                                         order.price, int(order.ord_type), int(order.tif), order.post_only))
+
+    def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
+        self._push_in(now_ns, "amend", (order.client_id, new_qty, new_price))
+
+    def cancel(self, order: Order, now_ns: int) -> None:
+        self._push_in(now_ns, "cancel", (order.client_id,))
+
+    def seed_books(self, levels: int = 3, size: int = 20, now_ns: int = 0) -> None:
+        """Put a few levels of synthetic liquidity on each side of every book around fair value."""
+        for iid in self.instruments:
+            for lvl in range(levels):
+                self._bg_quote(iid, now_ns, offset=lvl, size=size)
+
+    def poll(self, now_ns: int) -> list[Any]:
+        out: list[Any] = []
+        if not self.connected:
+            return out
+        touched: set[int] = set()
+        self._background(now_ns, touched, out)
+        inbound = self._inbound
+        while inbound and inbound[0][0] <= now_ns:
+            due, _, op, args = heapq.heappop(inbound)
+            self._execute(due, op, args, touched, out)
+        for iid in touched:
+            book = self.books[iid]
+            bb, ba = book.best_bid(), book.best_ask()
+            inst = self.instruments[iid]
+            out.append(Quote(
+                iid,
+                inst.from_ticks(bb[0]) if bb else math.nan,
+                inst.from_ticks(ba[0]) if ba else math.nan,
+                bb[1] if bb else 0,
+                ba[1] if ba else 0,
+                now_ns,
+                self.name,
+            ))
+        outbound = self._outbound
+        while outbound and outbound[0][0] <= now_ns:
+            out.append(heapq.heappop(outbound)[2])
+        return out
+
+    def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:
+        states = []
+        for cid, oid in self._oid_of.items():
+            iid = self._inst_of[oid]
+            rep = self.books[iid].order(oid)
+            if rep is not None:
+                inst = self.instruments[iid]
+                states.append(VenueOrderState(cid, f"{self.name}-{oid}", iid, int(rep.side), rep.qty,
+                                              inst.from_ticks(rep.price), rep.cum_qty, True))
+        return states, list(self._our_fills)
+
+    # ---------------------------------------------------------------- exchange side
+    def _execute(self, now_ns: int, op: str, args: tuple[Any, ...], touched: set[int], out: list[Any]) -> None:
+        if op == "submit":
+            cid, iid, side, qty, price, ord_type, tif, post_only = args
+            inst = self.instruments.get(iid)
+            if inst is None:
+                self._send(now_ns, VenueEvent("rejected", self.name, cid, reason="unknown_instrument", ts_ns=now_ns))
+                return
+            oid = self._next_oid
+            self._next_oid += 1
+            self._oid_of[cid] = oid
+            self._cid_of[oid] = cid
+            self._inst_of[oid] = iid
+            is_mkt = ord_type == OrderType.MARKET
+            reports = self.books[iid].submit(
+                oid, US_OWNER, MSide(side), qty, None if is_mkt else inst.to_ticks(price),
+                OrdType.MARKET if is_mkt else OrdType.LIMIT, _TIF[TimeInForce(tif)], post_only, now_ns,
+            )
+        elif op == "amend":
+            cid, new_qty, new_price = args
+            oid = self._oid_of.get(cid, -1)
+            iid = self._inst_of.get(oid)
+            if iid is None:
+                self._send(now_ns, VenueEvent("replace_reject", self.name, cid, reason="unknown_order", ts_ns=now_ns))
+                return
+            inst = self.instruments[iid]
+            reports = self.books[iid].replace(oid, new_qty, inst.to_ticks(new_price), now_ns)
+            if reports and reports[0].kind == ExecKind.REJECTED:
+                self._send(now_ns, VenueEvent("replace_reject", self.name, cid, reason=reports[0].reason, ts_ns=now_ns))
+                return
+        else:  # cancel
+            (cid,) = args
+            oid = self._oid_of.get(cid, -1)
+            iid = self._inst_of.get(oid)
+            if iid is None:
+                self._send(now_ns, VenueEvent("cancel_reject", self.name, cid, reason="unknown_order", ts_ns=now_ns))
+                return
+            reports = self.books[iid].cancel(oid, now_ns)
+            if reports and reports[0].kind == ExecKind.REJECTED:
+                self._send(now_ns, VenueEvent("cancel_reject", self.name, cid, reason=reports[0].reason, ts_ns=now_ns))
+                return
+        touched.add(iid)
+        self._reports(iid, reports, now_ns, out)
+
+    def _reports(self, iid: int, reports: list[ExecReport], now_ns: int, out: list[Any]) -> None:
+        inst = self.instruments[iid]
+        for r in reports:
+            if r.kind == ExecKind.TRADE and r.liquidity == "T":
+                out.append(TradeTick(iid, inst.from_ticks(r.price), r.qty, MSide(r.side), now_ns, self.name))
+            if r.owner != US_OWNER:
+                continue
+            cid = self._cid_of.get(r.order_id)
+            if cid is None:
+                continue
+            ev = VenueEvent(
+                _KIND[r.kind], self.name, cid, f"{self.name}-{r.order_id}", r.qty, inst.from_ticks(r.price),
+                r.leaves_qty, r.cum_qty,
+                f"{self.name}-{iid}-{r.trade_id}-{r.liquidity}" if r.kind == ExecKind.TRADE else "",
+                r.fee, r.liquidity, r.reason, now_ns, iid, int(r.side),
+            )
+            if r.kind == ExecKind.TRADE:
+                self._our_fills.append(ev)
+            self._send(now_ns, ev)
+
+    def _send(self, now_ns: int, ev: VenueEvent) -> None:
+        self._seq += 1
+        heapq.heappush(self._outbound, (now_ns + self._delay(), self._seq, ev))
+
+    # ---------------------------------------------------------------- synthetic participants
+    def _bg_quote(self, iid: int, now_ns: int, offset: int | None = None, size: int | None = None) -> list[ExecReport]:
+        inst = self.instruments[iid]
+        fair = self.fair_value(iid)
+        if not fair > 0:
+            return []
+        rng = self.rng
+        side = MSide.BUY if rng.random() < 0.5 else MSide.SELL
+        off = (self.half_spread_ticks + (offset if offset is not None else rng.randint(0, 4)))
+        px = inst.to_ticks(fair) - off if side == MSide.BUY else inst.to_ticks(fair) + off
+        if px <= 0:
+            return []
+        oid = self._next_oid
+        self._next_oid += 1
+        live = self._bg_live[iid]
+        live.append(oid)
+        reports = self.books[iid].submit(oid, 100 + rng.randint(0, 9), side, size or rng.randint(1, 20), px,
+                                         ts_ns=now_ns)
+        if offset is not None:  # seeding puts both sides
+            other = MSide.SELL if side == MSide.BUY else MSide.BUY
+            px2 = inst.to_ticks(fair) + off if other == MSide.SELL else inst.to_ticks(fair) - off
+            if px2 > 0:
+                oid2 = self._next_oid
+                self._next_oid += 1
+                live.append(oid2)
+                reports += self.books[iid].submit(oid2, 100 + rng.randint(0, 9), other, size or 10, px2, ts_ns=now_ns)
+        if len(live) > 60:  # old synthetic quotes leave the book so it follows fair value
+            for old in live[:20]:
+                self.books[iid].cancel(old, now_ns)
+            del live[:20]
+        return reports
+
+    def _background(self, now_ns: int, touched: set[int], out: list[Any]) -> None:
+        if self._last_flow_ns is None:
+            self._last_flow_ns = now_ns
+            return
+        dt = (now_ns - self._last_flow_ns) * 1e-9
+        if dt <= 0 or self.flow_rate_hz <= 0:
+            return
+        self._last_flow_ns = now_ns
+        lam = min(self.flow_rate_hz * dt, 1000.0)
+        # Poisson count by inversion (lam is small per poll)
+        n, p, u = 0, math.exp(-lam), self.rng.random()
+        cum = p
+        while u > cum and n < 5000:
+            n += 1
+            p *= lam / n
+            cum += p
+        ids = list(self.instruments)
+        for _ in range(n):
+            iid = ids[self.rng.randrange(len(ids))]
+            if self.rng.random() < self.taker_share:
+                side = MSide.BUY if self.rng.random() < 0.5 else MSide.SELL
+                oid = self._next_oid
+                self._next_oid += 1
+                reports = self.books[iid].submit(oid, 100 + self.rng.randint(0, 9), side, self.rng.randint(1, 10),
+                                                 None, OrdType.MARKET, ts_ns=now_ns)
+            else:
+                reports = self._bg_quote(iid, now_ns)
+            touched.add(iid)
+            self._reports(iid, reports, now_ns, out)  # our resting orders may have been hit

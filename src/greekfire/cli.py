@@ -31,6 +31,9 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
+data_app = typer.Typer(help="Options data: storage checks, synthetic market, real SPX quotes.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
 console = Console()
 err_console = Console(stderr=True)
 log = logging.getLogger("greekfire.cli")
@@ -115,10 +118,72 @@ def config_show(
 
 
 # --------------------------------------------------------------------------------------------------------
+# data: storage checks, the synthetic market and the real SPX loader (greekfire.data)
+def _print_mapping(title: str, data: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for k, v in data.items():
+        table.add_row(str(k), json.dumps(v, default=str) if isinstance(v, dict | list) else str(v))
+    console.print(table)
+
+
+@data_app.command("check")
+def data_check(
+    url: Annotated[str, typer.Argument(help="path or URL: s3://bucket/prefix, gs://..., az://..., a folder")],
+    write: Annotated[bool, typer.Option("--write", help="also write and delete a probe object")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Test a storage location and say plainly what is wrong (exit 1 when it fails)."""
+    from greekfire.data.storage import check_storage
+
+    result = check_storage(url, settings(), write=write)
+    if as_json:
+        print_json(result.to_dict())
+    elif result.ok:
+        console.print(f"[green]OK[/green] {result.url}: {result.message} ({result.seconds:.2f} s)")
+    else:
+        console.print(f"[red]FAILED[/red] {result.url} [bold]{result.problem}[/bold]: {result.message}")
+        if result.hint:
+            console.print(f"  fix: {result.hint}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[str | None, typer.Option("--out", help="folder or URL (default: <storage.root>/synthetic)")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="random seed (same seed, same market)")] = 7,
+    days: Annotated[int, typer.Option("--days", min=1, help="quote days (business days)")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Generate a synthetic Heston market and write it as date-partitioned Parquet."""
+    from greekfire.data.synthetic import generate_to
+
+    s = settings()
+    summary = generate_to(out or f"{s.storage.root.rstrip('/')}/synthetic", s, seed=seed, days=days)
+    print_json(summary) if as_json else _print_mapping("synthetic market", summary)
+
+
+@data_app.command("spx")
+def data_spx(
+    path: Annotated[Path, typer.Argument(help="vendor CSV of SPX/SPXW quotes (e.g. SPX_2018.csv)")],
+    out: Annotated[str | None, typer.Option("--out", help="also write quotes and S&P 500 bars here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Load real SPX quotes with the S&P 500 history; report rows, bad rows and how the levels line up."""
+    from greekfire.data.spx import spx_report
+
+    summary = spx_report(path, out, settings())
+    print_json(summary) if as_json else _print_mapping(f"SPX quotes: {path.name}", summary)
+
+
+# --------------------------------------------------------------------------------------------------------
 # demo: one stage per system that exists. Each stage is ``module:function`` taking the settings and
 # returning a mapping of what it did (printed in the summary table).
 DEMO_STAGES: list[tuple[str, str]] = [
     ("foundation", "greekfire.core.demo:run_demo"),
+    ("data", "greekfire.data.demo:run_demo"),
 ]
 
 

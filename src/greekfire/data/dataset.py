@@ -225,6 +225,7 @@ class StreamingOptionsDataset(IterableDataset):
         self.stats = StreamStats()
         self._units: list[tuple[str, int, int]] | None = None  # (path, row group, rows)
         self._meta: dict[str, Any] | None = None
+        self._footers: dict[str, Any] = {}
 
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffle order for the next pass (same on every rank)."""
@@ -241,7 +242,7 @@ class StreamingOptionsDataset(IterableDataset):
             raise DataError("rank", rank, f"must be in [0, world_size={world})")
         return rank, world
 
-    def _open(self, fs: Any, path: str) -> pq.ParquetFile:
+    def _open(self, fs: Any, path: str, metadata: Any = None) -> pq.ParquetFile:
         # no read-ahead cache: each read is one ranged GET of exactly what pyarrow asks for
         fh = (
             fs.open(path, "rb", block_size=self.block_size, cache_type="none")
@@ -249,7 +250,8 @@ class StreamingOptionsDataset(IterableDataset):
             else (fs.open(path, "rb"))
         )
         self.stats.files_opened += 1
-        return pq.ParquetFile(_CountingFile(fh, self.stats))
+        # a footer read once (in units()) is passed back in, so workers do not fetch it again
+        return pq.ParquetFile(_CountingFile(fh, self.stats), metadata=metadata)
 
     def units(self) -> list[tuple[str, int, int]]:
         """All (file, row group, rows) pairs, in file order (reads the footers once)."""
@@ -264,6 +266,7 @@ class StreamingOptionsDataset(IterableDataset):
                 if self._meta is None:
                     self._meta = json.loads((pf.schema_arrow.metadata or {}).get(META_KEY, b"{}"))
                 md = pf.metadata
+                self._footers[f] = md
                 units.extend((f, i, md.row_group(i).num_rows) for i in range(md.num_row_groups))
                 pf.close()
             self._units = units
@@ -304,7 +307,7 @@ class StreamingOptionsDataset(IterableDataset):
             for path, rg, _rows in mine:
                 pf = open_files.get(path)
                 if pf is None:
-                    pf = open_files[path] = self._open(fs, path)
+                    pf = open_files[path] = self._open(fs, path, self._footers.get(path))
                 table = pf.read_row_group(rg, columns=["seq", "contract", "target"])
                 self.stats.row_groups_read += 1
                 ROW_GROUPS_READ.inc()

@@ -309,7 +309,7 @@ def build_samples(
         if n
         else {k: np.zeros(0) for k in ("value", "delta", "gamma", "vega", "theta", "rho")}
     )
-    dow = pd.DatetimeIndex(qdate).dayofweek.to_numpy().astype(np.float64)
+    dow = pd.DatetimeIndex(qdate).day_of_week.to_numpy().astype(np.float64)
     month = pd.DatetimeIndex(qdate).month.to_numpy().astype(np.float64)
     log_m = np.log(spot / strike)
     contract_cols = {

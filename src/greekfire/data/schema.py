@@ -1,8 +1,8 @@
 """Arrow schemas for option quotes and underlying bars, quote cleaning, and date-partitioned Parquet I/O.
 
 Quotes are end-of-day option quotes, one row per contract per quote date. Underlying bars are daily
-OHLCV rows. Both live as Parquet files partitioned by date (Hive layout, ``quote_date=2018-01-02/`` for
-quotes, ``date=2018-01-02/`` for bars) on any fsspec URL (see :mod:`greekfire.data.storage`).
+OHLCV rows. Both live as Parquet files partitioned by date (Hive layout: ``quote_date=2018-01-02/`` for
+quotes; ``year=2018/`` for daily bars, one small file per year rather than a tiny one per day) on any fsspec URL (see :mod:`greekfire.data.storage`).
 
 In pandas, dates are ``datetime64[ns]`` at midnight; ``right`` is ``"C"`` or ``"P"``; ``style`` is
 ``"E"`` (European) or ``"A"`` (American). Prices are in the underlying's currency per unit of underlying.
@@ -230,18 +230,29 @@ def _table_to_frame(table: pa.Table) -> pd.DataFrame:
 
 
 def _write_partitions(
-    table: pa.Table, partition: str, url: str, settings: Any, row_group_size: int | None, basename: str
+    table: pa.Table,
+    partition: str,
+    url: str,
+    settings: Any,
+    row_group_size: int | None,
+    basename: str,
+    by_year: bool = False,
 ) -> list[str]:
     from greekfire.data.storage import open_fs
 
     fs, root = open_fs(url, settings)
     rg = row_group_size or (settings.storage.row_group_rows if settings is not None else 65_536)
     days = table.column(partition).to_numpy(zero_copy_only=False).astype("datetime64[D]")
+    keys = days.astype("datetime64[Y]") if by_year else days
     written = []
-    for day in np.unique(days):
-        sel = pa.array(days == day)
-        part = table.filter(sel).drop_columns([partition])
-        folder = f"{root.rstrip('/')}/{partition}={np.datetime_as_string(day, unit='D')}"
+    for key in np.unique(keys):
+        sel = pa.array(keys == key)
+        if by_year:  # the date stays in the file; the folder names the year
+            part = table.filter(sel)
+            folder = f"{root.rstrip('/')}/year={np.datetime_as_string(key, unit='Y')}"
+        else:  # the folder holds the date (Hive layout), so the column is not repeated in the file
+            part = table.filter(sel).drop_columns([partition])
+            folder = f"{root.rstrip('/')}/{partition}={np.datetime_as_string(key, unit='D')}"
         fs.makedirs(folder, exist_ok=True)
         path = f"{folder}/{basename}.parquet"
         # write to memory first: one PUT per file on object stores, and a half-written file never appears
@@ -278,12 +289,15 @@ def write_bars(
     row_group_size: int | None = None,
     basename: str = "part-0",
 ) -> list[str]:
-    """Write underlying bars as Parquet partitioned by date under ``url``; returns the file paths."""
-    return _write_partitions(bars_to_table(df), BAR_PARTITION, url, settings, row_group_size, basename)
+    """Write daily underlying bars as Parquet under ``url``, one file per calendar year
+    (``<url>/year=YYYY/<basename>.parquet``; a file per day would be tiny); returns the file paths."""
+    return _write_partitions(
+        bars_to_table(df), BAR_PARTITION, url, settings, row_group_size, basename, by_year=True
+    )
 
 
 def _read_partitions(
-    url: str, settings: Any, schema: pa.Schema, partition: str, start: Any, end: Any
+    url: str, settings: Any, schema: pa.Schema, partition: str, start: Any, end: Any, by_year: bool = False
 ) -> pd.DataFrame:
     import pyarrow.dataset as ds
     from pyarrow.fs import FSSpecHandler, PyFileSystem
@@ -293,13 +307,16 @@ def _read_partitions(
     fs, root = open_fs(url, settings)
     if not fs.exists(root):
         raise DataError("url", url, "no such dataset folder")
-    part_schema = pa.schema([schema.field(partition)])
+    part_schema = (
+        pa.schema([pa.field("year", pa.int32())]) if by_year else pa.schema([schema.field(partition)])
+    )
+    full = schema.append(part_schema.field(0)) if by_year else schema
     dataset = ds.dataset(
         root,
         filesystem=PyFileSystem(FSSpecHandler(fs)),
         format="parquet",
         partitioning=ds.partitioning(part_schema, flavor="hive"),
-        schema=schema,
+        schema=full,
         exclude_invalid_files=False,
     )
     flt = None
@@ -308,7 +325,7 @@ def _read_partitions(
     if end is not None:
         e = ds.field(partition) <= pa.scalar(pd.Timestamp(end).date(), pa.date32())
         flt = e if flt is None else flt & e
-    table = dataset.to_table(filter=flt)
+    table = dataset.to_table(filter=flt, columns=schema.names)
     df = _table_to_frame(table)
     return df.sort_values([partition], kind="stable").reset_index(drop=True)
 
@@ -320,5 +337,5 @@ def read_quotes(url: str, settings: Any = None, *, start: Any = None, end: Any =
 
 
 def read_bars(url: str, settings: Any = None, *, start: Any = None, end: Any = None) -> pd.DataFrame:
-    """Read date-partitioned underlying bars from ``url``, optionally only dates in [start, end]."""
-    return _read_partitions(url, settings, BAR_SCHEMA, BAR_PARTITION, start, end)
+    """Read year-partitioned underlying bars from ``url``, optionally only dates in [start, end]."""
+    return _read_partitions(url, settings, BAR_SCHEMA, BAR_PARTITION, start, end, by_year=True)

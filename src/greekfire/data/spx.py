@@ -128,3 +128,30 @@ def spot_alignment(quotes: pd.DataFrame, bars: pd.DataFrame) -> dict[str, float 
         "max_abs_rel_diff": float(rel.max()) if len(rel) else float("nan"),
         "mean_abs_rel_diff": float(rel.mean()) if len(rel) else float("nan"),
     }
+
+
+def spx_report(path: str | Path, out: str | None = None, settings: Any = None) -> dict[str, Any]:
+    """Load the vendor file and the S&P 500 history, check they line up, count bad rows; optionally write
+    both as partitions under ``out`` (``<out>/quotes``, ``<out>/underlying``). Returns a summary mapping."""
+    from greekfire.data.schema import clean_quotes
+
+    quotes = load_spx_quotes(path)
+    bars = load_sp500_history()
+    _, dropped = clean_quotes(quotes)
+    report: dict[str, Any] = {
+        "rows": len(quotes),
+        "quote_dates": int(quotes["quote_date"].nunique()),
+        "first_date": str(quotes["quote_date"].min().date()),
+        "last_date": str(quotes["quote_date"].max().date()),
+        "expiries": sorted(str(d.date()) for d in quotes["expiry"].dropna().unique()),
+        "bad_rows": {k: v for k, v in dropped.items() if v},
+        "usable_rows": len(quotes) - sum(dropped.values()),
+        "spot_vs_sp500_close": spot_alignment(quotes, bars),
+    }
+    if out:
+        from greekfire.data.synthetic import write_partitions
+
+        paths = write_partitions(quotes, bars[bars["date"] <= quotes["quote_date"].max()], out, settings)
+        report["files"] = sum(len(v) for v in paths.values())
+        report["out"] = out
+    return report

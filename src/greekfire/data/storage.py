@@ -66,8 +66,6 @@ def s3_options(settings: Any) -> dict[str, Any]:
     st = _settings(settings).storage
     opts: dict[str, Any] = {
         "anon": st.s3_anon,
-        # s3fs retries on its own as well as botocore; both follow the one setting
-        "retries": st.max_attempts,
         "config_kwargs": {
             "connect_timeout": st.connect_timeout_s,
             "read_timeout": max(30.0, st.connect_timeout_s),
@@ -104,8 +102,10 @@ def open_fs(url: str, settings: Any = None, *, fresh: bool = False) -> tuple[Any
         fs = LocalFileSystem(auto_mkdir=True)
         return fs, fs._strip_protocol(url)
     kwargs: dict[str, Any] = {}
+    retries = None
     if proto in _S3:
         kwargs = s3_options(settings)
+        retries = _settings(settings).storage.max_attempts
         proto = "s3"
     if fresh:
         kwargs["skip_instance_cache"] = True
@@ -118,6 +118,8 @@ def open_fs(url: str, settings: Any = None, *, fresh: bool = False) -> tuple[Any
         ) from exc
     except ValueError as exc:
         raise ConfigError("storage.url", url, f"unknown storage scheme {proto!r}: {exc}") from exc
+    if retries is not None:
+        fs.retries = retries  # s3fs retries on its own as well as botocore; both follow the one setting
     return fs, fs._strip_protocol(url)
 
 

@@ -1,0 +1,160 @@
+"""Features against hand computations; windows and splits never look ahead; normaliser fit on train only."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from greekfire.core.errors import DataError
+from greekfire.data.features import (
+    CONTRACT_NAMES,
+    SEQ_NAMES,
+    Normalizer,
+    build_samples,
+    ema,
+    realized_vol,
+    rsi,
+    sma,
+    time_split,
+    underlying_features,
+)
+
+
+def test_sma_and_ema_by_hand() -> None:
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    np.testing.assert_allclose(sma(x, 3), [np.nan, np.nan, 2.0, 3.0, 4.0])
+    # alpha = 2 / (3 + 1) = 0.5, seeded with the first value
+    np.testing.assert_allclose(ema(x, 3), [1.0, 1.5, 2.25, 3.125, 4.0625])
+
+
+def test_rsi_by_hand() -> None:
+    close = np.array([10.0, 11.0, 10.5, 11.5, 11.0, 12.0])
+    # n = 3: changes +1, -0.5, +1, -0.5, +1
+    out = rsi(close, 3)
+    assert np.isnan(out[:3]).all()
+    g, loss = (1 + 0 + 1) / 3, (0 + 0.5 + 0) / 3
+    assert out[3] == pytest.approx(100 - 100 / (1 + g / loss))
+    g, loss = (g * 2 + 0) / 3, (loss * 2 + 0.5) / 3
+    assert out[4] == pytest.approx(100 - 100 / (1 + g / loss))
+    g, loss = (g * 2 + 1) / 3, (loss * 2 + 0) / 3
+    assert out[5] == pytest.approx(100 - 100 / (1 + g / loss))
+    assert rsi(np.arange(1.0, 20.0), 14)[-1] == 100.0  # only gains
+
+
+def test_realized_vol_by_hand() -> None:
+    close = np.array([100.0, 101.0, 99.0, 102.0, 103.0])
+    r = np.log(close[1:] / close[:-1])
+    out = realized_vol(close, 3)
+    assert np.isnan(out[:3]).all()
+    assert out[3] == pytest.approx(np.std(r[0:3], ddof=1) * math.sqrt(252))
+    assert out[4] == pytest.approx(np.std(r[1:4], ddof=1) * math.sqrt(252))
+
+
+def make_bars(n: int = 150, seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    return pd.DataFrame(
+        {"date": pd.bdate_range("2023-01-02", periods=n), "underlying": "XYZ", "close": close}
+    )
+
+
+def make_quotes(bars: pd.DataFrame, dates: list[pd.Timestamp]) -> pd.DataFrame:
+    rows = []
+    close = bars.set_index("date")["close"]
+    for d in dates:
+        s = float(close.get(d, 100.0))
+        for k in (0.9 * s, s, 1.1 * s):
+            for right in ("C", "P"):
+                rows.append(
+                    {
+                        "quote_date": d,
+                        "underlying": "XYZ",
+                        "spot": s,
+                        "expiry": d + pd.Timedelta(days=30),
+                        "strike": round(k, 2),
+                        "right": right,
+                        "style": "E",
+                        "bid": 2.0,
+                        "ask": 2.2,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_underlying_features_use_only_the_past() -> None:
+    bars = make_bars()
+    base = underlying_features(bars)
+    changed = bars.copy()
+    changed.loc[100:, "close"] *= 1.5  # rewrite the future from day 100
+    after = underlying_features(changed)
+    pd.testing.assert_frame_equal(base.iloc[:100], after.iloc[:100])
+
+
+def test_build_samples_shapes_windows_and_drops() -> None:
+    bars = make_bars()
+    dates = list(bars["date"].iloc[[10, 80, 90, 100, 110, 120, 130, 140]])
+    q = make_quotes(bars, [*dates, pd.Timestamp("2030-01-02")])  # last date has no bar
+    q.loc[0, ["bid", "ask"]] = [3.0, 2.0]
+    s = build_samples(q, bars, window=20)
+    assert s.seq.shape[1:] == (20, len(SEQ_NAMES)) and s.seq.dtype == np.float32
+    assert s.contract.shape[1] == len(CONTRACT_NAMES)
+    assert s.dropped["crossed"] == 1
+    assert s.dropped["no_underlying_bar"] == 6
+    assert s.dropped["insufficient_history"] == 5  # day 10: too little history (one row already crossed)
+    assert len(s) == 7 * 6
+    assert np.isfinite(s.seq).all() and np.isfinite(s.contract).all()
+    np.testing.assert_allclose(s.target, 2.1 / (q["strike"].to_numpy()[6:-6]), rtol=1e-6)
+    # the window ends on the quote date: its last row is that day's features
+    feats = underlying_features(bars).set_index("date")
+    last = feats.loc[pd.Timestamp(s.quote_date[0]), list(SEQ_NAMES)].to_numpy(dtype=np.float32)
+    np.testing.assert_allclose(s.seq[0, -1], last, rtol=1e-6)
+    # Black-Scholes baseline is a price / strike, positive, of the same order as the target
+    assert (s.bs_baseline > 0).all() and s.bs_baseline.max() < 0.2
+
+
+def test_windows_do_not_look_ahead() -> None:
+    bars = make_bars()
+    q = make_quotes(bars, list(bars["date"].iloc[[90, 100]]))
+    a = build_samples(q, bars, window=10)
+    future = bars.copy()
+    future.loc[101:, "close"] *= 2.0
+    b = build_samples(q, future, window=10)
+    np.testing.assert_array_equal(a.seq, b.seq)
+    np.testing.assert_array_equal(a.contract, b.contract)
+
+
+def test_time_split_by_date_no_overlap() -> None:
+    bars = make_bars()
+    q = make_quotes(bars, list(bars["date"].iloc[80:140]))
+    s = build_samples(q, bars, window=5)
+    tr, va, te = time_split(s, val_frac=0.2, test_frac=0.2)
+    assert len(tr) + len(va) + len(te) == len(s)
+    assert tr.quote_date.max() < va.quote_date.min() <= va.quote_date.max() < te.quote_date.min()
+    assert len(np.unique(te.quote_date)) == 12 and len(np.unique(va.quote_date)) == 12
+    with pytest.raises(DataError, match="val_frac"):
+        time_split(s, val_frac=1.5)
+
+
+def test_normalizer_fit_on_train_and_saved() -> None:
+    bars = make_bars()
+    s = build_samples(make_quotes(bars, list(bars["date"].iloc[80:140])), bars, window=5)
+    tr, va, _ = time_split(s)
+    norm = Normalizer.fit(tr)
+    t = norm.transform(tr)
+    i = CONTRACT_NAMES.index("ttm")
+    assert abs(float(t.contract[:, i].mean())) < 1e-4
+    j = CONTRACT_NAMES.index("is_call")
+    np.testing.assert_array_equal(t.contract[:, j], tr.contract[:, j])  # one-hots untouched
+    # fit on train only: the val statistics differ from what the normaliser holds
+    assert not np.allclose(Normalizer.fit(va).seq_mean, norm.seq_mean)
+    again = Normalizer.from_state_dict(norm.state_dict())
+    np.testing.assert_array_equal(again.transform(va).seq, norm.transform(va).seq)
+
+
+def test_more_than_one_underlying_is_refused() -> None:
+    bars = pd.concat([make_bars(), make_bars().assign(underlying="ABC")])
+    with pytest.raises(DataError, match="one underlying"):
+        build_samples(make_quotes(make_bars(), []), bars)

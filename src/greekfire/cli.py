@@ -30,9 +30,15 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+gpu_app = typer.Typer(help="GPU resource manager: devices, health, metrics server.", no_args_is_help=True)
+app.add_typer(gpu_app, name="gpu")
 
 data_app = typer.Typer(help="Options data: storage checks, synthetic market, real SPX quotes.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(help="Train models: the options pricing network (Lightning).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+serve_app = typer.Typer(help="Serve models over HTTP: the pricing inference server.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -118,6 +124,54 @@ def config_show(
 
 
 # --------------------------------------------------------------------------------------------------------
+# gpu: device discovery, health and the /health + /metrics server (greekfire.gpu, greekfire.api.gpu)
+@gpu_app.command("status")
+def gpu_status(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Devices, health, memory, cloud and the reasons for anything missing."""
+    from greekfire.gpu.manager import GpuManager
+
+    manager = GpuManager(settings())
+    try:
+        data = manager.status()
+    finally:
+        manager.stop()
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title=f"greekfire gpu status: {data['status']}")
+    for col in ("device", "name", "memory used/total MiB", "health", "details"):
+        table.add_column(col)
+    for d in data["devices"]:
+        details = f"CC {d['compute_capability']}, {d['pci_bus_id']}, {d['uuid']}" if d["kind"] != "cpu" else f"{d['cpu_count']} cores"
+        health = "[green]healthy[/green]" if d["healthy"] else "[red]unhealthy[/red] " + "; ".join(d["reasons"])
+        table.add_row(d["torch_device"], d["name"], f"{d['memory_used_mb']:.0f}/{d['memory_total_mb']:.0f}", health, details)
+    console.print(table)
+    cloud = data["cloud"]
+    console.print(f"driver {data['driver_version'] or '-'}, CUDA driver {data['cuda_driver_version'] or '-'}, "
+                  f"CUDA runtime {data['cuda_runtime_version'] or '-'}; cloud {cloud['provider']} "
+                  f"{cloud['instance_type'] or ''} {cloud['region'] or ''}".rstrip())
+    console.print(f"placement: {data['placement']['torch_device']} ({data['placement']['reason']})")
+    for reason in data["reasons"] + cloud["reasons"]:
+        console.print(f"[yellow]note[/yellow]: {reason}")
+
+
+@gpu_app.command("serve")
+def gpu_serve(
+    host: Annotated[str | None, typer.Option("--host", help="bind address (default: gpu.host)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="port (default: gpu.port)")] = None,
+) -> None:
+    """Serve GET /health (JSON) and GET /metrics (Prometheus) for this node's GPUs."""
+    import uvicorn
+
+    from greekfire.api.gpu import build_app
+
+    s = settings()
+    uvicorn.run(build_app(s), host=host or s.gpu.host, port=port or s.gpu.port, log_level="warning")
+
+
+# --------------------------------------------------------------------------------------------------------
 # data: storage checks, the synthetic market and the real SPX loader (greekfire.data)
 def _print_mapping(title: str, data: dict[str, Any]) -> None:
     table = Table(title=title, show_header=False)
@@ -179,11 +233,65 @@ def data_spx(
 
 
 # --------------------------------------------------------------------------------------------------------
+# train / serve: the pricing model (greekfire.ml, greekfire.api.pricing)
+@train_app.command("pricing")
+def train_pricing_cmd(
+    overrides: Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. optim.lr=1e-3 trainer.max_epochs=5")] = None,
+    preset: Annotated[str, typer.Option("--preset", "-p", help="experiment in configs/train/ (smoke, liu_mlp, ...)")] = "smoke",
+    experiment: Annotated[Path | None, typer.Option("--experiment", "-e", help="an experiment YAML file instead of a preset")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue this experiment's run from its last checkpoint")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Train the options pricing model; prints checkpoints, test scores and tracking ids."""
+    from greekfire.ml.train import run_training
+
+    s = settings()
+    try:
+        result = run_training(s, preset=preset, config_file=experiment, overrides=overrides or [], resume=resume)
+    except (ConfigErrors, ConfigError, GreekfireError) as exc:
+        err_console.print(f"[red]training failed[/red]: {exc}")
+        raise typer.Exit(2) from None
+    data = result.as_dict()
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title=f"trained {result.name} ({result.version})")
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    for k, v in data.items():
+        if k != "scores":
+            table.add_row(k, str(v))
+    for k, v in result.scores.items():
+        table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@serve_app.command("pricing")
+def serve_pricing_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="checkpoint path, run folder, or MLflow URI (runs:/...)")],
+    host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="default: api.port")] = None,
+    no_batching: Annotated[bool, typer.Option("--no-batching", help="one forward pass per request")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")] = None,
+) -> None:
+    """Serve a trained pricing model: POST /v1/price (JSON or Arrow), /health, /metrics."""
+    from greekfire.api.pricing import serve
+
+    try:
+        serve(settings(), model, host=host, port=port, batching=not no_batching, device=device)
+    except (ConfigErrors, ConfigError, GreekfireError) as exc:
+        err_console.print(f"[red]cannot serve[/red]: {exc}")
+        raise typer.Exit(2) from None
+
+
+# --------------------------------------------------------------------------------------------------------
 # demo: one stage per system that exists. Each stage is ``module:function`` taking the settings and
 # returning a mapping of what it did (printed in the summary table).
 DEMO_STAGES: list[tuple[str, str]] = [
     ("foundation", "greekfire.core.demo:run_demo"),
+    ("gpu", "greekfire.gpu.demo:run_demo"),
     ("data", "greekfire.data.demo:run_demo"),
+    ("training", "greekfire.ml.demo:run_demo"),
 ]
 
 

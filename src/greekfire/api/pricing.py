@@ -1,0 +1,205 @@
+"""The pricing-model inference server: ``POST /v1/price``, ``GET /health``, ``GET /metrics``.
+
+``greekfire serve pricing --model PATH_OR_MLFLOW_URI`` runs :func:`build_app` under uvicorn; tests and the
+benchmark build the same app.
+
+Requests (JSON)::
+
+    POST /v1/price
+    {"contract": [[1.05, 0.5, 0.03, 0.2], ...]}            # rows of the model's contract features
+    {"rows": [{"moneyness": 1.05, "ttm": 0.5, "rate": 0.03, "vol": 0.2}]}   # or named features
+    {"contract": [...], "seq": [[[...] x window] x rows]}  # LSTM models also take the history window
+
+or an Arrow IPC stream (``Content-Type: application/vnd.apache.arrow.stream``) with one float column per
+contract feature and, for LSTM models, a ``seq`` column of lists of per-day lists. The answer is
+``{"price": [...], "unit": "price/strike", "rows": n, "model": ...}``. A bad request gets HTTP 422 whose
+``detail`` names the field (``contract[3].vol``, ``seq``, ``rows[0].ttm``).
+
+Example::
+
+    curl -s localhost:8000/v1/price -H 'content-type: application/json' \\
+         -d '{"rows": [{"moneyness": 1.0, "ttm": 0.5, "rate": 0.03, "vol": 0.2}]}'
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from greekfire.core.errors import DataError
+from greekfire.core.metrics import counter, histogram, mount_metrics
+from greekfire.core.settings import Settings, load_settings
+from greekfire.ml.serving import LoadedModel, MicroBatcher, check_inputs
+
+ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
+
+REQUESTS = counter("greekfire_inference_requests", "pricing requests by outcome", ["status"])
+LATENCY = histogram(
+    "greekfire_inference_request_seconds", "pricing request latency in the server, seconds",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+)
+
+
+class PriceRequest(BaseModel):
+    """A JSON batch: ``contract`` rows or named ``rows`` (one of them), plus ``seq`` for LSTM models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    contract: list[list[float]] | None = Field(None, description="rows of contract features, model order")
+    rows: list[dict[str, float]] | None = Field(None, description="rows of named contract features")
+    seq: list[list[list[float]]] | None = Field(None, description="history windows [rows][window][features]")
+
+
+class PriceResponse(BaseModel):
+    """Model output per row: price divided by strike (multiply by the strike for currency)."""
+
+    price: list[float]
+    unit: str = "price/strike"
+    rows: int
+    model: str
+
+
+def _unprocessable(field: str, value: Any, msg: str) -> RequestValidationError:
+    loc = ("body", *field.replace("]", "").replace("[", ".").split("."))
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+
+
+def _from_json(model: LoadedModel, body: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
+    try:
+        req = PriceRequest.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+    if (req.contract is None) == (req.rows is None):
+        raise _unprocessable("contract", None, "send exactly one of `contract` (lists) or `rows` (named features)")
+    if req.rows is not None:
+        names = model.contract_names
+        table = []
+        for i, row in enumerate(req.rows):
+            missing = [n for n in names if n not in row]
+            extra = [k for k in row if k not in names]
+            if missing or extra:
+                field = f"rows[{i}].{(missing or extra)[0]}"
+                raise _unprocessable(field, row, f"each row needs exactly the features {names}")
+            table.append([row[n] for n in names])
+        contract = torch.tensor(table, dtype=torch.float32)
+    else:
+        widths = {len(r) for r in req.contract or []}
+        if len(widths) > 1:
+            raise _unprocessable("contract", sorted(widths), "all rows need the same number of features")
+        contract = torch.tensor(req.contract, dtype=torch.float32)
+        if contract.ndim == 1:  # an empty list
+            contract = contract.reshape(0, len(model.contract_names))
+    seq = None
+    if req.seq is not None:
+        try:
+            seq = torch.tensor(req.seq, dtype=torch.float32)
+        except ValueError:
+            raise _unprocessable("seq", None, "ragged: every window needs the same days and features") from None
+    return contract, seq
+
+
+def _from_arrow(model: LoadedModel, body: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
+    import numpy as np
+    import pyarrow as pa
+
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+    except pa.ArrowInvalid:
+        try:
+            table = pa.ipc.open_file(pa.py_buffer(body)).read_all()
+        except pa.ArrowInvalid as exc:
+            raise _unprocessable("body", None, f"not an Arrow IPC stream or file: {exc}") from None
+    missing = [n for n in model.contract_names if n not in table.column_names]
+    if missing:
+        raise _unprocessable(missing[0], table.column_names, f"the Arrow table needs columns {model.contract_names}")
+    cols = [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in model.contract_names]
+    contract = torch.from_numpy(np.stack(cols, axis=1)) if cols else torch.empty(0, 0)
+    seq = None
+    if "seq" in table.column_names:
+        try:
+            seq = torch.tensor(table.column("seq").to_pylist(), dtype=torch.float32)
+        except (ValueError, TypeError):
+            raise _unprocessable("seq", None, "ragged: every window needs the same days and features") from None
+    return contract, seq
+
+
+def build_app(settings: Settings | None = None, model: LoadedModel | None = None, *,
+              batching: bool = True) -> FastAPI:
+    """The inference app for ``model`` (a :class:`~greekfire.ml.serving.LoadedModel`).
+
+    ``batching=False`` runs one forward pass per request (the benchmark's baseline); the micro-batch
+    window and size come from ``training.serve_max_wait_ms`` and ``training.serve_max_batch_rows``.
+    """
+    if model is None:
+        raise DataError("model", None, "build_app needs a loaded model (greekfire.ml.serving.load_pricing_model)")
+    s = settings or load_settings()
+    batcher = MicroBatcher(model, max_rows=s.training.serve_max_batch_rows,
+                           max_wait_ms=s.training.serve_max_wait_ms, enabled=batching)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await batcher.close()
+
+    app = FastAPI(title="greekfire pricing model", version="1", lifespan=lifespan)
+    app.state.batcher = batcher
+    app.state.model = model
+    mount_metrics(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": model.source,
+            "kind": model.info.get("kind"),
+            "device": str(model.device),
+            "contract_features": model.contract_names,
+            "seq_features": model.seq_names,
+            "window": model.window,
+            "batching": {"enabled": batching, "max_rows": batcher.max_rows, "max_wait_ms": batcher.max_wait_s * 1e3,
+                         "batches": batcher.batches, "rows": batcher.rows},
+        }
+
+    @app.post("/v1/price", response_model=PriceResponse)
+    async def price(request: Request) -> PriceResponse:
+        """Price / strike for a JSON or Arrow batch of contracts (see the module docstring)."""
+        with LATENCY.time():
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            body = await request.body()
+            try:
+                contract, seq = _from_arrow(model, body) if ctype in ARROW_TYPES else _from_json(model, body)
+                check_inputs(model, contract, seq)
+            except RequestValidationError:
+                REQUESTS.labels("invalid").inc()
+                raise
+            except DataError as exc:
+                REQUESTS.labels("invalid").inc()
+                raise _unprocessable(exc.field, exc.value, exc.reason) from None
+            out = await batcher.submit(contract, seq if model.uses_sequence else None)
+            REQUESTS.labels("ok").inc()
+            return PriceResponse(price=out.tolist(), rows=len(out), model=model.source)
+
+    return app
+
+
+def serve(settings: Settings, model_uri: str, *, host: str | None = None, port: int | None = None,
+          batching: bool = True, device: str | None = None) -> None:
+    """Load ``model_uri`` (checkpoint path or MLflow URI) and serve it with uvicorn until stopped."""
+    import uvicorn
+
+    from greekfire.ml.serving import load_pricing_model
+    from greekfire.ml.tracking import mlflow_uri
+
+    model = load_pricing_model(model_uri, device=device, tracking_uri=mlflow_uri(settings))
+    app = build_app(settings, model, batching=batching)
+    uvicorn.run(app, host=host or settings.api.host, port=port or settings.api.port, log_level="warning")

@@ -100,6 +100,8 @@ class GpuSettings(Section):
     cloud: Literal["auto", "aws", "gcp", "azure", "none"] = "auto"
     cloud_metadata: bool = Field(False, description="query the metadata service for instance type/region")
     metadata_timeout_s: float = Field(1.0, gt=0, le=10)
+    metadata_url: str | None = Field(None, description="metadata service base URL (default: the cloud's own)")
+    dmi_root: Path = Field(Path("/"), description="root under which sys/class/dmi/id is read (tests: a temp dir)")
     memory_fraction: float | None = Field(None, gt=0, le=1, description="per-process fraction of device memory")
     expandable_segments: bool = True
     preallocate_mb: int = Field(0, ge=0, description="reserve this many MiB at start (0: none)")

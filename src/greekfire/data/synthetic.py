@@ -69,7 +69,7 @@ def _strike_step(spot: float) -> float:
 def _expiry_for(day: pd.Timestamp, calendar_days: int) -> pd.Timestamp:
     """The first Friday on or after ``day + calendar_days`` (listed options expire on Fridays)."""
     target = day + pd.Timedelta(days=calendar_days)
-    return target + pd.Timedelta(days=(4 - target.dayofweek) % 7)
+    return target + pd.Timedelta(days=(4 - target.day_of_week) % 7)
 
 
 def generate_market(

@@ -62,9 +62,13 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
-def free_caches() -> None:
-    """Collect garbage and hand torch's cached CUDA blocks back to the driver (when CUDA is in use)."""
-    gc.collect()
+def free_caches(full: bool = True) -> None:
+    """Collect garbage and hand torch's cached CUDA blocks back to the driver (when CUDA is in use).
+
+    ``full=False`` collects only the young generations (about 1 ms instead of 0.2 s with torch loaded),
+    which is enough for the frames of a batch that just failed.
+    """
+    gc.collect(2 if full else 1)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
@@ -105,8 +109,9 @@ def run_with_oom_backoff(
     ``items`` is a tensor or array (sliced on dim 0) or a list; ``fn(batch)`` returns a tensor, array or
     list with one entry (row) per item. Results are concatenated in order, so they equal ``fn(items)``
     for a row-wise ``fn``. Each OOM counts ``greekfire_oom_total{device}``, frees caches and retries the
-    same rows with half the batch; the smaller batch is kept for the rest of the run. Raises
-    :class:`GpuOutOfMemoryError` naming the device and sizes when even ``min_batch_size`` rows fail.
+    same rows with half the batch; the smaller batch is kept for the rest of the run. At
+    ``min_batch_size`` it runs a full garbage collection and tries once more, then raises
+    :class:`GpuOutOfMemoryError` naming the device, the row and the sizes tried.
     ``device`` labels the metric and the error (default: ``items.device`` or ``cpu``).
     """
     if batch_size < 1 or min_batch_size < 1:
@@ -117,6 +122,7 @@ def run_with_oom_backoff(
     tried = [size]
     parts: list[Any] = []
     start = 0
+    last_chance_at = -1  # the row at which a full collection was already tried at the smallest batch
     while start < n:
         stop = min(start + size, n)
         try:
@@ -125,9 +131,14 @@ def run_with_oom_backoff(
             if not is_oom(exc):
                 raise
             _oom_total.labels(device=dev).inc()
-            free_caches()
             if size <= min_batch_size:
-                raise GpuOutOfMemoryError(dev, start, n, tried, exc) from exc
+                if last_chance_at == start:
+                    raise GpuOutOfMemoryError(dev, start, n, tried, exc) from exc
+                # before giving up: one full garbage collection and one more try at the smallest batch
+                last_chance_at = start
+                free_caches(full=True)
+                continue
+            free_caches(full=False)
             size = max(min_batch_size, size // 2)
             tried.append(size)
             _batch_gauge.labels(device=dev).set(size)

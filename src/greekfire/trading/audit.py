@@ -30,6 +30,12 @@ class AuditLog:
         self._entries.append((self._seq, ts_ns, kind, ref, data))
         return self._seq
 
+    def resume(self, seq: int) -> None:
+        """Continue numbering after ``seq`` (the last entry stored before a restart)."""
+        if self._entries[self._flushed :]:
+            raise ValueError("resume() with unflushed entries would renumber them")
+        self._seq = max(self._seq, int(seq))
+
     @property
     def seq(self) -> int:
         return self._seq

@@ -543,7 +543,7 @@ class TradingEngine:
         changed = [self.oms.orders[c].to_dict() for c in self._dirty_orders if c in self.oms.orders]
         state = {
             "portfolio": self.portfolio.snapshot(),
-            "engine": {"incarnation": self.incarnation, "seq": self._seq},
+            "engine": {"incarnation": self.incarnation, "seq": self._seq, "audit_seq": self.audit.seq},
             "risk": {"state": self.risk.state.value, "killed": self.risk.killed, "kill_reason": self.risk.kill_reason,
                      "limits": self.risk.limits.model_dump()},
         }
@@ -565,6 +565,8 @@ class TradingEngine:
         self.oms.restore(snap["orders"])
         eng = st.get("engine", {})
         self.incarnation = int(eng.get("incarnation", 0)) + 1  # new ids can never collide with a lost session's
+        self.audit.flush()
+        self.audit.resume(int(eng.get("audit_seq", 0)))
         self._seq = 0
         risk = st.get("risk", {})
         if risk.get("limits"):
@@ -607,6 +609,22 @@ class TradingEngine:
                 self.oms.transition(o, OrderStatus.SUBMITTED, now, "recovered")
                 self.oms.transition(o, OrderStatus.ACCEPTED, now, "recovered")
                 adopted += 1
+            # the venue's terms win: an amend acknowledged there after our last snapshot changed qty/price
+            for cid, st in open_states.items():
+                o = known.get(cid)
+                if o is None:
+                    continue
+                if o.qty != st.qty or (o.price is not None and abs(o.price - st.price) > 1e-9):
+                    self.audit.append(now, "reconcile", cid, {"qty": [o.qty, st.qty], "price": [o.price, st.price]})
+                    o.qty, o.price = st.qty, st.price
+                if o.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
+                    self.oms.transition(o, o.resting_status(), now, "reconcile_live_at_venue")
+            for cid, fl in by_cid.items():
+                o = known.get(cid)
+                total = sum(f.qty for f in fl)
+                if o is not None and total > o.qty:  # closed at the venue after an upsize we did not save
+                    self.audit.append(now, "reconcile", cid, {"qty": [o.qty, total]})
+                    o.qty = total
             res = self.oms.reconcile(name, states, fills, now)
             for f in res["missing_fills"]:
                 order = self.oms.get(f.client_id)

@@ -89,7 +89,7 @@ class Instrument:
 
     def from_ticks(self, ticks: int) -> float:
         """Integer ticks -> price in currency."""
-        return ticks * self.tick_size
+        return round(ticks * self.tick_size, 10)  # 280 x 0.01 is 2.8000000000000003 otherwise
 
     def on_tick(self, price: float) -> bool:
         """True when ``price`` is a whole number of ticks (to 1e-6 of a tick)."""

@@ -161,6 +161,8 @@ class SimulatedVenue(Venue):
         self._bg_live: dict[int, list[int]] = {iid: [] for iid in self.instruments}
         self.connected = True
         self.requests = 0
+        self._touched: set[int] = set()
+        self._pending_md: list[Any] = []
 
     # ---------------------------------------------------------------- interface
     def fees(self) -> tuple[float, float]:
@@ -192,12 +194,23 @@ class SimulatedVenue(Venue):
         for iid in self.instruments:
             for lvl in range(levels):
                 self._bg_quote(iid, now_ns, offset=lvl, size=size)
+            self._touched.add(iid)
+
+    def add_liquidity(self, instrument_id: int, side: int, qty: int, price: float, now_ns: int = 0) -> None:
+        """Rest a synthetic participant's limit order (price in currency) at once; for scripted scenarios."""
+        oid = self._next_oid
+        self._next_oid += 1
+        inst = self.instruments[instrument_id]
+        reports = self.books[instrument_id].submit(oid, 100, MSide(side), qty, inst.to_ticks(price), ts_ns=now_ns)
+        self._touched.add(instrument_id)
+        self._reports(instrument_id, reports, now_ns, self._pending_md)
 
     def poll(self, now_ns: int) -> list[Any]:
-        out: list[Any] = []
+        out: list[Any] = self._pending_md
+        self._pending_md = []
         if not self.connected:
             return out
-        touched: set[int] = set()
+        touched = self._touched
         self._background(now_ns, touched, out)
         inbound = self._inbound
         while inbound and inbound[0][0] <= now_ns:
@@ -216,6 +229,7 @@ class SimulatedVenue(Venue):
                 now_ns,
                 self.name,
             ))
+        touched.clear()
         outbound = self._outbound
         while outbound and outbound[0][0] <= now_ns:
             out.append(heapq.heappop(outbound)[2])

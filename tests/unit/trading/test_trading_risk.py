@@ -1,0 +1,202 @@
+"""Risk engine: every pre-trade check passes a good order and denies a bad one with its reason and values;
+continuous checks, trading states and the kill switch."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from greekfire.core.errors import ConfigError
+from greekfire.core.settings import RiskSettings
+from greekfire.trading.model import Fill, Instrument, InstrumentKind, OrderType, Side, option
+from greekfire.trading.orders import Order
+from greekfire.trading.portfolio import Portfolio
+from greekfire.trading.risk import Reason, RiskEngine, TradingState
+
+NOW = 1_800_000_000 * 10**9
+EXPIRY = datetime.fromtimestamp(NOW / 1e9, UTC) + timedelta(days=30)
+CALL = option(2, "XYZ", 100.0, EXPIRY, "C", multiplier=100.0, tick_size=0.01)
+STOCK = Instrument(1, "XYZ", InstrumentKind.EQUITY, tick_size=0.01)
+LOT10 = Instrument(3, "LOTS", InstrumentKind.EQUITY, tick_size=0.05, lot_size=10)
+
+
+def book(cash: float = 10_000_000.0) -> Portfolio:
+    pf = Portfolio(cash)
+    for inst in (STOCK, CALL, LOT10):
+        pf.add_instrument(inst)
+    pf.mark(1, 100.0)
+    pf.mark(3, 20.0)
+    pf.mark(2, 2.50)
+    pf.revalue(NOW)
+    return pf
+
+
+def engine(cash: float = 10_000_000.0, **limits: object) -> RiskEngine:
+    risk = RiskEngine(RiskSettings(**limits), book(cash))
+    risk.refresh()
+    return risk
+
+
+def order(iid: int = 2, side: Side = Side.BUY, qty: int = 10, price: float | None = 2.50, **kw: object) -> Order:
+    return Order("c1", iid, side, qty, price, strategy_id="s", **kw)
+
+
+def hold(risk: RiskEngine, iid: int, qty: int, price: float) -> None:
+    side = Side.BUY if qty > 0 else Side.SELL
+    risk.portfolio.apply_fill(Fill(f"seed-{iid}-{qty}", "seed", iid, side, abs(qty), price))
+    risk.portfolio.revalue(NOW, force=True)
+    risk.refresh()
+
+
+def denied(risk: RiskEngine, o: Order, ref: float | None = 2.50) -> Reason | None:
+    d = risk.check(o, ref, NOW)
+    return None if d is None else d.reason
+
+
+def test_a_good_order_passes_every_check() -> None:
+    risk = engine()
+    assert risk.check(order(), 2.50, NOW) is None
+    assert risk.check(order(1, Side.SELL, 100, 100.0), 100.0, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("limits", "good", "bad", "reason"),
+    [
+        ({}, order(qty=5), order(qty=0), Reason.BAD_QTY),
+        ({"max_order_qty": 20}, order(qty=20), order(qty=21), Reason.MAX_QTY),
+        ({}, order(price=2.51), order(price=2.505), Reason.BAD_TICK),
+        ({"price_band_pct": 0.10, "price_band_ticks": 0}, order(price=2.75), order(price=2.76), Reason.PRICE_BAND),
+        ({"max_notional": 2_500.0}, order(qty=10), order(qty=11), Reason.MAX_NOTIONAL),
+        ({"max_position": 15}, order(qty=15), order(qty=16), Reason.POSITION_LIMIT),
+        ({"max_delta": 600.0}, order(qty=10), order(qty=20), Reason.DELTA_LIMIT),
+        ({"max_gamma": 100.0}, order(qty=10), order(qty=20), Reason.GAMMA_LIMIT),
+        ({"max_vega": 15_000.0}, order(qty=10), order(qty=20), Reason.VEGA_LIMIT),
+        ({"max_theta": 20_000.0}, order(qty=10), order(qty=20), Reason.THETA_LIMIT),
+        ({"max_total_delta_cash": 60_000.0}, order(qty=10), order(qty=20), Reason.TOTAL_DELTA_LIMIT),
+        ({"max_total_gamma_cash": 10_000.0}, order(qty=10), order(qty=20), Reason.TOTAL_GAMMA_LIMIT),
+        ({"max_total_vega": 15_000.0}, order(qty=10), order(qty=20), Reason.TOTAL_VEGA_LIMIT),
+        ({"max_total_theta": 20_000.0}, order(qty=10), order(qty=20), Reason.TOTAL_THETA_LIMIT),
+    ],
+    ids=lambda v: v.value if isinstance(v, Reason) else "",
+)
+def test_each_check_passes_then_denies(limits: dict, good: Order, bad: Order, reason: Reason) -> None:
+    assert denied(engine(**limits), good) is None
+    risk = engine(**limits)
+    d = risk.check(bad, 2.50, NOW)
+    assert d is not None and d.reason == reason
+    assert d.values and d.message  # the values that caused it travel with the denial
+    assert risk.denials == {reason.value: 1}
+
+
+def test_greek_limits_see_the_book_after_the_order_and_let_reducing_orders_through() -> None:
+    risk = engine(max_delta=600.0)
+    hold(risk, 2, 20, 2.50)  # already beyond the delta limit (about 20 x 100 x 0.54)
+    assert denied(risk, order(qty=1)) == Reason.DELTA_LIMIT
+    assert denied(risk, order(side=Side.SELL, qty=5)) is None
+    d = risk.check(order(qty=1), 2.50, NOW)
+    assert d is not None and d.values["after"] > d.values["before"] > d.values["limit"]
+
+
+def test_lot_unknown_instrument_and_missing_reference() -> None:
+    risk = engine()
+    assert denied(risk, order(3, qty=10, price=20.0), 20.0) is None
+    assert denied(risk, order(3, qty=15, price=20.0), 20.0) == Reason.BAD_LOT
+    assert denied(risk, order(99)) == Reason.UNKNOWN_INSTRUMENT
+    assert denied(risk, order(price=None, ord_type=OrderType.MARKET), None) == Reason.NO_REFERENCE_PRICE
+    assert denied(risk, order(price=None, ord_type=OrderType.MARKET), 2.50) is None
+
+
+def test_underlying_position_limit_counts_every_instrument_of_the_underlying() -> None:
+    risk = engine(max_underlying_position=50, max_position=1000)
+    hold(risk, 1, 40, 100.0)
+    assert denied(risk, order(qty=10)) is None
+    assert denied(risk, order(qty=11)) == Reason.UNDERLYING_POSITION_LIMIT
+
+
+def test_order_rate_limit_refills_with_time() -> None:
+    risk = engine(max_orders_per_s=3)
+    assert [denied(risk, order()) for _ in range(4)] == [None, None, None, Reason.ORDER_RATE]
+    assert risk.check(order(), 2.50, NOW + 10**9) is None
+
+
+def test_cash_and_margin() -> None:
+    risk = engine(cash=2_000.0)
+    assert denied(risk, order(qty=8)) is None  # 8 x 2.50 x 100 = 2,000
+    assert denied(risk, order(qty=9)) == Reason.INSUFFICIENT_MARGIN
+    # selling short posts margin on the underlying notional (20% x 100 x 100 per contract, less premium)
+    assert denied(risk, order(side=Side.SELL, qty=1)) is None
+    assert denied(risk, order(side=Side.SELL, qty=2)) == Reason.INSUFFICIENT_MARGIN
+
+
+def test_reduce_only_and_reducing_state() -> None:
+    risk = engine()
+    hold(risk, 2, 10, 2.50)
+    assert denied(risk, order(qty=1, reduce_only=True)) == Reason.REDUCE_ONLY
+    assert denied(risk, order(side=Side.SELL, qty=5, reduce_only=True)) is None
+    risk.set_state(TradingState.REDUCING)
+    assert denied(risk, order(qty=1)) == Reason.REDUCING_ONLY
+    assert denied(risk, order(side=Side.SELL, qty=10)) is None
+    risk.set_state(TradingState.HALTED)
+    assert denied(risk, order(side=Side.SELL, qty=10)) == Reason.HALTED
+
+
+def test_kill_switch_blocks_until_reset_and_calls_back() -> None:
+    calls: list[str] = []
+    risk = RiskEngine(RiskSettings(), book(), on_kill=calls.append)
+    risk.kill("test")
+    assert calls == ["test"] and risk.state == TradingState.HALTED
+    assert denied(risk, order()) == Reason.KILL_SWITCH
+    with pytest.raises(ConfigError):
+        risk.set_state(TradingState.ACTIVE)
+    risk.reset_kill()
+    assert risk.state == TradingState.ACTIVE and denied(risk, order()) is None
+
+
+def test_limits_change_at_run_time_and_bad_values_name_the_field() -> None:
+    risk = engine()
+    assert denied(risk, order(qty=30)) is None
+    risk.set_limits(max_order_qty=20)
+    assert denied(risk, order(qty=30)) == Reason.MAX_QTY
+    with pytest.raises(ConfigError, match="trading.risk.max_order_qty"):
+        risk.set_limits(max_order_qty=-1)
+    with pytest.raises(ConfigError, match="trading.risk.no_such"):
+        risk.set_limits(no_such=1)
+
+
+def test_var_limit_denies_a_risk_increasing_order() -> None:
+    risk = engine(var_limit=2_000.0)
+    assert denied(risk, order(1, qty=10, price=100.0), 100.0) is None
+    d = risk.check(order(1, qty=1000, price=100.0), 100.0, NOW)
+    assert risk.var_available, "greekfire.quant.parametric_var is required"
+    assert d is not None and d.reason == Reason.VAR_LIMIT and d.values["var_after"] > 2_000.0
+
+
+def test_continuous_stop_loss_names_the_position() -> None:
+    risk = engine(stop_loss=1_000.0)
+    hold(risk, 2, 10, 2.50)
+    risk.portfolio.mark(2, 1.40)  # 10 x 100 x -1.10 = -1,100
+    breaches = risk.continuous()
+    assert [(b.reason, b.instrument_id, b.action) for b in breaches] == [(Reason.STOP_LOSS, 2, "close_position")]
+
+
+def test_daily_loss_reduces_then_halts_and_trips_the_kill_switch() -> None:
+    killed: list[str] = []
+    risk = RiskEngine(RiskSettings(daily_loss_limit=1_000.0, stop_loss=1e9, max_drawdown=1e9), book(), on_kill=killed.append)
+    hold(risk, 2, 10, 2.50)
+    risk.portfolio.mark(2, 1.60)  # -900: beyond 80% of the limit
+    assert [b.reason for b in risk.continuous()] == [Reason.DAILY_LOSS]
+    assert risk.state == TradingState.REDUCING and not risk.killed
+    risk.portfolio.mark(2, 1.40)  # -1,100
+    risk.continuous()
+    assert risk.killed and risk.state == TradingState.HALTED and killed
+
+
+def test_drawdown_from_the_peak_halts_without_kill_when_configured() -> None:
+    risk = engine(max_drawdown=500.0, daily_loss_limit=1e9, stop_loss=1e9, kill_on_breach=False)
+    hold(risk, 2, 10, 2.50)
+    risk.portfolio.mark(2, 3.50)  # +1,000: new peak
+    assert risk.continuous() == []
+    risk.portfolio.mark(2, 2.90)  # 600 below the peak
+    assert [b.reason for b in risk.continuous()] == [Reason.DRAWDOWN]
+    assert risk.state == TradingState.HALTED and not risk.killed

@@ -147,8 +147,11 @@ class XidWatcher:
                 uuid = text(nv.nvmlDeviceGetUUID(h))
                 self.tracker.register(uuid, i)
                 try:
-                    supported = nv.nvmlDeviceGetSupportedEventTypes(h)
-                    nv.nvmlDeviceRegisterEvents(h, wanted & supported, self._event_set)
+                    mask = wanted & int(nv.nvmlDeviceGetSupportedEventTypes(h))
+                    if not mask:
+                        self.reasons.append(f"GPU {i}: no XID/ECC events supported")
+                        continue
+                    nv.nvmlDeviceRegisterEvents(h, mask, self._event_set)
                 except Exception as exc:
                     if not is_nvml_error(exc, nv):
                         raise
@@ -166,8 +169,10 @@ class XidWatcher:
         if self._event_set is None and not self.open():
             return 0
         nv = self._nvml
+        # _v2 returns the XID in eventData; newer bindings may drop it, so fall back to the plain name
+        wait = getattr(nv, "nvmlEventSetWait_v2", None) or nv.nvmlEventSetWait
         try:
-            data = nv.nvmlEventSetWait_v2(self._event_set, int(self.wait_ms if timeout_ms is None else timeout_ms))
+            data = wait(self._event_set, int(self.wait_ms if timeout_ms is None else timeout_ms))
         except Exception as exc:
             if is_nvml_error(exc, nv) and getattr(exc, "value", None) == nv.NVML_ERROR_TIMEOUT:
                 return 0

@@ -125,8 +125,16 @@ class GpuManager:
         }
 
     def status(self) -> dict[str, Any]:
-        """``greekfire gpu status --json``: inventory, health, memory, cloud and reasons."""
+        """``greekfire gpu status --json``: inventory, health, memory, telemetry, cloud and reasons.
+
+        Takes one monitoring pass first if none ran yet, so memory, health (ECC counters) and the
+        per-GPU telemetry (dcgm-exporter units, keyed by UUID) are current.
+        """
+        if not self.monitor.passes:
+            self.sample()
         out = self.inventory.as_dict()
+        out["telemetry"] = {s.uuid: dict(s.values) for s in self.monitor.last}
+        out["monitor_reasons"] = list(self.monitor.reasons)
         out["devices"] = [d.as_dict() for d in self.devices()]
         h = self.health()
         out["status"] = h["status"]

@@ -53,6 +53,8 @@ def test_status_json_with_fake_nvml_lists_gpus(monkeypatch: pytest.MonkeyPatch) 
         assert g["name"] and g["pci_bus_id"] and g["compute_capability"] == "9.0" and g["power_limit_w"] == 700.0
         assert g["memory_total_mb"] == 81559 and g["mig_mode"] is False and g["healthy"] is True
     assert data["status"] == "ok" and data["placement"]["torch_device"].startswith("cuda:")
+    tele = data["telemetry"][fake.devices[1].uuid]
+    assert tele["gpu_util"] == 20.0 and tele["fb_used"] == 2048.0 and tele["power_usage"] == 120.0
     table = runner.invoke(app, ["gpu", "status"])
     assert table.exit_code == 0 and "H100" in table.output and "550.54.15" in table.output
 

@@ -238,7 +238,7 @@ def data_spx(
 def train_pricing_cmd(
     overrides: Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. optim.lr=1e-3 trainer.max_epochs=5")] = None,
     preset: Annotated[str, typer.Option("--preset", "-p", help="experiment in configs/train/ (smoke, liu_mlp, ...)")] = "smoke",
-    experiment: Annotated[Path | None, typer.Option("--experiment", "-e", help="an experiment YAML file instead of a preset")] = None,
+    experiment: Annotated[Path | None, typer.Option("--config", "--experiment", "-e", help="an experiment YAML file instead of a preset")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue this experiment's run from its last checkpoint")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
@@ -251,6 +251,8 @@ def train_pricing_cmd(
     except (ConfigErrors, ConfigError, GreekfireError) as exc:
         err_console.print(f"[red]training failed[/red]: {exc}")
         raise typer.Exit(2) from None
+    if result.rank != 0:  # under DDP every rank returns here; rank 0 speaks for the run
+        return
     data = result.as_dict()
     if as_json:
         print_json(data)

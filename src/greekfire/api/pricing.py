@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -67,6 +68,8 @@ class PriceResponse(BaseModel):
 
 def _unprocessable(field: str, value: Any, msg: str) -> RequestValidationError:
     loc = ("body", *field.replace("]", "").replace("[", ".").split("."))
+    if isinstance(value, float) and not math.isfinite(value):
+        value = str(value)  # NaN and infinities are not JSON: echo them as text
     return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
 
 

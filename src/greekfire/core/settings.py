@@ -178,6 +178,13 @@ class TrainingSettings(Section):
 
     runs_dir: Path = Field(Path(".greekfire/runs"), description="checkpoints, TensorBoard and MLflow store")
     seed: int = 1234
+    config_dir: Path | None = Field(None, description="Hydra experiment configs (default: configs/train)")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow server URI; none: local store in runs_dir")
+    wandb_enabled: bool = Field(False, description="also log to Weights & Biases (needs the wandb package)")
+    wandb_mode: Literal["offline", "online"] = Field("offline", description="W&B mode; offline needs no network")
+    torch_threads: int = Field(0, ge=0, le=1024, description="CPU threads for torch (0: torch's default)")
+    serve_max_batch_rows: int = Field(4096, ge=1, description="inference micro-batch: most rows per forward")
+    serve_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="inference micro-batch: gather window, ms")
 
 
 class ApiSettings(Section):

@@ -1,0 +1,214 @@
+"""Experiment configuration: YAML composed with Hydra, validated into pydantic models.
+
+An experiment file in ``configs/train/`` (a *preset*: ``smoke``, ``liu_mlp``, ...) lists ``base`` in its
+Hydra ``defaults`` and overrides what it needs; command-line overrides use Hydra's syntax
+(``optim.lr=3e-4 trainer.max_epochs=5``). Any unknown or bad key fails with a
+:class:`~greekfire.core.errors.ConfigErrors` naming the dotted field and the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from greekfire.core.errors import ConfigError, ConfigErrors
+from greekfire.core.settings import Settings
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the samples come from and how they are split and batched."""
+
+    source: Literal["bs_liu", "bs_culkin", "heston", "spx", "random"] = "bs_liu"
+    n_samples: int = Field(20_000, ge=16, description="synthetic rows (bs_*, random)")
+    val_frac: float = Field(0.1, gt=0, lt=0.5)
+    test_frac: float = Field(0.1, ge=0, lt=0.5)
+    seed: int = 7
+    window: int = Field(20, ge=2, le=512, description="days of history per sample (heston, spx)")
+    heston_days: int = Field(250, ge=40, description="trading days of the synthetic Heston market")
+    spx_path: str | None = Field(None, description="SPXW quotes CSV (spx); default: the shared data folder")
+    price_floor: float = Field(0.0, ge=0, description="MAPE only over prices / strike above this")
+    batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(4096, ge=1)
+    num_workers: int = Field(0, ge=0, le=64)
+    seq_features: int = Field(4, ge=1, description="random source: features per time step")
+
+
+class ModelConfig(_Strict):
+    """Network kind and sizes."""
+
+    kind: Literal["mlp", "lstm"] = "mlp"
+    hidden: int = Field(100, ge=1, description="mlp width")
+    layers: int = Field(4, ge=1, le=64, description="mlp hidden layers")
+    activation: str = "silu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    positive_output: bool = False
+    proj_dim: int = Field(32, ge=1)
+    lstm_hidden: int = Field(64, ge=1)
+    lstm_layers: int = Field(2, ge=1, le=16)
+    attn_heads: int = Field(4, ge=1)
+    head_hidden: list[int] = Field(default_factory=lambda: [64, 64])
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.kind == "lstm" and self.lstm_hidden % self.attn_heads:
+            raise ValueError(f"lstm_hidden={self.lstm_hidden} must be divisible by attn_heads={self.attn_heads}")
+        return self
+
+
+class OptimConfig(_Strict):
+    """Loss, AdamW and the learning-rate schedule."""
+
+    loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(0.01, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: Literal["none", "cosine", "onecycle", "plateau"] = "cosine"
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine: final lr = lr x this")
+    pct_start: float = Field(0.1, gt=0, lt=1, description="onecycle: warm-up fraction")
+    plateau_patience: int = Field(3, ge=0)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+
+
+class TrainerConfig(_Strict):
+    """What the Lightning Trainer is told."""
+
+    max_epochs: int = Field(10, ge=1)
+    max_steps: int = Field(-1, ge=-1)
+    max_time_s: float | None = Field(None, gt=0, description="stop after this wall time (seconds)")
+    precision: Literal["32", "64", "bf16-mixed", "16-mixed", "auto-mixed"] = "32"
+    accumulate_grad_batches: int = Field(1, ge=1)
+    gradient_clip_val: float | None = Field(1.0, gt=0)
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    early_stopping_patience: int = Field(0, ge=0, description="validations without improvement (0: off)")
+    check_val_every_n_epoch: int = Field(1, ge=1)
+    val_check_interval: float | int | None = Field(None, description="validate every N steps (int) or fraction")
+    log_every_n_steps: int = Field(20, ge=1)
+    checkpoint_every_n_steps: int = Field(0, ge=0, description="also save `last` every N steps (0: per epoch)")
+    deterministic: bool = False
+    find_batch_size: bool = Field(False, description="halve the batch size on OOM (GPU manager) before training")
+    enable_progress_bar: bool = False
+
+
+class TrackingConfig(_Strict):
+    """Where metrics go; W&B also needs ``training.wandb_enabled`` or ``wandb: true`` here."""
+
+    experiment: str | None = Field(None, description="MLflow experiment / TensorBoard name (default: the preset)")
+    tensorboard: bool = True
+    mlflow: bool = True
+    wandb: bool | None = None
+    log_model: bool = Field(True, description="store the best checkpoint as an MLflow artifact")
+
+
+class ExperimentConfig(_Strict):
+    """One training experiment: data, model, optimiser, trainer and tracking."""
+
+    name: str = Field("pricing", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int | None = Field(None, description="default: training.seed from the settings")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The parts that change what is learned (not how long or where it is logged): hashed into versions."""
+        d = self.model_dump(mode="json")
+        d.pop("tracking", None)
+        for k in ("max_epochs", "max_steps", "max_time_s", "enable_progress_bar", "log_every_n_steps",
+                  "checkpoint_every_n_steps", "early_stopping_patience", "devices", "num_nodes",
+                  "strategy", "accelerator"):
+            d["trainer"].pop(k, None)
+        d["data"].pop("num_workers", None)
+        d["data"].pop("eval_batch_size", None)
+        return d
+
+
+def default_config_dir(settings: Settings) -> Path:
+    """``training.config_dir``, else ``configs/train`` under the working directory or the source checkout."""
+    if settings.training.config_dir is not None:
+        return Path(settings.training.config_dir)
+    here = Path("configs/train")
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[3] / "configs" / "train"
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigErrors:
+    errors = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ()))
+        errors.append(ConfigError(field or "experiment", err.get("input"), err.get("msg", "invalid"), source=source))
+    return ConfigErrors(errors)
+
+
+def validate_experiment(data: dict[str, Any], source: str = "experiment") -> ExperimentConfig:
+    """Validate a plain mapping into :class:`ExperimentConfig`, naming each bad dotted field."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+
+
+def compose_experiment(
+    preset: str = "smoke",
+    overrides: Sequence[str] = (),
+    *,
+    config_file: str | Path | None = None,
+    settings: Settings | None = None,
+) -> ExperimentConfig:
+    """Compose an experiment with Hydra and validate it.
+
+    ``preset`` names a YAML file in the config folder (``smoke`` -> ``configs/train/smoke.yaml``);
+    ``config_file`` instead points at any YAML experiment file (its folder becomes the search path, so it
+    can list ``base`` in its defaults only if ``base.yaml`` lies beside it). ``overrides`` are Hydra
+    overrides such as ``optim.lr=1e-3``.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from greekfire.core.settings import load_settings
+
+    if config_file is not None:
+        path = Path(config_file).resolve()
+        if not path.is_file():
+            raise ConfigError("--config", str(config_file), "the experiment YAML file does not exist")
+        config_dir, name = path.parent, path.stem
+    else:
+        config_dir = default_config_dir(settings or load_settings()).resolve()
+        name = preset
+        if not (config_dir / f"{name}.yaml").is_file():
+            known = sorted(p.stem for p in config_dir.glob("*.yaml")) if config_dir.is_dir() else []
+            raise ConfigError("--preset", preset, f"no {name}.yaml in the config folder; known: {known}")
+    # `key=value` may name any field of the pydantic model, not only those the YAML spells out: force-add
+    # (Hydra's `++`) and let pydantic reject unknown keys with the field's dotted name
+    forced = [o if o.startswith(("+", "~")) or "=" not in o else f"++{o}" for o in overrides]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            cfg = compose(config_name=name, overrides=forced)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError("overrides", list(overrides), f"Hydra could not compose {name}: {exc}") from None
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    data.setdefault("name", name)
+    return validate_experiment(data, source=f"{name}.yaml or overrides")
+
+
+def config_hash(config: ExperimentConfig, data_fingerprint: str) -> str:
+    """Version id of a run: 12 hex digits of SHA-256 over the learning-relevant config and the data."""
+    payload = json.dumps({"config": config.fingerprint(), "data": data_fingerprint}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]

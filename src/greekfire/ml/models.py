@@ -1,0 +1,152 @@
+"""Pricing networks: an MLP on contract features and an LSTM with attention over a market history window.
+
+Both take raw (unscaled) features and carry their own input scaling as buffers, so a checkpoint is all a
+server needs: ``model(contract, seq)`` returns the target in the training units (price / strike).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """The activation module called ``name`` (one of :data:`ACTIVATIONS`)."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"model.activation={name!r}: expected one of {sorted(ACTIVATIONS)}") from None
+
+
+class FeatureScaler(nn.Module):
+    """Standardises the last axis: ``(x - mean) / std``; the statistics are buffers saved with the model."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """Set mean and std from training rows ``x`` [..., n_features]; constant columns keep std 1."""
+        flat = x.reshape(-1, x.shape[-1]).double()
+        std = flat.std(dim=0, unbiased=False)
+        self.mean.copy_(flat.mean(dim=0).to(self.mean.dtype))
+        self.std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)).to(self.std.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class MLPPricer(nn.Module):
+    """Fully connected pricer on contract features (e.g. S/K, ttm, r, vol) -> price / strike.
+
+    ``positive_output`` passes the last layer through softplus: option values are non-negative, and the
+    paper benchmarks' targets (V/K) are too.
+    """
+
+    uses_sequence = False
+
+    def __init__(
+        self,
+        n_contract: int,
+        hidden: int = 100,
+        layers: int = 4,
+        activation: str = "silu",
+        dropout: float = 0.0,
+        positive_output: bool = False,
+    ) -> None:
+        super().__init__()
+        self.n_contract = n_contract
+        self.contract_scaler = FeatureScaler(n_contract)
+        blocks: list[nn.Module] = []
+        width = n_contract
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), make_activation(activation)]
+            if dropout > 0:
+                blocks.append(nn.Dropout(dropout))
+            width = hidden
+        blocks.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*blocks)
+        self.positive_output = positive_output
+
+    def forward(self, contract: Tensor, seq: Tensor | None = None) -> Tensor:
+        """Price / strike for each row of ``contract`` [N, n_contract]; ``seq`` is ignored."""
+        out = self.net(self.contract_scaler(contract)).squeeze(-1)
+        return nn.functional.softplus(out) if self.positive_output else out
+
+
+class OptionsPricingLSTM(nn.Module):
+    """Input projection -> multi-layer LSTM -> multi-head attention over time steps -> head with contract features.
+
+    ``seq`` is [N, window, n_seq] (market history, oldest first), ``contract`` is [N, n_contract]
+    (moneyness, ttm, rate, right, ...). The attention query is the last hidden state, so the model can
+    weigh any day of the window against today; the head sees the attended summary, the last state and
+    the contract features.
+    """
+
+    uses_sequence = True
+
+    def __init__(
+        self,
+        n_seq: int,
+        n_contract: int,
+        proj_dim: int = 32,
+        lstm_hidden: int = 64,
+        lstm_layers: int = 2,
+        attn_heads: int = 4,
+        head_hidden: Sequence[int] = (64, 64),
+        activation: str = "silu",
+        dropout: float = 0.0,
+        positive_output: bool = False,
+    ) -> None:
+        super().__init__()
+        if lstm_hidden % attn_heads:
+            raise ValueError(f"model.lstm_hidden={lstm_hidden} must be divisible by model.attn_heads={attn_heads}")
+        self.n_seq, self.n_contract = n_seq, n_contract
+        self.seq_scaler = FeatureScaler(n_seq)
+        self.contract_scaler = FeatureScaler(n_contract)
+        self.input_proj = nn.Sequential(nn.Linear(n_seq, proj_dim), make_activation(activation))
+        self.lstm = nn.LSTM(
+            proj_dim,
+            lstm_hidden,
+            num_layers=lstm_layers,
+            batch_first=True,
+            dropout=dropout if lstm_layers > 1 else 0.0,
+        )
+        self.attention = nn.MultiheadAttention(lstm_hidden, attn_heads, dropout=dropout, batch_first=True)
+        self.attn_norm = nn.LayerNorm(lstm_hidden)
+        layers: list[nn.Module] = []
+        width = 2 * lstm_hidden + n_contract
+        for h in head_hidden:
+            layers += [nn.Linear(width, h), make_activation(activation)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.head = nn.Sequential(*layers)
+        self.positive_output = positive_output
+
+    def forward(self, contract: Tensor, seq: Tensor | None = None) -> Tensor:
+        """Price / strike [N] from ``contract`` [N, n_contract] and ``seq`` [N, window, n_seq]."""
+        if seq is None:
+            raise ValueError("seq: OptionsPricingLSTM needs the market history window [N, window, n_seq]")
+        hidden, _ = self.lstm(self.input_proj(self.seq_scaler(seq)))
+        last = hidden[:, -1:, :]
+        attended, _ = self.attention(last, hidden, hidden, need_weights=False)
+        summary = self.attn_norm(attended.squeeze(1) + last.squeeze(1))
+        features = torch.cat([summary, hidden[:, -1, :], self.contract_scaler(contract)], dim=-1)
+        out = self.head(features).squeeze(-1)
+        return nn.functional.softplus(out) if self.positive_output else out

@@ -1,0 +1,164 @@
+"""The LightningModule (loss, AdamW, schedules, metrics) and the LightningDataModule around our tensors.
+
+The module knows nothing of devices or loops; :mod:`greekfire.ml.train` builds the Trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from greekfire.ml.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig
+from greekfire.ml.data import Batch, PricingData, make_loader
+from greekfire.ml.models import MLPPricer, OptionsPricingLSTM
+
+
+def build_model(cfg: ModelConfig, n_contract: int, n_seq: int = 0) -> nn.Module:
+    """The network ``cfg.kind`` sized for ``n_contract`` contract and ``n_seq`` per-step features."""
+    if cfg.kind == "mlp":
+        return MLPPricer(n_contract, cfg.hidden, cfg.layers, cfg.activation, cfg.dropout, cfg.positive_output)
+    if n_seq <= 0:
+        raise ValueError("model.kind='lstm' needs sequence features (data.source heston, spx or random)")
+    return OptionsPricingLSTM(
+        n_seq, n_contract, cfg.proj_dim, cfg.lstm_hidden, cfg.lstm_layers, cfg.attn_heads,
+        tuple(cfg.head_hidden), cfg.activation, cfg.dropout, cfg.positive_output,
+    )
+
+
+class PricingModule(L.LightningModule):
+    """Trains a pricing network on ``target`` = price / strike; logs train/val/test loss, RMSE and MAE."""
+
+    def __init__(self, model_cfg: dict[str, Any], optim_cfg: dict[str, Any], n_contract: int, n_seq: int = 0,
+                 contract_names: list[str] | None = None, seq_names: list[str] | None = None,
+                 window: int = 0) -> None:
+        super().__init__()
+        # plain dicts in hparams so a checkpoint loads without our config classes on the path
+        self.save_hyperparameters()
+        self.model_cfg = ModelConfig.model_validate(model_cfg)
+        self.optim_cfg = OptimConfig.model_validate(optim_cfg)
+        self.net = build_model(self.model_cfg, n_contract, n_seq)
+
+    @property
+    def uses_sequence(self) -> bool:
+        """True for the LSTM (needs ``seq``), False for the MLP."""
+        return bool(getattr(self.net, "uses_sequence", False))
+
+    def forward(self, contract: Tensor, seq: Tensor | None = None) -> Tensor:
+        """Price / strike [N] for raw contract features [N, F_c] (and history [N, window, F_seq])."""
+        return self.net(contract, seq)
+
+    def _loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        pred, target = pred.float(), target.float()
+        if self.optim_cfg.loss == "huber":
+            return nn.functional.huber_loss(pred, target, delta=self.optim_cfg.huber_delta)
+        return nn.functional.mse_loss(pred, target)
+
+    def _step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        pred = self(batch["contract"], batch.get("seq"))
+        return pred, self._loss(pred, batch["target"])
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        _, loss = self._step(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["target"]))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        pred, loss = self._step(batch)
+        n = len(batch["target"])
+        err = pred.float() - batch["target"].float()
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log("val_mse", (err**2).mean(), sync_dist=True, batch_size=n)
+        self.log("val_mae", err.abs().mean(), sync_dist=True, batch_size=n)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        pred, loss = self._step(batch)
+        n = len(batch["target"])
+        err = pred.float() - batch["target"].float()
+        self.log("test_loss", loss, sync_dist=True, batch_size=n)
+        self.log("test_mse", (err**2).mean(), sync_dist=True, batch_size=n)
+
+    def _total_steps(self) -> int:
+        # counted from the data sizes, not trainer.estimated_stepping_batches: that property builds the
+        # train loader before a checkpoint is restored, which would lose the resumed data position
+        t = self.trainer
+        if t.max_steps and t.max_steps > 0:
+            return int(t.max_steps)
+        dm = t.datamodule
+        rows = len(dm.data.train["target"]) // max(1, t.world_size)
+        batches = -(-rows // dm.batch_size)
+        per_epoch = -(-batches // t.accumulate_grad_batches)
+        return max(1, per_epoch * int(t.max_epochs or 1))
+
+    def configure_optimizers(self) -> Any:
+        o = self.optim_cfg
+        opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+        if o.scheduler == "none":
+            return opt
+        if o.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=o.plateau_factor, patience=o.plateau_patience
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": "epoch"}}
+        total = self._total_steps()
+        if o.scheduler == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total, pct_start=o.pct_start)
+        else:
+            floor = o.min_lr_ratio
+
+            def cosine(step: int) -> float:
+                t = min(step, total) / total
+                return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class PricingDataModule(L.LightningDataModule):
+    """Loaders over :class:`PricingData`: resumable shuffled training batches, split across DDP ranks."""
+
+    def __init__(self, data: PricingData, cfg: DataConfig, seed: int) -> None:
+        super().__init__()
+        self.data, self.cfg, self.seed = data, cfg, seed
+        self.batch_size = cfg.batch_size
+
+    def _position(self) -> tuple[int, int]:
+        # on resume, Lightning has restored its loop counters: the epoch being trained and the batches of
+        # it already consumed (processed) are exactly where the interrupted run stood
+        loop = self.trainer.fit_loop
+        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.processed
+
+    def _ranks(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.world_size, t.global_rank) if t is not None else (1, 0)
+
+    def train_dataloader(self) -> Any:
+        replicas, rank = self._ranks()
+        return make_loader(self.data.train, self.batch_size, seed=self.seed, shuffle=True,
+                           num_workers=self.cfg.num_workers, num_replicas=replicas, rank=rank,
+                           position=self._position)
+
+    def val_dataloader(self) -> Any:
+        replicas, rank = self._ranks()
+        return make_loader(self.data.val, self.cfg.eval_batch_size, seed=self.seed, shuffle=False,
+                           num_replicas=replicas, rank=rank)
+
+    def test_dataloader(self) -> Any:
+        return make_loader(self.data.test, self.cfg.eval_batch_size, seed=self.seed, shuffle=False)
+
+
+def module_for(cfg: ExperimentConfig, data: PricingData) -> PricingModule:
+    """A fresh :class:`PricingModule` sized for ``data``, its input scalers fitted on the training rows."""
+    seq = data.train.get("seq")
+    module = PricingModule(
+        cfg.model.model_dump(mode="json"), cfg.optim.model_dump(mode="json"),
+        n_contract=int(data.train["contract"].shape[1]), n_seq=0 if seq is None else int(seq.shape[2]),
+        contract_names=data.contract_names, seq_names=data.seq_names, window=data.window,
+    )
+    module.net.contract_scaler.fit(data.train["contract"])
+    if seq is not None and hasattr(module.net, "seq_scaler"):
+        module.net.seq_scaler.fit(seq)
+    return module

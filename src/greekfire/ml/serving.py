@@ -1,0 +1,233 @@
+"""Serving a trained pricer: load a checkpoint (path or MLflow URI) and micro-batch concurrent requests.
+
+:class:`MicroBatcher` gathers requests for up to ``max_wait_ms`` or ``max_rows`` rows, runs one forward
+pass for all of them (in a worker thread, so the event loop keeps accepting requests meanwhile) and hands
+each caller its slice. With ``enabled=False`` every request runs its own forward pass (the baseline the
+benchmark compares against).
+
+Example::
+
+    model = load_pricing_model("runs/smoke/<version>/checkpoints/best.ckpt")
+    batcher = MicroBatcher(model, max_rows=4096, max_wait_ms=2.0)
+    prices = await batcher.submit(torch.tensor([[1.0, 0.5, 0.03, 0.2]]))   # price / strike
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from greekfire.core.errors import ConfigError, DataError
+from greekfire.core.metrics import counter, histogram
+from greekfire.ml.module import PricingModule
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = histogram(
+    "greekfire_inference_batch_rows", "rows per forward pass of the pricing model",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
+)
+FORWARD_SECONDS = histogram("greekfire_inference_forward_seconds", "pricing model forward pass, seconds")
+ROWS_PRICED = counter("greekfire_inference_rows", "rows priced by the pricing model")
+
+
+@dataclass
+class LoadedModel:
+    """A pricing network ready for inference and what its inputs are."""
+
+    module: PricingModule
+    contract_names: list[str]
+    seq_names: list[str]
+    window: int
+    device: torch.device
+    source: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def uses_sequence(self) -> bool:
+        """True when requests must carry the history window ``seq``."""
+        return self.module.uses_sequence
+
+    @torch.inference_mode()
+    def __call__(self, contract: Tensor, seq: Tensor | None = None) -> Tensor:
+        """Price / strike [N] (float32, CPU) for raw features; runs on the model's device."""
+        out = self.module(contract.to(self.device), None if seq is None else seq.to(self.device))
+        return out.float().cpu()
+
+
+def _resolve_uri(uri: str, tracking_uri: str | None) -> Path:
+    """A local checkpoint file for an MLflow URI (``runs:/...``, ``models:/...``, ``mlflow-artifacts:/...``)."""
+    import mlflow
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
+    except Exception as exc:  # mlflow raises several types; say which URI failed
+        raise ConfigError("--model", uri, f"MLflow could not fetch it: {exc}") from None
+    if local.is_dir():
+        found = sorted(local.rglob("*.ckpt"))
+        if not found:
+            raise ConfigError("--model", uri, "the MLflow artifact holds no .ckpt file")
+        local = found[0]
+    return local
+
+
+def load_pricing_model(
+    path_or_uri: str | Path, *, device: str | torch.device | None = None, tracking_uri: str | None = None
+) -> LoadedModel:
+    """Load a pricing checkpoint from a path or an MLflow URI; ``device`` defaults to CUDA when present."""
+    text = str(path_or_uri)
+    path = _resolve_uri(text, tracking_uri) if ":/" in text and not Path(text).exists() else Path(text)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.ckpt" if (path / "checkpoints").is_dir() else path / "best.ckpt"
+    if not path.is_file():
+        raise ConfigError("--model", text, "no such checkpoint file (a .ckpt path or an MLflow runs:/ URI)")
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = PricingModule.load_from_checkpoint(str(path), map_location=dev)
+    module.eval()
+    hp = module.hparams
+    return LoadedModel(
+        module=module,
+        contract_names=list(hp.get("contract_names") or [f"c{i}" for i in range(hp["n_contract"])]),
+        seq_names=list(hp.get("seq_names") or []),
+        window=int(hp.get("window") or 0),
+        device=dev,
+        source=text,
+        info={"kind": module.model_cfg.kind, "parameters": sum(p.numel() for p in module.parameters())},
+    )
+
+
+@dataclass
+class _Pending:
+    contract: Tensor
+    seq: Tensor | None
+    future: asyncio.Future[Tensor]
+
+
+class MicroBatcher:
+    """Gathers concurrent requests into one forward pass (see the module docstring)."""
+
+    def __init__(self, model: LoadedModel, *, max_rows: int = 4096, max_wait_ms: float = 2.0,
+                 enabled: bool = True) -> None:
+        if max_rows < 1:
+            raise ConfigError("training.serve_max_batch_rows", max_rows, "at least 1")
+        self.model = model
+        self.max_rows = max_rows
+        self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
+        self.enabled = enabled
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._carry: _Pending | None = None
+        self.batches = 0
+        self.rows = 0
+
+    def _forward(self, contract: Tensor, seq: Tensor | None) -> Tensor:
+        t0 = time.perf_counter()
+        out = self.model(contract, seq)
+        FORWARD_SECONDS.observe(time.perf_counter() - t0)
+        BATCH_ROWS.observe(len(contract))
+        ROWS_PRICED.inc(len(contract))
+        self.batches += 1
+        self.rows += len(contract)
+        return out
+
+    def _ensure_worker(self) -> asyncio.Queue[_Pending]:
+        # started lazily inside the serving loop (ASGI test transports run no lifespan events)
+        if self._queue is None or self._worker is None or self._worker.done():
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        return self._queue
+
+    async def submit(self, contract: Tensor, seq: Tensor | None = None) -> Tensor:
+        """Price / strike for these rows, computed in a shared forward pass with concurrent requests."""
+        if not self.enabled:
+            return await asyncio.to_thread(self._forward, contract, seq)
+        queue = self._ensure_worker()
+        fut: asyncio.Future[Tensor] = asyncio.get_running_loop().create_future()
+        await queue.put(_Pending(contract, seq, fut))
+        return await fut
+
+    async def _gather(self, queue: asyncio.Queue[_Pending]) -> list[_Pending]:
+        first = self._carry or await queue.get()
+        self._carry = None
+        batch, rows = [first], len(first.contract)
+        deadline = time.perf_counter() + self.max_wait_s
+        while rows < self.max_rows:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                # short naps rather than wait_for(queue.get()): a timeout racing a put cannot drop a request
+                await asyncio.sleep(min(left, 0.0005))
+                continue
+            if rows + len(item.contract) > self.max_rows:
+                self._carry = item  # would overflow the batch: first in line for the next one
+                break
+            batch.append(item)
+            rows += len(item.contract)
+        return batch
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            batch = await self._gather(queue)
+            live = [p for p in batch if not p.future.done()]  # a caller may have gone away
+            if not live:
+                continue
+            try:
+                contract = torch.cat([p.contract for p in live])
+                seq = torch.cat([p.seq for p in live]) if live[0].seq is not None else None  # type: ignore[misc]
+                out = await asyncio.to_thread(self._forward, contract, seq)
+            except Exception as exc:  # one bad forward must fail its callers, not the server
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            start = 0
+            for p in live:
+                n = len(p.contract)
+                if not p.future.done():
+                    p.future.set_result(out[start : start + n])
+                start += n
+
+    async def close(self) -> None:
+        """Stop the worker task."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker
+            self._worker = None
+
+
+def check_inputs(model: LoadedModel, contract: Tensor, seq: Tensor | None) -> None:
+    """Raise DataError naming the field when shapes do not match the model or values are not finite."""
+    n_c = len(model.contract_names)
+    if contract.ndim != 2 or contract.shape[1] != n_c:
+        raise DataError("contract", list(contract.shape),
+                        f"expected rows of {n_c} features {model.contract_names}")
+    if len(contract) == 0:
+        raise DataError("contract", 0, "at least one row")
+    bad = (~torch.isfinite(contract)).nonzero()
+    if len(bad):
+        r, c = (int(v) for v in bad[0])
+        raise DataError(f"contract[{r}].{model.contract_names[c]}", float(contract[r, c]), "must be a finite number")
+    if model.uses_sequence:
+        if seq is None:
+            raise DataError("seq", None, f"this model needs the history window [rows, {model.window}, "
+                            f"{len(model.seq_names)}] ({model.seq_names})")
+        want = (len(contract), model.window, len(model.seq_names))
+        if tuple(seq.shape) != want:
+            raise DataError("seq", list(seq.shape), f"expected shape {list(want)}")
+        if not bool(torch.isfinite(seq).all()):
+            r = int((~torch.isfinite(seq)).nonzero()[0][0])
+            raise DataError(f"seq[{r}]", "non-finite", "must hold finite numbers")

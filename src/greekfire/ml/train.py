@@ -1,0 +1,244 @@
+"""The training driver: experiment config + settings -> Lightning Trainer run -> checkpoints, scores, tracking.
+
+A run lives in ``<training.runs_dir>/<name>/<version>/`` where ``version`` hashes the learning-relevant
+config and the data fingerprint, so two different experiments never share (or resume) each other's
+checkpoints. Inside: ``checkpoints/best.ckpt`` (lowest val_loss), ``checkpoints/last.ckpt`` (resumable:
+weights, optimizer, scheduler, AMP scaler, loop counters, data position, RNG), ``tensorboard/`` and
+``summary.json``.
+
+Example::
+
+    from greekfire.core.settings import load_settings
+    from greekfire.ml.config import compose_experiment
+    from greekfire.ml.train import train_pricing
+
+    result = train_pricing(compose_experiment("smoke"), load_settings())
+    print(result.best_checkpoint, result.scores["test_rmse"])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from greekfire.core.errors import ConfigError
+from greekfire.core.settings import Settings
+from greekfire.ml.config import ExperimentConfig, config_hash
+from greekfire.ml.data import PricingData, load_pricing_data
+from greekfire.ml.evaluate import evaluate
+from greekfire.ml.module import PricingDataModule, PricingModule, module_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    name: str
+    version: str
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    global_step: int
+    epochs: int
+    seconds: float
+    scores: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    model_uri: str | None = None
+    resumed_from: Path | None = None
+    world_size: int = 1
+    rank: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-data summary (paths as strings), as written to ``summary.json``."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Lightning precision for ``trainer.precision``; ``auto-mixed`` is bf16 on CPU, fp16/bf16 on CUDA."""
+    if precision != "auto-mixed":
+        return precision
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed"
+
+
+def run_dir_for(cfg: ExperimentConfig, settings: Settings, data: PricingData) -> tuple[str, Path]:
+    """(version, folder) of the run of ``cfg`` on ``data``."""
+    version = config_hash(cfg, data.fingerprint)
+    return version, Path(settings.training.runs_dir) / cfg.name / version
+
+
+def _check_remote_data(cfg: ExperimentConfig, settings: Settings) -> None:
+    url = cfg.data.spx_path or ""
+    if "://" in url:
+        from greekfire.data.storage import check_storage
+
+        check_storage(url, settings)
+
+
+def find_batch_size(module: PricingModule, data: PricingData, batch_size: int) -> int:
+    """Largest batch size up to ``batch_size`` whose forward and backward fit on the GPU (halving on OOM).
+
+    Uses the GPU manager's :func:`~greekfire.gpu.run_with_oom_backoff`; on CPU it returns ``batch_size``.
+    """
+    from greekfire.gpu import run_with_oom_backoff
+
+    if not torch.cuda.is_available():
+        return batch_size
+    device = torch.device("cuda")
+    module = module.to(device)
+    fitted: list[int] = []
+
+    def probe(rows: torch.Tensor) -> torch.Tensor:
+        part = {k: v[: len(rows)].to(device) for k, v in data.train.items()}
+        loss = module._loss(module(part["contract"], part.get("seq")), part["target"])
+        loss.backward()
+        module.zero_grad(set_to_none=True)
+        fitted.append(len(rows))
+        return rows
+
+    n = min(batch_size, len(data.train["target"]))
+    run_with_oom_backoff(probe, torch.arange(n), batch_size, device="cuda")
+    module.cpu()
+    torch.cuda.empty_cache()
+    return min(fitted) if fitted else batch_size
+
+
+def train_pricing(
+    cfg: ExperimentConfig,
+    settings: Settings,
+    *,
+    resume: bool = False,
+    ckpt_path: str | Path | None = None,
+    data: PricingData | None = None,
+    callbacks: Sequence[Any] = (),
+    test: bool = True,
+) -> TrainResult:
+    """Train ``cfg``; ``resume`` continues from the run's ``last.ckpt`` (or ``ckpt_path``) exactly.
+
+    Returns the checkpoints, the test scores (MSE/RMSE/R^2/MAPE in target units, price / strike) and the
+    tracking ids. Raises ConfigError when ``resume`` finds no checkpoint.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    from greekfire.ml.callbacks import PrometheusTrainingMetrics, RngState
+    from greekfire.ml.tracking import log_mlflow_artifact, make_loggers, mlflow_run_id
+
+    t0 = time.perf_counter()
+    seed = cfg.seed if cfg.seed is not None else settings.training.seed
+    if settings.training.torch_threads:
+        torch.set_num_threads(settings.training.torch_threads)
+    L.seed_everything(seed, workers=True, verbose=False)
+    _check_remote_data(cfg, settings)
+    if data is None:
+        data = load_pricing_data(cfg.data)
+    version, run_dir = run_dir_for(cfg, settings, data)
+    ckpt_dir = run_dir / "checkpoints"
+    start_from: Path | None = None
+    if resume or ckpt_path is not None:
+        start_from = Path(ckpt_path) if ckpt_path is not None else ckpt_dir / "last.ckpt"
+        if not start_from.is_file():
+            raise ConfigError("--resume", str(start_from), "no checkpoint to resume from (train once without --resume)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+    module = module_for(cfg, data)
+    datamodule = PricingDataModule(data, cfg.data, seed)
+    if cfg.trainer.find_batch_size:
+        datamodule.batch_size = find_batch_size(module, data, cfg.data.batch_size)
+
+    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
+                              enable_version_counter=False)
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
+                              every_n_train_steps=cfg.trainer.checkpoint_every_n_steps or None)
+    cbs: list[Any] = [best_cb, last_cb, RngState(),
+                      PrometheusTrainingMetrics(f"{cfg.name}-{version}", cfg.trainer.log_every_n_steps)]
+    if cfg.trainer.early_stopping_patience:
+        cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.trainer.early_stopping_patience))
+    loggers = make_loggers(cfg, settings, run_dir, version)
+    if loggers and cfg.optim.scheduler != "none":
+        cbs.append(LearningRateMonitor(logging_interval="step"))
+    cbs.extend(callbacks)
+
+    tc = cfg.trainer
+    accelerator = "gpu" if tc.accelerator == "cuda" else tc.accelerator
+    strategy: Any = tc.strategy
+    if tc.strategy == "ddp" and (accelerator == "cpu" or not torch.cuda.is_available()):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="gloo")
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=strategy,
+        precision=resolve_precision(tc.precision, accelerator),  # type: ignore[arg-type]
+        max_epochs=tc.max_epochs,
+        max_steps=tc.max_steps,
+        max_time={"seconds": tc.max_time_s} if tc.max_time_s else None,
+        accumulate_grad_batches=tc.accumulate_grad_batches,
+        gradient_clip_val=tc.gradient_clip_val,
+        check_val_every_n_epoch=tc.check_val_every_n_epoch,
+        val_check_interval=tc.val_check_interval,
+        log_every_n_steps=tc.log_every_n_steps,
+        deterministic=tc.deterministic,
+        enable_progress_bar=tc.enable_progress_bar,
+        enable_model_summary=False,
+        logger=loggers or False,
+        callbacks=cbs,
+        default_root_dir=str(run_dir),
+        use_distributed_sampler=False,  # our sampler splits ranks itself and stays resumable
+        num_sanity_val_steps=0,
+    )
+    log.info("training %s version %s in %s", cfg.name, version, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(start_from) if start_from else None)
+
+    best = Path(best_cb.best_model_path) if best_cb.best_model_path else None
+    last = ckpt_dir / "last.ckpt"
+    result = TrainResult(
+        name=cfg.name, version=version, run_dir=run_dir, best_checkpoint=best,
+        last_checkpoint=last if last.is_file() else None, global_step=int(trainer.global_step),
+        epochs=int(trainer.current_epoch), seconds=0.0, mlflow_run_id=mlflow_run_id(loggers),
+        resumed_from=start_from, world_size=int(trainer.world_size), rank=int(trainer.global_rank),
+    )
+    if trainer.global_rank != 0:
+        return result
+    if test and len(data.test["target"]):
+        scorer = PricingModule.load_from_checkpoint(str(best), map_location="cpu") if best else module.cpu()
+        result.scores = evaluate(scorer, data.test, floor=cfg.data.price_floor)
+        result.scores.update(evaluate(scorer, data.val, floor=cfg.data.price_floor, prefix="val_"))
+        for lg in loggers:
+            lg.log_metrics({k: v for k, v in result.scores.items() if isinstance(v, float)}, step=trainer.global_step)
+    if best is not None and cfg.tracking.log_model:
+        result.model_uri = log_mlflow_artifact(loggers, best)
+    for lg in loggers:
+        lg.finalize("success")
+    result.seconds = round(time.perf_counter() - t0, 2)
+    (run_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=2, default=str))
+    return result
+
+
+def run_training(
+    settings: Settings,
+    *,
+    preset: str = "smoke",
+    config_file: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+) -> TrainResult:
+    """Compose the experiment (``preset`` or ``config_file`` plus Hydra ``overrides``) and train it."""
+    from greekfire.ml.config import compose_experiment
+
+    cfg = compose_experiment(preset, overrides, config_file=config_file, settings=settings)
+    return train_pricing(cfg, settings, resume=resume)

@@ -78,18 +78,22 @@ def sma(x: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _smooth(x: np.ndarray, alpha: float, first: float) -> np.ndarray:
+    """y[0] = alpha*x[0] + (1-alpha)*first, y[i] = alpha*x[i] + (1-alpha)*y[i-1] (one C-level IIR filter)."""
+    from scipy.signal import lfilter
+
+    y, _ = lfilter([alpha], [1.0, -(1.0 - alpha)], x, zi=[(1.0 - alpha) * first])
+    return np.asarray(y, dtype=np.float64)
+
+
 def ema(x: np.ndarray, n: int) -> np.ndarray:
     """Exponential moving average with alpha = 2/(n+1), seeded with the first value."""
     x = np.asarray(x, dtype=np.float64)
     if n <= 0:
         raise DataError("n", n, "an EMA length must be >= 1")
-    alpha = 2.0 / (n + 1.0)
-    out = np.empty_like(x)
-    acc = np.nan
-    for i, v in enumerate(x):
-        acc = v if i == 0 else alpha * v + (1.0 - alpha) * acc
-        out[i] = acc
-    return out
+    if len(x) == 0:
+        return x.copy()
+    return _smooth(x, 2.0 / (n + 1.0), x[0])
 
 
 def rsi(close: np.ndarray, n: int = RSI_LENGTH) -> np.ndarray:
@@ -104,15 +108,14 @@ def rsi(close: np.ndarray, n: int = RSI_LENGTH) -> np.ndarray:
         return out
     d = np.diff(x)
     gain, loss = np.clip(d, 0, None), np.clip(-d, 0, None)
-    avg_g, avg_l = gain[:n].mean(), loss[:n].mean()
-    for i in range(n, len(x)):
-        if i > n:
-            avg_g = (avg_g * (n - 1) + gain[i - 1]) / n
-            avg_l = (avg_l * (n - 1) + loss[i - 1]) / n
-        if avg_l == 0.0:
-            out[i] = 50.0 if avg_g == 0.0 else 100.0
-        else:
-            out[i] = 100.0 - 100.0 / (1.0 + avg_g / avg_l)
+    seed_g, seed_l = gain[:n].mean(), loss[:n].mean()
+    # averages for days n, n+1, ...: the seed, then Wilder's smoothing of each later change
+    avg_g = np.concatenate([[seed_g], _smooth(gain[n:], 1.0 / n, seed_g)])
+    avg_l = np.concatenate([[seed_l], _smooth(loss[n:], 1.0 / n, seed_l)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        val = 100.0 - 100.0 / (1.0 + avg_g / avg_l)
+    val = np.where(avg_l == 0.0, np.where(avg_g == 0.0, 50.0, 100.0), val)
+    out[n:] = val
     return out
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from greekfire.core.errors import DataError
@@ -51,17 +50,16 @@ def load_spx_quotes(path: str | Path, *, underlying: str = INDEX_NAME) -> pd.Dat
     p = Path(path)
     if not p.is_file():
         raise DataError("path", str(path), "no such file")
-    # utf-8-sig drops the byte-order mark; dtype=str keeps every value as written until we parse it
-    raw = pd.read_csv(p, encoding="utf-8-sig", dtype=str, keep_default_na=False, skipinitialspace=True)
+    # utf-8-sig drops the byte-order mark; the C parser types the numbers, and a stray bad value leaves
+    # its column as text, which the coercion below turns into nulls that cleaning counts
+    raw = pd.read_csv(p, encoding="utf-8-sig", skipinitialspace=True)
     raw.columns = [c.strip().lower() for c in raw.columns]
     missing = [c for c in _NEEDED if c not in raw.columns]
     if missing:
         raise DataError("csv.columns", missing, f"{p.name} lacks columns the vendor layout has")
-    df = pd.DataFrame(
-        {ours: raw[theirs].str.strip() for theirs, ours in _VENDOR_COLUMNS.items() if theirs in raw}
-    )
+    df = pd.DataFrame({ours: raw[theirs] for theirs, ours in _VENDOR_COLUMNS.items() if theirs in raw})
     for c in ("quote_date", "expiry"):
-        df[c] = pd.to_datetime(df[c], format="%m/%d/%Y", errors="coerce")
+        df[c] = pd.to_datetime(df[c].astype(str).str.strip(), format="%m/%d/%Y", errors="coerce")
     df["underlying"] = underlying
     df["style"] = "E"
     for c in (
@@ -75,7 +73,7 @@ def load_spx_quotes(path: str | Path, *, underlying: str = INDEX_NAME) -> pd.Dat
         *[v for v in _VENDOR_COLUMNS.values() if v.startswith("vendor_")],
     ):
         if c in df:
-            df[c] = pd.to_numeric(df[c].replace("", np.nan), errors="coerce")
+            df[c] = pd.to_numeric(df[c], errors="coerce")
     return conform_quotes(df)
 
 

@@ -167,6 +167,13 @@ def cpu_device() -> DeviceInfo:
         free = os.sysconf("SC_AVPHYS_PAGES") * page / MIB
     except (ValueError, OSError, AttributeError):
         pass
+    try:  # MemAvailable counts reclaimable page cache, which MemFree (SC_AVPHYS_PAGES) does not
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) / 1024.0
+                break
+    except (OSError, ValueError, IndexError):
+        pass
     return DeviceInfo(
         kind="cpu", index=-1, name=name or "cpu", memory_total_mb=round(total, 1), memory_free_mb=round(free, 1),
         memory_used_mb=round(total - free, 1), cpu_count=cpus,

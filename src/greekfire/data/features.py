@@ -238,19 +238,23 @@ def build_samples(
     underlying: pd.DataFrame,
     window: int = 20,
     *,
-    rate: float = 0.0,
-    div_yield: float = 0.0,
+    rate: float | None = None,
+    div_yield: float | None = None,
 ) -> Samples:
     """Turn quotes and the underlying's daily bars into :class:`Samples`.
 
     ``quotes``: the quote schema (:mod:`greekfire.data.schema`); ``underlying``: daily bars of ONE
     underlying (``date``, ``close``). ``rate`` and ``div_yield`` are continuously compounded, per year,
-    used for the Greeks and the baseline. Bad quote rows are dropped and counted by reason in
+    used for the Greeks and the baseline (default: ``quotes.attrs`` as the synthetic market sets them,
+    else 0). Bad quote rows are dropped and counted by reason in
     ``samples.dropped``, as are quotes whose date has no bar (``no_underlying_bar``) or too little history
     for the window and the indicators (``insufficient_history``).
     """
     if window < 1:
         raise DataError("window", window, "the window must be >= 1 day")
+    # a generated market carries its own rate and yield; real data defaults to zero unless told
+    rate = float(quotes.attrs.get("rate", 0.0) if rate is None else rate)
+    div_yield = float(quotes.attrs.get("div_yield", 0.0) if div_yield is None else div_yield)
     if "underlying" in underlying.columns and underlying["underlying"].nunique(dropna=True) > 1:
         names = sorted(map(str, underlying["underlying"].dropna().unique()))
         raise DataError(

@@ -11,6 +11,7 @@ In pandas, dates are ``datetime64[ns]`` at midnight; ``right`` is ``"C"`` or ``"
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -204,10 +205,19 @@ def clean_quotes(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return q[why == ""].reset_index(drop=True), dropped
 
 
+ATTRS_KEY = b"greekfire.attrs"
+
+
 def quotes_to_table(df: pd.DataFrame) -> pa.Table:
-    """Conformed quotes as an Arrow table with :data:`QUOTE_SCHEMA`."""
+    """Conformed quotes as an Arrow table with :data:`QUOTE_SCHEMA`; JSON-able ``df.attrs`` (a generated
+    market's rate and dividend yield) travel in the schema metadata."""
     q = conform_quotes(df)
-    return pa.Table.from_pandas(q, schema=QUOTE_SCHEMA, preserve_index=False)
+    table = pa.Table.from_pandas(q, schema=QUOTE_SCHEMA, preserve_index=False)
+    try:
+        attrs = json.dumps(dict(df.attrs)).encode()
+    except (TypeError, ValueError):  # attrs that are not plain data stay behind
+        return table
+    return table.replace_schema_metadata({**(QUOTE_SCHEMA.metadata or {}), ATTRS_KEY: attrs})
 
 
 def bars_to_table(df: pd.DataFrame) -> pa.Table:
@@ -326,14 +336,22 @@ def _read_partitions(
         e = ds.field(partition) <= pa.scalar(pd.Timestamp(end).date(), pa.date32())
         flt = e if flt is None else flt & e
     table = dataset.to_table(filter=flt, columns=schema.names)
-    df = _table_to_frame(table)
-    return df.sort_values([partition], kind="stable").reset_index(drop=True)
+    df = _table_to_frame(table).sort_values([partition], kind="stable").reset_index(drop=True)
+    if dataset.files:  # the writer's attrs (e.g. rate, div_yield), from the first file's footer
+        with fs.open(dataset.files[0], "rb") as fh:
+            raw = (pq.read_schema(fh).metadata or {}).get(ATTRS_KEY)
+        if raw:
+            df.attrs.update(json.loads(raw))
+    return df
 
 
 def read_quotes(url: str, settings: Any = None, *, start: Any = None, end: Any = None) -> pd.DataFrame:
     """Read date-partitioned quotes from ``url``, optionally only quote dates in [start, end]."""
     df = _read_partitions(url, settings, QUOTE_SCHEMA, QUOTE_PARTITION, start, end)
-    return df.sort_values(["quote_date", "expiry", "right", "strike"], kind="stable").reset_index(drop=True)
+    attrs = dict(df.attrs)
+    df = df.sort_values(["quote_date", "expiry", "right", "strike"], kind="stable").reset_index(drop=True)
+    df.attrs.update(attrs)
+    return df
 
 
 def read_bars(url: str, settings: Any = None, *, start: Any = None, end: Any = None) -> pd.DataFrame:

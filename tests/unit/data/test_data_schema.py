@@ -118,3 +118,10 @@ def test_bars_round_trip(tmp_path: Path) -> None:
 def test_read_missing_dataset_says_so(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such dataset"):
         read_quotes(str(tmp_path / "nothing"))
+
+
+def test_attrs_travel_with_the_partitions(tmp_path: Path) -> None:
+    q = conform_quotes(quotes_frame())
+    q.attrs.update({"rate": 0.03, "div_yield": 0.01})
+    write_quotes(q, str(tmp_path))
+    assert read_quotes(str(tmp_path)).attrs == {"rate": 0.03, "div_yield": 0.01}

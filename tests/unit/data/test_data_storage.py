@@ -57,3 +57,16 @@ def test_check_no_bucket_in_url() -> None:
     assert not r.ok and r.problem == "bad_url"
     with pytest.raises(ConfigError, match="bad_url"):
         r.raise_if_failed()
+
+
+def test_gcs_and_azure_need_their_packages() -> None:
+    import importlib.util
+
+    for url, pkg in (("gs://bucket/x", "gcsfs"), ("az://container/x", "adlfs")):
+        if importlib.util.find_spec(pkg) is not None:
+            assert open_fs(url)[1].endswith("x")  # installed: the filesystem builds
+            continue
+        with pytest.raises(ConfigError, match=pkg):
+            open_fs(url)
+        r = check_storage(url)
+        assert not r.ok and r.problem == "missing_package" and pkg in r.message

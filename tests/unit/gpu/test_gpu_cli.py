@@ -70,7 +70,7 @@ def test_status_path_stays_light(tmp_settings_env: Path) -> None:
         "        app(['gpu', 'status', '--json'])\n"
         "    except SystemExit as e:\n"
         "        assert not e.code, e.code\n"
-        "heavy = [m for m in ('torch', 'lightning', 'mlflow', 'pandas') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'lightning', 'mlflow') if m in sys.modules]\n"
         "print(repr(heavy)); print(buf.getvalue()[:1])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

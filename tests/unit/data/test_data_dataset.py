@@ -95,3 +95,12 @@ def test_shuffle_changes_with_epoch(tmp_path: Path) -> None:
 def test_streaming_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no .parquet"):
         len(StreamingOptionsDataset(str(tmp_path)))
+
+
+def test_streaming_ready_batches(tmp_path: Path) -> None:
+    write_samples(fake_samples(230), str(tmp_path), row_group_size=100)
+    ds = StreamingOptionsDataset(str(tmp_path), batch_size=40, shuffle=True, seed=2)
+    batches = list(DataLoader(ds, batch_size=None, num_workers=0))
+    assert sorted(b["target"].shape[0] for b in batches) == [20, 20, 30, 40, 40, 40, 40]  # groups 100, 100, 30
+    assert all(b["seq"].shape[1:] == (4, 3) for b in batches)
+    assert sorted(int(t) for b in batches for t in b["target"]) == list(range(230))

@@ -268,7 +268,7 @@ class StreamingOptionsDataset(IterableDataset):
             files = _sample_files(fs, root)
             if not files:
                 raise DataError("url", self.url, "no .parquet sample files found")
-            units = []
+            units: list[tuple[str, int, int]] = []
             for f in files:
                 pf = self._open(fs, f)
                 if self._meta is None:

@@ -119,7 +119,7 @@ def conform_quotes(df: pd.DataFrame) -> pd.DataFrame:
                 lambda s: s.notna(), None
             )
         elif name == "right":
-            out[name] = normalize_right(col).to_numpy()
+            out[name] = normalize_right(col if col is not None else [None] * len(df)).to_numpy()
         elif name in ("volume", "open_interest"):
             out[name] = pd.array(
                 pd.to_numeric(pd.Series(col if col is not None else [None] * len(df)), errors="coerce")

@@ -318,6 +318,7 @@ def check_storage(url: str, settings: Any = None, *, write: bool = False) -> Che
     """
     t0 = time.perf_counter()
     proto = _protocol(url) if isinstance(url, str) else ""
+    details: dict[str, Any]
     if not isinstance(url, str) or not url.strip():
         problem, message, details = "bad_url", f"{url!r} is not a path or URL", {}
     elif proto in _S3:

@@ -20,18 +20,21 @@ TensorLike = torch.Tensor | float | int | np.ndarray | Sequence[float]
 SQRT_2PI = math.sqrt(2.0 * math.pi)
 INV_SQRT_2PI = 1.0 / SQRT_2PI
 SQRT_2 = math.sqrt(2.0)
+INV_SQRT_2 = 1.0 / SQRT_2
 DAYS_PER_YEAR = 365.0
 
 
 def _pick(values: Iterable[Any]) -> tuple[torch.device, torch.dtype]:
-    """The device and floating dtype of the first floating tensor among ``values`` (else CPU float64)."""
-    for v in values:
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            return v.device, v.dtype
+    """The device of the first tensor among ``values`` and the widest floating dtype of the floating
+    tensors (CPU and float64 where there are none)."""
+    device: torch.device | None = None
+    dtype: torch.dtype | None = None
     for v in values:
         if isinstance(v, torch.Tensor):
-            return v.device, torch.float64
-    return torch.device("cpu"), torch.float64
+            device = device or v.device
+            if v.is_floating_point():
+                dtype = v.dtype if dtype is None else torch.promote_types(dtype, v.dtype)
+    return device or torch.device("cpu"), dtype or torch.float64
 
 
 def as_tensors(
@@ -55,8 +58,13 @@ def as_tensors(
 
 
 def norm_cdf(x: torch.Tensor) -> torch.Tensor:
-    """Standard normal CDF, accurate in the far left tail (erfc based)."""
-    return torch.special.ndtr(x)
+    """Standard normal CDF with full relative accuracy in the left tail.
+
+    ``torch.special.ndtr`` loses relative accuracy below about -5 (and returns 0 long before underflow),
+    which ruins far out-of-the-money prices and implied vols; ``erfcx`` times the Gaussian does not.
+    """
+    tail = 0.5 * torch.special.erfcx(-x * INV_SQRT_2) * torch.exp(-0.5 * x * x)
+    return torch.where(x < -1.0, tail, 0.5 * torch.special.erfc(-x * INV_SQRT_2))
 
 
 def norm_pdf(x: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from greekfire.quant._black import otm_price_low
+from greekfire.quant._black import otm_price
 from greekfire.quant._fused import run_kernel
-from greekfire.quant._tensors import DAYS_PER_YEAR, INV_SQRT_2PI, TensorLike, as_tensors
+from greekfire.quant._tensors import DAYS_PER_YEAR, INV_SQRT_2PI, TensorLike, as_tensors, norm_cdf
 
 GREEK_NAMES = (
     "value",
@@ -54,15 +54,12 @@ def _accurate_value(
     """Option value with full relative accuracy far out of the money.
 
     The textbook difference ``F N(d1) - K N(d2)`` cancels when both terms are much larger than the
-    value; below the inflection point we price the out-of-the-money side through ``erfcx`` and add the
-    intrinsic value (put-call parity), which is exact where the textbook form loses digits.
+    value; we price the out-of-the-money side in normalised form (:mod:`greekfire.quant._black`) and
+    add the intrinsic value (put-call parity), which keeps every digit the inputs determine.
     """
-    x = -ln_fk.abs()
-    lower = live & (x / s_safe + 0.5 * s_safe < 0)
-    otm = otm_price_low(x, s_safe) * torch.sqrt(fwd_pv * strike_pv)
+    otm = otm_price(-ln_fk.abs(), s_safe) * torch.sqrt(fwd_pv * strike_pv)
     intrinsic = torch.clamp(w * (fwd_pv - strike_pv), min=0.0)
-    textbook = w * (fwd_pv * n1 - strike_pv * n2)
-    return torch.where(lower, intrinsic + otm, textbook)
+    return torch.where(live, intrinsic + otm, w * (fwd_pv * n1 - strike_pv * n2))
 
 
 def _bsm_kernel(
@@ -89,8 +86,8 @@ def _bsm_kernel(
     d2 = d1 - s_safe
     # at zero total vol both probabilities are the exercise indicator of the forward (1/2 at the money)
     step = torch.where(w * ln_fk > 0, 1.0, torch.where(ln_fk == 0, 0.5, 0.0)).to(S.dtype)
-    n1 = torch.where(live, torch.special.ndtr(w * d1), step)
-    n2 = torch.where(live, torch.special.ndtr(w * d2), step)
+    n1 = torch.where(live, norm_cdf(w * d1), step)
+    n2 = torch.where(live, norm_cdf(w * d2), step)
     SDq = S * Dq
     KDr = K * Dr
     value = _accurate_value(w, ln_fk, s, s_safe, live, SDq, KDr, n1, n2)
@@ -138,8 +135,8 @@ def _black76_kernel(
     d1 = torch.clamp(ln_fk / s_safe + 0.5 * s_safe, -_D_CLAMP, _D_CLAMP)
     d2 = d1 - s_safe
     step = torch.where(w * ln_fk > 0, 1.0, torch.where(ln_fk == 0, 0.5, 0.0)).to(F.dtype)
-    n1 = torch.where(live, torch.special.ndtr(w * d1), step)
-    n2 = torch.where(live, torch.special.ndtr(w * d2), step)
+    n1 = torch.where(live, norm_cdf(w * d1), step)
+    n2 = torch.where(live, norm_cdf(w * d2), step)
     value = _accurate_value(w, ln_fk, s, s_safe, live, Dr * F, Dr * K, n1, n2)
     out = {"value": value + poison}
     if not greeks:

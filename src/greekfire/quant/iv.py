@@ -23,7 +23,7 @@ import torch
 
 from greekfire.quant._black import otm_parts
 from greekfire.quant._fused import run_kernel
-from greekfire.quant._tensors import TensorLike, as_tensors
+from greekfire.quant._tensors import SQRT_2PI, TensorLike, as_tensors
 
 IV_REASONS: dict[int, str] = {
     0: "",
@@ -35,7 +35,7 @@ IV_REASONS: dict[int, str] = {
 }
 OK, BELOW_INTRINSIC, ABOVE_MAX, NO_TIME_VALUE, EXPIRED, BAD_INPUT = range(6)
 
-DEFAULT_ITERATIONS = 5
+DEFAULT_ITERATIONS = 6
 
 
 class IVResult(NamedTuple):
@@ -88,33 +88,52 @@ def _iv_kernel(
     ln_cap_gap = torch.log(cap_gap)
 
     # starting points: below s_c the price is ~exp(-x^2 / 2 s^2), above it the cap gap is ~2 cosh(x/2) N(-s/2)
-    s_low = -x / torch.sqrt(torch.clamp(-2.0 * ln_target, min=1e-300))
+    # lower: invert the small-s asymptote b ~ (2 pi |x| / 3 sqrt3) N(-|x| / (sqrt3 s))^3 (Jäckel 2015, eq. 4.4)
+    asym = torch.clamp(target * (3.0 * math.sqrt(3.0)) / (2.0 * math.pi * torch.clamp(-x, min=tiny)), max=1.0)
+    z_low = torch.special.ndtri(torch.pow(asym, 1.0 / 3.0))
+    s_low = torch.where(z_low < 0, x / (math.sqrt(3.0) * z_low), s_c)
     s_up = -2.0 * torch.special.ndtri(torch.clamp(cap_gap / (2.0 * torch.cosh(0.5 * x)), max=0.5))
-    s = torch.where(lower_target, torch.minimum(s_low, s_c), torch.maximum(s_up, s_c))
-    lo = torch.where(lower_target, torch.zeros_like(s), s_c)
+    # b(x, s) <= b(0, s) <= s / sqrt(2 pi): a guaranteed lower bound on the root
+    s_floor = torch.where(lower_target, torch.minimum(target * SQRT_2PI, s_c), s_c)
+    # solve on ln b while b is at most half its cap (ln of the cap gap cannot resolve a small b), on
+    # ln(b_max - b) above that, where b saturates
+    log_b_objective = lower_target | (target <= 0.5 * b_max)
+    # ln b is concave in s: Newton from below the root climbs to it monotonically, so an upper-region
+    # quote solved on ln b starts from the inflection point, a lower bound
+    s_up = torch.where(log_b_objective, torch.maximum(s_c, torch.minimum(s_up, target * SQRT_2PI)), s_up)
+    s = torch.where(lower_target, torch.minimum(torch.maximum(s_low, s_floor), s_c), torch.maximum(s_up, s_c))
+    lo = s_floor
     hi = torch.where(lower_target, s_c, torch.full_like(s, math.inf))
     s = torch.where(s > 0, s, torch.where(lower_target, 0.5 * s_c, torch.ones_like(s)))
     s = torch.where(torch.isfinite(s), s, 0.5 * (lo + torch.where(torch.isfinite(hi), hi, lo + 2.0)))
     for _ in range(iterations):
         b, c, db = otm_parts(x, s)
-        # bracket: b increases with s
-        too_low = b < target
+        g = torch.where(log_b_objective, b, c)
+        ln_g_target = torch.where(log_b_objective, ln_target, ln_cap_gap)
+        rr = torch.where(log_b_objective, db / b, -db / c)
+        f = torch.log(torch.clamp(g, min=tiny)) - ln_g_target
+        # shrink the bracket with the sign of the objective itself (b rises with s, c falls)
+        too_low = torch.where(log_b_objective, f < 0, f > 0)
         lo = torch.where(too_low, torch.maximum(lo, s), lo)
         hi = torch.where(too_low, hi, torch.minimum(hi, s))
-        g = torch.where(lower_target, b, c)
-        ln_g_target = torch.where(lower_target, ln_target, ln_cap_gap)
-        rr = torch.where(lower_target, db / b, -db / c)
-        f = torch.log(torch.clamp(g, min=tiny)) - ln_g_target
         xs = x / s
         A = xs * xs / s - 0.25 * s
         B = A * A - 3.0 * xs * xs / (s * s) - 0.25
         g2 = A - rr
         g3 = B - 3.0 * A * rr + 2.0 * rr * rr
         nu = -f / rr
-        step = nu * (1.0 + 0.5 * g2 * nu) / (1.0 + nu * (g2 + g3 * nu / 6.0))
-        s_new = s + step
-        inside = (s_new >= lo) & (s_new <= hi) & torch.isfinite(s_new)
-        mid = torch.where(torch.isfinite(hi), 0.5 * (lo + hi), 2.0 * torch.maximum(s, lo))
+        householder = nu * (1.0 + 0.5 * g2 * nu) / (1.0 + nu * (g2 + g3 * nu / 6.0))
+        s_new = s + householder
+        converged = householder.abs() <= 1e-12 * s
+        inside = ((s_new >= lo) & (s_new <= hi) | converged) & torch.isfinite(s_new)
+        # where the third-order step leaves the bracket, try plain Newton before bisecting
+        s_newton = s + nu
+        s_new = torch.where(inside, s_new, s_newton)
+        inside = inside | ((s_newton >= lo) & (s_newton <= hi) & torch.isfinite(s_newton))
+        # bisect geometrically: the root can sit orders of magnitude inside the bracket
+        mid = torch.where(
+            torch.isfinite(hi), torch.where(lo > 0, torch.sqrt(lo * hi), 0.5 * hi), 2.0 * torch.maximum(s, lo)
+        )
         s = torch.where(inside, s_new, mid)
 
     vol = torch.where(solve, s / torch.sqrt(Tp), torch.full_like(s, math.nan))

@@ -1,14 +1,17 @@
 """A sample options market maker: quote around the pricing core's fair value with inventory and Greek skew.
 
-Fair values come from :func:`greekfire.quant.bsm_price` for the whole chain in one call, only when the
-underlying has moved by more than ``reprice_bps`` (not on every quote). Each option is quoted on both sides:
+Fair values: :func:`greekfire.quant.bsm_greeks` prices the whole chain (value, delta, gamma) in one call at
+start, on every timer, and when the underlying has moved more than ``full_reprice_bps`` since the last full
+price. Between full prices an underlying quote moves each fair value by its second-order Taylor step
+``value + delta x dS + gamma x dS^2 / 2`` (a few float operations, so a market event never waits for a
+tensor call). Each option is quoted on both sides:
 
     reservation = fair - inventory_skew x position - delta_skew x book_delta x option_delta
                        - vega_skew x book_vega x option_vega
     bid = reservation - half_width_ticks x tick,  ask = reservation + half_width_ticks x tick
 
-(rounded away from the reservation onto the tick grid, kept one tick inside the market's opposite side,
-post-only). A quote is amended only when its price moves by ``requote_ticks`` or more, so most market events
+rounded away from the reservation onto the tick grid, kept one tick inside the market's opposite side,
+post-only. A quote is amended only when its price moves by ``requote_ticks`` or more, so most market events
 produce no order. At ``max_inventory`` contracts the side that would grow the position is pulled.
 """
 
@@ -19,7 +22,7 @@ from typing import Any
 
 import torch
 
-from greekfire.quant import bsm_price
+from greekfire.quant import bsm_greeks
 from greekfire.trading.engine import Strategy
 from greekfire.trading.model import Fill, Instrument, Quote, Side, TimeInForce
 from greekfire.trading.orders import OrderStatus
@@ -32,7 +35,7 @@ class OptionsMarketMaker(Strategy):
 
     vol (annualised, 0.20), rate (0.02), half_width_ticks (4), size (contracts, 5), inventory_skew (currency
     per contract held, 0.01), delta_skew (currency per share of book delta per unit option delta, 2e-5),
-    vega_skew (1e-6), max_inventory (contracts, 50), requote_ticks (1), reprice_bps (2.0).
+    vega_skew (1e-6), max_inventory (contracts, 50), requote_ticks (1), full_reprice_bps (50.0).
     """
 
     name = "market_maker"
@@ -49,13 +52,16 @@ class OptionsMarketMaker(Strategy):
         self.vega_skew = float(p.get("vega_skew", 1e-6))
         self.max_inventory = int(p.get("max_inventory", 50))
         self.requote_ticks = int(p.get("requote_ticks", 1))
-        self.reprice_bps = float(p.get("reprice_bps", 2.0))
+        self.full_reprice_bps = float(p.get("full_reprice_bps", 50.0))
         self.fair: dict[int, float] = {}
-        self.market: dict[int, tuple[float, float]] = {}  # best bid/ask seen (any venue)
+        self.market: dict[int, tuple[float, float]] = {}  # best bid/ask last seen (any venue)
         self.quotes: dict[int, dict[int, str]] = {}  # instrument -> side -> client id
         self._chain: dict[str, list[Instrument]] = {}
-        self._priced_spot: dict[str, float] = {}
         self._underlying_ids: dict[int, str] = {}
+        # Taylor base per option: (spot at the full price, value, delta, gamma)
+        self._base: dict[int, tuple[float, float, float, float]] = {}
+        self._want: dict[int, tuple[float | None, float | None]] = {}  # unclamped target (bid, ask)
+        self._live: dict[int, tuple[float | None, float | None]] = {}  # what our working orders show
         self.reprices = 0
 
     def on_start(self) -> None:
@@ -71,25 +77,39 @@ class OptionsMarketMaker(Strategy):
             if und in eng.portfolio.spots:
                 self._reprice(und, eng.portfolio.spots[und])
 
+    # ---------------------------------------------------------------- fair values
     def _reprice(self, und: str, spot: float) -> None:
+        """Full price of the chain through the pricing core (one tensor call)."""
         eng = self.engine
         assert eng is not None
         chain = self._chain.get(und)
         if not chain:
             return
         now = eng.clock_ns()
-        px = bsm_price(
+        g = bsm_greeks(
             torch.tensor([i.right for i in chain], dtype=torch.float64), spot,
             torch.tensor([i.strike for i in chain], dtype=torch.float64),
             torch.tensor([max(i.ttm(now), 1e-4) for i in chain], dtype=torch.float64), self.rate, 0.0, self.vol,
-        ).tolist()
-        for inst, p in zip(chain, px, strict=True):
-            self.fair[inst.instrument_id] = p
-        self._priced_spot[und] = spot
+        )
+        vals, deltas, gammas = g["value"].tolist(), g["delta"].tolist(), g["gamma"].tolist()
+        for inst, v, d, gm in zip(chain, vals, deltas, gammas, strict=True):
+            self._base[inst.instrument_id] = (spot, v, d, gm)
+            self.fair[inst.instrument_id] = v
         self.reprices += 1
-        for inst in chain:
-            self._requote(inst)
+        self._requote_chain(und)
 
+    def _step(self, und: str, spot: float) -> None:
+        """Move every fair value of the chain to ``spot`` by its Taylor step from the last full price."""
+        base = self._base
+        fair = self.fair
+        for inst in self._chain.get(und, ()):
+            b = base.get(inst.instrument_id)
+            if b is not None:
+                ds = spot - b[0]
+                fair[inst.instrument_id] = max(0.0, b[1] + b[2] * ds + 0.5 * b[3] * ds * ds)
+        self._requote_chain(und)
+
+    # ---------------------------------------------------------------- events
     def on_quote(self, quote: Quote) -> None:
         iid = quote.instrument_id
         und = self._underlying_ids.get(iid)
@@ -97,25 +117,50 @@ class OptionsMarketMaker(Strategy):
             eng = self.engine
             assert eng is not None
             spot = eng.portfolio.spots.get(und)
-            last = self._priced_spot.get(und)
-            if spot and (last is None or abs(spot / last - 1.0) * 1e4 >= self.reprice_bps):
+            chain = self._chain.get(und)
+            if not spot or not chain:
+                return
+            base = self._base.get(chain[0].instrument_id)
+            if base is None:
                 self._reprice(und, spot)
+                return
+            self._step(und, spot)  # quotes move now; a big move is re-priced exactly after the batch
+            if abs(spot / base[0] - 1.0) * 1e4 >= self.full_reprice_bps:
+                eng.after_batch(self._reprice_all)
             return
-        self.market[iid] = (quote.bid, quote.ask)
-        inst = self.engine.instruments[iid] if self.engine else None
-        if inst is not None and iid in self.fair:
-            self._requote(inst)
+        bid, ask = quote.bid, quote.ask
+        self.market[iid] = (bid, ask)
+        want = self._want.get(iid)
+        # fast path: our target is unchanged, already shown, and the new market does not force a clamp
+        if want is not None and self._live.get(iid) == want:
+            wb, wa = want
+            if (wb is None or not wb >= ask) and (wa is None or not wa <= bid):
+                return
+        if iid in self.fair and self.engine is not None:
+            self._requote(self.engine.instruments[iid])
 
     def on_fill(self, fill: Fill) -> None:
         eng = self.engine
         assert eng is not None
-        self._requote(eng.instruments[fill.instrument_id])
+        # a fill changes the inventory of one option and the book Greeks that skew every quote
+        self._requote_chain(eng.instruments[fill.instrument_id].underlying)
 
     def on_timer(self, now_ns: int) -> None:
-        for chain in self._chain.values():
-            for inst in chain:
-                if inst.instrument_id in self.fair:
-                    self._requote(inst)
+        self._live.clear()  # re-check every order against the OMS (catches venue-side cancels)
+        self._reprice_all()
+
+    def _reprice_all(self) -> None:
+        eng = self.engine
+        assert eng is not None
+        for und in self._chain:
+            spot = eng.portfolio.spots.get(und)
+            if spot:
+                self._reprice(und, spot)
+
+    # ---------------------------------------------------------------- quoting
+    def _requote_chain(self, und: str) -> None:
+        for inst in self._chain.get(und, ()):
+            self._requote(inst)
 
     def _requote(self, inst: Instrument) -> None:
         eng = self.engine
@@ -133,21 +178,21 @@ class OptionsMarketMaker(Strategy):
             fair - self.inventory_skew * qty - self.delta_skew * book[0] * unit[0] - self.vega_skew * book[2] * unit[2]
         )
         tick = inst.tick_size
-        bid = math.floor(reservation / tick - self.half_width_ticks + 1e-9) * tick
-        ask = math.ceil(reservation / tick + self.half_width_ticks - 1e-9) * tick
+        bid = round(math.floor(reservation / tick - self.half_width_ticks + 1e-9) * tick, 10)
+        ask = round(math.ceil(reservation / tick + self.half_width_ticks - 1e-9) * tick, 10)
+        want_bid = bid if bid >= tick and qty < self.max_inventory else None
+        want_ask = ask if qty > -self.max_inventory else None
+        self._want[iid] = (want_bid, want_ask)
         mkt = self.market.get(iid)
         if mkt is not None:
             mb, ma = mkt
-            if ma == ma and bid >= ma:
-                bid = ma - tick
-            if mb == mb and ask <= mb:
-                ask = mb + tick
-        want = {
-            Side.BUY: round(bid, 10) if bid >= tick and qty < self.max_inventory else None,
-            Side.SELL: round(ask, 10) if qty > -self.max_inventory else None,
-        }
+            if want_bid is not None and ma == ma and want_bid >= ma:
+                want_bid = round(ma - tick, 10) if ma - tick >= tick else None
+            if want_ask is not None and mb == mb and want_ask <= mb:
+                want_ask = round(mb + tick, 10)
         mine = self.quotes.setdefault(iid, {})
-        for side, price in want.items():
+        shown: list[float | None] = [None, None]
+        for k, (side, price) in enumerate(((Side.BUY, want_bid), (Side.SELL, want_ask))):
             cid = mine.get(side)
             order = eng.oms.get(cid) if cid else None
             if order is not None and not order.is_open:
@@ -161,5 +206,10 @@ class OptionsMarketMaker(Strategy):
                 sent = self.submit(iid, side, self.size, price, tif=TimeInForce.GTC, post_only=True)
                 if sent and sent[0].is_open:
                     mine[side] = sent[0].client_id
-            elif order.status in _WORKING and order.price is not None and abs(order.price - price) >= self.requote_ticks * tick - 1e-9:
-                eng.amend(order.client_id, max(order.qty, order.filled_qty + self.size), price)
+                    shown[k] = price
+            elif order.price is not None and abs(order.price - price) >= self.requote_ticks * tick - 1e-9:
+                if order.status in _WORKING and eng.amend(order.client_id, max(order.qty, order.filled_qty + self.size), price) is None:
+                    shown[k] = price
+            else:
+                shown[k] = price
+        self._live[iid] = (shown[0], shown[1])

@@ -46,7 +46,6 @@ from greekfire.trading.venues import Venue, VenueEvent
 log = logging.getLogger(__name__)
 
 EVENTS = counter("greekfire_trading_events", "market and venue events processed", ["kind"])
-ORDERS_OUT = counter("greekfire_trading_orders_out", "orders handed to venues", ["venue"])
 FILLS = counter("greekfire_trading_fills", "fills applied", ["venue", "liquidity"])
 STRATEGY_ERRORS = counter("greekfire_trading_strategy_errors", "exceptions raised by strategies", ["strategy"])
 PNL = gauge("greekfire_trading_pnl", "P&L since start, currency", ["kind"])
@@ -89,6 +88,19 @@ class Strategy:
         assert self.engine is not None, "strategy is not attached to an engine"
         return self.engine.submit(self.engine.new_order(instrument_id, side, qty, price, ord_type, tif, strategy_id=self.name, **kw))
 
+    def _record_latency(self) -> None:
+        dt = max(100, time.perf_counter_ns() - self._t0)
+        self.latency.record_value(dt)
+        if self._first_pending:
+            self.latency_first.record_value(dt)
+            self._first_pending = False
+
+    def after_batch(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once at the end of the current event batch (work that must not delay this event's
+        orders, e.g. a full re-price). Its orders are not timed as event -> order latency."""
+        if fn not in self._after_batch:
+            self._after_batch.append(fn)
+
     def amend(self, client_id: str, qty: int, price: float) -> Denial | None:
         assert self.engine is not None
         return self.engine.amend(client_id, qty, price)
@@ -124,6 +136,7 @@ class TradingEngine:
         self.router = SmartOrderRouter()
         self.store = store
         self.instruments: dict[int, Instrument] = {}
+        self._spot_of: dict[int, str] = {}  # instrument id of an underlying -> its name
         self.by_symbol: dict[str, Instrument] = {}
         self._quote_topic: dict[int, str] = {}
         self._trade_topic: dict[int, str] = {}
@@ -141,7 +154,10 @@ class TradingEngine:
         self.incarnation = 1
         self._seq = 0
         self._t0 = 0  # perf_counter_ns of the market event being handled (0: none)
-        self.latency = HdrHistogram(100, 10_000_000_000, 3)  # ns
+        self.latency = HdrHistogram(100, 10_000_000_000, 3)  # ns, every order: event in -> that order out
+        self.latency_first = HdrHistogram(100, 10_000_000_000, 3)  # ns, first order of each event only
+        self._first_pending = False
+        self._after_batch: list[Callable[[], None]] = []
         self._sent_ns: dict[str, int] = {}
         self._posted: set[str] = set()
         self._stops: dict[int, list[Order]] = {}
@@ -163,6 +179,8 @@ class TradingEngine:
         self.instruments[inst.instrument_id] = inst
         self.by_symbol[inst.symbol] = inst
         self.portfolio.add_instrument(inst)
+        if not inst.is_option:
+            self._spot_of[inst.instrument_id] = inst.underlying
         self._quote_topic[inst.instrument_id] = f"quotes.{inst.symbol}"
         self._trade_topic[inst.instrument_id] = f"trades.{inst.symbol}"
         self._book_topic[inst.instrument_id] = f"books.{inst.symbol}"
@@ -266,9 +284,21 @@ class TradingEngine:
             self._posted.add(order.client_id)
         self.venues[venue].submit(order, now)
         self.orders_out += 1
-        ORDERS_OUT.labels(venue).inc()
         if self._t0:
-            self.latency.record_value(max(100, time.perf_counter_ns() - self._t0))
+            self._record_latency()
+
+    def _record_latency(self) -> None:
+        dt = max(100, time.perf_counter_ns() - self._t0)
+        self.latency.record_value(dt)
+        if self._first_pending:
+            self.latency_first.record_value(dt)
+            self._first_pending = False
+
+    def after_batch(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once at the end of the current event batch (work that must not delay this event's
+        orders, e.g. a full re-price). Its orders are not timed as event -> order latency."""
+        if fn not in self._after_batch:
+            self._after_batch.append(fn)
 
     def amend(self, client_id: str, qty: int, price: float) -> Denial | None:
         """Change a live order's total quantity and limit price (risk-checked like a new order)."""
@@ -288,7 +318,7 @@ class TradingEngine:
         self.venues[order.venue].amend(order, qty, price, now)
         self.orders_out += 1
         if self._t0:
-            self.latency.record_value(max(100, time.perf_counter_ns() - self._t0))
+            self._record_latency()
         return None
 
     def cancel(self, client_id: str) -> bool:
@@ -329,6 +359,7 @@ class TradingEngine:
     def on_market(self, msg: Any) -> None:
         """One market-data event (Quote, TradeTick, BookUpdate); a malformed one is counted and dropped."""
         self._t0 = time.perf_counter_ns()
+        self._first_pending = True
         self.events += 1
         try:
             if type(msg) is Quote:
@@ -353,23 +384,30 @@ class TradingEngine:
             log.warning("malformed event dropped (%d so far): %s", self.malformed, exc)
 
     def _on_quote(self, q: Quote) -> None:
+        # the hot path: plain dict work only, no pricing (Greeks are revalued once at the batch end)
         iid = q.instrument_id
         topic = self._quote_topic.get(iid)
         if topic is None:
             raise DataError("instrument_id", iid, "unknown instrument")
         bid, ask = q.bid, q.ask
-        has_bid, has_ask = bid == bid, ask == ask  # NaN: that side is empty
-        if (has_bid and (bid <= 0 or bid == math.inf)) or (has_ask and (ask <= 0 or ask == math.inf)):
-            raise DataError("price", (bid, ask), "quote prices must be finite and > 0")
-        if has_bid and has_ask:
-            if bid > ask:
-                raise DataError("bid", (bid, ask), "crossed quote: bid > ask")
-            self.portfolio.mark(iid, 0.5 * (bid + ask))
+        if bid == bid and ask == ask:  # two-sided (NaN marks an empty side)
+            if not 0.0 < bid <= ask < math.inf:
+                raise DataError("bid/ask", (bid, ask), "need 0 < bid <= ask < inf")
+            pf = self.portfolio
+            mid = 0.5 * (bid + ask)
+            pf.marks[iid] = mid
+            und = self._spot_of.get(iid)
+            if und is not None:
+                pf.spots[und] = mid
+                pf._dirty.add(und)
+        elif (bid == bid and not 0.0 < bid < math.inf) or (ask == ask and not 0.0 < ask < math.inf):
+            raise DataError("bid/ask", (bid, ask), "quote prices must be finite and > 0")
         if q.venue:
-            self.router.update_top(q.venue, iid, bid, q.bid_size if has_bid else 0, ask, q.ask_size if has_ask else 0)
-        stops = self._stops.get(iid)
-        if stops:
-            self._check_stops(iid, stops)
+            self.router.update_top(q.venue, iid, bid, q.bid_size, ask, q.ask_size)
+        if self._stops:
+            stops = self._stops.get(iid)
+            if stops:
+                self._check_stops(iid, stops)
         self.bus.publish(topic, q)
 
     def _on_trade(self, t: TradeTick) -> None:
@@ -482,9 +520,20 @@ class TradingEngine:
 
     def process(self, events: Iterable[Any]) -> None:
         """Handle a batch of events (market data and venue events), then revalue once at the batch end."""
-        on_market, on_venue = self.on_market, self.on_venue_event
+        perf = time.perf_counter_ns
+        on_quote, on_market, on_venue = self._on_quote, self.on_market, self.on_venue_event
         for ev in events:
-            if type(ev) is VenueEvent:
+            t = type(ev)
+            if t is Quote:  # the hot path, inlined: no extra call layer per event
+                self.events += 1
+                self._t0 = perf()
+                self._first_pending = True
+                try:
+                    on_quote(ev)
+                except DataError as exc:
+                    self._malformed("market", exc)
+                self._t0 = 0
+            elif t is VenueEvent:
                 on_venue(ev)
             else:
                 on_market(ev)
@@ -492,6 +541,14 @@ class TradingEngine:
 
     def end_batch(self) -> None:
         """Revalue Greeks of the underlyings that moved, refresh VaR after fills, publish the portfolio."""
+        while self._after_batch:
+            fns, self._after_batch = self._after_batch, []
+            for fn in fns:
+                try:
+                    fn()
+                except Exception:
+                    self.bus.errors["after_batch"] += 1
+                    log.exception("after-batch callback failed")
         pf = self.portfolio
         moved = pf.revalue(self.clock_ns())
         if self._risk_dirty or (moved and pf.positions):
@@ -522,6 +579,7 @@ class TradingEngine:
             for name, v in zip(("delta", "gamma", "vega", "theta"), t, strict=True):
                 GREEK.labels(und, name).set(v)
         self.router.publish_metrics()
+        self.oms.publish_metrics()
         interval = int(self.settings.trading.snapshot_interval_s * 1e9)
         if self.store is not None and now - self._last_snapshot_ns >= interval:
             self.snapshot(now)
@@ -682,9 +740,13 @@ class TradingEngine:
             self.stop()
 
     # ---------------------------------------------------------------- reporting
-    def latency_us(self) -> dict[str, float]:
-        """Internal path latency percentiles (market event in -> order out), microseconds."""
-        h = self.latency
+    def latency_us(self, first_only: bool = False) -> dict[str, float]:
+        """Internal path latency percentiles (market event in -> order out), microseconds.
+
+        Every order is timed from the event that caused it, so an event that moves a whole chain of quotes
+        reports each of its orders (the last one waits for all before it); ``first_only`` keeps the first
+        order of each event (the reaction time)."""
+        h = self.latency_first if first_only else self.latency
         if h.get_total_count() == 0:
             return {"count": 0}
         return {
@@ -716,6 +778,7 @@ class TradingEngine:
             "mc_var_1d": round(self.risk.mc_var_value, 2),
             "trading_state": self.risk.state.value,
             "latency_us": {k: round(v, 2) for k, v in self.latency_us().items()},
+            "latency_first_order_us": {k: round(v, 2) for k, v in self.latency_us(first_only=True).items()},
             "venues": {n: v.summary() for n, v in self.router.venues.items()},
             "errors": {
                 "strategy_exceptions": dict(self.bus.errors),

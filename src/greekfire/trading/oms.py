@@ -37,7 +37,9 @@ class OMS:
         self._by_strategy: dict[str, dict[str, Order]] = {}
         self.fill_problems: dict[str, int] = {}
         self.transitions = 0
-        self._publish_orders = True
+        # counted in plain ints on the hot path, copied to Prometheus by publish_metrics() on the timer
+        self.status_counts: dict[str, int] = {}
+        self._published: dict[str, int] = {}
 
     # ---------------------------------------------------------------- registry
     def add(self, order: Order) -> None:
@@ -87,7 +89,7 @@ class OMS:
         new = order.status.value
         seq = self.audit.append(ts_ns, "order", order.client_id, {"old": old.value, "new": new, **info})
         ev = OrderEvent(seq, ts_ns, order.client_id, old.value, new, info)
-        ORDERS.labels(new).inc()
+        self.status_counts[new] = self.status_counts.get(new, 0) + 1
         self.bus.publish("orders", ev)
         return ev
 
@@ -113,6 +115,14 @@ class OMS:
         self.audit.append(fill.ts_ns, "fill_problem", fill.client_id, data)
         log.warning("fill not applied: %s", detail, extra={"client_id": fill.client_id, **data})
         self.bus.publish("risk", {"event": "fill_problem", "client_id": fill.client_id, **data})
+
+    def publish_metrics(self) -> None:
+        """Add the transitions counted since the last call to the Prometheus counter."""
+        for status, n in self.status_counts.items():
+            done = self._published.get(status, 0)
+            if n > done:
+                ORDERS.labels(status).inc(n - done)
+                self._published[status] = n
 
     # ---------------------------------------------------------------- reconciliation
     def reconcile(

@@ -75,6 +75,11 @@ class SyntheticMarket:
         """Current fair value of an instrument (currency per unit)."""
         return self._fair.get(instrument_id, math.nan)
 
+    def set_spot(self, spot: float, now_ns: int) -> None:
+        """Put the underlying at ``spot`` and reprice the chain (scripted scenarios and benchmarks)."""
+        self.spot = float(spot)
+        self._reprice(now_ns)
+
     def step(self, now_ns: int) -> None:
         """Advance the spot to ``now_ns`` (at most one step per ``step_ms``) and reprice the chain."""
         if self._last_ns is None:

@@ -113,6 +113,10 @@ class SmartOrderRouter:
         self.fill_value = fill_value
         self.decisions: deque[dict[str, Any]] = deque(maxlen=keep_decisions)
         self._debug = log.isEnabledFor(logging.DEBUG)
+        # plain counts on the hot path; publish_metrics() copies them to Prometheus on the timer
+        self.routed: dict[tuple[str, str], int] = {}
+        self.decided: dict[str, int] = {}
+        self._published: dict[Any, int] = {}
 
     def add_venue(self, stats: VenueStats) -> None:
         self.venues[stats.name] = stats
@@ -166,9 +170,11 @@ class SmartOrderRouter:
             if post_scores:
                 out.append(ChildOrder(post_scores[0][1], left, limit, "post", post_scores[0][0]))
         mode = "sweep" if len(out) > 1 else (out[0].mode if out else "none")
-        ROUTE_DECISIONS.labels(mode).inc()
+        self.decided[mode] = self.decided.get(mode, 0) + 1
+        routed = self.routed
         for c in out:
-            ROUTED.labels(c.venue, c.mode).inc()
+            key = (c.venue, c.mode)
+            routed[key] = routed.get(key, 0) + 1
         decision = {
             "client_id": client_id, "instrument_id": instrument_id, "side": s, "qty": qty, "limit": limit,
             "mode": mode, "take_scores": {n: c for c, n, _, _ in takes}, "post_scores": {n: c for c, n in post_scores},
@@ -180,7 +186,16 @@ class SmartOrderRouter:
         return out
 
     def publish_metrics(self) -> None:
-        """Copy venue statistics to the gauges (called on timers, not per event)."""
+        """Copy routing counts and venue statistics to Prometheus (called on timers, not per event)."""
+        pub = self._published
+        for mode, n in self.decided.items():
+            if n > pub.get(mode, 0):
+                ROUTE_DECISIONS.labels(mode).inc(n - pub.get(mode, 0))
+                pub[mode] = n
+        for key, n in self.routed.items():
+            if n > pub.get(key, 0):
+                ROUTED.labels(*key).inc(n - pub.get(key, 0))
+                pub[key] = n
         for n, v in self.venues.items():
             VENUE_LATENCY.labels(n, "ack").set(v.ack_ewma_us)
             VENUE_LATENCY.labels(n, "fill").set(v.fill_ewma_us)

@@ -294,6 +294,7 @@ DEMO_STAGES: list[tuple[str, str]] = [
     ("gpu", "greekfire.gpu.demo:run_demo"),
     ("data", "greekfire.data.demo:run_demo"),
     ("training", "greekfire.ml.demo:run_demo"),
+    ("trading", "greekfire.strategies.demo:run_demo"),
 ]
 
 
@@ -343,6 +344,42 @@ def demo(
         console.print(table)
     if failed:
         raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------------------
+# trade: the trading engine with a strategy against simulated venues (greekfire.trading, greekfire.strategies)
+@app.command("trade")
+def trade(
+    paper: Annotated[bool, typer.Option("--paper", help="trade against simulated venues (the only mode so far)")] = False,
+    duration: Annotated[float | None, typer.Option("--duration", help="seconds to run (default trading.duration_s)")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", help="strategy name or module:Class")] = None,
+    venues: Annotated[int | None, typer.Option("--venues", min=1, max=16, help="simulated venues")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Run the trading engine and print orders, fills, denials, P&L, Greeks and internal latency."""
+    if not paper:
+        err_console.print("[red]only paper trading is available[/red]: run `greekfire trade --paper`")
+        raise typer.Exit(2)
+    from greekfire.strategies.paper import run_paper
+
+    s = settings()
+    try:
+        out = run_paper(s, duration, strategy, venues)
+    except (ConfigError, ConfigErrors) as exc:
+        err_console.print(f"[red]configuration error[/red]: {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        print_json(out)
+        return
+    table = Table(title=f"greekfire trade --paper ({out['strategy']}, {out['duration_s']} s)")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for key in ("events", "orders", "orders_out", "fills", "denials", "pnl", "equity", "var_1d", "trading_state",
+                "latency_us", "errors"):
+        table.add_row(key, json.dumps(out[key], default=str))
+    for und, g in out["greeks"].items():
+        table.add_row(f"greeks {und}", ", ".join(f"{k}={v:,.2f}" for k, v in g.items()))
+    console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

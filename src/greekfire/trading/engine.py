@@ -239,6 +239,7 @@ class TradingEngine:
             return [order]
         if order.ord_type in (OrderType.STOP, OrderType.STOP_LIMIT):
             # held here until the reference trades through the stop price
+            order.venue = "engine"
             self.oms.transition(order, OrderStatus.SUBMITTED, now, venue="engine")
             self.oms.transition(order, OrderStatus.ACCEPTED, now, note="stop held by engine")
             self._stops.setdefault(order.instrument_id, []).append(order)
@@ -252,7 +253,8 @@ class TradingEngine:
     def _route(self, order: Order, now: int) -> list[Order]:
         inst = self.instruments[order.instrument_id]
         limit = None if order.ord_type in (OrderType.MARKET, OrderType.STOP) else order.price
-        children = self.router.route(order.client_id, order.instrument_id, order.side, order.qty, limit, inst.multiplier)
+        children = self.router.route(order.client_id, order.instrument_id, order.side, order.qty, limit, inst.multiplier,
+                                     allow_post=order.tif not in (TimeInForce.IOC, TimeInForce.FOK))
         if not children:
             self.oms.transition(order, OrderStatus.SUBMITTED, now)
             self.oms.transition(order, OrderStatus.REJECTED, now, "no_venue")
@@ -760,8 +762,11 @@ class TradingEngine:
     def summary(self) -> dict[str, Any]:
         """What happened: orders, fills, denials by reason, P&L, Greeks, latency, errors."""
         statuses: dict[str, int] = {}
+        rejections: dict[str, int] = {}
         for o in self.oms.orders.values():
             statuses[o.status.value] = statuses.get(o.status.value, 0) + 1
+            if o.status == OrderStatus.REJECTED:
+                rejections[o.reason or "?"] = rejections.get(o.reason or "?", 0) + 1
         pnl = self.portfolio.pnl()
         greeks = self.portfolio.greeks()
         return {
@@ -771,6 +776,7 @@ class TradingEngine:
             "order_status": statuses,
             "fills": self.fill_count,
             "denials": dict(self.risk.denials),
+            "venue_rejections": rejections,
             "pnl": {k: round(v, 2) for k, v in pnl.items()},
             "equity": round(self.portfolio.equity(), 2),
             "greeks": {u: {k: round(v, 4) for k, v in g.items()} for u, g in greeks.items()},

@@ -136,9 +136,13 @@ class SmartOrderRouter:
         return v.maker_fee + self.adverse_per_us * v.ack_ewma_us - self.fill_value * v.fill_rate
 
     def route(
-        self, client_id: str, instrument_id: int, side: Side, qty: int, limit: float | None, multiplier: float = 1.0
+        self, client_id: str, instrument_id: int, side: Side, qty: int, limit: float | None, multiplier: float = 1.0,
+        *, allow_post: bool = True,
     ) -> list[ChildOrder]:
-        """Split one parent order into child orders (``limit`` None: a market order, take only)."""
+        """Split one parent order into child orders (``limit`` None: a market order, take only).
+
+        ``allow_post`` False (IOC/FOK): nothing is posted; what displayed size cannot cover goes with the
+        cheapest take (the venue cancels what it cannot fill)."""
         s = int(side)
         takes: list[tuple[float, str, float, int]] = []
         for name, v in self.venues.items():
@@ -161,14 +165,16 @@ class SmartOrderRouter:
                 # child limit = parent limit (not the seen price): the book may have moved by arrival
                 out.append(ChildOrder(name, q, limit, "take", cost))
                 left -= q
-            if limit is None and left > 0:  # a market order takes what is left at the cheapest venue
-                out.append(ChildOrder(takes[0][1], left, None, "take", takes[0][0]))
+            if (limit is None or not allow_post) and left > 0:  # market/IOC: the rest goes to the cheapest venue
+                first = out[0]
+                out[0] = ChildOrder(first.venue, first.qty + left, first.price, "take", first.score)
                 left = 0
         post_scores: list[tuple[float, str]] = []
         if left > 0 and limit is not None:
             post_scores = sorted((self.post_score(v), n) for n, v in self.venues.items())
             if post_scores:
-                out.append(ChildOrder(post_scores[0][1], left, limit, "post", post_scores[0][0]))
+                mode = "post" if allow_post else "take"
+                out.append(ChildOrder(post_scores[0][1], left, limit, mode, post_scores[0][0]))
         mode = "sweep" if len(out) > 1 else (out[0].mode if out else "none")
         self.decided[mode] = self.decided.get(mode, 0) + 1
         routed = self.routed

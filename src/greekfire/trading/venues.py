@@ -201,7 +201,8 @@ class SimulatedVenue(Venue):
         oid = self._next_oid
         self._next_oid += 1
         inst = self.instruments[instrument_id]
-        reports = self.books[instrument_id].submit(oid, 100, MSide(side), qty, inst.to_ticks(price), ts_ns=now_ns)
+        # each call is a different participant, so self-trade prevention never blocks a scripted cross
+        reports = self.books[instrument_id].submit(oid, 1000 + oid, MSide(side), qty, inst.to_ticks(price), ts_ns=now_ns)
         self._touched.add(instrument_id)
         self._reports(instrument_id, reports, now_ns, self._pending_md)
 

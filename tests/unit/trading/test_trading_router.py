@@ -66,7 +66,7 @@ def test_sell_sweeps_bids_and_market_order_takes_everything() -> None:
     r.update_top("A", 7, 0.99, 4, 1.05, 10)
     r.update_top("B", 7, 0.98, 6, 1.05, 10)
     kids = r.route("p1", 7, Side.SELL, 20, None, multiplier=1.0)
-    assert [(k.venue, k.qty) for k in kids] == [("A", 4), ("B", 6), ("A", 10)]
+    assert [(k.venue, k.qty) for k in kids] == [("A", 14), ("B", 6)]
 
 
 def test_fill_rate_history_moves_the_posting_choice() -> None:

@@ -1,0 +1,92 @@
+"""Engine order handling on an in-process simulated venue: amend (and its denial), cancel, stop orders,
+GTD expiry, IOC remainders, post-only rejects."""
+
+from __future__ import annotations
+
+import pytest
+
+from greekfire.core.clock import ManualClock
+from greekfire.core.settings import load_settings
+from greekfire.trading import OrderStatus, OrderType, Side, TimeInForce, build_engine
+from greekfire.trading.engine import TradingEngine
+from greekfire.trading.paper import default_instruments
+from greekfire.trading.risk import Reason
+from greekfire.trading.venues import SimulatedVenue
+
+T0 = 1_800_000_000 * 10**9
+
+
+def setup() -> tuple[TradingEngine, SimulatedVenue, ManualClock]:
+    clock = ManualClock(T0)
+    insts = default_instruments(T0)
+    venue = SimulatedVenue("A", insts, {i.instrument_id: 2.5 for i in insts}.get, latency_us=100, jitter_us=0, flow_rate_hz=0)
+    eng = build_engine(load_settings(), instruments=insts, venues=[venue], store=False, clock_ns=clock.now_ns)
+    venue.add_liquidity(2, Side.BUY, 10, 2.40, T0)
+    venue.add_liquidity(2, Side.SELL, 10, 2.60, T0)
+    venue.add_liquidity(1, Side.BUY, 100, 99.99, T0)
+    venue.add_liquidity(1, Side.SELL, 100, 100.01, T0)
+    step(eng, clock)
+    return eng, venue, clock
+
+
+def step(eng: TradingEngine, clock: ManualClock, ms: int = 2) -> None:
+    for _ in range(ms):
+        clock.advance(1_000_000)
+        eng.poll_once(clock.now_ns())
+
+
+def test_amend_then_cancel_walk_the_state_machine() -> None:
+    eng, venue, clock = setup()
+    (o,) = eng.submit(eng.new_order(2, Side.BUY, 5, 2.45, post_only=True))
+    step(eng, clock)
+    assert o.status == OrderStatus.ACCEPTED and venue.books[2].best_bid() == (245, 5)
+    assert eng.amend(o.client_id, 7, 2.46) is None
+    assert o.status == OrderStatus.PENDING_REPLACE
+    step(eng, clock)
+    assert o.status == OrderStatus.ACCEPTED and (o.qty, o.price) == (7, 2.46)
+    assert venue.books[2].best_bid() == (246, 7)
+    denial = eng.amend(o.client_id, 5000, 2.46)
+    assert denial is not None and denial.reason == Reason.MAX_QTY and o.status == OrderStatus.ACCEPTED
+    assert eng.cancel(o.client_id) and o.status == OrderStatus.PENDING_CANCEL
+    step(eng, clock)
+    assert o.status == OrderStatus.CANCELED and eng.oms.open_orders() == []
+    trail = [e[4]["new"] for e in eng.audit.entries(kind="order", ref=o.client_id)]
+    assert trail == ["SUBMITTED", "ACCEPTED", "PENDING_REPLACE", "ACCEPTED", "PENDING_CANCEL", "CANCELED"]
+
+
+def test_ioc_remainder_is_canceled_and_post_only_cross_is_rejected() -> None:
+    eng, _venue, clock = setup()
+    (ioc,) = eng.submit(eng.new_order(2, Side.BUY, 15, 2.60, tif=TimeInForce.IOC))
+    (po,) = eng.submit(eng.new_order(2, Side.SELL, 1, 2.40, post_only=True))
+    step(eng, clock)
+    assert ioc.status == OrderStatus.CANCELED and ioc.filled_qty == 10
+    assert eng.portfolio.positions[2].qty == 10
+    assert po.status == OrderStatus.REJECTED and po.reason == "post_only_would_cross"
+    assert eng.summary()["venue_rejections"] == {"post_only_would_cross": 1}
+
+
+def test_stop_order_is_held_then_triggered_by_the_reference_price() -> None:
+    eng, venue, clock = setup()
+    (stop,) = eng.submit(eng.new_order(1, Side.BUY, 10, None, OrderType.STOP, stop_price=100.50))
+    assert stop.status == OrderStatus.ACCEPTED and stop.venue == "engine"
+    step(eng, clock)
+    assert stop.filled_qty == 0
+    venue.add_liquidity(1, Side.SELL, 100, 100.70, clock.now_ns())
+    venue.add_liquidity(1, Side.BUY, 150, 100.60, clock.now_ns())  # takes the 100.01 ask, 50 rest: mid 100.65
+    step(eng, clock, 3)
+    assert stop.status == OrderStatus.FILLED and stop.avg_px == pytest.approx(100.70)
+    assert eng.portfolio.positions[1].qty == 10
+
+
+def test_gtd_order_is_canceled_at_its_expiry_and_held_stop_cancels_at_once() -> None:
+    eng, _venue, clock = setup()
+    (gtd,) = eng.submit(eng.new_order(2, Side.BUY, 1, 2.41, tif=TimeInForce.GTD, expire_ns=clock.now_ns() + 5_000_000))
+    step(eng, clock)
+    eng.on_timer(clock.now_ns())
+    assert gtd.status == OrderStatus.ACCEPTED
+    step(eng, clock, 5)
+    eng.on_timer(clock.now_ns())
+    step(eng, clock)
+    assert gtd.status == OrderStatus.CANCELED
+    (stop,) = eng.submit(eng.new_order(1, Side.SELL, 1, None, OrderType.STOP, stop_price=90.0))
+    assert eng.cancel(stop.client_id) and stop.status == OrderStatus.CANCELED

@@ -72,7 +72,10 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    scheduler: Literal["none", "cosine", "onecycle", "plateau"] = "cosine"
+    scheduler: Literal["none", "cosine", "cosine_time", "onecycle", "plateau"] = Field(
+        "cosine", description="cosine_time: cosine over trainer.max_time_s of wall time (time-boxed runs; "
+        "not bit-exact on resume)"
+    )
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine: final lr = lr x this")
     pct_start: float = Field(0.1, gt=0, lt=1, description="onecycle: warm-up fraction")
     plateau_patience: int = Field(3, ge=0)

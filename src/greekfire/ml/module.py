@@ -6,6 +6,7 @@ The module knows nothing of devices or loops; :mod:`greekfire.ml.train` builds t
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -41,6 +42,7 @@ class PricingModule(L.LightningModule):
         self.model_cfg = ModelConfig.model_validate(model_cfg)
         self.optim_cfg = OptimConfig.model_validate(optim_cfg)
         self.net = build_model(self.model_cfg, n_contract, n_seq)
+        self.time_budget_s: float | None = None  # set by the driver from trainer.max_time_s
 
     @property
     def uses_sequence(self) -> bool:
@@ -93,6 +95,19 @@ class PricingModule(L.LightningModule):
         per_epoch = -(-batches // t.accumulate_grad_batches)
         return max(1, per_epoch * int(t.max_epochs or 1))
 
+    def _time_cosine(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        # a time-boxed run (trainer.max_time_s) cannot know its step count in advance: decay over wall time
+        budget = float(self.time_budget_s or 0)
+        if budget <= 0:
+            raise ValueError("optim.scheduler=cosine_time needs trainer.max_time_s")
+        floor, start = self.optim_cfg.min_lr_ratio, time.monotonic()
+
+        def by_time(_: int) -> float:
+            t = min(1.0, (time.monotonic() - start) / budget)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, by_time)
+
     def configure_optimizers(self) -> Any:
         o = self.optim_cfg
         opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
@@ -103,6 +118,8 @@ class PricingModule(L.LightningModule):
                 opt, mode="min", factor=o.plateau_factor, patience=o.plateau_patience
             )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": "epoch"}}
+        if o.scheduler == "cosine_time":
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": self._time_cosine(opt), "interval": "step"}}
         total = self._total_steps()
         if o.scheduler == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total, pct_start=o.pct_start)

@@ -154,6 +154,7 @@ def train_pricing(
     (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
     module = module_for(cfg, data)
+    module.time_budget_s = cfg.trainer.max_time_s
     datamodule = PricingDataModule(data, cfg.data, seed)
     if cfg.trainer.find_batch_size:
         datamodule.batch_size = find_batch_size(module, data, cfg.data.batch_size)

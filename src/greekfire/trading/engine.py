@@ -15,13 +15,14 @@ import asyncio
 import logging
 import math
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
 from greekfire.core.errors import DataError
-from greekfire.core.metrics import counter, gauge, histogram
+from greekfire.core.metrics import counter, gauge
 from greekfire.core.settings import Settings
 from greekfire.trading.audit import AuditLog
 from greekfire.trading.bus import MALFORMED, MessageBus
@@ -50,10 +51,20 @@ FILLS = counter("greekfire_trading_fills", "fills applied", ["venue", "liquidity
 STRATEGY_ERRORS = counter("greekfire_trading_strategy_errors", "exceptions raised by strategies", ["strategy"])
 PNL = gauge("greekfire_trading_pnl", "P&L since start, currency", ["kind"])
 GREEK = gauge("greekfire_trading_greek", "portfolio Greek per underlying", ["underlying", "greek"])
-INTERNAL_LATENCY = histogram(
-    "greekfire_trading_internal_latency_seconds", "market event in -> order out",
-    buckets=(5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3),
+INTERNAL_LATENCY = gauge(
+    "greekfire_trading_internal_latency_us", "market event in -> order out, microseconds (HDR percentiles)", ["quantile"]
 )
+
+
+class _Terms:
+    """The new terms of an amend, shaped like an Order for the risk check (cheaper than building one)."""
+
+    __slots__ = ("instrument_id", "side", "qty", "price", "ord_type", "tif", "strategy_id", "reduce_only")
+
+    def __init__(self, order: Order, qty: int, price: float) -> None:
+        self.instrument_id, self.side, self.ord_type, self.tif = order.instrument_id, order.side, order.ord_type, order.tif
+        self.strategy_id, self.reduce_only = order.strategy_id, order.reduce_only
+        self.qty, self.price = qty, price
 
 
 class Strategy:
@@ -87,19 +98,6 @@ class Strategy:
         """New order; returns the order(s) sent (a sweep splits into child orders) or the DENIED one."""
         assert self.engine is not None, "strategy is not attached to an engine"
         return self.engine.submit(self.engine.new_order(instrument_id, side, qty, price, ord_type, tif, strategy_id=self.name, **kw))
-
-    def _record_latency(self) -> None:
-        dt = max(100, time.perf_counter_ns() - self._t0)
-        self.latency.record_value(dt)
-        if self._first_pending:
-            self.latency_first.record_value(dt)
-            self._first_pending = False
-
-    def after_batch(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` once at the end of the current event batch (work that must not delay this event's
-        orders, e.g. a full re-price). Its orders are not timed as event -> order latency."""
-        if fn not in self._after_batch:
-            self._after_batch.append(fn)
 
     def amend(self, client_id: str, qty: int, price: float) -> Denial | None:
         assert self.engine is not None
@@ -144,6 +142,7 @@ class TradingEngine:
         for inst in instruments:
             self.add_instrument(inst)
         self.venues: dict[str, Venue] = {}
+        self._venue_tops: dict[str, dict[int, tuple[float, int, float, int]]] = {}
         for v in venues:
             self.add_venue(v)
         self.strategies: list[Strategy] = []
@@ -154,8 +153,11 @@ class TradingEngine:
         self.incarnation = 1
         self._seq = 0
         self._t0 = 0  # perf_counter_ns of the market event being handled (0: none)
-        self.latency = HdrHistogram(100, 10_000_000_000, 3)  # ns, every order: event in -> that order out
-        self.latency_first = HdrHistogram(100, 10_000_000_000, 3)  # ns, first order of each event only
+        # latencies (ns) go into preallocated-growth arrays on the hot path and into HDR histograms when read
+        self._lat_all = array("q")
+        self._lat_first = array("q")
+        self._latency = HdrHistogram(100, 10_000_000_000, 3)  # every order: event in -> that order out
+        self._latency_first = HdrHistogram(100, 10_000_000_000, 3)  # first order of each event only
         self._first_pending = False
         self._after_batch: list[Callable[[], None]] = []
         self._sent_ns: dict[str, int] = {}
@@ -188,7 +190,9 @@ class TradingEngine:
     def add_venue(self, venue: Venue) -> None:
         self.venues[venue.name] = venue
         maker, taker = venue.fees()
-        self.router.add_venue(VenueStats(venue.name, maker, taker))
+        stats = VenueStats(venue.name, maker, taker)
+        self.router.add_venue(stats)
+        self._venue_tops[venue.name] = stats.top
 
     def add_strategy(self, strategy: Strategy) -> None:
         """Attach a strategy: its hooks are subscribed on the bus under its name (isolated)."""
@@ -290,11 +294,37 @@ class TradingEngine:
             self._record_latency()
 
     def _record_latency(self) -> None:
-        dt = max(100, time.perf_counter_ns() - self._t0)
-        self.latency.record_value(dt)
+        dt = time.perf_counter_ns() - self._t0
+        self._lat_all.append(dt)
         if self._first_pending:
-            self.latency_first.record_value(dt)
+            self._lat_first.append(dt)
             self._first_pending = False
+        if len(self._lat_all) >= 1_000_000:
+            self._drain_latency()
+
+    def _drain_latency(self) -> None:
+        for buf, hist in ((self._lat_all, self._latency), (self._lat_first, self._latency_first)):
+            for v in buf:
+                hist.record_value(max(100, v))
+            del buf[:]
+
+    @property
+    def latency(self) -> HdrHistogram:
+        """HDR histogram (ns) of market event in -> order out, every order."""
+        self._drain_latency()
+        return self._latency
+
+    @property
+    def latency_first(self) -> HdrHistogram:
+        """HDR histogram (ns) of market event in -> first order out, one value per event that ordered."""
+        self._drain_latency()
+        return self._latency_first
+
+    def reset_latency(self) -> None:
+        """Forget the latencies measured so far (benchmarks drop their warm-up)."""
+        self._drain_latency()
+        self._latency.reset()
+        self._latency_first.reset()
 
     def after_batch(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once at the end of the current event batch (work that must not delay this event's
@@ -308,9 +338,7 @@ class TradingEngine:
         order = self.oms.get(client_id)
         if order is None or not order.can(OrderStatus.PENDING_REPLACE):
             return None
-        trial = Order(client_id, order.instrument_id, order.side, qty, price, order.ord_type, order.tif,
-                      strategy_id=order.strategy_id, reduce_only=order.reduce_only)
-        denial = self.risk.check(trial, self.portfolio.marks.get(order.instrument_id), now, amend_of=order)
+        denial = self.risk.check(_Terms(order, qty, price), self.portfolio.marks.get(order.instrument_id), now, amend_of=order)
         if denial is not None:
             self.audit.append(now, "risk", client_id, {"amend_denied": denial.to_dict()})
             self.bus.publish("risk", {"event": "amend_denied", "client_id": client_id, **denial.to_dict()})
@@ -404,8 +432,9 @@ class TradingEngine:
                 pf._dirty.add(und)
         elif (bid == bid and not 0.0 < bid < math.inf) or (ask == ask and not 0.0 < ask < math.inf):
             raise DataError("bid/ask", (bid, ask), "quote prices must be finite and > 0")
-        if q.venue:
-            self.router.update_top(q.venue, iid, bid, q.bid_size, ask, q.ask_size)
+        tops = self._venue_tops.get(q.venue)
+        if tops is not None:  # the router's displayed-liquidity view, written in place (no call per quote)
+            tops[iid] = (bid, q.bid_size, ask, q.ask_size)
         if self._stops:
             stops = self._stops.get(iid)
             if stops:
@@ -582,6 +611,10 @@ class TradingEngine:
                 GREEK.labels(und, name).set(v)
         self.router.publish_metrics()
         self.oms.publish_metrics()
+        lat = self.latency_us()
+        for q in ("p50", "p99", "p99.9"):
+            if q in lat:
+                INTERNAL_LATENCY.labels(q).set(lat[q])
         interval = int(self.settings.trading.snapshot_interval_s * 1e9)
         if self.store is not None and now - self._last_snapshot_ns >= interval:
             self.snapshot(now)

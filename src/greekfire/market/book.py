@@ -157,7 +157,11 @@ def _get_or_make_level(lvls, keys, lids, nlev, l_free, meta, b, s, px, sign):
     pos = _find_level(keys, lids, nlev, b, s, key)
     if pos >= 0:
         return lids[b, s, pos]
-    ins = -pos - 1
+    return _insert_level(lvls, keys, lids, nlev, l_free, meta, b, s, px, key, -pos - 1)
+
+
+@nb.njit(cache=True, inline="always")
+def _insert_level(lvls, keys, lids, nlev, l_free, meta, b, s, px, key, ins):
     n = nlev[b, s]
     if n >= keys.shape[2] or meta[M_LFREE] == 0:
         return -1
@@ -186,6 +190,11 @@ def _drop_level_if_empty(lvls, keys, lids, nlev, l_free, meta, b, s, lid, sign):
     pos = _find_level(keys, lids, nlev, b, s, lvls[lid, L_PX] * sign)
     if pos < 0:
         return
+    _remove_level_at(keys, lids, nlev, l_free, meta, b, s, lid, pos)
+
+
+@nb.njit(cache=True, inline="always")
+def _remove_level_at(keys, lids, nlev, l_free, meta, b, s, lid, pos):
     n = nlev[b, s]
     for j in range(pos, n - 1):
         keys[b, s, j] = keys[b, s, j + 1]
@@ -306,6 +315,27 @@ def _level_delta(lvls, keys, lids, nlev, l_free, meta, b, side, px, delta):
     return status
 
 
+@nb.njit(cache=True, inline="always")
+def _set_level(lvls, keys, lids, nlev, l_free, meta, b, side, px, qty):
+    """L2 update in one search: set the total at a price, 0 removes the level (if no orders rest there)."""
+    s = _side_index(side)
+    key = px * side
+    pos = _find_level(keys, lids, nlev, b, s, key)
+    if pos >= 0:
+        lid = lids[b, s, pos]
+        lvls[lid, L_QTY] = qty
+        if qty == 0 and lvls[lid, L_CNT] == 0:
+            _remove_level_at(keys, lids, nlev, l_free, meta, b, s, lid, pos)
+        return OK
+    if qty == 0:
+        return OK
+    lid = _insert_level(lvls, keys, lids, nlev, l_free, meta, b, s, px, key, -pos - 1)
+    if lid < 0:
+        return FULL
+    lvls[lid, L_QTY] = qty
+    return OK
+
+
 @nb.njit(cache=True)
 def _clear_book(ords, lvls, keys, lids, nlev, htab, o_free, l_free, meta, b):
     for s in range(2):
@@ -383,12 +413,7 @@ def apply_events(ev, status, ords, lvls, keys, lids, nlev, htab, o_free, l_free,
             elif e.side != 1 and e.side != -1:
                 st = BAD_SIDE
             else:
-                s = _side_index(e.side)
-                pos = _find_level(keys, lids, nlev, b, s, e.price * e.side)
-                cur = lvls[lids[b, s, pos], L_QTY] if pos >= 0 else 0
-                if e.qty != cur:
-                    st = _level_delta(lvls, keys, lids, nlev, l_free, meta, b, np.int64(e.side), e.price,
-                                      e.qty - cur)
+                st = _set_level(lvls, keys, lids, nlev, l_free, meta, b, np.int64(e.side), e.price, e.qty)
         elif kind == CLEAR:
             if b >= nbooks:
                 st = BAD_BOOK

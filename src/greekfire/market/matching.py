@@ -248,28 +248,29 @@ class MatchingEngine:
         ts_ns: int = 0,
     ) -> list[ExecReport]:
         """Enter an order (price in ticks, qty in units); returns reports for it and every order it hit."""
-        side = Side(side)
-        ord_type = OrdType(ord_type)
-        tif = TimeInForce(tif)
+        # enum conversion only when handed plain ints (it is a measurable part of the per-order cost)
+        if type(side) is not Side:
+            side = Side(side)
+        if type(tif) is not TimeInForce:
+            tif = TimeInForce(tif)
         is_market = ord_type == OrdType.MARKET
         limit = 0 if is_market or price is None else int(price)
         qty = int(qty)
-
-        def reject(reason: str) -> list[ExecReport]:
-            return [ExecReport(ExecKind.REJECTED, order_id, owner, side, limit, qty, 0, 0, reason=reason, ts_ns=ts_ns)]
-
+        reason = ""
         if qty <= 0:
-            return reject("bad_qty")
-        if not is_market and price is None:
-            return reject("missing_price")
-        if order_id in self._orders:
-            return reject("duplicate_order_id")
-        if is_market and post_only:
-            return reject("post_only_market")
-        if post_only and self._crosses(side, limit, is_market):
-            return reject("post_only_would_cross")
-        if tif == TimeInForce.FOK and self._fillable(side, limit, is_market, owner, qty) < qty:
-            return reject("fok_unfillable")
+            reason = "bad_qty"
+        elif not is_market and price is None:
+            reason = "missing_price"
+        elif order_id in self._orders:
+            reason = "duplicate_order_id"
+        elif is_market and post_only:
+            reason = "post_only_market"
+        elif post_only and self._crosses(side, limit, is_market):
+            reason = "post_only_would_cross"
+        elif tif == TimeInForce.FOK and self._fillable(side, limit, is_market, owner, qty) < qty:
+            reason = "fok_unfillable"
+        if reason:
+            return [ExecReport(ExecKind.REJECTED, order_id, owner, side, limit, qty, 0, 0, reason=reason, ts_ns=ts_ns)]
 
         order = _Order(order_id, owner, side, limit, qty, tif, post_only)
         reports = [ExecReport(ExecKind.ACCEPTED, order_id, owner, side, limit, qty, qty, 0, ts_ns=ts_ns)]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba as nb
+import numpy as np
 import torch
 
 from greekfire.core.errors import DataError
@@ -21,6 +23,29 @@ BID_PX, BID_SZ, ASK_PX, ASK_SZ, TS = range(5)
 FIELDS = ("bid_px", "bid_sz", "ask_px", "ask_sz", "ts")
 _NO_BID = torch.iinfo(torch.int64).min
 _NO_ASK = torch.iinfo(torch.int64).max
+
+
+@nb.njit(cache=True, nogil=True)
+def _update_cpu(q, updates, first_ts, last_ts, s, v, bpx, bsz, apx, asz, ts):
+    """Sequential updates in batch order (so the last one of a pair wins without de-duplication)."""
+    n_series, n_venues = q.shape[0], q.shape[1]
+    rejected = 0
+    for i in range(s.shape[0]):
+        si, vi = s[i], v[i]
+        if si < 0 or si >= n_series or vi < 0 or vi >= n_venues or bsz[i] < 0 or asz[i] < 0:
+            rejected += 1
+            continue
+        q[si, vi, 0] = bpx[i]
+        q[si, vi, 1] = bsz[i]
+        q[si, vi, 2] = apx[i]
+        q[si, vi, 3] = asz[i]
+        q[si, vi, 4] = ts[i]
+        updates[si] += 1
+        if ts[i] > last_ts[si]:
+            last_ts[si] = ts[i]
+        if ts[i] < first_ts[si]:
+            first_ts[si] = ts[i]
+    return rejected
 
 
 def default_device() -> torch.device:
@@ -40,11 +65,17 @@ class QuoteBook:
         qb.nbbo()["bid_px"][3]  # tensor(150)
     """
 
-    def __init__(self, n_series: int, n_venues: int, device: str | torch.device | None = None) -> None:
+    def __init__(self, n_series: int, n_venues: int, device: str | torch.device | None = None,
+                 backend: str = "auto") -> None:
         if n_series <= 0 or n_venues <= 0:
             raise DataError("n_series/n_venues", (n_series, n_venues), "must both be > 0")
+        if backend not in ("auto", "torch", "numba"):
+            raise DataError("backend", backend, "one of auto, torch, numba")
         self.n_series, self.n_venues = int(n_series), int(n_venues)
         self.device = torch.device(device) if device is not None else default_device()
+        if backend == "numba" and self.device.type != "cpu":
+            raise DataError("backend", backend, "numba updates need the tensors on the CPU")
+        self.backend = backend if backend != "auto" else ("numba" if self.device.type == "cpu" else "torch")
         self.quotes = torch.zeros((self.n_series, self.n_venues, 5), dtype=torch.int64, device=self.device)
         self.updates = torch.zeros(self.n_series, dtype=torch.int64, device=self.device)
         self.first_ts = torch.full((self.n_series,), _NO_ASK, dtype=torch.int64, device=self.device)
@@ -56,11 +87,18 @@ class QuoteBook:
         """Apply a batch of quote updates (prices ticks, sizes units, ts ns); returns updates applied.
 
         Rows with an out-of-range series or venue, or a negative size, are dropped and counted in
-        :attr:`rejected`. ``unique=True`` promises no (series, venue) pair repeats in the batch and skips
-        the last-wins de-duplication (faster).
+        :attr:`rejected`. On CUDA (or with ``backend="torch"``) the batch is one scatter; ``unique=True``
+        there promises no (series, venue) pair repeats and skips the last-wins de-duplication. On CPU a
+        numba loop applies the rows in order, which is faster than sorting to de-duplicate.
         """
         dev = self.device
         cols = [t.to(dev, torch.int64) for t in (series, venue, bid_px, bid_sz, ask_px, ask_sz, ts)]
+        if self.backend == "numba":
+            arrs = [np.ascontiguousarray(c.numpy()) for c in cols]
+            bad = int(_update_cpu(self.quotes.numpy(), self.updates.numpy(), self.first_ts.numpy(),
+                                  self.last_ts.numpy(), *arrs))
+            self.rejected += bad
+            return int(cols[0].shape[0]) - bad
         s, v = cols[0], cols[1]
         ok = (s >= 0) & (s < self.n_series) & (v >= 0) & (v < self.n_venues) & (cols[3] >= 0) & (cols[5] >= 0)
         if not bool(ok.all()):

@@ -16,8 +16,9 @@ from greekfire.market.quotes import QuoteBook, random_updates
 T = torch.tensor
 
 
-def test_quote_book_nbbo_hand_worked():
-    qb = QuoteBook(3, 3, device="cpu")
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_quote_book_nbbo_hand_worked(backend):
+    qb = QuoteBook(3, 3, device="cpu", backend=backend)
     n = qb.update(series=T([0, 0, 0, 0, 5, 1]), venue=T([0, 1, 2, 2, 0, 0]),
                   bid_px=T([100, 101, 99, 101, 1, 50]), bid_sz=T([10, 3, 1, 4, 1, -1]),
                   ask_px=T([105, 105, 0, 0, 2, 60]), ask_sz=T([5, 7, 0, 0, 1, 1]),
@@ -39,8 +40,9 @@ def test_quote_book_nbbo_hand_worked():
     assert qb.snapshot(0)["bid_px"] == [100, 101, 101]
 
 
-def test_quote_book_matches_one_by_one_application():
-    qb = QuoteBook(50, 4, device="cpu")
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_quote_book_matches_one_by_one_application(backend):
+    qb = QuoteBook(50, 4, device="cpu", backend=backend)
     ups = random_updates(3000, 50, 4, seed=5)
     qb.update(**ups)
     ref = np.zeros((50, 4, 5), np.int64)
@@ -54,8 +56,11 @@ def test_quote_book_matches_one_by_one_application():
         if bids:
             best = max(p for p, _ in bids)
             assert nb["bid_px"][s] == best and nb["bid_sz"][s] == sum(q for p, q in bids if p == best)
+    assert qb.stats(10**9)["updates"].sum() == 3000
     with pytest.raises(DataError):
         QuoteBook(0, 1)
+    with pytest.raises(DataError):
+        QuoteBook(1, 1, backend="bogus")
 
 
 def depth1(bp, bs, ap, as_):

@@ -1,0 +1,364 @@
+"""Market core benchmarks: book building (ITCH and LOBSTER events), ITCH decoding, matching engine,
+options quote book, microstructure features. Each figure beside a baseline measured on the same events.
+
+Baselines written here: a plain-Python dict book (L3 and L2), a struct-based ITCH decoder, a textbook
+heapq matching engine, numpy versions of the quote scatter and of the features. hftbacktest is not
+run: its wheel pins numpy < 2.3 and pulls holoviews/panel/bokeh, which would downgrade the shared
+environment's numpy.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import best_of, report  # noqa: E402
+
+from greekfire.market import itch, lobster, micro, synth  # noqa: E402
+from greekfire.market.book import ADD, DELETE, EXECUTE, LEVEL, REDUCE, REPLACE, OrderBooks, make_events  # noqa: E402
+from greekfire.market.matching import MatchingEngine, OrdType, Side  # noqa: E402
+from greekfire.market.quotes import QuoteBook, random_updates  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LOBSTER_ZIP = ROOT.parent / "shared" / "data" / "lobster" / "LOBSTER_SampleFile_AMZN_2012-06-21_5.zip"
+N_ITCH = 2_000_000
+
+
+def row(name: str, ours: float, peer: str, peer_value: float, unit: str, **extra: object) -> dict[str, object]:
+    return {"benchmark": name, "ours": ours, "peer": peer, "peer_value": peer_value, "unit": unit,
+            "ratio": ours / peer_value if peer_value else None, **extra}
+
+
+# ------------------------------------------------------------------------------------------- baselines
+def py_l3(rows: list[tuple], record: list | None = None, init: list[tuple] = ()) -> int:
+    """Plain-Python dict book: orders by id, per (book, side) a dict price -> total."""
+    orders: dict[int, list[int]] = {}
+    levels: dict[tuple[int, int], dict[int, int]] = {}
+    for book, side, px, qty in init:
+        levels.setdefault((book, side), {})[px] = qty
+    for kind, side, flags, book, _ts, oid, px, qty, nid, npx, nqty in rows:
+        if kind == ADD:
+            orders[oid] = [book, side, px, qty]
+            lv = levels.setdefault((book, side), {})
+            lv[px] = lv.get(px, 0) + qty
+            key, p = (book, side), px
+        elif kind == REDUCE or kind == EXECUTE or kind == DELETE or kind == REPLACE:  # noqa: SIM109
+            o = orders.get(oid)
+            if o is None:
+                if flags and qty > 0:  # LOBSTER: an order from before the window, reduce by price
+                    lv = levels.setdefault((book, side), {})
+                    left = lv.get(px, 0) - qty
+                    if left > 0:
+                        lv[px] = left
+                    else:
+                        lv.pop(px, None)
+                    key, p = (book, side), px
+                    if record is not None:
+                        record.append((key[0], key[1], p, levels[key].get(p, 0)))
+                continue
+            b, s, p, have = o
+            take = have if kind in (DELETE, REPLACE) or qty >= have else qty
+            lv = levels[(b, s)]
+            left = lv.get(p, 0) - take
+            if left > 0:
+                lv[p] = left
+            else:
+                lv.pop(p, None)
+            if take >= have:
+                del orders[oid]
+            else:
+                o[3] = have - take
+            key = (b, s)
+            if kind == REPLACE:
+                if record is not None:
+                    record.append((b, s, p, lv.get(p, 0)))
+                orders[nid] = [b, s, npx, nqty]
+                lv[npx] = lv.get(npx, 0) + nqty
+                p = npx
+        else:
+            continue
+        if record is not None:
+            record.append((key[0], key[1], p, levels[key].get(p, 0)))
+    return len(orders)
+
+
+def py_l2(updates: list[tuple]) -> int:
+    """Plain-Python L2 book: per (book, side) a dict price -> qty, set or delete."""
+    levels: dict[tuple[int, int], dict[int, int]] = {}
+    for book, side, px, qty in updates:
+        lv = levels.get((book, side))
+        if lv is None:
+            lv = levels[(book, side)] = {}
+        if qty:
+            lv[px] = qty
+        else:
+            lv.pop(px, None)
+    return len(levels)
+
+
+_HDR = struct.Struct(">cHH6s")
+
+
+def py_itch_decode(buf: bytes, limit: int) -> int:
+    """A struct-based ITCH decoder (A/F/E/C/X/D/U/P fully, others header only), for comparison."""
+    fmt = {b"A": struct.Struct(">QcI8sI"), b"F": struct.Struct(">QcI8sI4s"), b"E": struct.Struct(">QIQ"),
+           b"C": struct.Struct(">QIQcI"), b"X": struct.Struct(">QI"), b"D": struct.Struct(">Q"),
+           b"U": struct.Struct(">QQII"), b"P": struct.Struct(">QcI8sIQ")}
+    pos, n, out = 0, 0, []
+    while pos < len(buf) and n < limit:
+        ln = int.from_bytes(buf[pos : pos + 2], "big")
+        t, loc, trk, ts = _HDR.unpack_from(buf, pos + 2)
+        f = fmt.get(t)
+        out.append((t, loc, trk, int.from_bytes(ts, "big"), f.unpack_from(buf, pos + 13) if f else None))
+        pos += 2 + ln
+        n += 1
+    return n
+
+
+class HeapEngine:
+    """Textbook matching: a heap per side of (key, seq, id) with lazy cancels; no reports, no STP, no fees."""
+
+    def __init__(self) -> None:
+        self.bids: list[tuple[int, int, int]] = []  # key = -price
+        self.asks: list[tuple[int, int, int]] = []
+        self.live: dict[int, int] = {}  # id -> open qty
+        self.seq = 0
+
+    def submit(self, oid: int, side: int, qty: int, price: int | None) -> None:
+        book, opp = (self.bids, self.asks) if side > 0 else (self.asks, self.bids)
+        live = self.live
+        while qty and opp:
+            key, _, mid = opp[0]
+            have = live.get(mid)
+            if have is None:  # canceled earlier
+                heapq.heappop(opp)
+                continue
+            px = key if side > 0 else -key
+            if price is not None and (px > price if side > 0 else px < price):
+                break
+            take = min(qty, have)
+            qty -= take
+            if take == have:
+                heapq.heappop(opp)
+                del live[mid]
+            else:
+                live[mid] = have - take
+        if qty and price is not None:
+            self.seq += 1
+            heapq.heappush(book, (-price if side > 0 else price, self.seq, oid))
+            live[oid] = qty
+
+    def cancel(self, oid: int) -> None:
+        self.live.pop(oid, None)
+
+
+def np_features(bp: np.ndarray, bs: np.ndarray, ap: np.ndarray, as_: np.ndarray, levels: int, decay: float):
+    ok = (bs[:, 0] > 0) & (as_[:, 0] > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.where(ok, ap[:, 0] - bp[:, 0], np.nan)
+        mid = np.where(ok, (ap[:, 0] + bp[:, 0]) / 2, np.nan)
+        micro_p = np.where(ok, (bp[:, 0] * as_[:, 0] + ap[:, 0] * bs[:, 0]) / (bs[:, 0] + as_[:, 0]), np.nan)
+        sb, sa = bs[:, :levels].sum(1), as_[:, :levels].sum(1)
+        wmid = ((bp[:, :levels] * bs[:, :levels]).sum(1) / sb + (ap[:, :levels] * as_[:, :levels]).sum(1) / sa) / 2
+        i1 = (bs[:, 0] - as_[:, 0]) / (bs[:, 0] + as_[:, 0])
+        w = decay ** np.arange(levels)
+        idec = ((bs[:, :levels] - as_[:, :levels]) * w).sum(1) / ((bs[:, :levels] + as_[:, :levels]) * w).sum(1)
+    return spread, mid, micro_p, wmid, i1, idec
+
+
+# ------------------------------------------------------------------------------------------- benchmarks
+def bench_books(rows_out: list, notes: list) -> None:
+    stream = synth.synthetic_stream(N_ITCH, n_stocks=8, seed=7)
+    msgs = itch.scan(stream)
+    ev, _ = itch.book_events(msgs)
+    n_books = int(ev["book"].max()) + 1
+    status = np.zeros(ev.shape[0], np.int8)
+
+    # allocation of the preallocated pools is outside the timed loop: time apply only
+    times = []
+    for _ in range(3):
+        books = OrderBooks(n_books, 1 << 20, 4096)
+        t0 = time.perf_counter()
+        bad = books.apply_fast(ev, status)
+        times.append(time.perf_counter() - t0)
+    ours = ev.shape[0] / min(times)
+    rows = ev.tolist()
+    record: list[tuple] = []
+    py_l3(rows, record)  # L2 updates derived from the same events (not timed)
+    t_py = best_of(lambda: py_l3(rows), repeat=1)
+    rows_out.append(row("L3 book build, ITCH events (synthetic day)", ours, "plain-Python dict book",
+                        ev.shape[0] / t_py, "messages/s", events=int(ev.shape[0]), bad_events=int(bad),
+                        goal=">= 5M/s and >= 4x baseline"))
+    # L2: the by-price updates of the same day
+    l2 = make_events(len(record))
+    rec = np.array(record, dtype=np.int64)
+    l2["kind"] = LEVEL
+    l2["book"] = rec[:, 0]
+    l2["side"] = rec[:, 1]
+    l2["price"] = rec[:, 2]
+    l2["qty"] = rec[:, 3]
+    st2 = np.zeros(l2.shape[0], np.int8)
+    times = []
+    for _ in range(3):
+        books = OrderBooks(n_books, 1024, 4096, level_pool=n_books * 2 * 4096)
+        t0 = time.perf_counter()
+        books.apply_fast(l2, st2)
+        times.append(time.perf_counter() - t0)
+    t_py2 = best_of(lambda: py_l2(record), repeat=1)
+    rows_out.append(row("L2 book updates (same day, by price)", l2.shape[0] / min(times), "plain-Python dict book",
+                        l2.shape[0] / t_py2, "messages/s", events=int(l2.shape[0]), goal=">= 10M/s"))
+
+    # ITCH decoding from an in-memory buffer
+    t_scan = best_of(lambda: itch.scan(stream), repeat=3)
+    t_dec = best_of(lambda: itch.decode(stream), repeat=2)
+    t_ev = best_of(lambda: itch.book_events(itch.scan(stream)), repeat=3)
+    n_py = 300_000
+    t_pyd = best_of(lambda: py_itch_decode(stream, n_py), repeat=1)
+    n_msgs = len(msgs)
+    rows_out.append(row("ITCH decode: all fields of all types", n_msgs / t_dec, "struct.unpack decoder",
+                        n_py / t_pyd, "messages/s", bytes=len(stream)))
+    rows_out.append(row("ITCH framing scan + book events", n_msgs / t_ev, "struct.unpack decoder", n_py / t_pyd,
+                        "messages/s", scan_only_per_s=n_msgs / t_scan))
+
+
+def bench_lobster(rows_out: list, notes: list) -> None:
+    if not LOBSTER_ZIP.exists():
+        notes.append("LOBSTER sample absent: LOBSTER book-build row skipped")
+        return
+    data = lobster.read(LOBSTER_ZIP)
+    ev = lobster.to_events(data.messages)
+    ev = ev[ev["kind"] != 0]
+    tp = lobster.replay_throughput(data, repeat=5)
+    rows = ev.tolist()
+    r0 = data.book[0]
+    init = [(0, -1, int(r0[4 * i]), int(r0[4 * i + 1])) for i in range(data.levels) if r0[4 * i + 1] > 0]
+    init += [(0, 1, int(r0[4 * i + 2]), int(r0[4 * i + 3])) for i in range(data.levels) if r0[4 * i + 3] > 0]
+    t_py = best_of(lambda: py_l3(rows, None, init), repeat=3)
+    rows_out.append(row("L3 book build, LOBSTER AMZN level 5 events", tp["messages_per_s"], "plain-Python dict book",
+                        ev.shape[0] / t_py, "messages/s", events=int(ev.shape[0])))
+    chk = lobster.check(data)
+    notes.append(f"lobster-check AMZN level 5: levels 1..4 match "
+                 f"{', '.join(f'{100 * r:.2f}%' for r in chk.match_rate[:4])}; level 5 {100 * chk.match_rate[4]:.2f}%")
+
+
+def bench_matching(rows_out: list, notes: list) -> None:
+    rng = np.random.default_rng(3)
+    n = 200_000
+    ops = []
+    live: list[int] = []
+    for i in range(1, n + 1):
+        u = rng.random()
+        side = 1 if rng.random() < 0.5 else -1
+        if u < 0.7 or not live:
+            px = 10_000 - side * int(1 + rng.exponential(5))
+            ops.append(("limit", i, side, int(rng.integers(1, 10)) * 100, px))
+            live.append(i)
+        elif u < 0.9:
+            j = int(rng.integers(0, len(live)))
+            live[j], live[-1] = live[-1], live[j]
+            ops.append(("cancel", live.pop(), 0, 0, 0))
+        else:
+            ops.append(("market", i, side, int(rng.integers(1, 5)) * 100, None))
+
+    def ours() -> None:
+        eng = MatchingEngine(maker_fee=-0.002, taker_fee=0.003)
+        for op, oid, side, qty, px in ops:
+            if op == "cancel":
+                eng.cancel(oid)
+            elif op == "limit":
+                eng.submit(oid, oid % 50, Side(side), qty, px)
+            else:
+                eng.submit(oid, oid % 50, Side(side), qty, ord_type=OrdType.MARKET)
+
+    def naive() -> None:
+        eng = HeapEngine()
+        for op, oid, side, qty, px in ops:
+            if op == "cancel":
+                eng.cancel(oid)
+            else:
+                eng.submit(oid, side, qty, px)
+
+    t = best_of(ours, repeat=2)
+    t_n = best_of(naive, repeat=2)
+    rows_out.append(row("matching engine, 70% limit / 20% cancel / 10% marketable", n / t,
+                        "heapq engine, lazy cancel (no reports/STP/fees)", n / t_n, "orders/s", orders=n))
+
+
+def bench_quotes_and_micro(rows_out: list, notes: list) -> None:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    n_series, n_venues, batch = 500_000, 16, 1_000_000
+    for dev in devices:
+        qb = QuoteBook(n_series, n_venues, device=dev)
+        ups = random_updates(batch, n_series, n_venues, seed=1, device=dev)
+
+        def ours(qb: QuoteBook = qb, ups: dict = ups, dev: str = dev) -> None:
+            qb.update(**ups)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+
+        t = best_of(ours, repeat=3)
+        t_nbbo = best_of(lambda qb=qb: qb.summary(), repeat=2)
+        if dev == "cpu":
+            arr = np.zeros((n_series, n_venues, 5), np.int64)
+            cols = {k: v.cpu().numpy() for k, v in ups.items()}
+            vals = np.stack([cols[k] for k in ("bid_px", "bid_sz", "ask_px", "ask_sz", "ts")], 1)
+
+            def peer(arr: np.ndarray = arr, cols: dict = cols, vals: np.ndarray = vals) -> None:
+                arr[cols["series"], cols["venue"]] = vals
+
+            t_np = best_of(peer, repeat=3)
+        rows_out.append(row(f"quote book updates, 500k series x 16 venues ({dev})", batch / t,
+                            "numpy fancy-index assignment (cpu)", batch / t_np, "updates/s",
+                            nbbo_summary_series_per_s=n_series / t_nbbo))
+        del qb, ups
+    # microstructure features over 10,000 books x 10 levels
+    n_books, lv = 10_000, 10
+    rng = np.random.default_rng(0)
+    bp = 10_000 - np.cumsum(rng.integers(1, 3, (n_books, lv)), 1).astype(np.float64)
+    ap = 10_000 + np.cumsum(rng.integers(1, 3, (n_books, lv)), 1).astype(np.float64)
+    bs = rng.integers(1, 500, (n_books, lv)).astype(np.float64)
+    as_ = rng.integers(1, 500, (n_books, lv)).astype(np.float64)
+    t_np = best_of(lambda: np_features(bp, bs, ap, as_, 5, 0.5), repeat=5)
+    for dev in devices:
+        d0 = micro.Depth(*(torch.as_tensor(x, device=dev) for x in (bp, bs, ap, as_)))
+        d1 = micro.Depth(d0.bid_px, d0.bid_sz * 0.9, d0.ask_px, d0.ask_sz * 1.1)
+        series = d0.stack(d1)
+
+        def ours(d0: micro.Depth = d0, series: micro.Depth = series, dev: str = dev) -> None:
+            micro.features(d0, levels=5, decay=0.5)
+            micro.order_flow_imbalance(series)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+
+        t = best_of(ours, repeat=5)
+        rows_out.append(row(f"microstructure features + OFI, 10,000 books x 10 levels ({dev})", n_books / t,
+                            "numpy vectorised features (cpu)", n_books / t_np, "books/s"))
+
+
+def main() -> None:
+    # one core, like the book figures (torch's worker threads only fight other jobs on a shared box)
+    torch.set_num_threads(1)
+    rows: list[dict] = []
+    notes = [
+        "hftbacktest not run: its 2.4.4 wheel requires numpy < 2.3 and holoviews/panel/bokeh; installing it "
+        "would downgrade the shared environment's numpy 2.4",
+        "CPU figures on a shared 2-core machine (other jobs running): expect run-to-run spread; torch uses 1 thread",
+    ]
+    t0 = time.perf_counter()
+    bench_books(rows, notes)
+    bench_lobster(rows, notes)
+    bench_matching(rows, notes)
+    bench_quotes_and_micro(rows, notes)
+    notes.append(f"total {time.perf_counter() - t0:.0f} s; torch {torch.__version__}, cuda={torch.cuda.is_available()}")
+    report("market", rows, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -39,6 +39,8 @@ train_app = typer.Typer(help="Train models: the options pricing network (Lightni
 app.add_typer(train_app, name="train")
 serve_app = typer.Typer(help="Serve models over HTTP: the pricing inference server.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
+market_app = typer.Typer(help="Market core: ITCH files, LOBSTER checks, books.", no_args_is_help=True)
+app.add_typer(market_app, name="market")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -287,6 +289,74 @@ def serve_pricing_cmd(
 
 
 # --------------------------------------------------------------------------------------------------------
+# market: feeds and books (greekfire.market)
+def _market_run(fn: Any, *args: Any, **kw: Any) -> dict[str, Any]:
+    try:
+        return fn(*args, **kw)
+    except GreekfireError as exc:
+        err_console.print(f"[red]cannot read[/red]: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _print_lobster(data: dict[str, Any]) -> None:
+    table = Table(title=f"LOBSTER {data['mode']}: {data['name']} ({data['messages']:,} messages)")
+    for c in ("level", "both sides %", "bid %", "ask %", "must match"):
+        table.add_column(c, justify="right")
+    for i, rate in enumerate(data["match_rate_pct"]):
+        table.add_row(str(i + 1), f"{rate:.2f}", f"{data['bid_rate_pct'][i]:.2f}", f"{data['ask_rate_pct'][i]:.2f}",
+                      "yes" if i < data["checked_levels"] else "no")
+    console.print(table)
+    for m in data["first_mismatches"][:5]:
+        console.print(f"  row {m['row']} level {m['level']}: ours {m['ours']} file {m['file']} message {m['message']}")
+    if "throughput" in data:
+        console.print(f"  replay: {data['throughput']['messages_per_s']:,.0f} messages/s on one core")
+
+
+@market_app.command("lobster-check")
+def market_lobster_check(
+    messages: Annotated[Path, typer.Argument(help="LOBSTER message CSV, or the sample zip holding both files")],
+    book: Annotated[Path | None, typer.Argument(help="LOBSTER order-book CSV (not needed with a zip)")] = None,
+    levels: Annotated[int | None, typer.Option("--levels", help="levels in the book file (default: from its name)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Row k-1 of the book file + message k through our book == row k? Per-level match (exit 1 if levels
+    1..N-1 are not 100%)."""
+    from greekfire.market.lobster import check_files
+
+    data = _market_run(check_files, messages, book, levels)
+    print_json(data) if as_json else _print_lobster(data)
+    if not data["ok"]:
+        raise typer.Exit(1)
+
+
+@market_app.command("lobster-replay")
+def market_lobster_replay(
+    messages: Annotated[Path, typer.Argument(help="LOBSTER message CSV, or the sample zip holding both files")],
+    book: Annotated[Path | None, typer.Argument(help="LOBSTER order-book CSV (not needed with a zip)")] = None,
+    levels: Annotated[int | None, typer.Option("--levels", help="levels in the book file (default: from its name)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Plain replay from the first row: throughput and agreement (drifts below level 1, by design)."""
+    from greekfire.market.lobster import replay_files
+
+    data = _market_run(replay_files, messages, book, levels)
+    print_json(data) if as_json else _print_lobster(data)
+
+
+@market_app.command("itch")
+def market_itch(
+    path: Annotated[Path, typer.Argument(help="ITCH 5.0 file, plain or gzipped")],
+    framing: Annotated[str | None, typer.Option("--framing", help="length (Nasdaq) or zero_prefix")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Decode an ITCH file, build per-stock books; counts, bad input with positions, top of book."""
+    from greekfire.market.itch import file_report
+
+    data = _market_run(file_report, path, framing or settings().market.itch_framing)
+    print_json(data) if as_json else _print_mapping(f"ITCH {data['file']}", data)
+
+
+# --------------------------------------------------------------------------------------------------------
 # demo: one stage per system that exists. Each stage is ``module:function`` taking the settings and
 # returning a mapping of what it did (printed in the summary table).
 DEMO_STAGES: list[tuple[str, str]] = [
@@ -295,6 +365,7 @@ DEMO_STAGES: list[tuple[str, str]] = [
     ("data", "greekfire.data.demo:run_demo"),
     ("training", "greekfire.ml.demo:run_demo"),
     ("trading", "greekfire.strategies.demo:run_demo"),
+    ("market", "greekfire.market.demo:run_demo"),
 ]
 
 

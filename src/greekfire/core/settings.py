@@ -124,6 +124,13 @@ class MarketSettings(Section):
     """Market core: books, feeds, microstructure (owned by greekfire.market)."""
 
     max_levels: int = Field(10, ge=1, le=1000, description="depth levels kept in snapshots")
+    itch_framing: Literal["length", "zero_prefix"] = Field(
+        "length", description="ITCH file framing: Nasdaq 2-byte length, or two zero bytes + size by type"
+    )
+    demo_messages: int = Field(200_000, ge=1_000, le=10_000_000, description="synthetic ITCH messages in the demo")
+    stp: Literal["cancel_newest", "cancel_oldest", "cancel_both", "none"] = Field(
+        "cancel_newest", description="self-trade prevention of simulated matching engines"
+    )
 
 
 class RiskSettings(Section):

@@ -432,7 +432,7 @@ def build_books(data: Any, framing: str = "length", max_orders: int | None = Non
     """
     from greekfire.market.book import OrderBooks, summarize_status
 
-    msgs = scan(data, framing)
+    msgs = decode(data, framing, types="SR")  # the order messages go straight to events; keep the directory
     ev, idx = book_events(msgs)
     n_books = int(ev["book"].max()) + 1 if ev.shape[0] else 1
     adds = int(np.count_nonzero((ev["kind"] == ADD) | (ev["kind"] == REPLACE)))
@@ -442,3 +442,30 @@ def build_books(data: Any, framing: str = "length", max_orders: int | None = Non
     res = summarize_status(status)
     res.first_bad = [(int(idx[i]), why) for i, why in res.first_bad]  # positions as message indexes
     return books, msgs, res
+
+
+def file_report(path: str | Path, framing: str = "length", levels: int = 3) -> dict[str, Any]:
+    """``greekfire market itch``: decode a file, build the per-stock books, return a mapping with message
+    counts, bad input (with byte positions), bad book events (with message indexes) and the top of book
+    of each stock (prices in dollars)."""
+    import time
+
+    t0 = time.perf_counter()
+    books, msgs, res = build_books(path, framing)
+    seconds = time.perf_counter() - t0
+    names = msgs.stock_directory()
+    tops = {}
+    for b in range(books.n_books):
+        st = books.stats(b)
+        if st["messages"] == 0:
+            continue
+        bids, asks = books.depth(b, levels)
+        tops[names.get(b, f"locate {b}")] = {
+            "messages": st["messages"], "traded_shares": st["traded_qty"],
+            "bids": [(px / 1e4, q) for px, q in bids], "asks": [(px / 1e4, q) for px, q in asks],
+        }
+    return {"file": Path(path).name, "framing": framing, "messages": len(msgs), "counts": msgs.counts(),
+            "input_errors": msgs.n_errors, "first_input_errors": msgs.errors[:10],
+            "book_events": res.applied, "bad_book_events": res.bad, "bad_by_reason": res.by_reason,
+            "first_bad_book_events": res.first_bad, "live_orders": books.n_orders, "stocks": tops,
+            "seconds": round(seconds, 3)}

@@ -273,3 +273,20 @@ def replay_throughput(data: LobsterData, repeat: int = 3) -> dict[str, float]:
         books.apply_fast(ev, status)
         best = min(best, time.perf_counter() - t0)
     return {"messages": float(ev.shape[0]), "seconds": best, "messages_per_s": ev.shape[0] / best}
+
+
+def check_files(messages: str | Path, book: str | Path | None = None, levels: int | None = None,
+                keep: int = 10) -> dict[str, Any]:
+    """``greekfire market lobster-check``: read the files (or a sample zip), run :func:`check`, return a
+    mapping (match rates in percent per level, the first mismatches with their messages, ``ok``)."""
+    return check(read(messages, book, levels), keep).as_dict()
+
+
+def replay_files(messages: str | Path, book: str | Path | None = None, levels: int | None = None,
+                 keep: int = 5) -> dict[str, Any]:
+    """``greekfire market lobster-replay``: plain replay from the first row; throughput (messages/s on
+    one core, no snapshots) and the agreement with every row (expected to drift below level 1)."""
+    data = read(messages, book, levels)
+    out = replay(data, keep).as_dict()
+    out["throughput"] = replay_throughput(data)
+    return out

@@ -17,7 +17,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_SIZE = 100_000
+DEFAULT_MIN_SIZE = 1_000_000
 
 _lock = threading.Lock()
 _compiled: dict[Callable[..., Any], Callable[..., Any] | None] = {}

@@ -1,0 +1,375 @@
+"""American options: CRR binomial tree, Barone-Adesi-Whaley, Bjerksund-Stensland 2002, and Greeks.
+
+Units as everywhere in :mod:`greekfire.quant`: ``ttm`` years, ``rate``/``div_yield`` continuously
+compounded, ``vol`` annualised, ``right`` +1 call / -1 put. Each engine prices a whole batch at once
+on tensors (any device). Greeks of any engine are taken by batched central bump-and-reprice
+(:func:`american_greeks`), which also gives vega and rho (a tree gives only delta, gamma, theta).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from greekfire.quant._tensors import TensorLike, as_tensors, norm_cdf
+from greekfire.quant.european import bsm_price
+
+Engine = Callable[..., torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------------
+# CRR binomial tree
+def crr_price(
+    right: TensorLike,
+    spot: TensorLike,
+    strike: TensorLike,
+    ttm: TensorLike,
+    rate: TensorLike,
+    div_yield: TensorLike,
+    vol: TensorLike,
+    *,
+    steps: int = 200,
+    american: bool = True,
+) -> torch.Tensor:
+    """Cox-Ross-Rubinstein binomial tree, batched: every option rolls back together, ``steps`` levels.
+
+    The up-probability is QuantLib's choice for its ``crr`` tree (``1/2 + 1/2 (r - q - vol^2/2) dt / dx``
+    on the log-price lattice ``dx = vol sqrt(dt)``), so results agree with ``BinomialVanillaEngine('crr',
+    steps)`` to round-off. ``american=False`` gives the European tree price.
+    """
+    w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
+    shape = w.shape
+    w, S, K, T, r, q, v = (t.reshape(-1, 1) for t in (w, S, K, T, r, q, v))
+    n = steps
+    dt = T / n
+    dx = v * torch.sqrt(dt)
+    pu = 0.5 + 0.5 * (r - q - 0.5 * v * v) * dt / dx
+    pd = 1.0 - pu
+    disc = torch.exp(-r * dt)
+    j = torch.arange(n + 1, device=S.device, dtype=S.dtype).reshape(1, -1)
+    log_s = torch.log(S)
+    values = torch.clamp(w * (torch.exp(log_s + (2.0 * j - n) * dx) - K), min=0.0)
+    for i in range(n - 1, -1, -1):
+        values = disc * (pu * values[:, 1 : i + 2] + pd * values[:, : i + 1])
+        if american:
+            jj = j[:, : i + 1]
+            exercise = torch.clamp(w * (torch.exp(log_s + (2.0 * jj - i) * dx) - K), min=0.0)
+            values = torch.maximum(values, exercise)
+    return values.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Barone-Adesi-Whaley (1987) quadratic approximation
+def _bsm_d1(S: torch.Tensor, K: torch.Tensor, T: torch.Tensor, r: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return (torch.log(S / K) + (r - q + 0.5 * v * v) * T) / (v * torch.sqrt(T))
+
+
+def baw_price(
+    right: TensorLike,
+    spot: TensorLike,
+    strike: TensorLike,
+    ttm: TensorLike,
+    rate: TensorLike,
+    div_yield: TensorLike,
+    vol: TensorLike,
+    *,
+    iterations: int = 40,
+) -> torch.Tensor:
+    """Barone-Adesi-Whaley American price; the critical price solved by a fixed number of Newton steps.
+
+    As in QuantLib, a call with a non-positive dividend yield is priced as European (never exercised).
+    """
+    w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
+    euro = bsm_price(w, S, K, T, r, q, v)
+    var_t = v * v * T
+    sqrt_vt = torch.sqrt(var_t)
+    dr = torch.exp(-r * T)
+    dq = torch.exp(-q * T)
+    n_ = 2.0 * (r - q) / (v * v)
+    m_ = 2.0 * r / (v * v)
+    k_ = 1.0 - dr
+    k_safe = torch.where(k_.abs() > 1e-300, k_, torch.full_like(k_, 1e-300))
+    disc_root = torch.sqrt((n_ - 1.0) ** 2 + 4.0 * m_ / k_safe)
+    qq = torch.where(w > 0, 0.5 * (-(n_ - 1.0) + disc_root), 0.5 * (-(n_ - 1.0) - disc_root))
+    # seed of the critical price (Barone-Adesi and Whaley's own), then Newton on
+    # w (S* - K) = euro(S*) + w (1 - dq N(w d1(S*))) S* / q
+    q_inf = torch.where(w > 0, 0.5 * (-(n_ - 1.0) + torch.sqrt((n_ - 1.0) ** 2 + 4.0 * m_)),
+                        0.5 * (-(n_ - 1.0) - torch.sqrt((n_ - 1.0) ** 2 + 4.0 * m_)))
+    s_inf = K / (1.0 - 1.0 / q_inf)
+    h = torch.where(w > 0, -((r - q) * T + 2.0 * sqrt_vt) * K / (s_inf - K), ((r - q) * T - 2.0 * sqrt_vt) * K / (K - s_inf))
+    si = torch.where(w > 0, K + (s_inf - K) * (1.0 - torch.exp(h)), s_inf + (K - s_inf) * torch.exp(h))
+    si = torch.where(torch.isfinite(si) & (si > 0), si, K)
+    for _ in range(iterations):
+        d1 = _bsm_d1(si, K, T, r, q, v)
+        nd = norm_cdf(w * d1)
+        pdf = torch.exp(-0.5 * d1 * d1) / math.sqrt(2.0 * math.pi)
+        e = bsm_price(w, si, K, T, r, q, v)
+        rhs = e + w * (1.0 - dq * nd) * si / qq
+        # d(rhs)/dS = w dq N(w d1) + w (1 - dq N(w d1)) / q - dq pdf / (q sqrt_vt)
+        slope = w * dq * nd * (1.0 - 1.0 / qq) + w / qq - dq * pdf / (qq * sqrt_vt)
+        si_new = (w * K + rhs - slope * si) / (w - slope)
+        si = torch.where(torch.isfinite(si_new) & (si_new > 0), si_new, si)
+    d1 = _bsm_d1(si, K, T, r, q, v)
+    a = w * (si / qq) * (1.0 - dq * norm_cdf(w * d1))
+    exercise_now = torch.where(w > 0, si <= S, si >= S)
+    american = torch.where(exercise_now, w * (S - K), euro + a * (S / si) ** qq)
+    never = (w > 0) & (q <= 0)
+    live = (T > 0) & (v > 0)
+    return torch.where(never | ~live, euro, american)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bjerksund-Stensland (2002)
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
+
+
+def bivariate_norm_cdf(a: torch.Tensor, b: torch.Tensor, rho: float) -> torch.Tensor:
+    """P(X <= a, Y <= b) for standard normals with correlation ``rho`` (|rho| < 1), to ~1e-14.
+
+    Uses M = N(a) N(b) + 1/(2 pi) * integral_0^{asin rho} exp(-(a^2 + b^2 - 2ab sin t) / (2 cos^2 t)) dt
+    with 24 Gauss-Legendre nodes (smooth integrand for the fixed |rho| < 0.8 of BS2002).
+    """
+    theta_max = math.asin(rho)
+    x = torch.as_tensor(_GL_X, device=a.device, dtype=a.dtype)
+    wt = torch.as_tensor(_GL_W, device=a.device, dtype=a.dtype)
+    t = 0.5 * theta_max * (x + 1.0)
+    st = torch.sin(t)
+    ct2 = torch.cos(t) ** 2
+    a_ = a.unsqueeze(-1)
+    b_ = b.unsqueeze(-1)
+    f = torch.exp(-(a_ * a_ + b_ * b_ - 2.0 * a_ * b_ * st) / (2.0 * ct2))
+    integral = 0.5 * theta_max * (f * wt).sum(dim=-1)
+    return norm_cdf(a) * norm_cdf(b) + integral / (2.0 * math.pi)
+
+
+def _bs2002_call(S, K, T, r, b, v):  # type: ignore[no-untyped-def]
+    v2 = v * v
+    t1 = 0.5 * (math.sqrt(5.0) - 1.0) * T
+    beta = (0.5 - b / v2) + torch.sqrt((b / v2 - 0.5) ** 2 + 2.0 * r / v2)
+    b_inf = beta / (beta - 1.0) * K
+    b0 = torch.maximum(K, r / torch.clamp(r - b, min=1e-300) * K)
+    b0 = torch.where(r - b > 0, b0, K)
+    h1 = -(b * t1 + 2.0 * v * torch.sqrt(t1)) * K * K / ((b_inf - b0) * b0)
+    h2 = -(b * T + 2.0 * v * torch.sqrt(T)) * K * K / ((b_inf - b0) * b0)
+    i1 = b0 + (b_inf - b0) * (1.0 - torch.exp(h1))
+    i2 = b0 + (b_inf - b0) * (1.0 - torch.exp(h2))
+    a1 = (i1 - K) * i1 ** (-beta)
+    a2 = (i2 - K) * i2 ** (-beta)
+
+    def phi(s, tt, gamma, hh, ii):  # type: ignore[no-untyped-def]
+        lam = (-r + gamma * b + 0.5 * gamma * (gamma - 1.0) * v2) * tt
+        sd = v * torch.sqrt(tt)
+        d = -(torch.log(s / hh) + (b + (gamma - 0.5) * v2) * tt) / sd
+        kappa = 2.0 * b / v2 + 2.0 * gamma - 1.0
+        return torch.exp(lam) * s ** gamma * (
+            norm_cdf(d) - (ii / s) ** kappa * norm_cdf(d - 2.0 * torch.log(ii / s) / sd)
+        )
+
+    rho = math.sqrt(t1 / T) if isinstance(T, float) else None
+    rho_v = math.sqrt(0.5 * (math.sqrt(5.0) - 1.0)) if rho is None else rho
+
+    def psi(s, tt, gamma, hh, i2_, i1_, tt1):  # type: ignore[no-untyped-def]
+        lam = (-r + gamma * b + 0.5 * gamma * (gamma - 1.0) * v2) * tt
+        kappa = 2.0 * b / v2 + 2.0 * gamma - 1.0
+        m1 = (b + (gamma - 0.5) * v2)
+        sd1 = v * torch.sqrt(tt1)
+        sd = v * torch.sqrt(tt)
+        e1 = (torch.log(s / i1_) + m1 * tt1) / sd1
+        e2 = (torch.log(i2_ * i2_ / (s * i1_)) + m1 * tt1) / sd1
+        e3 = (torch.log(s / i1_) - m1 * tt1) / sd1
+        e4 = (torch.log(i2_ * i2_ / (s * i1_)) - m1 * tt1) / sd1
+        f1 = (torch.log(s / hh) + m1 * tt) / sd
+        f2 = (torch.log(i2_ * i2_ / (s * hh)) + m1 * tt) / sd
+        f3 = (torch.log(i1_ * i1_ / (s * hh)) + m1 * tt) / sd
+        f4 = (torch.log(s * i1_ * i1_ / (hh * i2_ * i2_)) + m1 * tt) / sd
+        return torch.exp(lam) * s ** gamma * (
+            bivariate_norm_cdf(-e1, -f1, rho_v)
+            - (i2_ / s) ** kappa * bivariate_norm_cdf(-e2, -f2, rho_v)
+            - (i1_ / s) ** kappa * bivariate_norm_cdf(-e3, -f3, -rho_v)
+            + (i1_ / i2_) ** kappa * bivariate_norm_cdf(-e4, -f4, -rho_v)
+        )
+
+    one = torch.ones_like(S)
+    zero = torch.zeros_like(S)
+    val = (
+        a2 * S ** beta
+        - a2 * phi(S, t1, beta, i2, i2)
+        + phi(S, t1, one, i2, i2)
+        - phi(S, t1, one, i1, i2)
+        - K * phi(S, t1, zero, i2, i2)
+        + K * phi(S, t1, zero, i1, i2)
+        + a1 * phi(S, t1, beta, i1, i2)
+        - a1 * psi(S, T, beta, i1, i2, i1, t1)
+        + psi(S, T, one, i1, i2, i1, t1)
+        - psi(S, T, one, K, i2, i1, t1)
+        - K * psi(S, T, zero, i1, i2, i1, t1)
+        + K * psi(S, T, zero, K, i2, i1, t1)
+    )
+    return torch.where(i2 <= S, S - K, val)
+
+
+def bs2002_price(
+    right: TensorLike,
+    spot: TensorLike,
+    strike: TensorLike,
+    ttm: TensorLike,
+    rate: TensorLike,
+    div_yield: TensorLike,
+    vol: TensorLike,
+) -> torch.Tensor:
+    """Bjerksund-Stensland (2002) American price (two-step flat exercise boundary; puts through the
+    put-call transformation P(S, K, r, q) = C(K, S, q, r)). Never below the European price."""
+    w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
+    euro = bsm_price(w, S, K, T, r, q, v)
+    # call on (S, K, r, b = r - q); put as a call on (K, S, q, b = q - r)
+    cs = torch.where(w > 0, S, K)
+    ck = torch.where(w > 0, K, S)
+    cr = torch.where(w > 0, r, q)
+    cb = torch.where(w > 0, r - q, q - r)
+    live = (T > 0) & (v > 0)
+    Ts = torch.where(live, T, torch.ones_like(T))
+    vs = torch.where(live, v, torch.full_like(v, 0.2))
+    amer = _bs2002_call(cs, ck, Ts, cr, cb, vs)
+    # early exercise of the (transformed) call is never optimal when its carry b >= its rate
+    never = cb >= cr
+    out = torch.where(never | ~live, euro, torch.maximum(amer, euro))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+def _qdfp(*args: TensorLike) -> torch.Tensor:
+    from greekfire.quant.qdfp import qdfp_price
+
+    return qdfp_price(*args)
+
+
+ENGINES: dict[str, Engine] = {"crr": crr_price, "baw": baw_price, "bs2002": bs2002_price, "qdfp": _qdfp}
+
+
+def american_price(
+    right: TensorLike,
+    spot: TensorLike,
+    strike: TensorLike,
+    ttm: TensorLike,
+    rate: TensorLike,
+    div_yield: TensorLike,
+    vol: TensorLike,
+    *,
+    model: str = "qdfp",
+    steps: int = 200,
+) -> torch.Tensor:
+    """American price with the named engine: ``qdfp`` (default), ``crr`` (``steps``), ``baw``, ``bs2002``."""
+    if model == "crr":
+        return crr_price(right, spot, strike, ttm, rate, div_yield, vol, steps=steps)
+    try:
+        fn = ENGINES[model]
+    except KeyError:
+        from greekfire.core.errors import DataError
+
+        raise DataError("model", model, f"must be one of {sorted(ENGINES)}") from None
+    return fn(right, spot, strike, ttm, rate, div_yield, vol)
+
+
+def american_greeks(
+    right: TensorLike,
+    spot: TensorLike,
+    strike: TensorLike,
+    ttm: TensorLike,
+    rate: TensorLike,
+    div_yield: TensorLike,
+    vol: TensorLike,
+    *,
+    model: str = "qdfp",
+    steps: int = 200,
+) -> dict[str, torch.Tensor]:
+    """Value, delta, gamma, vega (per 1.00 vol), theta (per year, -dV/dttm), theta_per_day, rho (per
+    1.00 rate) and epsilon (per 1.00 yield) of American options by batched central bump-and-reprice:
+    all bumped copies are priced in one call of the engine."""
+    w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
+    hs = 1e-3 * S if model != "crr" else 0.02 * S  # a tree needs bumps wider than its node spacing
+    hv = torch.full_like(v, 1e-4 if model != "crr" else 1e-3)
+    hr = torch.full_like(r, 1e-5 if model != "crr" else 1e-4)
+    ht = torch.minimum(torch.full_like(T, 1.0 / 365.0), 0.5 * T)
+    bumps = [
+        (S, v, r, q, T),
+        (S + hs, v, r, q, T), (S - hs, v, r, q, T),
+        (S, v + hv, r, q, T), (S, v - hv, r, q, T),
+        (S, v, r + hr, q, T), (S, v, r - hr, q, T),
+        (S, v, r, q + hr, T), (S, v, r, q - hr, T),
+        (S, v, r, q, T + ht), (S, v, r, q, T - ht),
+    ]
+    stack = [torch.stack(z) for z in zip(*bumps, strict=True)]
+    vals = american_price(w.expand_as(S).unsqueeze(0).expand(len(bumps), *S.shape), stack[0],
+                          K.unsqueeze(0).expand(len(bumps), *S.shape), stack[4], stack[2], stack[3], stack[1],
+                          model=model, steps=steps)
+    v0, sp, sm, vp, vm, rp, rm, qp, qm, tp, tm = vals
+    theta = -(tp - tm) / (2.0 * ht)
+    return {
+        "value": v0,
+        "delta": (sp - sm) / (2.0 * hs),
+        "gamma": (sp - 2.0 * v0 + sm) / (hs * hs),
+        "vega": (vp - vm) / (2.0 * hv),
+        "theta": theta,
+        "theta_per_day": theta / 365.0,
+        "rho": (rp - rm) / (2.0 * hr),
+        "epsilon": (qp - qm) / (2.0 * hr),
+    }
+
+
+def american_implied_vol(
+    price: TensorLike,
+    right: TensorLike,
+    spot: TensorLike,
+    strike: TensorLike,
+    ttm: TensorLike,
+    rate: TensorLike,
+    div_yield: TensorLike,
+    *,
+    model: str = "qdfp",
+    steps: int = 200,
+    iterations: int = 60,
+):  # type: ignore[no-untyped-def]
+    """Implied vol of American prices through an American engine: a fixed number of bracketed
+    secant/bisection steps on vol in [1e-4, 10] for the whole batch. Returns an :class:`IVResult` with
+    the same reason codes as :func:`implied_vol` (the cap is the spot for calls, the strike for puts)."""
+    from greekfire.quant.iv import ABOVE_MAX, BAD_INPUT, BELOW_INTRINSIC, EXPIRED, NO_TIME_VALUE, IVResult
+
+    p, w, S, K, T, r, q = as_tensors(price, right, spot, strike, ttm, rate, div_yield)
+    bad = ~(torch.isfinite(p) & torch.isfinite(S) & torch.isfinite(K) & torch.isfinite(T)) | (S <= 0) | (K <= 0) | (p < 0)
+    expired = ~bad & (T <= 0)
+    Tp = torch.where(T > 0, T, torch.ones_like(T))
+    intrinsic = torch.clamp(w * (S - K), min=0.0)
+    cap = torch.where(w > 0, S, K)
+    below = ~bad & ~expired & (p < intrinsic)
+    above = ~bad & ~expired & ~below & (p >= cap)
+    lo = torch.full_like(p, 1e-4)
+    hi = torch.full_like(p, 10.0)
+    f_lo = american_price(w, S, K, Tp, r, q, lo, model=model, steps=steps) - p
+    no_tv = ~bad & ~expired & ~below & ~above & (f_lo >= 0)
+    f_hi = american_price(w, S, K, Tp, r, q, hi, model=model, steps=steps) - p
+    above = above | (~bad & ~expired & ~below & (f_hi < 0))
+    for i in range(iterations):
+        # alternate a secant (regula falsi) step with a bisection so the bracket always shrinks
+        if i % 2 == 0:
+            mid = lo - f_lo * (hi - lo) / (f_hi - f_lo)
+            mid = torch.where(torch.isfinite(mid) & (mid > lo) & (mid < hi), mid, 0.5 * (lo + hi))
+        else:
+            mid = 0.5 * (lo + hi)
+        f_mid = american_price(w, S, K, Tp, r, q, mid, model=model, steps=steps) - p
+        go_up = f_mid < 0
+        lo = torch.where(go_up, mid, lo)
+        f_lo = torch.where(go_up, f_mid, f_lo)
+        hi = torch.where(go_up, hi, mid)
+        f_hi = torch.where(go_up, f_hi, f_mid)
+    vol = lo - f_lo * (hi - lo) / (f_hi - f_lo)
+    vol = torch.where(torch.isfinite(vol), vol, 0.5 * (lo + hi))
+    code = torch.zeros_like(p, dtype=torch.int8)
+    for mask, c in ((no_tv, NO_TIME_VALUE), (above, ABOVE_MAX), (below, BELOW_INTRINSIC), (expired, EXPIRED), (bad, BAD_INPUT)):
+        code = torch.where(mask, torch.full_like(code, c), code)
+    vol = torch.where(code == 0, vol, torch.full_like(vol, math.nan))
+    return IVResult(vol, code)
+
+

@@ -121,8 +121,8 @@ class OptionsMarketMaker(Strategy):
             if not spot or not chain:
                 return
             base = self._base.get(chain[0].instrument_id)
-            if base is None:
-                self._reprice(und, spot)
+            if base is None:  # nothing to quote before the first full price: do it right after this batch
+                eng.after_batch(self._reprice_all)
                 return
             self._step(und, spot)  # quotes move now; a big move is re-priced exactly after the batch
             if abs(spot / base[0] - 1.0) * 1e4 >= self.full_reprice_bps:

@@ -9,6 +9,7 @@ from typing import Any
 from greekfire.core.settings import Settings
 from greekfire.strategies import load_strategy
 from greekfire.trading.paper import build_engine
+from greekfire.trading.store import SnapshotStore, resolve_url
 
 
 def run_paper(
@@ -30,10 +31,10 @@ def run_paper(
         settings = settings.model_copy(update={"trading": ts.model_copy(update={"venues": venues})})
     duration = float(duration_s if duration_s is not None else ts.duration_s)
     strat = load_strategy(strategy or ts.strategy)
-    engine = build_engine(settings, strategies=[strat], database_url=database_url, restore=not fresh)
-    if fresh and engine.store is not None:
-        engine.store.clear()
-        engine.restore()  # writes the first snapshot of this run
+    store = SnapshotStore(resolve_url(database_url or settings.database.url.get_secret_value(), settings.home), "paper")
+    if fresh:
+        store.clear()
+    engine = build_engine(settings, strategies=[strat], store=store, restore=True)
     t0 = time.perf_counter()
     asyncio.run(engine.run(duration))
     out = engine.summary()

@@ -12,6 +12,7 @@ Build it with :func:`greekfire.trading.build_engine` so tests run what productio
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
@@ -598,6 +599,8 @@ class TradingEngine:
             if o.tif == TimeInForce.GTD and o.expire_ns and now >= o.expire_ns and o.status != OrderStatus.PENDING_CANCEL:
                 self.cancel(o.client_id)
         self.risk.refresh()
+        if self._timers % max(1, int(round(1.0 / self.settings.trading.timer_interval_s))) == 0:
+            self.risk.compute_mc_var()  # about once a second: a full revaluation, never per event
         for b in self.risk.continuous():
             self.audit.append(now, "risk", b.reason.value, {"values": b.values, "action": b.action})
             self.bus.publish("risk", {"event": "breach", "reason": b.reason.value, "values": b.values, "action": b.action})
@@ -759,6 +762,10 @@ class TradingEngine:
 
     async def run(self, duration_s: float, *, poll_interval_s: float = 0.0005) -> None:
         """Run the loop for ``duration_s`` seconds: poll venues, fire timers, snapshot; then stop."""
+        # everything alive now (imports, torch, instruments) is long-lived: keep it out of the collector's
+        # scans, so a full collection during the run does not stall the event path for tens of ms
+        gc.collect()
+        gc.freeze()
         self.start()
         timer_ns = int(self.settings.trading.timer_interval_s * 1e9)
         t_end = time.monotonic() + duration_s

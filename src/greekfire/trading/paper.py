@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import torch
 
+from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings
 from greekfire.quant import bsm_price
 from greekfire.trading.engine import Strategy, TradingEngine
@@ -151,6 +152,13 @@ def build_engine(
         engine.portfolio.rate = market.rate
         engine.portfolio.default_vol = market.vol
         engine.market = market
-    if restore and engine.store is not None and engine.restore():
-        engine.reconcile()
+    if engine.store is not None:
+        if restore:
+            if engine.restore():
+                engine.reconcile()
+        elif engine.store.load() is not None:
+            raise ConfigError(
+                "database.url", engine.store.url.split("@")[-1],
+                f"holds the state of engine {engine_id!r}: resume it (restore=True) or clear it first",
+            )
     return engine

@@ -5,10 +5,11 @@ denial. Greek, position and VaR checks look at the portfolio *as it would be aft
 fills*, and deny only an order that makes a breached measure worse (a reducing order always passes them).
 
 Greeks come from the portfolio's per-unit cache (refreshed at each quote-batch end, never priced per
-order). VaR: :meth:`RiskEngine.refresh` computes the parametric VaR of the current book with
-:func:`greekfire.quant.parametric_var` and its sensitivity to each underlying's delta and gamma cash (by
-central differences); pre-trade, VaR after the order is that first-order estimate, and when the estimate is
-within ``VAR_EXACT_ZONE`` of the limit it is recomputed exactly with ``quant`` before deciding. Monte Carlo
+order). VaR: :meth:`RiskEngine.refresh` computes the parametric (delta-gamma) VaR of the current book with
+:func:`greekfire.quant.parametric_var`, and the VaR of one unit of delta cash and of gamma cash each way per
+underlying. Pre-trade, ``VaR(book) + VaR(order's delta) + VaR(order's gamma)`` bounds the VaR after the order
+(the model's P&L scales with its inputs, and VaR of a sum is taken as at most the sum); only when that bound
+is above ``VAR_EXACT_ZONE`` of the limit is the VaR after the order computed exactly before deciding. Monte Carlo
 VaR (:func:`greekfire.quant.mc_var`) runs in the continuous check and denies risk-increasing orders while it
 is over the limit.
 """
@@ -39,7 +40,7 @@ BREACHES = counter("greekfire_trading_risk_breaches", "continuous-limit breaches
 STATE_GAUGE = gauge("greekfire_trading_state", "trading state: 0 active, 1 reducing, 2 halted")
 VAR_GAUGE = gauge("greekfire_trading_var", "1-day VaR of the book, currency", ["method"])
 
-VAR_EXACT_ZONE = 0.8  # recompute VaR exactly when the linear estimate is above this share of the limit
+VAR_EXACT_ZONE = 0.8  # recompute VaR exactly when the upper bound is above this share of the limit
 
 
 class TradingState(StrEnum):
@@ -120,8 +121,8 @@ class _VarState:
     spots: list[float] = field(default_factory=list)
     vols: list[float] = field(default_factory=list)
     var: float = 0.0
-    d_delta: dict[str, float] = field(default_factory=dict)  # dVaR / d delta_cash per underlying
-    d_gamma: dict[str, float] = field(default_factory=dict)
+    # per underlying: VaR of +1 / -1 delta cash and of +1 / -1 gamma cash (currency per unit)
+    unit: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
     mc_var: float = 0.0
 
 
@@ -325,9 +326,19 @@ class RiskEngine:
 
         # VaR: first-order estimate, exact recompute near the limit
         vs = self._var
-        var_est = vs.var + vs.d_delta.get(und, 0.0) * d_dc + vs.d_gamma.get(und, 0.0) * d_gc
-        if var_est > VAR_EXACT_ZONE * lim.var_limit or und not in vs.d_delta:
-            var_after = self._exact_var_after(und, d_dc, d_gc)
+        d_gq = d_gc * 100.0  # the pricing core's gamma cash is gamma x spot^2 (no /100)
+        unit = vs.unit.get(und)
+        if unit is None and self.var_available and spot:
+            self.refresh()  # an underlying first seen since the last refresh: price its unit VaRs once
+            unit = vs.unit.get(und)
+        if unit is None:
+            bound = vs.var if not spot else math.inf
+        else:  # VaR(book + order) <= VaR(book) + VaR(order delta) + VaR(order gamma)
+            bound = vs.var + (unit[0] * d_dc if d_dc >= 0 else -unit[1] * d_dc) + (
+                unit[2] * d_gq if d_gq >= 0 else -unit[3] * d_gq
+            )
+        if self.var_available and bound > VAR_EXACT_ZONE * lim.var_limit:
+            var_after = self._exact_var_after(und, d_dc, d_gq)
             if var_after > lim.var_limit and var_after > vs.var:
                 return self._deny(Reason.VAR_LIMIT, f"VaR after {var_after:.2f} > {lim.var_limit}", var_before=vs.var, var_after=var_after, limit=lim.var_limit)
         if vs.mc_var > lim.var_limit:
@@ -351,7 +362,7 @@ class RiskEngine:
         for u in unds:
             d, g = pf.cash_greeks(u)
             dc.append(d)
-            gc.append(g)
+            gc.append(g * 100.0)  # quant.parametric_var takes gamma x spot^2
             sp.append(pf.spots[u])
             vo.append(self.vol_of(u) / math.sqrt(252.0))
         return unds, dc, gc, sp, vo
@@ -365,12 +376,25 @@ class RiskEngine:
                 log.error("greekfire.quant.parametric_var is missing: the VaR limit is NOT enforced")
             self.var_available = False
             return 0.0
+        # VaR per underlying, summed: no diversification credit between underlyings (conservative)
         var, _ = fn(
             torch.tensor(dc, dtype=torch.float64), torch.tensor(gc, dtype=torch.float64),
             torch.tensor(sp, dtype=torch.float64), torch.tensor(vo, dtype=torch.float64),
             confidence=self.limits.var_confidence,
         )
         return float(var.sum())
+
+    def _param_var_each(self, dc: list[float], gc: list[float], sp: list[float], vo: list[float]) -> list[float]:
+        """Parametric VaR of each row separately (currency)."""
+        fn = getattr(quant, "parametric_var", None)
+        if fn is None or not dc:
+            return [0.0] * len(dc)
+        var, _ = fn(
+            torch.tensor(dc, dtype=torch.float64), torch.tensor(gc, dtype=torch.float64),
+            torch.tensor(sp, dtype=torch.float64), torch.tensor(vo, dtype=torch.float64),
+            confidence=self.limits.var_confidence,
+        )
+        return [float(v) for v in var.tolist()]
 
     def _exact_var_after(self, und: str, d_dc: float, d_gc: float) -> float:
         self.exact_var_checks += 1
@@ -387,19 +411,17 @@ class RiskEngine:
         vs = self._var
         vs.unds, vs.delta_cash, vs.gamma_cash, vs.spots, vs.vols = unds, dc, gc, sp, vo
         vs.var = self._param_var(dc, gc, sp, vo)
-        vs.d_delta.clear()
-        vs.d_gamma.clear()
-        for i, u in enumerate(unds):
-            h_d = max(1.0, abs(dc[i]) * 1e-3)
-            h_g = max(1.0, abs(gc[i]) * 1e-3)
-            up, dn = list(dc), list(dc)
-            up[i] += h_d
-            dn[i] -= h_d
-            vs.d_delta[u] = (self._param_var(up, gc, sp, vo) - self._param_var(dn, gc, sp, vo)) / (2 * h_d)
-            up, dn = list(gc), list(gc)
-            up[i] += h_g
-            dn[i] -= h_g
-            vs.d_gamma[u] = (self._param_var(dc, up, sp, vo) - self._param_var(dc, dn, sp, vo)) / (2 * h_g)
+        # VaR of one unit of delta cash / gamma cash each way, per underlying, in one call: the model's
+        # P&L a*R + b*R^2 scales with (a, b), so VaR(k a, k b) = k VaR(a, b) for k > 0
+        vs.unit.clear()
+        if unds and self.var_available:
+            n = len(unds)
+            per = self._param_var_each(
+                [1.0, -1.0, 0.0, 0.0] * n, [0.0, 0.0, 1.0, -1.0] * n,
+                [x for x in sp for _ in range(4)], [x for x in vo for _ in range(4)],
+            )
+            for i, u in enumerate(unds):
+                vs.unit[u] = tuple(per[4 * i : 4 * i + 4])  # type: ignore[assignment]
         VAR_GAUGE.labels("parametric").set(vs.var)
         pf = self.portfolio
         margin = 0.0
@@ -409,6 +431,46 @@ class RiskEngine:
                 margin += self.limits.margin_rate * -p.qty * pf.spots.get(inst.underlying, p.avg_cost) * inst.multiplier
         self._margin_used = margin
         return vs.var
+
+    def compute_mc_var(self) -> float:
+        """Monte Carlo 1-day VaR of the book by full revaluation (``quant.mc_var``, ``var_mc_paths`` paths,
+        independent underlyings); recorded for the pre-trade and continuous checks. Off the hot path."""
+        fn = getattr(quant, "mc_var", None)
+        pf = self.portfolio
+        if fn is None or not self.var_available:
+            return self._var.mc_var
+        unds = [u for u in pf.totals if u in pf.spots]
+        held = [(iid, p.qty) for iid, p in pf.positions.items() if p.qty and pf.instruments[iid].underlying in unds]
+        if not held:
+            self.set_mc_var(0.0)
+            return 0.0
+        col = {u: j for j, u in enumerate(unds)}
+        opts = [(pf.instruments[i], q) for i, q in held if pf.instruments[i].is_option]
+        stock = [(pf.instruments[i], q) for i, q in held if not pf.instruments[i].is_option]
+        f64 = torch.float64
+        if opts:
+            o_col = torch.tensor([col[i.underlying] for i, _ in opts])
+            o_right = torch.tensor([i.right for i, _ in opts], dtype=f64)
+            o_strike = torch.tensor([i.strike for i, _ in opts], dtype=f64)
+            o_ttm = torch.tensor([max(i.ttm(pf.now_ns), 1e-4) for i, _ in opts], dtype=f64)
+            o_vol = torch.tensor([pf.vols.get(i.instrument_id, pf.default_vol) for i, _ in opts], dtype=f64)
+            o_w = torch.tensor([q * i.multiplier for i, q in opts], dtype=f64)
+        s_col = torch.tensor([col[i.underlying] for i, _ in stock], dtype=torch.long)
+        s_w = torch.tensor([q * i.multiplier for i, q in stock], dtype=f64)
+
+        def revalue(spots: torch.Tensor) -> torch.Tensor:
+            value = (spots[:, s_col] * s_w).sum(dim=1)
+            if opts:
+                px = quant.bsm_price(o_right, spots[:, o_col], o_strike, o_ttm, pf.rate, pf.div_yield, o_vol)
+                value = value + (px * o_w).sum(dim=1)
+            return value
+
+        spots = torch.tensor([pf.spots[u] for u in unds], dtype=f64)
+        vols = torch.tensor([self.vol_of(u) / math.sqrt(252.0) for u in unds], dtype=f64)
+        var, _ = fn(revalue, spots, vols, confidence=self.limits.var_confidence, n_paths=self.limits.var_mc_paths,
+                    seed=len(self.breaches))
+        self.set_mc_var(float(var))
+        return self._var.mc_var
 
     @property
     def var(self) -> float:

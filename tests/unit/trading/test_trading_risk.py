@@ -165,11 +165,26 @@ def test_limits_change_at_run_time_and_bad_values_name_the_field() -> None:
 
 
 def test_var_limit_denies_a_risk_increasing_order() -> None:
-    risk = engine(var_limit=2_000.0)
-    assert denied(risk, order(1, qty=10, price=100.0), 100.0) is None
-    d = risk.check(order(1, qty=1000, price=100.0), 100.0, NOW)
+    risk = engine(var_limit=500.0)
+    assert denied(risk, order(1, qty=10, price=100.0), 100.0) is None  # 1-day 99% VaR about 30
+    d = risk.check(order(1, qty=400, price=100.0), 100.0, NOW)  # about 2.33 x 1.26% x 40,000 = 1,170
     assert risk.var_available, "greekfire.quant.parametric_var is required"
-    assert d is not None and d.reason == Reason.VAR_LIMIT and d.values["var_after"] > 2_000.0
+    assert d is not None and d.reason == Reason.VAR_LIMIT
+    assert d.values["var_after"] == pytest.approx(2.3263 * 0.20 / 252**0.5 * 40_000, rel=0.01)
+    # a risk-reducing order passes even when the book is over the limit
+    hold(risk, 1, 400, 100.0)
+    assert risk.var > 500.0 and denied(risk, order(1, Side.SELL, 100, 100.0), 100.0) is None
+
+
+def test_monte_carlo_var_of_the_book_is_close_to_the_parametric_one() -> None:
+    risk = engine(var_mc_paths=20_000)
+    hold(risk, 1, 400, 100.0)
+    hold(risk, 2, -10, 2.50)
+    mc = risk.compute_mc_var()
+    assert risk.var_available, "greekfire.quant.mc_var is required"
+    assert mc > 0 and mc == pytest.approx(risk.var, rel=0.15)
+    risk.set_limits(var_limit=mc / 2)
+    assert [b.reason for b in risk.continuous()] == [Reason.MC_VAR] and risk.state == TradingState.REDUCING
 
 
 def test_continuous_stop_loss_names_the_position() -> None:

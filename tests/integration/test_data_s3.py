@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 from conftest import free_port, need, port_open
 from greekfire.core.settings import Settings, load_settings
 from greekfire.data.dataset import StreamingOptionsDataset, read_samples, table_to_samples, write_samples
-from greekfire.data.features import Samples
-from greekfire.data.schema import conform_quotes, read_quotes, write_quotes
+from greekfire.data.features import Samples, build_samples
 from greekfire.data.storage import check_storage, open_fs
+from greekfire.data.synthetic import generate_market, read_partitions, write_partitions
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,27 +133,22 @@ def samples_url(moto: dict[str, Any]) -> str:
 
 def test_partitions_round_trip_on_s3(moto: dict[str, Any]) -> None:
     st = settings_for(moto)
-    days = pd.bdate_range("2024-03-04", periods=3)
-    q = conform_quotes(
-        pd.DataFrame(
-            {
-                "quote_date": np.repeat(days, 4),
-                "underlying": "XYZ",
-                "spot": 100.0,
-                "expiry": pd.Timestamp("2024-06-21"),
-                "strike": np.tile([90.0, 100.0, 110.0, 120.0], 3),
-                "right": "C",
-                "bid": 1.0,
-                "ask": 1.1,
-            }
-        )
-    )
-    paths = write_quotes(q, f"s3://{BUCKET}/quotes", st)
-    assert len(paths) == 3
-    keys = {o["Key"] for o in moto["s3"].list_objects_v2(Bucket=BUCKET, Prefix="quotes/")["Contents"]}
-    assert "quotes/quote_date=2024-03-05/part-0.parquet" in keys
-    back = read_quotes(f"s3://{BUCKET}/quotes", st)
-    pd.testing.assert_frame_equal(back[["quote_date", "strike", "bid"]], q[["quote_date", "strike", "bid"]])
+    quotes, bars = generate_market(seed=5, days=3, history_days=90)
+    paths = write_partitions(quotes, bars, f"s3://{BUCKET}/market", st)
+    assert len(paths["quotes"]) == 3
+    keys = {o["Key"] for o in moto["s3"].list_objects_v2(Bucket=BUCKET, Prefix="market/")["Contents"]}
+    day = str(quotes["quote_date"].iloc[0].date())
+    assert f"market/quotes/quote_date={day}/part-0.parquet" in keys
+    q, b = read_partitions(f"s3://{BUCKET}/market", st)
+    cols = ["quote_date", "expiry", "right", "strike", "bid", "ask"]
+    expect = quotes.sort_values(["quote_date", "expiry", "right", "strike"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(q[cols], expect[cols], check_dtype=False)
+    assert len(b) == len(bars) and q.attrs["rate"] == quotes.attrs["rate"]
+    # the whole path: samples from what was read back, written to and streamed from the bucket
+    s = build_samples(q, b, window=20)
+    write_samples(s, f"s3://{BUCKET}/market-samples", st, row_group_size=64)
+    streamed = [float(x["target"]) for x in StreamingOptionsDataset(f"s3://{BUCKET}/market-samples", st)]
+    np.testing.assert_array_equal(np.array(streamed, dtype=np.float32), s.target)
 
 
 def test_stream_two_workers_each_sample_once(moto: dict[str, Any], samples_url: str) -> None:

@@ -357,6 +357,36 @@ def market_itch(
 
 
 # --------------------------------------------------------------------------------------------------------
+# price: value, Greeks and implied vols for a CSV/Parquet file of options (greekfire.data.pricing)
+@app.command("price")
+def price_cmd(
+    input_path: Annotated[Path, typer.Argument(help="CSV or Parquet of options (by suffix)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV or Parquet to write (by suffix)")],
+    style: Annotated[str, typer.Option("--style", help="european or american")] = "european",
+    model: Annotated[
+        str | None, typer.Option("--model", help="bsm|black76|heston (european), qdfp|crr|baw|bs2002 (american)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="tree steps for --model crr")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float64 or float32")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Price every row: value, Greeks, implied vol where market_price is given, and an error code."""
+    from greekfire.data.pricing import price_file
+
+    q = settings().quant
+    try:
+        data = price_file(
+            input_path, output, style=style, model=model, steps=steps or q.tree_steps,
+            device=device or q.device, dtype=dtype or q.dtype, progress=not as_json,
+        )
+    except GreekfireError as exc:
+        err_console.print(f"[red]price failed[/red]: {exc}")
+        raise typer.Exit(2) from None
+    print_json(data) if as_json else _print_mapping(f"priced {input_path}", data)
+
+
+# --------------------------------------------------------------------------------------------------------
 # demo: one stage per system that exists. Each stage is ``module:function`` taking the settings and
 # returning a mapping of what it did (printed in the summary table).
 DEMO_STAGES: list[tuple[str, str]] = [
@@ -366,6 +396,7 @@ DEMO_STAGES: list[tuple[str, str]] = [
     ("training", "greekfire.ml.demo:run_demo"),
     ("trading", "greekfire.strategies.demo:run_demo"),
     ("market", "greekfire.market.demo:run_demo"),
+    ("pricing", "greekfire.quant.demo:run_demo"),
 ]
 
 

@@ -68,9 +68,34 @@ def scenario_grid(
     return (shocked * qty * mult).sum(dim=-1) - base
 
 
-def _cornish_fisher_quantile(p: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor, skew: torch.Tensor) -> torch.Tensor:
-    z = torch.special.ndtri(p)
-    return mean + sd * (z + (z * z - 1.0) * skew / 6.0)
+def _quadratic_cdf(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+    """P(a R + b R^2 <= x) for R ~ N(0, sd^2), exactly (roots of the quadratic)."""
+    from greekfire.quant._tensors import norm_cdf
+
+    linear = torch.where(a > 0, norm_cdf(x / (a * sd)), norm_cdf(-x / (a * sd)))
+    linear = torch.where(a == 0, (x >= 0).to(x.dtype), linear)
+    b_safe = torch.where(b == 0, torch.ones_like(b), b)
+    disc = a * a + 4.0 * b_safe * x
+    root = torch.sqrt(torch.clamp(disc, min=0.0))
+    r1 = (-a - root) / (2.0 * b_safe)
+    r2 = (-a + root) / (2.0 * b_safe)
+    lo, hi = torch.minimum(r1, r2), torch.maximum(r1, r2)
+    inside = norm_cdf(hi / sd) - norm_cdf(lo / sd)
+    quad = torch.where(b > 0, torch.where(disc >= 0, inside, torch.zeros_like(x)),
+                       torch.where(disc >= 0, 1.0 - inside, torch.ones_like(x)))
+    return torch.where(b == 0, linear, quad)
+
+
+def _quadratic_quantile(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+    """The p-quantile of a R + b R^2 by bisection (100 fixed steps; monotone CDF, exact bracket)."""
+    span = 40.0 * (a.abs() * sd + b.abs() * sd * sd) + 1e-300
+    lo, hi = -span.expand_as(p).clone(), span.expand_as(p).clone()
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        below = _quadratic_cdf(mid, a, b, sd) < p
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
 
 
 def parametric_var(
@@ -81,31 +106,26 @@ def parametric_var(
     confidence: float = 0.99,
     horizon_days: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Delta-gamma VaR and ES (positive loss amounts) per underlying.
+    """Delta-gamma VaR and ES (positive loss amounts, currency) per underlying.
 
-    P&L ~ delta_cash * R + 0.5 * gamma_cash * R^2 with the return R ~ N(0, vol_daily^2 * horizon_days):
-    ``delta_cash`` = delta x spot (currency per 100% move), ``gamma_cash`` = gamma x spot^2. The quantile
-    is the Cornish-Fisher expansion with the exact mean, variance and skew of that quadratic; ES averages
-    the quantile over the tail with 32 Gauss-Legendre nodes. ``spot`` is accepted for the shape of the
-    result and validation (must be > 0).
+    P&L = delta_cash * R + 0.5 * gamma_cash * R^2 with the return R ~ N(0, vol_daily^2 * horizon_days);
+    ``delta_cash`` = delta x spot, ``gamma_cash`` = gamma x spot^2 (portfolio sums). The quantile of this
+    quadratic is computed exactly (not by a Cornish-Fisher expansion, which breaks down for large
+    gamma); ES averages the quantile over the tail with 32 Gauss-Legendre levels. ``spot`` must be > 0
+    (NaN results otherwise).
     """
     dc, gc, S, sdv = as_tensors(delta_cash, gamma_cash, spot, vol_daily)
-    s2 = sdv * sdv * horizon_days
+    sd = sdv * math.sqrt(horizon_days)
     a, b = dc, 0.5 * gc
-    mean = b * s2
-    var = a * a * s2 + 2.0 * b * b * s2 * s2
-    third = 6.0 * a * a * b * s2 * s2 + 8.0 * b ** 3 * s2 ** 3
-    sd = torch.sqrt(var)
-    skew = torch.where(sd > 0, third / torch.clamp(sd, min=1e-300) ** 3, torch.zeros_like(sd))
-    skew = torch.where(S > 0, skew, torch.full_like(skew, math.nan))
     tail = 1.0 - confidence
-    q = _cornish_fisher_quantile(torch.full_like(mean, tail), mean, sd, skew)
+    q = _quadratic_quantile(torch.full_like(a, tail), a, b, sd)
     x, wts = np.polynomial.legendre.leggauss(32)
-    ps = torch.as_tensor(0.5 * tail * (x + 1.0), device=mean.device, dtype=mean.dtype)
-    ws = torch.as_tensor(0.5 * wts, device=mean.device, dtype=mean.dtype)
-    qs = _cornish_fisher_quantile(ps.reshape(-1, *([1] * mean.dim())), mean, sd, skew)
-    es = (ws.reshape(-1, *([1] * mean.dim())) * qs).sum(dim=0)
-    return -q, -es
+    extra = [1] * a.dim()
+    ps = torch.as_tensor(0.5 * tail * (x + 1.0), device=a.device, dtype=a.dtype).reshape(-1, *extra)
+    ws = torch.as_tensor(0.5 * wts, device=a.device, dtype=a.dtype).reshape(-1, *extra)
+    es = (ws * _quadratic_quantile(ps.expand(-1, *a.shape), a, b, sd)).sum(dim=0)
+    bad = torch.where(S > 0, torch.zeros_like(a), torch.full_like(a, math.nan))
+    return -q + bad, -es + bad
 
 
 def mc_var(

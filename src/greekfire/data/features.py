@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from greekfire.core.errors import DataError
-from greekfire.data.schema import DROP_REASONS, clean_quotes, conform_bars
+from greekfire.data.schema import DROP_REASONS, conform_bars, conform_quotes, quote_problems
 
 TRADING_DAYS = 252.0
 SMA_LENGTHS = (5, 10, 20, 50)
@@ -174,8 +174,8 @@ class Samples:
 
     ``seq`` float32 [N, window, F_seq]; ``contract`` float32 [N, F_c]; ``target`` float32 [N] (mid / strike);
     ``bs_baseline`` float32 [N] (Black-Scholes price / strike at the 20-day historical vol);
-    ``quote_date`` datetime64[D] [N]; ``row_id`` int64 [N] (row of the cleaned quotes each sample came
-    from); ``dropped`` bad rows by reason.
+    ``quote_date`` datetime64[D] [N]; ``row_id`` int64 [N] (position in the ``quotes`` frame given to
+    :func:`build_samples` each sample came from); ``dropped`` bad rows by reason.
     """
 
     seq: np.ndarray
@@ -260,7 +260,11 @@ def build_samples(
         raise DataError(
             "underlying.underlying", names, "pass the bars of one underlying (filter the frame first)"
         )
-    clean, dropped = clean_quotes(quotes)
+    conformed = conform_quotes(quotes)
+    why = quote_problems(conformed).to_numpy()
+    source_rows = np.flatnonzero(why == "")  # positions in the caller's frame, kept for row_id
+    clean = conformed.iloc[source_rows].reset_index(drop=True)
+    dropped = {r: int((why == r).sum()) for r in DROP_REASONS}
     dropped = {r: dropped.get(r, 0) for r in SAMPLE_DROP_REASONS}
     feats = underlying_features(underlying)
     days = feats["date"].to_numpy().astype("datetime64[D]")
@@ -356,7 +360,7 @@ def build_samples(
         seq_names=list(SEQ_NAMES),
         contract_names=list(CONTRACT_NAMES),
         dropped=dropped,
-        row_id=keep.astype(np.int64),
+        row_id=source_rows[keep].astype(np.int64),
     )
 
 

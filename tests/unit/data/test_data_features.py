@@ -158,3 +158,14 @@ def test_more_than_one_underlying_is_refused() -> None:
     bars = pd.concat([make_bars(), make_bars().assign(underlying="ABC")])
     with pytest.raises(DataError, match="one underlying"):
         build_samples(make_quotes(make_bars(), []), bars)
+
+
+def test_row_id_points_back_to_the_input_rows() -> None:
+    bars = make_bars()
+    q = make_quotes(bars, list(bars["date"].iloc[[100, 90]]))  # out of date order on purpose
+    q.loc[1, ["bid", "ask"]] = [0.0, 0.0]
+    s = build_samples(q, bars, window=5)
+    assert 1 not in s.row_id and len(s) == len(q) - 1
+    back = q.iloc[s.row_id]
+    np.testing.assert_array_equal(back["quote_date"].to_numpy().astype("datetime64[D]"), s.quote_date)
+    np.testing.assert_allclose(s.target, (2.1 / back["strike"]).to_numpy(), rtol=1e-6)

@@ -622,6 +622,16 @@ class TradingEngine:
         if self.store is not None and now - self._last_snapshot_ns >= interval:
             self.snapshot(now)
 
+    def end_of_day(self) -> None:
+        """Close the trading day: venues expire DAY orders, the daily-loss baseline restarts from equity."""
+        now = self.clock_ns()
+        for v in self.venues.values():
+            eod = getattr(v, "end_of_day", None)
+            if eod is not None:
+                eod(now)
+        self.portfolio.day_start_equity = self.portfolio.equity()
+        self.audit.append(now, "engine", "end_of_day", {"equity": self.portfolio.day_start_equity})
+
     def _close_position(self, instrument_id: int) -> None:
         pos = self.portfolio.positions.get(instrument_id)
         if not pos or not pos.qty:

@@ -24,7 +24,7 @@ from typing import Any
 from greekfire.market.matching import ExecKind, ExecReport, MatchingEngine, OrdType
 from greekfire.market.matching import Side as MSide
 from greekfire.market.matching import TimeInForce as MTif
-from greekfire.trading.model import Instrument, OrderType, Quote, TimeInForce, TradeTick
+from greekfire.trading.model import BookUpdate, Instrument, OrderType, Quote, TimeInForce, TradeTick
 from greekfire.trading.orders import Order
 
 
@@ -133,6 +133,7 @@ class SimulatedVenue(Venue):
         flow_rate_hz: float = 200.0,
         taker_share: float = 0.3,
         half_spread_ticks: int = 3,
+        book_levels: int = 0,
         seed: int = 0,
     ) -> None:
         self.name = name
@@ -144,6 +145,7 @@ class SimulatedVenue(Venue):
         self.flow_rate_hz = flow_rate_hz
         self.taker_share = taker_share
         self.half_spread_ticks = half_spread_ticks
+        self.book_levels = book_levels  # > 0: also publish depth snapshots (BookUpdate) of touched books
         self.rng = random.Random(seed)
         # fees are per unit of quantity on the books: one contract is one unit here
         self.books = {
@@ -230,11 +232,25 @@ class SimulatedVenue(Venue):
                 now_ns,
                 self.name,
             ))
+            if self.book_levels:
+                bids, asks = book.depth(self.book_levels)
+                out.append(BookUpdate(
+                    iid, tuple((inst.from_ticks(p), q) for p, q in bids), tuple((inst.from_ticks(p), q) for p, q in asks),
+                    now_ns, self.name,
+                ))
         touched.clear()
         outbound = self._outbound
         while outbound and outbound[0][0] <= now_ns:
             out.append(heapq.heappop(outbound)[2])
         return out
+
+    def end_of_day(self, now_ns: int) -> None:
+        """Expire every DAY order on every book (ours are reported as 'expired')."""
+        for iid, book in self.books.items():
+            reports = book.expire_day_orders(now_ns)
+            if reports:
+                self._touched.add(iid)
+                self._reports(iid, reports, now_ns, self._pending_md)
 
     def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:
         states = []

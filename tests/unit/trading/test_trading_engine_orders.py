@@ -90,3 +90,18 @@ def test_gtd_order_is_canceled_at_its_expiry_and_held_stop_cancels_at_once() -> 
     assert gtd.status == OrderStatus.CANCELED
     (stop,) = eng.submit(eng.new_order(1, Side.SELL, 1, None, OrderType.STOP, stop_price=90.0))
     assert eng.cancel(stop.client_id) and stop.status == OrderStatus.CANCELED
+
+
+def test_day_orders_expire_at_the_end_of_the_day_and_books_are_published() -> None:
+    eng, venue, clock = setup()
+    books = []
+    eng.bus.subscribe("books.*", books.append)
+    venue.book_levels = 3
+    (day,) = eng.submit(eng.new_order(2, Side.BUY, 2, 2.42, tif=TimeInForce.DAY))
+    (gtc,) = eng.submit(eng.new_order(2, Side.BUY, 2, 2.41))
+    step(eng, clock)
+    assert books and books[-1].bids[:2] == ((2.42, 2), (2.41, 2))
+    eng.end_of_day()
+    step(eng, clock)
+    assert day.status == OrderStatus.EXPIRED and gtc.status == OrderStatus.ACCEPTED
+    assert eng.portfolio.day_start_equity == pytest.approx(eng.portfolio.equity())

@@ -141,14 +141,24 @@ def _find_level(keys, lids, nlev, b, s, key):
     """Position of ``key`` in the side array, or -(insert position) - 1."""
     n = nlev[b, s]
     i = n - 1
-    while i >= 0:
+    stop = n - 8  # most updates land within a few levels of the best: scan those, bisect the rest
+    while i >= 0 and i >= stop:
         k = keys[b, s, i]
         if k == key:
             return i
         if k < key:
-            break
+            return -(i + 1) - 1
         i -= 1
-    return -(i + 1) - 1
+    lo, hi = 0, i + 1  # keys[lo:hi] ascending, all of keys[hi:] > key
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[b, s, mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo <= i and keys[b, s, lo] == key:
+        return lo
+    return -lo - 1
 
 
 @nb.njit(cache=True, inline="always")
@@ -679,11 +689,12 @@ class OrderBooks:
         return {"messages": int(r[S_MSGS]), "traded_qty": int(r[S_EXEC_QTY]), "trades": int(r[S_EXEC_N]),
                 "last_ts": int(r[S_TS])}
 
-    def check(self, book: int = 0) -> list[str]:
+    def check(self, book: int = 0, l2_only: bool = False) -> list[str]:
         """Invariants of one book; returns the problems found (empty when sound).
 
         Levels sorted strictly, best bid < best ask is NOT required (a feed book may lock or cross),
-        quantities > 0, and every level's total equals the sum of its orders (L2 = sum of L3).
+        quantities > 0, and every level's total equals the sum of its orders (L2 = sum of L3) -- unless
+        ``l2_only`` (a book fed by LEVEL events holds quantities without orders).
         """
         problems = []
         for s, sign in ((0, 1), (1, -1)):
@@ -700,7 +711,7 @@ class OrderBooks:
                     problems.append(f"side {s} price {px}: level quantity {total} <= 0")
                 if any(q <= 0 for _, q in orders):
                     problems.append(f"side {s} price {px}: an order has quantity <= 0")
-                if sum(q for _, q in orders) != total:
+                if not l2_only and sum(q for _, q in orders) != total:
                     problems.append(f"side {s} price {px}: L2 {total} != sum of L3 {sum(q for _, q in orders)}")
                 if len(orders) != int(self.lvls[lid, L_CNT]):
                     problems.append(f"side {s} price {px}: order count mismatch")

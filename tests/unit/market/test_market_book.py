@@ -119,7 +119,7 @@ class RefBook:
 
 ops = st.lists(
     st.tuples(st.sampled_from(["add", "add", "add", "reduce", "delete", "execute", "replace", "cross"]),
-              st.sampled_from([1, -1]), st.integers(0, 6), st.integers(1, 50), st.integers(0, 10_000)),
+              st.sampled_from([1, -1]), st.integers(0, 20), st.integers(1, 50), st.integers(0, 10_000)),
     max_size=150,
 )
 
@@ -187,3 +187,26 @@ def test_random_flow_matches_reference_and_keeps_invariants(flow):
         queue = ref.queues[side][px]
         assert n_ahead == queue.index(oid)
         assert q_ahead == sum(ref.orders[o][2] for o in queue[: queue.index(oid)])
+
+
+def test_deep_books_l2_updates_match_a_dict():
+    """Hundreds of levels per side: the search past the top levels (bisection) must agree with a dict."""
+    rng = np.random.default_rng(4)
+    n = 20_000
+    ev = make_events(n)
+    ev["kind"] = LEVEL
+    ev["side"] = rng.choice([1, -1], n)
+    ev["price"] = np.where(ev["side"] > 0, rng.integers(1, 400, n), rng.integers(400, 800, n))
+    ev["qty"] = rng.integers(0, 4, n) * 10
+    book = OrderBook(max_orders=16, max_levels=1024)
+    assert book.apply(ev).bad == 0
+    ref = {1: {}, -1: {}}
+    for side, px, qty in zip(ev["side"].tolist(), ev["price"].tolist(), ev["qty"].tolist(), strict=True):
+        if qty:
+            ref[side][px] = qty
+        else:
+            ref[side].pop(px, None)
+    bids, asks = book.depth(0, 1000)
+    assert bids == sorted(ref[1].items(), reverse=True) and asks == sorted(ref[-1].items())
+    assert len(bids) > 100 and book.check(0, l2_only=True) == []
+    assert book.check(0)  # the quantities are not backed by orders

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from greekfire.core.errors import DataError
+from greekfire.core.metrics import counter
 from greekfire.data.schema import DROP_REASONS, conform_bars, conform_quotes, quote_problems
 
 TRADING_DAYS = 252.0
@@ -62,6 +63,8 @@ UNSCALED: frozenset[str] = frozenset(
     {"is_call", "is_put", "is_european", "is_american", "dow_sin", "dow_cos", "month_sin", "month_cos"}
 )
 _GREEK_CHUNK = 65_536
+ROWS_DROPPED = counter("greekfire_data_rows_dropped", "quote rows dropped while building samples", ["reason"])
+SAMPLES_BUILT = counter("greekfire_data_samples_built", "samples built from quote rows")
 SAMPLE_DROP_REASONS = (*DROP_REASONS, "no_underlying_bar", "insufficient_history")
 
 
@@ -351,6 +354,10 @@ def build_samples(
         else (np.zeros((0, len(CONTRACT_NAMES)), dtype=np.float32))
     )
     mid = 0.5 * (q["bid"].to_numpy(dtype=np.float64) + q["ask"].to_numpy(dtype=np.float64))
+    for reason, count in dropped.items():
+        if count:
+            ROWS_DROPPED.labels(reason=reason).inc(count)
+    SAMPLES_BUILT.inc(n)
     return Samples(
         seq=seq,
         contract=contract,

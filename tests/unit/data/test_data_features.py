@@ -169,3 +169,17 @@ def test_row_id_points_back_to_the_input_rows() -> None:
     back = q.iloc[s.row_id]
     np.testing.assert_array_equal(back["quote_date"].to_numpy().astype("datetime64[D]"), s.quote_date)
     np.testing.assert_allclose(s.target, (2.1 / back["strike"]).to_numpy(), rtol=1e-6)
+
+
+def test_drops_are_counted_on_the_metrics_registry() -> None:
+    from greekfire.core.metrics import sample_value
+
+    def crossed() -> float:
+        return sample_value("greekfire_data_rows_dropped_total", {"reason": "crossed"}) or 0.0
+
+    before = crossed()
+    bars = make_bars()
+    q = make_quotes(bars, list(bars["date"].iloc[[100]]))
+    q.loc[[0, 1], ["bid", "ask"]] = [3.0, 2.0]
+    build_samples(q, bars, window=5)
+    assert crossed() == before + 2

@@ -18,7 +18,7 @@ import math
 import time
 from array import array
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from hdrh.histogram import HdrHistogram
 
@@ -339,7 +339,8 @@ class TradingEngine:
         order = self.oms.get(client_id)
         if order is None or not order.can(OrderStatus.PENDING_REPLACE):
             return None
-        denial = self.risk.check(_Terms(order, qty, price), self.portfolio.marks.get(order.instrument_id), now, amend_of=order)
+        terms = cast(Order, _Terms(order, qty, price))  # quacks like an Order for every field check() reads
+        denial = self.risk.check(terms, self.portfolio.marks.get(order.instrument_id), now, amend_of=order)
         if denial is not None:
             self.audit.append(now, "risk", client_id, {"amend_denied": denial.to_dict()})
             self.bus.publish("risk", {"event": "amend_denied", "client_id": client_id, **denial.to_dict()})
@@ -707,13 +708,13 @@ class TradingEngine:
                 s = open_states.get(cid)
                 fl = by_cid.get(cid, [])
                 if s is not None:
-                    o = Order(cid, s.instrument_id, Side(s.side), s.qty, s.price, strategy_id="", ts_ns=now)
+                    lost = Order(cid, s.instrument_id, Side(s.side), s.qty, s.price, strategy_id="", ts_ns=now)
                 else:
-                    o = Order(cid, fl[0].instrument_id, Side(fl[0].side), sum(f.qty for f in fl), fl[0].price, ts_ns=now)
-                o.venue = name
-                self.oms.add(o)
-                self.oms.transition(o, OrderStatus.SUBMITTED, now, "recovered")
-                self.oms.transition(o, OrderStatus.ACCEPTED, now, "recovered")
+                    lost = Order(cid, fl[0].instrument_id, Side(fl[0].side), sum(f.qty for f in fl), fl[0].price, ts_ns=now)
+                lost.venue = name
+                self.oms.add(lost)
+                self.oms.transition(lost, OrderStatus.SUBMITTED, now, "recovered")
+                self.oms.transition(lost, OrderStatus.ACCEPTED, now, "recovered")
                 adopted += 1
             # the venue's terms win: an amend acknowledged there after our last snapshot changed qty/price
             for cid, st in open_states.items():

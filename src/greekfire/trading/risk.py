@@ -269,7 +269,7 @@ class RiskEngine:
                         Reason.PRICE_BAND, f"price {price} outside {ref:.4f} +/- {band:.4f}",
                         price=price, reference=ref, band=band,
                     )
-        exec_px = price if price is not None and order.ord_type != OrderType.MARKET else ref
+        exec_px = float(price if price is not None and order.ord_type != OrderType.MARKET else (ref or 0.0))
         notional = qty * exec_px * inst.multiplier
         if notional > lim.max_notional:
             return self._deny(Reason.MAX_NOTIONAL, f"notional {notional:.2f} > {lim.max_notional}", notional=notional, limit=lim.max_notional)

@@ -202,7 +202,7 @@ class SmartOrderRouter:
             if n > pub.get(key, 0):
                 ROUTED.labels(*key).inc(n - pub.get(key, 0))
                 pub[key] = n
-        for n, v in self.venues.items():
-            VENUE_LATENCY.labels(n, "ack").set(v.ack_ewma_us)
-            VENUE_LATENCY.labels(n, "fill").set(v.fill_ewma_us)
-            VENUE_FILL_RATE.labels(n).set(v.fill_rate)
+        for name, v in self.venues.items():
+            VENUE_LATENCY.labels(name, "ack").set(v.ack_ewma_us)
+            VENUE_LATENCY.labels(name, "fill").set(v.fill_ewma_us)
+            VENUE_FILL_RATE.labels(name).set(v.fill_rate)

@@ -24,7 +24,7 @@ from typing import Any
 from greekfire.market.matching import ExecKind, ExecReport, MatchingEngine, OrdType
 from greekfire.market.matching import Side as MSide
 from greekfire.market.matching import TimeInForce as MTif
-from greekfire.trading.model import BookUpdate, Instrument, OrderType, Quote, TimeInForce, TradeTick
+from greekfire.trading.model import BookUpdate, Instrument, OrderType, Quote, Side, TimeInForce, TradeTick
 from greekfire.trading.orders import Order
 
 
@@ -311,7 +311,7 @@ class SimulatedVenue(Venue):
         inst = self.instruments[iid]
         for r in reports:
             if r.kind == ExecKind.TRADE and r.liquidity == "T":
-                out.append(TradeTick(iid, inst.from_ticks(r.price), r.qty, MSide(r.side), now_ns, self.name))
+                out.append(TradeTick(iid, inst.from_ticks(r.price), r.qty, Side(int(r.side)), now_ns, self.name))
             if r.owner != US_OWNER:
                 continue
             cid = self._cid_of.get(r.order_id)

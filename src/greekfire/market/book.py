@@ -480,6 +480,17 @@ def summarize_status(status: np.ndarray, offset: int = 0, keep: int = 10) -> App
     return ApplyResult(int(status.size), int(bad_idx.size), by_reason, first)
 
 
+def _count_events(res: ApplyResult) -> None:
+    """Book events applied and refused, on the process metrics registry."""
+    from greekfire.core.metrics import counter
+
+    counter("greekfire_market_book_events", "book events applied (bad ones included)").inc(res.applied)
+    if res.bad:
+        bad = counter("greekfire_market_bad_book_events", "book events refused, by reason", ["reason"])
+        for reason, n in res.by_reason.items():
+            bad.labels(reason).inc(n)
+
+
 class OrderBooks:
     """``n_books`` L3 books sharing preallocated pools.
 
@@ -537,7 +548,9 @@ class OrderBooks:
         if status is None:
             status = np.zeros(events.shape[0], np.int8)
         apply_events(events, status, *self._state())
-        return summarize_status(status)
+        res = summarize_status(status)
+        _count_events(res)
+        return res
 
     def apply_fast(self, events: np.ndarray, status: np.ndarray) -> int:
         """Apply without summarising (hot path); returns the number of bad events."""

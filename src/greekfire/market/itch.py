@@ -239,6 +239,10 @@ def scan(data: Any, framing: str = "length", max_errors: int = 1000) -> ItchMess
     err_code = np.empty(max_errors, np.int64)
     k, ne = _scan(buf, mode, _SIZE_BY_BYTE, offs, types, err_pos, err_code)
     errors = [(int(err_pos[i]), ERROR_NAMES[int(err_code[i])]) for i in range(min(ne, max_errors))]
+    if ne:
+        from greekfire.core.metrics import counter
+
+        counter("greekfire_market_itch_input_errors", "bad ITCH input (truncated, unknown type, ...)").inc(ne)
     return ItchMessages(buf, offs[:k].copy(), types[:k].copy(), {}, errors, int(ne))
 
 
@@ -430,7 +434,7 @@ def build_books(data: Any, framing: str = "length", max_orders: int | None = Non
     Returns (books, decoded messages, apply result). Bad book events (unknown order reference...) are
     counted in the result with their message index in the stream.
     """
-    from greekfire.market.book import OrderBooks, summarize_status
+    from greekfire.market.book import OrderBooks, _count_events, summarize_status
 
     msgs = decode(data, framing, types="SR")  # the order messages go straight to events; keep the directory
     ev, idx = book_events(msgs)
@@ -440,6 +444,7 @@ def build_books(data: Any, framing: str = "length", max_orders: int | None = Non
     status = np.zeros(ev.shape[0], np.int8)
     books.apply_fast(ev, status)
     res = summarize_status(status)
+    _count_events(res)
     res.first_bad = [(int(idx[i]), why) for i, why in res.first_bad]  # positions as message indexes
     return books, msgs, res
 

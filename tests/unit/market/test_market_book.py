@@ -210,3 +210,17 @@ def test_deep_books_l2_updates_match_a_dict():
     assert bids == sorted(ref[1].items(), reverse=True) and asks == sorted(ref[-1].items())
     assert len(bids) > 100 and book.check(0, l2_only=True) == []
     assert book.check(0)  # the quantities are not backed by orders
+
+
+def test_bad_events_are_counted_on_the_metrics_registry():
+    from greekfire.core.metrics import sample_value
+
+    before = sample_value("greekfire_market_bad_book_events_total", {"reason": "unknown_order_id"}) or 0.0
+    b = OrderBook(max_orders=4, max_levels=4)
+    ev = make_events(2)
+    ev["kind"] = DELETE
+    ev["order_id"] = [5, 6]
+    res = b.apply(ev)
+    assert res.by_reason == {"unknown_order_id": 2}
+    after = sample_value("greekfire_market_bad_book_events_total", {"reason": "unknown_order_id"})
+    assert after == before + 2

@@ -57,8 +57,10 @@ def _accurate_value(
     value; we price the out-of-the-money side in normalised form (:mod:`greekfire.quant._black`) and
     add the intrinsic value (put-call parity), which keeps every digit the inputs determine.
     """
-    otm = otm_price(-ln_fk.abs(), s_safe) * torch.sqrt(fwd_pv * strike_pv)
-    intrinsic = torch.clamp(w * (fwd_pv - strike_pv), min=0.0)
+    # fold onto x <= 0 with the tie at the money kept on one side, so autograd sees one smooth branch
+    upper = ln_fk > 0
+    otm = otm_price(torch.where(upper, -ln_fk, ln_fk), s_safe) * torch.sqrt(fwd_pv * strike_pv)
+    intrinsic = torch.where(upper == (w > 0), w * (fwd_pv - strike_pv), torch.zeros_like(fwd_pv))
     return torch.where(live, intrinsic + otm, w * (fwd_pv * n1 - strike_pv * n2))
 
 

@@ -63,17 +63,22 @@ def _iv_kernel(
     expired = ~bad & (T <= 0)
     Tp = torch.where(T > 0, T, torch.ones_like(T))
     ln_fk = torch.log(S / K) + (r - q) * Tp
-    disc_sqrt_fk = torch.exp(-r * Tp) * torch.sqrt(S * K) * torch.exp(0.5 * (r - q) * Tp - 0.0 * r)
-    # D*sqrt(FK) = exp(-rT) * sqrt(S K) * exp((r-q)T/2)
-    beta = price / disc_sqrt_fk
+    # the same present values and parity split as bsm_price, so a repriced vol gives back the quote
+    fwd_pv = S * torch.exp(-q * Tp)
+    strike_pv = K * torch.exp(-r * Tp)
+    scale = torch.sqrt(fwd_pv * strike_pv)
     x = -ln_fk.abs()
-    half = 0.5 * ln_fk
-    intrinsic = torch.clamp(w * (torch.exp(half) - torch.exp(-half)), min=0.0)
-    b_max_w = torch.exp(w * half)
-    beta_otm = beta - intrinsic
-    below = ~bad & ~expired & (beta_otm < 0)
-    above = ~bad & ~expired & ~below & (beta >= b_max_w)
-    no_tv = ~bad & ~expired & ~below & ~above & (beta_otm <= 0)
+    intrinsic = torch.where((ln_fk > 0) == (w > 0), w * (fwd_pv - strike_pv), torch.zeros_like(S))
+    beta_otm = (price - intrinsic) / scale
+    cap = torch.where(w > 0, fwd_pv, strike_pv)
+    # a quote within rounding of the intrinsic value has no time value, it is not below intrinsic
+    # (the intrinsic value is a difference of present values: its rounding scales with the larger)
+    round_off = torch.where(
+        intrinsic > 0, 8.0 * torch.finfo(S.dtype).eps * torch.maximum(fwd_pv, strike_pv), torch.zeros_like(S)
+    )
+    below = ~bad & ~expired & (price - intrinsic < -round_off)
+    above = ~bad & ~expired & ~below & (price >= cap)
+    no_tv = ~bad & ~expired & ~below & ~above & (price - intrinsic <= round_off)
     solve = ~(bad | expired | below | above | no_tv)
 
     b_max = torch.exp(0.5 * x)

@@ -205,17 +205,17 @@ class ItchMessages:
 
 def to_bytes(data: bytes | bytearray | memoryview | np.ndarray | str | Path) -> np.ndarray:
     """Raw bytes of a buffer or a file (gunzipped when it starts with the gzip magic) as uint8."""
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data[:2].tobytes() != b"\x1f\x8b":
+        return data
     if isinstance(data, str | Path):
         raw = Path(data).read_bytes()
     elif isinstance(data, np.ndarray):
-        raw = data.astype(np.uint8, copy=False).tobytes() if data.dtype != np.uint8 else data
+        raw = data.astype(np.uint8, copy=False).tobytes()
     else:
         raw = bytes(data)
-    if isinstance(raw, bytes | bytearray):
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        return np.frombuffer(raw, np.uint8)
-    return raw
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return np.frombuffer(raw, np.uint8)
 
 
 def scan(data: Any, framing: str = "length", max_errors: int = 1000) -> ItchMessages:

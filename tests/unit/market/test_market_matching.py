@@ -278,3 +278,17 @@ def test_random_flow_conserves_quantity_and_stays_uncrossed(flow, stp):
         assert cum + leaves == qty
         live_leaves += leaves
     assert resting == live_leaves == sum(eng.order(o).leaves_qty for o in list(submitted) if eng.order(o))
+
+
+def test_reports_are_ordinary_frozen_exec_reports():
+    import dataclasses
+
+    from greekfire.market.matching import ExecReport
+
+    eng = MatchingEngine(taker_fee=0.5)
+    eng.submit(1, 1, S, 10, 100)
+    r = eng.submit(2, 2, B, 4, 100)[1]
+    same = ExecReport(ExecKind.TRADE, 2, 2, B, 100, 4, 0, 4, 1, "T", 2.0, "", 0)
+    assert type(r) is ExecReport and r == same and hash(r) == hash(same) and repr(r) == repr(same)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.qty = 5

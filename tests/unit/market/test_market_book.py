@@ -224,3 +224,40 @@ def test_bad_events_are_counted_on_the_metrics_registry():
     assert res.by_reason == {"unknown_order_id": 2}
     after = sample_value("greekfire_market_bad_book_events_total", {"reason": "unknown_order_id"})
     assert after == before + 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["limit", "limit", "market", "cancel", "replace"]), st.sampled_from([1, -1]),
+                          st.integers(1, 20), st.integers(95, 105), st.integers(0, 50)), max_size=100))
+def test_book_mirrors_the_matching_engine(flow):
+    """Engine reports turned into book events keep an L3 book equal to the engine: depth, queue places."""
+    from greekfire.market.matching import MatchingEngine, OrdType, Side
+
+    eng = MatchingEngine(stp="none")
+    book = OrderBook(max_orders=512, max_levels=64)
+    ids: list[int] = []
+    for i, (op, side, qty, px, pick) in enumerate(flow, start=1):
+        if op == "cancel" and ids:
+            reports = eng.cancel(ids[pick % len(ids)])
+        elif op == "replace" and ids:
+            reports = eng.replace(ids[pick % len(ids)], qty, px)
+        else:
+            reports = eng.submit(i, pick % 3, Side(side), qty, px,
+                                 OrdType.MARKET if op == "market" else OrdType.LIMIT)
+            ids.append(i)
+        for oid in dict.fromkeys(r.order_id for r in reports):
+            live, mine = eng.order(oid), book.order(oid)
+            if live is None and mine is not None:
+                assert book.delete(oid) == "ok"
+            elif live is not None and mine is None:
+                assert book.add(0, int(live.side), oid, live.price, live.leaves_qty) == "ok"
+            elif live is not None and mine is not None and (live.price, live.leaves_qty) != (mine["price"], mine["qty"]):
+                if live.price == mine["price"] and live.leaves_qty < mine["qty"] and eng.queue_ahead(oid) is not None:
+                    assert book.reduce(oid, mine["qty"] - live.leaves_qty) == "ok"
+                else:
+                    assert book.replace(oid, oid, live.price, live.leaves_qty) == "ok"
+        assert book.depth(0, 100) == eng.depth(100)
+        for oid in ids:
+            if eng.order(oid) is not None:
+                assert book.queue_position(oid)[1] == eng.queue_ahead(oid)
+    assert book.check(0) == []

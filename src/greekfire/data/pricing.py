@@ -201,6 +201,8 @@ def price_file(
 ) -> dict[str, Any]:
     """Price a CSV/Parquet file into another (formats by suffix); returns a summary mapping."""
     t0 = time.perf_counter()
+    if Path(output_path).suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise DataError("output", str(output_path), "must end in .csv or .parquet")
     frame = read_table(Path(input_path))
     if progress and len(frame) > CHUNK_ROWS:
         from rich.progress import Progress

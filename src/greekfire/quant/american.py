@@ -236,7 +236,8 @@ def bs2002_price(
     # early exercise of the (transformed) call is never optimal when its carry b >= its rate
     never = cb >= cr
     out = torch.where(never | ~live, euro, torch.maximum(amer, euro))
-    return out
+    # an approximation may dip below exercise value deep in the money; an American never does
+    return torch.maximum(out, torch.clamp(w * (S - K), min=0.0))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -115,11 +115,13 @@ def heston_calibrate(
     initial: tuple[float, float, float, float, float] = (0.04, 1.5, 0.04, 0.5, -0.5),
     weights: TensorLike | None = None,
     max_iter: int = 200,
+    nodes: int = 128,
 ) -> HestonParams:
     """Fit (v0, kappa, theta, sigma, rho) to option prices by weighted least squares (L-BFGS, autograd).
 
     Parameters are optimised through smooth maps onto their domains (softplus for the positive ones,
-    tanh for rho), so the optimiser never leaves the model's domain. Prices in currency per unit.
+    tanh for rho), so the optimiser never leaves the model's domain. Prices in currency per unit;
+    ``nodes`` quadrature points per price (128 suffices for chains of ordinary strikes and maturities).
     """
     p, w, S, K, T, r, q = as_tensors(price, right, spot, strike, ttm, rate, div_yield)
     wt = torch.ones_like(p) if weights is None else as_tensors(weights, p)[0]
@@ -141,7 +143,7 @@ def heston_calibrate(
 
     def loss_fn() -> torch.Tensor:
         opt.zero_grad()
-        model = heston_price(w, S, K, T, r, q, *unpack(raw))
+        model = heston_price(w, S, K, T, r, q, *unpack(raw), nodes=nodes)
         loss = (wt * (model - p) ** 2).mean()
         loss.backward()
         return loss
@@ -149,6 +151,6 @@ def heston_calibrate(
     opt.step(loss_fn)
     with torch.no_grad():
         v0_, ka_, th_, sg_, rh_ = (float(t) for t in unpack(raw))
-        model = heston_price(w, S, K, T, r, q, v0_, ka_, th_, sg_, rh_)
+        model = heston_price(w, S, K, T, r, q, v0_, ka_, th_, sg_, rh_, nodes=nodes)
         rmse = float(torch.sqrt(((model - p) ** 2).mean()))
     return HestonParams(v0_, ka_, th_, sg_, rh_, rmse)

@@ -232,7 +232,8 @@ def scan(data: Any, framing: str = "length", max_errors: int = 1000) -> ItchMess
             "framing='zero_prefix' (CLI: --framing zero_prefix)",
             position=0,
         )
-    cap = buf.shape[0] // 3 + 1
+    # only well-formed messages are stored and each takes >= 14 bytes (2 framing + the 12-byte minimum)
+    cap = buf.shape[0] // 14 + 1
     offs = np.empty(cap, np.int64)
     types = np.empty(cap, np.uint8)
     err_pos = np.empty(max_errors, np.int64)

@@ -153,6 +153,7 @@ class RiskSettings(Section):
     var_limit: float = Field(250_000.0, gt=0, description="1-day VaR limit, currency (positive loss)")
     var_confidence: float = Field(0.99, gt=0.5, lt=1)
     var_mc_paths: int = Field(2000, ge=100, le=1_000_000, description="Monte Carlo VaR paths (continuous check)")
+    var_refresh_s: float = Field(1.0, gt=0, description="exact parametric VaR at most this often; bounded between")
     max_orders_per_s: int = Field(5000, gt=0, description="order submits + amends per second, per strategy")
     margin_rate: float = Field(0.20, ge=0, le=1, description="short option margin as a fraction of underlying notional")
     stop_loss: float = Field(50_000.0, gt=0, description="loss on one position that closes it (currency)")

@@ -585,7 +585,7 @@ class TradingEngine:
         pf = self.portfolio
         moved = pf.revalue(self.clock_ns())
         if self._risk_dirty or (moved and pf.positions):
-            self.risk.refresh()
+            self.risk.refresh(self.clock_ns())
             self._risk_dirty = False
         if moved and self.bus.has_subscribers("portfolio"):
             self.bus.publish("portfolio", {"greeks": pf.totals, "cash": pf.cash})
@@ -599,7 +599,7 @@ class TradingEngine:
         for o in self.oms.open_orders():
             if o.tif == TimeInForce.GTD and o.expire_ns and now >= o.expire_ns and o.status != OrderStatus.PENDING_CANCEL:
                 self.cancel(o.client_id)
-        self.risk.refresh()
+        self.risk.refresh(now)
         if self._timers % max(1, int(round(1.0 / self.settings.trading.timer_interval_s))) == 0:
             self.risk.compute_mc_var()  # about once a second: a full revaluation, never per event
         for b in self.risk.continuous():

@@ -115,14 +115,14 @@ class _RateWindow:
 
 @dataclass
 class _VarState:
-    unds: list[str] = field(default_factory=list)
-    delta_cash: list[float] = field(default_factory=list)
-    gamma_cash: list[float] = field(default_factory=list)
-    spots: list[float] = field(default_factory=list)
-    vols: list[float] = field(default_factory=list)
-    var: float = 0.0
-    # per underlying: VaR of +1 / -1 delta cash and of +1 / -1 gamma cash (currency per unit)
+    exact: float = 0.0  # the last exact parametric VaR
+    exact_ns: int | None = None
+    at_exact: dict[str, tuple[float, float]] = field(default_factory=dict)  # und -> (delta cash, gamma cash)
+    var: float = 0.0  # the exact VaR, plus a bound for what changed since (between exact refreshes)
+    # per underlying: VaR of +1 / -1 delta cash and of +1 / -1 gamma cash (currency per unit), and the
+    # daily vol they were computed for (they depend on nothing else)
     unit: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    unit_vol: dict[str, float] = field(default_factory=dict)
     mc_var: float = 0.0
 
 
@@ -329,18 +329,17 @@ class RiskEngine:
         d_gq = d_gc * 100.0  # the pricing core's gamma cash is gamma x spot^2 (no /100)
         unit = vs.unit.get(und)
         if unit is None and self.var_available and spot:
-            self.refresh()  # an underlying first seen since the last refresh: price its unit VaRs once
+            self.refresh(now_ns)  # an underlying first seen since the last refresh: price its unit VaRs once
             unit = vs.unit.get(und)
         if unit is None:
             bound = vs.var if not spot else math.inf
         else:  # VaR(book + order) <= VaR(book) + VaR(order delta) + VaR(order gamma)
-            bound = vs.var + (unit[0] * d_dc if d_dc >= 0 else -unit[1] * d_dc) + (
-                unit[2] * d_gq if d_gq >= 0 else -unit[3] * d_gq
-            )
+            bound = vs.var + self._increment(unit, d_dc, d_gq)
         if self.var_available and bound > VAR_EXACT_ZONE * lim.var_limit:
             var_after = self._exact_var_after(und, d_dc, d_gq)
-            if var_after > lim.var_limit and var_after > vs.var:
-                return self._deny(Reason.VAR_LIMIT, f"VaR after {var_after:.2f} > {lim.var_limit}", var_before=vs.var, var_after=var_after, limit=lim.var_limit)
+            var_now = self._exact_var_after(und, 0.0, 0.0) if var_after > lim.var_limit else 0.0
+            if var_after > lim.var_limit and var_after > var_now:
+                return self._deny(Reason.VAR_LIMIT, f"VaR after {var_after:.2f} > {lim.var_limit}", var_before=var_now, var_after=var_after, limit=lim.var_limit)
         if vs.mc_var > lim.var_limit:
             return self._deny(Reason.VAR_LIMIT, f"Monte Carlo VaR {vs.mc_var:.2f} > {lim.var_limit}", mc_var=vs.mc_var, limit=lim.var_limit)
 
@@ -405,24 +404,49 @@ class RiskEngine:
             gc[i] += d_gc
         return self._param_var(dc, gc, sp, vo)
 
-    def refresh(self) -> float:
-        """Recompute parametric VaR, its per-underlying sensitivities and the margin in use; returns VaR."""
+    @staticmethod
+    def _increment(unit: tuple[float, float, float, float], d_dc: float, d_gq: float) -> float:
+        """Upper bound of the VaR added by a change of delta cash and gamma cash (currency)."""
+        return (unit[0] * d_dc if d_dc >= 0 else -unit[1] * d_dc) + (unit[2] * d_gq if d_gq >= 0 else -unit[3] * d_gq)
+
+    def refresh(self, now_ns: int | None = None) -> float:
+        """Bring VaR and the margin in use up to date; returns the VaR (currency).
+
+        The exact parametric VaR (a ``quant`` call) is recomputed when ``now_ns`` is None or at most every
+        ``var_refresh_s``; in between, the VaR is the last exact figure plus the bound of what the book's
+        delta and gamma cash did since, from the unit VaRs (no tensor call)."""
         unds, dc, gc, sp, vo = self._var_inputs()
         vs = self._var
-        vs.unds, vs.delta_cash, vs.gamma_cash, vs.spots, vs.vols = unds, dc, gc, sp, vo
-        vs.var = self._param_var(dc, gc, sp, vo)
-        # VaR of one unit of delta cash / gamma cash each way, per underlying, in one call: the model's
-        # P&L a*R + b*R^2 scales with (a, b), so VaR(k a, k b) = k VaR(a, b) for k > 0
-        vs.unit.clear()
         if unds and self.var_available:
-            n = len(unds)
-            per = self._param_var_each(
-                [1.0, -1.0, 0.0, 0.0] * n, [0.0, 0.0, 1.0, -1.0] * n,
-                [x for x in sp for _ in range(4)], [x for x in vo for _ in range(4)],
-            )
+            # unit VaRs depend only on the daily vol: recompute for new underlyings or changed vols
+            todo = [i for i, u in enumerate(unds) if vs.unit_vol.get(u) != vo[i]]
+            if todo:
+                per = self._param_var_each(
+                    [1.0, -1.0, 0.0, 0.0] * len(todo), [0.0, 0.0, 1.0, -1.0] * len(todo),
+                    [sp[i] for i in todo for _ in range(4)], [vo[i] for i in todo for _ in range(4)],
+                )
+                for k, i in enumerate(todo):
+                    vs.unit[unds[i]] = (per[4 * k], per[4 * k + 1], per[4 * k + 2], per[4 * k + 3])
+                    vs.unit_vol[unds[i]] = vo[i]
+        due = (
+            now_ns is None or vs.exact_ns is None
+            or now_ns - vs.exact_ns >= self.limits.var_refresh_s * 1e9
+            or any(u not in vs.at_exact for u in unds)
+        )
+        if due:
+            vs.exact = self._param_var(dc, gc, sp, vo)
+            vs.exact_ns = now_ns if now_ns is not None else (vs.exact_ns or 0)
+            vs.at_exact = {u: (dc[i], gc[i]) for i, u in enumerate(unds)}
+            vs.var = vs.exact
+            VAR_GAUGE.labels("parametric").set(vs.var)
+        else:
+            bound = vs.exact
             for i, u in enumerate(unds):
-                vs.unit[u] = tuple(per[4 * i : 4 * i + 4])  # type: ignore[assignment]
-        VAR_GAUGE.labels("parametric").set(vs.var)
+                unit = vs.unit.get(u)
+                if unit is not None:
+                    d0, g0 = vs.at_exact[u]
+                    bound += self._increment(unit, dc[i] - d0, gc[i] - g0)
+            vs.var = bound
         pf = self.portfolio
         margin = 0.0
         for iid, p in pf.positions.items():

@@ -757,6 +757,8 @@ class TradingEngine:
         for s in self.strategies:
             self._call(s, "on_stop")
         self.running = False
+        self.risk.refresh()  # exact figures for the final summary
+        self.risk.compute_mc_var()
         self.snapshot()
 
     def poll_once(self, now_ns: int | None = None) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 from greekfire.core.settings import Settings
 from greekfire.strategies.paper import run_paper
 
-DEMO_SECONDS = 10.0
+DEMO_SECONDS = 8.0
 
 
 def run_demo(settings: Settings) -> dict[str, Any]:

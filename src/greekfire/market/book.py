@@ -531,8 +531,10 @@ class OrderBooks:
         self.meta[M_LFREE] = n_lv
         self.meta[M_SHIFT] = hsize.bit_length() - 1  # log2 of the table size
         self.bstats = np.zeros((self.n_books, 4), np.int64)
-        for arr in (self.ords, self.lvls, self.keys, self.lids):
-            arr.fill(0)  # touch the pages now, not in the middle of the first batch
+        for arr in (self.ords, self.lvls):
+            arr.fill(0)  # touch the pool pages now, not in the middle of the first batch
+        #: external id of each book (e.g. the ITCH stock locate), set by whoever numbers the books
+        self.locates = np.arange(self.n_books, dtype=np.int64)
         self._one = make_events(1)
         self._one_status = np.zeros(1, np.int8)
 
@@ -689,6 +691,13 @@ class OrderBooks:
             out.append((int(self.ords[cur, O_ID]), int(self.ords[cur, O_QTY])))
             cur = int(self.ords[cur, O_NEXT])
         return out
+
+    def book_of(self, locate: int) -> int:
+        """Book index of an external id (see :attr:`locates`); DataError if no book has it."""
+        hit = np.flatnonzero(self.locates == locate)
+        if hit.size == 0:
+            raise DataError("locate", locate, "no book has this id")
+        return int(hit[0])
 
     @property
     def n_orders(self) -> int:

@@ -429,19 +429,22 @@ def book_events(msgs: ItchMessages) -> tuple[np.ndarray, np.ndarray]:
     return ev[:k], np.flatnonzero(is_book)
 
 
-def build_books(data: Any, framing: str = "length", max_orders: int | None = None, max_levels: int = 4096):
-    """Per-stock L3 books (book index = stock locate) from an ITCH buffer or file.
+def build_books(data: Any, framing: str = "length", max_orders: int | None = None, max_levels: int = 1024):
+    """Per-stock L3 books from an ITCH buffer or file: one book per stock locate that has order messages.
 
-    Returns (books, decoded messages, apply result). Bad book events (unknown order reference...) are
+    Returns (books, decoded messages, apply result). ``books.locates[i]`` is the stock locate of book
+    ``i`` (``books.book_of(locate)`` the reverse). Bad book events (unknown order reference...) are
     counted in the result with their message index in the stream.
     """
     from greekfire.market.book import OrderBooks, _count_events, summarize_status
 
     msgs = decode(data, framing, types="SR")  # the order messages go straight to events; keep the directory
     ev, idx = book_events(msgs)
-    n_books = int(ev["book"].max()) + 1 if ev.shape[0] else 1
+    # books are numbered densely: a corrupted locate must not allocate 65,536 books
+    locates, ev["book"] = np.unique(ev["book"], return_inverse=True)
     adds = int(np.count_nonzero((ev["kind"] == ADD) | (ev["kind"] == REPLACE)))
-    books = OrderBooks(n_books, max_orders or max(adds, 16), max_levels)
+    books = OrderBooks(max(len(locates), 1), max_orders or max(adds, 16), max_levels)
+    books.locates = locates.astype(np.int64)
     status = np.zeros(ev.shape[0], np.int8)
     books.apply_fast(ev, status)
     res = summarize_status(status)
@@ -466,7 +469,8 @@ def file_report(path: str | Path, framing: str = "length", levels: int = 3) -> d
         if st["messages"] == 0:
             continue
         bids, asks = books.depth(b, levels)
-        tops[names.get(b, f"locate {b}")] = {
+        loc = int(books.locates[b])
+        tops[names.get(loc, f"locate {loc}")] = {
             "messages": st["messages"], "traded_shares": st["traded_qty"],
             "bids": [(px / 1e4, q) for px, q in bids], "asks": [(px / 1e4, q) for px, q in asks],
         }

@@ -22,6 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import report  # noqa: E402
+from hdrh.histogram import HdrHistogram  # noqa: E402
 
 from greekfire.core.settings import env_get, load_settings  # noqa: E402
 from greekfire.strategies.market_maker import OptionsMarketMaker  # noqa: E402
@@ -114,10 +115,14 @@ def run(n: int = N_EVENTS, stream: tuple[list[Quote], Any, Any] | None = None) -
     # per batch, wall time and this thread's CPU time: where wall exceeds CPU by a lot, the OS took the
     # core away (the machine is shared), which is what latency tails on a loaded box are made of
     wall_ns, cpu_ns, preempted = time.perf_counter_ns, time.thread_time_ns, 0
+    raw_all, raw_first = eng._lat_all, eng._lat_first  # undrained samples (ns), read-only here
+    calm_all = HdrHistogram(100, 10_000_000_000, 3)
+    calm_first = HdrHistogram(100, 10_000_000_000, 3)
     cpu0 = cpu_ns()
     t0 = time.perf_counter()
     for i in range(0, len(body), BATCH):
         w, c = wall_ns(), cpu_ns()
+        na, nf = len(raw_all), len(raw_first)
         eng.process(body[i : i + BATCH])
         for v in venues:
             acks = v.poll(0)
@@ -125,6 +130,11 @@ def run(n: int = N_EVENTS, stream: tuple[list[Quote], Any, Any] | None = None) -
                 eng.process(acks)
         if (wall_ns() - w) - (cpu_ns() - c) > 1_000_000:
             preempted += 1
+        else:  # the samples of batches that kept the core: our path without the machine's other tenants
+            for x in raw_all[na:]:
+                calm_all.record_value(max(100, x))
+            for x in raw_first[nf:]:
+                calm_first.record_value(max(100, x))
     elapsed = time.perf_counter() - t0
     cpu_s = (cpu_ns() - cpu0) / 1e9
     gc.enable()
@@ -141,6 +151,8 @@ def run(n: int = N_EVENTS, stream: tuple[list[Quote], Any, Any] | None = None) -
         "p99_us": lat.get_value_at_percentile(99) / 1000.0,
         "p999_us": lat.get_value_at_percentile(99.9) / 1000.0,
         "first": eng.latency_us(first_only=True),
+        "calm": {q: calm_all.get_value_at_percentile(p) / 1000.0 for q, p in (("p50", 50), ("p99", 99), ("p99.9", 99.9))},
+        "calm_first": {q: calm_first.get_value_at_percentile(p) / 1000.0 for q, p in (("p50", 50), ("p99", 99), ("p99.9", 99.9))},
         "denials": dict(eng.risk.denials),
         "reprices": mm.reprices,
         "errors": dict(eng.bus.errors),
@@ -198,6 +210,12 @@ def main() -> int:
          "unit": "us", "ratio": r["first"]["p99"] / 50.0},
         {"benchmark": "first order of an event p99.9", "ours": r["first"]["p99.9"], "peer": "goal (p99)",
          "peer_value": 50.0, "unit": "us", "ratio": r["first"]["p99.9"] / 50.0},
+        *(
+            {"benchmark": f"{label} {q}, batches that kept the core", "ours": r[key][q], "peer": "goal",
+             "peer_value": 50.0, "unit": "us", "ratio": r[key][q] / 50.0}
+            for label, key in (("internal latency", "calm"), ("first order of an event", "calm_first"))
+            for q in ("p50", "p99", "p99.9")
+        ),
     ]
     notes = [
         f"{r['market_events']:,} market events in {r['seconds']:.2f} s, {r['orders_out']:,} orders/amends out, "

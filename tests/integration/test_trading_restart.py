@@ -62,6 +62,9 @@ def crash_and_restart(url: str) -> None:
     second = build(restore=True)
     second.start()
     run_for(second, clock, 1000)
+    # the restarted market maker took over its restored quotes: never two working orders on one side
+    per_side = Counter((o.instrument_id, o.side) for o in second.oms.open_orders(strategy_id="market_maker"))
+    assert per_side and max(per_side.values()) == 1
     second.kill("end of test")  # cancel everything and stop quoting, then let in-flight reports arrive
     run_for(second, clock, 50)
     second.stop()

@@ -73,6 +73,13 @@ class OptionsMarketMaker(Strategy):
                 eng.portfolio.set_vol(inst.instrument_id, self.vol)
             else:
                 self._underlying_ids[inst.instrument_id] = inst.underlying
+        # after a restart: take over our restored working quotes (one per side), cancel any extra
+        for order in eng.oms.open_orders(strategy_id=self.name):
+            mine = self.quotes.setdefault(order.instrument_id, {})
+            if order.side not in mine:
+                mine[order.side] = order.client_id
+            else:
+                eng.cancel(order.client_id)
         for und in self._chain:
             if und in eng.portfolio.spots:
                 self._reprice(und, eng.portfolio.spots[und])

@@ -697,6 +697,7 @@ class TradingEngine:
             prefix = f"{self.engine_id}."
             # orders we lost (sent after the last snapshot): adopt them from the venue's view
             adopted = 0
+            recovered: list[str] = []
             known = self.oms.orders
             by_cid: dict[str, list[VenueEvent]] = {}
             for f in fills:
@@ -715,6 +716,7 @@ class TradingEngine:
                 self.oms.add(lost)
                 self.oms.transition(lost, OrderStatus.SUBMITTED, now, "recovered")
                 self.oms.transition(lost, OrderStatus.ACCEPTED, now, "recovered")
+                recovered.append(cid)
                 adopted += 1
             # the venue's terms win: an amend acknowledged there after our last snapshot changed qty/price
             for cid, st in open_states.items():
@@ -741,6 +743,11 @@ class TradingEngine:
                 o = self.oms.get(cid)
                 if o is not None and o.is_open:
                     self.oms.transition(o, OrderStatus.CANCELED, now, "reconcile_not_at_venue")
+            # a recovered order that is still working belongs to no strategy we know: take it off the book
+            for cid in recovered:
+                o = self.oms.get(cid)
+                if o is not None and o.is_open and o.can(OrderStatus.PENDING_CANCEL):
+                    self.cancel(cid)
             out[name] = {"missing_fills": len(res["missing_fills"]), "closed": len(res["closed"]), "adopted": adopted,
                          "qty_mismatch": len(res["qty_mismatch"])}
         self.end_batch()

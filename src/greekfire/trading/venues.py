@@ -253,7 +253,12 @@ class SimulatedVenue(Venue):
                 self._reports(iid, reports, now_ns, self._pending_md)
 
     def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:
-        states = []
+        # a new order still on the wire has been sent and will be worked: report it as live (cum 0), so
+        # reconciliation does not close an order that is about to rest or fill
+        states = [
+            VenueOrderState(args[0], "", args[1], args[2], args[3], args[4] or 0.0, 0, True)
+            for _, _, op, args in self._inbound if op == "submit"
+        ]
         for cid, oid in self._oid_of.items():
             iid = self._inst_of[oid]
             rep = self.books[iid].order(oid)

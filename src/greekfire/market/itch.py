@@ -218,13 +218,14 @@ def to_bytes(data: bytes | bytearray | memoryview | np.ndarray | str | Path) -> 
     return np.frombuffer(raw, np.uint8)
 
 
-def scan(data: Any, framing: str = "length", max_errors: int = 1000) -> ItchMessages:
-    """Frame a buffer into messages without decoding the fields (fast path)."""
+def scan(data: Any, framing: str = "length", max_errors: int = 1000, sniff: bool = True) -> ItchMessages:
+    """Frame a buffer into messages without decoding the fields (fast path). ``sniff=False`` skips the
+    check for zero-prefixed framing at offset 0 (for pieces of a live stream)."""
     if framing not in FRAMINGS:
         raise DataError("framing", framing, f"one of {', '.join(FRAMINGS)}")
     buf = to_bytes(data)
     mode = FRAMINGS[framing]
-    if mode == FRAMING_LENGTH and buf.shape[0] >= 3 and buf[0] == 0 and buf[1] == 0 and _SIZE_BY_BYTE[buf[2]]:
+    if sniff and mode == FRAMING_LENGTH and buf.shape[0] >= 3 and buf[0] == 0 and buf[1] == 0 and _SIZE_BY_BYTE[buf[2]]:
         raise DataError(
             "framing", "length",
             f"the stream starts with two zero bytes and then the message type {chr(buf[2])!r}: this is the "
@@ -479,3 +480,91 @@ def file_report(path: str | Path, framing: str = "length", levels: int = 3) -> d
             "book_events": res.applied, "bad_book_events": res.bad, "bad_by_reason": res.by_reason,
             "first_bad_book_events": res.first_bad, "live_orders": books.n_orders, "stocks": tops,
             "seconds": round(seconds, 3)}
+
+
+class StreamBooks:
+    """Books kept current from a live, length-framed ITCH byte stream fed in arbitrary pieces (packet
+    payloads, socket reads): complete messages are applied at once, a partial one waits for the rest.
+
+    ``books`` has one book per stock locate below ``n_locates`` (book index = locate). Counters:
+    ``messages``, ``bad_events`` (by reason in ``bad_by_reason``), ``input_errors`` (bad framing,
+    unknown types, with the stream byte offsets in ``first_input_errors``).
+
+    Example::
+
+        sb = StreamBooks(n_locates=16)
+        rx = MoldReceiver()
+        for pkt in packets:
+            rx.feed(pkt)
+            sb.feed(rx.drain())
+        sb.books.best_bid(1)
+    """
+
+    def __init__(self, n_locates: int = 8192, max_orders: int = 1 << 20, max_levels: int = 256) -> None:
+        from greekfire.market.book import OrderBooks
+
+        self.books = OrderBooks(n_locates, max_orders, max_levels)
+        self._carry = b""
+        self._offset = 0  # stream offset of the first byte of _carry
+        self.messages = 0
+        self.bad_events = 0
+        self.bad_by_reason: dict[str, int] = {}
+        self.input_errors = 0
+        self.first_input_errors: list[tuple[int, str]] = []
+
+    def feed(self, data: bytes) -> int:
+        """Apply every complete message in ``data`` (plus what was left over); returns messages applied."""
+        buf = self._carry + bytes(data)
+        arr = np.frombuffer(buf, np.uint8)
+        pos, applied = 0, 0
+        self._carry = b""
+        while pos < len(buf):
+            msgs = scan(arr[pos:], sniff=False)
+            applied += self._apply(msgs)
+            stop = None
+            for p, why in msgs.errors:
+                if why in ("truncated_message", "zero_length"):
+                    stop = (p, why)  # the scan ends there
+                else:
+                    self._note_error(self._offset + pos + p, why)
+            self.input_errors += max(0, msgs.n_errors - len(msgs.errors))
+            if stop is None:
+                pos = len(buf)
+            elif stop[1] == "truncated_message":  # the rest of it comes with the next piece
+                self._carry = buf[pos + stop[0] :]
+                pos = len(buf)
+            else:  # a zero length can never complete: report it and resynchronise past its two bytes
+                self._note_error(self._offset + pos + stop[0], "zero_length")
+                pos += stop[0] + 2
+        self._offset += len(buf) - len(self._carry)
+        return applied
+
+    def _apply(self, msgs: ItchMessages) -> int:
+        from greekfire.market.book import summarize_status
+
+        if not len(msgs):
+            return 0
+        ev, _ = book_events(msgs)
+        ok = ev["book"] < self.books.n_books
+        if not ok.all():
+            self.bad_by_reason["locate_out_of_range"] = self.bad_by_reason.get("locate_out_of_range", 0) + int((~ok).sum())
+            self.bad_events += int((~ok).sum())
+            ev = ev[ok]
+        status = np.zeros(ev.shape[0], np.int8)
+        self.books.apply_fast(ev, status)
+        res = summarize_status(status)
+        self.bad_events += res.bad
+        for k, v in res.by_reason.items():
+            self.bad_by_reason[k] = self.bad_by_reason.get(k, 0) + v
+        self.messages += len(msgs)
+        return len(msgs)
+
+    def _note_error(self, pos: int, why: str) -> None:
+        self.input_errors += 1
+        if len(self.first_input_errors) < 100:
+            self.first_input_errors.append((pos, why))
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete message waiting for the next piece."""
+        return len(self._carry)

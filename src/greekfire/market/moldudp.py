@@ -95,6 +95,7 @@ class MoldReceiver:
     messages: int = 0
     ended: bool = False
     _chunks: list[bytes] = field(default_factory=list)
+    _drained: int = 0
 
     def feed(self, pkt: bytes) -> int:
         """Take one packet; returns the number of new in-order messages it delivered."""
@@ -146,6 +147,12 @@ class MoldReceiver:
     def stream(self) -> bytes:
         """Everything delivered so far as one length-framed ITCH stream."""
         return b"".join(self._chunks)
+
+    def drain(self) -> bytes:
+        """What was delivered since the last drain (length-framed), for incremental consumers."""
+        out = b"".join(self._chunks[self._drained :])
+        self._drained = len(self._chunks)
+        return out
 
     def missing(self) -> int:
         """Messages lost in gaps."""

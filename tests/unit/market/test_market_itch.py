@@ -183,3 +183,26 @@ def test_corrupted_streams_never_crash():
             assert len(msgs) <= cut.size // 14 + 1
             _, _, res = itch.build_books(cut, framing)
             assert res.applied >= 0
+
+
+def test_stream_books_from_packets_match_the_file_books():
+    stream = synth.synthetic_stream(20_000, n_stocks=3, seed=13)
+    packets = moldudp.packetize(stream, session="LIVE", max_payload=600)
+    live = itch.StreamBooks(n_locates=8, max_orders=1 << 15, max_levels=256)
+    rx = moldudp.MoldReceiver()
+    for pkt in packets:
+        rx.feed(pkt)
+        live.feed(rx.drain())
+    assert live.messages == 20_000 + 5 and live.bad_events == 0 and live.pending_bytes == 0
+    books, _, _ = itch.build_books(stream)
+    for locate in (1, 2, 3):
+        assert live.books.depth(locate, 10) == books.depth(books.book_of(locate), 10)
+    # pieces cut anywhere: a partial message waits; a zero length is reported with its offset and skipped
+    pieces = itch.StreamBooks(n_locates=8, max_orders=1 << 15)
+    for i in range(0, len(stream), 777):
+        pieces.feed(stream[i : i + 777])
+    assert pieces.messages == 20_005 and pieces.books.depth(2, 5) == live.books.depth(2, 5)
+    bad = itch.StreamBooks(n_locates=8, max_orders=64)
+    bad.feed(itch.frame([itch.encode_message("D", order_ref=1)]) + b"\x00\x00" + itch.frame([b"Z" * 5]))
+    assert bad.first_input_errors == [(21, "zero_length"), (23, "unknown_message_type")]
+    assert bad.bad_by_reason == {"unknown_order_id": 1}

@@ -36,6 +36,10 @@ class DataConfig(_Strict):
     heston_days: int = Field(250, ge=40, description="trading days of the synthetic Heston market")
     spx_path: str | None = Field(None, description="SPXW quotes CSV (spx); default: the shared data folder")
     price_floor: float = Field(0.0, ge=0, description="MAPE only over prices / strike above this")
+    baseline_feature: bool = Field(
+        False, description="heston/spx: add the Black-Scholes price / strike at historical vol as a contract "
+        "feature (bs_price_k), so the network learns the correction to it"
+    )
     batch_size: int = Field(256, ge=1)
     eval_batch_size: int = Field(4096, ge=1)
     num_workers: int = Field(0, ge=0, le=64)
@@ -56,6 +60,8 @@ class ModelConfig(_Strict):
     lstm_layers: int = Field(2, ge=1, le=16)
     attn_heads: int = Field(4, ge=1)
     head_hidden: list[int] = Field(default_factory=lambda: [64, 64])
+    residual_on: str | None = Field(None, description="lstm: add this raw contract feature to the output "
+                                    "(e.g. bs_price_k: learn the correction to Black-Scholes)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:

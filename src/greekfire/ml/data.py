@@ -145,6 +145,12 @@ def _from_samples(cfg: DataConfig, samples: Any, source: str) -> PricingData:
         return b
 
     train, val, test = to_batch(train_s), to_batch(val_s), to_batch(test_s)
+    contract_names = list(samples.contract_names)
+    if cfg.baseline_feature:
+        # the baseline is known when pricing (historical vol only), so it is a fair input
+        for b in (train, val, test):
+            b["contract"] = torch.cat([b["contract"], torch.nan_to_num(b["baseline"]).unsqueeze(1)], dim=1)
+        contract_names.append("bs_price_k")
     if len(train["target"]) == 0 or len(val["target"]) == 0:
         raise DataError("data.val_frac", cfg.val_frac, f"{source}: the time split left an empty train or val set")
     dates = {
@@ -155,7 +161,7 @@ def _from_samples(cfg: DataConfig, samples: Any, source: str) -> PricingData:
         train,
         val,
         test,
-        contract_names=list(samples.contract_names),
+        contract_names=contract_names,
         seq_names=list(samples.seq_names),
         fingerprint=_fingerprint(samples.seq, samples.contract, samples.target),
         info={"source": source, "dates": dates, "dropped": getattr(samples, "dropped", None)},

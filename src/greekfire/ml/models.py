@@ -92,7 +92,8 @@ class OptionsPricingLSTM(nn.Module):
     """Input projection -> multi-layer LSTM -> multi-head attention over time steps -> head with contract features.
 
     ``seq`` is [N, window, n_seq] (market history, oldest first), ``contract`` is [N, n_contract]
-    (moneyness, ttm, rate, right, ...). The attention query is the last hidden state, so the model can
+    (moneyness, ttm, rate, right, ...). With ``baseline_index`` the output is that raw contract column plus
+    the network's correction. The attention query is the last hidden state, so the model can
     weigh any day of the window against today; the head sees the attended summary, the last state and
     the contract features.
     """
@@ -111,6 +112,7 @@ class OptionsPricingLSTM(nn.Module):
         activation: str = "silu",
         dropout: float = 0.0,
         positive_output: bool = False,
+        baseline_index: int | None = None,
     ) -> None:
         super().__init__()
         if lstm_hidden % attn_heads:
@@ -138,6 +140,7 @@ class OptionsPricingLSTM(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.head = nn.Sequential(*layers)
         self.positive_output = positive_output
+        self.baseline_index = baseline_index
 
     def forward(self, contract: Tensor, seq: Tensor | None = None) -> Tensor:
         """Price / strike [N] from ``contract`` [N, n_contract] and ``seq`` [N, window, n_seq]."""
@@ -149,4 +152,8 @@ class OptionsPricingLSTM(nn.Module):
         summary = self.attn_norm(attended.squeeze(1) + last.squeeze(1))
         features = torch.cat([summary, hidden[:, -1, :], self.contract_scaler(contract)], dim=-1)
         out = self.head(features).squeeze(-1)
+        if self.baseline_index is not None:
+            # residual form: the network learns the correction to a known price (e.g. Black-Scholes at
+            # historical vol), so it starts from that baseline rather than from zero
+            out = out + contract[:, self.baseline_index].to(out.dtype)
         return nn.functional.softplus(out) if self.positive_output else out

@@ -18,15 +18,22 @@ from greekfire.ml.data import Batch, PricingData, make_loader
 from greekfire.ml.models import MLPPricer, OptionsPricingLSTM
 
 
-def build_model(cfg: ModelConfig, n_contract: int, n_seq: int = 0) -> nn.Module:
+def build_model(cfg: ModelConfig, n_contract: int, n_seq: int = 0,
+                contract_names: list[str] | None = None) -> nn.Module:
     """The network ``cfg.kind`` sized for ``n_contract`` contract and ``n_seq`` per-step features."""
+    baseline_index = None
+    if cfg.residual_on is not None:
+        names = contract_names or []
+        if cfg.residual_on not in names:
+            raise ValueError(f"model.residual_on={cfg.residual_on!r} is not a contract feature {names}")
+        baseline_index = names.index(cfg.residual_on)
     if cfg.kind == "mlp":
         return MLPPricer(n_contract, cfg.hidden, cfg.layers, cfg.activation, cfg.dropout, cfg.positive_output)
     if n_seq <= 0:
         raise ValueError("model.kind='lstm' needs sequence features (data.source heston, spx or random)")
     return OptionsPricingLSTM(
         n_seq, n_contract, cfg.proj_dim, cfg.lstm_hidden, cfg.lstm_layers, cfg.attn_heads,
-        tuple(cfg.head_hidden), cfg.activation, cfg.dropout, cfg.positive_output,
+        tuple(cfg.head_hidden), cfg.activation, cfg.dropout, cfg.positive_output, baseline_index,
     )
 
 
@@ -41,7 +48,7 @@ class PricingModule(L.LightningModule):
         self.save_hyperparameters()
         self.model_cfg = ModelConfig.model_validate(model_cfg)
         self.optim_cfg = OptimConfig.model_validate(optim_cfg)
-        self.net = build_model(self.model_cfg, n_contract, n_seq)
+        self.net = build_model(self.model_cfg, n_contract, n_seq, contract_names)
         self.time_budget_s: float | None = None  # set by the driver from trainer.max_time_s
 
     @property

@@ -133,3 +133,14 @@ def test_random_source_splits_without_overlap() -> None:
     n = {k: len(getattr(data, k)["target"]) for k in ("train", "val", "test")}
     assert sum(n.values()) == 500 and min(n.values()) > 0
     assert data.window == 8 and data.train["seq"].shape[2] == 3
+
+
+def test_lstm_residual_form_starts_from_the_baseline_feature() -> None:
+    torch.manual_seed(2)
+    net = OptionsPricingLSTM(n_seq=2, n_contract=3, proj_dim=4, lstm_hidden=8, lstm_layers=1, attn_heads=2,
+                             head_hidden=(8,), baseline_index=2).eval()
+    last = net.head[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    contract, seq = torch.rand(5, 3), torch.randn(5, 4, 2)
+    torch.testing.assert_close(net(contract, seq), contract[:, 2])

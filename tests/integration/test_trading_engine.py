@@ -68,6 +68,8 @@ def test_scripted_two_venue_scenario_from_quote_to_fill_to_pnl() -> None:
     b = SimulatedVenue("B", insts, fair.get, latency_us=300, jitter_us=0, taker_fee=0.30, maker_fee=-0.1, flow_rate_hz=0)
     strat = BuyThenSell()
     eng = build_engine(settings(), instruments=insts, venues=[a, b], strategies=[strat], store=False, clock_ns=clock.now_ns)
+    updates: list[dict] = []
+    eng.bus.subscribe("portfolio", updates.append)
     eng.start()
     a.add_liquidity(1, Side.SELL, 100, 100.02, T0)
     a.add_liquidity(1, Side.BUY, 100, 99.98, T0)
@@ -81,6 +83,8 @@ def test_scripted_two_venue_scenario_from_quote_to_fill_to_pnl() -> None:
     assert all(o.status == OrderStatus.FILLED for o in kids)
     pos = eng.portfolio.positions[2]
     assert pos.qty == 15 and pos.avg_cost == pytest.approx(2.50)
+    # the portfolio (positions, Greeks from quant) was published on the bus after the fills
+    assert updates[-1]["positions"] == {2: 15} and updates[-1]["greeks"]["GFX"][0] > 0
     assert eng.portfolio.cash == pytest.approx(1_000_000 - 15 * 250.0 - 10 * 0.30 - 5 * 0.50)
     # the market moves up: a bid at 2.80 appears on B, we sell into it
     b.add_liquidity(2, Side.SELL, 20, 2.90, clock.now_ns())

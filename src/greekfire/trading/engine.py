@@ -584,11 +584,16 @@ class TradingEngine:
                     log.exception("after-batch callback failed")
         pf = self.portfolio
         moved = pf.revalue(self.clock_ns())
-        if self._risk_dirty or (moved and pf.positions):
+        filled = self._risk_dirty  # set by fills in this batch
+        if filled or (moved and pf.positions):
             self.risk.refresh(self.clock_ns())
             self._risk_dirty = False
-        if moved and self.bus.has_subscribers("portfolio"):
-            self.bus.publish("portfolio", {"greeks": pf.totals, "cash": pf.cash})
+        if (moved or filled) and self.bus.has_subscribers("portfolio"):
+            # a copy: subscribers must not see (or change) the live totals
+            self.bus.publish("portfolio", {
+                "greeks": {u: list(t) for u, t in pf.totals.items()}, "cash": pf.cash, "var": self.risk.var,
+                "positions": {i: p.qty for i, p in pf.positions.items() if p.qty},
+            })
 
     # ---------------------------------------------------------------- timers, persistence
     def on_timer(self, now_ns: int | None = None) -> None:

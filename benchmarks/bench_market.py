@@ -319,16 +319,18 @@ def bench_matching(rows_out: list, notes: list) -> None:
 def bench_quotes_and_micro(rows_out: list, notes: list) -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     n_series, n_venues, batch = 500_000, 16, 1_000_000
-    for dev in devices:
-        qb = QuoteBook(n_series, n_venues, device=dev)
-        ups = random_updates(batch, n_series, n_venues, seed=1, device=dev)
+    # cpu (numba loop, the CPU default), cpu-torch (the scatter that CUDA runs, here on the CPU), cuda
+    for dev in devices[:1] + ["cpu-torch"] + devices[1:]:
+        backend = "torch" if dev != "cpu" else "auto"
+        qb = QuoteBook(n_series, n_venues, device=dev.removesuffix("-torch"), backend=backend)
+        ups = random_updates(batch, n_series, n_venues, seed=1, device=dev.removesuffix("-torch"))
 
         def ours(qb: QuoteBook = qb, ups: dict = ups, dev: str = dev) -> None:
             qb.update(**ups)
             if dev == "cuda":
                 torch.cuda.synchronize()
 
-        timer = cpu_best_of if dev == "cpu" else best_of
+        timer = cpu_best_of if dev.startswith("cpu") else best_of
         t = timer(ours, repeat=3)
         t_nbbo = timer(lambda qb=qb: qb.summary(), repeat=2)
         if dev == "cpu":

@@ -495,7 +495,8 @@ class OrderBooks:
     """``n_books`` L3 books sharing preallocated pools.
 
     ``max_orders``: live orders across all books; ``max_levels``: price levels per book side (per book);
-    level pool = ``n_books * 2 * max_levels`` capped by ``level_pool``. Prices in ticks, quantities in
+    the shared level pool holds ``min(n_books * 2 * max_levels, max_orders + n_books * 64 + 1024)`` levels
+    unless ``level_pool`` says otherwise (pass it for L2-only books with a small ``max_orders``). Prices in ticks, quantities in
     units, sides +1 (bid) / -1 (ask).
 
     Example::

@@ -457,6 +457,40 @@ def _depth_all(lvls, keys, lids, nlev, n, out):
                     out[b, s, i, 1] = 0
 
 
+# L2 snapshot rows in LOBSTER's layout (per level: ask price, ask size, bid price, bid size). They live
+# here, not in lobster.py, because numba's on-disk cache of a kernel does not notice changes to helpers
+# compiled into it from another module.
+@nb.njit(cache=True)
+def _set_from_row(row, n_levels, lvls, keys, lids, nlev, l_free, meta):
+    for i in range(n_levels):
+        asz = row[4 * i + 1]
+        bsz = row[4 * i + 3]
+        if asz > 0:
+            _level_delta(lvls, keys, lids, nlev, l_free, meta, 0, -1, row[4 * i], asz)
+        if bsz > 0:
+            _level_delta(lvls, keys, lids, nlev, l_free, meta, 0, 1, row[4 * i + 2], bsz)
+
+
+@nb.njit(cache=True)
+def _check_kernel(ev, rows, n_levels, reset, status, snap, ords, lvls, keys, lids, nlev, htab, o_free, l_free,
+                  meta, bstats):
+    """For k >= 1: (if reset) book := row k-1; apply message k; snap[k] = our top levels."""
+    out = np.zeros((1, 2, n_levels, 2), np.int64)
+    _set_from_row(rows[0], n_levels, lvls, keys, lids, nlev, l_free, meta)
+    for k in range(1, ev.shape[0]):
+        if reset:
+            _clear_book(ords, lvls, keys, lids, nlev, htab, o_free, l_free, meta, 0)
+            _set_from_row(rows[k - 1], n_levels, lvls, keys, lids, nlev, l_free, meta)
+        if ev[k].kind != 0:
+            apply_events(ev[k : k + 1], status[k : k + 1], ords, lvls, keys, lids, nlev, htab, o_free, l_free, meta,
+                         bstats)
+        _depth_all(lvls, keys, lids, nlev, n_levels, out)
+        for s in range(2):
+            for i in range(n_levels):
+                snap[k, s, i, 0] = out[0, s, i, 0]
+                snap[k, s, i, 1] = out[0, s, i, 1]
+
+
 # ----------------------------------------------------------------------------------------------- Python API
 @dataclass
 class ApplyResult:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numba as nb
 import numpy as np
 import pandas as pd
 
@@ -33,10 +32,8 @@ from greekfire.market.book import (
     FLAG_PRICE_FALLBACK,
     REDUCE,
     OrderBooks,
-    _clear_book,
-    _depth_all,
-    _level_delta,
-    apply_events,
+    _check_kernel,
+    _set_from_row,
     summarize_status,
 )
 
@@ -132,37 +129,6 @@ def to_events(msgs: np.ndarray, book: int = 0) -> np.ndarray:
     ev["price"] = msgs["price"]
     ev["qty"] = msgs["size"]
     return ev
-
-
-@nb.njit(cache=True)
-def _set_from_row(row, n_levels, lvls, keys, lids, nlev, l_free, meta):
-    for i in range(n_levels):
-        asz = row[4 * i + 1]
-        bsz = row[4 * i + 3]
-        if asz > 0:
-            _level_delta(lvls, keys, lids, nlev, l_free, meta, 0, -1, row[4 * i], asz)
-        if bsz > 0:
-            _level_delta(lvls, keys, lids, nlev, l_free, meta, 0, 1, row[4 * i + 2], bsz)
-
-
-@nb.njit(cache=True)
-def _check_kernel(ev, rows, n_levels, reset, status, snap, ords, lvls, keys, lids, nlev, htab, o_free, l_free,
-                  meta, bstats):
-    """For k >= 1: (if reset) book := row k-1; apply message k; snap[k] = our top levels."""
-    out = np.zeros((1, 2, n_levels, 2), np.int64)
-    _set_from_row(rows[0], n_levels, lvls, keys, lids, nlev, l_free, meta)
-    for k in range(1, ev.shape[0]):
-        if reset:
-            _clear_book(ords, lvls, keys, lids, nlev, htab, o_free, l_free, meta, 0)
-            _set_from_row(rows[k - 1], n_levels, lvls, keys, lids, nlev, l_free, meta)
-        if ev[k].kind != 0:
-            apply_events(ev[k : k + 1], status[k : k + 1], ords, lvls, keys, lids, nlev, htab, o_free, l_free, meta,
-                         bstats)
-        _depth_all(lvls, keys, lids, nlev, n_levels, out)
-        for s in range(2):
-            for i in range(n_levels):
-                snap[k, s, i, 0] = out[0, s, i, 0]
-                snap[k, s, i, 1] = out[0, s, i, 1]
 
 
 @dataclass

@@ -112,12 +112,11 @@ def trade_sign(trade_px: torch.Tensor, mid_px: torch.Tensor) -> torch.Tensor:
     s = torch.nan_to_num(s, nan=0.0)
     tick = torch.zeros_like(tp)
     tick[1:] = torch.nan_to_num(torch.sign(tp[1:] - tp[:-1]), nan=0.0)
-    # carry the last non-zero tick forward (time axis 0)
-    last = torch.zeros_like(tp[0])
-    for t in range(tp.shape[0]):
-        last = torch.where(tick[t] != 0, tick[t], last)
-        s[t] = torch.where(s[t] == 0, last * (~torch.isnan(tp[t])), s[t])
-    return s
+    # carry the last non-zero tick forward along time: index of the latest non-zero tick by a running max
+    steps = torch.arange(tp.shape[0], device=tp.device).view(-1, *([1] * (tp.dim() - 1))).expand_as(tp)
+    latest = torch.where(tick != 0, steps, torch.zeros_like(steps)).cummax(0).values
+    last = tick.gather(0, latest)  # tick[0] is 0, so "no tick yet" reads 0
+    return torch.where(s == 0, last * (~torch.isnan(tp)), s)
 
 
 def signed_volume(sign: torch.Tensor, size: torch.Tensor) -> torch.Tensor:

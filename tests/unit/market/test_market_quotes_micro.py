@@ -160,3 +160,21 @@ def test_features_from_many_books():
     f = micro.features(d, levels=3)
     assert f["spread"][0] == 2 and math.isnan(f["spread"][1].item()) and f["imbalance_l1"][2] == 1.0
     assert f["microprice"][0].item() == pytest.approx((100 * 30 + 102 * 10) / 40)
+
+
+def test_trade_sign_many_instruments_matches_a_loop():
+    g = torch.Generator().manual_seed(2)
+    tp = 100 + torch.randint(-3, 4, (200, 7), generator=g).to(torch.float64)
+    m = 100 + torch.randint(-1, 2, (200, 7), generator=g).to(torch.float64)
+    tp[5, 2] = float("nan")
+    s = micro.trade_sign(tp, m)
+    for b in range(7):
+        last = 0.0
+        prev = None
+        for t in range(200):
+            p = tp[t, b].item()
+            if prev is not None and not math.isnan(p) and not math.isnan(prev) and p != prev:
+                last = 1.0 if p > prev else -1.0
+            want = 0.0 if math.isnan(p) else (1.0 if p > m[t, b] else -1.0 if p < m[t, b] else last)
+            assert s[t, b].item() == want, (t, b)
+            prev = p

@@ -6,8 +6,9 @@ self-trade prevention; maker/taker fees per unit of quantity; execution reports 
 
 Report conventions (what a venue adapter can rely on):
 
-* A bad request (missing price, quantity <= 0, duplicate live id, post-only that would cross, FOK that
-  cannot fill completely) gets one ``REJECTED`` report and never touches the book.
+* A bad request (unknown side / time in force / order type, missing price, quantity <= 0, duplicate live
+  id, post-only that would cross, FOK that cannot fill completely) gets one ``REJECTED`` report and never
+  touches the book.
 * An accepted order gets ``ACCEPTED`` first, then, for each fill, one ``TRADE`` for the aggressor
   (liquidity ``"T"``) followed by one for the resting order (``"M"``), both with the same ``trade_id``.
 * What an IOC or market order could not fill is ``CANCELED`` (reason ``"ioc_remainder"`` /
@@ -289,15 +290,28 @@ class MatchingEngine:
     ) -> list[ExecReport]:
         """Enter an order (price in ticks, qty in units); returns reports for it and every order it hit."""
         # enum conversion only when handed plain ints (it is a measurable part of the per-order cost)
+        reason = ""
         if type(side) is not Side:
-            side = Side(side)
+            try:
+                side = Side(side)
+            except ValueError:
+                reason, side = "bad_side", _BUY
         if type(tif) is not TimeInForce:
-            tif = TimeInForce(tif)
+            try:
+                tif = TimeInForce(tif)
+            except ValueError:
+                reason, tif = reason or "bad_tif", _GTC
+        if type(ord_type) is not OrdType:
+            try:
+                ord_type = OrdType(ord_type)
+            except ValueError:
+                reason, ord_type = reason or "bad_ord_type", OrdType.LIMIT
         is_market = ord_type == _MARKET
         limit = 0 if is_market or price is None else int(price)
         qty = int(qty)
-        reason = ""
-        if qty <= 0:
+        if reason:
+            pass  # a malformed request: rejected below without touching the book
+        elif qty <= 0:
             reason = "bad_qty"
         elif not is_market and price is None:
             reason = "missing_price"

@@ -21,6 +21,7 @@ from greekfire.core.errors import DataError
 
 BID_PX, BID_SZ, ASK_PX, ASK_SZ, TS = range(5)
 FIELDS = ("bid_px", "bid_sz", "ask_px", "ask_sz", "ts")
+FIELDS_IN = ("series", "venue", *FIELDS)
 _NO_BID = torch.iinfo(torch.int64).min
 _NO_ASK = torch.iinfo(torch.int64).max
 
@@ -92,7 +93,12 @@ class QuoteBook:
         numba loop applies the rows in order, which is faster than sorting to de-duplicate.
         """
         dev = self.device
-        cols = [t.to(dev, torch.int64) for t in (series, venue, bid_px, bid_sz, ask_px, ask_sz, ts)]
+        cols = [torch.as_tensor(t).to(dev, torch.int64).reshape(-1)
+                for t in (series, venue, bid_px, bid_sz, ask_px, ask_sz, ts)]
+        lengths = [int(c.shape[0]) for c in cols]
+        if len(set(lengths)) != 1:
+            raise DataError("quote batch lengths", dict(zip(FIELDS_IN, lengths, strict=True)),
+                            "every column of a batch needs the same length")
         if self.backend == "numba":
             arrs = [np.ascontiguousarray(c.numpy()) for c in cols]
             bad = int(_update_cpu(self.quotes.numpy(), self.updates.numpy(), self.first_ts.numpy(),

@@ -143,6 +143,10 @@ def test_bad_requests_are_rejected():
     r = eng.cancel(42)
     assert r[0].kind == ExecKind.REJECTED and r[0].reason == "unknown_order"
     assert eng.replace(42, 1, 1)[0].reason == "unknown_order"
+    assert eng.submit(9, 1, 0, 5, 100)[0].reason == "bad_side"
+    assert eng.submit(9, 1, B, 5, 100, tif=7)[0].reason == "bad_tif"
+    assert eng.submit(9, 1, B, 5, 100, ord_type=5)[0].reason == "bad_ord_type"
+    assert eng.submit(9, 1, -1, 5, 101, 0, 1)[0].kind == ExecKind.ACCEPTED  # plain ints are fine
     with pytest.raises(ConfigError):
         MatchingEngine(stp="bogus")
 

@@ -61,6 +61,8 @@ def test_quote_book_matches_one_by_one_application(backend):
         QuoteBook(0, 1)
     with pytest.raises(DataError):
         QuoteBook(1, 1, backend="bogus")
+    with pytest.raises(DataError, match="same length"):
+        qb.update(T([1, 2]), T([0]), T([1]), T([1]), T([1]), T([1]), T([1]))
 
 
 def depth1(bp, bs, ap, as_):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from greekfire.quant._black import otm_price
-from greekfire.quant._fused import run_kernel
+from greekfire.quant._fused import DEFAULT_MIN_SIZE, run_kernel
 from greekfire.quant._tensors import DAYS_PER_YEAR, INV_SQRT_2PI, TensorLike, as_tensors, norm_cdf
 
 GREEK_NAMES = (
@@ -64,6 +64,43 @@ def _accurate_value(
     return torch.where(live, intrinsic + otm, w * (fwd_pv * n1 - strike_pv * n2))
 
 
+REFINE_BELOW = 1e-4  # normalised out-of-the-money value below which the textbook form loses > 4 digits
+
+
+def _textbook_value(
+    w: torch.Tensor,
+    ln_fk: torch.Tensor,
+    live: torch.Tensor,
+    fwd_pv: torch.Tensor,
+    strike_pv: torch.Tensor,
+    n1: torch.Tensor,
+    n2: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w (F N(w d1) - K N(w d2))`` discounted, and where it should be replaced by the accurate value."""
+    value = w * (fwd_pv * n1 - strike_pv * n2)
+    upper = ln_fk > 0
+    intrinsic = torch.where(upper == (w > 0), w * (fwd_pv - strike_pv), torch.zeros_like(fwd_pv))
+    refine = live & (value - intrinsic < REFINE_BELOW * torch.sqrt(fwd_pv * strike_pv))
+    return value, refine
+
+
+def _refine_values(
+    out: dict[str, torch.Tensor], price_fn: Any, args: tuple[torch.Tensor, ...], compile: bool | None
+) -> dict[str, torch.Tensor]:
+    """Replace the flagged textbook values by the accurate ones (only those rows are recomputed)."""
+    refine = out.pop("_refine")
+    if any(a.requires_grad for a in args):
+        out["value"] = torch.where(refine, price_fn(*args, compile=False), out["value"])
+    elif bool(refine.any()):
+        sub = tuple(a[refine] for a in args)
+        value = out["value"].clone()
+        # a large batch that took the fused path fuses its refinement too
+        fused = compile if compile is not None else refine.numel() >= DEFAULT_MIN_SIZE
+        value[refine] = price_fn(*sub, compile=fused)
+        out["value"] = value
+    return out
+
+
 def _bsm_kernel(
     w: torch.Tensor,
     S: torch.Tensor,
@@ -92,10 +129,12 @@ def _bsm_kernel(
     n2 = torch.where(live, norm_cdf(w * d2), step)
     SDq = S * Dq
     KDr = K * Dr
-    value = _accurate_value(w, ln_fk, s, s_safe, live, SDq, KDr, n1, n2)
-    out = {"value": value + poison}
     if not greeks:
-        return out
+        return {"value": _accurate_value(w, ln_fk, s, s_safe, live, SDq, KDr, n1, n2) + poison}
+    # with the Greeks, the textbook value; the few far out-of-the-money rows where it cancels are flagged
+    # and repriced by the accurate path outside this kernel (see _refine_values)
+    value, refine = _textbook_value(w, ln_fk, live, SDq, KDr, n1, n2)
+    out = {"value": value + poison, "_refine": refine}
     pdf = torch.where(live, torch.exp(-0.5 * d1 * d1) * INV_SQRT_2PI, torch.zeros_like(d1))
     v_safe = torch.where(v > 0, v, torch.ones_like(v))
     sqrtT_safe = torch.where(sqrtT > 0, sqrtT, torch.ones_like(sqrtT))
@@ -139,10 +178,10 @@ def _black76_kernel(
     step = torch.where(w * ln_fk > 0, 1.0, torch.where(ln_fk == 0, 0.5, 0.0)).to(F.dtype)
     n1 = torch.where(live, norm_cdf(w * d1), step)
     n2 = torch.where(live, norm_cdf(w * d2), step)
-    value = _accurate_value(w, ln_fk, s, s_safe, live, Dr * F, Dr * K, n1, n2)
-    out = {"value": value + poison}
     if not greeks:
-        return out
+        return {"value": _accurate_value(w, ln_fk, s, s_safe, live, Dr * F, Dr * K, n1, n2) + poison}
+    value, refine = _textbook_value(w, ln_fk, live, Dr * F, Dr * K, n1, n2)
+    out = {"value": value + poison, "_refine": refine}
     pdf = torch.where(live, torch.exp(-0.5 * d1 * d1) * INV_SQRT_2PI, torch.zeros_like(d1))
     v_safe = torch.where(v > 0, v, torch.ones_like(v))
     sqrtT_safe = torch.where(sqrtT > 0, sqrtT, torch.ones_like(sqrtT))
@@ -200,7 +239,8 @@ def bsm_greeks(
     year), theta_per_day, rho (per 1.00 rate), epsilon (per 1.00 dividend yield), vanna, volga, charm.
     """
     args = tuple(as_tensors(right, spot, strike, ttm, rate, div_yield, vol))
-    return run_kernel(_bsm_kernel, args, compile=compile, numel=args[0].numel(), greeks=True)
+    out = run_kernel(_bsm_kernel, args, compile=compile, numel=args[0].numel(), greeks=True)
+    return _refine_values(dict(out), bsm_price, args, compile)
 
 
 def black76_price(
@@ -231,7 +271,8 @@ def black76_greeks(
     """Price and Greeks under Black-76; delta/gamma are with respect to the forward, rho holds the
     forward fixed (``-ttm * value``), theta is ``-dV/dttm`` with the forward fixed, epsilon is zero."""
     args = tuple(as_tensors(right, forward, strike, ttm, rate, vol))
-    return run_kernel(_black76_kernel, args, compile=compile, numel=args[0].numel(), greeks=True)
+    out = run_kernel(_black76_kernel, args, compile=compile, numel=args[0].numel(), greeks=True)
+    return _refine_values(dict(out), black76_price, args, compile)
 
 
 def bsm_greeks_numpy(

@@ -45,7 +45,7 @@ class IVResult(NamedTuple):
     code: torch.Tensor
 
 
-def _iv_kernel(
+def _iv_setup(
     price: torch.Tensor,
     w: torch.Tensor,
     S: torch.Tensor,
@@ -53,8 +53,8 @@ def _iv_kernel(
     T: torch.Tensor,
     r: torch.Tensor,
     q: torch.Tensor,
-    iterations: int = DEFAULT_ITERATIONS,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
+    """Normalise the quotes, classify them (reason codes) and place each start inside its bracket."""
     finite = (
         torch.isfinite(price) & torch.isfinite(S) & torch.isfinite(K) & torch.isfinite(T)
         & torch.isfinite(r) & torch.isfinite(q)
@@ -111,44 +111,55 @@ def _iv_kernel(
     hi = torch.where(lower_target, s_c, torch.full_like(s, math.inf))
     s = torch.where(s > 0, s, torch.where(lower_target, 0.5 * s_c, torch.ones_like(s)))
     s = torch.where(torch.isfinite(s), s, 0.5 * (lo + torch.where(torch.isfinite(hi), hi, lo + 2.0)))
-    for _ in range(iterations):
-        b, c, db = otm_parts(x, s)
-        g = torch.where(log_b_objective, b, c)
-        ln_g_target = torch.where(log_b_objective, ln_target, ln_cap_gap)
-        rr = torch.where(log_b_objective, db / b, -db / c)
-        f = torch.log(torch.clamp(g, min=tiny)) - ln_g_target
-        # shrink the bracket with the sign of the objective itself (b rises with s, c falls)
-        too_low = torch.where(log_b_objective, f < 0, f > 0)
-        lo = torch.where(too_low, torch.maximum(lo, s), lo)
-        hi = torch.where(too_low, hi, torch.minimum(hi, s))
-        xs = x / s
-        A = xs * xs / s - 0.25 * s
-        B = A * A - 3.0 * xs * xs / (s * s) - 0.25
-        g2 = A - rr
-        g3 = B - 3.0 * A * rr + 2.0 * rr * rr
-        nu = -f / rr
-        householder = nu * (1.0 + 0.5 * g2 * nu) / (1.0 + nu * (g2 + g3 * nu / 6.0))
-        s_new = s + householder
-        converged = householder.abs() <= 1e-12 * s
-        inside = ((s_new >= lo) & (s_new <= hi) | converged) & torch.isfinite(s_new)
-        # where the third-order step leaves the bracket, try plain Newton before bisecting
-        s_newton = s + nu
-        s_new = torch.where(inside, s_new, s_newton)
-        inside = inside | ((s_newton >= lo) & (s_newton <= hi) & torch.isfinite(s_newton))
-        # bisect geometrically: the root can sit orders of magnitude inside the bracket
-        mid = torch.where(
-            torch.isfinite(hi), torch.where(lo > 0, torch.sqrt(lo * hi), 0.5 * hi), 2.0 * torch.maximum(s, lo)
-        )
-        s = torch.where(inside, s_new, mid)
-
-    vol = torch.where(solve, s / torch.sqrt(Tp), torch.full_like(s, math.nan))
     code = torch.zeros_like(s, dtype=torch.int8)
     code = torch.where(below, torch.full_like(code, BELOW_INTRINSIC), code)
     code = torch.where(above, torch.full_like(code, ABOVE_MAX), code)
     code = torch.where(no_tv, torch.full_like(code, NO_TIME_VALUE), code)
     code = torch.where(expired, torch.full_like(code, EXPIRED), code)
     code = torch.where(bad, torch.full_like(code, BAD_INPUT), code)
-    return vol, code
+    return x, s, lo, hi, log_b_objective, ln_target, ln_cap_gap, solve, Tp, code
+
+
+def _iv_step(
+    x: torch.Tensor,
+    s: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    log_b_objective: torch.Tensor,
+    ln_target: torch.Tensor,
+    ln_cap_gap: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One bracketed third-order Householder step on the chosen objective (same cost for every quote)."""
+    tiny = torch.finfo(x.dtype).tiny
+    b, c, db = otm_parts(x, s)
+    g = torch.where(log_b_objective, b, c)
+    ln_g_target = torch.where(log_b_objective, ln_target, ln_cap_gap)
+    rr = torch.where(log_b_objective, db / b, -db / c)
+    f = torch.log(torch.clamp(g, min=tiny)) - ln_g_target
+    # shrink the bracket with the sign of the objective itself (b rises with s, c falls)
+    too_low = torch.where(log_b_objective, f < 0, f > 0)
+    lo = torch.where(too_low, torch.maximum(lo, s), lo)
+    hi = torch.where(too_low, hi, torch.minimum(hi, s))
+    xs = x / s
+    A = xs * xs / s - 0.25 * s
+    B = A * A - 3.0 * xs * xs / (s * s) - 0.25
+    g2 = A - rr
+    g3 = B - 3.0 * A * rr + 2.0 * rr * rr
+    nu = -f / rr
+    householder = nu * (1.0 + 0.5 * g2 * nu) / (1.0 + nu * (g2 + g3 * nu / 6.0))
+    s_new = s + householder
+    converged = householder.abs() <= 1e-12 * s
+    inside = ((s_new >= lo) & (s_new <= hi) | converged) & torch.isfinite(s_new)
+    # where the third-order step leaves the bracket, try plain Newton before bisecting
+    s_newton = s + nu
+    s_new = torch.where(inside, s_new, s_newton)
+    inside = inside | ((s_newton >= lo) & (s_newton <= hi) & torch.isfinite(s_newton))
+    # bisect geometrically: the root can sit orders of magnitude inside the bracket
+    mid = torch.where(
+        torch.isfinite(hi), torch.where(lo > 0, torch.sqrt(lo * hi), 0.5 * hi), 2.0 * torch.maximum(s, lo)
+    )
+    s = torch.where(inside, s_new, mid)
+    return s, lo, hi
 
 
 def implied_vol(
@@ -172,5 +183,10 @@ def implied_vol(
     tensors = as_tensors(price, right, spot, strike, ttm, rate, div_yield)
     out_dtype = tensors[0].dtype
     args = tuple(t.to(torch.float64) for t in tensors)
-    vol, code = run_kernel(_iv_kernel, args, compile=compile, numel=args[0].numel(), iterations=iterations)
+    n = args[0].numel()
+    x, s, lo, hi, log_b, ln_target, ln_cap_gap, solve, Tp, code = run_kernel(_iv_setup, args, compile=compile, numel=n)
+    # the step is compiled on its own: a small graph compiles in seconds, and the loop costs nothing
+    for _ in range(iterations):
+        s, lo, hi = run_kernel(_iv_step, (x, s, lo, hi, log_b, ln_target, ln_cap_gap), compile=compile, numel=n)
+    vol = torch.where(solve, s / torch.sqrt(Tp), torch.full_like(s, math.nan))
     return IVResult(vol.to(out_dtype), code)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from greekfire.quant._fused import run_kernel
 from greekfire.quant._tensors import INV_SQRT_2PI, TensorLike, as_tensors, norm_cdf
 from greekfire.quant.european import bsm_price
 
@@ -63,7 +64,7 @@ def _baw_put_boundary(K: torch.Tensor, tau: torch.Tensor, r: torch.Tensor, q: to
     h = ((r - q) * tau - 2.0 * vt) * K / (K - s_inf)
     s = s_inf + (K - s_inf) * torch.exp(h)
     dq = torch.exp(-q * tau)
-    for _ in range(30):
+    for _ in range(8):  # a starting guess: the fixed point does the rest
         d1 = (torch.log(s / K) + (r - q + 0.5 * v * v) * tau) / vt
         nd = norm_cdf(-d1)
         e = bsm_price(-1.0, s, K, tau, r, q, v)
@@ -74,26 +75,80 @@ def _baw_put_boundary(K: torch.Tensor, tau: torch.Tensor, r: torch.Tensor, q: to
     return s
 
 
-def _cheb_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Maps values at the n+1 Chebyshev-Lobatto points x_i = cos(i pi / n) to series coefficients."""
+def _layout(n: int, n_quad: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Fixed quadrature layout of the boundary integrals in units of the maturity T.
+
+    Node i sits at tau_i = T c_i (c_i = (1 + x_i)^2 / 4); quadrature point j of node i at z = sqrt(T) a_ij,
+    u = T (c_i - a_ij^2). Returns the interpolation matrix (node values -> values at every u), and the
+    scaled z, weights and u.
+    """
+    x = np.cos(np.pi * np.arange(n + 1) / n)
+    gx, gw = np.polynomial.legendre.leggauss(n_quad)
+    c = (1.0 + x) ** 2 / 4.0
+    a = 0.5 * np.sqrt(c)[:, None] * (gx + 1.0)[None, :]
+    aw = 0.5 * np.sqrt(c)[:, None] * gw[None, :]
+    e = np.clip(c[:, None] - a * a, 0.0, None)
+    y = 2.0 * np.sqrt(e) - 1.0
+    interp = _cheb_values_to(y.reshape(-1), n)
+    t = lambda m: torch.as_tensor(m, dtype=dtype, device=device)  # noqa: E731
+    return t(interp), t(a), t(aw), t(e)
+
+
+def _price_layout(n: int, n_quad: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Premium integral over s = T y^2 (dense near s = 0, where the integrand moves fastest)."""
+    px, pw = np.polynomial.legendre.leggauss(n_quad)
+    yy = 0.5 * (px + 1.0)
+    y_b = 2.0 * np.sqrt(np.clip(1.0 - yy * yy, 0.0, None)) - 1.0
+    t = lambda m: torch.as_tensor(m, dtype=dtype, device=device)  # noqa: E731
+    return t(_cheb_values_to(y_b, n)), t(yy * yy), t(2.0 * yy * 0.5 * pw)
+
+
+def _cheb_values_to(y: np.ndarray, n: int) -> np.ndarray:
+    """Matrix mapping values at the n+1 Chebyshev-Lobatto points to the interpolant at points ``y``."""
     i = np.arange(n + 1)
-    c = np.cos(np.pi * np.outer(i, i) / n)
-    wts = np.ones(n + 1)
-    wts[0] = wts[-1] = 0.5
-    m = (2.0 / n) * c * wts[None, :]
-    m[0] *= 0.5
-    m[-1] *= 0.5
-    return torch.as_tensor(m, dtype=dtype, device=device)
+    to_coef = (2.0 / n) * np.cos(np.pi * np.outer(i, i) / n)
+    to_coef[:, 0] *= 0.5
+    to_coef[:, -1] *= 0.5
+    to_coef[0] *= 0.5
+    to_coef[-1] *= 0.5
+    vander = np.polynomial.chebyshev.chebvander(y, n)  # [points, n+1]
+    return (vander @ to_coef).T  # [n+1, points]
 
 
-def _cheb_eval(coef: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Evaluate series ``coef [batch, n+1]`` at ``y [batch, ...]`` in [-1, 1] (Clenshaw)."""
-    shape = (coef.shape[0],) + (1,) * (y.dim() - 1)
-    b1 = torch.zeros_like(y)
-    b2 = torch.zeros_like(y)
-    for k in range(coef.shape[1] - 1, 0, -1):
-        b1, b2 = 2.0 * y * b1 - b2 + coef[:, k].reshape(shape), b1
-    return y * b1 - b2 + coef[:, 0].reshape(shape)
+def _fp_step(
+    B: torch.Tensor,
+    interp_u: torch.Tensor,
+    z: torch.Tensor,
+    zs: torch.Tensor,
+    n_weight: torch.Tensor,
+    d_weight: torch.Tensor,
+    r3: torch.Tensor,
+    q3: torch.Tensor,
+    v3: torch.Tensor,
+    X3: torch.Tensor,
+    K2: torch.Tensor,
+    r2: torch.Tensor,
+    q2: torch.Tensor,
+    v2: torch.Tensor,
+    X2: torch.Tensor,
+    tau: torch.Tensor,
+    tau_safe: torch.Tensor,
+    sd0: torch.Tensor,
+) -> torch.Tensor:
+    """One FP-B iteration of the boundary at every node of every option."""
+    H = torch.log(torch.clamp(B / X2, max=1.0)) ** 2
+    B_u = X3 * torch.exp(-torch.sqrt(torch.clamp((H @ interp_u).reshape(z.shape), min=0.0)))
+    dp, dm = _dpm(z * z, B.unsqueeze(2) / B_u, r3, q3, v3)
+    dp = torch.where(z > 0, dp, torch.zeros_like(dp))
+    dm = torch.where(z > 0, dm, torch.zeros_like(dm))
+    n_int = (n_weight * _pdf(dm)).sum(-1)
+    d_int = (d_weight * (zs * norm_cdf(dp) + _pdf(dp) / v3)).sum(-1)
+    dp0, dm0 = _dpm(tau_safe, B / K2, r2, q2, v2)
+    num = _pdf(dm0) / sd0 + r2 * n_int
+    den = _pdf(dp0) / sd0 + norm_cdf(dp0) + q2 * d_int
+    B_new = K2 * torch.exp(-(r2 - q2) * tau_safe) * num / den
+    B = torch.where(tau > 0, torch.clamp(B_new, max=X2), X2)
+    return torch.where(torch.isfinite(B) & (B > 0), B, X2)
 
 
 def qdfp_price(
@@ -106,10 +161,12 @@ def qdfp_price(
     vol: TensorLike,
     *,
     scheme: QdFpScheme = ACCURATE,
+    compile: bool | None = None,
 ) -> torch.Tensor:
     """American option prices by the Andersen-Lake-Offengenden fixed-point method (units as
     :func:`bsm_price`). ``scheme``: :data:`FAST`, :data:`ACCURATE` (default, ~1e-6 relative to
-    :data:`HIGH_PRECISION`) or your own :class:`QdFpScheme`."""
+    :data:`HIGH_PRECISION`) or your own :class:`QdFpScheme`. ``compile``: fuse the fixed-point step with
+    torch.compile (None: only for large batches)."""
     w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
     shape = w.shape
     w, S, K, T, r, q, v = (t.reshape(-1) for t in (w, S, K, T, r, q, v))
@@ -133,43 +190,28 @@ def qdfp_price(
     tau_safe = torch.where(tau > 0, tau, torch.ones_like(tau))
     B = torch.where(tau > 0, torch.minimum(_baw_put_boundary(K2, tau_safe, r2, q2, v2), X2), X2)
     B = torch.where(torch.isfinite(B) & (B > 0), B, X2)
-    cheb = _cheb_matrix(n, dt, dev)
-    gx, gw = (torch.as_tensor(a, dtype=dt, device=dev) for a in np.polynomial.legendre.leggauss(scheme.quad))
-    # quadrature in z in [0, sqrt(tau_i)]: u = tau_i - z^2
-    z = 0.5 * sqrt_tau.unsqueeze(2) * (gx + 1.0)  # [b, n+1, l]
-    zw = 0.5 * sqrt_tau.unsqueeze(2) * gw
-    u = torch.clamp(tau.unsqueeze(2) - z * z, min=0.0)
-    y_u = 2.0 * torch.sqrt(u) / torch.sqrt(Tl).reshape(-1, 1, 1) - 1.0  # Chebyshev coordinate of u
+    # every option shares the same node layout in units of its own maturity, so interpolating the
+    # boundary at all quadrature points is one matrix product with a fixed matrix
+    interp_u, c_z, c_zw, c_u = _layout(n, scheme.quad, dt, dev)
+    interp_p, c_s, c_ds = _price_layout(n, scheme.price_quad, dt, dev)
+    sqrtT = torch.sqrt(Tl).reshape(-1, 1, 1)
+    z = sqrtT * c_z  # [b, n+1, l]
+    zw = sqrtT * c_zw
+    u = Tl.reshape(-1, 1, 1) * c_u
     K3, r3, q3, v3, X3 = (t.unsqueeze(2) for t in (K2, r2, q2, v2, X2))
     zs = torch.where(z > 0, z, torch.ones_like(z))
+    # with u = tau - z^2 the kernels' 1/sqrt(tau - u) = 1/z cancels against du = 2 z dz
+    n_weight = zw * 2.0 * torch.exp(r3 * u) / v3
+    d_weight = zw * 2.0 * torch.exp(q3 * u)
+    sd0 = v2 * torch.sqrt(tau_safe)
+    step_args = (interp_u, z, zs, n_weight, d_weight, r3, q3, v3, X3, K2, r2, q2, v2, X2, tau, tau_safe, sd0)
     for _ in range(scheme.iterations):
-        H = torch.log(torch.clamp(B / X2, max=1.0)) ** 2
-        coef = H @ cheb.T
-        B_u = X3 * torch.exp(-torch.sqrt(torch.clamp(_cheb_eval(coef, y_u), min=0.0)))
-        Bt = B.unsqueeze(2)
-        dp, dm = _dpm(z * z, Bt / B_u, r3, q3, v3)
-        dp = torch.where(z > 0, dp, torch.zeros_like(dp))
-        dm = torch.where(z > 0, dm, torch.zeros_like(dm))
-        # with u = tau - z^2 the kernels' 1/sqrt(tau - u) = 1/z cancels against du = 2 z dz
-        e_ru, e_qu = torch.exp(r3 * u), torch.exp(q3 * u)
-        n_int = (zw * 2.0 * e_ru * _pdf(dm) / v3).sum(-1)
-        d_int = (zw * 2.0 * e_qu * (zs * norm_cdf(dp) + _pdf(dp) / v3)).sum(-1)
-        dp0, dm0 = _dpm(tau_safe, B / K2, r2, q2, v2)
-        sd0 = v2 * torch.sqrt(tau_safe)
-        num = _pdf(dm0) / sd0 + r2 * n_int
-        den = _pdf(dp0) / sd0 + norm_cdf(dp0) + q2 * d_int
-        B_new = K2 * torch.exp(-(r2 - q2) * tau_safe) * num / den
-        B = torch.where(tau > 0, torch.clamp(B_new, max=X2), X2)
-        B = torch.where(torch.isfinite(B) & (B > 0), B, X2)
+        B = run_kernel(_fp_step, (B, *step_args), compile=compile, numel=z.numel())
     # premium: integral over s (time from now) in [0, T] of rK e^{-rs} N(-d-(s, S/B(T-s))) - qS e^{-qs} N(-d+)
     H = torch.log(torch.clamp(B / X2, max=1.0)) ** 2
-    coef = H @ cheb.T
-    px, pw = (torch.as_tensor(a, dtype=dt, device=dev) for a in np.polynomial.legendre.leggauss(scheme.price_quad))
-    yy = 0.5 * (px + 1.0)  # s = T yy^2, dense near s = 0 where the integrand moves fastest
-    s_ = Tl.unsqueeze(1) * yy * yy
-    ds = Tl.unsqueeze(1) * 2.0 * yy * 0.5 * pw
-    y_b = 2.0 * torch.sqrt(torch.clamp(Tl.unsqueeze(1) - s_, min=0.0)) / torch.sqrt(Tl).unsqueeze(1) - 1.0
-    B_s = X2 * torch.exp(-torch.sqrt(torch.clamp(_cheb_eval(coef, y_b), min=0.0)))
+    B_s = X2 * torch.exp(-torch.sqrt(torch.clamp(H @ interp_p, min=0.0)))
+    s_ = Tl.unsqueeze(1) * c_s
+    ds = Tl.unsqueeze(1) * c_ds
     dp, dm = _dpm(s_, Sl.unsqueeze(1) / B_s, r2, q2, v2)
     integrand = r2 * K2 * torch.exp(-r2 * s_) * norm_cdf(-dm) - q2 * Sl.unsqueeze(1) * torch.exp(-q2 * s_) * norm_cdf(-dp)
     premium = (integrand * ds).sum(-1)

@@ -238,6 +238,17 @@ def cuda_rows(notes: list[str]) -> list[dict[str, Any]]:
 
     rows.append({"benchmark": "implied vol 1M f64 CUDA (eager)", "ours": N / best_of(run_iv), "peer": "",
                  "peer_value": None, "unit": "quotes/s", "ratio": None})
+    ga = grid(AMERICAN_N, seed=3, device="cuda")
+    am_args = tuple(ga[k] for k in ("w", "S", "K", "T", "r", "q", "v"))
+
+    def run_qdfp() -> None:
+        qdfp_price(*am_args, scheme=ACCURATE, compile=False)
+        torch.cuda.synchronize()
+
+    run_qdfp()
+    rows.append({"benchmark": f"american qdfp accurate {AMERICAN_N:,} f64 CUDA (eager)",
+                 "ours": AMERICAN_N / best_of(run_qdfp), "peer": "", "peer_value": None, "unit": "options/s",
+                 "ratio": None})
     return rows
 
 

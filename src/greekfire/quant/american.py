@@ -331,10 +331,10 @@ def american_implied_vol(
     *,
     model: str = "qdfp",
     steps: int = 200,
-    iterations: int = 60,
+    iterations: int = 40,
 ):  # type: ignore[no-untyped-def]
-    """Implied vol of American prices through an American engine: a fixed number of bracketed
-    secant/bisection steps on vol in [1e-4, 10] for the whole batch. Returns an :class:`IVResult` with
+    """Implied vol of American prices through an American engine: a fixed number (40) of bracketed
+    steps on vol in [1e-4, 10], alternating regula falsi and bisection, for the whole batch. Returns an :class:`IVResult` with
     the same reason codes as :func:`implied_vol` (the cap is the spot for calls, the strike for puts)."""
     from greekfire.quant.iv import ABOVE_MAX, BAD_INPUT, BELOW_INTRINSIC, EXPIRED, NO_TIME_VALUE, IVResult
 

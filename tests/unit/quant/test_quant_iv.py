@@ -136,8 +136,8 @@ def spx_implied_vols(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
         disc = math.exp(-rate * g["T"].iloc[0])
         fwd[g.index] = float(np.median([k + (calls[k] - puts[k]) / disc for k in strikes[:6]]))
     w = np.where(df["type"] == "call", 1.0, -1.0)
-    res = implied_vol(torch.as_tensor(df["mid"].to_numpy()), torch.as_tensor(w), torch.as_tensor(fwd.to_numpy()),
-                      torch.as_tensor(df["strike"].to_numpy(dtype=float)), torch.as_tensor(df["T"].to_numpy()),
+    res = implied_vol(torch.tensor(df["mid"].to_numpy()), torch.tensor(w), torch.tensor(fwd.to_numpy()),
+                      torch.tensor(df["strike"].to_numpy(dtype=float)), torch.tensor(df["T"].to_numpy()),
                       rate, rate)
     return res.vol.numpy(), res.code.numpy(), rate
 

@@ -18,7 +18,7 @@ def run_demo(settings: Settings) -> dict[str, Any]:
     from greekfire.ml.train import train_pricing
 
     cfg = compose_experiment(
-        "smoke", ["data.n_samples=8000", "trainer.max_epochs=3", "name=demo_smoke"], settings=settings
+        "smoke", ["data.n_samples=8000", "trainer.max_epochs=8", "name=demo_smoke"], settings=settings
     )
     result = train_pricing(cfg, settings)
     assert result.best_checkpoint is not None

@@ -125,6 +125,8 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._carry: _Pending | None = None
+        self._getter: asyncio.Future[_Pending] | None = None
+        self.inline_rows = 256
         self.batches = 0
         self.rows = 0
 
@@ -141,7 +143,7 @@ class MicroBatcher:
     def _ensure_worker(self) -> asyncio.Queue[_Pending]:
         # started lazily inside the serving loop (ASGI test transports run no lifespan events)
         if self._queue is None or self._worker is None or self._worker.done():
-            self._queue = asyncio.Queue()
+            self._queue, self._getter, self._carry = asyncio.Queue(), None, None
             self._worker = asyncio.get_running_loop().create_task(self._run())
         return self._queue
 
@@ -154,21 +156,37 @@ class MicroBatcher:
         await queue.put(_Pending(contract, seq, fut))
         return await fut
 
+    async def _next(self, queue: asyncio.Queue[_Pending], timeout: float | None) -> _Pending | None:
+        """The next request, waiting at most ``timeout`` seconds (None: forever).
+
+        The pending ``queue.get()`` is kept across calls rather than cancelled on timeout, so a request
+        that arrives just as the window closes is never dropped.
+        """
+        if self._getter is None:
+            self._getter = asyncio.ensure_future(queue.get())
+        done, _ = await asyncio.wait({self._getter}, timeout=timeout)
+        if not done:
+            return None
+        item, self._getter = self._getter.result(), None
+        return item
+
     async def _gather(self, queue: asyncio.Queue[_Pending]) -> list[_Pending]:
-        first = self._carry or await queue.get()
+        first = self._carry or await self._next(queue, None)
+        assert first is not None
         self._carry = None
         batch, rows = [first], len(first.contract)
         deadline = time.perf_counter() + self.max_wait_s
         while rows < self.max_rows:
-            try:
-                item = queue.get_nowait()
-            except asyncio.QueueEmpty:
+            item: _Pending | None
+            if self._getter is None and not queue.empty():
+                item = queue.get_nowait()  # what queued up while the last forward ran: no waiting
+            else:
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
-                # short naps rather than wait_for(queue.get()): a timeout racing a put cannot drop a request
-                await asyncio.sleep(min(left, 0.0005))
-                continue
+                item = await self._next(queue, left)
+                if item is None:
+                    break
             if rows + len(item.contract) > self.max_rows:
                 self._carry = item  # would overflow the batch: first in line for the next one
                 break
@@ -187,7 +205,11 @@ class MicroBatcher:
             try:
                 contract = torch.cat([p.contract for p in live])
                 seq = torch.cat([p.seq for p in live]) if live[0].seq is not None else None  # type: ignore[misc]
-                out = await asyncio.to_thread(self._forward, contract, seq)
+                if len(contract) <= self.inline_rows and self.model.device.type == "cpu":
+                    # a small CPU forward costs less than handing it to a thread and back
+                    out = self._forward(contract, seq)
+                else:
+                    out = await asyncio.to_thread(self._forward, contract, seq)
             except Exception as exc:  # one bad forward must fail its callers, not the server
                 for p in live:
                     if not p.future.done():
@@ -207,6 +229,9 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._worker
             self._worker = None
+        if self._getter is not None:
+            self._getter.cancel()
+            self._getter = None
 
 
 def check_inputs(model: LoadedModel, contract: Tensor, seq: Tensor | None) -> None:

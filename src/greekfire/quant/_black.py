@@ -12,30 +12,37 @@ from __future__ import annotations
 
 import torch
 
-from greekfire.quant._tensors import INV_SQRT_2, INV_SQRT_2PI, SQRT_2PI, norm_cdf
+from greekfire.quant._tensors import INV_SQRT_2, INV_SQRT_2PI, SQRT_2PI
 
 SMALL_T = 0.21  # below this half total vol the Taylor series in t is summed (truncation < 1e-15)
 LARGE_H = 10.0  # ... as long as |x|/s stays below this (its coefficients cancel beyond)
 
 
 def _parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``b``, ``c`` and the scale ``exp(-(h^2 + t^2)/2)`` with two ``erfcx`` calls per element.
+
+    Every branch is written on the same two scaled tails: with ``h t = x / 2``,
+    ``exp(x/2) N(-(h+t)) = scale erfcx((h+t)/sqrt2) / 2`` and ``exp(-x/2) N(h-t) = scale erfcx((t-h)/sqrt2) / 2``.
+    """
     h = x / s
     t = 0.5 * s
     lower = h + t < 0
-    scale = torch.exp(-0.5 * (h * h + t * t))
-    a1 = torch.clamp(-(h + t) * INV_SQRT_2, min=0.0)
-    a2 = -(h - t) * INV_SQRT_2
-    b_low = 0.5 * scale * (torch.special.erfcx(a1) - torch.special.erfcx(a2))
-    # above the inflection point: N(h+t) - N(h-t) straddles zero (no cancellation), plus a small
-    # parity term; this keeps relative accuracy when b is small next to its cap (x ~ 0, s ~ 0)
-    n_minus = norm_cdf(h - t)
-    b_up = torch.exp(0.5 * x) * 0.5 * (
-        torch.special.erf((h + t) * INV_SQRT_2) - torch.special.erf((h - t) * INV_SQRT_2)
-    ) - 2.0 * torch.sinh(-0.5 * x) * n_minus
-    # small total vol: the erf/erfcx differences above cancel as t -> 0, so sum the Taylor series in t,
-    # b = 2 phi(h) sum_{n odd} t^n (h^n Y(h) + P_n(h)) / n!, with the Mills ratio Y = N(h) / phi(h)
-    mills = 0.5 * torch.special.erfcx(-h * INV_SQRT_2) * SQRT_2PI
+    small_t = (t < SMALL_T) & ((h > -LARGE_H) | (h * t > -0.5))
     h2 = h * h
+    scale = torch.exp(-0.5 * (h2 + t * t))
+    # slot 1: the Mills-ratio argument where the series is summed, |h + t| / sqrt2 elsewhere
+    e1 = torch.special.erfcx(torch.where(small_t, -h, (h + t).abs()) * INV_SQRT_2)
+    e2 = torch.special.erfcx((t - h) * INV_SQRT_2)
+    b_max = torch.exp(0.5 * x)
+    # below the inflection point: the difference of the two positive scaled tails keeps relative accuracy
+    b_low = 0.5 * scale * (e1 - e2)
+    # above it: the gap to the cap is the sum of the two tails (no cancellation); b = cap - gap loses
+    # under a digit there, outside the small-t region
+    c_up = 0.5 * scale * (e1 + e2)
+    b_up = b_max - c_up
+    # small total vol: the differences above cancel as t -> 0, so sum the Taylor series in t,
+    # b = 2 phi(h) sum_{n odd} t^n (h^n Y(h) + P_n(h)) / n!, with the Mills ratio Y = N(h) / phi(h)
+    mills = 0.5 * e1 * SQRT_2PI
     t2 = t * t
     # P_n(h) for n = 1, 3, ..., 11, and h^n Y
     p_n = (
@@ -55,23 +62,18 @@ def _parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
             tn = tn * t2
         series = series + tn * (hn_y + p) / fact
     b_series = 2.0 * torch.exp(-0.5 * h2) * INV_SQRT_2PI * series
-    small_t = (t < SMALL_T) & ((h > -LARGE_H) | (h * t > -0.5))
-    b_low = torch.where(small_t, b_series, b_low)
-    b_up = torch.where(small_t, b_series, b_up)
-    return h, t, lower, scale, b_low, b_up, n_minus
+    b = torch.where(small_t, b_series, torch.where(lower, b_low, b_up))
+    c = torch.where(small_t | lower, b_max - b, c_up)
+    return b, c, scale
 
 
 def otm_price(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Normalised out-of-the-money price ``b(x, s)`` for ``x <= 0``, ``s > 0`` (full relative accuracy)."""
-    _, _, lower, _, b_low, b_up, _ = _parts(x, s)
-    return torch.where(lower, b_low, b_up)
+    return _parts(x, s)[0]
 
 
 def otm_parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For ``x <= 0`` and ``s > 0``: the normalised OTM price ``b``, its gap to the cap
     ``c = exp(x/2) - b`` and ``db/ds`` (the normalised vega)."""
-    h, t, lower, scale, b_low, b_up, n_minus = _parts(x, s)
-    c_up = torch.exp(0.5 * x) * norm_cdf(-(h + t)) + torch.exp(-0.5 * x) * n_minus
-    b = torch.where(lower, b_low, b_up)
-    c = torch.where(lower, torch.exp(0.5 * x) - b_low, c_up)
+    b, c, scale = _parts(x, s)
     return b, c, scale * INV_SQRT_2PI

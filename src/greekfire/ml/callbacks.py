@@ -60,7 +60,8 @@ class RngState(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # plain tensors and ints only, so checkpoints load with torch.load(weights_only=True)
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        np_state: Any = np.random.get_state()
+        kind, keys, pos, has_gauss, cached = np_state
         version, py_state, gauss = random.getstate()
         state: dict[str, Any] = {
             "python": [version, torch.tensor(py_state, dtype=torch.int64), gauss],

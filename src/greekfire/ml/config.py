@@ -126,11 +126,11 @@ class ExperimentConfig(_Strict):
 
     name: str = Field("pricing", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int | None = Field(None, description="default: training.seed from the settings")
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    optim: OptimConfig = OptimConfig()
-    trainer: TrainerConfig = TrainerConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    data: DataConfig = Field(default_factory=lambda: DataConfig.model_validate({}))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate({}))
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig.model_validate({}))
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig.model_validate({}))
+    tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig.model_validate({}))
 
     def fingerprint(self) -> dict[str, Any]:
         """The parts that change what is learned (not how long or where it is logged): hashed into versions."""
@@ -211,7 +211,7 @@ def compose_experiment(
             cfg = compose(config_name=name, overrides=forced)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError("overrides", list(overrides), f"Hydra could not compose {name}: {exc}") from None
-    data = OmegaConf.to_container(cfg, resolve=True)
+    data: Any = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     data.setdefault("name", name)
     return validate_experiment(data, source=f"{name}.yaml or overrides")

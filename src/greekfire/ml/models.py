@@ -33,6 +33,9 @@ def make_activation(name: str) -> nn.Module:
 class FeatureScaler(nn.Module):
     """Standardises the last axis: ``(x - mean) / std``; the statistics are buffers saved with the model."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, n_features: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_features))
@@ -141,6 +144,13 @@ class OptionsPricingLSTM(nn.Module):
         self.head = nn.Sequential(*layers)
         self.positive_output = positive_output
         self.baseline_index = baseline_index
+        if baseline_index is not None:
+            # start exactly at the baseline: a randomly initialised head would add noise of the order of the
+            # prices themselves, and on a short or shifted data set that noise is what early stopping keeps
+            last = self.head[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, contract: Tensor, seq: Tensor | None = None) -> Tensor:
         """Price / strike [N] from ``contract`` [N, n_contract] and ``seq`` [N, window, n_seq]."""

@@ -96,7 +96,7 @@ class PricingModule(L.LightningModule):
         t = self.trainer
         if t.max_steps and t.max_steps > 0:
             return int(t.max_steps)
-        dm = t.datamodule
+        dm: Any = getattr(t, "datamodule", None)
         rows = len(dm.data.train["target"]) // max(1, t.world_size)
         batches = -(-rows // dm.batch_size)
         per_epoch = -(-batches // t.accumulate_grad_batches)
@@ -117,6 +117,7 @@ class PricingModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.optim_cfg
+        sched: Any
         opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
         if o.scheduler == "none":
             return opt
@@ -152,7 +153,8 @@ class PricingDataModule(L.LightningDataModule):
     def _position(self) -> tuple[int, int]:
         # on resume, Lightning has restored its loop counters: the epoch being trained and the batches of
         # it already consumed (processed) are exactly where the interrupted run stood
-        loop = self.trainer.fit_loop
+        trainer: Any = self.trainer
+        loop = trainer.fit_loop
         return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.processed
 
     def _ranks(self) -> tuple[int, int]:
@@ -182,7 +184,8 @@ def module_for(cfg: ExperimentConfig, data: PricingData) -> PricingModule:
         n_contract=int(data.train["contract"].shape[1]), n_seq=0 if seq is None else int(seq.shape[2]),
         contract_names=data.contract_names, seq_names=data.seq_names, window=data.window,
     )
-    module.net.contract_scaler.fit(data.train["contract"])
-    if seq is not None and hasattr(module.net, "seq_scaler"):
-        module.net.seq_scaler.fit(seq)
+    net: Any = module.net
+    net.contract_scaler.fit(data.train["contract"])
+    if seq is not None and hasattr(net, "seq_scaler"):
+        net.seq_scaler.fit(seq)
     return module

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,7 @@ def train_pricing(
         precision=resolve_precision(tc.precision, accelerator),  # type: ignore[arg-type]
         max_epochs=tc.max_epochs,
         max_steps=tc.max_steps,
-        max_time={"seconds": tc.max_time_s} if tc.max_time_s else None,
+        max_time=timedelta(seconds=tc.max_time_s) if tc.max_time_s else None,
         accumulate_grad_batches=tc.accumulate_grad_batches,
         gradient_clip_val=tc.gradient_clip_val,
         check_val_every_n_epoch=tc.check_val_every_n_epoch,

@@ -102,6 +102,8 @@ def run_experiment(name: str, settings: Settings, overrides: Sequence[str] = ())
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
+        if 0.999 < v < 1.0:  # R^2 near 1: the digits that matter are the nines
+            return f"{v:.7f}"
         return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
     return "" if v is None else str(v)
 

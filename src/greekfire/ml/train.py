@@ -84,7 +84,7 @@ def _check_remote_data(cfg: ExperimentConfig, settings: Settings) -> None:
     if "://" in url:
         from greekfire.data.storage import check_storage
 
-        check_storage(url, settings)
+        check_storage(url, settings).raise_if_failed()
 
 
 def find_batch_size(module: PricingModule, data: PricingData, batch_size: int) -> int:

@@ -33,3 +33,27 @@ def test_markdown_table_has_one_row_per_record() -> None:
     lines = table.strip().splitlines()
     assert len(lines) == 4 and "rmse=0.00247" in lines[2] and "mse=6.100e-06" in lines[2]
     assert "| yes |" in lines[2] and "| no |" in lines[3]
+
+
+def test_remote_data_is_checked_before_training(tmp_path) -> None:
+    """A job pointing at an unreachable object store fails at once, naming the problem, not an hour in."""
+    import socket
+
+    import pytest
+
+    from greekfire.core.errors import ConfigError
+    from greekfire.core.settings import load_settings
+    from greekfire.ml.config import compose_experiment
+    from greekfire.ml.train import _check_remote_data
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = load_settings(
+        overrides={"storage.s3_endpoint_url": f"http://127.0.0.1:{port}", "storage.connect_timeout_s": 1,
+                   "storage.max_attempts": 1, "home": str(tmp_path)}
+    )
+    cfg = compose_experiment("smoke", ["data.spx_path=s3://quotes/SPX_2018.csv"], settings=settings)
+    with pytest.raises(ConfigError) as ei:
+        _check_remote_data(cfg, settings)
+    assert ei.value.field == "storage.url" and "endpoint_unreachable" in str(ei.value)

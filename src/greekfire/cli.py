@@ -390,13 +390,14 @@ def price_cmd(
 # demo: one stage per system that exists. Each stage is ``module:function`` taking the settings and
 # returning a mapping of what it did (printed in the summary table).
 DEMO_STAGES: list[tuple[str, str]] = [
+    # in layer order: the core first, then what stands on it
     ("foundation", "greekfire.core.demo:run_demo"),
     ("gpu", "greekfire.gpu.demo:run_demo"),
-    ("data", "greekfire.data.demo:run_demo"),
-    ("training", "greekfire.ml.demo:run_demo"),
-    ("trading", "greekfire.strategies.demo:run_demo"),
-    ("market", "greekfire.market.demo:run_demo"),
     ("pricing", "greekfire.quant.demo:run_demo"),
+    ("market", "greekfire.market.demo:run_demo"),
+    ("data", "greekfire.data.demo:run_demo"),
+    ("trading", "greekfire.strategies.demo:run_demo"),
+    ("training", "greekfire.ml.demo:run_demo"),
 ]
 
 

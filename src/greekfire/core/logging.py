@@ -65,14 +65,14 @@ def configure_logging(
 
         handler = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=True)
         handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._greekfire = True  # type: ignore[attr-defined]
+    setattr(handler, "_greekfire", True)  # noqa: B010 - marks our handlers for replacement
     root.addHandler(handler)
     if file:
         path = Path(file)
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backup_count)
         fh.setFormatter(JsonFormatter())
-        fh._greekfire = True  # type: ignore[attr-defined]
+        setattr(fh, "_greekfire", True)  # noqa: B010
         root.addHandler(fh)
     root.setLevel(level.upper())
     return logging.getLogger("greekfire")

@@ -6,10 +6,12 @@ user's machine it skips with the reason; under CI (``CI=true``) it fails, so CI 
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +38,14 @@ def need_binary(name: str) -> str:
     need(path is not None, f"`{name}` is not installed (scripts/test-services.sh installs it)")
     assert path is not None
     return path
+
+
+def need_module(name: str) -> Any:
+    """Import a module a test needs (a dev extra), or skip/fail with the reason."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        need(False, f"python package {name!r} is not installed ({exc}); `make test` installs the dev extras")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

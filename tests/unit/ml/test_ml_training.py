@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import need_module
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import load_settings
 from greekfire.ml.callbacks import InterruptAtStep, TrainingInterrupted
@@ -90,7 +91,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_wandb_asked_for_but_missing_says_so(tmp_path: Path) -> None:
-    pytest.importorskip("lightning")
+    need_module("lightning")
     import importlib.util
 
     if importlib.util.find_spec("wandb") is not None:

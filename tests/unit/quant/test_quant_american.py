@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import need_module
 from greekfire.quant import (
     HIGH_PRECISION,
     american_greeks,
@@ -17,7 +18,7 @@ from greekfire.quant import (
 )
 from greekfire.quant.american import bivariate_norm_cdf
 
-pytest.importorskip("QuantLib")
+need_module("QuantLib")
 from quant_ql_helpers import american as ql_american  # noqa: E402
 
 

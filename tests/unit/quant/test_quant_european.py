@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import need_module
 from greekfire.core.errors import DataError
 from greekfire.quant import (
     GREEK_NAMES,
@@ -21,7 +22,7 @@ from greekfire.quant import (
     parse_right,
 )
 
-ql = pytest.importorskip("QuantLib")
+ql = need_module("QuantLib")
 from quant_ql_helpers import european as ql_european  # noqa: E402
 
 
@@ -160,7 +161,7 @@ def test_invalid_inputs_give_nan_not_exceptions() -> None:
 
 
 def test_far_otm_value_keeps_relative_accuracy() -> None:
-    mp = pytest.importorskip("mpmath")
+    mp = need_module("mpmath")
     mp.mp.dps = 40
     S, K, T, v = 100.0, 250.0, 0.05, 0.2
     ref = mp.mpf(S) * mp.ncdf((mp.log(mp.mpf(S) / K) + 0.5 * v * v * T) / (v * mp.sqrt(T))) - K * mp.ncdf(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import need_module
 from greekfire.quant import (
     bsm_price,
     gbm_paths,
@@ -15,7 +16,7 @@ from greekfire.quant import (
     mc_european,
 )
 
-pytest.importorskip("QuantLib")
+need_module("QuantLib")
 from quant_ql_helpers import heston as ql_heston  # noqa: E402
 
 

@@ -3,7 +3,7 @@
     python -m greekfire.ml.experiments liu            # Liu et al. (2019) Table 5 anchor, ~10 CPU minutes
     python -m greekfire.ml.experiments culkin         # Culkin & Das (2017) anchor, ~4 minutes
     python -m greekfire.ml.experiments heston spx     # LSTM vs Black-Scholes with 20-day historical vol
-    python -m greekfire.ml.experiments all --threads 2 --out benchmarks/results
+    python -m greekfire.ml.experiments all --threads 1 --out benchmarks/results
 
 Each experiment trains its preset from ``configs/train/`` (extra Hydra overrides with ``--set key=value``), writes
 ``<out>/pricing_<name>.json`` and rewrites ``<out>/pricing_accuracy.md`` with every result found there.
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="+", choices=[*EXPERIMENTS, "all"])
     parser.add_argument("--out", default="benchmarks/results", help="folder for pricing_*.json and the table")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small models on a shared CPU)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a Hydra override for every experiment run (repeatable)")
     args = parser.parse_args(argv)

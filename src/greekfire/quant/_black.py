@@ -17,6 +17,44 @@ from greekfire.quant._tensors import INV_SQRT_2, INV_SQRT_2PI, SQRT_2PI
 SMALL_T = 0.21  # below this half total vol the Taylor series in t is summed (truncation < 1e-15)
 LARGE_H = 10.0  # ... as long as |x|/s stays below this (its coefficients cancel beyond)
 
+# Chebyshev coefficients of g(u) = (1 + 2y) erfcx(y) on u = (y - 3.75) / (y + 3.75) in [-1, 1] for y >= 0,
+# fitted here by projection at 120 Chebyshev nodes with 40-digit mpmath; the mapping sends y -> inf to
+# u = 1, where g tends smoothly to 2 / sqrt(pi), and the coefficients fall below 1e-17 after 25 terms
+_ERFCX_MAP = 3.75
+_ERFCX_CHEB = (
+    1.1775789345674017, -0.004590054580646478, -0.08424913336651792, 0.05920993999819189,
+    -0.026658668435305753, 0.009074997670705265, -0.002413163540417608, 0.0004907758365258086,
+    -6.916973302501207e-05, 4.13902798607301e-06, 7.74038306619849e-07, -2.1886401049234397e-07,
+    1.076499946567091e-08, 4.521959811218287e-09, -7.754400208831351e-10, -6.318088340886684e-11,
+    2.86879501093067e-11, 1.9455868545777347e-13, -9.65469674843344e-13, 3.25254814814874e-14,
+    3.3478119482868056e-14, -1.864562880419313e-15, -1.2507950530688648e-15, 7.418235256624043e-17,
+    5.068148904796111e-17, -2.237056659436e-18,
+)
+
+
+def erfcx_nonneg(y: torch.Tensor) -> torch.Tensor:
+    """Scaled complementary error function ``exp(y^2) erfc(y)`` for ``y >= 0`` from arithmetic only.
+
+    ``torch.special.erfcx`` is a scalar call that inductor cannot vectorise (about 20 ns an element on
+    one core, most of the implied-vol step); this Chebyshev sum (Clenshaw) fuses and vectorises, with
+    the same accuracy (a few units in the last place). Used inside compiled kernels only: eager, its 50
+    elementwise passes would cost more than the library call.
+    """
+    u = 1.0 - 2.0 * _ERFCX_MAP / (y + _ERFCX_MAP)  # (y - k) / (y + k); tends to 1 (not NaN) as y -> inf
+    two_u = 2.0 * u
+    b1 = torch.zeros_like(y)
+    b2 = torch.zeros_like(y)
+    for coef in _ERFCX_CHEB[:0:-1]:
+        b1, b2 = two_u * b1 - b2 + coef, b1
+    return (u * b1 - b2 + _ERFCX_CHEB[0]) / (1.0 + 2.0 * y)
+
+
+def _erfcx(y: torch.Tensor) -> torch.Tensor:
+    """``erfcx`` for ``y >= 0``: the vectorisable sum when traced by torch.compile, the library call eager."""
+    if torch.compiler.is_compiling():
+        return erfcx_nonneg(y)
+    return torch.special.erfcx(y)
+
 
 def _parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``b``, ``c`` and the scale ``exp(-(h^2 + t^2)/2)`` with two ``erfcx`` calls per element.
@@ -31,8 +69,8 @@ def _parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
     h2 = h * h
     scale = torch.exp(-0.5 * (h2 + t * t))
     # slot 1: the Mills-ratio argument where the series is summed, |h + t| / sqrt2 elsewhere
-    e1 = torch.special.erfcx(torch.where(small_t, -h, (h + t).abs()) * INV_SQRT_2)
-    e2 = torch.special.erfcx((t - h) * INV_SQRT_2)
+    e1 = _erfcx(torch.where(small_t, -h, (h + t).abs()) * INV_SQRT_2)
+    e2 = _erfcx((t - h) * INV_SQRT_2)
     b_max = torch.exp(0.5 * x)
     # below the inflection point: the difference of the two positive scaled tails keeps relative accuracy
     b_low = 0.5 * scale * (e1 - e2)

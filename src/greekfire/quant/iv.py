@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from greekfire.quant._black import otm_parts
-from greekfire.quant._fused import run_kernel
+from greekfire.quant._fused import DEFAULT_MIN_SIZE, run_kernel
 from greekfire.quant._tensors import SQRT_2PI, TensorLike, as_tensors
 
 IV_REASONS: dict[int, str] = {
@@ -36,6 +36,9 @@ IV_REASONS: dict[int, str] = {
 OK, BELOW_INTRINSIC, ABOVE_MAX, NO_TIME_VALUE, EXPIRED, BAD_INPUT = range(6)
 
 DEFAULT_ITERATIONS = 6
+SHARED_STEPS = 3  # steps every quote takes inside the fused kernel; most have converged after them
+TAIL_COMPILE_MIN = 65_536  # active sets smaller than this step eagerly
+FREEZE_TOL = 1e-10  # relative step under which a quote has converged and leaves the active set
 
 
 class IVResult(NamedTuple):
@@ -128,8 +131,9 @@ def _iv_step(
     log_b_objective: torch.Tensor,
     ln_target: torch.Tensor,
     ln_cap_gap: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One bracketed third-order Householder step on the chosen objective (same cost for every quote)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One bracketed third-order Householder step on the chosen objective (same cost for every quote);
+    also says which quotes have converged (their step was below ``FREEZE_TOL`` relative)."""
     tiny = torch.finfo(x.dtype).tiny
     b, c, db = otm_parts(x, s)
     g = torch.where(log_b_objective, b, c)
@@ -158,8 +162,30 @@ def _iv_step(
     mid = torch.where(
         torch.isfinite(hi), torch.where(lo > 0, torch.sqrt(lo * hi), 0.5 * hi), 2.0 * torch.maximum(s, lo)
     )
+    # a (Householder or Newton) step this small means the next one would be below rounding: the error
+    # left is about step^3 (step^2 for Newton), far under what a 1e-12 repricing needs
+    done = inside & ((s_new - s).abs() <= FREEZE_TOL * s)
     s = torch.where(inside, s_new, mid)
-    return s, lo, hi
+    return s, lo, hi, done
+
+
+def _iv_head(
+    price: torch.Tensor,
+    w: torch.Tensor,
+    S: torch.Tensor,
+    K: torch.Tensor,
+    T: torch.Tensor,
+    r: torch.Tensor,
+    q: torch.Tensor,
+    steps: int,
+) -> tuple[torch.Tensor, ...]:
+    """Set-up plus ``steps`` Householder steps for every quote (one pass over memory when compiled);
+    the last tensor says which quotes are finished (converged, or with nothing to solve)."""
+    x, s, lo, hi, log_b, ln_target, ln_cap_gap, solve, Tp, code = _iv_setup(price, w, S, K, T, r, q)
+    done = torch.zeros_like(solve)
+    for _ in range(steps):
+        s, lo, hi, done = _iv_step(x, s, lo, hi, log_b, ln_target, ln_cap_gap)
+    return x, s, lo, hi, log_b, ln_target, ln_cap_gap, solve, Tp, code, done | ~solve
 
 
 def implied_vol(
@@ -182,11 +208,31 @@ def implied_vol(
     """
     tensors = as_tensors(price, right, spot, strike, ttm, rate, div_yield)
     out_dtype = tensors[0].dtype
-    args = tuple(t.to(torch.float64) for t in tensors)
+    shape = tensors[0].shape
+    args = tuple(t.to(torch.float64).reshape(-1) for t in tensors)
     n = args[0].numel()
-    x, s, lo, hi, log_b, ln_target, ln_cap_gap, solve, Tp, code = run_kernel(_iv_setup, args, compile=compile, numel=n)
-    # the step is compiled on its own: a small graph compiles in seconds, and the loop costs nothing
-    for _ in range(iterations):
-        s, lo, hi = run_kernel(_iv_step, (x, s, lo, hi, log_b, ln_target, ln_cap_gap), compile=compile, numel=n)
+    use_compiled = compile if compile is not None else n >= DEFAULT_MIN_SIZE
+    shared = min(iterations, SHARED_STEPS)
+    # set-up and the first steps, which every quote needs, run as one fused kernel
+    x, s, lo, hi, log_b, ln_target, ln_cap_gap, solve, Tp, code, done = run_kernel(
+        _iv_head, args, compile=use_compiled, numel=n, steps=shared
+    )
+    # the remaining steps run only on the quotes that have not converged yet (a shrinking active set),
+    # so the batch no longer pays the worst quote's step count on every element
+    active = torch.nonzero(~done).squeeze(1)
+    state = tuple(t[active] for t in (x, s, lo, hi, log_b, ln_target, ln_cap_gap))
+    for _ in range(iterations - shared):
+        if active.numel() == 0:
+            break
+        xa, sa, loa, hia, lba, lta, lca = state
+        # a small remainder runs eager: compiled dynamic shapes would recompile for sizes 0 and 1
+        sa, loa, hia, done_a = run_kernel(
+            _iv_step, (xa, sa, loa, hia, lba, lta, lca),
+            compile=use_compiled and active.numel() >= TAIL_COMPILE_MIN, numel=active.numel(),
+        )
+        s = s.index_copy(0, active, sa)
+        keep = ~done_a
+        active = active[keep]
+        state = tuple(t[keep] for t in (xa, sa, loa, hia, lba, lta, lca))
     vol = torch.where(solve, s / torch.sqrt(Tp), torch.full_like(s, math.nan))
-    return IVResult(vol.to(out_dtype), code)
+    return IVResult(vol.to(out_dtype).reshape(shape), code.reshape(shape))

@@ -64,7 +64,8 @@ def _start_server(ckpt: Path, port: int, batching: bool) -> subprocess.Popen[byt
            "--device", "cpu"]
     if not batching:
         cmd.append("--no-batching")
-    env = dict(os.environ, GREEKFIRE_TRAINING__SERVE_MAX_WAIT_MS="2")
+    # one torch thread: the clients share these cores, and spinning OpenMP workers would fight them
+    env = dict(os.environ, GREEKFIRE_TRAINING__SERVE_MAX_WAIT_MS="2", GREEKFIRE_TRAINING__TORCH_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline:

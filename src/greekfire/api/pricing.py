@@ -144,6 +144,9 @@ def build_app(settings: Settings | None = None, model: LoadedModel | None = None
     if model is None:
         raise DataError("model", None, "build_app needs a loaded model (greekfire.ml.serving.load_pricing_model)")
     s = settings or load_settings()
+    if s.training.torch_threads:
+        # small models on a shared CPU run fastest on one thread: spinning OpenMP workers lose to the clients
+        torch.set_num_threads(s.training.torch_threads)
     batcher = MicroBatcher(model, max_rows=s.training.serve_max_batch_rows,
                            max_wait_ms=s.training.serve_max_wait_ms, enabled=batching)
 

@@ -91,13 +91,20 @@ def _refine_values(
     refine = out.pop("_refine")
     if any(a.requires_grad for a in args):
         out["value"] = torch.where(refine, price_fn(*args, compile=False), out["value"])
-    elif bool(refine.any()):
-        sub = tuple(a[refine] for a in args)
-        value = out["value"].clone()
-        # a large batch that took the fused path fuses its refinement too
-        fused = compile if compile is not None else refine.numel() >= DEFAULT_MIN_SIZE
-        value[refine] = price_fn(*sub, compile=fused)
-        out["value"] = value
+    else:
+        # one index list and index_select: a boolean mask per argument rescans the whole batch each time
+        # (it cost a third of the fused Greeks on 1M options, for the ~4% of rows refined)
+        rows = torch.nonzero(refine.reshape(-1)).squeeze(1)
+        if rows.numel():
+            sub = tuple(a.reshape(-1).index_select(0, rows) for a in args)
+            # a large batch that took the fused path fuses its refinement too
+            fused = compile if compile is not None else refine.numel() >= DEFAULT_MIN_SIZE
+            refined = price_fn(*sub, compile=fused)
+            value = out["value"]
+            if value.is_contiguous():  # the kernel's own fresh output: overwrite the rows in place
+                value.view(-1).index_copy_(0, rows, refined)
+            else:
+                out["value"] = value.reshape(-1).index_copy(0, rows, refined).reshape(refine.shape)
     return out
 
 

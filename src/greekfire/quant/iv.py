@@ -114,12 +114,12 @@ def _iv_setup(
     hi = torch.where(lower_target, s_c, torch.full_like(s, math.inf))
     s = torch.where(s > 0, s, torch.where(lower_target, 0.5 * s_c, torch.ones_like(s)))
     s = torch.where(torch.isfinite(s), s, 0.5 * (lo + torch.where(torch.isfinite(hi), hi, lo + 2.0)))
-    code = torch.zeros_like(s, dtype=torch.int8)
-    code = torch.where(below, torch.full_like(code, BELOW_INTRINSIC), code)
-    code = torch.where(above, torch.full_like(code, ABOVE_MAX), code)
-    code = torch.where(no_tv, torch.full_like(code, NO_TIME_VALUE), code)
-    code = torch.where(expired, torch.full_like(code, EXPIRED), code)
-    code = torch.where(bad, torch.full_like(code, BAD_INPUT), code)
+    # the five classes are disjoint by construction, so the code is a sum (cheaper than a chain of wheres
+    # in a fused kernel)
+    code = (
+        below.to(torch.int8) * BELOW_INTRINSIC + above.to(torch.int8) * ABOVE_MAX
+        + no_tv.to(torch.int8) * NO_TIME_VALUE + expired.to(torch.int8) * EXPIRED + bad.to(torch.int8) * BAD_INPUT
+    )
     return x, s, lo, hi, log_b_objective, ln_target, ln_cap_gap, solve, Tp, code
 
 

@@ -1,4 +1,4 @@
-"""Implied volatility of European quotes, vectorized, in a fixed number of iterations.
+"""Implied volatility of European quotes, vectorized, in a bounded number of iterations.
 
 Method (our own, in the spirit of Jäckel's "Let's Be Rational"): each quote is normalised to Black space,
 ``x = ln(F/K)``, ``beta = price / (D * sqrt(F K))``; an in-the-money quote becomes the out-of-the-money
@@ -6,8 +6,9 @@ price of the same strike by put-call parity, so every quote is solved on ``b(x, 
 out-of-the-money price as a function of the total volatility ``s = vol * sqrt(ttm)``. Below the inflection
 point ``s_c = sqrt(2|x|)`` we solve ``ln b = ln beta`` (b is tiny and nearly log-quadratic there), above it
 ``ln(b_max - b) = ln(b_max - beta)`` (the price saturates). Each element starts from an asymptotic guess
-and takes the same fixed number of third-order Householder steps inside a shrinking bracket, so a batch
-never waits on its worst element. Prices of out-of-the-money options are evaluated with the scaled
+and takes third-order Householder steps inside a shrinking bracket: the first ``SHARED_STEPS`` for every
+quote (fused with the set-up into one kernel), then only the quotes not yet converged step on, as a
+shrinking active set, so the batch does not pay its worst quote's step count on every element. Prices of out-of-the-money options are evaluated with the scaled
 complementary error function (``erfcx``) to keep relative accuracy far in the wings.
 
 Quotes that cannot have an implied vol get NaN and a reason code (:data:`IV_REASONS`); nothing raises.
@@ -203,8 +204,10 @@ def implied_vol(
     """Black-Scholes-Merton implied vol (annualised) of European option prices (currency per unit).
 
     ``ttm`` in years, ``rate`` / ``div_yield`` continuously compounded; inputs broadcast. Solved in
-    float64 whatever the input dtype (the result is cast back to it). Invalid quotes give NaN with a code:
-    1 below_intrinsic, 2 above_max, 3 no_time_value, 4 expired, 5 bad_input (see :data:`IV_REASONS`).
+    float64 whatever the input dtype (the result is cast back to it). ``iterations`` bounds the steps any
+    quote takes (the first 3 are taken by all, later ones only by quotes not converged to 1e-10).
+    Invalid quotes give NaN with a code: 1 below_intrinsic, 2 above_max, 3 no_time_value, 4 expired,
+    5 bad_input (see :data:`IV_REASONS`).
     """
     tensors = as_tensors(price, right, spot, strike, ttm, rate, div_yield)
     out_dtype = tensors[0].dtype

@@ -12,15 +12,11 @@ from enum import IntEnum
 from typing import Any
 
 from greekfire.core.errors import DataError
+from greekfire.market.matching import (
+    Side,  # one order side for exchange and trader (sign of the position change)
+)
 
 SECONDS_PER_YEAR = 365.0 * 86400.0  # ACT/365, the pricing core's convention
-
-
-class Side(IntEnum):
-    """Order side; the value is the sign of the position change (same values as the matching engine)."""
-
-    BUY = 1
-    SELL = -1
 
 
 class OrderType(IntEnum):

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from greekfire.market.matching import ExecKind, ExecReport, MatchingEngine, OrdType
-from greekfire.market.matching import Side as MSide
 from greekfire.market.matching import TimeInForce as MTif
 from greekfire.trading.model import BookUpdate, Instrument, OrderType, Quote, Side, TimeInForce, TradeTick
 from greekfire.trading.orders import Order
@@ -204,7 +203,7 @@ class SimulatedVenue(Venue):
         self._next_oid += 1
         inst = self.instruments[instrument_id]
         # each call is a different participant, so self-trade prevention never blocks a scripted cross
-        reports = self.books[instrument_id].submit(oid, 1000 + oid, MSide(side), qty, inst.to_ticks(price), ts_ns=now_ns)
+        reports = self.books[instrument_id].submit(oid, 1000 + oid, Side(side), qty, inst.to_ticks(price), ts_ns=now_ns)
         self._touched.add(instrument_id)
         self._reports(instrument_id, reports, now_ns, self._pending_md)
 
@@ -283,7 +282,7 @@ class SimulatedVenue(Venue):
             self._inst_of[oid] = iid
             is_mkt = ord_type == OrderType.MARKET
             reports = self.books[iid].submit(
-                oid, US_OWNER, MSide(side), qty, None if is_mkt else inst.to_ticks(price),
+                oid, US_OWNER, Side(side), qty, None if is_mkt else inst.to_ticks(price),
                 OrdType.MARKET if is_mkt else OrdType.LIMIT, _TIF[TimeInForce(tif)], post_only, now_ns,
             )
         elif op == "amend":
@@ -343,9 +342,9 @@ class SimulatedVenue(Venue):
         if not fair > 0:
             return []
         rng = self.rng
-        side = MSide.BUY if rng.random() < 0.5 else MSide.SELL
+        side = Side.BUY if rng.random() < 0.5 else Side.SELL
         off = (self.half_spread_ticks + (offset if offset is not None else rng.randint(0, 4)))
-        px = inst.to_ticks(fair) - off if side == MSide.BUY else inst.to_ticks(fair) + off
+        px = inst.to_ticks(fair) - off if side == Side.BUY else inst.to_ticks(fair) + off
         if px <= 0:
             return []
         oid = self._next_oid
@@ -355,8 +354,8 @@ class SimulatedVenue(Venue):
         reports = self.books[iid].submit(oid, 100 + rng.randint(0, 9), side, size or rng.randint(1, 20), px,
                                          ts_ns=now_ns)
         if offset is not None:  # seeding puts both sides
-            other = MSide.SELL if side == MSide.BUY else MSide.BUY
-            px2 = inst.to_ticks(fair) + off if other == MSide.SELL else inst.to_ticks(fair) - off
+            other = Side.SELL if side == Side.BUY else Side.BUY
+            px2 = inst.to_ticks(fair) + off if other == Side.SELL else inst.to_ticks(fair) - off
             if px2 > 0:
                 oid2 = self._next_oid
                 self._next_oid += 1
@@ -388,7 +387,7 @@ class SimulatedVenue(Venue):
         for _ in range(n):
             iid = ids[self.rng.randrange(len(ids))]
             if self.rng.random() < self.taker_share:
-                side = MSide.BUY if self.rng.random() < 0.5 else MSide.SELL
+                side = Side.BUY if self.rng.random() < 0.5 else Side.SELL
                 oid = self._next_oid
                 self._next_oid += 1
                 reports = self.books[iid].submit(oid, 100 + self.rng.randint(0, 9), side, self.rng.randint(1, 10),

@@ -295,16 +295,6 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def _explain(exc: ValidationError, source: str) -> ConfigErrors:
     errors = []
     for err in exc.errors():
@@ -340,32 +330,11 @@ def load_settings(
         source += " or overrides"
     token = _yaml_data.set(data)
     try:
-        # nested init values replace whole sections, so merge the YAML under the overrides ourselves
-        merged_init = _deep_merge(_section_defaults(data, init), init) if init else {}
-        return Settings(**merged_init)
+        return Settings(**init)
     except ValidationError as exc:
         raise _explain(exc, source) from None
     finally:
         _yaml_data.reset(token)
-
-
-def _section_defaults(yaml_data: dict[str, Any], init: dict[str, Any]) -> dict[str, Any]:
-    """For each overridden section, start from the YAML and environment values of that section."""
-    out: dict[str, Any] = {}
-    env_tree: dict[str, Any] = {}
-    for k, v in os.environ.items():
-        if k.upper().startswith(ENV_PREFIX) and "__" in k:
-            path = k[len(ENV_PREFIX) :].lower().split("__")
-            node = env_tree
-            for p in path[:-1]:
-                node = node.setdefault(p, {})
-            if isinstance(node, dict):
-                node[path[-1]] = v
-    for section in init:
-        base = yaml_data.get(section, {})
-        if isinstance(base, dict):
-            out[section] = _deep_merge(base, env_tree.get(section, {}))
-    return out
 
 
 _MASK = "********"

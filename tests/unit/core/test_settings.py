@@ -23,8 +23,11 @@ def test_yaml_then_env_then_overrides(tmp_settings_env: Path, monkeypatch: pytes
     s = load_settings(cfg)
     assert s.gpu.sample_interval_s == 7.0
     assert s.gpu.placement == "pack"  # the YAML value the environment did not touch survives
-    s = load_settings(cfg, overrides={"gpu.sample_interval_s": 9})
+    s = load_settings(cfg, overrides={"gpu.sample_interval_s": 9, "gpu.alerts.memory_pct": 80})
     assert s.gpu.sample_interval_s == 9.0
+    assert s.gpu.placement == "pack"  # an override of one key keeps the section's other sources
+    assert s.gpu.alerts.memory_pct == 80 and s.gpu.alerts.temperature_c == 85.0
+    assert s.logging.level == "DEBUG"
 
 
 def test_config_env_variable(tmp_settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ the strike (or multiplied by spot^2 / strike for gamma) so every feature is scal
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -403,6 +404,26 @@ def time_split(
     )
 
 
+def feature_moments(x: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation over every axis but the last (float64).
+
+    The one place the standardisation statistics are computed, for :class:`Normalizer` (numpy samples)
+    and the models' in-network scaler alike: a constant feature gets std 1 (centred, not blown up), and
+    the unit-scale features in :data:`UNSCALED` get mean 0 and std 1 (left as they are).
+    """
+    x = np.asarray(x)
+    if len(names) != x.shape[-1]:
+        raise DataError("feature_names", list(names), f"expected {x.shape[-1]} names, one per feature column")
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    mean = flat.mean(axis=0) if len(flat) else np.zeros(x.shape[-1])
+    std = flat.std(axis=0) if len(flat) else np.ones(x.shape[-1])
+    std = np.where(std > 1e-8, std, 1.0)
+    for i, nm in enumerate(names):
+        if nm in UNSCALED:
+            mean[i], std[i] = 0.0, 1.0
+    return mean, std
+
+
 class Normalizer:
     """Per-feature standardisation fit on the training split only; save it with the model.
 
@@ -428,24 +449,13 @@ class Normalizer:
         self.contract_mean = np.asarray(contract_mean, dtype=np.float32)
         self.contract_std = np.asarray(contract_std, dtype=np.float32)
 
-    @staticmethod
-    def _moments(x: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        mean = flat.mean(axis=0) if len(flat) else np.zeros(x.shape[-1])
-        std = flat.std(axis=0) if len(flat) else np.ones(x.shape[-1])
-        std = np.where(std > 1e-8, std, 1.0)  # a constant feature is centred, not blown up
-        for i, nm in enumerate(names):
-            if nm in UNSCALED:
-                mean[i], std[i] = 0.0, 1.0
-        return mean, std
-
     @classmethod
     def fit(cls, train: Samples) -> Normalizer:
         """Fit on the training split (never on val/test: that would leak their statistics)."""
         if len(train) == 0:
             raise DataError("train", 0, "cannot fit a normaliser on zero samples")
-        sm, ss = cls._moments(train.seq, train.seq_names)
-        cm, cs = cls._moments(train.contract, train.contract_names)
+        sm, ss = feature_moments(train.seq, train.seq_names)
+        cm, cs = feature_moments(train.contract, train.contract_names)
         return cls(train.seq_names, train.contract_names, sm, ss, cm, cs)
 
     def transform(self, samples: Samples) -> Samples:

@@ -42,12 +42,17 @@ class FeatureScaler(nn.Module):
         self.register_buffer("std", torch.ones(n_features))
 
     @torch.no_grad()
-    def fit(self, x: Tensor) -> None:
-        """Set mean and std from training rows ``x`` [..., n_features]; constant columns keep std 1."""
-        flat = x.reshape(-1, x.shape[-1]).double()
-        std = flat.std(dim=0, unbiased=False)
-        self.mean.copy_(flat.mean(dim=0).to(self.mean.dtype))
-        self.std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)).to(self.std.dtype))
+    def fit(self, x: Tensor, names: Sequence[str]) -> None:
+        """Set mean and std from training rows ``x`` [..., n_features] named ``names``.
+
+        The statistics come from :func:`greekfire.data.features.feature_moments`, the same rule the data
+        layer's ``Normalizer`` uses: constant columns keep std 1, unit-scale features are left as they are.
+        """
+        from greekfire.data.features import feature_moments
+
+        mean, std = feature_moments(x.detach().cpu().numpy(), names)
+        self.mean.copy_(torch.from_numpy(mean).to(self.mean.dtype))
+        self.std.copy_(torch.from_numpy(std).to(self.std.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)

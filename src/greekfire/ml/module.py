@@ -185,7 +185,7 @@ def module_for(cfg: ExperimentConfig, data: PricingData) -> PricingModule:
         contract_names=data.contract_names, seq_names=data.seq_names, window=data.window,
     )
     net: Any = module.net
-    net.contract_scaler.fit(data.train["contract"])
+    net.contract_scaler.fit(data.train["contract"], data.contract_names)
     if seq is not None and hasattr(net, "seq_scaler"):
-        net.seq_scaler.fit(seq)
+        net.seq_scaler.fit(seq, data.seq_names)
     return module

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from greekfire.core.errors import ConfigError, ConfigErrors
+from greekfire.core.errors import ConfigError, ConfigErrors, DataError
 from greekfire.ml.config import compose_experiment, config_hash
 from greekfire.ml.data import ResumableBatchSampler, bs_culkin_samples, bs_liu_samples, load_pricing_data
 from greekfire.ml.models import FeatureScaler, MLPPricer, OptionsPricingLSTM
@@ -57,11 +57,23 @@ def test_heads_must_divide_hidden() -> None:
 def test_feature_scaler_standardises_and_keeps_constant_columns_finite() -> None:
     x = torch.stack([torch.linspace(0, 10, 101), torch.full((101,), 3.0)], dim=1)
     sc = FeatureScaler(2)
-    sc.fit(x)
+    sc.fit(x, ["moneyness", "ttm"])
     z = sc(x)
     assert abs(float(z[:, 0].mean())) < 1e-5 and abs(float(z[:, 0].std(unbiased=False)) - 1) < 1e-4
     assert bool(torch.isfinite(z).all()) and float(z[:, 1].abs().max()) == 0.0
     assert set(sc.state_dict()) == {"mean", "std"}  # saved in checkpoints with the weights
+
+
+def test_feature_scaler_uses_the_data_layers_rule_for_unit_scale_features() -> None:
+    # one rule for both: the in-model scaler leaves one-hot/cyclical features alone, as Normalizer does
+    x = torch.stack([torch.linspace(0, 10, 101), (torch.arange(101) % 2).float()], dim=1)
+    sc = FeatureScaler(2)
+    sc.fit(x, ["moneyness", "is_call"])
+    z = sc(x)
+    assert torch.equal(z[:, 1], x[:, 1])
+    assert abs(float(z[:, 0].std(unbiased=False)) - 1) < 1e-4
+    with pytest.raises(DataError, match="feature_names"):
+        sc.fit(x, ["moneyness"])
 
 
 def _bs_call_over_k(m: float, t: float, r: float, q: float, v: float) -> float:

@@ -25,9 +25,12 @@ import torch
 from greekfire.quant import bsm_greeks
 from greekfire.trading.engine import Strategy
 from greekfire.trading.model import Fill, Instrument, Quote, Side, TimeInForce
-from greekfire.trading.orders import OrderStatus
+from greekfire.trading.orders import OPEN, OrderStatus
 
-_WORKING = (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED)
+_WORKING = frozenset((OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED))
+# bound once: an Enum class attribute lookup costs ~0.2 us on the re-quote path
+_BUY, _SELL, _GTC = Side.BUY, Side.SELL, TimeInForce.GTC
+_ZERO4 = (0.0, 0.0, 0.0, 0.0)
 
 
 class OptionsMarketMaker(Strategy):
@@ -60,6 +63,7 @@ class OptionsMarketMaker(Strategy):
         self._underlying_ids: dict[int, str] = {}
         # Taylor base per option: (spot at the full price, value, delta, gamma)
         self._base: dict[int, tuple[float, float, float, float]] = {}
+        self._by_delta: dict[str, list[Instrument]] = {}  # each chain, largest |delta| at the last full price first
         self._want: dict[int, tuple[float | None, float | None]] = {}  # unclamped target (bid, ask)
         self._live: dict[int, tuple[float | None, float | None]] = {}  # what our working orders show
         self.reprices = 0
@@ -102,19 +106,25 @@ class OptionsMarketMaker(Strategy):
         for inst, v, d, gm in zip(chain, vals, deltas, gammas, strict=True):
             self._base[inst.instrument_id] = (spot, v, d, gm)
             self.fair[inst.instrument_id] = v
+        # on an underlying move, the options with the largest |delta| move most: re-quote those first
+        self._by_delta[und] = sorted(chain, key=lambda i: -abs(self._base[i.instrument_id][2]))
         self.reprices += 1
         self._requote_chain(und)
 
     def _step(self, und: str, spot: float) -> None:
-        """Move every fair value of the chain to ``spot`` by its Taylor step from the last full price."""
+        """Move every fair value of the chain to ``spot`` by its Taylor step from the last full price, and
+        re-quote each option as soon as its own fair value has moved (the first order does not wait for the
+        rest of the chain), largest |delta| first: those quotes move most and are the most exposed."""
         base = self._base
         fair = self.fair
-        for inst in self._chain.get(und, ()):
+        requote = self._requote
+        for inst in self._by_delta.get(und) or self._chain.get(und) or ():
             b = base.get(inst.instrument_id)
             if b is not None:
                 ds = spot - b[0]
-                fair[inst.instrument_id] = max(0.0, b[1] + b[2] * ds + 0.5 * b[3] * ds * ds)
-        self._requote_chain(und)
+                v = b[1] + b[2] * ds + 0.5 * b[3] * ds * ds
+                fair[inst.instrument_id] = v if v > 0.0 else 0.0
+            requote(inst)
 
     # ---------------------------------------------------------------- events
     def on_quote(self, quote: Quote) -> None:
@@ -170,23 +180,25 @@ class OptionsMarketMaker(Strategy):
             self._requote(inst)
 
     def _requote(self, inst: Instrument) -> None:
-        eng = self.engine
-        assert eng is not None
         iid = inst.instrument_id
         fair = self.fair.get(iid)
         if fair is None:
             return
+        eng = self.engine
+        assert eng is not None
         pf = eng.portfolio
         pos = pf.positions.get(iid)
         qty = pos.qty if pos is not None else 0
-        unit = pf.unit.get(iid, (0.0, 0.0, 0.0, 0.0))
-        book = pf.totals.get(inst.underlying, (0.0, 0.0, 0.0, 0.0))
+        unit = pf.unit.get(iid, _ZERO4)
+        book = pf.totals.get(inst.underlying, _ZERO4)
         reservation = (
             fair - self.inventory_skew * qty - self.delta_skew * book[0] * unit[0] - self.vega_skew * book[2] * unit[2]
         )
         tick = inst.tick_size
-        bid = round(math.floor(reservation / tick - self.half_width_ticks + 1e-9) * tick, 10)
-        ask = round(math.ceil(reservation / tick + self.half_width_ticks - 1e-9) * tick, 10)
+        r = reservation / tick
+        hw = self.half_width_ticks
+        bid = round(math.floor(r - hw + 1e-9) * tick, 10)
+        ask = round(math.ceil(r + hw - 1e-9) * tick, 10)
         want_bid = bid if bid >= tick and qty < self.max_inventory else None
         want_ask = ask if qty > -self.max_inventory else None
         self._want[iid] = (want_bid, want_ask)
@@ -197,26 +209,33 @@ class OptionsMarketMaker(Strategy):
                 want_bid = round(ma - tick, 10) if ma - tick >= tick else None
             if want_ask is not None and mb == mb and want_ask <= mb:
                 want_ask = round(mb + tick, 10)
-        mine = self.quotes.setdefault(iid, {})
-        shown: list[float | None] = [None, None]
-        for k, (side, price) in enumerate(((Side.BUY, want_bid), (Side.SELL, want_ask))):
-            cid = mine.get(side)
-            order = eng.oms.get(cid) if cid else None
-            if order is not None and not order.is_open:
-                order = None
-                del mine[side]
-            if price is None:
-                if order is not None and order.status in _WORKING:
-                    eng.cancel(order.client_id)
-                continue
-            if order is None:
-                sent = self.submit(iid, side, self.size, price, tif=TimeInForce.GTC, post_only=True)
-                if sent and sent[0].is_open:
-                    mine[side] = sent[0].client_id
-                    shown[k] = price
-            elif order.price is not None and abs(order.price - price) >= self.requote_ticks * tick - 1e-9:
-                if order.status in _WORKING and eng.amend(order.client_id, max(order.qty, order.filled_qty + self.size), price) is None:
-                    shown[k] = price
-            else:
-                shown[k] = price
-        self._live[iid] = (shown[0], shown[1])
+        mine = self.quotes.get(iid)
+        if mine is None:
+            mine = self.quotes[iid] = {}
+        shown_bid = self._quote_side(mine, iid, _BUY, want_bid, tick)
+        self._live[iid] = (shown_bid, self._quote_side(mine, iid, _SELL, want_ask, tick))
+
+    def _quote_side(self, mine: dict[int, str], iid: int, side: Side, price: float | None, tick: float) -> float | None:
+        """Bring our working order on one side to ``price`` (None: no quote); returns the price it now shows."""
+        eng = self.engine
+        assert eng is not None
+        cid = mine.get(side)
+        order = eng.oms.orders.get(cid) if cid else None
+        if order is not None and order.status not in OPEN:
+            order = None
+            del mine[side]
+        if price is None:
+            if order is not None and order.status in _WORKING:
+                eng.cancel(order.client_id)
+            return None
+        if order is None:
+            sent = self.submit(iid, side, self.size, price, tif=_GTC, post_only=True)
+            if sent and sent[0].is_open:
+                mine[side] = sent[0].client_id
+                return price
+            return None
+        if order.price is not None and abs(order.price - price) >= self.requote_ticks * tick - 1e-9:
+            if order.status in _WORKING and eng.amend(order.client_id, max(order.qty, order.filled_qty + self.size), price) is None:
+                return price
+            return None
+        return price

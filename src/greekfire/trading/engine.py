@@ -38,7 +38,7 @@ from greekfire.trading.model import (
     TradeTick,
 )
 from greekfire.trading.oms import OMS
-from greekfire.trading.orders import Order, OrderStatus
+from greekfire.trading.orders import TRANSITIONS, Order, OrderStatus
 from greekfire.trading.portfolio import Portfolio
 from greekfire.trading.risk import Denial, RiskEngine
 from greekfire.trading.router import SmartOrderRouter, VenueStats
@@ -55,6 +55,8 @@ GREEK = gauge("greekfire_trading_greek", "portfolio Greek per underlying", ["und
 INTERNAL_LATENCY = gauge(
     "greekfire_trading_internal_latency_us", "market event in -> order out, microseconds (HDR percentiles)", ["quantile"]
 )
+
+_PENDING_REPLACE = OrderStatus.PENDING_REPLACE  # bound once: Enum attribute lookups cost ~0.2 us each
 
 
 class _Terms:
@@ -336,8 +338,8 @@ class TradingEngine:
     def amend(self, client_id: str, qty: int, price: float) -> Denial | None:
         """Change a live order's total quantity and limit price (risk-checked like a new order)."""
         now = self.clock_ns()
-        order = self.oms.get(client_id)
-        if order is None or not order.can(OrderStatus.PENDING_REPLACE):
+        order = self.oms.orders.get(client_id)
+        if order is None or _PENDING_REPLACE not in TRANSITIONS[order.status]:
             return None
         terms = cast(Order, _Terms(order, qty, price))  # quacks like an Order for every field check() reads
         denial = self.risk.check(terms, self.portfolio.marks.get(order.instrument_id), now, amend_of=order)
@@ -345,7 +347,7 @@ class TradingEngine:
             self.audit.append(now, "risk", client_id, {"amend_denied": denial.to_dict()})
             self.bus.publish("risk", {"event": "amend_denied", "client_id": client_id, **denial.to_dict()})
             return denial
-        self.oms.transition(order, OrderStatus.PENDING_REPLACE, now, new_qty=qty, new_price=price)
+        self.oms.transition(order, _PENDING_REPLACE, now, new_qty=qty, new_price=price)
         self._sent_ns[client_id] = now
         self.venues[order.venue].amend(order, qty, price, now)
         self.orders_out += 1

@@ -16,7 +16,7 @@ from greekfire.core.metrics import counter
 from greekfire.trading.audit import AuditLog
 from greekfire.trading.bus import MessageBus
 from greekfire.trading.model import Fill, OrderEvent
-from greekfire.trading.orders import FillProblem, Order, OrderStatus
+from greekfire.trading.orders import OPEN, FillProblem, Order, OrderStatus
 from greekfire.trading.venues import VenueEvent, VenueOrderState
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,21 @@ class OMS:
         return self._emit(order, old, ts_ns, reason, info)
 
     def _emit(self, order: Order, old: OrderStatus, ts_ns: int, reason: str, info: dict[str, Any]) -> OrderEvent:
-        self._index(order)
+        cid = order.client_id
+        status = order.status
+        if (status in OPEN) != (cid in self._open):  # only a change between open and closed re-indexes
+            self._index(order)
         self.transitions += 1
         if reason:
             info["reason"] = reason
-        new = order.status.value
-        seq = self.audit.append(ts_ns, "order", order.client_id, {"old": old.value, "new": new, **info})
-        ev = OrderEvent(seq, ts_ns, order.client_id, old.value, new, info)
-        self.status_counts[new] = self.status_counts.get(new, 0) + 1
+        new = status._value_  # the plain string (the enum's ``value`` property is a slow Python call)
+        data = {"old": old._value_, "new": new}
+        if info:
+            data.update(info)
+        seq = self.audit.append(ts_ns, "order", cid, data)
+        ev = OrderEvent(seq, ts_ns, cid, data["old"], new, info)
+        counts = self.status_counts
+        counts[new] = counts.get(new, 0) + 1
         self.bus.publish("orders", ev)
         return ev
 

@@ -57,6 +57,9 @@ OPEN: frozenset[OrderStatus] = frozenset(
 )
 
 
+_PENDING: frozenset[OrderStatus] = frozenset({S.PENDING_CANCEL, S.PENDING_REPLACE})
+
+
 class IllegalTransition(GreekfireError):
     """An order was asked to move along an edge that is not in :data:`TRANSITIONS`."""
 
@@ -151,8 +154,8 @@ class Order:
         old = self.status
         if new not in TRANSITIONS[old]:
             raise IllegalTransition(self.client_id, old, new)
-        if new in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
-            self._prev_open = old if old not in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE) else self._prev_open
+        if new in _PENDING and old not in _PENDING:
+            self._prev_open = old
         self.status = new
         self.ts_last_ns = ts_ns or self.ts_last_ns
         if reason:

@@ -39,12 +39,15 @@ UNDERLYING_EVERY = 500
 
 
 class AckVenue(Venue):
-    """Acknowledges every request at the next poll; never fills. Counts what it received."""
+    """Acknowledges every request at the next poll; never fills. Counts what it received.
+
+    A request is only noted (one tuple) when the engine hands it over; the acknowledgement events are built at
+    :meth:`poll`, as a venue would build them on its side, so the sink's own work stays off the timed path."""
 
     def __init__(self, name: str, maker_fee: float, taker_fee: float) -> None:
         self.name = name
         self._fees = (maker_fee, taker_fee)
-        self._out: list[VenueEvent] = []
+        self._out: list[tuple[str, str, int, float, int]] = []
         self.received = 0
 
     def fees(self) -> tuple[float, float]:
@@ -52,19 +55,20 @@ class AckVenue(Venue):
 
     def submit(self, order: Order, now_ns: int) -> None:
         self.received += 1
-        self._out.append(VenueEvent("accepted", self.name, order.client_id, ts_ns=now_ns))
+        self._out.append(("accepted", order.client_id, 0, 0.0, now_ns))
 
     def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
         self.received += 1
-        self._out.append(VenueEvent("replaced", self.name, order.client_id, qty=new_qty, price=new_price, ts_ns=now_ns))
+        self._out.append(("replaced", order.client_id, new_qty, new_price, now_ns))
 
     def cancel(self, order: Order, now_ns: int) -> None:
         self.received += 1
-        self._out.append(VenueEvent("canceled", self.name, order.client_id, ts_ns=now_ns))
+        self._out.append(("canceled", order.client_id, 0, 0.0, now_ns))
 
     def poll(self, now_ns: int) -> list[Any]:
         out, self._out = self._out, []
-        return out
+        name = self.name
+        return [VenueEvent(k, name, cid, qty=q, price=p, ts_ns=ts) for k, cid, q, p, ts in out]
 
     def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:
         return [], []

@@ -19,6 +19,7 @@ position in the batch and the batch goes on; see :class:`ApplyResult`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numba as nb
 import numpy as np
@@ -77,6 +78,14 @@ def make_events(n: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- kernels
+# Options of the batch kernels. They allocate nothing, so they run without numba's reference-counting
+# runtime: with it, every helper inlined into the event loop takes and drops a reference to each array it
+# is handed (an atomic add each), which cost about 60% of the time of a LOBSTER replay (perf: the
+# NRT_incref/NRT_decref stubs). Without it the same loop is 2.5-3x faster. A kernel that allocates
+# does not compile with these options (numba refuses), so a mistake shows at once.
+_KERNEL: dict[str, Any] = {"cache": True, "_nrt": False}
+
+
 @nb.njit(cache=True, inline="always")
 def _home(key, bits):
     # Feeds number orders sequentially, and recent orders are the busy ones: keeping consecutive ids in
@@ -346,7 +355,7 @@ def _set_level(lvls, keys, lids, nlev, l_free, meta, b, side, px, qty):
     return OK
 
 
-@nb.njit(cache=True)
+@nb.njit(**_KERNEL)
 def _clear_book(ords, lvls, keys, lids, nlev, htab, o_free, l_free, meta, b):
     for s in range(2):
         for i in range(nlev[b, s]):
@@ -366,7 +375,7 @@ def _clear_book(ords, lvls, keys, lids, nlev, htab, o_free, l_free, meta, b):
         nlev[b, s] = 0
 
 
-@nb.njit(cache=True)
+@nb.njit(**_KERNEL)
 def apply_events(ev, status, ords, lvls, keys, lids, nlev, htab, o_free, l_free, meta, bstats):
     """Apply an event array in order; ``status[i]`` gets the outcome code of event i. Returns #bad."""
     nbooks = nlev.shape[0]
@@ -440,7 +449,7 @@ def apply_events(ev, status, ords, lvls, keys, lids, nlev, htab, o_free, l_free,
     return bad
 
 
-@nb.njit(cache=True)
+@nb.njit(**_KERNEL)
 def _depth_all(lvls, keys, lids, nlev, n, out):
     """out[b, s, i, 0/1] = price/qty of level i (best first) of side s (0 bid, 1 ask); empty: qty 0."""
     for b in range(nlev.shape[0]):
@@ -460,7 +469,7 @@ def _depth_all(lvls, keys, lids, nlev, n, out):
 # L2 snapshot rows in LOBSTER's layout (per level: ask price, ask size, bid price, bid size). They live
 # here, not in lobster.py, because numba's on-disk cache of a kernel does not notice changes to helpers
 # compiled into it from another module.
-@nb.njit(cache=True)
+@nb.njit(**_KERNEL)
 def _set_from_row(row, n_levels, lvls, keys, lids, nlev, l_free, meta):
     for i in range(n_levels):
         asz = row[4 * i + 1]
@@ -471,11 +480,11 @@ def _set_from_row(row, n_levels, lvls, keys, lids, nlev, l_free, meta):
             _level_delta(lvls, keys, lids, nlev, l_free, meta, 0, 1, row[4 * i + 2], bsz)
 
 
-@nb.njit(cache=True)
-def _check_kernel(ev, rows, n_levels, reset, status, snap, ords, lvls, keys, lids, nlev, htab, o_free, l_free,
+@nb.njit(**_KERNEL)
+def _check_kernel(ev, rows, n_levels, reset, status, snap, out, ords, lvls, keys, lids, nlev, htab, o_free, l_free,
                   meta, bstats):
-    """For k >= 1: (if reset) book := row k-1; apply message k; snap[k] = our top levels."""
-    out = np.zeros((1, 2, n_levels, 2), np.int64)
+    """For k >= 1: (if reset) book := row k-1; apply message k; snap[k] = our top levels (``out``: scratch
+    int64 [1, 2, n_levels, 2])."""
     _set_from_row(rows[0], n_levels, lvls, keys, lids, nlev, l_free, meta)
     for k in range(1, ev.shape[0]):
         if reset:

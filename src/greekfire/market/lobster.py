@@ -207,7 +207,8 @@ def _run(data: LobsterData, reset: bool, keep: int) -> LobsterCheck:
     status = np.zeros(ev.shape[0], np.int8)
     snap = np.zeros((ev.shape[0], 2, data.levels, 2), np.int64)
     t0 = time.perf_counter()
-    _check_kernel(ev, data.book, data.levels, reset, status, snap, *books._state())
+    out = np.zeros((1, 2, data.levels, 2), np.int64)
+    _check_kernel(ev, data.book, data.levels, reset, status, snap, out, *books._state())
     seconds = time.perf_counter() - t0
     return _compare(data, snap, "check" if reset else "replay", status, seconds, keep)
 

@@ -9,13 +9,15 @@ PIP := $(PY) -m pip
 # torch into .venv first and it is kept (we only install torch when none is importable).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+PEERS ?= .venv-peers
 
-.PHONY: help venv dev demo test test-unit bench lint services clean
+.PHONY: help venv dev demo test test-unit bench peers lint services clean
 
 help:
 	@echo "make demo   - set up .venv and run 'greekfire demo' (embedded defaults: SQLite, local files, simulator)"
 	@echo "make test   - set up .venv with the dev extras and run the whole test suite"
 	@echo "make bench  - run benchmarks/, results in benchmarks/results/*.json"
+	@echo "make peers  - the benchmark peers (hftbacktest, nautilus_trader) in their own $(PEERS)"
 	@echo "make lint   - ruff + mypy on src/ + the import-layer contract"
 
 $(BIN)/activate:
@@ -47,7 +49,22 @@ test: dev
 test-unit: dev
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# Benchmark peers in their own virtualenv (they pin numpy/pandas below ours). `make bench` tries it first
+# and carries on when it fails: the peer rows then say why (from $(PEERS)/install.log).
+$(PEERS)/.installed: benchmarks/peers-requirements.txt benchmarks/peers-nodeps.txt
+	@rm -f $@; mkdir -p $(PEERS)
+	@echo "installing benchmark peers into $(PEERS) (log: $(PEERS)/install.log)"
+	@set -o pipefail; { $(PYTHON) -m venv $(PEERS) \
+	  && $(PEERS)/bin/python -m pip install --upgrade pip \
+	  && $(PEERS)/bin/python -m pip install -r benchmarks/peers-requirements.txt \
+	  && $(PEERS)/bin/python -m pip install --no-deps -r benchmarks/peers-nodeps.txt; } >$(PEERS)/install.log 2>&1 \
+	  || { echo "peers install failed:"; tail -n 3 $(PEERS)/install.log; exit 1; }
+	@touch $@
+
+peers: $(PEERS)/.installed
+
 bench: dev
+	@$(MAKE) --no-print-directory peers || echo "benchmark peers not installed; their rows say 'not run'"
 	$(PY) benchmarks/run.py
 
 lint: dev

@@ -2,16 +2,19 @@
 options quote book, microstructure features. Each figure beside a baseline measured on the same events.
 
 Baselines written here: a plain-Python dict book (L3 and L2), a struct-based ITCH decoder, a textbook
-heapq matching engine, numpy versions of the quote scatter and of the features. hftbacktest is not
-run: its wheel pins numpy < 2.3 and pulls holoviews/panel/bokeh, which would downgrade the shared
-environment's numpy.
+heapq matching engine, numpy versions of the quote scatter and of the features. hftbacktest (Rust) builds
+its depth from the same events in the peers virtualenv (``make peers``; it pins numpy < 2.3): the events
+are written to a temporary file in its event layout and peer_hftbacktest.py times its replay.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import struct
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_of, report  # noqa: E402
+from peers import peer_python  # noqa: E402
 
 from greekfire.market import itch, lobster, micro, synth  # noqa: E402
 from greekfire.market.book import ADD, DELETE, EXECUTE, LEVEL, REDUCE, REPLACE, OrderBooks, make_events  # noqa: E402
@@ -184,6 +188,127 @@ def np_features(bp: np.ndarray, bs: np.ndarray, ap: np.ndarray, as_: np.ndarray,
     return spread, mid, micro_p, wmid, i1, idec
 
 
+# ------------------------------------------------------------------------------------------- hftbacktest
+# hftbacktest's event record and flags (its types module): every row here is a LOCAL event, so only its
+# local processor (the depth a strategy reads) works; prices are sent in ticks of the data (gcd of the
+# prices) with tick size 1, so its map from tick to level steps over no empty sub-ticks.
+HBT_DTYPE = np.dtype([("ev", "u8"), ("exch_ts", "i8"), ("local_ts", "i8"), ("px", "f8"), ("qty", "f8"),
+                      ("order_id", "u8"), ("ival", "i8"), ("fval", "f8")], align=True)
+HBT_LOCAL, HBT_BUY, HBT_SELL = 1 << 30, 1 << 29, 1 << 28
+HBT_DEPTH, HBT_ADD, HBT_CANCEL, HBT_MODIFY = 1, 10, 11, 12
+PEER_SCRIPT = Path(__file__).resolve().parent / "peer_hftbacktest.py"
+
+
+def _hbt_arrays(rows: dict[int, list[tuple]]) -> dict[str, np.ndarray]:
+    return {f"asset{i}": np.array(rows[b], dtype=HBT_DTYPE) for i, b in enumerate(sorted(rows))}
+
+
+def hbt_l3(ev: np.ndarray, tick: int, init: list[tuple] = ()) -> tuple[dict[str, np.ndarray], list[int], int]:
+    """Our L3 events as hftbacktest L3 rows, one array per book: add, modify (a partial cancel or execution
+    leaves the rest), cancel (delete, or reduced to zero); a replace is a cancel and an add. ``init`` levels
+    (book, side, price, qty) and cancels of orders from before the window (our price fallback) act on one
+    stand-in order per level. Returns (arrays, books in array order, events that had to be dropped)."""
+    rows: dict[int, list[tuple]] = {}
+    live: dict[int, list[int]] = {}  # id -> [book, side, price, qty]
+    stand_in: dict[tuple[int, int, int], int] = {}
+    next_id = 1 << 60
+    t = 0
+    dropped = 0
+
+    def put(book: int, flag: int, side: int, oid: int, px: int, qty: int) -> None:
+        rows.setdefault(book, []).append((HBT_LOCAL | (HBT_BUY if side > 0 else HBT_SELL) | flag, t, t,
+                                          px // tick, qty, oid, 0, 0.0))
+
+    for book, side, px, qty in init:
+        t += 1
+        stand_in[(book, side, px)] = next_id
+        live[next_id] = [book, side, px, qty]
+        put(book, HBT_ADD, side, next_id, px, qty)
+        next_id += 1
+    for kind, side, flags, book, _ts, oid, px, qty, nid, npx, nqty in ev.tolist():
+        t += 1
+        if kind == ADD:
+            live[oid] = [book, side, px, qty]
+            put(book, HBT_ADD, side, oid, px, qty)
+            continue
+        o = live.get(oid)
+        if o is None and flags:
+            oid = stand_in.get((book, side, px), -1)
+            o = live.get(oid)
+        if o is None:
+            dropped += 1
+            continue
+        b, s, p, have = o
+        if kind == REPLACE:
+            del live[oid]
+            put(b, HBT_CANCEL, s, oid, p, 0)
+            live[nid] = [b, s, npx, nqty]
+            put(b, HBT_ADD, s, nid, npx, nqty)
+        elif kind == DELETE or qty >= have:
+            del live[oid]
+            put(b, HBT_CANCEL, s, oid, p, 0)
+        else:
+            o[3] = have - qty
+            put(b, HBT_MODIFY, s, oid, p, have - qty)
+    return _hbt_arrays(rows), sorted(rows), dropped
+
+
+def hbt_l2(updates: list[tuple], tick: int) -> tuple[dict[str, np.ndarray], list[int]]:
+    """L2 updates (book, side, price, qty; 0 removes) as hftbacktest depth rows, one array per book."""
+    rows: dict[int, list[tuple]] = {}
+    for t, (book, side, px, qty) in enumerate(updates, 1):
+        rows.setdefault(book, []).append((HBT_LOCAL | (HBT_BUY if side > 0 else HBT_SELL) | HBT_DEPTH, t, t,
+                                          px // tick, qty, 0, 0, 0.0))
+    return _hbt_arrays(rows), sorted(rows)
+
+
+def run_hftbacktest(mode: str, arrays: dict[str, np.ndarray], source_events: int,
+                    repeat: int = 3) -> dict | str:
+    """hftbacktest's replay of ``arrays`` in the peers interpreter: its RESULT mapping, or why not run."""
+    python, why = peer_python("GREEKFIRE_BENCH_HFTBACKTEST_PYTHON")
+    if python is None:
+        return why
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "events.npz"
+        np.savez(path, mode=np.array(mode), source_events=np.array(source_events), **arrays)
+        try:
+            proc = subprocess.run([python, str(PEER_SCRIPT), str(path), str(repeat)], capture_output=True,
+                                  text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"peer run failed: {exc}"
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        return f"peer run failed: {(proc.stderr.strip() or proc.stdout.strip())[-300:]}"
+    return json.loads(line[len("RESULT "):])
+
+
+def peer_row(name: str, ours: float, res: dict | str, unit: str, ours_top: list[list[int]] | None = None,
+             tick: int = 1) -> dict[str, object]:
+    """A row of ours beside hftbacktest's figure, or with the reason it was not run; tops cross-checked."""
+    if isinstance(res, str):
+        return {"benchmark": name, "ours": ours, "peer": f"hftbacktest: not run: {res}", "peer_value": None,
+                "unit": unit, "ratio": None}
+    extra: dict[str, object] = {"peer_rows": res["rows"], "peer_rc": res["rc"]}
+    if ours_top is not None:
+        theirs = [[int(bb) * tick, int(bq), int(ba) * tick, int(aq)] for bb, bq, ba, aq in res["top"]]
+        extra["same_final_top_of_book"] = theirs == ours_top
+    return row(name, ours, f"hftbacktest {res['version']} (Rust, measured)", res["messages_per_s"], unit, **extra)
+
+
+def _top(books: OrderBooks, book_ids: list[int]) -> list[list[int]]:
+    out = []
+    for b in book_ids:
+        bid, ask = books.best_bid(b) or (0, 0), books.best_ask(b) or (0, 0)
+        out.append([bid[0], bid[1], ask[0], ask[1]])
+    return out
+
+
+def _tick(*prices: np.ndarray) -> int:
+    p = np.concatenate([np.asarray(x, np.int64).ravel() for x in prices])
+    p = p[p > 0]
+    return int(np.gcd.reduce(p)) if p.size else 1
+
+
 # ------------------------------------------------------------------------------------------- benchmarks
 def bench_books(rows_out: list, notes: list) -> None:
     stream = synth.synthetic_stream(N_ITCH, n_stocks=8, seed=7)
@@ -207,6 +332,11 @@ def bench_books(rows_out: list, notes: list) -> None:
     rows_out.append(row("L3 book build, ITCH events (synthetic day)", ours, "plain-Python dict book",
                         ev.shape[0] / t_py, "messages/s", events=int(ev.shape[0]), bad_events=int(bad),
                         goal=">= 5M/s and >= 4x baseline"))
+    tick = _tick(ev["price"], ev["new_price"][ev["kind"] == REPLACE])
+    arrays, ids, dropped = hbt_l3(ev, tick)
+    rows_out.append(peer_row("L3 book build, ITCH events (synthetic day)", ours,
+                             run_hftbacktest("l3", arrays, ev.shape[0]), "messages/s", _top(books, ids), tick))
+    del arrays
     # many books at once: one underlying's option series, 5,000 books in one preallocated set
     chain = itch.book_events(itch.scan(synth.synthetic_stream(1_000_000, n_stocks=5_000, seed=9)))[0]
     st_chain = np.zeros(chain.shape[0], np.int8)
@@ -239,6 +369,10 @@ def bench_books(rows_out: list, notes: list) -> None:
     t_py2 = cpu_best_of(lambda: py_l2(record), repeat=1)
     rows_out.append(row("L2 book updates (same day, by price)", l2.shape[0] / min(times), "plain-Python dict book",
                         l2.shape[0] / t_py2, "messages/s", events=int(l2.shape[0]), goal=">= 10M/s"))
+    arrays, ids = hbt_l2(record, tick)
+    rows_out.append(peer_row("L2 book updates (same day, by price)", l2.shape[0] / min(times),
+                             run_hftbacktest("l2", arrays, l2.shape[0]), "messages/s", _top(books, ids), tick))
+    del arrays
 
     # ITCH decoding from an in-memory buffer
     t_scan = cpu_best_of(lambda: itch.scan(stream), repeat=3)
@@ -267,7 +401,21 @@ def bench_lobster(rows_out: list, notes: list) -> None:
     init += [(0, 1, int(r0[4 * i + 2]), int(r0[4 * i + 3])) for i in range(data.levels) if r0[4 * i + 3] > 0]
     t_py = cpu_best_of(lambda: py_l3(rows, None, init), repeat=3)
     rows_out.append(row("L3 book build, LOBSTER AMZN level 5 events", tp["messages_per_s"], "plain-Python dict book",
-                        ev.shape[0] / t_py, "messages/s", events=int(ev.shape[0])))
+                        ev.shape[0] / t_py, "messages/s", events=int(ev.shape[0]), goal=">= 4x baseline"))
+    books = OrderBooks(1, max_orders=max(1024, ev.shape[0]), max_levels=1024)  # ours once more, for the top
+    for b, side, px, qty in init:
+        books.set_level(b, side, px, qty)
+    books.apply_fast(ev, np.zeros(ev.shape[0], np.int8))
+    tick = _tick(ev["price"], [x[2] for x in init])
+    arrays, ids, dropped = hbt_l3(ev, tick, init)
+    rows_out.append(peer_row("L3 book build, LOBSTER AMZN level 5 events", tp["messages_per_s"],
+                             run_hftbacktest("l3", arrays, ev.shape[0], repeat=7), "messages/s", _top(books, ids),
+                             tick))
+    notes.append(f"hftbacktest LOBSTER rows: pre-window levels as one stand-in order each; {dropped} cancels of "
+                 "orders from before the window at levels it never saw dropped (our book clips them). The final "
+                 "tops differ by design: a plain replay of a LOBSTER window keeps orders whose cancels happened "
+                 "outside the window, which cross the book; hftbacktest's depth un-crosses its best prices, ours "
+                 "keeps every level (the tops agree on the first 2,000 events)")
     chk = lobster.check(data)
     notes.append(f"lobster-check AMZN level 5: levels 1..4 match "
                  f"{', '.join(f'{100 * r:.2f}%' for r in chk.match_rate[:4])}; level 5 {100 * chk.match_rate[4]:.2f}%")
@@ -375,8 +523,10 @@ def main() -> None:
     torch.set_num_threads(1)
     rows: list[dict] = []
     notes = [
-        "hftbacktest not run: its 2.4.4 wheel requires numpy < 2.3 and holoviews/panel/bokeh; installing it "
-        "would downgrade the shared environment's numpy 2.4",
+        "hftbacktest rows: its Rust backtest replaying the same events (LOCAL rows only: the depth its local "
+        "processor keeps, an L3 order map or an L2 price map, hash-map depth) in the peers virtualenv; timed "
+        "in CPU seconds around its run to the end of the data, best of 3 (7 for LOBSTER); "
+        "same_final_top_of_book compares the best bid/ask of every book after the replay with ours",
         "shared 2-core machine: CPU rows are timed in process CPU seconds (best of 3-7, torch on 1 thread, "
         "everything single-threaded), CUDA rows in wall seconds; both sides of a row timed alike",
     ]

@@ -9,7 +9,7 @@ is not applied.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from greekfire.core.metrics import counter
@@ -40,6 +40,9 @@ class OMS:
         # counted in plain ints on the hot path, copied to Prometheus by publish_metrics() on the timer
         self.status_counts: dict[str, int] = {}
         self._published: dict[str, int] = {}
+        # called with (client id, new status) after every transition, before the bus; the engine's own
+        # bookkeeping goes here, so an order event object is built only when someone subscribes to ``orders``
+        self.on_change: Callable[[str, str], None] | None = None
 
     # ---------------------------------------------------------------- registry
     def add(self, order: Order) -> None:
@@ -76,12 +79,14 @@ class OMS:
             self._by_strategy[order.strategy_id].pop(order.client_id, None)
 
     # ---------------------------------------------------------------- state
-    def transition(self, order: Order, new: OrderStatus, ts_ns: int, reason: str = "", **info: Any) -> OrderEvent:
-        """Move ``order`` to ``new`` (raises IllegalTransition), publish and audit the event."""
+    def transition(self, order: Order, new: OrderStatus, ts_ns: int, reason: str = "", **info: Any) -> OrderEvent | None:
+        """Move ``order`` to ``new`` (raises IllegalTransition), audit it and publish it on ``orders``.
+
+        Returns the published event, or None when nothing subscribes to ``orders`` (then none is built)."""
         old, _ = order.transition(new, ts_ns, reason)
         return self._emit(order, old, ts_ns, reason, info)
 
-    def _emit(self, order: Order, old: OrderStatus, ts_ns: int, reason: str, info: dict[str, Any]) -> OrderEvent:
+    def _emit(self, order: Order, old: OrderStatus, ts_ns: int, reason: str, info: dict[str, Any]) -> OrderEvent | None:
         cid = order.client_id
         status = order.status
         if (status in OPEN) != (cid in self._open):  # only a change between open and closed re-indexes
@@ -94,9 +99,13 @@ class OMS:
         if info:
             data.update(info)
         seq = self.audit.append(ts_ns, "order", cid, data)
-        ev = OrderEvent(seq, ts_ns, cid, data["old"], new, info)
         counts = self.status_counts
         counts[new] = counts.get(new, 0) + 1
+        if self.on_change is not None:
+            self.on_change(cid, new)
+        if not self.bus.has_subscribers("orders"):
+            return None
+        ev = OrderEvent(seq, ts_ns, cid, data["old"], new, info)
         self.bus.publish("orders", ev)
         return ev
 

@@ -214,6 +214,17 @@ class RiskEngine:
         Prices in currency; ``ref_price`` is the instrument's reference (mid) price, None when unknown.
         Returns None to pass, or a :class:`Denial`.
         """
+        return self._check(order, order.qty, order.price, ref_price, now_ns, amend_of)
+
+    def check_amend(self, order: Order, qty: int, price: float, ref_price: float | None, now_ns: int) -> Denial | None:
+        """Pre-trade checks for amending the live ``order`` to ``qty`` (new total, units) at ``price``
+        (currency); the same checks as :meth:`check` with ``amend_of=order``, without building a new order."""
+        return self._check(order, qty, price, ref_price, now_ns, order)
+
+    def _check(
+        self, order: Order, qty: int, price: float | None, ref_price: float | None, now_ns: int, amend_of: Order | None,
+    ) -> Denial | None:
+        # ``order`` gives instrument, side, type, strategy and reduce-only; ``qty`` and ``price`` the terms
         lim = self.limits
         pf = self.portfolio
         if self.killed:
@@ -221,7 +232,6 @@ class RiskEngine:
         inst = pf.instruments.get(order.instrument_id)
         if inst is None:
             return self._deny(Reason.UNKNOWN_INSTRUMENT, "instrument not registered", instrument_id=order.instrument_id)
-        qty = order.qty
         if qty <= 0:
             return self._deny(Reason.BAD_QTY, f"qty={qty} must be > 0", qty=qty)
         if qty % inst.lot_size:
@@ -260,7 +270,6 @@ class RiskEngine:
         w.tokens -= 1.0
 
         # price: tick, band, notional
-        price = order.price
         ord_type = order.ord_type
         tick = inst.tick_size
         if ord_type in _PRICED:

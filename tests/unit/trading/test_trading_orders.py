@@ -89,6 +89,26 @@ def test_oms_publishes_and_audits_every_transition() -> None:
     assert len(audit) == 2  # a refused transition writes nothing
 
 
+def test_oms_calls_its_change_hook_always_and_builds_bus_events_only_for_subscribers() -> None:
+    bus, audit = MessageBus(), AuditLog()
+    oms = OMS(bus, audit)
+    changes: list[tuple[str, str]] = []
+    oms.on_change = lambda cid, new: changes.append((cid, new))
+    o = make()
+    oms.add(o)
+    assert oms.transition(o, OrderStatus.SUBMITTED, 1) is None  # nobody listens on "orders": no event built
+    seen = []
+    bus.subscribe("orders", seen.append)
+    ev = oms.transition(o, OrderStatus.CANCELED, 2, "gone")
+    assert ev is not None and seen == [ev] and (ev.old, ev.new, ev.info) == ("SUBMITTED", "CANCELED", {"reason": "gone"})
+    assert changes == [("o1", "SUBMITTED"), ("o1", "CANCELED")]
+    assert [(e[0], e[4]) for e in audit.entries(ref="o1")] == [
+        (1, {"old": "INITIALIZED", "new": "SUBMITTED"}), (ev.seq, {"old": "SUBMITTED", "new": "CANCELED", "reason": "gone"}),
+    ]
+    assert type(ev.new) is str and type(audit.entries()[0][4]["old"]) is str  # plain strings, not enum members
+    assert oms.open_orders() == [] and oms.status_counts == {"SUBMITTED": 1, "CANCELED": 1}
+
+
 def test_duplicate_overfill_and_closed_fills_are_reported_not_applied() -> None:
     bus, audit = MessageBus(), AuditLog()
     risk_events = []

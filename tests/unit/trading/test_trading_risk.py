@@ -98,6 +98,22 @@ def test_greek_limits_see_the_book_after_the_order_and_let_reducing_orders_throu
     assert d is not None and d.values["after"] > d.values["before"] > d.values["limit"]
 
 
+def test_amend_is_checked_on_its_new_terms_and_a_shrink_passes_a_breached_limit() -> None:
+    risk = engine(max_position=10)
+    hold(risk, 2, 10, 2.50)  # the position is at its limit
+    live = order(qty=10)
+    assert risk.check_amend(live, 5, 2.51, 2.50, NOW) is None  # smaller: adds no risk
+    d = risk.check_amend(live, 12, 2.51, 2.50, NOW)  # 2 more contracts would make the position 12
+    assert d is not None and d.reason == Reason.POSITION_LIMIT and d.values == {"position_after": 12, "limit": 10}
+    same = risk.check(order(qty=12, price=2.51), 2.50, NOW, amend_of=live)  # the Order-shaped form agrees
+    assert same is not None and (same.reason, same.values) == (d.reason, d.values)
+    d = risk.check_amend(live, 10, 2.505, 2.50, NOW)
+    assert d is not None and d.reason == Reason.BAD_TICK and d.values == {"price": 2.505, "tick": 0.01}
+    d = risk.check_amend(live, 10, 9.0, 2.50, NOW)
+    assert d is not None and d.reason == Reason.PRICE_BAND and d.values["price"] == 9.0
+    assert live.qty == 10 and live.price == 2.50  # checking never changes the live order
+
+
 def test_lot_unknown_instrument_and_missing_reference() -> None:
     risk = engine()
     assert denied(risk, order(3, qty=10, price=20.0), 20.0) is None

@@ -1,0 +1,81 @@
+"""The sample market maker on an underlying move: fair values by their delta-gamma step from the last full
+price (close to the pricing core's exact value), and re-quotes sent largest |delta| first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from greekfire.core.clock import ManualClock
+from greekfire.core.settings import load_settings
+from greekfire.quant import bsm_greeks
+from greekfire.strategies.market_maker import OptionsMarketMaker
+from greekfire.trading import Quote, build_engine
+from greekfire.trading.orders import Order
+from greekfire.trading.paper import default_instruments
+from greekfire.trading.venues import Venue, VenueEvent, VenueOrderState
+
+T0 = 1_800_000_000 * 10**9
+
+
+class Sink(Venue):
+    """Acknowledges every request at the next poll and never fills; keeps the order of what it was sent."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[tuple[str, int, float]] = []  # (kind, instrument id, price)
+        self._out: list[VenueEvent] = []
+
+    def fees(self) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def submit(self, order: Order, now_ns: int) -> None:
+        self.sent.append(("submit", order.instrument_id, order.price or 0.0))
+        self._out.append(VenueEvent("accepted", self.name, order.client_id, ts_ns=now_ns))
+
+    def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
+        self.sent.append(("amend", order.instrument_id, new_price))
+        self._out.append(VenueEvent("replaced", self.name, order.client_id, qty=new_qty, price=new_price, ts_ns=now_ns))
+
+    def cancel(self, order: Order, now_ns: int) -> None:
+        self.sent.append(("cancel", order.instrument_id, 0.0))
+        self._out.append(VenueEvent("canceled", self.name, order.client_id, ts_ns=now_ns))
+
+    def poll(self, now_ns: int) -> list[Any]:
+        out, self._out = self._out, []
+        return out
+
+    def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:
+        return [], []
+
+
+def test_underlying_move_steps_fair_values_and_requotes_largest_delta_first() -> None:
+    clock = ManualClock(T0)
+    insts = default_instruments(T0)
+    venue = Sink("V1")
+    mm = OptionsMarketMaker(half_width_ticks=3)
+    eng = build_engine(load_settings(), instruments=insts, venues=[venue], strategies=[mm], store=False,
+                       clock_ns=clock.now_ns)
+    eng.start()
+    eng.process([Quote(1, 99.99, 100.01, 100, 100, T0, "V1")])  # first price: a full re-price after the batch
+    eng.poll_once()
+    assert mm.reprices == 1 and len(venue.sent) == 20 and {k for k, _, _ in venue.sent} == {"submit"}
+    venue.sent.clear()
+
+    eng.process([Quote(1, 100.29, 100.31, 100, 100, T0, "V1")])  # +30 bp: below the full re-price threshold
+    assert mm.reprices == 1
+    opts = [i for i in insts if i.is_option]
+    exact = bsm_greeks(torch.tensor([i.right for i in opts], dtype=torch.float64), 100.30,
+                       torch.tensor([i.strike for i in opts], dtype=torch.float64),
+                       torch.tensor([i.ttm(T0) for i in opts], dtype=torch.float64), mm.rate, 0.0, mm.vol)["value"]
+    stepped = [mm.fair[i.instrument_id] for i in opts]
+    assert stepped == pytest.approx(exact.tolist(), abs=2e-3)  # second-order step over 0.30 of spot
+    # every moved quote is amended, options in order of |delta| at the last full price (largest first)
+    amended = [iid for kind, iid, _ in venue.sent if kind == "amend"]
+    assert len(amended) >= 10
+    firsts = list(dict.fromkeys(amended))
+    deltas = [abs(mm._base[iid][2]) for iid in firsts]
+    assert deltas == sorted(deltas, reverse=True)
+    assert eng.latency_us(first_only=True)["count"] == 1 and eng.latency_us()["count"] == len(venue.sent)

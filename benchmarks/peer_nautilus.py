@@ -2,13 +2,13 @@
 that cancels and re-posts a post-only limit order every ``every`` ticks (most events produce no order, as in
 our benchmark), its risk engine on and logging bypassed.
 
-Run it with a Python that has nautilus_trader installed, in its own virtualenv outside this repository
-(nautilus_trader pins pandas<3):
+Run it in the peers virtualenv (nautilus_trader pins pandas<3, so it never goes into .venv):
 
-    python -m venv ../nt-venv && ../nt-venv/bin/pip install nautilus_trader
-    ../nt-venv/bin/python benchmarks/peer_nautilus.py 200000
+    make peers
+    .venv-peers/bin/python benchmarks/peer_nautilus.py 200000
 
-bench_engine.py runs it when ``GREEKFIRE_BENCH_NAUTILUS_PYTHON`` names that interpreter. It prints one line:
+bench_engine.py runs it there by itself (``GREEKFIRE_BENCH_NAUTILUS_PYTHON`` names another interpreter).
+It prints one line:
 ``RESULT events=... seconds=... events_per_s=... orders=... version=...``.
 """
 

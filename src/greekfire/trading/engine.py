@@ -462,6 +462,8 @@ class TradingEngine:
                 self._sent_ns[o.client_id] = now
                 self.venues[venue].submit(o, now)
                 self.orders_out += 1
+                if self._t0:  # a triggered stop is an order caused by this market event: timed like the others
+                    self._record_latency()
 
     def on_venue_event(self, ev: VenueEvent) -> None:
         """One execution event from a venue (ack, fill, cancel...); unknown or bad ones are counted."""

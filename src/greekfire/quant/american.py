@@ -62,6 +62,35 @@ def crr_price(
 
 
 # ---------------------------------------------------------------------------------------------------
+# rate regimes
+def early_exercise_regime(right: torch.Tensor, rate: torch.Tensor, div_yield: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(single, double)`` masks: one early-exercise boundary (a put with ``rate > 0``, a call with
+    ``div_yield > 0``) or two (a put with ``div_yield < rate < 0``, a call with ``rate < div_yield < 0``).
+    Elsewhere early exercise is never optimal and the American price is the European one."""
+    pr = torch.where(right > 0, div_yield, rate)
+    pq = torch.where(right > 0, rate, div_yield)
+    return pr > 0, (pq < pr) & (pr < 0)
+
+
+def _with_double_boundary_tree(
+    out: torch.Tensor, w: torch.Tensor, S: torch.Tensor, K: torch.Tensor, T: torch.Tensor, r: torch.Tensor,
+    q: torch.Tensor, v: torch.Tensor,
+) -> torch.Tensor:
+    """``out`` with the double-boundary rows (negative rates) replaced by a CRR tree of
+    ``DOUBLE_BOUNDARY_STEPS`` steps: the closed-form approximations assume one boundary."""
+    from greekfire.quant.qdfp import DOUBLE_BOUNDARY_STEPS
+
+    shape = out.shape
+    w, S, K, T, r, q, v, out = (t.reshape(-1) for t in torch.broadcast_tensors(w, S, K, T, r, q, v, out))
+    _, double = early_exercise_regime(w, r, q)
+    idx = torch.nonzero(double & (T > 0) & (v > 0)).flatten()
+    if idx.numel():
+        tree = crr_price(w[idx], S[idx], K[idx], T[idx], r[idx], q[idx], v[idx], steps=DOUBLE_BOUNDARY_STEPS)
+        out = out.index_put((idx,), tree)
+    return out.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Barone-Adesi-Whaley (1987) quadratic approximation
 def _bsm_d1(S: torch.Tensor, K: torch.Tensor, T: torch.Tensor, r: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (torch.log(S / K) + (r - q + 0.5 * v * v) * T) / (v * torch.sqrt(T))
@@ -80,7 +109,9 @@ def baw_price(
 ) -> torch.Tensor:
     """Barone-Adesi-Whaley American price; the critical price solved by a fixed number of Newton steps.
 
-    As in QuantLib, a call with a non-positive dividend yield is priced as European (never exercised).
+    As in QuantLib, a call with a non-positive dividend yield is priced as European (never exercised),
+    and so is a put with a non-positive rate unless it has two boundaries (``div_yield < rate < 0``):
+    those rows are priced on a CRR tree (see :func:`early_exercise_regime`).
     """
     w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
     euro = bsm_price(w, S, K, T, r, q, v)
@@ -116,9 +147,9 @@ def baw_price(
     a = w * (si / qq) * (1.0 - dq * norm_cdf(w * d1))
     exercise_now = torch.where(w > 0, si <= S, si >= S)
     american = torch.where(exercise_now, w * (S - K), euro + a * (S / si) ** qq)
-    never = (w > 0) & (q <= 0)
+    single, _ = early_exercise_regime(w, r, q)
     live = (T > 0) & (v > 0)
-    return torch.where(never | ~live, euro, american)
+    return _with_double_boundary_tree(torch.where(single & live, american, euro), w, S, K, T, r, q, v)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -221,7 +252,8 @@ def bs2002_price(
     vol: TensorLike,
 ) -> torch.Tensor:
     """Bjerksund-Stensland (2002) American price (two-step flat exercise boundary; puts through the
-    put-call transformation P(S, K, r, q) = C(K, S, q, r)). Never below the European price."""
+    put-call transformation P(S, K, r, q) = C(K, S, q, r)). Never below the European price.
+    Double-boundary rows (negative rates, :func:`early_exercise_regime`) are priced on a CRR tree."""
     w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
     euro = bsm_price(w, S, K, T, r, q, v)
     # call on (S, K, r, b = r - q); put as a call on (K, S, q, b = q - r)
@@ -236,6 +268,7 @@ def bs2002_price(
     # early exercise of the (transformed) call is never optimal when its carry b >= its rate
     never = cb >= cr
     out = torch.where(never | ~live, euro, torch.maximum(amer, euro))
+    out = _with_double_boundary_tree(out, w, S, K, T, r, q, v)
     # an approximation may dip below exercise value deep in the money; an American never does
     return torch.maximum(out, torch.clamp(w * (S - K), min=0.0))
 

@@ -1,106 +1,77 @@
 """American options by the fixed-point method of Andersen, Lake and Offengenden (2016).
 
 The early-exercise boundary ``B(tau)`` of a put (calls through the put-call symmetry
-``C(S, K, r, q) = P(K, S, q, r)``) is the fixed point of an integral equation; we iterate the authors'
-"FP-B" form a fixed number of times on Chebyshev nodes in ``sqrt(tau)``, interpolating
-``H = ln(B / X)^2`` (``X = K min(1, r/q)``, the boundary at expiry), with Gauss-Legendre quadrature after
-the substitution ``u = tau - z^2`` that removes the ``1/sqrt(tau - u)`` singularity. The price is the
-European price plus the early-exercise premium integrated against the boundary. Everything is batched:
-options x nodes x quadrature points in one tensor expression per iteration, on any device.
+``C(S, K, r, q) = P(K, S, q, r)``) is the fixed point of an integral equation. We solve the authors'
+"FP-B" form (densities in the kernels) on Chebyshev-Lobatto nodes in ``sqrt(tau)``, interpolating
+``sqrt(H) = -ln(B / X)`` squared (``H``; ``X = K min(1, r/q)``, the boundary at expiry):
 
-The starting boundary is Barone-Adesi-Whaley's critical price at each node. Limitation: for a put with
-``r <= 0`` (or a call with ``q <= 0``) early exercise is treated as never optimal and the European price is
-returned; the double-boundary regime of negative rates is not modelled.
+- start from Barone-Adesi-Whaley's critical price at each node;
+- one Jacobi-Newton step (the derivative of the non-integral terms only, the step length kept in
+  [0.2, 2] times the plain step, which keeps nodes next to expiry from overshooting when ``q > r``);
+- then plain fixed-point steps, each extrapolated by Anderson mixing of depth one over the nodes of the
+  option (a few slowly converging options, e.g. low vol with a high rate, need 16+ plain steps for
+  1e-6 and 3-6 mixed ones);
+- the boundary integrals in ``z = sqrt(tau - u) = sqrt(tau) sin(theta)`` with Gauss-Legendre in
+  ``theta``: the kernels' ``1/sqrt(tau - u)`` cancels and the interpolant is evaluated at
+  ``sqrt(u) = sqrt(tau) cos(theta)``, smooth in ``theta``, so the rule converges spectrally;
+- the price: the European price plus the early-exercise premium over ``s = T sin(theta)^2``.
+
+Everything is batched: options x nodes x quadrature points in one tensor expression per step (fused by
+``torch.compile`` for large batches), layouts built once per scheme, device and dtype.
+
+Rates: a put with ``r > 0`` has one boundary. A put with ``r <= 0`` and ``q >= r`` is never exercised
+early (the European price is the American price). A put with ``q < r < 0`` has two boundaries
+(Battauz, De Donno and Sbuelz; Andersen and Lake, "Fast American option pricing: the double-boundary
+case"), which this method does not model: those rows are priced on a CRR tree of
+:data:`DOUBLE_BOUNDARY_STEPS` steps instead. Calls by the symmetry (double boundary when ``r < q < 0``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
 
+from greekfire.quant._black import erfcx_nonneg
 from greekfire.quant._fused import run_kernel
-from greekfire.quant._tensors import INV_SQRT_2PI, TensorLike, as_tensors, norm_cdf
+from greekfire.quant._tensors import INV_SQRT_2, INV_SQRT_2PI, SQRT_2PI, TensorLike, as_tensors, norm_cdf
 from greekfire.quant.european import bsm_price
+
+DOUBLE_BOUNDARY_STEPS = 1000
+"""CRR steps for the double-boundary rows (negative rates), about 1e-4 relative to the limit."""
 
 
 @dataclass(frozen=True, slots=True)
 class QdFpScheme:
-    """Discretisation: ``nodes`` Chebyshev intervals for the boundary, ``iterations`` fixed-point steps,
-    ``quad`` Gauss-Legendre points for the boundary integrals, ``price_quad`` for the premium."""
+    """Discretisation: ``nodes`` Chebyshev intervals for the boundary (``nodes + 1`` points),
+    ``iterations`` fixed-point steps after ``newton`` Jacobi-Newton steps, ``quad`` Gauss-Legendre
+    points for each boundary integral, ``price_quad`` for the premium, ``anderson``: mix each step
+    with the previous one (Anderson acceleration of depth one)."""
 
-    nodes: int = 16
-    iterations: int = 8
-    quad: int = 32
-    price_quad: int = 64
+    nodes: int = 12
+    iterations: int = 3
+    quad: int = 8
+    price_quad: int = 32
+    newton: int = 1
+    anderson: bool = True
+
+    def __post_init__(self) -> None:
+        from greekfire.core.errors import DataError
+
+        for name in ("nodes", "quad", "price_quad"):
+            if getattr(self, name) < 2:
+                raise DataError(name, getattr(self, name), "must be at least 2")
+        for name in ("iterations", "newton"):
+            if getattr(self, name) < 0:
+                raise DataError(name, getattr(self, name), "must be >= 0")
 
 
-FAST = QdFpScheme(nodes=8, iterations=4, quad=16, price_quad=32)
+FAST = QdFpScheme(nodes=8, iterations=2, quad=6, price_quad=24)
 ACCURATE = QdFpScheme()
-HIGH_PRECISION = QdFpScheme(nodes=32, iterations=12, quad=64, price_quad=128)
-
-
-def _dpm(tau: torch.Tensor, z: torch.Tensor, r: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    sd = v * torch.sqrt(tau)
-    dp = (torch.log(z) + (r - q) * tau + 0.5 * sd * sd) / sd
-    return dp, dp - sd
-
-
-def _pdf(x: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-0.5 * x * x) * INV_SQRT_2PI
-
-
-def _baw_put_boundary(K: torch.Tensor, tau: torch.Tensor, r: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Barone-Adesi-Whaley critical price of a put with ``tau`` to expiry (the starting boundary)."""
-    vt = v * torch.sqrt(tau)
-    n_ = 2.0 * (r - q) / (v * v)
-    m_ = 2.0 * r / (v * v)
-    kk = -torch.expm1(-r * tau)
-    q1 = 0.5 * (-(n_ - 1.0) - torch.sqrt((n_ - 1.0) ** 2 + 4.0 * m_ / kk))
-    q_inf = 0.5 * (-(n_ - 1.0) - torch.sqrt((n_ - 1.0) ** 2 + 4.0 * m_))
-    s_inf = K / (1.0 - 1.0 / q_inf)
-    h = ((r - q) * tau - 2.0 * vt) * K / (K - s_inf)
-    s = s_inf + (K - s_inf) * torch.exp(h)
-    dq = torch.exp(-q * tau)
-    for _ in range(8):  # a starting guess: the fixed point does the rest
-        d1 = (torch.log(s / K) + (r - q + 0.5 * v * v) * tau) / vt
-        nd = norm_cdf(-d1)
-        e = bsm_price(-1.0, s, K, tau, r, q, v)
-        rhs = e - (1.0 - dq * nd) * s / q1
-        slope = -dq * nd * (1.0 - 1.0 / q1) - 1.0 / q1 - dq * _pdf(d1) / (q1 * vt)
-        s_new = (-K + rhs - slope * s) / (-1.0 - slope)
-        s = torch.where(torch.isfinite(s_new) & (s_new > 0), s_new, s)
-    return s
-
-
-def _layout(n: int, n_quad: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Fixed quadrature layout of the boundary integrals in units of the maturity T.
-
-    Node i sits at tau_i = T c_i (c_i = (1 + x_i)^2 / 4); quadrature point j of node i at z = sqrt(T) a_ij,
-    u = T (c_i - a_ij^2). Returns the interpolation matrix (node values -> values at every u), and the
-    scaled z, weights and u.
-    """
-    x = np.cos(np.pi * np.arange(n + 1) / n)
-    gx, gw = np.polynomial.legendre.leggauss(n_quad)
-    c = (1.0 + x) ** 2 / 4.0
-    a = 0.5 * np.sqrt(c)[:, None] * (gx + 1.0)[None, :]
-    aw = 0.5 * np.sqrt(c)[:, None] * gw[None, :]
-    e = np.clip(c[:, None] - a * a, 0.0, None)
-    y = 2.0 * np.sqrt(e) - 1.0
-    interp = _cheb_values_to(y.reshape(-1), n)
-    t = lambda m: torch.as_tensor(m, dtype=dtype, device=device)  # noqa: E731
-    return t(interp), t(a), t(aw), t(e)
-
-
-def _price_layout(n: int, n_quad: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Premium integral over s = T y^2 (dense near s = 0, where the integrand moves fastest)."""
-    px, pw = np.polynomial.legendre.leggauss(n_quad)
-    yy = 0.5 * (px + 1.0)
-    y_b = 2.0 * np.sqrt(np.clip(1.0 - yy * yy, 0.0, None)) - 1.0
-    t = lambda m: torch.as_tensor(m, dtype=dtype, device=device)  # noqa: E731
-    return t(_cheb_values_to(y_b, n)), t(yy * yy), t(2.0 * yy * 0.5 * pw)
+HIGH_PRECISION = QdFpScheme(nodes=32, iterations=16, quad=48, price_quad=128)
 
 
 def _cheb_values_to(y: np.ndarray, n: int) -> np.ndarray:
@@ -115,40 +86,178 @@ def _cheb_values_to(y: np.ndarray, n: int) -> np.ndarray:
     return (vander @ to_coef).T  # [n+1, points]
 
 
-def _fp_step(
-    B: torch.Tensor,
+@lru_cache(maxsize=16)
+def _np_layout(n: int, n_quad: int, n_price: int) -> tuple[np.ndarray, ...]:
+    """The quadrature layout of a scheme in units of the maturity T (shared by every option).
+
+    Node i: ``sqrt(tau_i) = sqrt(T) xi_i``. Its boundary integrals run over ``theta`` in [0, pi/2] with
+    ``z = sqrt(tau_i) sin(theta)`` (c_z, times sqrt(T)), weight ``dz`` (c_zw, times sqrt(T)) and
+    ``u = tau_i cos(theta)^2`` (c_u, times T); ``interp`` maps node values to the interpolant at every
+    u. The premium runs over ``s = T sin(theta)^2`` (c_s, c_ds times T; interp_p at ``T - s``).
+    """
+    xi = (1.0 + np.cos(np.pi * np.arange(n + 1) / n)) / 2.0  # 1 ... 0
+    g, gw = np.polynomial.legendre.leggauss(n_quad)
+    th, thw = np.pi / 4.0 * (1.0 + g), np.pi / 4.0 * gw
+    c_z = xi[:, None] * np.sin(th)[None, :]
+    c_zw = xi[:, None] * (np.cos(th) * thw)[None, :]
+    xi_u = xi[:, None] * np.cos(th)[None, :]
+    interp = _cheb_values_to((2.0 * xi_u - 1.0).reshape(-1), n)
+    pg, pw = np.polynomial.legendre.leggauss(n_price)
+    pth = np.pi / 4.0 * (1.0 + pg)
+    c_s = np.sin(pth) ** 2
+    c_ds = np.sin(2.0 * pth) * np.pi / 4.0 * pw
+    interp_p = _cheb_values_to(2.0 * np.cos(pth) - 1.0, n)
+    return xi, interp, c_z, c_zw, xi_u * xi_u, interp_p, c_s, c_ds
+
+
+_layouts: dict[tuple[int, int, int, torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+
+
+def _layout(n: int, n_quad: int, n_price: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    key = (n, n_quad, n_price, dtype, device)
+    if key not in _layouts:
+        _layouts[key] = tuple(torch.as_tensor(m, dtype=dtype, device=device) for m in _np_layout(n, n_quad, n_price))
+    return _layouts[key]
+
+
+def _ncdf(d: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Standard normal CDF at ``d`` given ``e = exp(-d^2/2)``: compiled, from the vectorisable
+    ``erfcx`` sum (inductor cannot vectorise ``erfc``); eager, the library ``erfc``."""
+    if torch.compiler.is_compiling():
+        tail = 0.5 * erfcx_nonneg(d.abs() * INV_SQRT_2) * e
+        return torch.where(d < 0, tail, 1.0 - tail)
+    return 0.5 * torch.special.erfc(-d * INV_SQRT_2)
+
+
+def _baw_start(
+    K: torch.Tensor, tau: torch.Tensor, r: torch.Tensor, q: torch.Tensor, v: torch.Tensor, X: torch.Tensor,
+    live: torch.Tensor,
+) -> torch.Tensor:
+    """``-ln(B0 / X)`` with ``B0`` Barone-Adesi-Whaley's critical price of a put with ``tau`` to expiry
+    (a starting guess: a few Newton steps on the textbook put price, the fixed point does the rest)."""
+    vt = v * torch.sqrt(tau)
+    n_ = 2.0 * (r - q) / (v * v)
+    m_ = 2.0 * r / (v * v)
+    q1 = 0.5 * (-(n_ - 1.0) - torch.sqrt((n_ - 1.0) ** 2 - 4.0 * m_ / torch.expm1(-r * tau)))
+    q_inf = 0.5 * (-(n_ - 1.0) - torch.sqrt((n_ - 1.0) ** 2 + 4.0 * m_))
+    s_inf = K / (1.0 - 1.0 / q_inf)
+    s = s_inf + (K - s_inf) * torch.exp(((r - q) * tau - 2.0 * vt) * K / (K - s_inf))
+    dq, dr = torch.exp(-q * tau), torch.exp(-r * tau)
+    for _ in range(6):
+        d1 = (torch.log(s / K) + (r - q + 0.5 * v * v) * tau) / vt
+        e1 = torch.exp(-0.5 * d1 * d1)
+        e2 = torch.exp(-0.5 * (d1 - vt) * (d1 - vt))
+        nd = _ncdf(-d1, e1)
+        put = K * dr * _ncdf(vt - d1, e2) - s * dq * nd
+        rhs = put - (1.0 - dq * nd) * s / q1
+        slope = -dq * nd * (1.0 - 1.0 / q1) - 1.0 / q1 - dq * e1 * INV_SQRT_2PI / (q1 * vt)
+        s_new = (-K + rhs - slope * s) / (-1.0 - slope)
+        s = torch.where(torch.isfinite(s_new) & (s_new > 0), s_new, s)
+    out = torch.clamp(-torch.log(s / X), min=0.0)
+    return torch.where(live & torch.isfinite(out), out, torch.zeros_like(out))
+
+
+def _fp_update(
+    sqH: torch.Tensor,
     interp_u: torch.Tensor,
-    z: torch.Tensor,
-    zs: torch.Tensor,
-    n_weight: torch.Tensor,
-    d_weight: torch.Tensor,
-    r3: torch.Tensor,
-    q3: torch.Tensor,
-    v3: torch.Tensor,
-    X3: torch.Tensor,
-    K2: torch.Tensor,
+    drift: torch.Tensor,
+    inv_vz: torch.Tensor,
+    vz: torch.Tensor,
+    zw_n: torch.Tensor,
+    zw_d: torch.Tensor,
+    vz_root2pi: torch.Tensor,
+    lnKX: torch.Tensor,
+    mu: torch.Tensor,
+    sd0: torch.Tensor,
+    disc: torch.Tensor,
     r2: torch.Tensor,
     q2: torch.Tensor,
-    v2: torch.Tensor,
     X2: torch.Tensor,
-    tau: torch.Tensor,
-    tau_safe: torch.Tensor,
-    sd0: torch.Tensor,
+    live_node: torch.Tensor,
+    newton: bool,
 ) -> torch.Tensor:
-    """One FP-B iteration of the boundary at every node of every option."""
-    H = torch.log(torch.clamp(B / X2, max=1.0)) ** 2
-    B_u = X3 * torch.exp(-torch.sqrt(torch.clamp((H @ interp_u).reshape(z.shape), min=0.0)))
-    dp, dm = _dpm(z * z, B.unsqueeze(2) / B_u, r3, q3, v3)
-    dp = torch.where(z > 0, dp, torch.zeros_like(dp))
-    dm = torch.where(z > 0, dm, torch.zeros_like(dm))
-    n_int = (n_weight * _pdf(dm)).sum(-1)
-    d_int = (d_weight * (zs * norm_cdf(dp) + _pdf(dp) / v3)).sum(-1)
-    dp0, dm0 = _dpm(tau_safe, B / K2, r2, q2, v2)
-    num = _pdf(dm0) / sd0 + r2 * n_int
-    den = _pdf(dp0) / sd0 + norm_cdf(dp0) + q2 * d_int
-    B_new = K2 * torch.exp(-(r2 - q2) * tau_safe) * num / den
-    B = torch.where(tau > 0, torch.clamp(B_new, max=X2), X2)
-    return torch.where(torch.isfinite(B) & (B > 0), B, X2)
+    """One FP-B step (Jacobi-Newton when ``newton``) of ``sqrt(H) = -ln(B / X)`` at every node.
+
+    In the integrals ``ln(b / B(u)) = sqrt(H(u)) - sqrt(H_i)``: no logarithm per quadrature point.
+    """
+    nb, n1 = sqH.shape
+    sHu = torch.sqrt(torch.clamp((sqH * sqH) @ interp_u, min=0.0)).reshape(nb, n1, -1)
+    dm = (sHu - sqH.unsqueeze(2) + drift) * inv_vz
+    dp = dm + vz
+    n_int = (zw_n * torch.exp(-0.5 * dm * dm)).sum(-1)
+    ep = torch.exp(-0.5 * dp * dp)
+    d_int = (zw_d * (_ncdf(dp, ep) * vz_root2pi + ep)).sum(-1)
+    d0m = (-sqH - lnKX + mu) / sd0
+    d0p = d0m + sd0
+    pm = torch.exp(-0.5 * d0m * d0m) * INV_SQRT_2PI
+    pp = torch.exp(-0.5 * d0p * d0p) * INV_SQRT_2PI
+    num = pm / sd0 + r2 * n_int
+    den = _ncdf(d0p, pp * SQRT_2PI) + pp / sd0 + q2 * d_int
+    fv = disc * num / den
+    if newton:
+        b = X2 * torch.exp(-sqH)
+        dnum = -pm * d0m / (b * sd0 * sd0)
+        dden = pp * (1.0 - d0p / sd0) / (b * sd0)
+        fd = disc * (dnum / den - dden * num / (den * den))
+        lam = torch.clamp(1.0 / (1.0 - fd), min=0.2, max=2.0)
+        lam = torch.where(torch.isfinite(lam), lam, torch.ones_like(lam))
+        fv = b + lam * (fv - b)
+    out = torch.clamp(-torch.log(fv / X2), min=0.0)
+    return torch.where(live_node & torch.isfinite(out), out, torch.zeros_like(out))
+
+
+def _single_boundary_put(
+    S: torch.Tensor, K: torch.Tensor, T: torch.Tensor, r: torch.Tensor, q: torch.Tensor, v: torch.Tensor,
+    scheme: QdFpScheme, compile: bool | None,
+) -> torch.Tensor:
+    """American puts with ``r > 0``, ``T > 0``, ``v > 0`` (1-d tensors)."""
+    dt, dev = S.dtype, S.device
+    xi, interp_u, c_z, c_zw, c_u, interp_p, c_s, c_ds = _layout(scheme.nodes, scheme.quad, scheme.price_quad, dt, dev)
+    X = K * torch.where(q > r, r / torch.where(q > r, q, torch.ones_like(q)), torch.ones_like(q))
+    c1 = lambda t: t.unsqueeze(1)  # noqa: E731
+    c2 = lambda t: t.reshape(-1, 1, 1)  # noqa: E731
+    K2, r2, q2, v2, X2 = c1(K), c1(r), c1(q), c1(v), c1(X)
+    tau = c1(T) * xi * xi  # [b, n+1]: T ... 0
+    live_node = tau > 0
+    tau_s = torch.where(live_node, tau, torch.ones_like(tau))
+    sqH = run_kernel(_baw_start, (K2, tau_s, r2, q2, v2, X2, live_node), compile=compile, numel=16 * tau.numel())
+    sqrtT = torch.sqrt(T)
+    vz = c2(v * sqrtT) * c_z  # vol * z
+    vz_safe = torch.where(vz > 0, vz, torch.ones_like(vz))
+    drift = c2(r - q - 0.5 * v * v) * c2(T) * c_z * c_z
+    u = c2(T) * c_u
+    zw = c2(sqrtT) * c_zw * (2.0 * INV_SQRT_2PI) / c2(v)
+    sd0 = v2 * torch.sqrt(tau_s)
+    args = (
+        interp_u, drift, 1.0 / vz_safe, vz, zw * torch.exp(c2(r) * u), zw * torch.exp(c2(q) * u),
+        vz * math.sqrt(2.0 * math.pi), torch.log(K2 / X2), (r2 - q2 - 0.5 * v2 * v2) * tau_s, sd0,
+        K2 * torch.exp(-(r2 - q2) * tau_s), r2, q2, X2, live_node,
+    )
+    numel = vz.numel()
+    for _ in range(scheme.newton):
+        sqH = run_kernel(_fp_update, (sqH, *args), compile=compile, numel=numel, newton=True)
+    x_prev = g_prev = None
+    for _ in range(scheme.iterations):
+        g = run_kernel(_fp_update, (sqH, *args), compile=compile, numel=numel, newton=False)
+        if scheme.anderson and x_prev is not None and g_prev is not None:
+            # depth-one Anderson mixing over the nodes of each option
+            f = g - sqH
+            df = f - (g_prev - x_prev)
+            gam = (f * df).sum(1, keepdim=True) / (df * df).sum(1, keepdim=True)
+            gam = torch.where(torch.isfinite(gam), gam, torch.zeros_like(gam))
+            mixed = torch.clamp(g - gam * (g - g_prev), min=0.0)
+            x_prev, g_prev, sqH = sqH, g, mixed
+        else:
+            x_prev, g_prev, sqH = sqH, g, g
+    # premium: integral over s (time from now) in [0, T] of rK e^{-rs} N(-d-(s, S/B(T-s))) - qS e^{-qs} N(-d+)
+    sHs = torch.sqrt(torch.clamp((sqH * sqH) @ interp_p, min=0.0))
+    s_ = c1(T) * c_s
+    sd = v2 * torch.sqrt(s_)
+    dm = (c1(torch.log(S / X)) + sHs + (r2 - q2 - 0.5 * v2 * v2) * s_) / sd
+    integrand = r2 * K2 * torch.exp(-r2 * s_) * norm_cdf(-dm) - q2 * c1(S) * torch.exp(-q2 * s_) * norm_cdf(-dm - sd)
+    premium = (integrand * c1(T) * c_ds).sum(-1)
+    amer = torch.where(X * torch.exp(-sqH[:, 0]) >= S, K - S, bsm_price(-1.0, S, K, T, r, q, v) + premium)
+    return torch.maximum(amer, torch.clamp(K - S, min=0.0))
 
 
 def qdfp_price(
@@ -164,59 +273,28 @@ def qdfp_price(
     compile: bool | None = None,
 ) -> torch.Tensor:
     """American option prices by the Andersen-Lake-Offengenden fixed-point method (units as
-    :func:`bsm_price`). ``scheme``: :data:`FAST`, :data:`ACCURATE` (default, ~1e-6 relative to
-    :data:`HIGH_PRECISION`) or your own :class:`QdFpScheme`. ``compile``: fuse the fixed-point step with
-    torch.compile (None: only for large batches)."""
+    :func:`bsm_price`). ``scheme``: :data:`FAST`, :data:`ACCURATE` (default, within 1e-6 relative of
+    :data:`HIGH_PRECISION` on the benchmark grid) or your own :class:`QdFpScheme`. ``compile``: fuse the
+    fixed-point step with torch.compile (None: only for large batches). Double-boundary rows (a put with
+    ``q < r < 0``, a call with ``r < q < 0``) are priced on a CRR tree (see the module notes)."""
+    from greekfire.quant.american import crr_price
+
     w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
     shape = w.shape
     w, S, K, T, r, q, v = (t.reshape(-1) for t in (w, S, K, T, r, q, v))
-    euro = bsm_price(w, S, K, T, r, q, v)
+    out = bsm_price(w, S, K, T, r, q, v)
     # a call is the put with spot and strike, rate and yield swapped
     pS, pK = torch.where(w > 0, K, S), torch.where(w > 0, S, K)
     pr, pq = torch.where(w > 0, q, r), torch.where(w > 0, r, q)
-    live = (T > 0) & (v > 0) & (pr > 0) & (S > 0) & (K > 0)
-    Tl = torch.where(live, T, torch.ones_like(T))
-    vl = torch.where(live, v, torch.full_like(v, 0.2))
-    rl = torch.where(live, pr, torch.full_like(pr, 0.05))
-    Sl, Kl, ql_ = pS, pK, pq
-    dt, dev = S.dtype, S.device
-    n = scheme.nodes
-    X = Kl * torch.where(ql_ > 0, torch.clamp(rl / torch.where(ql_ > 0, ql_, torch.ones_like(ql_)), max=1.0), 1.0)
-    x_nodes = torch.cos(math.pi * torch.arange(n + 1, device=dev, dtype=dt) / n)  # 1 ... -1
-    sqrt_tau = 0.5 * torch.sqrt(Tl).unsqueeze(1) * (1.0 + x_nodes)  # [b, n+1], tau_0 = T ... tau_n = 0
-    tau = sqrt_tau * sqrt_tau
-    b_ = lambda t: t.unsqueeze(1)  # noqa: E731
-    K2, r2, q2, v2, X2 = b_(Kl), b_(rl), b_(ql_), b_(vl), b_(X)
-    tau_safe = torch.where(tau > 0, tau, torch.ones_like(tau))
-    B = torch.where(tau > 0, torch.minimum(_baw_put_boundary(K2, tau_safe, r2, q2, v2), X2), X2)
-    B = torch.where(torch.isfinite(B) & (B > 0), B, X2)
-    # every option shares the same node layout in units of its own maturity, so interpolating the
-    # boundary at all quadrature points is one matrix product with a fixed matrix
-    interp_u, c_z, c_zw, c_u = _layout(n, scheme.quad, dt, dev)
-    interp_p, c_s, c_ds = _price_layout(n, scheme.price_quad, dt, dev)
-    sqrtT = torch.sqrt(Tl).reshape(-1, 1, 1)
-    z = sqrtT * c_z  # [b, n+1, l]
-    zw = sqrtT * c_zw
-    u = Tl.reshape(-1, 1, 1) * c_u
-    K3, r3, q3, v3, X3 = (t.unsqueeze(2) for t in (K2, r2, q2, v2, X2))
-    zs = torch.where(z > 0, z, torch.ones_like(z))
-    # with u = tau - z^2 the kernels' 1/sqrt(tau - u) = 1/z cancels against du = 2 z dz
-    n_weight = zw * 2.0 * torch.exp(r3 * u) / v3
-    d_weight = zw * 2.0 * torch.exp(q3 * u)
-    sd0 = v2 * torch.sqrt(tau_safe)
-    step_args = (interp_u, z, zs, n_weight, d_weight, r3, q3, v3, X3, K2, r2, q2, v2, X2, tau, tau_safe, sd0)
-    for _ in range(scheme.iterations):
-        B = run_kernel(_fp_step, (B, *step_args), compile=compile, numel=z.numel())
-    # premium: integral over s (time from now) in [0, T] of rK e^{-rs} N(-d-(s, S/B(T-s))) - qS e^{-qs} N(-d+)
-    H = torch.log(torch.clamp(B / X2, max=1.0)) ** 2
-    B_s = X2 * torch.exp(-torch.sqrt(torch.clamp(H @ interp_p, min=0.0)))
-    s_ = Tl.unsqueeze(1) * c_s
-    ds = Tl.unsqueeze(1) * c_ds
-    dp, dm = _dpm(s_, Sl.unsqueeze(1) / B_s, r2, q2, v2)
-    integrand = r2 * K2 * torch.exp(-r2 * s_) * norm_cdf(-dm) - q2 * Sl.unsqueeze(1) * torch.exp(-q2 * s_) * norm_cdf(-dp)
-    premium = (integrand * ds).sum(-1)
-    put_euro = bsm_price(-1.0, Sl, Kl, Tl, rl, ql_, vl)
-    amer = torch.where(Sl <= B[:, 0], Kl - Sl, put_euro + premium)
-    amer = torch.maximum(amer, torch.clamp(Kl - Sl, min=0.0))
-    out = torch.where(live, torch.maximum(amer, euro), euro)
+    ok = (T > 0) & (v > 0) & (S > 0) & (K > 0)
+    single = ok & (pr > 0)
+    double = ok & (pq < pr) & (pr < 0)
+    idx = torch.nonzero(single).flatten()
+    if idx.numel():
+        amer = _single_boundary_put(pS[idx], pK[idx], T[idx], pr[idx], pq[idx], v[idx], scheme, compile)
+        out = out.index_put((idx,), torch.maximum(amer, out[idx]))
+    idx = torch.nonzero(double).flatten()
+    if idx.numel():
+        tree = crr_price(w[idx], S[idx], K[idx], T[idx], r[idx], q[idx], v[idx], steps=DOUBLE_BOUNDARY_STEPS)
+        out = out.index_put((idx,), torch.maximum(tree, out[idx]))
     return out.reshape(shape)

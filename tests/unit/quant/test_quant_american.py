@@ -9,6 +9,7 @@ import torch
 from conftest import need_module
 from greekfire.quant import (
     HIGH_PRECISION,
+    QdFpScheme,
     american_greeks,
     baw_price,
     bs2002_price,
@@ -17,6 +18,7 @@ from greekfire.quant import (
     qdfp_price,
 )
 from greekfire.quant.american import bivariate_norm_cdf
+from greekfire.quant.qdfp import DOUBLE_BOUNDARY_STEPS
 
 need_module("QuantLib")
 from quant_ql_helpers import american as ql_american  # noqa: E402
@@ -58,9 +60,52 @@ def test_qdfp_matches_quantlib_high_precision() -> None:
     ours = qdfp_price(*_t(w, S, K, days / 365.0, r, q, v), scheme=HIGH_PRECISION).numpy()
     ref = np.array([ql_american(*row, engine="qdfp_hp") for row in zip(w, S, K, days.tolist(), r, q, v, strict=True)])
     assert np.allclose(ours, ref, rtol=1e-6, atol=1e-7 * S)
-    # the default (accurate) scheme stays within 1e-5 of the high-precision reference
+    # the default (accurate) scheme stays within 1e-5 of QuantLib's high precision on this wider grid
     acc = qdfp_price(*_t(w, S, K, days / 365.0, r, q, v)).numpy()
     assert np.allclose(acc, ref, rtol=1e-5, atol=1e-6 * S)
+
+
+def test_qdfp_accurate_within_1e6_of_high_precision() -> None:
+    # the benchmark's grid: rates 0-5%, yields 0-3%, 1 week to 2 years, strikes around the money
+    rng = np.random.default_rng(11)
+    n = 400
+    S = rng.uniform(50.0, 150.0, n)
+    T = rng.uniform(7 / 365, 2.0, n)
+    K = S * np.exp(0.3 * rng.standard_normal(n) * np.sqrt(T))
+    args = _t(rng.choice([1.0, -1.0], n), S, K, T, rng.uniform(0.0, 0.05, n), rng.uniform(0.0, 0.03, n),
+              rng.uniform(0.1, 0.6, n))
+    hp = qdfp_price(*args, scheme=HIGH_PRECISION)
+    acc = qdfp_price(*args)
+    rel = ((acc - hp).abs() / torch.maximum(hp, 1e-8 * args[2])).max().item()
+    assert rel < 1e-6
+    # more nodes and steps change the high-precision values by far less than that
+    finer = qdfp_price(*args, scheme=QdFpScheme(nodes=40, iterations=24, quad=64, price_quad=160))
+    assert ((hp - finer).abs() / torch.maximum(finer, 1e-8 * args[2])).max().item() < 5e-8
+
+
+def test_negative_rates_double_boundary_on_a_tree_and_no_early_exercise_otherwise() -> None:
+    # (right, spot, strike, days, rate, yield, vol): puts with q < r < 0 and calls with r < q < 0 have two
+    # exercise boundaries; puts with r <= 0 and q >= r, and calls with q <= 0 and r >= q, none
+    double = [(-1.0, 100.0, 105.0, 365, -0.01, -0.02, 0.2), (-1.0, 100.0, 110.0, 730, -0.005, -0.03, 0.25),
+              (1.0, 100.0, 95.0, 365, -0.02, -0.01, 0.3)]
+    never = [(-1.0, 100.0, 105.0, 365, -0.01, 0.02, 0.3), (1.0, 100.0, 95.0, 365, 0.01, -0.01, 0.3),
+             (-1.0, 100.0, 100.0, 182, 0.0, 0.01, 0.2), (-1.0, 90.0, 100.0, 365, -0.01, -0.01, 0.2)]
+    for rows, is_double in ((double, True), (never, False)):
+        w, S, K, d, r, q, v = (np.array(c, dtype=np.float64) for c in zip(*rows, strict=True))
+        args = _t(w, S, K, d / 365.0, r, q, v)
+        euro = bsm_price(*args).numpy()
+        ql_fine = np.array([ql_american(*row, engine="crr", steps=2000) for row in rows])
+        for fn in (qdfp_price, baw_price, bs2002_price):
+            ours = fn(*args).numpy()
+            if is_double:
+                # the tree of DOUBLE_BOUNDARY_STEPS steps, as QuantLib's with the same steps
+                ql_same = np.array([ql_american(*row, engine="crr", steps=DOUBLE_BOUNDARY_STEPS) for row in rows])
+                assert np.allclose(ours, ql_same, rtol=1e-9), fn.__name__
+                assert (ours > euro + 1e-3).all(), fn.__name__
+            else:
+                assert np.allclose(ours, euro, rtol=1e-12), fn.__name__
+            # and both within the tree's discretisation error of a finer QuantLib tree
+            assert np.allclose(ours, ql_fine, rtol=3e-4), fn.__name__
 
 
 def test_bs2002_close_to_qdfp_reference() -> None:

@@ -88,6 +88,8 @@ class Reason(StrEnum):
 _ACTIVE, _HALTED = TradingState.ACTIVE, TradingState.HALTED
 _LIMIT, _MARKET = OrderType.LIMIT, OrderType.MARKET
 _PRICED = frozenset((OrderType.LIMIT, OrderType.STOP_LIMIT))  # order types that carry a limit price
+_GREEK_LIMITS = (Reason.DELTA_LIMIT, Reason.GAMMA_LIMIT, Reason.VEGA_LIMIT, Reason.THETA_LIMIT)
+_TOTAL_LIMITS = (Reason.TOTAL_DELTA_LIMIT, Reason.TOTAL_GAMMA_LIMIT, Reason.TOTAL_VEGA_LIMIT, Reason.TOTAL_THETA_LIMIT)
 
 
 @dataclass(slots=True, frozen=True)
@@ -320,11 +322,9 @@ class RiskEngine:
         # Greek limits per underlying, then totals (cash forms), on the book after the order
         before = pf.totals[und]
         _, g = pf.greeks_after(order.instrument_id, signed)
-        for i, (reason, lim_v) in enumerate(
-            ((Reason.DELTA_LIMIT, lim.max_delta), (Reason.GAMMA_LIMIT, lim.max_gamma),
-             (Reason.VEGA_LIMIT, lim.max_vega), (Reason.THETA_LIMIT, lim.max_theta))
-        ):
+        for i, lim_v in enumerate((lim.max_delta, lim.max_gamma, lim.max_vega, lim.max_theta)):
             if abs(g[i]) > lim_v and abs(g[i]) > abs(before[i]):
+                reason = _GREEK_LIMITS[i]
                 return self._deny(
                     reason, f"{und} {reason.value[:-6].lower()} after {g[i]:.2f} beyond {lim_v}",
                     underlying=und, before=before[i], after=g[i], limit=lim_v,
@@ -340,14 +340,12 @@ class RiskEngine:
             tot_v += t[2]
             tot_t += t[3]
         checks = (
-            (Reason.TOTAL_DELTA_LIMIT, tot_dc, tot_dc + d_dc, lim.max_total_delta_cash),
-            (Reason.TOTAL_GAMMA_LIMIT, tot_gc, tot_gc + d_gc, lim.max_total_gamma_cash),
-            (Reason.TOTAL_VEGA_LIMIT, tot_v, tot_v + g[2] - before[2], lim.max_total_vega),
-            (Reason.TOTAL_THETA_LIMIT, tot_t, tot_t + g[3] - before[3], lim.max_total_theta),
+            (tot_dc, tot_dc + d_dc, lim.max_total_delta_cash), (tot_gc, tot_gc + d_gc, lim.max_total_gamma_cash),
+            (tot_v, tot_v + g[2] - before[2], lim.max_total_vega), (tot_t, tot_t + g[3] - before[3], lim.max_total_theta),
         )
-        for reason, b, a, lim_v in checks:
+        for i, (b, a, lim_v) in enumerate(checks):
             if abs(a) > lim_v and abs(a) > abs(b):
-                return self._deny(reason, f"total after {a:.2f} beyond {lim_v}", before=b, after=a, limit=lim_v)
+                return self._deny(_TOTAL_LIMITS[i], f"total after {a:.2f} beyond {lim_v}", before=b, after=a, limit=lim_v)
 
         # VaR: first-order estimate, exact recompute near the limit
         vs = self._var

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from hdrh.histogram import HdrHistogram
 
@@ -93,9 +93,10 @@ class VenueStats:
         }
 
 
-@dataclass(slots=True, frozen=True)
-class ChildOrder:
-    """One slice of a parent order for one venue: ``mode`` is 'take' (marketable) or 'post'."""
+class ChildOrder(NamedTuple):
+    """One slice of a parent order for one venue: ``mode`` is 'take' (marketable) or 'post'. Quantity in
+    units, price in currency (None: market), score in currency per contract. (A named tuple: immutable, and
+    built in a fraction of a frozen dataclass's time on the order path.)"""
 
     venue: str
     qty: int

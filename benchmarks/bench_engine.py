@@ -7,8 +7,8 @@ transitions and audit. The event stream is pre-generated: option quotes jitterin
 market maker re-quotes when its price moves by a tick) and one underlying quote in ``UNDERLYING_EVERY``
 (the market maker moves its fair values by their delta-gamma step, re-quotes the chain at once, and
 re-prices the chain through ``greekfire.quant`` only after a large move; the portfolio's Greeks are
-revalued through ``greekfire.quant`` at the end of that batch). Peer: nautilus_trader's published claim of
-500k events/s (a figure from its documentation, not measured here).
+revalued at the end of that batch, by the closed form for a chain this small). Peer: nautilus_trader's
+published claim of 500k events/s (a figure from its documentation, not measured here).
 
 Latency, as measured by the engine itself (``TradingEngine.latency`` / ``latency_first``):
 

@@ -71,11 +71,14 @@ def test_stop_order_is_held_then_triggered_by_the_reference_price() -> None:
     assert stop.status == OrderStatus.ACCEPTED and stop.venue == "engine"
     step(eng, clock)
     assert stop.filled_qty == 0
+    assert eng.latency_us()["count"] == 0  # the stop was submitted outside any market event: not timed
     venue.add_liquidity(1, Side.SELL, 100, 100.70, clock.now_ns())
     venue.add_liquidity(1, Side.BUY, 150, 100.60, clock.now_ns())  # takes the 100.01 ask, 50 rest: mid 100.65
     step(eng, clock, 3)
     assert stop.status == OrderStatus.FILLED and stop.avg_px == pytest.approx(100.70)
     assert eng.portfolio.positions[1].qty == 10
+    # the quote that triggered it timed the stop's send like any order caused by a market event
+    assert eng.latency_us()["count"] == 1 and eng.latency_us(first_only=True)["count"] == 1
 
 
 def test_gtd_order_is_canceled_at_its_expiry_and_held_stop_cancels_at_once() -> None:

@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import report  # noqa: E402
 from hdrh.histogram import HdrHistogram  # noqa: E402
+from peers import peer_python  # noqa: E402
 
-from greekfire.core.settings import env_get, load_settings  # noqa: E402
+from greekfire.core.settings import load_settings  # noqa: E402
 from greekfire.strategies.market_maker import OptionsMarketMaker  # noqa: E402
 from greekfire.trading import build_engine  # noqa: E402
 from greekfire.trading.model import Quote  # noqa: E402
@@ -183,9 +184,11 @@ REPEATS = 3
 
 
 def measure_nautilus() -> dict[str, Any] | None:
-    """Run peer_nautilus.py with the interpreter named by GREEKFIRE_BENCH_NAUTILUS_PYTHON (best of REPEATS)."""
-    python = env_get("GREEKFIRE_BENCH_NAUTILUS_PYTHON")
+    """Run peer_nautilus.py in the peers virtualenv (``make peers``) or the interpreter named by
+    GREEKFIRE_BENCH_NAUTILUS_PYTHON (best of REPEATS)."""
+    python, why = peer_python("GREEKFIRE_BENCH_NAUTILUS_PYTHON")
     if not python:
+        print(f"  nautilus_trader peer not run: {why}")
         return None
     script = Path(__file__).resolve().parent / "peer_nautilus.py"
     best: dict[str, Any] | None = None
@@ -245,7 +248,7 @@ def main() -> int:
         "first peer figure is nautilus_trader's documented claim; "
         + ("the second was measured in this run with peer_nautilus.py in its own virtualenv (a different "
            "workload: its backtest matching engine, one equity, no options pricing)" if nt else
-           "set GREEKFIRE_BENCH_NAUTILUS_PYTHON to a Python with nautilus_trader to measure it beside ours"),
+           "run `make peers` (or set GREEKFIRE_BENCH_NAUTILUS_PYTHON) to measure nautilus_trader beside ours"),
         f"best of {REPEATS} runs; all runs (events/s): " + ", ".join(f"{x['events_per_s']:,.0f}" for x in runs),
         f"CPU-time throughput of the best run: {r['events_per_cpu_s']:,.0f} events per CPU-second; "
         f"{r['preempted_batches']} of {r['batches']} batches lost the core for more than 1 ms (wall - CPU time)",

@@ -83,7 +83,21 @@ def make_events(n: int) -> np.ndarray:
 # is handed (an atomic add each), which cost about 60% of the time of a LOBSTER replay (perf: the
 # NRT_incref/NRT_decref stubs). Without it the same loop is 2.5-3x faster. A kernel that allocates
 # does not compile with these options (numba refuses), so a mistake shows at once.
-_KERNEL: dict[str, Any] = {"cache": True, "_nrt": False}
+
+
+def _kernel_options() -> dict[str, Any]:
+    """``cache`` and, where this numba still has the private ``_nrt`` switch, ``_nrt=False``; a numba
+    without it gets the plain (slower, equally correct) kernels rather than an import error."""
+    try:
+        from numba.core.options import DefaultOptions
+
+        has_nrt_switch = hasattr(DefaultOptions, "_nrt")
+    except ImportError:
+        has_nrt_switch = False
+    return {"cache": True, "_nrt": False} if has_nrt_switch else {"cache": True}
+
+
+_KERNEL: dict[str, Any] = _kernel_options()
 
 
 @nb.njit(cache=True, inline="always")

@@ -17,6 +17,7 @@ from greekfire.quant.american import (
 )
 from greekfire.quant.european import (
     GREEK_NAMES,
+    STANDARD_GREEKS,
     black76_greeks,
     black76_price,
     bsm_greeks,
@@ -39,6 +40,7 @@ __all__ = [
     "IVResult",
     "MCResult",
     "QdFpScheme",
+    "STANDARD_GREEKS",
     "american_greeks",
     "american_implied_vol",
     "american_price",

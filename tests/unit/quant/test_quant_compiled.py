@@ -32,6 +32,9 @@ def test_compiled_greeks_equal_eager() -> None:
     for k, v in eager.items():
         scale = v.abs().clamp_min(1e-12 * 100.0)
         assert torch.all((fused[k] - v).abs() / scale < 1e-9), k
+    # the fused value (textbook, far out-of-the-money rows repriced) against the fused accurate price
+    price = bsm_price(*args, compile=True)
+    assert ((fused["value"] - price).abs() / price.abs().clamp_min(1e-300)).max() < 2e-11
 
 
 def test_compiled_implied_vol_reprices_and_matches_eager() -> None:

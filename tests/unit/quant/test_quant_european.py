@@ -14,6 +14,7 @@ from conftest import need_module
 from greekfire.core.errors import DataError
 from greekfire.quant import (
     GREEK_NAMES,
+    STANDARD_GREEKS,
     black76_greeks,
     black76_price,
     bsm_greeks,
@@ -212,3 +213,47 @@ def test_property_bounds_and_monotonicity(spot: float, moneyness: float, ttm: fl
     assert max(K * dr - spot * dq, 0.0) - 1e-9 * spot <= p <= K * dr * (1 + 1e-12)
     assert (out["gamma"] >= 0).all() and (out["vega"] >= 0).all()
     assert 0.0 <= out["delta"][0].item() <= dq + 1e-12 and -dq - 1e-12 <= out["delta"][1].item() <= 0.0
+
+
+def test_names_select_outputs_and_match_the_full_set() -> None:
+    g = random_grid(500, seed=31)
+    K = g["spot"] * g["strike_ratio"]
+    T = g["days"].double() / 365.0
+    args = (g["right"], g["spot"], K, T, g["rate"], g["div"], g["vol"])
+    full = bsm_greeks(*args)
+    some = bsm_greeks(*args, names=STANDARD_GREEKS)
+    assert tuple(some) == STANDARD_GREEKS
+    for k in STANDARD_GREEKS:
+        assert torch.equal(some[k], full[k]), k
+    # order as asked, duplicates dropped, a single name as a string
+    assert tuple(bsm_greeks(*args, names=["vega", "delta", "vega"])) == ("vega", "delta")
+    assert torch.equal(bsm_greeks(*args, names="charm")["charm"], full["charm"])
+    b76 = black76_greeks(g["right"], g["spot"], K, T, g["rate"], g["vol"], names=("rho", "theta"))
+    b76_full = black76_greeks(g["right"], g["spot"], K, T, g["rate"], g["vol"])
+    assert torch.equal(b76["rho"], b76_full["rho"]) and torch.equal(b76["theta"], b76_full["theta"])
+    with pytest.raises(DataError, match="names='speed'"):
+        bsm_greeks(*args, names=("value", "speed"))
+    with pytest.raises(DataError, match="names"):
+        bsm_greeks(*args, names=())
+
+
+def test_greeks_value_agrees_with_accurate_price_far_out_of_the_money() -> None:
+    # the Greeks kernel keeps the textbook value where it cancels by < 3 digits and reprices the rest
+    n = 4000
+    gen = torch.Generator().manual_seed(41)
+    ttm = torch.empty(n, dtype=torch.float64).uniform_(1 / 365, 10.0, generator=gen)
+    vol = torch.exp(torch.empty(n, dtype=torch.float64).uniform_(-4.6, 1.6, generator=gen))
+    z = torch.empty(n, dtype=torch.float64).uniform_(-8.0, 8.0, generator=gen)
+    strike = 100.0 * torch.exp(z * vol * torch.sqrt(ttm))
+    right = torch.where(torch.rand(n, generator=gen) < 0.5, 1.0, -1.0).double()
+    for black76 in (False, True):
+        if black76:
+            value = black76_greeks(right, 100.0, strike, ttm, 0.03, vol, names="value")["value"]
+            ref = black76_price(right, 100.0, strike, ttm, 0.03, vol)
+        else:
+            value = bsm_greeks(right, 100.0, strike, ttm, 0.03, 0.01, vol, names=("value",))["value"]
+            ref = bsm_price(right, 100.0, strike, ttm, 0.03, 0.01, vol)
+        assert (ref > 0).all()
+        rel = (value - ref).abs() / ref
+        # the gap left is the conditioning of the deep tails (values down to 1e-300), not cancellation
+        assert rel.max() < 2e-11, (black76, rel.max().item())

@@ -16,6 +16,7 @@ import torch
 
 from greekfire.quant._tensors import TensorLike, as_tensors, norm_cdf
 from greekfire.quant.european import bsm_price
+from greekfire.quant.iv import IVResult
 
 Engine = Callable[..., torch.Tensor]
 
@@ -364,46 +365,26 @@ def american_implied_vol(
     *,
     model: str = "qdfp",
     steps: int = 200,
-    iterations: int = 40,
-):  # type: ignore[no-untyped-def]
-    """Implied vol of American prices through an American engine: a fixed number (40) of bracketed
-    steps on vol in [1e-4, 10], alternating regula falsi and bisection, for the whole batch. Returns an :class:`IVResult` with
-    the same reason codes as :func:`implied_vol` (the cap is the spot for calls, the strike for puts)."""
-    from greekfire.quant.iv import ABOVE_MAX, BAD_INPUT, BELOW_INTRINSIC, EXPIRED, NO_TIME_VALUE, IVResult
+    iterations: int = 24,
+    rtol: float = 1e-10,
+) -> IVResult:
+    """Implied vols (annualised) of American prices (currency per unit) through the named American engine
+    (``model``, ``steps`` as :func:`american_price`), for the whole batch at once.
 
-    p, w, S, K, T, r, q = as_tensors(price, right, spot, strike, ttm, rate, div_yield)
-    bad = ~(torch.isfinite(p) & torch.isfinite(S) & torch.isfinite(K) & torch.isfinite(T)) | (S <= 0) | (K <= 0) | (p < 0)
-    expired = ~bad & (T <= 0)
-    Tp = torch.where(T > 0, T, torch.ones_like(T))
-    intrinsic = torch.clamp(w * (S - K), min=0.0)
-    cap = torch.where(w > 0, S, K)
-    below = ~bad & ~expired & (p < intrinsic)
-    above = ~bad & ~expired & ~below & (p >= cap)
-    lo = torch.full_like(p, 1e-4)
-    hi = torch.full_like(p, 10.0)
-    f_lo = american_price(w, S, K, Tp, r, q, lo, model=model, steps=steps) - p
-    no_tv = ~bad & ~expired & ~below & ~above & (f_lo >= 0)
-    f_hi = american_price(w, S, K, Tp, r, q, hi, model=model, steps=steps) - p
-    above = above | (~bad & ~expired & ~below & (f_hi < 0))
-    for i in range(iterations):
-        # alternate a secant (regula falsi) step with a bisection so the bracket always shrinks
-        if i % 2 == 0:
-            mid = lo - f_lo * (hi - lo) / (f_hi - f_lo)
-            mid = torch.where(torch.isfinite(mid) & (mid > lo) & (mid < hi), mid, 0.5 * (lo + hi))
-        else:
-            mid = 0.5 * (lo + hi)
-        f_mid = american_price(w, S, K, Tp, r, q, mid, model=model, steps=steps) - p
-        go_up = f_mid < 0
-        lo = torch.where(go_up, mid, lo)
-        f_lo = torch.where(go_up, f_mid, f_lo)
-        hi = torch.where(go_up, hi, mid)
-        f_hi = torch.where(go_up, f_hi, f_mid)
-    vol = lo - f_lo * (hi - lo) / (f_hi - f_lo)
-    vol = torch.where(torch.isfinite(vol), vol, 0.5 * (lo + hi))
-    code = torch.zeros_like(p, dtype=torch.int8)
-    for mask, c in ((no_tv, NO_TIME_VALUE), (above, ABOVE_MAX), (below, BELOW_INTRINSIC), (expired, EXPIRED), (bad, BAD_INPUT)):
-        code = torch.where(mask, torch.full_like(code, c), code)
-    vol = torch.where(code == 0, vol, torch.full_like(vol, math.nan))
-    return IVResult(vol, code)
+    Starts from the European implied vol of each quote (an upper bound) and takes bracketed secant steps,
+    each engine call pricing only the quotes not yet solved; a quote is solved when its repriced value is
+    within ``rtol`` (relative) of it. ``iterations`` bounds the engine calls per quote.
+    Returns an :class:`IVResult` with the codes of :func:`implied_vol`: ``below_intrinsic`` under the
+    exercise value, ``above_max`` at or above the spot (call) / strike (put) or above the engine's price at
+    vol 10, ``no_time_value`` at the exercise value or under the engine's price at vol 1e-4. Never raises
+    on bad rows (they get NaN and a code)."""
+    from greekfire.quant._american_iv import american_iv
 
+    def pricer(*args: torch.Tensor) -> torch.Tensor:
+        return american_price(*args, model=model, steps=steps)
 
+    if model not in ENGINES:
+        from greekfire.core.errors import DataError
+
+        raise DataError("model", model, f"must be one of {sorted(ENGINES)}")
+    return american_iv(pricer, price, right, spot, strike, ttm, rate, div_yield, evaluations=iterations, rtol=rtol)

@@ -59,12 +59,11 @@ def _iv_setup(
     q: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
     """Normalise the quotes, classify them (reason codes) and place each start inside its bracket."""
-    finite = (
-        torch.isfinite(price) & torch.isfinite(S) & torch.isfinite(K) & torch.isfinite(T)
-        & torch.isfinite(r) & torch.isfinite(q)
-    )
-    bad = ~finite | (S <= 0) | (K <= 0) | (w.abs() != 1) | (price < 0)
-    expired = ~bad & (T <= 0)
+    # classification by nested blends and arithmetic: inductor vectorises those, while it lowers and/or
+    # of masks and boolean or int8 outputs to scalar loops (they were a large part of this kernel)
+    nonfinite = price * 0.0 + S * 0.0 + K * 0.0 + T * 0.0 + r * 0.0 + q * 0.0  # NaN unless all finite
+    ok = torch.where(torch.minimum(S, K) > 0, torch.where(price >= 0, nonfinite, math.nan), math.nan)
+    good = torch.where(w.abs() == 1, ok, math.nan) == 0
     Tp = torch.where(T > 0, T, torch.ones_like(T))
     ln_fk = torch.log(S / K) + (r - q) * Tp
     # the same present values and parity split as bsm_price, so a repriced vol gives back the quote
@@ -80,10 +79,25 @@ def _iv_setup(
     round_off = torch.where(
         intrinsic > 0, 8.0 * torch.finfo(S.dtype).eps * torch.maximum(fwd_pv, strike_pv), torch.zeros_like(S)
     )
-    below = ~bad & ~expired & (price - intrinsic < -round_off)
-    above = ~bad & ~expired & ~below & (price >= cap)
-    no_tv = ~bad & ~expired & ~below & ~above & (price - intrinsic <= round_off)
-    solve = ~(bad | expired | below | above | no_tv)
+    # reason codes in order of precedence: bad input, expired, below intrinsic, above max, no time value
+    code = torch.where(
+        good,
+        torch.where(
+            T > 0,
+            torch.where(
+                price - intrinsic < -round_off,
+                float(BELOW_INTRINSIC),
+                torch.where(
+                    price >= cap,
+                    float(ABOVE_MAX),
+                    torch.where(price - intrinsic <= round_off, float(NO_TIME_VALUE), torch.zeros_like(S)),
+                ),
+            ),
+            float(EXPIRED),
+        ),
+        float(BAD_INPUT),
+    )
+    solve = code == 0
 
     b_max = torch.exp(0.5 * x)
     target = torch.where(solve, beta_otm, 0.5 * b_max)
@@ -106,7 +120,7 @@ def _iv_setup(
     s_floor = torch.where(lower_target, torch.minimum(target * SQRT_2PI, s_c), s_c)
     # solve on ln b while b is at most half its cap (ln of the cap gap cannot resolve a small b), on
     # ln(b_max - b) above that, where b saturates
-    log_b_objective = lower_target | (target <= 0.5 * b_max)
+    log_b_objective = torch.where(lower_target, 1.0, torch.where(target <= 0.5 * b_max, 1.0, -1.0)) > 0
     # ln b is concave in s: Newton from below the root climbs to it monotonically, so an upper-region
     # quote solved on ln b starts from the inflection point, a lower bound
     s_up = torch.where(log_b_objective, torch.maximum(s_c, torch.minimum(s_up, target * SQRT_2PI)), s_up)
@@ -115,13 +129,10 @@ def _iv_setup(
     hi = torch.where(lower_target, s_c, torch.full_like(s, math.inf))
     s = torch.where(s > 0, s, torch.where(lower_target, 0.5 * s_c, torch.ones_like(s)))
     s = torch.where(torch.isfinite(s), s, 0.5 * (lo + torch.where(torch.isfinite(hi), hi, lo + 2.0)))
-    # the five classes are disjoint by construction, so the code is a sum (cheaper than a chain of wheres
-    # in a fused kernel)
-    code = (
-        below.to(torch.int8) * BELOW_INTRINSIC + above.to(torch.int8) * ABOVE_MAX
-        + no_tv.to(torch.int8) * NO_TIME_VALUE + expired.to(torch.int8) * EXPIRED + bad.to(torch.int8) * BAD_INPUT
-    )
-    return x, s, lo, hi, log_b_objective, ln_target, ln_cap_gap, solve, Tp, code
+    # +1 where the objective is ln b, -1 where it is ln(b_max - b); one target for the chosen objective
+    objective = torch.where(log_b_objective, 1.0, -torch.ones_like(s))
+    ln_g_target = torch.where(log_b_objective, ln_target, ln_cap_gap)
+    return x, s, lo, hi, objective, ln_g_target, Tp, code
 
 
 def _iv_step(
@@ -129,20 +140,20 @@ def _iv_step(
     s: torch.Tensor,
     lo: torch.Tensor,
     hi: torch.Tensor,
-    log_b_objective: torch.Tensor,
-    ln_target: torch.Tensor,
-    ln_cap_gap: torch.Tensor,
+    objective: torch.Tensor,
+    ln_g_target: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One bracketed third-order Householder step on the chosen objective (same cost for every quote);
-    also says which quotes have converged (their step was below ``FREEZE_TOL`` relative)."""
+    """One bracketed third-order Householder step on the chosen objective (``objective`` +1: ``ln b``,
+    -1: ``ln(b_max - b)``; same cost for every quote); also says which quotes have converged (1.0 where
+    their step was below ``FREEZE_TOL`` relative, else 0.0)."""
     tiny = torch.finfo(x.dtype).tiny
     b, c, db = otm_parts(x, s)
+    log_b_objective = objective > 0
     g = torch.where(log_b_objective, b, c)
-    ln_g_target = torch.where(log_b_objective, ln_target, ln_cap_gap)
     rr = torch.where(log_b_objective, db / b, -db / c)
     f = torch.log(torch.clamp(g, min=tiny)) - ln_g_target
     # shrink the bracket with the sign of the objective itself (b rises with s, c falls)
-    too_low = torch.where(log_b_objective, f < 0, f > 0)
+    too_low = objective * f < 0
     lo = torch.where(too_low, torch.maximum(lo, s), lo)
     hi = torch.where(too_low, hi, torch.minimum(hi, s))
     xs = x / s
@@ -153,21 +164,22 @@ def _iv_step(
     nu = -f / rr
     householder = nu * (1.0 + 0.5 * g2 * nu) / (1.0 + nu * (g2 + g3 * nu / 6.0))
     s_new = s + householder
-    converged = householder.abs() <= 1e-12 * s
-    inside = ((s_new >= lo) & (s_new <= hi) | converged) & torch.isfinite(s_new)
+    converged = householder.abs() <= 1e-12 * s  # (so finite)
+    # inside the bracket (NaN and infinities compare False), or converged
+    inside = torch.where(converged, 1.0, torch.minimum(s_new - lo, hi - s_new)) >= 0
     # where the third-order step leaves the bracket, try plain Newton before bisecting
     s_newton = s + nu
     s_new = torch.where(inside, s_new, s_newton)
-    inside = inside | ((s_newton >= lo) & (s_newton <= hi) & torch.isfinite(s_newton))
+    inside = torch.where(inside, 1.0, torch.minimum(s_newton - lo, hi - s_newton)) >= 0
     # bisect geometrically: the root can sit orders of magnitude inside the bracket
     mid = torch.where(
         torch.isfinite(hi), torch.where(lo > 0, torch.sqrt(lo * hi), 0.5 * hi), 2.0 * torch.maximum(s, lo)
     )
     # a (Householder or Newton) step this small means the next one would be below rounding: the error
     # left is about step^3 (step^2 for Newton), far under what a 1e-12 repricing needs
-    done = inside & ((s_new - s).abs() <= FREEZE_TOL * s)
+    done = torch.where(inside, FREEZE_TOL * s - (s_new - s).abs(), -1.0) >= 0
     s = torch.where(inside, s_new, mid)
-    return s, lo, hi, done
+    return s, lo, hi, torch.where(done, 1.0, torch.zeros_like(s))
 
 
 def _iv_head(
@@ -181,12 +193,13 @@ def _iv_head(
     steps: int,
 ) -> tuple[torch.Tensor, ...]:
     """Set-up plus ``steps`` Householder steps for every quote (one pass over memory when compiled);
-    the last tensor says which quotes are finished (converged, or with nothing to solve)."""
-    x, s, lo, hi, log_b, ln_target, ln_cap_gap, solve, Tp, code = _iv_setup(price, w, S, K, T, r, q)
-    done = torch.zeros_like(solve)
+    the last tensor is 1.0 where a quote is finished (converged, or with nothing to solve), else 0.0.
+    No boolean outputs: inductor stores those with scalar loops."""
+    x, s, lo, hi, objective, ln_g_target, Tp, code = _iv_setup(price, w, S, K, T, r, q)
+    done = torch.zeros_like(s)
     for _ in range(steps):
-        s, lo, hi, done = _iv_step(x, s, lo, hi, log_b, ln_target, ln_cap_gap)
-    return x, s, lo, hi, log_b, ln_target, ln_cap_gap, solve, Tp, code, done | ~solve
+        s, lo, hi, done = _iv_step(x, s, lo, hi, objective, ln_g_target)
+    return x, s, lo, hi, objective, ln_g_target, Tp, code, torch.where(code == 0, done, 1.0)
 
 
 def implied_vol(
@@ -217,25 +230,25 @@ def implied_vol(
     use_compiled = compile if compile is not None else n >= DEFAULT_MIN_SIZE
     shared = min(iterations, SHARED_STEPS)
     # set-up and the first steps, which every quote needs, run as one fused kernel
-    x, s, lo, hi, log_b, ln_target, ln_cap_gap, solve, Tp, code, done = run_kernel(
+    x, s, lo, hi, objective, ln_g_target, Tp, code, done = run_kernel(
         _iv_head, args, compile=use_compiled, numel=n, steps=shared
     )
     # the remaining steps run only on the quotes that have not converged yet (a shrinking active set),
     # so the batch no longer pays the worst quote's step count on every element
-    active = torch.nonzero(~done).squeeze(1)
-    state = tuple(t[active] for t in (x, s, lo, hi, log_b, ln_target, ln_cap_gap))
+    active = torch.nonzero(done == 0).squeeze(1)
+    state = tuple(t.index_select(0, active) for t in (x, s, lo, hi, objective, ln_g_target))
     for _ in range(iterations - shared):
         if active.numel() == 0:
             break
-        xa, sa, loa, hia, lba, lta, lca = state
+        xa, sa, loa, hia, oba, lta = state
         # a small remainder runs eager: compiled dynamic shapes would recompile for sizes 0 and 1
         sa, loa, hia, done_a = run_kernel(
-            _iv_step, (xa, sa, loa, hia, lba, lta, lca),
+            _iv_step, (xa, sa, loa, hia, oba, lta),
             compile=use_compiled and active.numel() >= TAIL_COMPILE_MIN, numel=active.numel(),
         )
         s = s.index_copy(0, active, sa)
-        keep = ~done_a
+        keep = done_a == 0
         active = active[keep]
-        state = tuple(t[keep] for t in (xa, sa, loa, hia, lba, lta, lca))
-    vol = torch.where(solve, s / torch.sqrt(Tp), torch.full_like(s, math.nan))
-    return IVResult(vol.to(out_dtype).reshape(shape), code.reshape(shape))
+        state = tuple(t[keep] for t in (xa, sa, loa, hia, oba, lta))
+    vol = torch.where(code == 0, s / torch.sqrt(Tp), math.nan)
+    return IVResult(vol.to(out_dtype).reshape(shape), code.to(torch.int8).reshape(shape))

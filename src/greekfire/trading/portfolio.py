@@ -7,7 +7,7 @@ What happens when:
 - a quote: the instrument's mark is stored; a quote on an underlying marks that underlying dirty;
 - the end of a quote batch (:meth:`Portfolio.revalue`): for each dirty underlying, the per-unit Greeks of
   all its options are recomputed — a chain of up to :data:`SMALL_CHAIN` options by the closed form in plain
-  float math (:func:`bsm_unit_greeks`, the formulas of the pricing core), a bigger one in ONE vectorised call
+  float math (:func:`greekfire.quant.bsm_greeks_scalar`), a bigger one in ONE vectorised call
   to :func:`greekfire.quant.bsm_greeks` — and that underlying's totals are rebuilt from its positions. Other
   underlyings are not touched.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from greekfire.quant import bsm_greeks
+from greekfire.quant import bsm_greeks, bsm_greeks_scalar
 from greekfire.trading.model import Fill, Instrument
 
 GREEKS = ("delta", "gamma", "vega", "theta")
@@ -32,45 +32,6 @@ GREEKS = ("delta", "gamma", "vega", "theta")
 # A chain up to this many options is revalued with scalar closed-form math (about 3 us an option here); a
 # tensor call through the pricing core costs about 0.4 ms whatever its size, so it wins only on big chains.
 SMALL_CHAIN = 32
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def bsm_unit_greeks(
-    rights: list[float], spot: float, strikes: list[float], ttms: list[float], rate: float, div_yield: float,
-    vols: list[float],
-) -> list[tuple[float, float, float, float]] | None:
-    """(delta, gamma, vega, theta) of one unit of each European option by the Black-Scholes-Merton closed
-    form, in plain float math: the formulas and units of :func:`greekfire.quant.bsm_greeks` (delta per 1.00
-    of spot, gamma per 1.00 of spot squared, vega per 1.00 vol, theta per year; ``ttms`` in years, ``rate``
-    and ``div_yield`` continuously compounded, ``vols`` annualised, ``rights`` +1.0 call / -1.0 put).
-
-    Returns None when any input is outside the plain domain (spot, strike, time or vol not finite and > 0,
-    a right other than +/-1): the caller then uses the pricing core, which defines those edge cases."""
-    if not (0.0 < spot < math.inf and math.isfinite(rate) and math.isfinite(div_yield)):
-        return None
-    exp, log, sqrt, erfc = math.exp, math.log, math.sqrt, math.erfc
-    out = []
-    for w, k, t, v in zip(rights, strikes, ttms, vols, strict=True):
-        if not (0.0 < k < math.inf and 0.0 < t < math.inf and 0.0 < v < math.inf and (w == 1.0 or w == -1.0)):
-            return None
-        sqrt_t = sqrt(t)
-        sd = v * sqrt_t
-        dq = exp(-div_yield * t)
-        ln_fk = log(spot / k) + (rate - div_yield) * t
-        d1 = ln_fk / sd + 0.5 * sd
-        n1 = 0.5 * erfc(-w * d1 * _INV_SQRT2)
-        n2 = 0.5 * erfc(-w * (d1 - sd) * _INV_SQRT2)
-        pdf = exp(-0.5 * d1 * d1) * _INV_SQRT_2PI
-        sdq = spot * dq
-        out.append((
-            w * dq * n1,
-            dq * pdf / (spot * sd),
-            sdq * pdf * sqrt_t,
-            -sdq * pdf * v / (2.0 * sqrt_t) - w * rate * k * exp(-rate * t) * n2 + w * div_yield * sdq * n1,
-        ))
-    return out
-
 
 @dataclass(slots=True)
 class Position:
@@ -217,7 +178,7 @@ class Portfolio:
             strikes = [i.strike for i in insts]
             vols = [self.vols.get(i.instrument_id, self.default_vol) for i in insts]
             rows = (
-                bsm_unit_greeks(rights, float(spot), strikes, ttm, self.rate, self.div_yield, vols)
+                bsm_greeks_scalar(rights, float(spot), strikes, ttm, self.rate, self.div_yield, vols)
                 if len(ids) <= SMALL_CHAIN else None
             )
             if rows is not None:

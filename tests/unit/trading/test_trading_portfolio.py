@@ -10,7 +10,7 @@ import torch
 from greekfire.quant import bsm_greeks
 from greekfire.trading.bus import MessageBus
 from greekfire.trading.model import Fill, Instrument, InstrumentKind, Side, option
-from greekfire.trading.portfolio import SMALL_CHAIN, Portfolio, bsm_unit_greeks
+from greekfire.trading.portfolio import SMALL_CHAIN, Portfolio
 
 NOW = 1_800_000_000 * 10**9
 EXP = datetime.fromtimestamp(NOW / 1e9, UTC) + timedelta(days=60)
@@ -66,25 +66,6 @@ def test_greeks_are_incremental_and_match_a_full_revaluation() -> None:
     assert pf.totals["AAA"][2] == pytest.approx(300 * g["vega"][0].item() - 200 * g["vega"][1].item(), rel=1e-9)
     under, after = pf.greeks_after(2, -3)  # what-if: selling the calls back
     assert under == "AAA" and after[0] == pytest.approx(want_delta - 300 * g["delta"][0].item())
-
-
-def test_small_chain_closed_form_agrees_with_the_pricing_core_on_a_wide_grid() -> None:
-    # calls and puts, deep in and out of the money, one minute to two years, low to extreme vol, r and q
-    grid = [(w, k, t, v) for w in (1.0, -1.0) for k in (40.0, 90.0, 100.0, 115.0, 250.0)
-            for t in (1.0 / 525_600, 0.02, 0.5, 2.0) for v in (0.05, 0.3, 1.5)]
-    w, k, t, v = (list(col) for col in zip(*grid, strict=True))
-    for rate, q in ((0.03, 0.01), (-0.005, 0.04)):
-        rows = bsm_unit_greeks(w, 100.0, k, t, rate, q, v)
-        assert rows is not None and len(rows) == len(grid)
-        f64 = torch.float64
-        g = bsm_greeks(torch.tensor(w, dtype=f64), 100.0, torch.tensor(k, dtype=f64), torch.tensor(t, dtype=f64),
-                       rate, q, torch.tensor(v, dtype=f64))
-        for j, name in enumerate(("delta", "gamma", "vega", "theta")):
-            ours = [r[j] for r in rows]
-            assert ours == pytest.approx(g[name].tolist(), rel=1e-9, abs=1e-12), name
-    # outside the plain domain the caller is told to use the pricing core
-    assert bsm_unit_greeks([1.0], 100.0, [100.0], [0.5], 0.0, 0.0, [0.0]) is None
-    assert bsm_unit_greeks([1.0], float("nan"), [100.0], [0.5], 0.0, 0.0, [0.2]) is None
 
 
 def test_small_and_large_chains_revalue_to_the_same_greeks() -> None:

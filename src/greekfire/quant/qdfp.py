@@ -37,7 +37,7 @@ import torch
 
 from greekfire.quant._black import erfcx_nonneg
 from greekfire.quant._fused import run_kernel
-from greekfire.quant._tensors import INV_SQRT_2, INV_SQRT_2PI, SQRT_2PI, TensorLike, as_tensors, norm_cdf
+from greekfire.quant._tensors import INV_SQRT_2, INV_SQRT_2PI, SQRT_2PI, TensorLike, as_tensors
 from greekfire.quant.european import bsm_price
 
 DOUBLE_BOUNDARY_STEPS = 1000
@@ -92,8 +92,9 @@ def _np_layout(n: int, n_quad: int, n_price: int) -> tuple[np.ndarray, ...]:
 
     Node i: ``sqrt(tau_i) = sqrt(T) xi_i``. Its boundary integrals run over ``theta`` in [0, pi/2] with
     ``z = sqrt(tau_i) sin(theta)`` (c_z, times sqrt(T)), weight ``dz`` (c_zw, times sqrt(T)) and
-    ``u = tau_i cos(theta)^2`` (c_u, times T); ``interp`` maps node values to the interpolant at every
-    u. The premium runs over ``s = T sin(theta)^2`` (c_s, c_ds times T; interp_p at ``T - s``).
+    ``u = tau_i cos(theta)^2`` (c_u, times T); ``interp`` ([node x point, node]) maps node values to the
+    interpolant at every u. The premium runs over ``s = T sin(theta)^2`` (c_s, c_ds times T; interp_p,
+    [point, node], at ``T - s``).
     """
     xi = (1.0 + np.cos(np.pi * np.arange(n + 1) / n)) / 2.0  # 1 ... 0
     g, gw = np.polynomial.legendre.leggauss(n_quad)
@@ -107,7 +108,9 @@ def _np_layout(n: int, n_quad: int, n_price: int) -> tuple[np.ndarray, ...]:
     c_s = np.sin(pth) ** 2
     c_ds = np.sin(2.0 * pth) * np.pi / 4.0 * pw
     interp_p = _cheb_values_to(2.0 * np.cos(pth) - 1.0, n)
-    return xi, interp, c_z, c_zw, xi_u * xi_u, interp_p, c_s, c_ds
+    # options run along the last (contiguous) axis everywhere, so compiled loops vectorise over options
+    # rather than over a handful of quadrature points
+    return xi, np.ascontiguousarray(interp.T), c_z, c_zw, xi_u * xi_u, np.ascontiguousarray(interp_p.T), c_s, c_ds
 
 
 _layouts: dict[tuple[int, int, int, torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
@@ -176,17 +179,18 @@ def _fp_update(
     live_node: torch.Tensor,
     newton: bool,
 ) -> torch.Tensor:
-    """One FP-B step (Jacobi-Newton when ``newton``) of ``sqrt(H) = -ln(B / X)`` at every node.
+    """One FP-B step (Jacobi-Newton when ``newton``) of ``sqrt(H) = -ln(B / X)`` at every node
+    (``sqH``: [node, option]; quadrature tensors [node, point, option]).
 
     In the integrals ``ln(b / B(u)) = sqrt(H(u)) - sqrt(H_i)``: no logarithm per quadrature point.
     """
-    nb, n1 = sqH.shape
-    sHu = torch.sqrt(torch.clamp((sqH * sqH) @ interp_u, min=0.0)).reshape(nb, n1, -1)
-    dm = (sHu - sqH.unsqueeze(2) + drift) * inv_vz
+    n1, nb = sqH.shape
+    sHu = torch.sqrt(torch.clamp(interp_u @ (sqH * sqH), min=0.0)).reshape(n1, -1, nb)
+    dm = (sHu - sqH.unsqueeze(1) + drift) * inv_vz
     dp = dm + vz
-    n_int = (zw_n * torch.exp(-0.5 * dm * dm)).sum(-1)
+    n_int = (zw_n * torch.exp(-0.5 * dm * dm)).sum(1)
     ep = torch.exp(-0.5 * dp * dp)
-    d_int = (zw_d * (_ncdf(dp, ep) * vz_root2pi + ep)).sum(-1)
+    d_int = (zw_d * (_ncdf(dp, ep) * vz_root2pi + ep)).sum(1)
     d0m = (-sqH - lnKX + mu) / sd0
     d0p = d0m + sd0
     pm = torch.exp(-0.5 * d0m * d0m) * INV_SQRT_2PI
@@ -206,6 +210,51 @@ def _fp_update(
     return torch.where(live_node & torch.isfinite(out), out, torch.zeros_like(out))
 
 
+def _setup(
+    K: torch.Tensor, T: torch.Tensor, r: torch.Tensor, q: torch.Tensor, v: torch.Tensor, X: torch.Tensor,
+    xi: torch.Tensor, c_z: torch.Tensor, c_zw: torch.Tensor, c_u: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The starting boundary and the per-step constants of :func:`_fp_update` (one fused kernel when
+    compiled). Layout: [node, option] and [node, point, option]; options last, where loops vectorise."""
+    c1 = lambda t: t.unsqueeze(0)  # noqa: E731
+    c3 = lambda m: m.unsqueeze(-1)  # noqa: E731
+    K2, r2, q2, v2, X2 = c1(K), c1(r), c1(q), c1(v), c1(X)
+    tau = c3(xi * xi) * c1(T)  # [n+1, b]: T ... 0
+    live_node = tau > 0
+    tau_s = torch.where(live_node, tau, torch.ones_like(tau))
+    sqH = _baw_start(K2, tau_s, r2, q2, v2, X2, live_node)
+    sqrtT = torch.sqrt(T)
+    vz = c3(c_z) * (v * sqrtT)  # vol * z
+    vz_safe = torch.where(vz > 0, vz, torch.ones_like(vz))
+    drift = c3(c_z * c_z) * ((r - q - 0.5 * v * v) * T)
+    u = c3(c_u) * T
+    zw = c3(c_zw) * (sqrtT * (2.0 * INV_SQRT_2PI) / v)
+    sd0 = v2 * torch.sqrt(tau_s)
+    return (
+        sqH, drift, 1.0 / vz_safe, vz, zw * torch.exp(r * u), zw * torch.exp(q * u),
+        vz * math.sqrt(2.0 * math.pi), torch.log(K2 / X2), (r2 - q2 - 0.5 * v2 * v2) * tau_s, sd0,
+        K2 * torch.exp(-(r2 - q2) * tau_s), r2, q2, X2, live_node,
+    )
+
+
+def _premium(
+    sqH: torch.Tensor, interp_p: torch.Tensor, S: torch.Tensor, K: torch.Tensor, T: torch.Tensor, r: torch.Tensor,
+    q: torch.Tensor, v: torch.Tensor, X: torch.Tensor, c_s: torch.Tensor, c_ds: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The early-exercise premium, the integral over ``s`` (time from now) in [0, T] of
+    ``rK e^{-rs} N(-d-(s, S/B(T-s))) - qS e^{-qs} N(-d+)``, and whether ``S`` is already at or below the
+    boundary (exercise now)."""
+    sHs = torch.sqrt(torch.clamp(interp_p @ (sqH * sqH), min=0.0))  # [point, b]
+    s_ = c_s.unsqueeze(-1) * T
+    sd = v * torch.sqrt(s_)
+    dm = (torch.log(S / X) + sHs + (r - q - 0.5 * v * v) * s_) / sd
+    dp = dm + sd
+    integrand = (r * K * torch.exp(-r * s_) * _ncdf(-dm, torch.exp(-0.5 * dm * dm))
+                 - q * S * torch.exp(-q * s_) * _ncdf(-dp, torch.exp(-0.5 * dp * dp)))
+    premium = (integrand * c_ds.unsqueeze(-1)).sum(0) * T
+    return premium, X * torch.exp(-sqH[0]) >= S
+
+
 def _single_boundary_put(
     S: torch.Tensor, K: torch.Tensor, T: torch.Tensor, r: torch.Tensor, q: torch.Tensor, v: torch.Tensor,
     scheme: QdFpScheme, compile: bool | None,
@@ -214,26 +263,9 @@ def _single_boundary_put(
     dt, dev = S.dtype, S.device
     xi, interp_u, c_z, c_zw, c_u, interp_p, c_s, c_ds = _layout(scheme.nodes, scheme.quad, scheme.price_quad, dt, dev)
     X = K * torch.where(q > r, r / torch.where(q > r, q, torch.ones_like(q)), torch.ones_like(q))
-    c1 = lambda t: t.unsqueeze(1)  # noqa: E731
-    c2 = lambda t: t.reshape(-1, 1, 1)  # noqa: E731
-    K2, r2, q2, v2, X2 = c1(K), c1(r), c1(q), c1(v), c1(X)
-    tau = c1(T) * xi * xi  # [b, n+1]: T ... 0
-    live_node = tau > 0
-    tau_s = torch.where(live_node, tau, torch.ones_like(tau))
-    sqH = run_kernel(_baw_start, (K2, tau_s, r2, q2, v2, X2, live_node), compile=compile, numel=16 * tau.numel())
-    sqrtT = torch.sqrt(T)
-    vz = c2(v * sqrtT) * c_z  # vol * z
-    vz_safe = torch.where(vz > 0, vz, torch.ones_like(vz))
-    drift = c2(r - q - 0.5 * v * v) * c2(T) * c_z * c_z
-    u = c2(T) * c_u
-    zw = c2(sqrtT) * c_zw * (2.0 * INV_SQRT_2PI) / c2(v)
-    sd0 = v2 * torch.sqrt(tau_s)
-    args = (
-        interp_u, drift, 1.0 / vz_safe, vz, zw * torch.exp(c2(r) * u), zw * torch.exp(c2(q) * u),
-        vz * math.sqrt(2.0 * math.pi), torch.log(K2 / X2), (r2 - q2 - 0.5 * v2 * v2) * tau_s, sd0,
-        K2 * torch.exp(-(r2 - q2) * tau_s), r2, q2, X2, live_node,
-    )
-    numel = vz.numel()
+    numel = S.numel() * c_z.numel()
+    sqH, *consts = run_kernel(_setup, (K, T, r, q, v, X, xi, c_z, c_zw, c_u), compile=compile, numel=numel)
+    args = (interp_u, *consts)
     for _ in range(scheme.newton):
         sqH = run_kernel(_fp_update, (sqH, *args), compile=compile, numel=numel, newton=True)
     x_prev = g_prev = None
@@ -243,20 +275,15 @@ def _single_boundary_put(
             # depth-one Anderson mixing over the nodes of each option
             f = g - sqH
             df = f - (g_prev - x_prev)
-            gam = (f * df).sum(1, keepdim=True) / (df * df).sum(1, keepdim=True)
+            gam = (f * df).sum(0, keepdim=True) / (df * df).sum(0, keepdim=True)
             gam = torch.where(torch.isfinite(gam), gam, torch.zeros_like(gam))
             mixed = torch.clamp(g - gam * (g - g_prev), min=0.0)
             x_prev, g_prev, sqH = sqH, g, mixed
         else:
             x_prev, g_prev, sqH = sqH, g, g
-    # premium: integral over s (time from now) in [0, T] of rK e^{-rs} N(-d-(s, S/B(T-s))) - qS e^{-qs} N(-d+)
-    sHs = torch.sqrt(torch.clamp((sqH * sqH) @ interp_p, min=0.0))
-    s_ = c1(T) * c_s
-    sd = v2 * torch.sqrt(s_)
-    dm = (c1(torch.log(S / X)) + sHs + (r2 - q2 - 0.5 * v2 * v2) * s_) / sd
-    integrand = r2 * K2 * torch.exp(-r2 * s_) * norm_cdf(-dm) - q2 * c1(S) * torch.exp(-q2 * s_) * norm_cdf(-dm - sd)
-    premium = (integrand * c1(T) * c_ds).sum(-1)
-    amer = torch.where(X * torch.exp(-sqH[:, 0]) >= S, K - S, bsm_price(-1.0, S, K, T, r, q, v) + premium)
+    premium, exercise = run_kernel(_premium, (sqH, interp_p, S, K, T, r, q, v, X, c_s, c_ds), compile=compile,
+                                   numel=numel)
+    amer = torch.where(exercise, K - S, bsm_price(-1.0, S, K, T, r, q, v) + premium)
     return torch.maximum(amer, torch.clamp(K - S, min=0.0))
 
 

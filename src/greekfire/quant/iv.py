@@ -5,7 +5,8 @@ Method (our own, in the spirit of Jäckel's "Let's Be Rational"): each quote is 
 price of the same strike by put-call parity, so every quote is solved on ``b(x, s)``, the normalised
 out-of-the-money price as a function of the total volatility ``s = vol * sqrt(ttm)``. Below the inflection
 point ``s_c = sqrt(2|x|)`` we solve ``ln b = ln beta`` (b is tiny and nearly log-quadratic there), above it
-``ln(b_max - b) = ln(b_max - beta)`` (the price saturates). Each element starts from an asymptotic guess
+``ln(b_max - b) = ln(b_max - beta)`` (the price saturates). Each element starts from a guess (below
+``s_c``: a few cheap Newton steps on a model of ``ln b``, exact at ``s_c``; above: a normal quantile)
 and takes third-order Householder steps inside a shrinking bracket: the first ``SHARED_STEPS`` for every
 quote (fused with the set-up into one kernel), then only the quotes not yet converged step on, as a
 shrinking active set, so the batch does not pay its worst quote's step count on every element. Prices of out-of-the-money options are evaluated with the scaled
@@ -37,13 +38,14 @@ IV_REASONS: dict[int, str] = {
 OK, BELOW_INTRINSIC, ABOVE_MAX, NO_TIME_VALUE, EXPIRED, BAD_INPUT = range(6)
 
 DEFAULT_ITERATIONS = 6
-SHARED_STEPS = 3  # steps every quote takes inside the fused kernel; most have converged after them
+SHARED_STEPS = 2  # steps every quote takes inside the fused kernel; most have converged after them
 TAIL_COMPILE_MIN = 1_024  # active sets smaller than this step eagerly (compiled costs ~20x less per quote)
 FREEZE_TOL = 1e-10  # relative Newton step under which a quote has converged and leaves the active set
 # relative third-order step under which a quote has converged: the error left is about a small multiple of
 # step^3: after any third-order step under 1e-4 the vol was within 6e-15 (rounding) of the converged one,
 # on 200k benchmark-grid quotes and the tests' extreme grid; 1e-5 keeps a margin
 HOUSEHOLDER_TOL = 1e-5
+MODEL_NEWTON = 3  # Newton steps on the lower-region model of ln b for the starting guess (cheap: no erfcx)
 
 
 class IVResult(NamedTuple):
@@ -119,6 +121,21 @@ def _iv_setup(
     asym = torch.clamp(target * (3.0 * math.sqrt(3.0)) / (2.0 * math.pi * torch.clamp(-x, min=tiny)), max=1.0)
     z_low = torch.special.ndtri(torch.pow(asym, 1.0 / 3.0))
     s_low = torch.where(z_low < 0, x / (math.sqrt(3.0) * z_low), s_c)
+    # lower, better: ln b ~ ln b_c - x^2/2 (1/s^2 - 1/s_c^2) - (s^2 - s_c^2)/8 + k ln(s/s_c), the exponent
+    # of the price exact and the slowly varying prefactor a power of s, k matching the slope at s_c
+    # (there d ln b / d ln s = s_c b'(s_c) / b_c with b'(s_c) = exp(x/2) / sqrt(2 pi)); solved for
+    # u = ln s by MODEL_NEWTON Newton steps (the model rises with u, and is exact at s_c)
+    k = s_c * torch.exp(0.5 * x) / (SQRT_2PI * torch.clamp(b_c, min=tiny))
+    gap = ln_target - torch.log(torch.clamp(b_c, min=tiny))  # <= 0 in the lower region
+    half_x2 = 0.5 * x * x
+    u_c = 0.5 * torch.log(-2.0 * x)
+    u = -0.5 * torch.log(0.5 / torch.clamp(-x, min=tiny) - gap / torch.clamp(half_x2, min=tiny))
+    for _ in range(MODEL_NEWTON):
+        e2 = torch.exp(2.0 * u)
+        model = half_x2 * (1.0 / (s_c * s_c) - 1.0 / e2) - 0.125 * (e2 + 2.0 * x) + k * (u - u_c) - gap
+        u = torch.minimum(u - model / (x * x / e2 - 0.25 * e2 + k), u_c)
+    s_model = torch.exp(u)
+    s_low = torch.where(torch.isfinite(s_model), s_model, s_low)
     s_up = -2.0 * torch.special.ndtri(torch.clamp(cap_gap / (2.0 * torch.cosh(0.5 * x)), max=0.5))
     # b(x, s) <= b(0, s) <= s / sqrt(2 pi): a guaranteed lower bound on the root
     s_floor = torch.where(lower_target, torch.minimum(target * SQRT_2PI, s_c), s_c)
@@ -224,7 +241,7 @@ def implied_vol(
 
     ``ttm`` in years, ``rate`` / ``div_yield`` continuously compounded; inputs broadcast. Solved in
     float64 whatever the input dtype (the result is cast back to it). ``iterations`` bounds the steps any
-    quote takes (the first 3 are taken by all, later ones only by the few quotes not converged yet).
+    quote takes (the first 2 are taken by all, later ones only by the quotes not converged yet).
     Invalid quotes give NaN with a code: 1 below_intrinsic, 2 above_max, 3 no_time_value, 4 expired,
     5 bad_input (see :data:`IV_REASONS`).
     """

@@ -1,9 +1,11 @@
 """Pricing core benchmarks: greekfire beside py_vollib_vectorized and QuantLib, measured in one run.
 
-1. European price + all first-order Greeks, 1,000,000 options, float64, CPU (and float32, and CUDA when
-   present): options/s for greekfire (fused with torch.compile; compile time reported apart; eager too),
-   py_vollib_vectorized (price + get_all_greeks) and QuantLib's analytic engine in a Python loop (a sample,
-   scaled, object set-up included).
+1. European price + Greeks, 1,000,000 options, float64, CPU (and float32, and CUDA when present):
+   options/s for greekfire (fused with torch.compile; compile time reported apart; eager too) computing
+   STANDARD_GREEKS (value, delta, gamma, vega, theta, rho, epsilon; all 11 outputs in a note),
+   py_vollib_vectorized (price + get_all_greeks: delta, gamma, theta, rho, vega) and QuantLib's analytic
+   engine in a Python loop (NPV, delta, gamma, vega, theta, rho, dividendRho; a sample, scaled, object
+   set-up included).
 2. Implied vol, 1,000,000 quotes: quotes/s and worst errors for greekfire and py_vollib_vectorized.
 3. American: qdfp (accurate scheme), bs2002, baw, crr-200 batched vs QuantLib per option.
 
@@ -12,6 +14,9 @@ Run: ``python benchmarks/bench_quant.py`` (or ``make bench``). Results: benchmar
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import time
 import warnings
@@ -27,6 +32,7 @@ from common import best_of, report  # noqa: E402
 from greekfire.quant import (  # noqa: E402
     ACCURATE,
     HIGH_PRECISION,
+    STANDARD_GREEKS,
     baw_price,
     bs2002_price,
     bsm_greeks,
@@ -62,16 +68,18 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_greeks(g: dict[str, torch.Tensor], compile: bool, device: str) -> tuple[float, float]:
-    """(options/s, first-call seconds) for price + all Greeks."""
+def time_greeks(
+    g: dict[str, torch.Tensor], compile: bool, device: str, names: tuple[str, ...] | None = None
+) -> tuple[float, float]:
+    """(options/s, first-call seconds) for the value and the Greeks ``names`` (None: all 11 outputs)."""
     args = (g["w"], g["S"], g["K"], g["T"], g["r"], g["q"], g["v"])
     t0 = time.perf_counter()
-    bsm_greeks(*args, compile=compile)
+    bsm_greeks(*args, names=names, compile=compile)
     sync(device)
     first = time.perf_counter() - t0
 
     def run() -> None:
-        bsm_greeks(*args, compile=compile)
+        bsm_greeks(*args, names=names, compile=compile)
         sync(device)
 
     return len(g["w"]) / best_of(run, repeat=3), first
@@ -115,19 +123,70 @@ def vollib_greeks_rate(g: dict[str, torch.Tensor]) -> float:
 def european_rows(notes: list[str]) -> list[dict[str, Any]]:
     rows = []
     g = grid(N, seed=1)
-    eager, _ = time_greeks(g, compile=False, device="cpu")
-    compiled, first = time_greeks(g, compile=True, device="cpu")
-    compiled32, first32 = time_greeks({k: t.float() for k, t in g.items()}, compile=True, device="cpu")
+    std = STANDARD_GREEKS
+    eager, _ = time_greeks(g, compile=False, device="cpu", names=std)
+    compiled, first = time_greeks(g, compile=True, device="cpu", names=std)
+    compiled_all, _ = time_greeks(g, compile=True, device="cpu")
+    compiled32, first32 = time_greeks({k: t.float() for k, t in g.items()}, compile=True, device="cpu", names=std)
     vollib = vollib_greeks_rate(g)
     ql_rate = ql_european_rate(g, QL_SAMPLE)
+    # two torch threads (a compiled kernel is specialised to the thread count: compiled again here)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        compiled_2t, _ = time_greeks(g, compile=True, device="cpu", names=std)
+    finally:
+        torch.set_num_threads(threads)
+    notes.append(f"european: ours computes {', '.join(std)}; py_vollib_vectorized price + delta, gamma, theta, rho, "
+                 "vega; QuantLib NPV, delta, gamma, vega, theta, rho, dividendRho; ratios use our 1-thread figure "
+                 "(both peers are single-threaded)")
     notes.append(f"european: compile/warm-up {first:.1f}s (float64), {first32:.1f}s (float32), paid once per "
                  f"process above the size threshold; eager float64 {eager:,.0f} options/s")
-    notes.append(f"european: float32 compiled {compiled32:,.0f} options/s")
+    notes.append(f"european: float32 compiled {compiled32:,.0f} options/s; all 11 outputs (adds theta_per_day, "
+                 f"vanna, volga, charm) float64 {compiled_all:,.0f} options/s; 2 torch threads float64 "
+                 f"{compiled_2t:,.0f} options/s ({compiled_2t / vollib:.0f}x py_vollib_vectorized)")
     rows.append({"benchmark": "european price+greeks 1M f64 CPU", "ours": compiled, "peer": "py_vollib_vectorized",
                  "peer_value": vollib, "unit": "options/s", "ratio": compiled / vollib, "goal_ratio": 100})
     rows.append({"benchmark": "european price+greeks f64 CPU", "ours": compiled, "peer": "QuantLib loop (sample)",
                  "peer_value": ql_rate, "unit": "options/s", "ratio": compiled / ql_rate, "goal_ratio": 2000})
+    rows += european_malloc_rows(notes)
     return rows
+
+
+# glibc gives freed blocks of this size back to the kernel, so every fresh 8 MB output of a 1M batch is
+# faulted in again, page by page (about 3 ns an element here). These two settings (documented glibc
+# tunables; PyTorch's CPU tuning guide makes the same point about the allocator) keep freed memory in the
+# process. They are set for a child process only, where the peers run under them too.
+MALLOC_KEEP = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "33554432"}
+
+
+def european_malloc_child() -> None:
+    """In a child started with :data:`MALLOC_KEEP`: ours, py_vollib_vectorized and QuantLib, one JSON line."""
+    g = grid(N, seed=1)
+    compiled, _ = time_greeks(g, compile=True, device="cpu", names=STANDARD_GREEKS)
+    print("RESULT " + json.dumps({"ours": compiled, "vollib": vollib_greeks_rate(g),
+                                  "quantlib": ql_european_rate(g, QL_SAMPLE)}))
+
+
+def european_malloc_rows(notes: list[str]) -> list[dict[str, Any]]:
+    """The European rows again in a child process whose glibc keeps freed memory (both sides under it)."""
+    proc = subprocess.run([sys.executable, __file__, "european-malloc"], env={**os.environ, **MALLOC_KEEP},
+                          capture_output=True, text=True, timeout=900)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        notes.append(f"european with glibc keeping freed memory: not measured (exit {proc.returncode}: "
+                     f"{proc.stderr.strip()[-300:]})")
+        return []
+    r = json.loads(line.removeprefix("RESULT "))
+    notes.append("european (malloc kept) rows: the same measurement in a child process run with "
+                 + " ".join(f"{k}={v}" for k, v in MALLOC_KEEP.items()) + "; the peers run under the same setting")
+    return [
+        {"benchmark": "european price+greeks 1M f64 CPU, malloc kept", "ours": r["ours"],
+         "peer": "py_vollib_vectorized", "peer_value": r["vollib"], "unit": "options/s",
+         "ratio": r["ours"] / r["vollib"], "goal_ratio": 100},
+        {"benchmark": "european price+greeks f64 CPU, malloc kept", "ours": r["ours"], "peer": "QuantLib loop (sample)",
+         "peer_value": r["quantlib"], "unit": "options/s", "ratio": r["ours"] / r["quantlib"], "goal_ratio": 2000},
+    ]
 
 
 def iv_rows(notes: list[str]) -> list[dict[str, Any]]:
@@ -186,8 +245,11 @@ def _american_rows(notes: list[str], ql: Any) -> list[dict[str, Any]]:
     args = tuple(g[k] for k in ("w", "S", "K", "T", "r", "q", "v"))
     rows = []
     hp = qdfp_price(*args, scheme=HIGH_PRECISION)
+    t0 = time.perf_counter()
     ours_acc = qdfp_price(*args, scheme=ACCURATE, compile=True)
+    qdfp_first = time.perf_counter() - t0
     acc_err = ((ours_acc - hp).abs() / hp.clamp(min=1e-2)).max().item()
+    acc_err_k = ((ours_acc - hp).abs() / torch.maximum(hp, 1e-8 * g["K"])).max().item()
     today = ql.Date(15, 6, 2021)
     ql.Settings.instance().evaluationDate = today
     dc = ql.Actual365Fixed()
@@ -223,8 +285,9 @@ def _american_rows(notes: list[str], ql: Any) -> list[dict[str, Any]]:
         if goal:
             row["goal_ratio"] = goal
         rows.append(row)
-    notes.append(f"american: qdfp accurate scheme worst error vs our high-precision scheme {acc_err:.1e} relative "
-                 "(floor 0.01 in price); American rows run torch on 1 thread, like QuantLib's loop")
+    notes.append(f"american: qdfp accurate scheme worst error vs our high-precision scheme {acc_err_k:.1e} relative "
+                 f"(floor 1e-8 x strike; {acc_err:.1e} with a floor of 0.01 in price); first (compiling) call "
+                 f"{qdfp_first:.1f} s; American rows run torch on 1 thread, like QuantLib's loop")
     notes.append("american: bs2002 is compared with QuantLib's BjerksundStensland engine, which implements the 1993 "
                  "version (same family, cheaper); see docs/quant.md for the accuracy gap")
     return rows
@@ -269,8 +332,17 @@ def main() -> int:
     # while another process holds a core made every figure 3-50x worse and erratic
     torch.set_num_threads(1)
     notes: list[str] = [f"torch {torch.__version__}, {torch.get_num_threads()} thread"]
-    rows = european_rows(notes) + iv_rows(notes) + american_rows(notes) + cuda_rows(notes)
-    report("quant", rows, notes)
+    # ``python benchmarks/bench_quant.py american`` runs the American section alone
+    if sys.argv[1:] == ["european-malloc"]:  # the child of european_malloc_rows
+        european_malloc_child()
+        return 0
+    if sys.argv[1:] == ["american"]:
+        rows = american_rows(notes)
+    elif sys.argv[1:] == ["european"]:  # the European and implied-vol sections alone
+        rows = european_rows(notes) + iv_rows(notes)
+    else:
+        rows = european_rows(notes) + iv_rows(notes) + american_rows(notes) + cuda_rows(notes)
+    report(f"quant_{sys.argv[1]}" if sys.argv[1:] in (["american"], ["european"]) else "quant", rows, notes)
     return 0
 
 

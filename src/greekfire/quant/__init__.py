@@ -28,8 +28,8 @@ from greekfire.quant.heston import HestonParams, heston_calibrate, heston_price
 from greekfire.quant.iv import IV_REASONS, IVResult, implied_vol
 from greekfire.quant.montecarlo import MCResult, gbm_paths, heston_paths, mc_european
 from greekfire.quant.portfolio import mc_var, parametric_var, portfolio_greeks, scenario_grid
-from greekfire.quant.scalar import bsm_greeks_scalar
 from greekfire.quant.qdfp import ACCURATE, FAST, HIGH_PRECISION, QdFpScheme, qdfp_price
+from greekfire.quant.scalar import bsm_greeks_scalar
 
 __all__ = [
     "ACCURATE",

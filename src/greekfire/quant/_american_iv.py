@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import torch
 
-from greekfire.quant._tensors import INV_SQRT_2PI, TensorLike, as_tensors
+from greekfire.quant._tensors import TensorLike, as_tensors
+from greekfire.quant.european import bsm_greeks
 from greekfire.quant.iv import (
     ABOVE_MAX,
     BAD_INPUT,
@@ -46,14 +47,6 @@ DEFAULT_EVALUATIONS = 24
 """Most engine evaluations any quote takes (the batch's later calls price only the open quotes)."""
 
 Pricer = Callable[..., torch.Tensor]
-
-
-def _euro_vega(w: torch.Tensor, S: torch.Tensor, K: torch.Tensor, T: torch.Tensor, r: torch.Tensor,
-               q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """European vega (per 1.00 vol) at ``v``; the slope of the first step."""
-    sqt = torch.sqrt(T)
-    d1 = (torch.log(S / K) + (r - q + 0.5 * v * v) * T) / (v * sqt)
-    return S * torch.exp(-q * T - 0.5 * d1 * d1) * INV_SQRT_2PI * sqt
 
 
 def american_iv(
@@ -178,7 +171,8 @@ def _solve(
         # search limit)
         if k == 0:
             dg_dtv = torch.where(itm[a], 0.5 / torch.sqrt(tv_a), 1.0 / tv_a)
-            slope = _euro_vega(w[a], S[a], K[a], T[a], r[a], q[a], va) * dg_dtv
+            vega = bsm_greeks(w[a], S[a], K[a], T[a], r[a], q[a], va, names="vega", compile=False)["vega"]
+            slope = vega * dg_dtv
         else:
             slope = (ga - g_prev[a]) / (va - v_prev[a])
         step = va - ga / slope

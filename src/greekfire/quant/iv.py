@@ -25,7 +25,7 @@ import torch
 
 from greekfire.quant._black import otm_parts
 from greekfire.quant._fused import DEFAULT_MIN_SIZE, run_kernel
-from greekfire.quant._tensors import SQRT_2PI, TensorLike, as_tensors
+from greekfire.quant._tensors import SQRT_2PI, TensorLike, as_tensors, ndtri_guess
 
 IV_REASONS: dict[int, str] = {
     0: "",
@@ -117,11 +117,7 @@ def _iv_setup(
     ln_cap_gap = torch.log(cap_gap)
 
     # starting points: below s_c the price is ~exp(-x^2 / 2 s^2), above it the cap gap is ~2 cosh(x/2) N(-s/2)
-    # lower: invert the small-s asymptote b ~ (2 pi |x| / 3 sqrt3) N(-|x| / (sqrt3 s))^3 (Jäckel 2015, eq. 4.4)
-    asym = torch.clamp(target * (3.0 * math.sqrt(3.0)) / (2.0 * math.pi * torch.clamp(-x, min=tiny)), max=1.0)
-    z_low = torch.special.ndtri(torch.pow(asym, 1.0 / 3.0))
-    s_low = torch.where(z_low < 0, x / (math.sqrt(3.0) * z_low), s_c)
-    # lower, better: ln b ~ ln b_c - x^2/2 (1/s^2 - 1/s_c^2) - (s^2 - s_c^2)/8 + k ln(s/s_c), the exponent
+    # lower: ln b ~ ln b_c - x^2/2 (1/s^2 - 1/s_c^2) - (s^2 - s_c^2)/8 + k ln(s/s_c), the exponent
     # of the price exact and the slowly varying prefactor a power of s, k matching the slope at s_c
     # (there d ln b / d ln s = s_c b'(s_c) / b_c with b'(s_c) = exp(x/2) / sqrt(2 pi)); solved for
     # u = ln s by MODEL_NEWTON Newton steps (the model rises with u, and is exact at s_c)
@@ -135,8 +131,10 @@ def _iv_setup(
         model = half_x2 * (1.0 / (s_c * s_c) - 1.0 / e2) - 0.125 * (e2 + 2.0 * x) + k * (u - u_c) - gap
         u = torch.minimum(u - model / (x * x / e2 - 0.25 * e2 + k), u_c)
     s_model = torch.exp(u)
-    s_low = torch.where(torch.isfinite(s_model), s_model, s_low)
-    s_up = -2.0 * torch.special.ndtri(torch.clamp(cap_gap / (2.0 * torch.cosh(0.5 * x)), max=0.5))
+    # (the model's Newton steps stay finite for every in-domain quote; the fallback only keeps a start)
+    s_low = torch.where(torch.isfinite(s_model), s_model, 0.5 * s_c)
+    # a vectorisable quantile inside the compiled kernel (the library's ndtri is a scalar call there)
+    s_up = -2.0 * ndtri_guess(torch.clamp(cap_gap / (2.0 * torch.cosh(0.5 * x)), max=0.5))
     # b(x, s) <= b(0, s) <= s / sqrt(2 pi): a guaranteed lower bound on the root
     s_floor = torch.where(lower_target, torch.minimum(target * SQRT_2PI, s_c), s_c)
     # solve on ln b while b is at most half its cap (ln of the cap gap cannot resolve a small b), on

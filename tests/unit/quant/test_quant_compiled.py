@@ -54,3 +54,19 @@ def test_compiled_implied_vol_reprices_and_matches_eager() -> None:
     informative = ok & (vega * vol / price > 1e-2)
     assert informative.sum() > 1000
     assert torch.allclose(fused.vol[informative], eager.vol[informative], rtol=1e-8, atol=0)
+
+
+def test_vectorisable_normal_quantile_matches_the_library() -> None:
+    """The compiled kernels' starting guesses use ndtri_lower: within 1.2e-9 of ndtri from 1e-300 to 1/2,
+    and 0 (not NaN) above 1/2, as the guesses expect."""
+    from greekfire.quant._tensors import ndtri_lower
+
+    p = torch.cat([torch.logspace(-300, -1, 20_000, dtype=torch.float64),
+                   torch.linspace(0.02, 0.5, 20_000, dtype=torch.float64)])
+    ref = torch.special.ndtri(p)
+    got = ndtri_lower(p)
+    rel = ((got - ref).abs() / ref.abs().clamp(min=1e-300))[p < 0.5]
+    assert rel.max().item() < 1.2e-9
+    assert (got[p == 0.5] == 0).all()
+    assert torch.equal(ndtri_lower(torch.tensor([0.7, 1.0], dtype=torch.float64)), torch.zeros(2, dtype=torch.float64))
+    assert torch.isfinite(ndtri_lower(torch.tensor([0.0], dtype=torch.float64))).all()

@@ -261,12 +261,8 @@ def american_rows(notes: list[str]) -> list[dict[str, Any]]:
 
     # one thread like QuantLib's loop (OpenMP threads that spin on a shared machine can slow small
     # batches down by orders of magnitude); the qdfp goal row is measured again on all cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _american_rows(notes, ql)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _american_rows(notes: list[str], ql: Any) -> list[dict[str, Any]]:

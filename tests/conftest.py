@@ -19,6 +19,28 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def cuda_test_device() -> str | None:
+    """The device tests/cuda runs on: ``cuda`` where torch sees a GPU, else None (the folder is not
+    collected). ``GREEKFIRE_CUDA_TESTS_DEVICE=cpu`` runs that suite on the CPU, to check its own code on a
+    machine without a GPU (its CPU-vs-device comparisons then prove nothing about CUDA)."""
+    forced = os.environ.get("GREEKFIRE_CUDA_TESTS_DEVICE")
+    if forced:
+        return forced
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+# tests/cuda checks the CUDA paths against the CPU ones; CI and laptops have no GPU, so it is collected
+# only where one is present (the report header says which), and never counted as skipped
+collect_ignore = [] if cuda_test_device() else ["cuda"]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    dev = cuda_test_device()
+    return f"tests/cuda: running on {dev}" if dev else "tests/cuda: not collected (torch sees no CUDA device)"
+
+
 def in_ci() -> bool:
     return (os.environ.get("CI") or "").strip().lower() in {"1", "true", "yes"}
 
@@ -85,3 +107,13 @@ def tmp_settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("GREEKFIRE_HOME", str(tmp_path / "home"))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def dev() -> Any:
+    """tests/cuda's device under test (``cuda``, or what GREEKFIRE_CUDA_TESTS_DEVICE names)."""
+    import torch
+
+    name = cuda_test_device()
+    assert name is not None, "tests/cuda is collected only where a CUDA device (or an override) is present"
+    return torch.device(name)

@@ -26,19 +26,7 @@ from greekfire.quant import (
 ql = need_module("QuantLib")
 from quant_ql_helpers import european as ql_european  # noqa: E402
 
-
-def random_grid(n: int, seed: int) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng(seed)
-    days = rng.integers(1, 3650, n)
-    return {
-        "right": torch.as_tensor(rng.choice([1.0, -1.0], n)),
-        "spot": torch.as_tensor(rng.uniform(5.0, 500.0, n)),
-        "strike_ratio": torch.as_tensor(np.exp(rng.normal(0.0, 0.3, n))),
-        "days": torch.as_tensor(days),
-        "rate": torch.as_tensor(rng.uniform(-0.02, 0.10, n)),
-        "div": torch.as_tensor(rng.uniform(-0.01, 0.06, n)),
-        "vol": torch.as_tensor(rng.uniform(0.03, 1.5, n)),
-    }
+from quant_grids import random_grid  # noqa: E402
 
 
 def test_bsm_matches_quantlib_on_random_grid() -> None:

@@ -12,20 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from greekfire.quant import IV_REASONS, american_implied_vol, american_price, bsm_price, implied_vol
-
-
-def extreme_grid() -> tuple[torch.Tensor, ...]:
-    """|ln(K/F)| up to 5 standard deviations, ttm 1 day to 10 years, vol 1% to 500%, both rights."""
-    T = torch.tensor([1 / 365, 7 / 365, 30 / 365, 0.25, 1.0, 3.0, 10.0], dtype=torch.float64)
-    V = torch.tensor([0.01, 0.03, 0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0], dtype=torch.float64)
-    Z = torch.linspace(-5.0, 5.0, 41, dtype=torch.float64)
-    W = torch.tensor([1.0, -1.0], dtype=torch.float64)
-    w, t, v, z = (a.reshape(-1) for a in torch.meshgrid(W, T, V, Z, indexing="ij"))
-    S = torch.full_like(t, 100.0)
-    r = torch.full_like(t, -0.01)  # a negative rate on purpose
-    q = torch.full_like(t, 0.02)
-    K = S * torch.exp((r - q) * t) * torch.exp(z * v * torch.sqrt(t))
-    return w, S, K, t, r, q, v
+from quant_grids import extreme_grid
 
 
 def test_round_trip_reprices_to_1e12_on_extreme_grid() -> None:

@@ -13,36 +13,7 @@ from typer.testing import CliRunner
 from greekfire.cli import app
 from greekfire.core.errors import DataError
 from greekfire.data.pricing import price_frame
-from greekfire.quant import bsm_price
-
-
-def chain(n: int, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    right = rng.choice(["C", "P"], n)
-    spot = rng.uniform(50, 150, n)
-    strike = spot * rng.uniform(0.8, 1.2, n)
-    ttm = rng.uniform(0.02, 2.0, n)
-    rate = rng.uniform(0.0, 0.05, n)
-    div = rng.uniform(0.0, 0.03, n)
-    vol = rng.uniform(0.1, 0.6, n)
-    w = np.where(right == "C", 1.0, -1.0)
-    import torch
-
-    price = bsm_price(torch.as_tensor(w), torch.as_tensor(spot), torch.as_tensor(strike), torch.as_tensor(ttm),
-                      torch.as_tensor(rate), torch.as_tensor(div), torch.as_tensor(vol)).numpy()
-    return pd.DataFrame({"right": right, "spot": spot, "strike": strike, "ttm": ttm, "rate": rate,
-                         "div_yield": div, "market_price": price, "true_vol": vol})
-
-
-def break_rows(df: pd.DataFrame, share: float = 0.01, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    bad = rng.choice(len(df), int(len(df) * share), replace=False)
-    kinds = np.arange(len(bad)) % 4
-    df.loc[bad[kinds == 0], "spot"] = -5.0
-    df.loc[bad[kinds == 1], "right"] = "X"
-    df.loc[bad[kinds == 2], "market_price"] = 0.0  # below intrinsic for ITM, no time value for OTM
-    df.loc[bad[kinds == 3], "ttm"] = np.nan
-    return bad
+from quant_grids import break_rows, chain
 
 
 def test_price_frame_flags_bad_rows_and_prices_the_rest() -> None:

@@ -54,16 +54,18 @@ def configure_logging(
         if getattr(h, "_greekfire", False):
             root.removeHandler(h)
             h.close()
-    stream = stream or sys.stderr
     handler: logging.Handler
     if json_format:
-        handler = logging.StreamHandler(stream)
+        handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(JsonFormatter())
     else:
         from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=True)
+        # with no stream given, the console looks sys.stderr up at each write, so a caller that swaps it
+        # for a while (typer's CliRunner, pytest's capture) does not leave the handler on a closed file
+        console = Console(file=stream) if stream is not None else Console(stderr=True)
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=True)
         handler.setFormatter(logging.Formatter("%(message)s"))
     setattr(handler, "_greekfire", True)  # noqa: B010 - marks our handlers for replacement
     root.addHandler(handler)

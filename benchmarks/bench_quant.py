@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,9 +215,24 @@ def european_malloc_rows(notes: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-def iv_rows(notes: list[str]) -> list[dict[str, Any]]:
+def vollib_iv_run(g: dict[str, torch.Tensor], price: torch.Tensor) -> Callable[[], np.ndarray]:
+    """A call of py_vollib_vectorized's implied vol on the grid ``g``'s quotes ``price`` (CPU arrays)."""
     import py_vollib_vectorized as pvv
 
+    flag = np.where(g["w"].cpu().numpy() > 0, "c", "p")
+    a = [g[k].cpu().numpy() for k in ("S", "K", "T", "r", "q")]
+    p_np = price.cpu().numpy()
+
+    def run() -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pvv.vectorized_implied_volatility(p_np, a[0], a[1], a[2], a[3], flag, q=a[4],
+                                                     model="black_scholes_merton", return_as="numpy")
+
+    return run
+
+
+def iv_rows(notes: list[str]) -> list[dict[str, Any]]:
     g = grid(N, seed=2)
     args = (g["w"], g["S"], g["K"], g["T"], g["r"], g["q"])
     price = bsm_price(*args, g["v"])
@@ -231,16 +246,7 @@ def iv_rows(notes: list[str]) -> list[dict[str, Any]]:
     ok = res.code == 0
     repriced = bsm_price(*args, res.vol)
     rel = ((repriced - price).abs() / price)[ok]
-    flag = np.where(g["w"].numpy() > 0, "c", "p")
-    a = [g[k].numpy() for k in ("S", "K", "T", "r", "q")]
-    p_np = price.numpy()
-
-    def run_vollib() -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pvv.vectorized_implied_volatility(p_np, a[0], a[1], a[2], a[3], flag, q=a[4],
-                                                     model="black_scholes_merton", return_as="numpy")
-
+    run_vollib = vollib_iv_run(g, price)
     theirs = N / best_of(run_vollib, repeat=2)
     their_iv = run_vollib()
     their_err = np.nanmax(np.abs(their_iv - g["v"].numpy()))
@@ -320,36 +326,72 @@ def _american_rows(notes: list[str], ql: Any) -> list[dict[str, Any]]:
 
 
 def cuda_rows(notes: list[str]) -> list[dict[str, Any]]:
+    """The same kernels on the GPU (eager and fused by torch.compile, which emits Triton there), at 1M and
+    10M options, beside py_vollib_vectorized measured on this machine's CPU in the same run."""
     if not torch.cuda.is_available():
         notes.append("cuda: not available on this machine; GPU rows skipped")
         return []
-    rows = []
-    g = grid(N, seed=1, device="cuda")
-    rate, first = time_greeks(g, compile=False, device="cuda")
-    rows.append({"benchmark": "european price+greeks 1M f64 CUDA (eager)", "ours": rate, "peer": "", "peer_value": None,
-                 "unit": "options/s", "ratio": None})
-    args = (g["w"], g["S"], g["K"], g["T"], g["r"], g["q"])
-    price = bsm_price(*args, g["v"])
-    implied_vol(price, *args, compile=False)
-    torch.cuda.synchronize()
+    dev = "cuda"
+    notes.append(f"cuda: {torch.cuda.get_device_name(0)}, torch {torch.__version__}; compile time is the first "
+                 "call of a compiled kernel (Triton code generation), reported apart from the timed calls")
+    try:
+        vollib: float | None = vollib_greeks_rate(grid(N, seed=1))
+        g_cpu = grid(N, seed=2)
+        vollib_iv: float | None = N / best_of(vollib_iv_run(g_cpu, bsm_price(*(g_cpu[k] for k in "wSKTrqv"),
+                                                                            compile=False)),
+                                              repeat=2)
+    except Exception as exc:  # not installed, or its numba kernels fail here: our rows still count
+        vollib = vollib_iv = None
+        notes.append(f"cuda: py_vollib_vectorized not measured here ({type(exc).__name__}: {exc}); the CUDA rows "
+                     "have no ratio")
+    rows: list[dict[str, Any]] = []
 
-    def run_iv() -> None:
-        implied_vol(price, *args, compile=False)
-        torch.cuda.synchronize()
+    def row(name: str, ours: float, unit: str, peer_value: float | None, peer: str = "py_vollib_vectorized "
+            "(this machine's CPU)") -> None:
+        rows.append({"benchmark": name, "ours": ours, "peer": peer if peer_value else "", "peer_value": peer_value,
+                     "unit": unit, "ratio": ours / peer_value if peer_value else None})
 
-    rows.append({"benchmark": "implied vol 1M f64 CUDA (eager)", "ours": N / best_of(run_iv), "peer": "",
-                 "peer_value": None, "unit": "quotes/s", "ratio": None})
-    ga = grid(AMERICAN_N, seed=3, device="cuda")
-    am_args = tuple(ga[k] for k in ("w", "S", "K", "T", "r", "q", "v"))
+    for n, label in ((N, "1M"), (10 * N, "10M")):
+        g = grid(n, seed=1, device=dev)
+        eager, _ = time_greeks(g, compile=False, device=dev, names=STANDARD_GREEKS)
+        fused, first = time_greeks(g, compile=True, device=dev, names=STANDARD_GREEKS)
+        fused32, first32 = time_greeks({k: t.float() for k, t in g.items()}, compile=True, device=dev,
+                                       names=STANDARD_GREEKS)
+        row(f"european price+greeks {label} f64 CUDA, eager", eager, "options/s", vollib)
+        row(f"european price+greeks {label} f64 CUDA, compiled", fused, "options/s", vollib)
+        row(f"european price+greeks {label} f32 CUDA, compiled", fused32, "options/s", vollib)
+        notes.append(f"cuda european {label}: first compiled call {first:.1f} s (f64), {first32:.1f} s (f32)")
+    for n, label in ((N, "1M"), (10 * N, "10M")):
+        g = grid(n, seed=2, device=dev)
+        args = (g["w"], g["S"], g["K"], g["T"], g["r"], g["q"])
+        price = bsm_price(*args, g["v"], compile=False)
+        for compile in (False, True):
+            t0 = time.perf_counter()
+            res = implied_vol(price, *args, compile=compile)
+            torch.cuda.synchronize()
+            first = time.perf_counter() - t0
 
-    def run_qdfp() -> None:
-        qdfp_price(*am_args, scheme=ACCURATE, compile=False)
-        torch.cuda.synchronize()
+            def run_iv(price: torch.Tensor = price, args: tuple[torch.Tensor, ...] = args,
+                       compile: bool = compile) -> None:
+                implied_vol(price, *args, compile=compile)
+                torch.cuda.synchronize()
 
-    run_qdfp()
-    rows.append({"benchmark": f"american qdfp accurate {AMERICAN_N:,} f64 CUDA (eager)",
-                 "ours": AMERICAN_N / best_of(run_qdfp), "peer": "", "peer_value": None, "unit": "options/s",
-                 "ratio": None})
+            ok = res.code == 0
+            rel = ((bsm_price(*args, res.vol, compile=False) - price).abs() / price)[ok]
+            kind = "compiled" if compile else "eager"
+            row(f"implied vol {label} f64 CUDA, {kind}", n / best_of(run_iv), "quotes/s", vollib_iv)
+            notes.append(f"cuda implied vol {label} {kind}: first call {first:.1f} s; worst repricing error "
+                         f"{rel.max().item():.1e} relative over {int(ok.sum()):,} valid quotes")
+    for n in (AMERICAN_N, 100_000):
+        ga = grid(n, seed=3, device=dev)
+        am_args = tuple(ga[k] for k in ("w", "S", "K", "T", "r", "q", "v"))
+
+        def run_qdfp(am_args: tuple[torch.Tensor, ...] = am_args) -> None:
+            qdfp_price(*am_args, scheme=ACCURATE, compile=False)
+            torch.cuda.synchronize()
+
+        run_qdfp()
+        row(f"american qdfp accurate {n:,} f64 CUDA, eager", n / best_of(run_qdfp), "options/s", None)
     return rows
 
 
@@ -365,11 +407,13 @@ def main() -> int:
         return 0
     if sys.argv[1:] == ["american"]:
         rows = american_rows(notes)
+    elif sys.argv[1:] == ["cuda"]:  # the GPU rows alone (py_vollib_vectorized is their only peer)
+        rows = cuda_rows(notes)
     elif sys.argv[1:] == ["european"]:  # the European and implied-vol sections alone
         rows = european_rows(notes) + iv_rows(notes)
     else:
         rows = european_rows(notes) + iv_rows(notes) + american_rows(notes) + cuda_rows(notes)
-    report(f"quant_{sys.argv[1]}" if sys.argv[1:] in (["american"], ["european"]) else "quant", rows, notes)
+    report(f"quant_{sys.argv[1]}" if sys.argv[1:] in (["american"], ["european"], ["cuda"]) else "quant", rows, notes)
     return 0
 
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from greekfire import __version__
+from greekfire.core.allocator import keep_freed_memory
 from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError
 from greekfire.core.logging import configure_logging
 from greekfire.core.settings import Settings, load_settings, settings_dict
@@ -68,6 +69,10 @@ class State:
                 max_bytes=lg.max_bytes,
                 backup_count=lg.backup_count,
             )
+            if self._settings.quant.keep_freed_memory:
+                status = keep_freed_memory()
+                if status != "ok":
+                    logging.getLogger("greekfire").debug("quant.keep_freed_memory: %s", status)
         return self._settings
 
 

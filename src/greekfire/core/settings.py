@@ -118,6 +118,10 @@ class QuantSettings(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float64", "float32"] = "float64"
     tree_steps: int = Field(200, ge=1, le=100_000, description="binomial tree steps")
+    keep_freed_memory: bool = Field(
+        True, description="greekfire commands make glibc's malloc keep freed blocks up to 32 MiB (large pricing "
+        "batches then skip refaulting fresh pages; the process keeps up to 512 MiB it freed)"
+    )
 
 
 class MarketSettings(Section):

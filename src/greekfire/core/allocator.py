@@ -32,7 +32,10 @@ _applied: tuple[int, int] | None = None
 def _libc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:  # a glibc system whose C library cannot be opened by name (unusual containers)
+        return None
 
 
 def keep_freed_memory(mmap_threshold_mb: int = MAX_MMAP_THRESHOLD_MB, trim_threshold_mb: int = 512) -> str:
@@ -51,7 +54,7 @@ def keep_freed_memory(mmap_threshold_mb: int = MAX_MMAP_THRESHOLD_MB, trim_thres
         return "ok"
     libc = _libc()
     if libc is None:
-        return f"not glibc ({platform.system()} {platform.libc_ver()[0] or 'unknown libc'}): allocator left as is"
+        return f"no glibc to tune here ({platform.system()}, {platform.libc_ver()[0] or 'unknown libc'}): allocator left as is"
     mib = 1024 * 1024
     ok = libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold_mb * mib) == 1
     ok = ok and libc.mallopt(M_TRIM_THRESHOLD, trim_threshold_mb * mib) == 1

@@ -73,6 +73,33 @@ def norm_cdf_given_density(z: torch.Tensor, density: torch.Tensor | None = None)
     return torch.where(z < 0, tail, 1.0 - tail)
 
 
+def _small_t_series(h: torch.Tensor, t: torch.Tensor, e1: torch.Tensor) -> torch.Tensor:
+    """``b`` for a small total vol, where the two tails cancel as t -> 0: the Taylor series in t,
+    ``b = 2 phi(h) sum_{n odd} t^n (h^n Y(h) + P_n(h)) / n!`` with the Mills ratio ``Y = N(h) / phi(h)``,
+    given ``e1 = erfcx(-h / sqrt2)`` (so ``Y = e1 sqrt(2 pi) / 2``)."""
+    mills = 0.5 * e1 * SQRT_2PI
+    h2 = h * h
+    t2 = t * t
+    # P_n(h) for n = 1, 3, ..., 11, and h^n Y
+    p_n = (
+        torch.ones_like(h),
+        h2 - 1.0,
+        h2 * h2 - h2 + 3.0,
+        h2 * (h2 * h2 - h2 + 3.0) - 15.0,
+        h2 * (h2 * (h2 * h2 - h2 + 3.0) - 15.0) + 105.0,
+        h2 * (h2 * (h2 * (h2 * h2 - h2 + 3.0) - 15.0) + 105.0) - 945.0,
+    )
+    series = torch.zeros_like(h)
+    hn_y = h * mills
+    tn = t
+    for k, (p, fact) in enumerate(zip(p_n, (1.0, 6.0, 120.0, 5040.0, 362880.0, 39916800.0), strict=True)):
+        if k:
+            hn_y = hn_y * h2
+            tn = tn * t2
+        series = series + tn * (hn_y + p) / fact
+    return 2.0 * torch.exp(-0.5 * h2) * INV_SQRT_2PI * series
+
+
 def _parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``b``, ``c`` and the scale ``exp(-(h^2 + t^2)/2)`` with two ``erfcx`` calls per element.
 
@@ -97,28 +124,7 @@ def _parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
     # under a digit there, outside the small-t region
     c_up = 0.5 * scale * (e1 + e2)
     b_up = b_max - c_up
-    # small total vol: the differences above cancel as t -> 0, so sum the Taylor series in t,
-    # b = 2 phi(h) sum_{n odd} t^n (h^n Y(h) + P_n(h)) / n!, with the Mills ratio Y = N(h) / phi(h)
-    mills = 0.5 * e1 * SQRT_2PI
-    t2 = t * t
-    # P_n(h) for n = 1, 3, ..., 11, and h^n Y
-    p_n = (
-        torch.ones_like(h),
-        h2 - 1.0,
-        h2 * h2 - h2 + 3.0,
-        h2 * (h2 * h2 - h2 + 3.0) - 15.0,
-        h2 * (h2 * (h2 * h2 - h2 + 3.0) - 15.0) + 105.0,
-        h2 * (h2 * (h2 * (h2 * h2 - h2 + 3.0) - 15.0) + 105.0) - 945.0,
-    )
-    series = torch.zeros_like(h)
-    hn_y = h * mills
-    tn = t
-    for k, (p, fact) in enumerate(zip(p_n, (1.0, 6.0, 120.0, 5040.0, 362880.0, 39916800.0), strict=True)):
-        if k:
-            hn_y = hn_y * h2
-            tn = tn * t2
-        series = series + tn * (hn_y + p) / fact
-    b_series = 2.0 * torch.exp(-0.5 * h2) * INV_SQRT_2PI * series
+    b_series = _small_t_series(h, t, e1)
     b = torch.where(small_t, b_series, torch.where(lower, b_low, b_up))
     c = torch.where(small_t, b_max - b, torch.where(lower, b_max - b, c_up))
     return b, c, scale
@@ -134,3 +140,14 @@ def otm_parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     ``c = exp(x/2) - b`` and ``db/ds`` (the normalised vega)."""
     b, c, scale = _parts(x, s)
     return b, c, scale * INV_SQRT_2PI
+
+
+def otm_price_at_inflection(x: torch.Tensor) -> torch.Tensor:
+    """``b(x, s_c)`` at the inflection point ``s_c = sqrt(-2x)`` (``x <= 0``) with one ``erfcx`` call: there
+    ``h = -t``, so one of the two scaled tails is ``erfcx(0) = 1`` and the scale is ``exp(x/2)``, giving
+    ``b = exp(x/2) (1 - erfcx(sqrt2 t)) / 2`` (the series in t below ``SMALL_T``). 0 at ``x = 0``."""
+    t = 0.5 * torch.sqrt(-2.0 * x)
+    small_t = t < SMALL_T
+    e = _erfcx(torch.where(small_t, t * INV_SQRT_2, t * (2.0 * INV_SQRT_2)))
+    b = torch.where(small_t, _small_t_series(-t, t, e), 0.5 * torch.exp(0.5 * x) * (1.0 - e))
+    return torch.where(t > 0, b, torch.zeros_like(b))

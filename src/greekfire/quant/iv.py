@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from greekfire.quant._black import otm_parts
+from greekfire.quant._black import otm_parts, otm_price_at_inflection
 from greekfire.quant._fused import DEFAULT_MIN_SIZE, run_kernel
 from greekfire.quant._tensors import SQRT_2PI, TensorLike, as_tensors, ndtri_guess
 
@@ -108,8 +108,7 @@ def _iv_setup(
     b_max = torch.exp(0.5 * x)
     target = torch.where(solve, beta_otm, 0.5 * b_max)
     s_c = torch.sqrt(-2.0 * x)
-    b_c, _, _ = otm_parts(x, torch.where(s_c > 0, s_c, torch.ones_like(s_c)))
-    b_c = torch.where(s_c > 0, b_c, torch.zeros_like(b_c))
+    b_c = otm_price_at_inflection(x)
     lower_target = target < b_c
     tiny = torch.finfo(target.dtype).tiny
     ln_target = torch.log(torch.clamp(target, min=tiny))

@@ -70,3 +70,16 @@ def test_vectorisable_normal_quantile_matches_the_library() -> None:
     assert (got[p == 0.5] == 0).all()
     assert torch.equal(ndtri_lower(torch.tensor([0.7, 1.0], dtype=torch.float64)), torch.zeros(2, dtype=torch.float64))
     assert torch.isfinite(ndtri_lower(torch.tensor([0.0], dtype=torch.float64))).all()
+
+
+def test_price_at_the_inflection_point_is_the_general_price_there() -> None:
+    from greekfire.quant._black import otm_parts, otm_price_at_inflection
+
+    # |x| from 1e-12 to 100 (the small-t series, the crossover at t = SMALL_T, far wings) and x = 0
+    x = torch.cat([-torch.logspace(-12, 2, 4001, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    s_c = torch.sqrt(-2.0 * x)
+    general = otm_parts(x, torch.where(s_c > 0, s_c, torch.ones_like(s_c)))[0]
+    for fn in (otm_price_at_inflection, torch.compile(otm_price_at_inflection, dynamic=True)):
+        got = fn(x)
+        assert got[-1].item() == 0.0
+        assert (((got - general).abs() / general)[:-1]).max().item() < 1e-13

@@ -41,8 +41,10 @@ def _steady_faults(mode: str) -> float:
 def test_kept_memory_is_not_faulted_in_again() -> None:
     default, kept = _steady_faults("default"), _steady_faults("keep")
     pages = 8_000_000 // 4096  # one 1M-element float64 tensor
-    assert default > 5 * pages, default  # glibc's defaults give freed blocks back and fault them in again
-    assert kept < default / 10, (kept, default)
+    # glibc's defaults give freed blocks back and fault them in again: seen here from 5,827 to 97,370
+    # faults a call (its dynamic thresholds settle differently from run to run), and always 0 when kept
+    assert default > pages, default
+    assert kept < pages // 4, (kept, default)
 
 
 def test_bad_values_are_refused_with_the_reason() -> None:

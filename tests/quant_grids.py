@@ -40,6 +40,20 @@ def extreme_grid() -> tuple[torch.Tensor, ...]:
     return w, S, K, t, r, q, v
 
 
+def american_grid(n: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Random American contracts as numpy arrays ``(right, spot, strike, days, rate, div_yield, vol)``:
+    spot 20-200, strike 0.7-1.3 x spot, 10 days to 5 years (``days``), rates 0.5-8%, yields 0-6%, vols 10-60%."""
+    rng = np.random.default_rng(seed)
+    w = rng.choice([1.0, -1.0], n)
+    S = rng.uniform(20.0, 200.0, n)
+    K = S * rng.uniform(0.7, 1.3, n)
+    days = rng.choice([10, 30, 91, 182, 365, 730, 1825], n)
+    r = rng.uniform(0.005, 0.08, n)
+    q = rng.uniform(0.0, 0.06, n)
+    v = rng.uniform(0.1, 0.6, n)
+    return w, S, K, days, r, q, v
+
+
 def chain(n: int, seed: int = 0) -> pd.DataFrame:
     """A priced chain as `greekfire price` reads it: right C/P, spot, strike, ttm (years), rate,
     div_yield, market_price (BSM at ``true_vol``) and true_vol."""

@@ -34,7 +34,7 @@ from greekfire.quant import (
     qdfp_price,
     scenario_grid,
 )
-from quant_grids import break_rows, chain, extreme_grid, random_grid
+from quant_grids import american_grid, break_rows, chain, extreme_grid, random_grid
 
 
 def european_args(n: int, seed: int) -> list[torch.Tensor]:
@@ -101,12 +101,8 @@ def test_implied_vol_reprices_to_1e12_on_the_extreme_grid(dev: torch.device, com
 
 
 def test_american_engines_match_the_cpu(dev: torch.device) -> None:
-    rng = np.random.default_rng(9)
-    n = 400
-    S = rng.uniform(20.0, 200.0, n)
-    arrays = [rng.choice([1.0, -1.0], n), S, S * rng.uniform(0.7, 1.3, n), rng.choice([10, 91, 365, 1825], n) / 365.0,
-              rng.uniform(0.005, 0.08, n), rng.uniform(0.0, 0.06, n), rng.uniform(0.1, 0.6, n)]
-    args = [torch.as_tensor(a, dtype=torch.float64) for a in arrays]
+    w, S, K, days, r, q, v = american_grid(400, seed=9)
+    args = [torch.as_tensor(a, dtype=torch.float64) for a in (w, S, K, days / 365.0, r, q, v)]
     args_dev = on(dev, *args)
     for name, fn in (("baw", baw_price), ("bs2002", bs2002_price)):
         close_to_cpu(fn(*args_dev), fn(*args), rtol=1e-9, scale_atol=1e-12, what=name)

@@ -23,17 +23,7 @@ from greekfire.quant.qdfp import DOUBLE_BOUNDARY_STEPS
 need_module("QuantLib")
 from quant_ql_helpers import american as ql_american  # noqa: E402
 
-
-def american_grid(n: int, seed: int) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng(seed)
-    w = rng.choice([1.0, -1.0], n)
-    S = rng.uniform(20.0, 200.0, n)
-    K = S * rng.uniform(0.7, 1.3, n)
-    days = rng.choice([10, 30, 91, 182, 365, 730, 1825], n)
-    r = rng.uniform(0.005, 0.08, n)
-    q = rng.uniform(0.0, 0.06, n)
-    v = rng.uniform(0.1, 0.6, n)
-    return w, S, K, days, r, q, v
+from quant_grids import american_grid  # noqa: E402
 
 
 def _t(*arrays: np.ndarray) -> list[torch.Tensor]:

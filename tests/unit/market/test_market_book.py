@@ -167,6 +167,11 @@ def test_random_flow_matches_reference_and_keeps_invariants(flow):
             ref.remove(oid, q)
         else:  # replace on the same side, away from the opposite side
             new_px = 100 - o_side * (1 + off)
+            # a "cross" can leave an order resting at 99 or 101, inside the usual ranges: a feed never
+            # reports a replace that crosses it, so keep the new price a tick away from the opposite best
+            best_opp = ref.depth(-o_side)
+            if best_opp:
+                new_px = min(new_px, best_opp[0][0] - 1) if o_side > 0 else max(new_px, best_opp[0][0] + 1)
             ev(REPLACE, oid=oid, new_id=next_id, new_px=new_px, new_qty=qty)
             ref.remove(oid)
             ref.add(next_id, o_side, new_px, qty)

@@ -30,6 +30,7 @@ _ERFCX_CHEB = (
     3.3478119482868056e-14, -1.864562880419313e-15, -1.2507950530688648e-15, 7.418235256624043e-17,
     5.068148904796111e-17, -2.237056659436e-18,
 )
+_ERFCX_TERMS_F32 = 13  # the terms after these sum to under 1e-8 (float32 rounds at 6e-8)
 
 
 def erfcx_nonneg(y: torch.Tensor) -> torch.Tensor:
@@ -37,14 +38,16 @@ def erfcx_nonneg(y: torch.Tensor) -> torch.Tensor:
 
     ``torch.special.erfcx`` is a scalar call that inductor cannot vectorise (about 20 ns an element on
     one core, most of the implied-vol step); this Chebyshev sum (Clenshaw) fuses and vectorises, with
-    the same accuracy (a few units in the last place). Used inside compiled kernels only: eager, its 50
-    elementwise passes would cost more than the library call.
+    the same accuracy (a few units in the last place; in float32 the first 13 terms, whose tail is under
+    float32 rounding). Used inside compiled kernels only: eager, its 50 elementwise passes would cost more
+    than the library call.
     """
     u = 1.0 - 2.0 * _ERFCX_MAP / (y + _ERFCX_MAP)  # (y - k) / (y + k); tends to 1 (not NaN) as y -> inf
     two_u = 2.0 * u
     b1 = torch.zeros_like(y)
     b2 = torch.zeros_like(y)
-    for coef in _ERFCX_CHEB[:0:-1]:
+    coefs = _ERFCX_CHEB if y.dtype != torch.float32 else _ERFCX_CHEB[:_ERFCX_TERMS_F32]
+    for coef in coefs[:0:-1]:
         b1, b2 = two_u * b1 - b2 + coef, b1
     return (u * b1 - b2 + _ERFCX_CHEB[0]) / (1.0 + 2.0 * y)
 
@@ -77,6 +80,11 @@ def _small_t_series(h: torch.Tensor, t: torch.Tensor, e1: torch.Tensor) -> torch
     """``b`` for a small total vol, where the two tails cancel as t -> 0: the Taylor series in t,
     ``b = 2 phi(h) sum_{n odd} t^n (h^n Y(h) + P_n(h)) / n!`` with the Mills ratio ``Y = N(h) / phi(h)``,
     given ``e1 = erfcx(-h / sqrt2)`` (so ``Y = e1 sqrt(2 pi) / 2``)."""
+    return 2.0 * torch.exp(-0.5 * h * h) * INV_SQRT_2PI * _small_t_sum(h, t, e1)
+
+
+def _small_t_sum(h: torch.Tensor, t: torch.Tensor, e1: torch.Tensor) -> torch.Tensor:
+    """The sum of :func:`_small_t_series` without its prefactor ``2 phi(h)`` (positive)."""
     mills = 0.5 * e1 * SQRT_2PI
     h2 = h * h
     t2 = t * t
@@ -97,7 +105,7 @@ def _small_t_series(h: torch.Tensor, t: torch.Tensor, e1: torch.Tensor) -> torch
             hn_y = hn_y * h2
             tn = tn * t2
         series = series + tn * (hn_y + p) / fact
-    return 2.0 * torch.exp(-0.5 * h2) * INV_SQRT_2PI * series
+    return series
 
 
 def _parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -142,12 +150,55 @@ def otm_parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return b, c, scale * INV_SQRT_2PI
 
 
-def otm_price_at_inflection(x: torch.Tensor) -> torch.Tensor:
-    """``b(x, s_c)`` at the inflection point ``s_c = sqrt(-2x)`` (``x <= 0``) with one ``erfcx`` call: there
-    ``h = -t``, so one of the two scaled tails is ``erfcx(0) = 1`` and the scale is ``exp(x/2)``, giving
-    ``b = exp(x/2) (1 - erfcx(sqrt2 t)) / 2`` (the series in t below ``SMALL_T``). 0 at ``x = 0``."""
+def otm_log_objective(
+    x: torch.Tensor, s: torch.Tensor, b_max: torch.Tensor, objective: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The implied-vol objective in log space, for ``x <= 0``, ``s > 0``: ``(ln g, d ln g / ds)`` with
+    ``g = b`` where ``objective`` is +1, and the gap to the cap ``g = c = b_max - b`` where it is -1
+    (``b_max = exp(x/2)``).
+
+    Unlike :func:`otm_parts` nothing underflows: ``ln b`` is formed as ``-(h^2 + t^2)/2 + ln((e1 - e2)/2)``
+    (or the series' ``-h^2/2 + ln(2 sum / sqrt(2 pi))``), so it holds in float32 where ``b`` itself would
+    be below the smallest float (``ln b < -87``). One ``exp``, one ``log`` and two ``erfcx`` an element;
+    the other side of the cap (``b`` above the inflection point, ``c`` below it) by subtraction.
+    """
+    h = x / s
+    t = 0.5 * s
+    small_t = torch.where(t < SMALL_T, torch.maximum(h + LARGE_H, h * t + 0.5), -1.0) > 0
+    # +1 where b is a scaled mantissa (below the inflection point, or the series), -1 where c is
+    low_or_small = torch.where(h + t < 0, 1.0, torch.where(small_t, 1.0, -1.0))
+    h2 = h * h
+    t2 = t * t
+    ln_scale = -0.5 * (h2 + t2)
+    e1 = _erfcx(torch.where(small_t, -h, (h + t).abs()) * INV_SQRT_2)
+    e2 = _erfcx((t - h) * INV_SQRT_2)
+    # b = exp(b_off) b_mant where low_or_small; c = exp(ln_scale) c_mant elsewhere
+    b_off = torch.where(small_t, -0.5 * h2, ln_scale)
+    b_mant = torch.where(small_t, 2.0 * INV_SQRT_2PI * _small_t_sum(h, t, e1), 0.5 * (e1 - e2))
+    c_mant = 0.5 * (e1 + e2)
+    direct = objective * low_or_small > 0  # g is the scaled mantissa itself, not b_max minus the other
+    e = torch.exp(torch.where(low_or_small > 0, b_off, ln_scale))
+    log_b = objective > 0
+    mant = torch.where(
+        direct, torch.where(log_b, b_mant, c_mant), b_max - e * torch.where(log_b, c_mant, b_mant)
+    )
+    ln_g = torch.log(mant) + torch.where(direct, torch.where(log_b, b_off, ln_scale), 0.0)
+    # d b / d s = exp(ln_scale) / sqrt(2 pi); where b_off = -h^2/2 that is e exp(-t^2/2) / sqrt(2 pi), the
+    # last factor by its Taylor polynomial (t^2 / 2 < 0.023 there: the error is under 1e-16)
+    z = 0.5 * t2
+    exp_neg_z = 1.0 - z * (1.0 - z * (0.5 - z * (1.0 / 6.0 - z * (1.0 / 24.0 - z * (1.0 / 120.0 - z / 720.0)))))
+    vega_factor = torch.where(small_t, exp_neg_z, 1.0) * INV_SQRT_2PI
+    rr = torch.where(direct, vega_factor / mant, vega_factor * e / mant)
+    return ln_g, objective * rr
+
+
+def log_otm_price_at_inflection(x: torch.Tensor) -> torch.Tensor:
+    """``ln b(x, s_c)`` at the inflection point ``s_c = sqrt(-2x)`` (``x <= 0``) with one ``erfcx`` call from
+    the scaled tails: there ``h = -t``, so one tail is ``erfcx(0) = 1`` and the scale is ``exp(x/2)``, giving
+    ``b = exp(x/2) (1 - erfcx(sqrt2 t)) / 2`` (the series in t below ``SMALL_T``); in log space, so float32
+    holds far from the money. ``-inf`` at ``x = 0``."""
     t = 0.5 * torch.sqrt(-2.0 * x)
     small_t = t < SMALL_T
     e = _erfcx(torch.where(small_t, t * INV_SQRT_2, t * (2.0 * INV_SQRT_2)))
-    b = torch.where(small_t, _small_t_series(-t, t, e), 0.5 * torch.exp(0.5 * x) * (1.0 - e))
-    return torch.where(t > 0, b, torch.zeros_like(b))
+    mant = torch.where(small_t, 2.0 * INV_SQRT_2PI * _small_t_sum(-t, t, e), 0.5 * (1.0 - e))
+    return torch.log(mant) + torch.where(small_t, -0.5 * t * t, 0.5 * x)

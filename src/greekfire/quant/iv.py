@@ -3,14 +3,18 @@
 Method (our own, in the spirit of Jäckel's "Let's Be Rational"): each quote is normalised to Black space,
 ``x = ln(F/K)``, ``beta = price / (D * sqrt(F K))``; an in-the-money quote becomes the out-of-the-money
 price of the same strike by put-call parity, so every quote is solved on ``b(x, s)``, the normalised
-out-of-the-money price as a function of the total volatility ``s = vol * sqrt(ttm)``. Below the inflection
-point ``s_c = sqrt(2|x|)`` we solve ``ln b = ln beta`` (b is tiny and nearly log-quadratic there), above it
-``ln(b_max - b) = ln(b_max - beta)`` (the price saturates). Each element starts from a guess (below
-``s_c``: a few cheap Newton steps on a model of ``ln b``, exact at ``s_c``; above: a normal quantile)
-and takes third-order Householder steps inside a shrinking bracket: the first ``SHARED_STEPS`` for every
-quote (fused with the set-up into one kernel), then only the quotes not yet converged step on, as a
-shrinking active set, so the batch does not pay its worst quote's step count on every element. Prices of out-of-the-money options are evaluated with the scaled
-complementary error function (``erfcx``) to keep relative accuracy far in the wings.
+out-of-the-money price as a function of the total volatility ``s = vol * sqrt(ttm)``. The objective is
+``ln b = ln beta`` while the target is at most half the cap ``b_max = exp(x/2)``, and
+``ln(b_max - b) = ln(b_max - beta)`` above that, where the price saturates. Both are evaluated in log
+space with the scaled complementary error function (``erfcx``), so nothing underflows far in the wings.
+
+The start is computed in float32, which costs about half as much an element: the side of the inflection
+point ``s_c = sqrt(2|x|)`` the root lies on, a guess (below ``s_c`` a Newton step on a model of ``ln b``
+exact at ``s_c``, above it a normal quantile), then ``POLISH_STEPS`` third-order Householder steps. That
+start is within float32 rounding of the root, so a single float64 Householder step (``SHARED_STEPS``,
+fused with the set-up into one kernel when compiled) finishes almost every quote; the few that it does
+not (a step above ``HOUSEHOLDER_TOL``) step on in float64 as a shrinking active set inside a bracket that
+every step narrows, so the batch does not pay its worst quote's step count on every element.
 
 Quotes that cannot have an implied vol get NaN and a reason code (:data:`IV_REASONS`); nothing raises.
 Units: ``ttm`` years, ``rate`` / ``div_yield`` continuously compounded, result annualised vol.
@@ -23,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from greekfire.quant._black import otm_parts, otm_price_at_inflection
+from greekfire.quant._black import log_otm_price_at_inflection, otm_log_objective
 from greekfire.quant._fused import DEFAULT_MIN_SIZE, run_kernel
 from greekfire.quant._tensors import SQRT_2PI, TensorLike, as_tensors, ndtri_guess
 
@@ -38,14 +42,17 @@ IV_REASONS: dict[int, str] = {
 OK, BELOW_INTRINSIC, ABOVE_MAX, NO_TIME_VALUE, EXPIRED, BAD_INPUT = range(6)
 
 DEFAULT_ITERATIONS = 6
-SHARED_STEPS = 2  # steps every quote takes inside the fused kernel; most have converged after them
+SHARED_STEPS = 1  # float64 steps every quote takes inside the fused kernel; most have converged after it
 TAIL_COMPILE_MIN = 1_024  # active sets smaller than this step eagerly (compiled costs ~20x less per quote)
 FREEZE_TOL = 1e-10  # relative Newton step under which a quote has converged and leaves the active set
 # relative third-order step under which a quote has converged: the error left is about a small multiple of
 # step^3: after any third-order step under 1e-4 the vol was within 6e-15 (rounding) of the converged one,
 # on 200k benchmark-grid quotes and the tests' extreme grid; 1e-5 keeps a margin
 HOUSEHOLDER_TOL = 1e-5
-MODEL_NEWTON = 3  # Newton steps on the lower-region model of ln b for the starting guess (cheap: no erfcx)
+MODEL_NEWTON = 1  # Newton steps on the lower-region model of ln b for the starting guess (cheap: no erfcx)
+POLISH_STEPS = 2  # float32 Householder steps that polish the start before the float64 steps
+BRACKET_MARGIN = 1e-4  # relative widening of the bracket's edge at s_c (the float32 region test's rounding)
+_TINY_F32 = float(torch.finfo(torch.float32).tiny)
 
 
 class IVResult(NamedTuple):
@@ -108,49 +115,90 @@ def _iv_setup(
     b_max = torch.exp(0.5 * x)
     target = torch.where(solve, beta_otm, 0.5 * b_max)
     s_c = torch.sqrt(-2.0 * x)
-    b_c = otm_price_at_inflection(x)
-    lower_target = target < b_c
     tiny = torch.finfo(target.dtype).tiny
-    ln_target = torch.log(torch.clamp(target, min=tiny))
     cap_gap = torch.clamp(b_max - target, min=tiny)
-    ln_cap_gap = torch.log(cap_gap)
+    # solve on ln b while b is at most half its cap (ln of the cap gap cannot resolve a small b), on
+    # ln(b_max - b) above that, where b saturates (b at the inflection point is under half the cap)
+    objective = torch.where(target <= 0.5 * b_max, 1.0, -torch.ones_like(target))
+    ln_g_target = torch.log(torch.where(objective > 0, torch.clamp(target, min=tiny), cap_gap))
+    # b(x, s) <= b(0, s) <= s / sqrt(2 pi): a guaranteed lower bound on the root
+    s_floor = target * SQRT_2PI
 
-    # starting points: below s_c the price is ~exp(-x^2 / 2 s^2), above it the cap gap is ~2 cosh(x/2) N(-s/2)
+    # the starting point, in float32: it only has to land close enough for one float64 step to finish
+    x32, s_c32, ln_t32 = x.float(), s_c.float(), ln_g_target.float()
+    ln_b_c = log_otm_price_at_inflection(x32)
+    # the root is below the inflection point s_c where the target is below b there (the ln b objective)
+    lower = torch.where(torch.where(objective > 0, ln_g_target - ln_b_c.double(), 1.0) < 0, 1.0, -1.0)
     # lower: ln b ~ ln b_c - x^2/2 (1/s^2 - 1/s_c^2) - (s^2 - s_c^2)/8 + k ln(s/s_c), the exponent
     # of the price exact and the slowly varying prefactor a power of s, k matching the slope at s_c
     # (there d ln b / d ln s = s_c b'(s_c) / b_c with b'(s_c) = exp(x/2) / sqrt(2 pi)); solved for
-    # u = ln s by MODEL_NEWTON Newton steps (the model rises with u, and is exact at s_c)
-    k = s_c * torch.exp(0.5 * x) / (SQRT_2PI * torch.clamp(b_c, min=tiny))
-    gap = ln_target - torch.log(torch.clamp(b_c, min=tiny))  # <= 0 in the lower region
-    half_x2 = 0.5 * x * x
-    u_c = 0.5 * torch.log(-2.0 * x)
-    u = -0.5 * torch.log(0.5 / torch.clamp(-x, min=tiny) - gap / torch.clamp(half_x2, min=tiny))
+    # v = ln(s/s_c) by MODEL_NEWTON Newton steps (the model rises with v, and is exact at v = 0)
+    k = s_c32 * torch.exp(0.5 * x32 - ln_b_c) / SQRT_2PI
+    gap = ln_t32 - ln_b_c  # ln(beta / b_c) <= 0 in the lower region (garbage above it)
+    half_x2 = 0.5 * x32 * x32
+    # the model without its prefactor terms, solved exactly: v = -ln(1 + 4 gap / x) / 2
+    v = -0.5 * torch.log(1.0 + 4.0 * gap / x32)
     for _ in range(MODEL_NEWTON):
-        e2 = torch.exp(2.0 * u)
-        model = half_x2 * (1.0 / (s_c * s_c) - 1.0 / e2) - 0.125 * (e2 + 2.0 * x) + k * (u - u_c) - gap
-        u = torch.minimum(u - model / (x * x / e2 - 0.25 * e2 + k), u_c)
-    s_model = torch.exp(u)
-    # (the model's Newton steps stay finite for every in-domain quote; the fallback only keeps a start)
-    s_low = torch.where(torch.isfinite(s_model), s_model, 0.5 * s_c)
-    # a vectorisable quantile inside the compiled kernel (the library's ndtri is a scalar call there)
-    s_up = -2.0 * ndtri_guess(torch.clamp(cap_gap / (2.0 * torch.cosh(0.5 * x)), max=0.5))
-    # b(x, s) <= b(0, s) <= s / sqrt(2 pi): a guaranteed lower bound on the root
-    s_floor = torch.where(lower_target, torch.minimum(target * SQRT_2PI, s_c), s_c)
-    # solve on ln b while b is at most half its cap (ln of the cap gap cannot resolve a small b), on
-    # ln(b_max - b) above that, where b saturates
-    log_b_objective = torch.where(lower_target, 1.0, torch.where(target <= 0.5 * b_max, 1.0, -1.0)) > 0
+        e2 = -2.0 * x32 * torch.exp(2.0 * v)  # s^2
+        model = half_x2 * (-1.0 / e2 - 0.5 / x32) - 0.125 * (e2 + 2.0 * x32) + k * v - gap
+        v = torch.clamp(v - model / (x32 * x32 / e2 - 0.25 * e2 + k), max=0.0)
+    s_low = s_c32 * torch.exp(v)
+    # above s_c the cap gap is ~2 cosh(x/2) N(-s/2); a vectorisable quantile inside the compiled kernel
+    # (the library's ndtri is a scalar call there)
+    s_up = -2.0 * ndtri_guess(torch.clamp(cap_gap / (b_max + 1.0 / b_max), min=_TINY_F32, max=0.5).float())
+    floor32 = s_floor.float()
     # ln b is concave in s: Newton from below the root climbs to it monotonically, so an upper-region
-    # quote solved on ln b starts from the inflection point, a lower bound
-    s_up = torch.where(log_b_objective, torch.maximum(s_c, torch.minimum(s_up, target * SQRT_2PI)), s_up)
-    s = torch.where(lower_target, torch.minimum(torch.maximum(s_low, s_floor), s_c), torch.maximum(s_up, s_c))
-    lo = s_floor
-    hi = torch.where(lower_target, s_c, torch.full_like(s, math.inf))
-    s = torch.where(s > 0, s, torch.where(lower_target, 0.5 * s_c, torch.ones_like(s)))
-    s = torch.where(torch.isfinite(s), s, 0.5 * (lo + torch.where(torch.isfinite(hi), hi, lo + 2.0)))
-    # +1 where the objective is ln b, -1 where it is ln(b_max - b); one target for the chosen objective
-    objective = torch.where(log_b_objective, 1.0, -torch.ones_like(s))
-    ln_g_target = torch.where(log_b_objective, ln_target, ln_cap_gap)
+    # quote solved on ln b starts from a lower bound
+    s_up = torch.where(objective > 0, torch.minimum(s_up, floor32), s_up)
+    s32 = torch.where(lower > 0, torch.minimum(torch.maximum(s_low, floor32), s_c32), torch.maximum(s_up, s_c32))
+    # the bracket, in float64; float32 may misplace a root within its rounding of s_c, so the bracket's
+    # edge at s_c is widened by BRACKET_MARGIN
+    lo = torch.where(lower > 0, torch.minimum(s_floor, s_c), s_c * (1.0 - BRACKET_MARGIN))
+    hi = torch.where(lower > 0, s_c * (1.0 + BRACKET_MARGIN), torch.full_like(s_c, math.inf))
+    lo32, hi32, b_max32, obj32 = lo.float(), hi.float(), b_max.float(), objective.float()
+    s32 = torch.where(s32 > 0, s32, torch.where(lower > 0, 0.5 * s_c32, 1.0))
+    for _ in range(POLISH_STEPS):
+        s32 = _iv_polish(x32, s32, lo32, hi32, b_max32, obj32, ln_t32)
+    s = s32.double()
+    # the float64 steps start inside the bracket
+    fallback = 0.5 * (lo + torch.where(torch.isfinite(hi), hi, lo + 2.0))
+    s = torch.where(torch.minimum(s - lo, hi - s) > 0, s, fallback)
     return x, s, lo, hi, objective, ln_g_target, Tp, code
+
+
+def _householder(
+    x: torch.Tensor, s: torch.Tensor, f: torch.Tensor, rr: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The third-order Householder step and the Newton step on an objective ``f`` (``ln b`` or ``ln c``
+    minus its target) with ``rr = df/ds``. The higher derivatives follow from those of the normalised
+    vega: its log-derivative is ``A = x^2/s^3 - s/4`` and its second derivative over itself
+    ``A^2 - 3 x^2/s^4 - 1/4``."""
+    xs = x / s
+    A = xs * xs / s - 0.25 * s
+    B = A * A - 3.0 * xs * xs / (s * s) - 0.25
+    g2 = A - rr
+    g3 = B - 3.0 * A * rr + 2.0 * rr * rr
+    nu = -f / rr
+    return nu * (1.0 + 0.5 * g2 * nu) / (1.0 + nu * (g2 + g3 * nu / 6.0)), nu
+
+
+def _iv_polish(
+    x: torch.Tensor,
+    s: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    b_max: torch.Tensor,
+    objective: torch.Tensor,
+    ln_g_target: torch.Tensor,
+) -> torch.Tensor:
+    """One Householder step (Newton where it leaves the bracket, no step where that does too) in the
+    precision of its inputs: float32 for the start. The bracket is not narrowed (float32 signs near the
+    root cannot be trusted)."""
+    ln_g, rr = otm_log_objective(x, s, b_max, objective)
+    step, nu = _householder(x, s, ln_g - ln_g_target, rr)
+    s_new = s + step
+    s_new = torch.where(torch.minimum(s_new - lo, hi - s_new) > 0, s_new, s + nu)
+    return torch.where(torch.minimum(s_new - lo, hi - s_new) > 0, s_new, s)
 
 
 def _iv_step(
@@ -164,23 +212,13 @@ def _iv_step(
     """One bracketed third-order Householder step on the chosen objective (``objective`` +1: ``ln b``,
     -1: ``ln(b_max - b)``; same cost for every quote); also says which quotes have converged (1.0 where
     their step was below ``FREEZE_TOL`` relative, else 0.0)."""
-    tiny = torch.finfo(x.dtype).tiny
-    b, c, db = otm_parts(x, s)
-    log_b_objective = objective > 0
-    g = torch.where(log_b_objective, b, c)
-    rr = torch.where(log_b_objective, db / b, -db / c)
-    f = torch.log(torch.clamp(g, min=tiny)) - ln_g_target
+    ln_g, rr = otm_log_objective(x, s, torch.exp(0.5 * x), objective)
+    f = ln_g - ln_g_target
     # shrink the bracket with the sign of the objective itself (b rises with s, c falls)
     too_low = objective * f < 0
     lo = torch.where(too_low, torch.maximum(lo, s), lo)
     hi = torch.where(too_low, hi, torch.minimum(hi, s))
-    xs = x / s
-    A = xs * xs / s - 0.25 * s
-    B = A * A - 3.0 * xs * xs / (s * s) - 0.25
-    g2 = A - rr
-    g3 = B - 3.0 * A * rr + 2.0 * rr * rr
-    nu = -f / rr
-    householder = nu * (1.0 + 0.5 * g2 * nu) / (1.0 + nu * (g2 + g3 * nu / 6.0))
+    householder, nu = _householder(x, s, f, rr)
     s_new = s + householder
     converged = householder.abs() <= 1e-12 * s  # (so finite)
     # inside the bracket (NaN and infinities compare False), or converged
@@ -238,7 +276,8 @@ def implied_vol(
 
     ``ttm`` in years, ``rate`` / ``div_yield`` continuously compounded; inputs broadcast. Solved in
     float64 whatever the input dtype (the result is cast back to it). ``iterations`` bounds the steps any
-    quote takes (the first 2 are taken by all, later ones only by the quotes not converged yet).
+    quote takes in float64 after the float32 start (the first is taken by all, later ones only by the quotes
+    not converged yet).
     Invalid quotes give NaN with a code: 1 below_intrinsic, 2 above_max, 3 no_time_value, 4 expired,
     5 bad_input (see :data:`IV_REASONS`).
     """

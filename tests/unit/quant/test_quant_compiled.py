@@ -6,6 +6,8 @@ the suite checks it without pricing a million options.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from greekfire.quant import bsm_greeks, bsm_price, implied_vol
@@ -73,13 +75,43 @@ def test_vectorisable_normal_quantile_matches_the_library() -> None:
 
 
 def test_price_at_the_inflection_point_is_the_general_price_there() -> None:
-    from greekfire.quant._black import otm_parts, otm_price_at_inflection
+    from greekfire.quant._black import log_otm_price_at_inflection, otm_parts
 
     # |x| from 1e-12 to 100 (the small-t series, the crossover at t = SMALL_T, far wings) and x = 0
     x = torch.cat([-torch.logspace(-12, 2, 4001, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
     s_c = torch.sqrt(-2.0 * x)
-    general = otm_parts(x, torch.where(s_c > 0, s_c, torch.ones_like(s_c)))[0]
-    for fn in (otm_price_at_inflection, torch.compile(otm_price_at_inflection, dynamic=True)):
+    general = torch.log(otm_parts(x, torch.where(s_c > 0, s_c, torch.ones_like(s_c)))[0])
+    for fn in (log_otm_price_at_inflection, torch.compile(log_otm_price_at_inflection, dynamic=True)):
         got = fn(x)
-        assert got[-1].item() == 0.0
-        assert (((got - general).abs() / general)[:-1]).max().item() < 1e-13
+        assert got[-1].item() == -math.inf
+        assert ((got - general).abs() / general.abs().clamp(min=1.0))[:-1].max().item() < 1e-13
+        # float32 (the implied-vol start) keeps float32 accuracy, in log space far past float32's underflow
+        got32 = fn(x.float()).double()
+        assert ((got32 - general).abs() / general.abs().clamp(min=1.0))[:-1].max().item() < 1e-6
+
+
+def test_log_objective_matches_the_direct_price_and_holds_in_float32() -> None:
+    """``otm_log_objective`` is ``ln b`` / ``ln(b_max - b)`` and its s-derivative, on both sides of the
+    inflection point and in the small-t series; in float32 it stays finite (and close) where ``b`` itself
+    underflows float32."""
+    from greekfire.quant._black import otm_log_objective, otm_parts
+
+    x, s = (a.reshape(-1) for a in torch.meshgrid(
+        -torch.logspace(-6, 1.5, 60, dtype=torch.float64), torch.logspace(-3, 1, 60, dtype=torch.float64),
+        indexing="ij"))
+    b, c, db = otm_parts(x, s)
+    b_max = torch.exp(0.5 * x)
+    for objective, g, dg in ((1.0, b, db), (-1.0, c, -db)):
+        obj = torch.full_like(x, objective)
+        sel = (g > 1e-300) & (g < 0.999 * b_max) if objective > 0 else (g > 1e-300) & (b > 1e-3 * b_max)
+        for fn in (otm_log_objective, torch.compile(otm_log_objective, dynamic=True)):
+            ln_g, rr = fn(x, s, b_max, obj)
+            want = torch.log(g)
+            assert ((ln_g - want).abs() / want.abs().clamp(min=1.0))[sel].max().item() < 1e-11
+            assert ((rr - dg / g).abs() / (dg / g).abs())[sel].max().item() < 1e-9
+            ln32, rr32 = fn(x.float(), s.float(), b_max.float(), obj.float())
+            deep = sel & (want < -100.0)  # b under float32's smallest normal number
+            if objective > 0:
+                assert deep.sum() > 100
+            assert torch.isfinite(ln32[sel]).all()
+            assert ((ln32.double() - want).abs() / want.abs().clamp(min=1.0))[sel].max().item() < 1e-5

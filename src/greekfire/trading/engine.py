@@ -158,6 +158,10 @@ class TradingEngine:
         self._first_pending = False
         self._after_batch: list[Callable[[], None]] = []
         self._sent_ns: dict[str, int] = {}
+        # a cancel sent right after its order can reach the venue first and come back unknown_order: it is
+        # sent again when the venue acknowledges the order, or at once if that ack came in before the reject
+        self._cancel_on_ack: set[str] = set()
+        self._acked_while_canceling: set[str] = set()
         self._posted: set[str] = set()
         self._stops: dict[int, list[Order]] = {}
         self._new_fills: list[dict[str, Any]] = []
@@ -487,9 +491,14 @@ class TradingEngine:
                 if order.status == OrderStatus.SUBMITTED:
                     order.venue_order_id = ev.venue_order_id
                     self.oms.transition(order, OrderStatus.ACCEPTED, now)
+                elif order.status == OrderStatus.PENDING_CANCEL:
+                    self._acked_while_canceling.add(order.client_id)
                 sent = self._sent_ns.get(order.client_id)
                 if sent:
                     self.router.venues[ev.venue].record_ack((self.clock_ns() - sent) / 1000.0)
+                if order.client_id in self._cancel_on_ack:
+                    self._cancel_on_ack.discard(order.client_id)
+                    self.cancel(order.client_id)
             elif kind == "rejected":
                 self.oms.transition(order, OrderStatus.REJECTED, now, ev.reason)
             elif kind in ("canceled", "expired"):
@@ -504,6 +513,14 @@ class TradingEngine:
             elif kind in ("cancel_reject", "replace_reject"):
                 if order.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
                     self.oms.transition(order, order.resting_status(), now, ev.reason)
+                    if kind == "cancel_reject" and ev.reason == "unknown_order":
+                        # the cancel overtook its order on the way to the venue: cancel again
+                        cid = order.client_id
+                        if cid in self._acked_while_canceling:
+                            self._acked_while_canceling.discard(cid)
+                            self.cancel(cid)
+                        else:
+                            self._cancel_on_ack.add(cid)
             else:
                 raise DataError("kind", kind, "unknown venue event kind")
         except DataError as exc:
@@ -544,6 +561,8 @@ class TradingEngine:
         self._dirty_orders.add(client_id)
         if new in _CLOSED:
             self._sent_ns.pop(client_id, None)
+            self._cancel_on_ack.discard(client_id)
+            self._acked_while_canceling.discard(client_id)
             if client_id in self._posted:
                 self._posted.discard(client_id)
                 o = self.oms.orders.get(client_id)
@@ -603,6 +622,8 @@ class TradingEngine:
         for o in self.oms.open_orders():
             if o.tif == TimeInForce.GTD and o.expire_ns and now >= o.expire_ns and o.status != OrderStatus.PENDING_CANCEL:
                 self.cancel(o.client_id)
+        if self.risk.killed:  # the kill switch holds: whatever is still open (acked after the kill) is canceled
+            self.cancel_all()
         self.risk.refresh(now)
         if self._timers % max(1, int(round(1.0 / self.settings.trading.timer_interval_s))) == 0:
             self.risk.compute_mc_var()  # about once a second: a full revaluation, never per event

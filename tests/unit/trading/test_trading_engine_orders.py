@@ -108,3 +108,43 @@ def test_day_orders_expire_at_the_end_of_the_day_and_books_are_published() -> No
     step(eng, clock)
     assert day.status == OrderStatus.EXPIRED and gtc.status == OrderStatus.ACCEPTED
     assert eng.portfolio.day_start_equity == pytest.approx(eng.portfolio.equity())
+
+
+def test_a_cancel_that_overtakes_its_order_is_sent_again_on_the_ack() -> None:
+    """A kill (or any cancel) right after a submit: the cancel reaches the venue first, which rejects it as
+    unknown_order; the engine cancels again when the venue acknowledges the order, so nothing stays live."""
+    eng, venue, clock = setup()
+    (o,) = eng.submit(eng.new_order(2, Side.BUY, 5, 2.45, post_only=True))
+    venue.latency_ns = 10_000  # the next request (the cancel) travels faster than the submit (100 us)
+    eng.kill("test")
+    assert o.status == OrderStatus.PENDING_CANCEL
+    clock.advance(50_000)  # 50 us: the cancel has been rejected at the venue, the order is not there yet
+    eng.poll_once(clock.now_ns())
+    clock.advance(50_000)
+    eng.poll_once(clock.now_ns())
+    step(eng, clock)
+    trail = [e[4]["new"] for e in eng.audit.entries(kind="order", ref=o.client_id)]
+    assert trail[:3] == ["SUBMITTED", "PENDING_CANCEL", "ACCEPTED"]  # the cancel came back unknown_order
+    assert o.status == OrderStatus.CANCELED and eng.oms.open_orders() == []
+    assert venue.books[2].best_bid() == (240, 10)  # our 2.45 bid is gone from the venue's book
+
+
+def test_an_overtaken_cancel_whose_order_was_acked_first_is_sent_again_at_once() -> None:
+    """The same race with the replies the other way round: the order's ack comes back before the cancel's
+    unknown_order reject; the engine cancels again as soon as the reject arrives."""
+    eng, venue, clock = setup()
+    (o,) = eng.submit(eng.new_order(2, Side.BUY, 5, 2.45, post_only=True))  # arrives at 100 us
+    venue.latency_ns = 10_000
+    eng.kill("test")  # the cancel arrives at 10 us
+    venue.latency_ns = 1_000_000  # ... and its reject takes 1 ms back
+    clock.advance(10_000)
+    eng.poll_once(clock.now_ns())
+    venue.latency_ns = 10_000  # the ack of the order (at 100 us) comes back in 10 us
+    for _ in range(30):
+        clock.advance(50_000)
+        eng.poll_once(clock.now_ns())
+    trail = [e[4] for e in eng.audit.entries(kind="order", ref=o.client_id)]
+    assert [e["new"] for e in trail][:3] == ["SUBMITTED", "PENDING_CANCEL", "ACCEPTED"]
+    assert trail[2].get("reason") == "unknown_order"
+    assert o.status == OrderStatus.CANCELED and eng.oms.open_orders() == []
+    assert venue.books[2].best_bid() == (240, 10)

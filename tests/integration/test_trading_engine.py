@@ -110,7 +110,7 @@ def test_scripted_two_venue_scenario_from_quote_to_fill_to_pnl() -> None:
 
 def paper_engine(clock: ManualClock, flow: float = 1500.0) -> tuple[TradingEngine, OptionsMarketMaker]:
     insts = default_instruments(T0)
-    market = SyntheticMarket(insts, seed=3)
+    market = SyntheticMarket(insts, seed=3, now_ns=T0)
     venues = []
     for k in range(2):
         v = SimulatedVenue(f"SIM{k + 1}", insts, market.fair_value, latency_us=150 * (k + 1), jitter_us=50,

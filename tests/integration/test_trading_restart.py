@@ -35,7 +35,7 @@ def crash_and_restart(url: str) -> None:
     settings = load_settings(overrides={"trading.snapshot_interval_s": 1.0})
     clock = ManualClock(T0)
     insts = default_instruments(T0)
-    market = SyntheticMarket(insts, seed=5)
+    market = SyntheticMarket(insts, seed=5, now_ns=T0)
     venues = []
     for k in range(2):
         v = SimulatedVenue(f"SIM{k + 1}", insts, market.fair_value, latency_us=200, jitter_us=100,

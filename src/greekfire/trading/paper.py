@@ -42,11 +42,13 @@ def default_instruments(
 
 
 class SyntheticMarket:
-    """Fair values for a chain on one underlying. ``step(now_ns)`` moves the spot and reprices the chain."""
+    """Fair values for a chain on one underlying. ``step(now_ns)`` moves the spot and reprices the chain;
+    the first prices are taken at ``now_ns`` (ns since the epoch; default the wall clock: pass the
+    scenario clock's start for a run that does not depend on when it is made)."""
 
     def __init__(
         self, instruments: list[Instrument], *, spot: float = 100.0, vol: float = 0.20, rate: float = 0.02,
-        time_scale: float = 600.0, step_ms: float = 20.0, seed: int = 7,
+        time_scale: float = 600.0, step_ms: float = 20.0, seed: int = 7, now_ns: int | None = None,
     ) -> None:
         self.instruments = instruments
         self.underlying = next(i for i in instruments if not i.is_option)
@@ -62,7 +64,7 @@ class SyntheticMarket:
         self._right = torch.tensor([o.right for o in self.options], dtype=torch.float64)
         self._strike = torch.tensor([o.strike for o in self.options], dtype=torch.float64)
         self.steps = 0
-        self._reprice(time.time_ns())
+        self._reprice(now_ns if now_ns is not None else time.time_ns())  # first prices at now_ns (ns since epoch)
 
     def _reprice(self, now_ns: int) -> None:
         self._fair[self.underlying.instrument_id] = self.spot

@@ -108,23 +108,29 @@ def _small_t_sum(h: torch.Tensor, t: torch.Tensor, e1: torch.Tensor) -> torch.Te
     return series
 
 
+def _scaled_tails(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``h = x/s``, ``t = s/2``, the small-t mask and the two scaled tails ``e1``, ``e2`` (``erfcx``) that
+    every form of ``b`` here is written on (slot 1 holds the Mills-ratio argument where the series is summed)."""
+    h = x / s
+    t = 0.5 * s
+    # (t < SMALL_T) and (h > -LARGE_H or h t > -1/2), as one blend: inductor vectorises blends but
+    # lowers and/or of masks to scalar code
+    small_t = torch.where(t < SMALL_T, torch.maximum(h + LARGE_H, h * t + 0.5), -1.0) > 0
+    e1 = _erfcx(torch.where(small_t, -h, (h + t).abs()) * INV_SQRT_2)
+    e2 = _erfcx((t - h) * INV_SQRT_2)
+    return h, t, small_t, e1, e2
+
+
 def _parts(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``b``, ``c`` and the scale ``exp(-(h^2 + t^2)/2)`` with two ``erfcx`` calls per element.
 
     Every branch is written on the same two scaled tails: with ``h t = x / 2``,
     ``exp(x/2) N(-(h+t)) = scale erfcx((h+t)/sqrt2) / 2`` and ``exp(-x/2) N(h-t) = scale erfcx((t-h)/sqrt2) / 2``.
     """
-    h = x / s
-    t = 0.5 * s
+    h, t, small_t, e1, e2 = _scaled_tails(x, s)
     lower = h + t < 0
-    # (t < SMALL_T) and (h > -LARGE_H or h t > -1/2), as one blend: inductor vectorises blends but
-    # lowers and/or of masks to scalar code
-    small_t = torch.where(t < SMALL_T, torch.maximum(h + LARGE_H, h * t + 0.5), -1.0) > 0
     h2 = h * h
     scale = torch.exp(-0.5 * (h2 + t * t))
-    # slot 1: the Mills-ratio argument where the series is summed, |h + t| / sqrt2 elsewhere
-    e1 = _erfcx(torch.where(small_t, -h, (h + t).abs()) * INV_SQRT_2)
-    e2 = _erfcx((t - h) * INV_SQRT_2)
     b_max = torch.exp(0.5 * x)
     # below the inflection point: the difference of the two positive scaled tails keeps relative accuracy
     b_low = 0.5 * scale * (e1 - e2)
@@ -162,16 +168,12 @@ def otm_log_objective(
     be below the smallest float (``ln b < -87``). One ``exp``, one ``log`` and two ``erfcx`` an element;
     the other side of the cap (``b`` above the inflection point, ``c`` below it) by subtraction.
     """
-    h = x / s
-    t = 0.5 * s
-    small_t = torch.where(t < SMALL_T, torch.maximum(h + LARGE_H, h * t + 0.5), -1.0) > 0
+    h, t, small_t, e1, e2 = _scaled_tails(x, s)
     # +1 where b is a scaled mantissa (below the inflection point, or the series), -1 where c is
     low_or_small = torch.where(h + t < 0, 1.0, torch.where(small_t, 1.0, -1.0))
     h2 = h * h
     t2 = t * t
     ln_scale = -0.5 * (h2 + t2)
-    e1 = _erfcx(torch.where(small_t, -h, (h + t).abs()) * INV_SQRT_2)
-    e2 = _erfcx((t - h) * INV_SQRT_2)
     # b = exp(b_off) b_mant where low_or_small; c = exp(ln_scale) c_mant elsewhere
     b_off = torch.where(small_t, -0.5 * h2, ln_scale)
     b_mant = torch.where(small_t, 2.0 * INV_SQRT_2PI * _small_t_sum(h, t, e1), 0.5 * (e1 - e2))

@@ -30,6 +30,13 @@ class AuditLog:
         self._entries.append((self._seq, ts_ns, kind, ref, data))
         return self._seq
 
+    def append_many(self, ts_ns: int, kind: str, entries: list[tuple[str, dict[str, Any]]]) -> int:
+        """Add one entry per ``(ref, data)``, all at ``ts_ns``; returns the first one's sequence number."""
+        first = self._seq + 1
+        self._entries.extend([(seq, ts_ns, kind, ref, data) for seq, (ref, data) in enumerate(entries, first)])
+        self._seq += len(entries)
+        return first
+
     def resume(self, seq: int) -> None:
         """Continue numbering after ``seq`` (the last entry stored before a restart)."""
         if self._entries[self._flushed :]:

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -294,9 +294,13 @@ class TradingEngine:
         if self._t0:
             self._record_latency()
 
-    def _record_latency(self) -> None:
+    def _record_latency(self, n: int = 1) -> None:
+        # ``n`` orders handed over by the call that just returned (a mass quote): one sample each
         dt = time.perf_counter_ns() - self._t0
-        self._lat_all.append(dt)
+        if n == 1:
+            self._lat_all.append(dt)
+        else:
+            self._lat_all.extend([dt] * n)
         if self._first_pending:
             self._lat_first.append(dt)
             self._first_pending = False
@@ -334,23 +338,64 @@ class TradingEngine:
             self._after_batch.append(fn)
 
     def amend(self, client_id: str, qty: int, price: float) -> Denial | None:
-        """Change a live order's total quantity and limit price (risk-checked like a new order)."""
-        now = self.clock_ns()
+        """Change a live order's total quantity and limit price (risk-checked like a new order). Returns the
+        denial, or None when sent or when the order can no longer be amended (closed, or a cancel/replace
+        already pending)."""
         order = self.oms.orders.get(client_id)
-        if order is None or _PENDING_REPLACE not in TRANSITIONS[order.status]:
-            return None
-        denial = self.risk.check_amend(order, qty, price, self.portfolio.marks.get(order.instrument_id), now)
-        if denial is not None:
-            self.audit.append(now, "risk", client_id, {"amend_denied": denial.to_dict()})
-            self.bus.publish("risk", {"event": "amend_denied", "client_id": client_id, **denial.to_dict()})
-            return denial
-        self.oms.transition(order, _PENDING_REPLACE, now, new_qty=qty, new_price=price)
-        self._sent_ns[client_id] = now
-        self.venues[order.venue].amend(order, qty, price, now)
-        self.orders_out += 1
+        return None if order is None else self.amend_many(((order, qty, price),))[0]
+
+    def amend_many(self, changes: Sequence[tuple[Order, int, float]]) -> list[Denial | None]:
+        """Amend several live orders at once (a mass quote: a market maker moving its quotes), ``(order, new
+        total qty, new limit price in currency)`` each. Returns, for each change, its denial or None, as
+        :meth:`amend` does.
+
+        Every amend is risk-checked as by :meth:`amend`. The ones that pass go to each venue in one
+        :meth:`Venue.amend_many` call, timed when that call has returned; the bookkeeping (PENDING_REPLACE,
+        audit, bus) follows at once, before any other event can be handled (the loop is single-threaded and
+        a venue only queues what it is handed), so it is off the path an order takes to leave. A venue call
+        that raises leaves its orders untouched: nothing was sent."""
+        now = self.clock_ns()
+        out: list[Denial | None] = [None] * len(changes)
+        if not changes:
+            return out
+        venue = changes[0][0].venue
+        one_venue = True
+        for order, _, _ in changes:  # the common case: every order amendable, all on one venue
+            if _PENDING_REPLACE not in TRANSITIONS[order.status]:
+                where: Sequence[int] = [k for k, c in enumerate(changes) if _PENDING_REPLACE in TRANSITIONS[c[0].status]]
+                todo: Sequence[tuple[Order, int, float]] = [changes[k] for k in where]
+                break
+            if order.venue != venue:
+                one_venue = False
+        else:
+            where, todo = range(len(changes)), changes
+        denials = self.risk.check_amends(todo, self.portfolio.marks, now) if todo else []
+        if one_venue and todo is changes and denials.count(None) == len(changes):
+            self._send_amends(venue, changes, now)
+            return out
+        by_venue: dict[str, list[tuple[Order, int, float]]] = {}
+        for k, item, denial in zip(where, todo, denials, strict=True):
+            if denial is None:
+                by_venue.setdefault(item[0].venue, []).append(item)
+            else:
+                out[k] = denial
+                cid = item[0].client_id
+                self.audit.append(now, "risk", cid, {"amend_denied": denial.to_dict()})
+                self.bus.publish("risk", {"event": "amend_denied", "client_id": cid, **denial.to_dict()})
+        for name, group in by_venue.items():
+            self._send_amends(name, group, now)
+        return out
+
+    def _send_amends(self, venue: str, group: Sequence[tuple[Order, int, float]], now: int) -> None:
+        # risk-checked amends to one venue: hand them over, time them, then the bookkeeping
+        self.venues[venue].amend_many(group, now)
         if self._t0:
-            self._record_latency()
-        return None
+            self._record_latency(len(group))
+        self.orders_out += len(group)
+        sent = self._sent_ns
+        for order, _, _ in group:
+            sent[order.client_id] = now
+        self.oms.transition_many([(o, {"new_qty": q, "new_price": p}) for o, q, p in group], _PENDING_REPLACE, now)
 
     def cancel(self, client_id: str) -> bool:
         """Request a cancel; True when a request was sent (or a held stop was canceled at once)."""

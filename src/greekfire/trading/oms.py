@@ -86,6 +86,38 @@ class OMS:
         old, _ = order.transition(new, ts_ns, reason)
         return self._emit(order, old, ts_ns, reason, info)
 
+    def transition_many(self, moves: list[tuple[Order, dict[str, Any]]], new: OrderStatus, ts_ns: int) -> None:
+        """Move several orders to the same state ``new`` at ``ts_ns`` (a mass quote: PENDING_REPLACE for each
+        amend), ``(order, info)`` each. Every one is audited, counted, told to ``on_change`` and published as
+        by :meth:`transition`, in one pass. An illegal transition raises IllegalTransition; the orders before
+        it have moved and are audited."""
+        value = new._value_
+        new_open = new in OPEN
+        opened = self._open
+        on_change = self.on_change
+        entries: list[tuple[str, dict[str, Any]]] = []
+        try:
+            for order, info in moves:
+                old = order.transition(new, ts_ns)[0]
+                cid = order.client_id
+                if new_open != (cid in opened):
+                    self._index(order)
+                data = {"old": old._value_, "new": value}
+                data.update(info)
+                entries.append((cid, data))
+                if on_change is not None:
+                    on_change(cid, value)
+        finally:
+            n = len(entries)
+            if n:
+                first = self.audit.append_many(ts_ns, "order", entries)
+                self.transitions += n
+                self.status_counts[value] = self.status_counts.get(value, 0) + n
+            if n and self.bus.has_subscribers("orders"):
+                for seq, (cid, data) in enumerate(entries, first):
+                    info = {k: v for k, v in data.items() if k not in ("old", "new")}
+                    self.bus.publish("orders", OrderEvent(seq, ts_ns, cid, data["old"], value, info))
+
     def _emit(self, order: Order, old: OrderStatus, ts_ns: int, reason: str, info: dict[str, Any]) -> OrderEvent | None:
         cid = order.client_id
         status = order.status

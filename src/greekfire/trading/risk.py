@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -86,6 +86,8 @@ class Reason(StrEnum):
 
 # enum members used on the pre-trade hot path, bound once (an Enum class attribute lookup costs ~0.2 us)
 _ACTIVE, _HALTED = TradingState.ACTIVE, TradingState.HALTED
+_INF = math.inf
+_ON_TICK_HI = 1.0 - 1e-6  # (price / tick) % 1 above this is within 1e-6 of the next tick
 _LIMIT, _MARKET = OrderType.LIMIT, OrderType.MARKET
 _PRICED = frozenset((OrderType.LIMIT, OrderType.STOP_LIMIT))  # order types that carry a limit price
 _GREEK_LIMITS = (Reason.DELTA_LIMIT, Reason.GAMMA_LIMIT, Reason.VEGA_LIMIT, Reason.THETA_LIMIT)
@@ -222,6 +224,72 @@ class RiskEngine:
         """Pre-trade checks for amending the live ``order`` to ``qty`` (new total, units) at ``price``
         (currency); the same checks as :meth:`check` with ``amend_of=order``, without building a new order."""
         return self._check(order, qty, price, ref_price, now_ns, order)
+
+    def check_amends(
+        self, amends: Sequence[tuple[Order, int, float]], ref_prices: dict[int, float], now_ns: int,
+    ) -> list[Denial | None]:
+        """Pre-trade checks for several amends at once (a mass quote): ``(live order, new total qty, new
+        limit price)`` each, ``ref_prices`` by instrument id. The same checks and outcome, amend by amend, as
+        :meth:`check_amend` (each takes one order-rate token, in order).
+
+        An amend that adds no size to a limit order (a re-price: the common case for a quoting strategy) is
+        proved to pass in one loop: lot, max quantity, tick, price band, notional and the rate token are all
+        it can fail, since a size that does not grow adds no position, Greek, VaR or margin. Anything else,
+        or one that would fail, goes through the full check, which gives the denial its reason and values."""
+        out: list[Denial | None] = [None] * len(amends)
+        lim = self.limits
+        if self.killed or self.state == _HALTED:
+            for k, (order, qty, price) in enumerate(amends):
+                out[k] = self._check(order, qty, price, ref_prices.get(order.instrument_id), now_ns, order)
+            return out
+        instruments = self.portfolio.instruments
+        max_qty, max_notional = lim.max_order_qty, lim.max_notional
+        band_pct, band_ticks = lim.price_band_pct, lim.price_band_ticks
+        cap = float(lim.max_orders_per_s)
+        rates = self._rate
+        key: str | None = None
+        w: _RateWindow | None = None
+        tokens = 0.0  # the bucket of ``key``, kept in a local and written back before anything else reads it
+        for k, (order, qty, price) in enumerate(amends):
+            if order.strategy_id != key:  # refill a strategy's token bucket once per run of its amends
+                if w is not None:
+                    w.tokens = tokens
+                key = order.strategy_id
+                w = rates.get(key)
+                if w is not None:
+                    tokens = w.tokens + (now_ns - w.last_ns) * 1e-9 * cap
+                    if tokens > cap:
+                        tokens = cap
+                    w.last_ns = now_ns
+            iid = order.instrument_id
+            inst = instruments.get(iid)
+            if (
+                tokens >= 1.0 and w is not None and inst is not None and order.ord_type is _LIMIT
+                and 0 < qty <= order.qty and qty <= max_qty and not qty % inst.lot_size
+                and price is not None and 0.0 < price < _INF
+            ):
+                tick = inst.tick_size
+                off = (price / tick) % 1.0  # |q - round(q)| < 1e-6, as the full check's tick test
+                if (off < 1e-6 or off > _ON_TICK_HI) and qty * price * inst.multiplier <= max_notional:
+                    ref = ref_prices.get(iid)
+                    if ref is None or not ref > 0:
+                        tokens -= 1.0
+                        continue
+                    band = band_pct * ref
+                    by_ticks = band_ticks * tick
+                    if by_ticks > band:
+                        band = by_ticks
+                    band += 1e-12
+                    if -band <= price - ref <= band:
+                        tokens -= 1.0
+                        continue
+            if w is not None:
+                w.tokens = tokens
+            out[k] = self._check(order, qty, price, ref_prices.get(iid), now_ns, order)
+            key, w = None, None  # the full check may have made or used the bucket: read it again
+        if w is not None:
+            w.tokens = tokens
+        return out
 
     def _check(
         self, order: Order, qty: int, price: float | None, ref_price: float | None, now_ns: int, amend_of: Order | None,

@@ -17,7 +17,7 @@ import heapq
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,13 @@ class Venue(ABC):
     @abstractmethod
     def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
         """Change quantity (new total) and/or price of a live order."""
+
+    def amend_many(self, amends: Sequence[tuple[Order, int, float]], now_ns: int) -> None:
+        """Several amends in one message (a mass quote): ``(order, new total qty, new price)`` each, in
+        order. The default sends them one by one with :meth:`amend`; a venue with a mass-quote message
+        overrides it."""
+        for order, qty, price in amends:
+            self.amend(order, qty, price, now_ns)
 
     @abstractmethod
     def cancel(self, order: Order, now_ns: int) -> None:

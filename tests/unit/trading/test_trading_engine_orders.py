@@ -148,3 +148,42 @@ def test_an_overtaken_cancel_whose_order_was_acked_first_is_sent_again_at_once()
     assert trail[2].get("reason") == "unknown_order"
     assert o.status == OrderStatus.CANCELED and eng.oms.open_orders() == []
     assert venue.books[2].best_bid() == (240, 10)
+
+
+def test_amend_many_checks_each_amend_and_sends_the_passing_ones_as_one_mass_quote() -> None:
+    eng, venue, clock = setup()
+    orders = [eng.submit(eng.new_order(2, Side.BUY, 5, p, post_only=True))[0] for p in (2.41, 2.42, 2.43)]
+    step(eng, clock)
+    assert [o.status for o in orders] == [OrderStatus.ACCEPTED] * 3
+    assert eng.cancel(orders[1].client_id)
+    step(eng, clock)
+    batches: list[list[tuple[str, int, float]]] = []
+    real = venue.amend_many
+    venue.amend_many = lambda amends, now: (  # type: ignore[method-assign]
+        batches.append([(o.client_id, q, p) for o, q, p in amends]), real(amends, now))
+    out = eng.amend_many([(orders[0], 6, 2.44), (orders[1], 6, 2.45), (orders[2], 5000, 2.46)])
+    assert out[0] is None and out[1] is None  # sent; and the canceled order can no longer be amended
+    assert out[2] is not None and out[2].reason == Reason.MAX_QTY
+    assert batches == [[(orders[0].client_id, 6, 2.44)]]
+    assert orders[0].status == OrderStatus.PENDING_REPLACE and orders[2].status == OrderStatus.ACCEPTED
+    assert eng.audit.entries(kind="order", ref=orders[0].client_id)[-1][4] == {
+        "old": "ACCEPTED", "new": "PENDING_REPLACE", "new_qty": 6, "new_price": 2.44}
+    assert "amend_denied" in eng.audit.entries(kind="risk", ref=orders[2].client_id)[-1][4]
+    step(eng, clock)
+    assert (orders[0].status, orders[0].qty, orders[0].price) == (OrderStatus.ACCEPTED, 6, 2.44)
+    assert venue.books[2].best_bid() == (244, 6)
+
+
+def test_a_mass_quote_the_venue_refuses_to_take_leaves_its_orders_as_they_were() -> None:
+    eng, venue, clock = setup()
+    (o,) = eng.submit(eng.new_order(2, Side.BUY, 5, 2.41, post_only=True))
+    step(eng, clock)
+    seq = eng.audit.seq
+
+    def down(amends: object, now: int) -> None:
+        raise ConnectionError("venue session is down")
+
+    venue.amend_many = down  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        eng.amend_many([(o, 5, 2.42)])
+    assert o.status == OrderStatus.ACCEPTED and o.price == 2.41 and eng.audit.seq == seq  # nothing was sent

@@ -109,6 +109,42 @@ def test_oms_calls_its_change_hook_always_and_builds_bus_events_only_for_subscri
     assert oms.open_orders() == [] and oms.status_counts == {"SUBMITTED": 1, "CANCELED": 1}
 
 
+def test_oms_moves_a_mass_quote_in_one_pass_each_order_audited_and_published_as_one_by_one() -> None:
+    bus, audit = MessageBus(), AuditLog()
+    seen = []
+    bus.subscribe("orders", seen.append)
+    oms = OMS(bus, audit)
+    changes: list[tuple[str, str]] = []
+    oms.on_change = lambda cid, new: changes.append((cid, new))
+    a, b, c = (Order(f"o{k}", 2, Side.BUY, 5, 2.50, strategy_id="s1") for k in (1, 2, 3))
+    for o in (a, b, c):
+        oms.add(o)
+        oms.transition(o, OrderStatus.SUBMITTED, 1)
+    oms.transition(a, OrderStatus.ACCEPTED, 2)
+    oms.transition(b, OrderStatus.ACCEPTED, 2)
+    seen.clear()
+    changes.clear()
+    oms.transition_many([(a, {"new_qty": 6, "new_price": 2.51}), (b, {"new_qty": 7, "new_price": 2.52})],
+                        OrderStatus.PENDING_REPLACE, 3)
+    assert [(e.client_id, e.old, e.new, e.info) for e in seen] == [
+        ("o1", "ACCEPTED", "PENDING_REPLACE", {"new_qty": 6, "new_price": 2.51}),
+        ("o2", "ACCEPTED", "PENDING_REPLACE", {"new_qty": 7, "new_price": 2.52}),
+    ]
+    assert [e.seq for e in seen] == [audit.entries(ref="o1")[-1][0], audit.entries(ref="o2")[-1][0]] == [
+        audit.seq - 1, audit.seq]
+    assert audit.entries(ref="o2")[-1][1:] == (3, "order", "o2", {
+        "old": "ACCEPTED", "new": "PENDING_REPLACE", "new_qty": 7, "new_price": 2.52})
+    assert changes == [("o1", "PENDING_REPLACE"), ("o2", "PENDING_REPLACE")]
+    assert oms.status_counts["PENDING_REPLACE"] == 2 and oms.transitions == 7
+    # c is closed: its move is illegal; the one before it has moved and is audited, c is not
+    oms.transition(c, OrderStatus.CANCELED, 3)
+    seq = audit.seq
+    with pytest.raises(IllegalTransition):
+        oms.transition_many([(a, {}), (c, {})], OrderStatus.ACCEPTED, 4)
+    assert a.status == OrderStatus.ACCEPTED and c.status == OrderStatus.CANCELED
+    assert audit.seq == seq + 1 and audit.entries()[-1][3] == "o1"
+
+
 def test_duplicate_overfill_and_closed_fills_are_reported_not_applied() -> None:
     bus, audit = MessageBus(), AuditLog()
     risk_events = []

@@ -231,3 +231,61 @@ def test_drawdown_from_the_peak_halts_without_kill_when_configured() -> None:
     risk.portfolio.mark(2, 2.90)  # 600 below the peak
     assert [b.reason for b in risk.continuous()] == [Reason.DRAWDOWN]
     assert risk.state == TradingState.HALTED and not risk.killed
+
+
+def test_mass_amend_checks_agree_with_one_by_one_checks_on_every_outcome() -> None:
+    """check_amends (the mass-quote fast path) gives each amend the verdict check_amend gives it, in order,
+    token for token: re-prices that pass, and every way one can fail (tick, band, notional, lot, max qty,
+    size that grows into a limit, a non-limit order, the order rate running out)."""
+    import random
+
+    rng = random.Random(11)
+    cases: list[tuple[Order, int, float]] = []
+    for k in range(400):
+        iid = rng.choice((1, 2, 3))
+        ref = {1: 100.0, 2: 2.50, 3: 20.0}[iid]
+        tick = 0.05 if iid == 3 else 0.01
+        live = Order(f"c{k}", iid, rng.choice((Side.BUY, Side.SELL)), rng.choice((10, 20, 40)), ref,
+                     strategy_id=rng.choice(("s", "t")),
+                     ord_type=OrderType.STOP_LIMIT if rng.random() < 0.03 else OrderType.LIMIT)
+        qty = rng.choice((live.qty, live.qty, live.qty - 10, live.qty + 30, 0, 15, 20_000))
+        price = rng.choice((
+            ref + tick * rng.randint(-5, 5), ref + tick * 0.5, ref * 1.5, ref * 0.5, float("nan"), -1.0,
+            ref + tick * rng.randint(-400, 400),
+        ))
+        cases.append((live, qty, round(price, 10) if price == price else price))
+    limits = {"max_orders_per_s": 100, "max_notional": 6_000.0, "max_position": 25}
+    one, many = engine(**limits), engine(**limits)
+    refs = {1: 100.0, 2: 2.50}  # no reference price for 3: no band, and still a rate token each
+    expected = [one.check_amend(o, q, p, refs.get(o.instrument_id), NOW) for o, q, p in cases]
+    full = many._check
+    full_checks = []
+
+    def counted(*args: object) -> object:
+        full_checks.append(args)
+        return full(*args)  # type: ignore[arg-type]
+
+    many._check = counted  # type: ignore[method-assign]
+    got = many.check_amends(cases, refs, NOW)
+    assert [None if d is None else (d.reason, d.values) for d in got] == [
+        None if d is None else (d.reason, d.values) for d in expected
+    ]
+    reasons = {d.reason for d in expected if d is not None}
+    # the cases reach the fast path's every exit, not only its pass
+    assert {Reason.BAD_TICK, Reason.PRICE_BAND, Reason.MAX_NOTIONAL, Reason.BAD_QTY, Reason.BAD_LOT, Reason.MAX_QTY,
+            Reason.POSITION_LIMIT, Reason.ORDER_RATE} <= reasons
+    passed = sum(d is None for d in expected)
+    assert passed >= 20 and one.denials == many.denials
+    assert len(full_checks) <= len(cases) - passed + 10  # the re-prices that pass never reach the full check
+
+
+def test_mass_amend_checks_follow_the_trading_state_and_the_kill_switch() -> None:
+    risk = engine()
+    live = order(qty=10, price=2.50)
+    refs = {2: 2.50}
+    risk.set_state(TradingState.REDUCING)
+    assert risk.check_amends([(live, 10, 2.51), (live, 12, 2.51)], refs, NOW)[0] is None  # a re-price adds nothing
+    assert risk.check_amends([(live, 12, 2.51)], refs, NOW)[0].reason == Reason.REDUCING_ONLY  # type: ignore[union-attr]
+    risk.kill("test")
+    d = risk.check_amends([(live, 10, 2.51)], refs, NOW)[0]
+    assert d is not None and d.reason == Reason.KILL_SWITCH

@@ -32,6 +32,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,11 @@ class AckVenue(Venue):
     def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
         self.received += 1
         self._out.append(("replaced", order.client_id, new_qty, new_price, now_ns))
+
+    def amend_many(self, amends: Sequence[tuple[Order, int, float]], now_ns: int) -> None:
+        # a mass quote is one message: noted in one go, as a venue takes one message
+        self.received += len(amends)
+        self._out.extend([("replaced", o.client_id, q, p, now_ns) for o, q, p in amends])
 
     def cancel(self, order: Order, now_ns: int) -> None:
         self.received += 1

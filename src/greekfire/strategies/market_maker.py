@@ -19,6 +19,7 @@ produce no order. At ``max_inventory`` contracts the side that would grow the po
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -26,12 +27,22 @@ import torch
 from greekfire.quant import bsm_greeks
 from greekfire.trading.engine import Strategy
 from greekfire.trading.model import Fill, Instrument, Quote, Side, TimeInForce
-from greekfire.trading.orders import OPEN, OrderStatus
+from greekfire.trading.orders import OPEN, Order, OrderStatus
 
 _WORKING = frozenset((OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED))
 # bound once: an Enum class attribute lookup costs ~0.2 us on the re-quote path
 _BUY, _SELL, _GTC = Side.BUY, Side.SELL, TimeInForce.GTC
+_SIDES = (_BUY, _SELL)  # quote side k: 0 bid, 1 ask
 _ZERO4 = (0.0, 0.0, 0.0, 0.0)
+_TICKS_PER_UNIT: dict[float, int] = {}
+
+
+def _ticks_per_unit(tick: float) -> int:
+    """Ticks per 1.00 of price when that is a whole number (0.01 -> 100, 0.05 -> 20), else 0. Then
+    ``n / ticks_per_unit`` is exactly the double nearest the decimal price of n ticks, as
+    ``round(n * tick, 10)`` is."""
+    n = round(1.0 / tick)
+    return n if n > 0 and abs(n * tick - 1.0) < 1e-12 else 0
 
 
 class OptionsMarketMaker(Strategy):
@@ -59,7 +70,7 @@ class OptionsMarketMaker(Strategy):
         self.full_reprice_bps = float(p.get("full_reprice_bps", 50.0))
         self.fair: dict[int, float] = {}
         self.market: dict[int, tuple[float, float]] = {}  # best bid/ask last seen (any venue)
-        self.quotes: dict[int, dict[int, str]] = {}  # instrument -> side -> client id
+        self.quotes: dict[int, list[Order | None]] = {}  # instrument -> our working [bid, ask] order
         self._chain: dict[str, list[Instrument]] = {}
         self._underlying_ids: dict[int, str] = {}
         # Taylor base per option: (spot at the full price, value, delta, gamma)
@@ -80,9 +91,10 @@ class OptionsMarketMaker(Strategy):
                 self._underlying_ids[inst.instrument_id] = inst.underlying
         # after a restart: take over our restored working quotes (one per side), cancel any extra
         for order in eng.oms.open_orders(strategy_id=self.name):
-            mine = self.quotes.setdefault(order.instrument_id, {})
-            if order.side not in mine:
-                mine[order.side] = order.client_id
+            mine = self.quotes.setdefault(order.instrument_id, [None, None])
+            k = 0 if order.side == _BUY else 1
+            if mine[k] is None:
+                mine[k] = order
             else:
                 eng.cancel(order.client_id)
         for und in self._chain:
@@ -113,19 +125,10 @@ class OptionsMarketMaker(Strategy):
         self._requote_chain(und)
 
     def _step(self, und: str, spot: float) -> None:
-        """Move every fair value of the chain to ``spot`` by its Taylor step from the last full price, and
-        re-quote each option as soon as its own fair value has moved (the first order does not wait for the
-        rest of the chain), largest |delta| first: those quotes move most and are the most exposed."""
-        base = self._base
-        fair = self.fair
-        requote = self._requote
-        for inst in self._by_delta.get(und) or self._chain.get(und) or ():
-            b = base.get(inst.instrument_id)
-            if b is not None:
-                ds = spot - b[0]
-                v = b[1] + b[2] * ds + 0.5 * b[3] * ds * ds
-                fair[inst.instrument_id] = v if v > 0.0 else 0.0
-            requote(inst)
+        """Move every fair value of the chain to ``spot`` by its Taylor step from the last full price and
+        re-quote the chain in one mass quote, largest |delta| first: those quotes move most and are the most
+        exposed, so they lead the message."""
+        self._requote_many(self._by_delta.get(und) or self._chain.get(und) or (), spot)
 
     # ---------------------------------------------------------------- events
     def on_quote(self, quote: Quote) -> None:
@@ -177,66 +180,122 @@ class OptionsMarketMaker(Strategy):
 
     # ---------------------------------------------------------------- quoting
     def _requote_chain(self, und: str) -> None:
-        for inst in self._chain.get(und, ()):
-            self._requote(inst)
+        self._requote_many(self._chain.get(und, ()))
 
     def _requote(self, inst: Instrument) -> None:
-        iid = inst.instrument_id
-        fair = self.fair.get(iid)
-        if fair is None:
-            return
+        self._requote_many((inst,))
+
+    def _requote_many(self, insts: Iterable[Instrument], spot: float | None = None) -> None:
+        """Bring the quotes of ``insts`` to their targets: new quotes and pulled ones go out as they are
+        found, and the re-prices of working quotes go out together in one mass quote at the end (one
+        ``amend_many``). With ``spot``, each fair value is first stepped to it from its Taylor base."""
         eng = self.engine
         assert eng is not None
         pf = eng.portfolio
-        pos = pf.positions.get(iid)
-        qty = pos.qty if pos is not None else 0
-        unit = pf.unit.get(iid, _ZERO4)
-        book = pf.totals.get(inst.underlying, _ZERO4)
-        reservation = (
-            fair - self.inventory_skew * qty - self.delta_skew * book[0] * unit[0] - self.vega_skew * book[2] * unit[2]
-        )
-        tick = inst.tick_size
-        r = reservation / tick
-        hw = self.half_width_ticks
-        bid = round(math.floor(r - hw + 1e-9) * tick, 10)
-        ask = round(math.ceil(r + hw - 1e-9) * tick, 10)
-        want_bid = bid if bid >= tick and qty < self.max_inventory else None
-        want_ask = ask if qty > -self.max_inventory else None
-        self._want[iid] = (want_bid, want_ask)
-        mkt = self.market.get(iid)
-        if mkt is not None:
-            mb, ma = mkt
-            if want_bid is not None and ma == ma and want_bid >= ma:
-                want_bid = round(ma - tick, 10) if ma - tick >= tick else None
-            if want_ask is not None and mb == mb and want_ask <= mb:
-                want_ask = round(mb + tick, 10)
-        mine = self.quotes.get(iid)
-        if mine is None:
-            mine = self.quotes[iid] = {}
-        shown_bid = self._quote_side(mine, iid, _BUY, want_bid, tick)
-        self._live[iid] = (shown_bid, self._quote_side(mine, iid, _SELL, want_ask, tick))
+        positions, units, totals = pf.positions, pf.unit, pf.totals
+        fair_of, base_of, market, want_of, live = self.fair, self._base, self.market, self._want, self._live
+        quotes, quote_side = self.quotes, self._quote_side
+        inv_skew, delta_skew, vega_skew = self.inventory_skew, self.delta_skew, self.vega_skew
+        hw, max_inv, size, ticks = self.half_width_ticks, self.max_inventory, self.size, self.requote_ticks
+        floor, ceil, working, ticks_per_unit = math.floor, math.ceil, _WORKING, _TICKS_PER_UNIT
+        amends: list[tuple[Order, int, float]] = []
+        want_bid: float | None
+        want_ask: float | None
+        shown_bid: float | None
+        for inst in insts:
+            iid = inst.instrument_id
+            if spot is not None:
+                b = base_of.get(iid)
+                if b is not None:
+                    ds = spot - b[0]
+                    v = b[1] + ds * (b[2] + 0.5 * b[3] * ds)
+                    fair_of[iid] = v if v > 0.0 else 0.0
+            fair = fair_of.get(iid)
+            if fair is None:
+                continue
+            pos = positions.get(iid)
+            qty = pos.qty if pos is not None else 0
+            unit = units.get(iid, _ZERO4)
+            book = totals.get(inst.underlying, _ZERO4)
+            tick = inst.tick_size
+            r = (fair - inv_skew * qty - delta_skew * book[0] * unit[0] - vega_skew * book[2] * unit[2]) / tick
+            per_unit = ticks_per_unit.get(tick)
+            if per_unit is None:
+                per_unit = ticks_per_unit[tick] = _ticks_per_unit(tick)
+            if per_unit:  # n ticks / (ticks per 1.00): the exact decimal price, ~10x cheaper than round(x, 10)
+                want_bid = floor(r - hw + 1e-9) / per_unit
+                want_ask = ceil(r + hw - 1e-9) / per_unit
+            else:
+                want_bid = round(floor(r - hw + 1e-9) * tick, 10)
+                want_ask = round(ceil(r + hw - 1e-9) * tick, 10)
+            if want_bid < tick or qty >= max_inv:
+                want_bid = None
+            if qty <= -max_inv:
+                want_ask = None
+            want = (want_bid, want_ask)
+            mkt = market.get(iid)
+            if spot is not None and want == want_of.get(iid) and want == live.get(iid) and (
+                mkt is None or ((want_bid is None or not want_bid >= mkt[1]) and (want_ask is None or not want_ask <= mkt[0]))
+            ):
+                continue  # the step left this option's quotes where they are, and they are working there
+            want_of[iid] = want
+            if mkt is not None:  # never cross the market: one tick inside its opposite side
+                mb, ma = mkt
+                if want_bid is not None and ma == ma and want_bid >= ma:
+                    want_bid = round(ma - tick, 10) if ma - tick >= tick else None
+                if want_ask is not None and mb == mb and want_ask <= mb:
+                    want_ask = round(mb + tick, 10)
+            mine = quotes.get(iid)
+            if mine is None:
+                mine = quotes[iid] = [None, None]
+            # the common case inline: a working quote that stays, or moves (one amend); else _quote_side
+            move = ticks * tick - 1e-9
+            o = mine[0]
+            if want_bid is not None and o is not None and o.status in working and o.price is not None:
+                if not -move < o.price - want_bid < move:
+                    n = o.filled_qty + size
+                    amends.append((o, n if n > o.qty else o.qty, want_bid))
+                shown_bid = want_bid
+            else:
+                shown_bid = quote_side(mine, 0, iid, want_bid, tick, amends)
+            o = mine[1]
+            if want_ask is not None and o is not None and o.status in working and o.price is not None:
+                if not -move < o.price - want_ask < move:
+                    n = o.filled_qty + size
+                    amends.append((o, n if n > o.qty else o.qty, want_ask))
+                live[iid] = (shown_bid, want_ask)
+            else:
+                live[iid] = (shown_bid, quote_side(mine, 1, iid, want_ask, tick, amends))
+        if amends:
+            for (o, _, _), denial in zip(amends, eng.amend_many(amends), strict=True):
+                if denial is not None:  # that order still shows its old price: not what we want
+                    b0, a0 = live[o.instrument_id]
+                    live[o.instrument_id] = (None, a0) if o.side == _BUY else (b0, None)
 
-    def _quote_side(self, mine: dict[int, str], iid: int, side: Side, price: float | None, tick: float) -> float | None:
-        """Bring our working order on one side to ``price`` (None: no quote); returns the price it now shows."""
+    def _quote_side(
+        self, mine: list[Order | None], k: int, iid: int, price: float | None, tick: float,
+        amends: list[tuple[Order, int, float]],
+    ) -> float | None:
+        """Bring our working order on side ``k`` (0 bid, 1 ask) to ``price`` (None: no quote); a re-price
+        of a working order is appended to ``amends`` (sent by the caller). Returns the price the side shows."""
         eng = self.engine
         assert eng is not None
-        cid = mine.get(side)
-        order = eng.oms.orders.get(cid) if cid else None
+        order = mine[k]
         if order is not None and order.status not in OPEN:
-            order = None
-            del mine[side]
+            order = mine[k] = None
         if price is None:
             if order is not None and order.status in _WORKING:
                 eng.cancel(order.client_id)
             return None
         if order is None:
-            sent = self.submit(iid, side, self.size, price, tif=_GTC, post_only=True)
+            sent = self.submit(iid, _SIDES[k], self.size, price, tif=_GTC, post_only=True)
             if sent and sent[0].is_open:
-                mine[side] = sent[0].client_id
+                mine[k] = sent[0]
                 return price
             return None
         if order.price is not None and abs(order.price - price) >= self.requote_ticks * tick - 1e-9:
-            if order.status in _WORKING and eng.amend(order.client_id, max(order.qty, order.filled_qty + self.size), price) is None:
+            if order.status in _WORKING:
+                amends.append((order, max(order.qty, order.filled_qty + self.size), price))
                 return price
             return None
         return price

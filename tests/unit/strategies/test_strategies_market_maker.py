@@ -79,3 +79,60 @@ def test_underlying_move_steps_fair_values_and_requotes_largest_delta_first() ->
     deltas = [abs(mm._base[iid][2]) for iid in firsts]
     assert deltas == sorted(deltas, reverse=True)
     assert eng.latency_us(first_only=True)["count"] == 1 and eng.latency_us()["count"] == len(venue.sent)
+
+
+class MassSink(Sink):
+    """A Sink that records each mass quote (one ``amend_many`` call) as one message."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.messages: list[list[int]] = []  # instrument ids of each mass quote
+
+    def amend_many(self, amends: Any, now_ns: int) -> None:
+        self.messages.append([o.instrument_id for o, _, _ in amends])
+        super().amend_many(amends, now_ns)
+
+
+def started(venue: Sink) -> tuple[Any, OptionsMarketMaker, ManualClock]:
+    clock = ManualClock(T0)
+    mm = OptionsMarketMaker(half_width_ticks=3)
+    eng = build_engine(load_settings(), instruments=default_instruments(T0), venues=[venue], strategies=[mm],
+                       store=False, clock_ns=clock.now_ns)
+    eng.start()
+    eng.process([Quote(1, 99.99, 100.01, 100, 100, T0, "V1")])
+    eng.poll_once()
+    eng.process(venue.poll(0))
+    venue.sent.clear()
+    return eng, mm, clock
+
+
+def test_an_underlying_move_requotes_the_chain_in_one_mass_quote_timed_as_one() -> None:
+    venue = MassSink("V1")
+    eng, mm, _ = started(venue)
+    eng.reset_latency()
+    eng.process([Quote(1, 100.29, 100.31, 100, 100, T0, "V1")])
+    amended = [iid for kind, iid, _ in venue.sent if kind == "amend"]
+    assert len(amended) >= 10 and venue.messages == [amended]  # one message, in the order of |delta|
+    lat = eng.latency
+    assert lat.get_total_count() == len(amended)
+    assert lat.get_max_value() == pytest.approx(lat.get_min_value(), rel=2e-3)  # all left in the same call
+
+
+def test_a_denied_requote_is_tried_again_on_the_next_quote_of_that_option() -> None:
+    venue = MassSink("V1")
+    eng, mm, clock = started(venue)
+    eng.risk.set_limits(max_orders_per_s=1)  # the bucket holds one token: the move's other amends are denied
+    eng.process([Quote(1, 100.29, 100.31, 100, 100, T0, "V1")])
+    amended = [iid for kind, iid, _ in venue.sent if kind == "amend"]
+    assert len(amended) == 1 and eng.risk.denials["ORDER_RATE"] >= 9
+    chain = [i.instrument_id for i in mm._by_delta["GFX"]]
+    denied = [iid for iid in chain if iid not in amended and mm._want[iid] != mm._live[iid]]
+    assert denied  # the strategy knows those quotes do not show what it wants
+    iid = denied[0]
+    eng.risk.set_limits(max_orders_per_s=1000)
+    clock.advance(1_000_000_000)  # a second: the bucket refills
+    venue.sent.clear()
+    fair = mm.fair[iid]
+    eng.process([Quote(iid, round(fair * 0.5, 2), round(fair * 1.5, 2), 10, 10, clock.now_ns(), "V1")])
+    assert [k for k, _, _ in venue.sent] in (["amend"], ["amend", "amend"])
+    assert {i for _, i, _ in venue.sent} == {iid} and mm._want[iid] == mm._live[iid]

@@ -5,9 +5,9 @@ maker and every pre-trade risk check on, but the venues are in-process sinks tha
 once, so what is timed is our path only: bus dispatch, strategy decision, risk checks, routing, OMS
 transitions and audit. The event stream is pre-generated: option quotes jittering around fair value (the
 market maker re-quotes when its price moves by a tick) and one underlying quote in ``UNDERLYING_EVERY``
-(the market maker moves its fair values by their delta-gamma step, re-quotes the chain at once, and
-re-prices the chain through ``greekfire.quant`` only after a large move; the portfolio's Greeks are
-revalued at the end of that batch, by the closed form for a chain this small). Peer: nautilus_trader's
+(the market maker moves its fair values by their delta-gamma step, re-quotes the chain at once in one mass
+quote, and re-prices the chain through ``greekfire.quant`` only after a large move; the portfolio's Greeks
+are revalued at the end of that batch, by the closed form for a chain this small). Peer: nautilus_trader's
 published claim of 500k events/s (a figure from its documentation, not measured here).
 
 Latency, as measured by the engine itself (``TradingEngine.latency`` / ``latency_first``):
@@ -15,11 +15,13 @@ Latency, as measured by the engine itself (``TradingEngine.latency`` / ``latency
 - the clock starts when the engine takes the market event off its batch (``perf_counter_ns`` in
   ``TradingEngine.process``, before validation, marks and bus dispatch); time an event waits behind the
   earlier events of its batch is not counted (that is throughput's share);
-- it stops for each order when the venue's ``submit``/``amend`` call has returned (the order is in the
-  venue's hands), after the risk check and the OMS transition and audit entry of that order;
-- "every order": one sample per order or amend, all timed from the same event, so an underlying quote that
-  moves a whole chain (10 to 20 amends here) gives samples that grow with the order's place in the burst;
-  "first order": one sample per event that sent anything (the reaction time);
+- it stops for each order when the venue's ``submit``/``amend``/``amend_many`` call has returned (the
+  order is in the venue's hands), after the strategy's decision and the order's risk check; a new order's
+  OMS transition and audit entry come before the venue call, an amend's right after it (before any other
+  event is handled);
+- "every order": one sample per order or amend, all timed from the same event; an underlying quote that
+  moves the chain (10 to 20 amends here) sends them in one mass quote, so they share one sample value, the
+  whole chain's reaction time; "first order": one sample per event that sent anything;
 - work the strategy defers to the batch end (``after_batch``: the full re-price) and the batch-end
   revaluation are not inside any sample; orders those send are not timed as event latency;
 - cancels are not timed (they send no new risk).
@@ -250,7 +252,8 @@ def main() -> int:
         f"{r['market_events']:,} market events in {r['seconds']:.2f} s, {r['orders_out']:,} orders/amends out, "
         f"{r['reprices']} full-chain re-prices, denials {r['denials'] or 'none'}, strategy errors {r['errors'] or 'none'}",
         "latency = market event taken off its batch -> order handed to the venue (its venue call returned), "
-        "per order; an underlying quote moves the chain's quotes (up to 20 amends), each timed from that event",
+        "per order; an underlying quote moves the chain's quotes (up to 20 amends) in one mass quote, each "
+        "amend timed from that event",
         "first peer figure is nautilus_trader's documented claim; "
         + ("the second was measured in this run with peer_nautilus.py in its own virtualenv (a different "
            "workload: its backtest matching engine, one equity, no options pricing)" if nt else

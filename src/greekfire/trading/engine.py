@@ -371,7 +371,7 @@ class TradingEngine:
             where, todo = range(len(changes)), changes
         denials = self.risk.check_amends(todo, self.portfolio.marks, now) if todo else []
         if one_venue and todo is changes and denials.count(None) == len(changes):
-            self._send_amends(venue, changes, now)
+            self._send_amends(((venue, changes),), now)
             return out
         by_venue: dict[str, list[tuple[Order, int, float]]] = {}
         for k, item, denial in zip(where, todo, denials, strict=True):
@@ -382,20 +382,26 @@ class TradingEngine:
                 cid = item[0].client_id
                 self.audit.append(now, "risk", cid, {"amend_denied": denial.to_dict()})
                 self.bus.publish("risk", {"event": "amend_denied", "client_id": cid, **denial.to_dict()})
-        for name, group in by_venue.items():
-            self._send_amends(name, group, now)
+        self._send_amends(by_venue.items(), now)
         return out
 
-    def _send_amends(self, venue: str, group: Sequence[tuple[Order, int, float]], now: int) -> None:
-        # risk-checked amends to one venue: hand them over, time them, then the bookkeeping
-        self.venues[venue].amend_many(group, now)
-        if self._t0:
-            self._record_latency(len(group))
-        self.orders_out += len(group)
-        sent = self._sent_ns
-        for order, _, _ in group:
-            sent[order.client_id] = now
-        self.oms.transition_many([(o, {"new_qty": q, "new_price": p}) for o, q, p in group], _PENDING_REPLACE, now)
+    def _send_amends(self, groups: Iterable[tuple[str, Sequence[tuple[Order, int, float]]]], now: int) -> None:
+        # risk-checked amends, grouped by venue: hand every group over (each timed as its call returns), then
+        # the bookkeeping of all of them; a venue that raises stops here, its group and the later ones unsent
+        sent_groups = []
+        try:
+            for venue, group in groups:
+                self.venues[venue].amend_many(group, now)
+                if self._t0:
+                    self._record_latency(len(group))
+                sent_groups.append(group)
+        finally:
+            sent = self._sent_ns
+            for group in sent_groups:
+                self.orders_out += len(group)
+                for order, _, _ in group:
+                    sent[order.client_id] = now
+                self.oms.transition_many([(o, {"new_qty": q, "new_price": p}) for o, q, p in group], _PENDING_REPLACE, now)
 
     def cancel(self, client_id: str) -> bool:
         """Request a cancel; True when a request was sent (or a held stop was canceled at once)."""

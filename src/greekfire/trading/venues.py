@@ -194,6 +194,15 @@ class SimulatedVenue(Venue):
     def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
         self._push_in(now_ns, "amend", (order.client_id, new_qty, new_price))
 
+    def amend_many(self, amends: Sequence[tuple[Order, int, float]], now_ns: int) -> None:
+        """A mass quote is one message: its amends travel together (one delay) and apply in order."""
+        due = now_ns + self._delay()
+        inbound = self._inbound
+        for order, qty, price in amends:
+            self._seq += 1
+            heapq.heappush(inbound, (due, self._seq, "amend", (order.client_id, qty, price)))
+        self.requests += len(amends)
+
     def cancel(self, order: Order, now_ns: int) -> None:
         self._push_in(now_ns, "cancel", (order.client_id,))
 

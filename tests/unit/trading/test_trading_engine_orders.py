@@ -187,3 +187,36 @@ def test_a_mass_quote_the_venue_refuses_to_take_leaves_its_orders_as_they_were()
     with pytest.raises(ConnectionError):
         eng.amend_many([(o, 5, 2.42)])
     assert o.status == OrderStatus.ACCEPTED and o.price == 2.41 and eng.audit.seq == seq  # nothing was sent
+
+
+def test_a_mass_quote_over_two_venues_sends_both_before_booking_and_stops_at_a_venue_that_fails() -> None:
+    clock = ManualClock(T0)
+    insts = default_instruments(T0)
+    venues = [SimulatedVenue(n, insts, {i.instrument_id: 2.5 for i in insts}.get, latency_us=100, jitter_us=0,
+                             flow_rate_hz=0) for n in ("A", "B")]
+    eng = build_engine(load_settings(), instruments=insts, venues=venues, store=False, clock_ns=clock.now_ns)
+    eng.router.venues["B"].maker_fee = 1.0  # posts go to A
+    (a,) = eng.submit(eng.new_order(2, Side.BUY, 5, 2.41, post_only=True))
+    eng.router.venues["B"].maker_fee, eng.router.venues["A"].maker_fee = -1.0, 1.0  # ... now to B
+    (b,) = eng.submit(eng.new_order(2, Side.BUY, 5, 2.42, post_only=True))
+    step(eng, clock)
+    assert (a.venue, b.venue) == ("A", "B") and a.status == b.status == OrderStatus.ACCEPTED
+    calls: list[tuple[str, str]] = []  # (venue, status of a when that venue was handed its amends)
+    for v in venues:
+        real = v.amend_many
+        v.amend_many = lambda amends, now, v=v, real=real: (  # type: ignore[method-assign]
+            calls.append((v.name, a.status.value)), real(amends, now))
+    assert eng.amend_many([(a, 5, 2.43), (b, 5, 2.44)]) == [None, None]
+    assert calls == [("A", "ACCEPTED"), ("B", "ACCEPTED")]  # both sent before either is booked
+    assert a.status == b.status == OrderStatus.PENDING_REPLACE
+    step(eng, clock)
+
+    def down(amends: object, now: int) -> None:
+        raise ConnectionError("B is down")
+
+    venues[1].amend_many = down  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        eng.amend_many([(a, 5, 2.45), (b, 5, 2.46)])
+    assert a.status == OrderStatus.PENDING_REPLACE and b.status == OrderStatus.ACCEPTED  # A took it, B did not
+    step(eng, clock)
+    assert (a.price, b.price) == (2.45, 2.44)

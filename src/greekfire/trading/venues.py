@@ -124,6 +124,10 @@ class SimulatedVenue(Venue):
     ``fair_value(instrument_id) -> float`` is where synthetic participants centre their quotes (currency).
     Latency is one way, in microseconds: ``latency_us`` plus uniform jitter up to ``jitter_us``.
     ``flow_rate_hz`` synthetic orders per second across all instruments. Deterministic for a given ``seed``.
+    Requests are worked when they arrive, before the background flow of the same poll. Reports come back in
+    the order the venue sent them (``ordered_reports``, one session: FIX guarantees it, so a fill is never
+    overtaken by the cancel that followed it); ``ordered_reports=False`` lets the jitter reorder them, to
+    put the engine through replies that cross.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class SimulatedVenue(Venue):
         half_spread_ticks: int = 3,
         book_levels: int = 0,
         seed: int = 0,
+        ordered_reports: bool = True,
     ) -> None:
         self.name = name
         self.instruments = {i.instrument_id: i for i in instruments}
@@ -152,6 +157,8 @@ class SimulatedVenue(Venue):
         self.taker_share = taker_share
         self.half_spread_ticks = half_spread_ticks
         self.book_levels = book_levels  # > 0: also publish depth snapshots (BookUpdate) of touched books
+        self.ordered_reports = ordered_reports
+        self._last_report_due = 0
         self.rng = random.Random(seed)
         # fees are per unit of quantity on the books: one contract is one unit here
         self.books = {
@@ -229,11 +236,11 @@ class SimulatedVenue(Venue):
         if not self.connected:
             return out
         touched = self._touched
-        self._background(now_ns, touched, out)
         inbound = self._inbound
-        while inbound and inbound[0][0] <= now_ns:
+        while inbound and inbound[0][0] <= now_ns:  # requests that arrived since the last poll, then the flow
             due, _, op, args = heapq.heappop(inbound)
             self._execute(due, op, args, touched, out)
+        self._background(now_ns, touched, out)
         for iid in touched:
             book = self.books[iid]
             bb, ba = book.best_bid(), book.best_ask()
@@ -349,7 +356,12 @@ class SimulatedVenue(Venue):
 
     def _send(self, now_ns: int, ev: VenueEvent) -> None:
         self._seq += 1
-        heapq.heappush(self._outbound, (now_ns + self._delay(), self._seq, ev))
+        due = now_ns + self._delay()
+        if self.ordered_reports:  # one session: a report never arrives before one sent earlier
+            if due < self._last_report_due:
+                due = self._last_report_due
+            self._last_report_due = due
+        heapq.heappush(self._outbound, (due, self._seq, ev))
 
     # ---------------------------------------------------------------- synthetic participants
     def _bg_quote(self, iid: int, now_ns: int, offset: int | None = None, size: int | None = None) -> list[ExecReport]:

@@ -133,6 +133,7 @@ def test_an_overtaken_cancel_whose_order_was_acked_first_is_sent_again_at_once()
     """The same race with the replies the other way round: the order's ack comes back before the cancel's
     unknown_order reject; the engine cancels again as soon as the reject arrives."""
     eng, venue, clock = setup()
+    venue.ordered_reports = False  # replies that cross on the way back (a FIX session would keep their order)
     (o,) = eng.submit(eng.new_order(2, Side.BUY, 5, 2.45, post_only=True))  # arrives at 100 us
     venue.latency_ns = 10_000
     eng.kill("test")  # the cancel arrives at 10 us

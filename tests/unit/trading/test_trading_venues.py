@@ -1,0 +1,51 @@
+"""The simulated venue: requests are worked when they arrive, before that poll's background flow, and
+its reports come back in the order it sent them (one session), unless told to let them cross."""
+
+from __future__ import annotations
+
+from greekfire.trading.model import Side
+from greekfire.trading.orders import Order
+from greekfire.trading.paper import default_instruments
+from greekfire.trading.venues import SimulatedVenue, VenueEvent
+
+T0 = 1_800_000_000 * 10**9
+
+
+def venue(**kw: object) -> SimulatedVenue:
+    insts = default_instruments(T0)
+    v = SimulatedVenue("S", insts, {i.instrument_id: 2.5 for i in insts}.get, latency_us=200, jitter_us=100, **kw)  # type: ignore[arg-type]
+    v.seed_books(now_ns=T0)
+    return v
+
+
+def test_a_cancel_that_arrived_is_worked_before_the_takers_of_the_same_poll() -> None:
+    v = venue(flow_rate_hz=0.0, taker_share=1.0, seed=3)
+    ours = Order("c1", 2, Side.BUY, 5, 2.49)  # the best bid: the first seller hits it
+    v.poll(T0)
+    v.submit(ours, T0)
+    v.poll(T0 + 400_000)
+    assert v.books[2].best_bid() == (249, 5)  # rested
+    v.cancel(ours, T0 + 400_000)  # arrives by T0 + 700 us
+    v.flow_rate_hz = 200_000.0  # a flood of market orders from now on
+    events = v.poll(T0 + 2_000_000) + v.poll(T0 + 3_000_000)  # hundreds of takers, after the cancel arrived
+    mine = [e.kind for e in events if isinstance(e, VenueEvent) and e.client_id == "c1"]
+    assert "canceled" in mine and "fill" not in mine
+    assert [f for f in v.report()[1] if f.client_id == "c1"] == []
+
+
+def test_reports_come_back_in_the_order_sent_unless_allowed_to_cross() -> None:
+    for ordered in (True, False):
+        v = venue(flow_rate_hz=0.0, seed=1, ordered_reports=ordered)
+        v.poll(T0)
+        now = T0
+        for k in range(300):  # orders and cancels 10 us apart: each reply's jitter (100 us) spans many of them
+            o = Order(f"c{k}", 2 + k % 10, Side.BUY, 1, 1.00)
+            v.submit(o, now)
+            v.cancel(o, now + 5_000)
+            now += 10_000
+        got: list[VenueEvent] = []
+        for t in range(now, now + 2_000_000, 50_000):
+            got += [e for e in v.poll(t) if isinstance(e, VenueEvent)]
+        assert len(got) == 600
+        sent = [e.ts_ns for e in got]  # the venue's time of each report, in the order they arrived
+        assert (sent == sorted(sent)) is ordered

@@ -48,9 +48,11 @@ def _steady_faults(mode: str) -> float:
 def test_kept_memory_is_not_faulted_in_again() -> None:
     default, kept = _steady_faults("default"), _steady_faults("keep")
     pages = 8_000_000 // 4096  # one 1M-element float64 tensor
-    # every 8 MB block is mapped afresh and faulted in on each call at the default threshold; 0 when kept
+    # every 8 MB block is mapped afresh and faulted in on each call at the default threshold (~200k pages a
+    # call here); kept, the calls reuse the heap: mostly 0, but the OS re-faults a 2 MB region (488 pages)
+    # now and then, on some machines in most calls. At least 95% of the faults must be gone.
     assert default > pages, default
-    assert kept < pages // 4, (kept, default)
+    assert kept < default // 20, (kept, default)
 
 
 def test_bad_values_are_refused_with_the_reason() -> None:

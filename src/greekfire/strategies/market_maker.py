@@ -202,21 +202,27 @@ class OptionsMarketMaker(Strategy):
         want_bid: float | None
         want_ask: float | None
         shown_bid: float | None
+        fair: float | None
+        und: str | None = None
+        book: list[float] | tuple[float, ...] = _ZERO4
         for inst in insts:
             iid = inst.instrument_id
-            if spot is not None:
-                b = base_of.get(iid)
-                if b is not None:
-                    ds = spot - b[0]
-                    v = b[1] + ds * (b[2] + 0.5 * b[3] * ds)
-                    fair_of[iid] = v if v > 0.0 else 0.0
-            fair = fair_of.get(iid)
-            if fair is None:
-                continue
+            if spot is not None and (b := base_of.get(iid)) is not None:
+                ds = spot - b[0]
+                fair = b[1] + ds * (b[2] + 0.5 * b[3] * ds)
+                if fair < 0.0:
+                    fair = 0.0
+                fair_of[iid] = fair
+            else:
+                fair = fair_of.get(iid)
+                if fair is None:
+                    continue
             pos = positions.get(iid)
             qty = pos.qty if pos is not None else 0
             unit = units.get(iid, _ZERO4)
-            book = totals.get(inst.underlying, _ZERO4)
+            if inst.underlying is not und:  # the book's Greeks: one lookup per underlying, not per option
+                und = inst.underlying
+                book = totals.get(und, _ZERO4)
             tick = inst.tick_size
             r = (fair - inv_skew * qty - delta_skew * book[0] * unit[0] - vega_skew * book[2] * unit[2]) / tick
             per_unit = ticks_per_unit.get(tick)

@@ -4,8 +4,9 @@ Fair values: :func:`greekfire.quant.bsm_greeks` prices the whole chain (value, d
 start, on every timer, and when the underlying has moved more than ``full_reprice_bps`` since the last full
 price. Between full prices an underlying quote moves each fair value by its second-order Taylor step
 ``value + delta x dS + gamma x dS^2 / 2`` (a few float operations, so a market event never waits for a
-tensor call); the options are stepped and re-quoted one at a time, largest |delta| at the last full price
-first, so the quotes the move hits hardest go out first. Each option is quoted on both sides:
+tensor call); the chain is stepped, largest |delta| at the last full price first, and every quote that moved
+goes out in one mass quote (``engine.amend_many``), the ones the move hits hardest first in the message.
+Each option is quoted on both sides:
 
     reservation = fair - inventory_skew x position - delta_skew x book_delta x option_delta
                        - vega_skew x book_vega x option_vega

@@ -264,7 +264,7 @@ class OptionsMarketMaker(Strategy):
                     amends.append((o, n if n > o.qty else o.qty, want_bid))
                 shown_bid = want_bid
             else:
-                shown_bid = quote_side(mine, 0, iid, want_bid, tick, amends)
+                shown_bid = quote_side(mine, 0, iid, want_bid, tick)
             o = mine[1]
             if want_ask is not None and o is not None and o.status in working and o.price is not None:
                 if not -move < o.price - want_ask < move:
@@ -272,19 +272,17 @@ class OptionsMarketMaker(Strategy):
                     amends.append((o, n if n > o.qty else o.qty, want_ask))
                 live[iid] = (shown_bid, want_ask)
             else:
-                live[iid] = (shown_bid, quote_side(mine, 1, iid, want_ask, tick, amends))
+                live[iid] = (shown_bid, quote_side(mine, 1, iid, want_ask, tick))
         if amends:
             for (o, _, _), denial in zip(amends, eng.amend_many(amends), strict=True):
                 if denial is not None:  # that order still shows its old price: not what we want
                     b0, a0 = live[o.instrument_id]
                     live[o.instrument_id] = (None, a0) if o.side == _BUY else (b0, None)
 
-    def _quote_side(
-        self, mine: list[Order | None], k: int, iid: int, price: float | None, tick: float,
-        amends: list[tuple[Order, int, float]],
-    ) -> float | None:
-        """Bring our working order on side ``k`` (0 bid, 1 ask) to ``price`` (None: no quote); a re-price
-        of a working order is appended to ``amends`` (sent by the caller). Returns the price the side shows."""
+    def _quote_side(self, mine: list[Order | None], k: int, iid: int, price: float | None, tick: float) -> float | None:
+        """Side ``k`` (0 bid, 1 ask) of an option when it is not a working quote re-priced in place (that case
+        is inline in :meth:`_requote_many`): pull it (``price`` None), place a new quote, or leave an order
+        whose cancel or replace is pending. Returns the price the side shows (None: none, or not yet)."""
         eng = self.engine
         assert eng is not None
         order = mine[k]
@@ -301,8 +299,5 @@ class OptionsMarketMaker(Strategy):
                 return price
             return None
         if order.price is not None and abs(order.price - price) >= self.requote_ticks * tick - 1e-9:
-            if order.status in _WORKING:
-                amends.append((order, max(order.qty, order.filled_qty + self.size), price))
-                return price
-            return None
+            return None  # pending at another price: re-quoted when it settles
         return price

@@ -206,6 +206,7 @@ class OptionsMarketMaker(Strategy):
         fair: float | None
         und: str | None = None
         book: list[float] | tuple[float, ...] = _ZERO4
+        tick, per_unit, move = 0.0, 0, 0.0
         for inst in insts:
             iid = inst.instrument_id
             if spot is not None and (b := base_of.get(iid)) is not None:
@@ -224,11 +225,12 @@ class OptionsMarketMaker(Strategy):
             if inst.underlying is not und:  # the book's Greeks: one lookup per underlying, not per option
                 und = inst.underlying
                 book = totals.get(und, _ZERO4)
-            tick = inst.tick_size
+            if inst.tick_size != tick:  # per tick size (one in a chain): its grid and its re-quote threshold
+                tick = inst.tick_size
+                known = ticks_per_unit.get(tick)
+                per_unit = ticks_per_unit[tick] = _ticks_per_unit(tick) if known is None else known
+                move = ticks * tick - 1e-9
             r = (fair - inv_skew * qty - delta_skew * book[0] * unit[0] - vega_skew * book[2] * unit[2]) / tick
-            per_unit = ticks_per_unit.get(tick)
-            if per_unit is None:
-                per_unit = ticks_per_unit[tick] = _ticks_per_unit(tick)
             if per_unit:  # n ticks / (ticks per 1.00): the exact decimal price, ~10x cheaper than round(x, 10)
                 want_bid = floor(r - hw + 1e-9) / per_unit
                 want_ask = ceil(r + hw - 1e-9) / per_unit
@@ -256,7 +258,6 @@ class OptionsMarketMaker(Strategy):
             if mine is None:
                 mine = quotes[iid] = [None, None]
             # the common case inline: a working quote that stays, or moves (one amend); else _quote_side
-            move = ticks * tick - 1e-9
             o = mine[0]
             if want_bid is not None and o is not None and o.status in working and o.price is not None:
                 if not -move < o.price - want_bid < move:

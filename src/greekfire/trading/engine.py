@@ -362,12 +362,12 @@ class TradingEngine:
         venue = changes[0][0].venue
         one_venue = True
         for order, _, _ in changes:  # the common case: every order amendable, all on one venue
+            if order.venue != venue:
+                one_venue = False
             if order.status not in _AMENDABLE:
                 where: Sequence[int] = [k for k, c in enumerate(changes) if c[0].status in _AMENDABLE]
                 todo: Sequence[tuple[Order, int, float]] = [changes[k] for k in where]
                 break
-            if order.venue != venue:
-                one_venue = False
         else:
             where, todo = range(len(changes)), changes
         denials = self.risk.check_amends(todo, self.portfolio.marks, now) if todo else []

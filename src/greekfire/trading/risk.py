@@ -250,6 +250,11 @@ class RiskEngine:
         key: str | None = None
         w: _RateWindow | None = None
         tokens = 0.0  # the bucket of ``key``, kept in a local and written back before anything else reads it
+        last_iid: int | None = None  # a quote's two sides come in a row: look their instrument up once
+        inst = None
+        ref: float | None = None
+        tick = mult = band = 0.0
+        lot = 1
         for k, (order, qty, price) in enumerate(amends):
             if order.strategy_id != key:  # refill a strategy's token bucket once per run of its amends
                 if w is not None:
@@ -262,27 +267,31 @@ class RiskEngine:
                         tokens = cap
                     w.last_ns = now_ns
             iid = order.instrument_id
-            inst = instruments.get(iid)
+            if iid != last_iid:
+                last_iid = iid
+                inst = instruments.get(iid)
+                ref = ref_prices.get(iid)
+                if inst is not None:
+                    tick, lot, mult = inst.tick_size, inst.lot_size, inst.multiplier
+                    if ref is not None and ref > 0:
+                        band = band_pct * ref
+                        if band_ticks * tick > band:
+                            band = band_ticks * tick
+                        band += 1e-12
+                    else:
+                        ref = None  # no usable reference: no band (as the full check)
             if (
                 tokens >= 1.0 and w is not None and inst is not None and order.ord_type is _LIMIT
-                and 0 < qty <= order.qty and qty <= max_qty and not qty % inst.lot_size
+                and 0 < qty <= order.qty and qty <= max_qty and not qty % lot
                 and price is not None and 0.0 < price < _INF
             ):
-                tick = inst.tick_size
                 off = (price / tick) % 1.0  # |q - round(q)| < 1e-6, as the full check's tick test
-                if (off < 1e-6 or off > _ON_TICK_HI) and qty * price * inst.multiplier <= max_notional:
-                    ref = ref_prices.get(iid)
-                    if ref is None or not ref > 0:
-                        tokens -= 1.0
-                        continue
-                    band = band_pct * ref
-                    by_ticks = band_ticks * tick
-                    if by_ticks > band:
-                        band = by_ticks
-                    band += 1e-12
-                    if -band <= price - ref <= band:
-                        tokens -= 1.0
-                        continue
+                if (
+                    (off < 1e-6 or off > _ON_TICK_HI) and qty * price * mult <= max_notional
+                    and (ref is None or -band <= price - ref <= band)
+                ):
+                    tokens -= 1.0
+                    continue
             if w is not None:
                 w.tokens = tokens
             out[k] = self._check(order, qty, price, ref_prices.get(iid), now_ns, order)

@@ -46,6 +46,24 @@ def _ticks_per_unit(tick: float) -> int:
     return n if n > 0 and abs(n * tick - 1.0) < 1e-12 else 0
 
 
+class _Leg:
+    """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
+    object, not a lookup in each of several dicts keyed by instrument."""
+
+    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "live", "mkt", "orders")
+
+    def __init__(self, inst: Instrument) -> None:
+        self.inst = inst
+        self.iid = inst.instrument_id
+        self.und = inst.underlying
+        self.tick = inst.tick_size
+        self.base: tuple[float, float, float, float] | None = None  # (spot, value, delta, gamma) at the last full price
+        self.want: tuple[float | None, float | None] | None = None  # unclamped target (bid, ask)
+        self.live: tuple[float | None, float | None] | None = None  # what our working orders show (bid, ask)
+        self.mkt: tuple[float, float] | None = None  # best bid / ask last seen (any venue)
+        self.orders: list[Order | None] = [None, None]  # our working [bid, ask] order
+
+
 class OptionsMarketMaker(Strategy):
     """Two-sided quotes on every option of the engine's underlyings. Parameters (keyword arguments):
 
@@ -69,16 +87,11 @@ class OptionsMarketMaker(Strategy):
         self.max_inventory = int(p.get("max_inventory", 50))
         self.requote_ticks = int(p.get("requote_ticks", 1))
         self.full_reprice_bps = float(p.get("full_reprice_bps", 50.0))
-        self.fair: dict[int, float] = {}
-        self.market: dict[int, tuple[float, float]] = {}  # best bid/ask last seen (any venue)
-        self.quotes: dict[int, list[Order | None]] = {}  # instrument -> our working [bid, ask] order
-        self._chain: dict[str, list[Instrument]] = {}
+        self.fair: dict[int, float] = {}  # fair value per option (currency)
+        self._legs: dict[int, _Leg] = {}  # per option
+        self._chain: dict[str, list[_Leg]] = {}
+        self._by_delta: dict[str, list[_Leg]] = {}  # each chain, largest |delta| at the last full price first
         self._underlying_ids: dict[int, str] = {}
-        # Taylor base per option: (spot at the full price, value, delta, gamma)
-        self._base: dict[int, tuple[float, float, float, float]] = {}
-        self._by_delta: dict[str, list[Instrument]] = {}  # each chain, largest |delta| at the last full price first
-        self._want: dict[int, tuple[float | None, float | None]] = {}  # unclamped target (bid, ask)
-        self._live: dict[int, tuple[float | None, float | None]] = {}  # what our working orders show
         self.reprices = 0
 
     def on_start(self) -> None:
@@ -86,16 +99,17 @@ class OptionsMarketMaker(Strategy):
         assert eng is not None
         for inst in eng.instruments.values():
             if inst.is_option:
-                self._chain.setdefault(inst.underlying, []).append(inst)
+                leg = self._legs[inst.instrument_id] = _Leg(inst)
+                self._chain.setdefault(inst.underlying, []).append(leg)
                 eng.portfolio.set_vol(inst.instrument_id, self.vol)
             else:
                 self._underlying_ids[inst.instrument_id] = inst.underlying
         # after a restart: take over our restored working quotes (one per side), cancel any extra
         for order in eng.oms.open_orders(strategy_id=self.name):
-            mine = self.quotes.setdefault(order.instrument_id, [None, None])
+            held = self._legs.get(order.instrument_id)
             k = 0 if order.side == _BUY else 1
-            if mine[k] is None:
-                mine[k] = order
+            if held is not None and held.orders[k] is None:
+                held.orders[k] = order
             else:
                 eng.cancel(order.client_id)
         for und in self._chain:
@@ -112,16 +126,17 @@ class OptionsMarketMaker(Strategy):
             return
         now = eng.clock_ns()
         g = bsm_greeks(
-            torch.tensor([i.right for i in chain], dtype=torch.float64), spot,
-            torch.tensor([i.strike for i in chain], dtype=torch.float64),
-            torch.tensor([max(i.ttm(now), 1e-4) for i in chain], dtype=torch.float64), self.rate, 0.0, self.vol,
+            torch.tensor([leg.inst.right for leg in chain], dtype=torch.float64), spot,
+            torch.tensor([leg.inst.strike for leg in chain], dtype=torch.float64),
+            torch.tensor([max(leg.inst.ttm(now), 1e-4) for leg in chain], dtype=torch.float64), self.rate, 0.0,
+            self.vol,
         )
         vals, deltas, gammas = g["value"].tolist(), g["delta"].tolist(), g["gamma"].tolist()
-        for inst, v, d, gm in zip(chain, vals, deltas, gammas, strict=True):
-            self._base[inst.instrument_id] = (spot, v, d, gm)
-            self.fair[inst.instrument_id] = v
+        for leg, v, d, gm in zip(chain, vals, deltas, gammas, strict=True):
+            leg.base = (spot, v, d, gm)
+            self.fair[leg.iid] = v
         # on an underlying move, the options with the largest |delta| move most: re-quote those first
-        self._by_delta[und] = sorted(chain, key=lambda i: -abs(self._base[i.instrument_id][2]))
+        self._by_delta[und] = sorted(chain, key=lambda leg: -abs(leg.base[2]) if leg.base else 0.0)
         self.reprices += 1
         self._requote_chain(und)
 
@@ -142,7 +157,7 @@ class OptionsMarketMaker(Strategy):
             chain = self._chain.get(und)
             if not spot or not chain:
                 return
-            base = self._base.get(chain[0].instrument_id)
+            base = chain[0].base
             if base is None:  # nothing to quote before the first full price: do it right after this batch
                 eng.after_batch(self._reprice_all)
                 return
@@ -150,16 +165,19 @@ class OptionsMarketMaker(Strategy):
             if abs(spot / base[0] - 1.0) * 1e4 >= self.full_reprice_bps:
                 eng.after_batch(self._reprice_all)
             return
+        leg = self._legs.get(iid)
+        if leg is None:
+            return
         bid, ask = quote.bid, quote.ask
-        self.market[iid] = (bid, ask)
-        want = self._want.get(iid)
+        leg.mkt = (bid, ask)
+        want = leg.want
         # fast path: our target is unchanged, already shown, and the new market does not force a clamp
-        if want is not None and self._live.get(iid) == want:
+        if want is not None and leg.live == want:
             wb, wa = want
             if (wb is None or not wb >= ask) and (wa is None or not wa <= bid):
                 return
-        if iid in self.fair and self.engine is not None:
-            self._requote(self.engine.instruments[iid])
+        if iid in self.fair:
+            self._requote_many((leg,))
 
     def on_fill(self, fill: Fill) -> None:
         eng = self.engine
@@ -168,7 +186,8 @@ class OptionsMarketMaker(Strategy):
         self._requote_chain(eng.instruments[fill.instrument_id].underlying)
 
     def on_timer(self, now_ns: int) -> None:
-        self._live.clear()  # re-check every order against the OMS (catches venue-side cancels)
+        for leg in self._legs.values():
+            leg.live = None  # re-check every order against the OMS (catches venue-side cancels)
         self._reprice_all()
 
     def _reprice_all(self) -> None:
@@ -183,19 +202,15 @@ class OptionsMarketMaker(Strategy):
     def _requote_chain(self, und: str) -> None:
         self._requote_many(self._chain.get(und, ()))
 
-    def _requote(self, inst: Instrument) -> None:
-        self._requote_many((inst,))
-
-    def _requote_many(self, insts: Iterable[Instrument], spot: float | None = None) -> None:
-        """Bring the quotes of ``insts`` to their targets: new quotes and pulled ones go out as they are
+    def _requote_many(self, legs: Iterable[_Leg], spot: float | None = None) -> None:
+        """Bring the quotes of ``legs`` to their targets: new quotes and pulled ones go out as they are
         found, and the re-prices of working quotes go out together in one mass quote at the end (one
         ``amend_many``). With ``spot``, each fair value is first stepped to it from its Taylor base."""
         eng = self.engine
         assert eng is not None
         pf = eng.portfolio
         positions, units, totals = pf.positions, pf.unit, pf.totals
-        fair_of, base_of, market, want_of, live = self.fair, self._base, self.market, self._want, self._live
-        quotes, quote_side = self.quotes, self._quote_side
+        fair_of, quote_side = self.fair, self._quote_side
         inv_skew, delta_skew, vega_skew = self.inventory_skew, self.delta_skew, self.vega_skew
         hw, max_inv, size, ticks = self.half_width_ticks, self.max_inventory, self.size, self.requote_ticks
         floor, ceil, working, ticks_per_unit = math.floor, math.ceil, _WORKING, _TICKS_PER_UNIT
@@ -207,9 +222,10 @@ class OptionsMarketMaker(Strategy):
         und: str | None = None
         book: list[float] | tuple[float, ...] = _ZERO4
         tick, per_unit, move = 0.0, 0, 0.0
-        for inst in insts:
-            iid = inst.instrument_id
-            if spot is not None and (b := base_of.get(iid)) is not None:
+        for leg in legs:
+            iid = leg.iid
+            b = leg.base
+            if spot is not None and b is not None:
                 ds = spot - b[0]
                 fair = b[1] + ds * (b[2] + 0.5 * b[3] * ds)
                 if fair < 0.0:
@@ -222,11 +238,11 @@ class OptionsMarketMaker(Strategy):
             pos = positions.get(iid)
             qty = pos.qty if pos is not None else 0
             unit = units.get(iid, _ZERO4)
-            if inst.underlying is not und:  # the book's Greeks: one lookup per underlying, not per option
-                und = inst.underlying
+            if leg.und is not und:  # the book's Greeks: one lookup per underlying, not per option
+                und = leg.und
                 book = totals.get(und, _ZERO4)
-            if inst.tick_size != tick:  # per tick size (one in a chain): its grid and its re-quote threshold
-                tick = inst.tick_size
+            if leg.tick != tick:  # per tick size (one in a chain): its grid and its re-quote threshold
+                tick = leg.tick
                 known = ticks_per_unit.get(tick)
                 per_unit = ticks_per_unit[tick] = _ticks_per_unit(tick) if known is None else known
                 move = ticks * tick - 1e-9
@@ -242,21 +258,19 @@ class OptionsMarketMaker(Strategy):
             if qty <= -max_inv:
                 want_ask = None
             want = (want_bid, want_ask)
-            mkt = market.get(iid)
-            if spot is not None and want == want_of.get(iid) and want == live.get(iid) and (
+            mkt = leg.mkt
+            if spot is not None and want == leg.want and want == leg.live and (
                 mkt is None or ((want_bid is None or not want_bid >= mkt[1]) and (want_ask is None or not want_ask <= mkt[0]))
             ):
                 continue  # the step left this option's quotes where they are, and they are working there
-            want_of[iid] = want
+            leg.want = want
             if mkt is not None:  # never cross the market: one tick inside its opposite side
                 mb, ma = mkt
                 if want_bid is not None and ma == ma and want_bid >= ma:
                     want_bid = round(ma - tick, 10) if ma - tick >= tick else None
                 if want_ask is not None and mb == mb and want_ask <= mb:
                     want_ask = round(mb + tick, 10)
-            mine = quotes.get(iid)
-            if mine is None:
-                mine = quotes[iid] = [None, None]
+            mine = leg.orders
             # the common case inline: a working quote that stays, or moves (one amend); else _quote_side
             o = mine[0]
             if want_bid is not None and o is not None and o.status in working and o.price is not None:
@@ -271,14 +285,15 @@ class OptionsMarketMaker(Strategy):
                 if not -move < o.price - want_ask < move:
                     n = o.filled_qty + size
                     amends.append((o, n if n > o.qty else o.qty, want_ask))
-                live[iid] = (shown_bid, want_ask)
+                leg.live = (shown_bid, want_ask)
             else:
-                live[iid] = (shown_bid, quote_side(mine, 1, iid, want_ask, tick))
+                leg.live = (shown_bid, quote_side(mine, 1, iid, want_ask, tick))
         if amends:
             for (o, _, _), denial in zip(amends, eng.amend_many(amends), strict=True):
-                if denial is not None:  # that order still shows its old price: not what we want
-                    b0, a0 = live[o.instrument_id]
-                    live[o.instrument_id] = (None, a0) if o.side == _BUY else (b0, None)
+                leg = self._legs[o.instrument_id]
+                if denial is not None and leg.live is not None:  # that order still shows its old price
+                    b0, a0 = leg.live
+                    leg.live = (None, a0) if o.side == _BUY else (b0, None)
 
     def _quote_side(self, mine: list[Order | None], k: int, iid: int, price: float | None, tick: float) -> float | None:
         """Side ``k`` (0 bid, 1 ask) of an option when it is not a working quote re-priced in place (that case

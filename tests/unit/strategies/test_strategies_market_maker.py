@@ -76,7 +76,7 @@ def test_underlying_move_steps_fair_values_and_requotes_largest_delta_first() ->
     amended = [iid for kind, iid, _ in venue.sent if kind == "amend"]
     assert len(amended) >= 10
     firsts = list(dict.fromkeys(amended))
-    deltas = [abs(mm._base[iid][2]) for iid in firsts]
+    deltas = [abs(mm._legs[iid].base[2]) for iid in firsts]  # type: ignore[index]
     assert deltas == sorted(deltas, reverse=True)
     assert eng.latency_us(first_only=True)["count"] == 1 and eng.latency_us()["count"] == len(venue.sent)
 
@@ -125,8 +125,8 @@ def test_a_denied_requote_is_tried_again_on_the_next_quote_of_that_option() -> N
     eng.process([Quote(1, 100.29, 100.31, 100, 100, T0, "V1")])
     amended = [iid for kind, iid, _ in venue.sent if kind == "amend"]
     assert len(amended) == 1 and eng.risk.denials["ORDER_RATE"] >= 9
-    chain = [i.instrument_id for i in mm._by_delta["GFX"]]
-    denied = [iid for iid in chain if iid not in amended and mm._want[iid] != mm._live[iid]]
+    chain = [leg.iid for leg in mm._by_delta["GFX"]]
+    denied = [iid for iid in chain if iid not in amended and mm._legs[iid].want != mm._legs[iid].live]
     assert denied  # the strategy knows those quotes do not show what it wants
     iid = denied[0]
     eng.risk.set_limits(max_orders_per_s=1000)
@@ -135,4 +135,4 @@ def test_a_denied_requote_is_tried_again_on_the_next_quote_of_that_option() -> N
     fair = mm.fair[iid]
     eng.process([Quote(iid, round(fair * 0.5, 2), round(fair * 1.5, 2), 10, 10, clock.now_ns(), "V1")])
     assert [k for k, _, _ in venue.sent] in (["amend"], ["amend", "amend"])
-    assert {i for _, i, _ in venue.sent} == {iid} and mm._want[iid] == mm._live[iid]
+    assert {i for _, i, _ in venue.sent} == {iid} and mm._legs[iid].want == mm._legs[iid].live

@@ -61,13 +61,15 @@ UNDERLYING_EVERY = 500
 class AckVenue(Venue):
     """Acknowledges every request at the next poll; never fills. Counts what it received.
 
-    A request is only noted (one tuple) when the engine hands it over; the acknowledgement events are built at
-    :meth:`poll`, as a venue would build them on its side, so the sink's own work stays off the timed path."""
+    A request is only noted (one tuple; a mass quote, one tuple holding its amends) when the engine hands it
+    over; the acknowledgement events are built at :meth:`poll`, as a venue would build them on its side, so
+    the sink's own work stays off the timed path."""
 
     def __init__(self, name: str, maker_fee: float, taker_fee: float) -> None:
         self.name = name
         self._fees = (maker_fee, taker_fee)
-        self._out: list[tuple[str, str, int, float, int]] = []
+        # (kind, client id, qty, price, time), and for a mass quote its amends as a sixth item
+        self._out: list[tuple[Any, ...]] = []
         self.received = 0
 
     def fees(self) -> tuple[float, float]:
@@ -82,9 +84,9 @@ class AckVenue(Venue):
         self._out.append(("replaced", order.client_id, new_qty, new_price, now_ns))
 
     def amend_many(self, amends: Sequence[tuple[Order, int, float]], now_ns: int) -> None:
-        # a mass quote is one message: noted in one go, as a venue takes one message
+        # a mass quote is one message: noted as one entry, its acknowledgements built at the poll
         self.received += len(amends)
-        self._out.extend([("replaced", o.client_id, q, p, now_ns) for o, q, p in amends])
+        self._out.append(("mass", "", 0, 0.0, now_ns, amends))
 
     def cancel(self, order: Order, now_ns: int) -> None:
         self.received += 1
@@ -93,7 +95,13 @@ class AckVenue(Venue):
     def poll(self, now_ns: int) -> list[Any]:
         out, self._out = self._out, []
         name = self.name
-        return [VenueEvent(k, name, cid, qty=q, price=p, ts_ns=ts) for k, cid, q, p, ts in out]
+        events = []
+        for k, cid, q, p, ts, *mass in out:
+            if k == "mass":
+                events += [VenueEvent("replaced", name, o.client_id, qty=q2, price=p2, ts_ns=ts) for o, q2, p2 in mass[0]]
+            else:
+                events.append(VenueEvent(k, name, cid, qty=q, price=p, ts_ns=ts))
+        return events
 
     def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:
         return [], []

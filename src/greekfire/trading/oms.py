@@ -96,6 +96,7 @@ class OMS:
         opened = self._open
         on_change = self.on_change
         entries: list[tuple[str, dict[str, Any]]] = []
+        infos: list[dict[str, Any]] = []
         try:
             for order, info in moves:
                 old = order.transition(new, ts_ns)[0]
@@ -105,6 +106,7 @@ class OMS:
                 data = {"old": old._value_, "new": value}
                 data.update(info)
                 entries.append((cid, data))
+                infos.append(info)
                 if on_change is not None:
                     on_change(cid, value)
         finally:
@@ -114,8 +116,7 @@ class OMS:
                 self.transitions += n
                 self.status_counts[value] = self.status_counts.get(value, 0) + n
             if n and self.bus.has_subscribers("orders"):
-                for seq, (cid, data) in enumerate(entries, first):
-                    info = {k: v for k, v in data.items() if k not in ("old", "new")}
+                for seq, (cid, data), info in zip(range(first, first + n), entries, infos, strict=True):
                     self.bus.publish("orders", OrderEvent(seq, ts_ns, cid, data["old"], value, info))
 
     def _emit(self, order: Order, old: OrderStatus, ts_ns: int, reason: str, info: dict[str, Any]) -> OrderEvent | None:

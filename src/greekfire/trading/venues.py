@@ -189,10 +189,11 @@ class SimulatedVenue(Venue):
     def _delay(self) -> int:
         return self.latency_ns + (int(self.rng.random() * self.jitter_ns) if self.jitter_ns else 0)
 
-    def _push_in(self, now_ns: int, op: str, args: tuple[Any, ...]) -> None:
+    def _push_in(self, now_ns: int, op: str, args: tuple[Any, ...], due_ns: int | None = None) -> None:
+        # a request on the wire: it arrives at ``due_ns`` (default: now plus one delay)
         self._seq += 1
         self.requests += 1
-        heapq.heappush(self._inbound, (now_ns + self._delay(), self._seq, op, args))
+        heapq.heappush(self._inbound, (now_ns + self._delay() if due_ns is None else due_ns, self._seq, op, args))
 
     def submit(self, order: Order, now_ns: int) -> None:
         self._push_in(now_ns, "submit", (order.client_id, order.instrument_id, int(order.side), order.qty,
@@ -204,11 +205,8 @@ class SimulatedVenue(Venue):
     def amend_many(self, amends: Sequence[tuple[Order, int, float]], now_ns: int) -> None:
         """A mass quote is one message: its amends travel together (one delay) and apply in order."""
         due = now_ns + self._delay()
-        inbound = self._inbound
         for order, qty, price in amends:
-            self._seq += 1
-            heapq.heappush(inbound, (due, self._seq, "amend", (order.client_id, qty, price)))
-        self.requests += len(amends)
+            self._push_in(now_ns, "amend", (order.client_id, qty, price), due)
 
     def cancel(self, order: Order, now_ns: int) -> None:
         self._push_in(now_ns, "cancel", (order.client_id,))

@@ -181,8 +181,11 @@ def test_corrupted_streams_never_crash():
                 assert exc.position == 0
                 continue
             assert len(msgs) <= cut.size // 14 + 1
-            _, _, res = itch.build_books(cut, framing)
-            assert res.applied >= 0
+            _, decoded, res = itch.build_books(cut, framing)
+            # every book event of what decoded is counted once, each refusal has a reason and a real position
+            assert res.applied == itch.book_events(decoded)[0].shape[0]
+            assert res.bad == sum(res.by_reason.values()) <= res.applied
+            assert all(0 <= i < len(decoded) for i, _ in res.first_bad)
 
 
 def test_stream_books_from_packets_match_the_file_books():

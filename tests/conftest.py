@@ -10,6 +10,8 @@ import importlib
 import os
 import shutil
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,24 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def poll_until(
+    cond: Callable[[], object], timeout_s: float = 5.0, step_s: float = 0.02, *, ignore: tuple[type[BaseException], ...] = ()
+) -> bool:
+    """Call ``cond`` every ``step_s`` seconds until it returns something true (True) or ``timeout_s`` seconds
+    pass (False, after one last try). Exceptions of the types in ``ignore`` count as "not yet" (a server that
+    is still starting refuses connections)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cond():
+                return True
+        except ignore:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step_s)
 
 
 def free_port() -> int:

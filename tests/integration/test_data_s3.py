@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from torch.utils.data import DataLoader
 
-from conftest import free_port, need, port_open
+from conftest import free_port, need, poll_until, port_open
 from greekfire.core.settings import Settings, load_settings
 from greekfire.data.dataset import StreamingOptionsDataset, read_samples, table_to_samples, write_samples
 from greekfire.data.features import Samples, build_samples
@@ -55,11 +54,9 @@ def moto() -> Iterator[dict[str, Any]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not port_open("127.0.0.1", port):
-            assert proc.poll() is None, "moto_server exited at start"
-            assert time.monotonic() < deadline, "moto_server did not open its port in 30 s"
-            time.sleep(0.1)
+        started = poll_until(lambda: port_open("127.0.0.1", port) or proc.poll() is not None, 30, 0.1)
+        assert proc.poll() is None, "moto_server exited at start"
+        assert started, "moto_server did not open its port in 30 s"
         import boto3
 
         endpoint = f"http://127.0.0.1:{port}"

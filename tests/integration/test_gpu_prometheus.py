@@ -5,14 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import free_port, need_binary, port_open
+from conftest import free_port, need_binary, poll_until, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "deploy" / "prometheus"
@@ -21,18 +20,6 @@ sys.path.insert(0, str(ROOT / "tests" / "unit" / "gpu"))  # the fake NVML module
 from gpu_fake_nvml import FakeNvml, gpus  # noqa: E402
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(cond, timeout_s: float, step_s: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(step_s)
-    return False
 
 
 def test_promtool_rule_tests_pass() -> None:
@@ -54,7 +41,7 @@ def test_gpu_serve_command_answers(tmp_path: Path) -> None:
            "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert wait_until(lambda: port_open("127.0.0.1", port), 30), "greekfire gpu serve did not start"
+        assert poll_until(lambda: port_open("127.0.0.1", port), 30, 0.1, ignore=(httpx.HTTPError,)), "greekfire gpu serve did not start"
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
         assert health.status_code == 200 and health.headers["content-type"] == "application/json"
         body = health.json()
@@ -82,7 +69,7 @@ def gpu_app_with_fake_gpus() -> Iterator[int]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    assert wait_until(lambda: server.started, 20), "uvicorn did not start"
+    assert poll_until(lambda: server.started, 20, 0.1, ignore=(httpx.HTTPError,)), "uvicorn did not start"
     try:
         yield port
     finally:
@@ -109,7 +96,7 @@ def test_prometheus_scrapes_our_metrics(tmp_path: Path, gpu_app_with_fake_gpus: 
     )
     base = f"http://127.0.0.1:{prom_port}"
     try:
-        assert wait_until(lambda: httpx.get(f"{base}/-/ready", timeout=2).status_code == 200, 30), \
+        assert poll_until(lambda: httpx.get(f"{base}/-/ready", timeout=2).status_code == 200, 30, 0.1, ignore=(httpx.HTTPError,)), \
             (tmp_path / "prometheus.log").read_text()[-2000:]
         result: list[dict] = []
 
@@ -119,7 +106,7 @@ def test_prometheus_scrapes_our_metrics(tmp_path: Path, gpu_app_with_fake_gpus: 
             result = r.json()["data"]["result"]
             return bool(result)
 
-        assert wait_until(scraped, 30, 0.25), "Prometheus did not scrape DCGM_FI_DEV_GPU_UTIL in 30 s"
+        assert poll_until(scraped, 30, 0.25, ignore=(httpx.HTTPError,)), "Prometheus did not scrape DCGM_FI_DEV_GPU_UTIL in 30 s"
         (series,) = result
         labels = series["metric"]
         assert labels["job"] == "greekfire-gpu" and labels["gpu"] == "1" and labels["device"] == "nvidia1"

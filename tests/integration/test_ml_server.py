@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 import uvicorn
 
-from conftest import free_port, port_open
+from conftest import free_port, poll_until, port_open
 from greekfire.api.pricing import build_app
 from greekfire.core.settings import load_settings
 from greekfire.ml.config import compose_experiment
@@ -43,10 +42,8 @@ class _Server:
 
     def __enter__(self) -> _Server:
         self.thread.start()
-        deadline = time.time() + 30
-        while not port_open("127.0.0.1", int(self.url.rsplit(":", 1)[1])):
-            assert time.time() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
+        port = int(self.url.rsplit(":", 1)[1])
+        assert poll_until(lambda: port_open("127.0.0.1", port), 30, 0.05), "uvicorn did not start"
         return self
 
     def __exit__(self, *exc: object) -> None:

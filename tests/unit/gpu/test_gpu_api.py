@@ -5,6 +5,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from gpu_fake_nvml import FakeNvml, gpus
 
+from conftest import poll_until
 from greekfire.api.gpu import build_app
 from greekfire.core.settings import load_settings
 from greekfire.gpu.cloud import CloudInfo
@@ -39,11 +40,7 @@ def test_health_and_metrics_with_fake_gpus() -> None:
         text = client.get("/metrics").text
         assert 'DCGM_FI_DEV_GPU_UTIL{Hostname=' in text and 'UUID="GPU-api-1"' in text
         fake.inject_xid(1, 79)
-        import time
-
-        deadline = time.monotonic() + 5
-        while client.get("/health").json()["status"] != "degraded" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll_until(lambda: client.get("/health").json()["status"] == "degraded", 5)
         body = client.get("/health").json()
         assert body["status"] == "degraded"
         assert [d["healthy"] for d in body["devices"] if d["kind"] == "nvidia"] == [True, False]

@@ -1,24 +1,14 @@
 from __future__ import annotations
 
-import time
-
 import pytest
 from gpu_fake_nvml import FakeNvml, gpus
 
+from conftest import poll_until
 from greekfire.core.metrics import sample_value
 from greekfire.core.settings import GpuSettings
 from greekfire.gpu.cloud import CloudInfo
 from greekfire.gpu.health import APPLICATION_XIDS, HealthTracker, XidWatcher
 from greekfire.gpu.manager import GpuManager
-
-
-def wait_for(cond, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return bool(cond())
 
 
 @pytest.fixture
@@ -36,7 +26,7 @@ def test_xid_79_marks_unhealthy_and_placement_skips(fake: FakeNvml) -> None:
         before = mgr.place(need_mb=100)
         assert before.device.uuid == "GPU-health-0"  # equal load: the one with more free memory
         fake.inject_xid(0, 79)  # GPU has fallen off the bus
-        assert wait_for(lambda: not mgr.tracker.is_healthy("GPU-health-0"))
+        assert poll_until(lambda: not mgr.tracker.is_healthy("GPU-health-0"))
         after = mgr.place(need_mb=100)
         assert after.device.uuid == "GPU-health-1"
         assert "critical XID 79" in after.skipped["GPU-health-0"]
@@ -51,7 +41,7 @@ def test_xid_79_marks_unhealthy_and_placement_skips(fake: FakeNvml) -> None:
             mgr.placer.policy = policy
             assert {mgr.place().device.uuid for _ in range(4)} == {"GPU-health-1"}
         fake.inject_xid(1, 48)  # double-bit ECC XID on the other: no GPU left
-        assert wait_for(lambda: not mgr.tracker.is_healthy("GPU-health-1"))
+        assert poll_until(lambda: not mgr.tracker.is_healthy("GPU-health-1"))
         assert mgr.place().device.kind == "cpu"
         assert mgr.health()["status"] == "unavailable"
     finally:
@@ -64,7 +54,7 @@ def test_xid_13_keeps_device_healthy(fake: FakeNvml) -> None:
     assert watcher.start()
     try:
         fake.inject_xid(0, 13)
-        assert wait_for(lambda: tracker.get("GPU-health-0").xid_count == 1)
+        assert poll_until(lambda: tracker.get("GPU-health-0").xid_count == 1)
         assert tracker.is_healthy("GPU-health-0")
         assert tracker.get("GPU-health-0").last_xid == 13
     finally:

@@ -5,6 +5,7 @@ import logging
 import pytest
 from gpu_fake_nvml import FakeNvml, gpus
 
+from conftest import poll_until
 from greekfire.core.metrics import render, sample_value
 from greekfire.core.settings import GpuAlertSettings, GpuSettings
 from greekfire.gpu.health import HealthTracker
@@ -138,11 +139,7 @@ def test_sampler_thread_runs_and_stops() -> None:
     fake = FakeNvml(gpus(1))
     mon = GpuMonitor(GpuSettings(sample_interval_s=0.05), nvml=fake)
     mon.start()
-    import time
-
-    deadline = time.monotonic() + 5
-    while mon.passes < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    poll_until(lambda: mon.passes >= 3, 5)
     mon.stop()
     assert mon.passes >= 3
     assert fake.init_calls == fake.shutdown_calls == 1

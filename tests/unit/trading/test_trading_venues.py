@@ -3,10 +3,10 @@ its reports come back in the order it sent them (one session), unless told to le
 
 from __future__ import annotations
 
-from greekfire.trading.model import Side
+from greekfire.trading.build import default_instruments
+from greekfire.trading.model import Side, VenueEvent
 from greekfire.trading.orders import Order
-from greekfire.trading.paper import default_instruments
-from greekfire.trading.venues import SimulatedVenue, VenueEvent
+from greekfire.trading.simvenue import SimulatedVenue
 
 T0 = 1_800_000_000 * 10**9
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from greekfire.trading.denials import Denial, TradingState
+from greekfire.trading.denials import Denial, Reason, TradingState
 from greekfire.trading.model import (
     BookUpdate,
     Fill,
@@ -38,6 +38,13 @@ from greekfire.trading.model import (
     TradeTick,
 )
 from greekfire.trading.orders import OrderStatus
+
+# a strategy needs this module alone: the records it handles are re-exported here
+__all__ = [
+    "BookUpdate", "Denial", "Fill", "GreekRow", "Instrument", "OrderStatus", "OrderType", "OrderView",
+    "PositionView", "Quote", "Reason", "Side", "Strategy", "StrategyContext", "TimeInForce", "TradeTick",
+    "TradingState",
+]
 
 GreekRow = tuple[float, float, float, float]  # (delta, gamma, vega, theta)
 

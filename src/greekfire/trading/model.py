@@ -12,26 +12,16 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 from greekfire.core.errors import DataError
-from greekfire.market.matching import (
-    Side,  # one order side for exchange and trader (sign of the position change)
-)
+
+# one side, order type and time in force for exchange and trader (Side: the sign of the position change)
+from greekfire.market.matching import OrderType, Side, TimeInForce
+
+__all__ = [
+    "SECONDS_PER_YEAR", "BookUpdate", "Fill", "Instrument", "InstrumentKind", "OrderEvent", "OrderType", "Quote",
+    "Side", "TimeInForce", "TradeTick", "VenueEvent", "VenueEventKind", "VenueOrderState", "option",
+]
 
 SECONDS_PER_YEAR = 365.0 * 86400.0  # ACT/365, the pricing core's convention
-
-
-class OrderType(IntEnum):
-    LIMIT = 0
-    MARKET = 1
-    STOP = 2  # a market order once the reference price trades through stop_price
-    STOP_LIMIT = 3
-
-
-class TimeInForce(IntEnum):
-    GTC = 0
-    DAY = 1
-    IOC = 2
-    FOK = 3
-    GTD = 4  # good till expire_ns
 
 
 class InstrumentKind(IntEnum):

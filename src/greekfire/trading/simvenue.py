@@ -14,8 +14,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from greekfire.market.matching import ExecKind, ExecReport, MatchingEngine, OrdType
-from greekfire.market.matching import TimeInForce as MTif
+from greekfire.market.matching import ExecKind, ExecReport, MatchingEngine
 from greekfire.trading.model import (
     BookUpdate,
     Instrument,
@@ -31,10 +30,6 @@ from greekfire.trading.model import (
 from greekfire.trading.orders import Order
 from greekfire.trading.venues import Venue
 
-_TIF = {
-    TimeInForce.GTC: MTif.GTC, TimeInForce.DAY: MTif.DAY, TimeInForce.IOC: MTif.IOC,
-    TimeInForce.FOK: MTif.FOK, TimeInForce.GTD: MTif.GTC,  # GTD expiry is enforced by the engine's timer
-}
 _KIND = {
     ExecKind.ACCEPTED: VenueEventKind.ACCEPTED, ExecKind.REJECTED: VenueEventKind.REJECTED,
     ExecKind.TRADE: VenueEventKind.FILL, ExecKind.CANCELED: VenueEventKind.CANCELED,
@@ -233,7 +228,7 @@ class SimulatedVenue(Venue):
             is_mkt = ord_type == OrderType.MARKET
             reports = self.books[iid].submit(
                 oid, US_OWNER, Side(side), qty, None if is_mkt else inst.to_ticks(price),
-                OrdType.MARKET if is_mkt else OrdType.LIMIT, _TIF[TimeInForce(tif)], post_only, now_ns,
+                OrderType(ord_type), TimeInForce(tif), post_only, now_ns,
             )
         elif op == "amend":
             cid, new_qty, new_price = args
@@ -346,7 +341,7 @@ class SimulatedVenue(Venue):
                 oid = self._next_oid
                 self._next_oid += 1
                 reports = self.books[iid].submit(oid, 100 + self.rng.randint(0, 9), side, self.rng.randint(1, 10),
-                                                 None, OrdType.MARKET, ts_ns=now_ns)
+                                                 None, OrderType.MARKET, ts_ns=now_ns)
             else:
                 reports = self._bg_quote(iid, now_ns)
             touched.add(iid)

@@ -1,4 +1,5 @@
-"""Strategies that run on the trading engine (they subclass :class:`greekfire.trading.strategy.Strategy` and act through its context).
+"""Strategies that run on the trading engine: they subclass :class:`greekfire.trading.strategy.Strategy`
+and act only through the context the engine hands them (see docs/strategies.md).
 
 ``STRATEGIES`` maps the names accepted by ``greekfire trade --strategy`` to ``module:Class``;
 :func:`load_strategy` also accepts any ``module:Class`` path.

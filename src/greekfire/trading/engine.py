@@ -1,15 +1,12 @@
 """The trading engine: one event loop, one message bus, and the path market event -> decision -> risk ->
 router -> venue -> fills -> positions, P&L and Greeks.
 
-The loop is this module; each job is a part of its own: order entry and mass quotes
-(:mod:`~greekfire.trading.entry`), held stops (:mod:`~greekfire.trading.stops`), venue events
-(:mod:`~greekfire.trading.executions`), latency (:mod:`~greekfire.trading.latency`), recovery
-(:mod:`~greekfire.trading.recovery`), the strategies' contexts (:mod:`~greekfire.trading.context`) and their
-timers (:mod:`~greekfire.trading.timers`). Strategies hear the bus (``quotes.<symbol>``, ``trades.<symbol>``,
-``books.<symbol>``, ``fills.<strategy>``, ``timers``) and act through their context. Dispatch is synchronous
-inside the loop, so the latency of the internal path (market event in -> order handed to the venue) is
-measured exactly.
-
+This module is the loop; each other job is a part of its own: order entry and mass quotes (``entry``), held
+stops (``stops``), venue events (``executions``), latency (``latency``), recovery (``recovery``), limits the
+engine enforces itself (``guard``), reports (``report``), the strategies' contexts (``context``) and timers
+(``timers``). Strategies hear the bus (``quotes.<symbol>``, ``trades.<symbol>``, ``books.<symbol>``,
+``fills.<strategy>``, ``timers``) and act through their context. Dispatch is synchronous inside the loop, so
+the latency of the internal path (market event in -> order handed to the venue) is measured exactly.
 Build it with :func:`greekfire.trading.build_engine` so tests run what production runs.
 """
 
@@ -59,7 +56,6 @@ from greekfire.trading.venues import Venue
 
 log = logging.getLogger(__name__)
 
-EVENTS = counter("greekfire_trading_events", "market and venue events processed", ["kind"])
 STRATEGY_ERRORS = counter("greekfire_trading_strategy_errors", "exceptions raised by strategies", ["strategy"])
 
 

@@ -159,3 +159,15 @@ def test_declared_vol_values_the_book_and_the_var() -> None:
 def test_a_strategy_without_an_engine_says_so() -> None:
     with pytest.raises(RuntimeError, match="not attached to an engine"):
         Recorder().submit(2, Side.BUY, 1, 2.45)
+
+
+def test_a_repeating_timer_polled_late_fires_once_then_keeps_its_interval() -> None:
+    from greekfire.trading.timers import Timers
+
+    fired: list[tuple[str, int]] = []
+    timers = Timers(lambda owner, fn, now: fired.append((owner, now)))
+    tid = timers.add("s", 1_000, lambda now: None, interval_ns=1_000)
+    assert timers.fire_due(999) == 0
+    assert timers.fire_due(5_500) == 1  # four intervals missed: one call, not a burst
+    assert timers.heap[0][0] == 6_500 and fired == [("s", 5_500)]
+    assert timers.cancel(tid) and timers.fire_due(10_000) == 0 and not timers.cancel(tid)

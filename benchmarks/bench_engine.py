@@ -47,15 +47,17 @@ from peers import peer_python  # noqa: E402
 from greekfire.core.settings import load_settings  # noqa: E402
 from greekfire.strategies.market_maker import OptionsMarketMaker  # noqa: E402
 from greekfire.trading import build_engine  # noqa: E402
-from greekfire.trading.model import Quote  # noqa: E402
+from greekfire.trading.build import default_instruments  # noqa: E402
+from greekfire.trading.model import Quote, VenueEvent, VenueEventKind, VenueOrderState  # noqa: E402
 from greekfire.trading.orders import Order  # noqa: E402
-from greekfire.trading.paper import SyntheticMarket, default_instruments  # noqa: E402
-from greekfire.trading.venues import Venue, VenueEvent, VenueOrderState  # noqa: E402
+from greekfire.trading.synthetic import SyntheticMarket  # noqa: E402
+from greekfire.trading.venues import Venue  # noqa: E402
 
 NAUTILUS_CLAIM_EVENTS_PER_S = 500_000.0
 N_EVENTS = 200_000
 BATCH = 100
 UNDERLYING_EVERY = 500
+_ACCEPTED, _REPLACED = VenueEventKind.ACCEPTED, VenueEventKind.REPLACED
 
 
 class AckVenue(Venue):
@@ -77,11 +79,11 @@ class AckVenue(Venue):
 
     def submit(self, order: Order, now_ns: int) -> None:
         self.received += 1
-        self._out.append(("accepted", order.client_id, 0, 0.0, now_ns))
+        self._out.append((_ACCEPTED, order.client_id, 0, 0.0, now_ns))
 
     def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
         self.received += 1
-        self._out.append(("replaced", order.client_id, new_qty, new_price, now_ns))
+        self._out.append((_REPLACED, order.client_id, new_qty, new_price, now_ns))
 
     def amend_many(self, amends: Sequence[tuple[Order, int, float]], now_ns: int) -> None:
         # a mass quote is one message: noted as one entry, its acknowledgements built at the poll
@@ -90,7 +92,7 @@ class AckVenue(Venue):
 
     def cancel(self, order: Order, now_ns: int) -> None:
         self.received += 1
-        self._out.append(("canceled", order.client_id, 0, 0.0, now_ns))
+        self._out.append((VenueEventKind.CANCELED, order.client_id, 0, 0.0, now_ns))
 
     def poll(self, now_ns: int) -> list[Any]:
         out, self._out = self._out, []
@@ -98,7 +100,7 @@ class AckVenue(Venue):
         events = []
         for k, cid, q, p, ts, *mass in out:
             if k == "mass":
-                events += [VenueEvent("replaced", name, o.client_id, qty=q2, price=p2, ts_ns=ts) for o, q2, p2 in mass[0]]
+                events += [VenueEvent(_REPLACED, name, o.client_id, qty=q2, price=p2, ts_ns=ts) for o, q2, p2 in mass[0]]
             else:
                 events.append(VenueEvent(k, name, cid, qty=q, price=p, ts_ns=ts))
         return events
@@ -152,7 +154,8 @@ def run(n: int = N_EVENTS, stream: tuple[list[Quote], Any, Any] | None = None) -
     # per batch, wall time and this thread's CPU time: where wall exceeds CPU by a lot, the OS took the
     # core away (the machine is shared), which is what latency tails on a loaded box are made of
     wall_ns, cpu_ns, preempted = time.perf_counter_ns, time.thread_time_ns, 0
-    raw_all, raw_first = eng._lat_all, eng._lat_first  # undrained samples (ns), read-only here
+    rec = eng.latency_recorder
+    raw_all, raw_first = rec.samples, rec.first_samples  # undrained samples (ns), read-only here
     calm_all = HdrHistogram(100, 10_000_000_000, 3)
     calm_first = HdrHistogram(100, 10_000_000_000, 3)
     cpu0 = cpu_ns()

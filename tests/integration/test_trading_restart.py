@@ -13,10 +13,11 @@ from greekfire.core.clock import ManualClock
 from greekfire.core.settings import load_settings
 from greekfire.strategies.market_maker import OptionsMarketMaker
 from greekfire.trading import build_engine
+from greekfire.trading.build import default_instruments
 from greekfire.trading.engine import TradingEngine
-from greekfire.trading.paper import SyntheticMarket, default_instruments
+from greekfire.trading.simvenue import SimulatedVenue
 from greekfire.trading.store import SnapshotStore
-from greekfire.trading.venues import SimulatedVenue
+from greekfire.trading.synthetic import SyntheticMarket
 
 pytestmark = pytest.mark.integration
 

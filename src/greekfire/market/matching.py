@@ -1,12 +1,14 @@
 """Matching engine: the exchange side of a simulated venue.
 
 Continuous price-time matching of one instrument. Prices are integer ticks, quantities integers.
-Order types: limit, market; time in force GTC, DAY, IOC, FOK; post-only; cancel; cancel/replace;
+Order types: limit, market; time in force GTC, DAY, IOC, FOK (GTD rests as GTC: its owner cancels it at
+its expiry); post-only; cancel; cancel/replace;
 self-trade prevention; maker/taker fees per unit of quantity; execution reports with trade ids.
 
 Report conventions (what a venue adapter can rely on):
 
-* A bad request (unknown side / time in force / order type, missing price, quantity <= 0, duplicate live
+* A bad request (unknown side / time in force / order type, a stop order (``unsupported_ord_type``: stops
+  are held by the trading engine until triggered), missing price, quantity <= 0, duplicate live
   id, post-only that would cross, FOK that cannot fill completely) gets one ``REJECTED`` report and never
   touches the book.
 * An accepted order gets ``ACCEPTED`` first, then, for each fill, one ``TRADE`` for the aggressor
@@ -31,6 +33,7 @@ __all__ = [
     "ExecReport",
     "MatchingEngine",
     "OrdType",
+    "OrderType",
     "Side",
     "TimeInForce",
 ]
@@ -43,16 +46,28 @@ class Side(IntEnum):
     SELL = -1
 
 
-class OrdType(IntEnum):
+class OrderType(IntEnum):
+    """Order types, one set for the books and the trading engine. A book works LIMIT and MARKET; STOP (a
+    market order once the reference trades through ``stop_price``) and STOP_LIMIT are held by the trading
+    engine until triggered."""
+
     LIMIT = 0
     MARKET = 1
+    STOP = 2
+    STOP_LIMIT = 3
+
+
+OrdType = OrderType  # the name the book's callers use
 
 
 class TimeInForce(IntEnum):
+    """Time in force, one set for the books and the trading engine."""
+
     GTC = 0
     DAY = 1
     IOC = 2
     FOK = 3
+    GTD = 4  # good till ``expire_ns``: a book rests it as GTC, the trading engine cancels it at expiry
 
 
 class ExecKind(IntEnum):
@@ -313,6 +328,8 @@ class MatchingEngine:
             pass  # a malformed request: rejected below without touching the book
         elif qty <= 0:
             reason = "bad_qty"
+        elif ord_type > _MARKET:
+            reason = "unsupported_ord_type"
         elif not is_market and price is None:
             reason = "missing_price"
         elif order_id in self._orders:

@@ -1,4 +1,5 @@
-"""Strategies that run on the trading engine (they subclass :class:`greekfire.trading.Strategy`).
+"""Strategies that run on the trading engine: they subclass :class:`greekfire.trading.strategy.Strategy`
+and act only through the context the engine hands them (see docs/strategies.md).
 
 ``STRATEGIES`` maps the names accepted by ``greekfire trade --strategy`` to ``module:Class``;
 :func:`load_strategy` also accepts any ``module:Class`` path.
@@ -10,7 +11,7 @@ import importlib
 from typing import Any
 
 from greekfire.core.errors import ConfigError
-from greekfire.trading.engine import Strategy
+from greekfire.trading.strategy import Strategy
 
 STRATEGIES: dict[str, str] = {
     "market_maker": "greekfire.strategies.market_maker:OptionsMarketMaker",

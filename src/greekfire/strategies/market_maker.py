@@ -5,7 +5,7 @@ start, on every timer, and when the underlying has moved more than ``full_repric
 price. Between full prices an underlying quote moves each fair value by its second-order Taylor step
 ``value + delta x dS + gamma x dS^2 / 2`` (a few float operations, so a market event never waits for a
 tensor call); the chain is stepped, largest |delta| at the last full price first, and every quote that moved
-goes out in one mass quote (``engine.amend_many``), the ones the move hits hardest first in the message.
+goes out in one mass quote (``ctx.amend_many``), the ones the move hits hardest first in the message.
 Each option is quoted on both sides:
 
     reservation = fair - inventory_skew x position - delta_skew x book_delta x option_delta
@@ -15,6 +15,10 @@ Each option is quoted on both sides:
 rounded away from the reservation onto the tick grid, kept one tick inside the market's opposite side,
 post-only. A quote is amended only when its price moves by ``requote_ticks`` or more, so most market events
 produce no order. At ``max_inventory`` contracts the side that would grow the position is pulled.
+
+It acts only through its :class:`~greekfire.trading.strategy.StrategyContext`: its volatility is declared
+to the engine's pricing inputs at start (``ctx.declare_vol``), so the book's Greeks and the VaR limit use
+the figure its quotes are made on; positions, the book's Greeks and spots are read from the context's views.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from typing import Any
 import torch
 
 from greekfire.quant import bsm_greeks
-from greekfire.trading.engine import Strategy
 from greekfire.trading.model import Fill, Instrument, Quote, Side, TimeInForce
-from greekfire.trading.orders import OPEN, Order, OrderStatus
+from greekfire.trading.orders import OPEN, OrderStatus
+from greekfire.trading.strategy import OrderView, Strategy
 
 _WORKING = frozenset((OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED))
 # bound once: an Enum class attribute lookup costs ~0.2 us on the re-quote path
@@ -61,7 +65,7 @@ class _Leg:
         self.want: tuple[float | None, float | None] | None = None  # unclamped target (bid, ask)
         self.live: tuple[float | None, float | None] | None = None  # what our working orders show (bid, ask)
         self.mkt: tuple[float, float] | None = None  # best bid / ask last seen (any venue)
-        self.orders: list[Order | None] = [None, None]  # our working [bid, ask] order
+        self.orders: list[OrderView | None] = [None, None]  # our working [bid, ask] order
 
 
 class OptionsMarketMaker(Strategy):
@@ -95,36 +99,34 @@ class OptionsMarketMaker(Strategy):
         self.reprices = 0
 
     def on_start(self) -> None:
-        eng = self.engine
-        assert eng is not None
-        for inst in eng.instruments.values():
+        ctx = self.ctx
+        for inst in ctx.instruments.values():
             if inst.is_option:
                 leg = self._legs[inst.instrument_id] = _Leg(inst)
                 self._chain.setdefault(inst.underlying, []).append(leg)
-                eng.portfolio.set_vol(inst.instrument_id, self.vol)
             else:
                 self._underlying_ids[inst.instrument_id] = inst.underlying
+        for und in self._chain:  # the book is valued and limited on the vol the quotes are made on
+            ctx.declare_vol(und, self.vol)
         # after a restart: take over our restored working quotes (one per side), cancel any extra
-        for order in eng.oms.open_orders(strategy_id=self.name):
+        for order in ctx.open_orders():
             held = self._legs.get(order.instrument_id)
             k = 0 if order.side == _BUY else 1
             if held is not None and held.orders[k] is None:
                 held.orders[k] = order
             else:
-                eng.cancel(order.client_id)
+                ctx.cancel(order)
         for und in self._chain:
-            if und in eng.portfolio.spots:
-                self._reprice(und, eng.portfolio.spots[und])
+            if und in ctx.spots:
+                self._reprice(und, ctx.spots[und])
 
     # ---------------------------------------------------------------- fair values
     def _reprice(self, und: str, spot: float) -> None:
         """Full price of the chain through the pricing core (one tensor call)."""
-        eng = self.engine
-        assert eng is not None
         chain = self._chain.get(und)
         if not chain:
             return
-        now = eng.clock_ns()
+        now = self.ctx.now_ns()
         g = bsm_greeks(
             torch.tensor([leg.inst.right for leg in chain], dtype=torch.float64), spot,
             torch.tensor([leg.inst.strike for leg in chain], dtype=torch.float64),
@@ -151,19 +153,18 @@ class OptionsMarketMaker(Strategy):
         iid = quote.instrument_id
         und = self._underlying_ids.get(iid)
         if und is not None:
-            eng = self.engine
-            assert eng is not None
-            spot = eng.portfolio.spots.get(und)
+            ctx = self.ctx
+            spot = ctx.spots.get(und)
             chain = self._chain.get(und)
             if not spot or not chain:
                 return
             base = chain[0].base
             if base is None:  # nothing to quote before the first full price: do it right after this batch
-                eng.after_batch(self._reprice_all)
+                ctx.after_batch(self._reprice_all)
                 return
             self._step(und, spot)  # quotes move now; a big move is re-priced exactly after the batch
             if abs(spot / base[0] - 1.0) * 1e4 >= self.full_reprice_bps:
-                eng.after_batch(self._reprice_all)
+                ctx.after_batch(self._reprice_all)
             return
         leg = self._legs.get(iid)
         if leg is None:
@@ -180,21 +181,18 @@ class OptionsMarketMaker(Strategy):
             self._requote_many((leg,))
 
     def on_fill(self, fill: Fill) -> None:
-        eng = self.engine
-        assert eng is not None
         # a fill changes the inventory of one option and the book Greeks that skew every quote
-        self._requote_chain(eng.instruments[fill.instrument_id].underlying)
+        self._requote_chain(self.ctx.instruments[fill.instrument_id].underlying)
 
     def on_timer(self, now_ns: int) -> None:
         for leg in self._legs.values():
-            leg.live = None  # re-check every order against the OMS (catches venue-side cancels)
+            leg.live = None  # re-check every order's state (catches venue-side cancels)
         self._reprice_all()
 
     def _reprice_all(self) -> None:
-        eng = self.engine
-        assert eng is not None
+        spots = self.ctx.spots
         for und in self._chain:
-            spot = eng.portfolio.spots.get(und)
+            spot = spots.get(und)
             if spot:
                 self._reprice(und, spot)
 
@@ -206,21 +204,19 @@ class OptionsMarketMaker(Strategy):
         """Bring the quotes of ``legs`` to their targets: new quotes and pulled ones go out as they are
         found, and the re-prices of working quotes go out together in one mass quote at the end (one
         ``amend_many``). With ``spot``, each fair value is first stepped to it from its Taylor base."""
-        eng = self.engine
-        assert eng is not None
-        pf = eng.portfolio
-        positions, units, totals = pf.positions, pf.unit, pf.totals
+        ctx = self.ctx
+        positions, units, totals = ctx.positions, ctx.unit_greeks, ctx.greeks
         fair_of, quote_side = self.fair, self._quote_side
         inv_skew, delta_skew, vega_skew = self.inventory_skew, self.delta_skew, self.vega_skew
         hw, max_inv, size, ticks = self.half_width_ticks, self.max_inventory, self.size, self.requote_ticks
         floor, ceil, working, ticks_per_unit = math.floor, math.ceil, _WORKING, _TICKS_PER_UNIT
-        amends: list[tuple[Order, int, float]] = []
+        amends: list[tuple[OrderView, int, float]] = []
         want_bid: float | None
         want_ask: float | None
         shown_bid: float | None
         fair: float | None
         und: str | None = None
-        book: list[float] | tuple[float, ...] = _ZERO4
+        book: tuple[float, ...] = _ZERO4
         tick, per_unit, move = 0.0, 0, 0.0
         for leg in legs:
             iid = leg.iid
@@ -235,8 +231,7 @@ class OptionsMarketMaker(Strategy):
                 fair = fair_of.get(iid)
                 if fair is None:
                     continue
-            pos = positions.get(iid)
-            qty = pos.qty if pos is not None else 0
+            qty = positions.get(iid, 0)
             unit = units.get(iid, _ZERO4)
             if leg.und is not und:  # the book's Greeks: one lookup per underlying, not per option
                 und = leg.und
@@ -289,24 +284,22 @@ class OptionsMarketMaker(Strategy):
             else:
                 leg.live = (shown_bid, quote_side(mine, 1, iid, want_ask, tick))
         if amends:
-            for (o, _, _), denial in zip(amends, eng.amend_many(amends), strict=True):
+            for (o, _, _), denial in zip(amends, ctx.amend_many(amends), strict=True):
                 leg = self._legs[o.instrument_id]
                 if denial is not None and leg.live is not None:  # that order still shows its old price
                     b0, a0 = leg.live
                     leg.live = (None, a0) if o.side == _BUY else (b0, None)
 
-    def _quote_side(self, mine: list[Order | None], k: int, iid: int, price: float | None, tick: float) -> float | None:
+    def _quote_side(self, mine: list[OrderView | None], k: int, iid: int, price: float | None, tick: float) -> float | None:
         """Side ``k`` (0 bid, 1 ask) of an option when it is not a working quote re-priced in place (that case
         is inline in :meth:`_requote_many`): pull it (``price`` None), place a new quote, or leave an order
         whose cancel or replace is pending. Returns the price the side shows (None: none, or not yet)."""
-        eng = self.engine
-        assert eng is not None
         order = mine[k]
         if order is not None and order.status not in OPEN:
             order = mine[k] = None
         if price is None:
             if order is not None and order.status in _WORKING:
-                eng.cancel(order.client_id)
+                self.ctx.cancel(order)
             return None
         if order is None:
             sent = self.submit(iid, _SIDES[k], self.size, price, tif=_GTC, post_only=True)

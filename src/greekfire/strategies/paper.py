@@ -8,7 +8,7 @@ from typing import Any
 
 from greekfire.core.settings import Settings
 from greekfire.strategies import load_strategy
-from greekfire.trading.paper import build_engine
+from greekfire.trading.build import build_engine
 from greekfire.trading.store import SnapshotStore, resolve_url
 
 

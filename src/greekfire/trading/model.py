@@ -1,4 +1,4 @@
-"""Trading domain objects: instruments, orders, fills and the events they produce.
+"""Trading records: instruments, fills, market data, and the events orders and venues produce.
 
 Prices on the engine's hot path are floats in currency; a venue converts them to integer ticks with
 :meth:`Instrument.to_ticks` at its edge. Quantities are integers (contracts or shares).
@@ -8,30 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 from greekfire.core.errors import DataError
-from greekfire.market.matching import (
-    Side,  # one order side for exchange and trader (sign of the position change)
-)
+
+# one side, order type and time in force for exchange and trader (Side: the sign of the position change)
+from greekfire.market.matching import OrderType, Side, TimeInForce
+
+__all__ = [
+    "SECONDS_PER_YEAR", "BookUpdate", "Fill", "Instrument", "InstrumentKind", "OrderEvent", "OrderType", "Quote",
+    "Side", "TimeInForce", "TradeTick", "VenueEvent", "VenueEventKind", "VenueOrderState", "option",
+]
 
 SECONDS_PER_YEAR = 365.0 * 86400.0  # ACT/365, the pricing core's convention
-
-
-class OrderType(IntEnum):
-    LIMIT = 0
-    MARKET = 1
-    STOP = 2  # a market order once the reference price trades through stop_price
-    STOP_LIMIT = 3
-
-
-class TimeInForce(IntEnum):
-    GTC = 0
-    DAY = 1
-    IOC = 2
-    FOK = 3
-    GTD = 4  # good till expire_ns
 
 
 class InstrumentKind(IntEnum):
@@ -201,3 +191,54 @@ class OrderEvent:
     old: str
     new: str
     info: dict[str, Any] = field(default_factory=dict)
+
+
+class VenueEventKind(StrEnum):
+    """What a venue reports about one of our orders (the values are the stable names used in logs)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    FILL = "fill"
+    CANCELED = "canceled"
+    REPLACED = "replaced"
+    EXPIRED = "expired"
+    CANCEL_REJECT = "cancel_reject"
+    REPLACE_REJECT = "replace_reject"
+
+
+@dataclass(slots=True, frozen=True)
+class VenueEvent:
+    """One execution event for one of our orders.
+
+    Prices in currency; ``leaves_qty``/``cum_qty`` as the venue sees them after this event.
+    """
+
+    kind: VenueEventKind
+    venue: str
+    client_id: str
+    venue_order_id: str = ""
+    qty: int = 0
+    price: float = 0.0
+    leaves_qty: int = 0
+    cum_qty: int = 0
+    fill_id: str = ""
+    fee: float = 0.0
+    liquidity: str = ""
+    reason: str = ""
+    ts_ns: int = 0
+    instrument_id: int = -1
+    side: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class VenueOrderState:
+    """A venue's view of one of our orders, for reconciliation (price in currency)."""
+
+    client_id: str
+    venue_order_id: str
+    instrument_id: int
+    side: int
+    qty: int
+    price: float
+    cum_qty: int
+    open: bool

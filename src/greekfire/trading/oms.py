@@ -15,9 +15,8 @@ from typing import Any
 from greekfire.core.metrics import counter
 from greekfire.trading.audit import AuditLog
 from greekfire.trading.bus import MessageBus
-from greekfire.trading.model import Fill, OrderEvent
+from greekfire.trading.model import Fill, OrderEvent, VenueEvent, VenueOrderState
 from greekfire.trading.orders import OPEN, FillProblem, Order, OrderStatus
-from greekfire.trading.venues import VenueEvent, VenueOrderState
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,9 @@ What happens when:
   to :func:`greekfire.quant.bsm_greeks` — and that underlying's totals are rebuilt from its positions. Other
   underlyings are not touched.
 
+Volatilities, rate and dividend yield come from the engine's :class:`~greekfire.trading.pricing.PricingInputs`
+(the same inputs the risk engine and the strategies' declarations use).
+
 Greek units (per underlying): delta in share equivalents (quantity x multiplier x delta), gamma in shares
 per 1.00 of spot, vega in currency per 1.00 vol, theta in currency per year. Cash forms: delta_cash =
 delta x spot, gamma_cash = gamma x spot^2 / 100 (delta change in currency for a 1% move).
@@ -19,6 +22,7 @@ delta x spot, gamma_cash = gamma x spot^2 / 100 (delta change in currency for a 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,7 @@ import torch
 
 from greekfire.quant import bsm_greeks, bsm_greeks_scalar
 from greekfire.trading.model import Fill, Instrument
+from greekfire.trading.pricing import PricingInputs
 
 GREEKS = ("delta", "gamma", "vega", "theta")
 
@@ -80,22 +85,26 @@ class Position:
 
 
 class Portfolio:
-    """Cash, positions and Greeks of one account. ``rate``/``div_yield`` continuously compounded."""
+    """Cash, positions and Greeks of one account, priced with ``pricing`` (default: its own inputs at
+    ``rate`` / ``div_yield``, continuously compounded)."""
 
-    def __init__(self, starting_cash: float = 0.0, *, rate: float = 0.0, div_yield: float = 0.0) -> None:
+    def __init__(
+        self, starting_cash: float = 0.0, *, rate: float = 0.0, div_yield: float = 0.0,
+        pricing: PricingInputs | None = None,
+    ) -> None:
         self.cash = float(starting_cash)
         self.starting_cash = float(starting_cash)
-        self.rate = rate
-        self.div_yield = div_yield
+        self.pricing = pricing or PricingInputs(rate=rate, div_yield=div_yield)
+        self.pricing.listeners.append(self._vol_changed)
         self.instruments: dict[int, Instrument] = {}
         self.positions: dict[int, Position] = {}
+        self.net: dict[int, int] = {}  # instrument -> net quantity (what strategies read, cheaply)
         self.marks: dict[int, float] = {}
         self.spots: dict[str, float] = {}
-        self.vols: dict[int, float] = {}  # per option, annualised; the strategy or a surface sets them
-        self.default_vol = 0.20
         # per-unit Greeks (per 1 unit of the instrument, before the multiplier): id -> (delta, gamma, vega, theta)
         self.unit: dict[int, tuple[float, float, float, float]] = {}
-        self.totals: dict[str, list[float]] = {}  # underlying -> [delta, gamma, vega, theta]
+        # underlying -> (delta, gamma, vega, theta); tuples, so a read-only view of the dict is read-only
+        self.totals: dict[str, tuple[float, float, float, float]] = {}
         self._contrib: dict[int, tuple[float, float, float, float]] = {}
         self._options_of: dict[str, list[int]] = {}
         self._dirty: set[str] = set()
@@ -108,7 +117,7 @@ class Portfolio:
     def add_instrument(self, inst: Instrument) -> None:
         """Register an instrument (its underlying gets a Greek bucket; options are revalued with it)."""
         self.instruments[inst.instrument_id] = inst
-        self.totals.setdefault(inst.underlying, [0.0, 0.0, 0.0, 0.0])
+        self.totals.setdefault(inst.underlying, (0.0, 0.0, 0.0, 0.0))
         if inst.is_option:
             self._options_of.setdefault(inst.underlying, []).append(inst.instrument_id)
             self.unit[inst.instrument_id] = (0.0, 0.0, 0.0, 0.0)
@@ -124,13 +133,43 @@ class Portfolio:
             self.spots[inst.underlying] = price
             self._dirty.add(inst.underlying)
 
+    @property
+    def rate(self) -> float:
+        """Interest rate of the pricing inputs (continuously compounded, per year)."""
+        return self.pricing.rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        self.pricing.rate = value
+
+    @property
+    def div_yield(self) -> float:
+        """Dividend yield of the pricing inputs (continuously compounded, per year)."""
+        return self.pricing.div_yield
+
+    @property
+    def default_vol(self) -> float:
+        """Volatility of an option without its own (annualised)."""
+        return self.pricing.default_vol
+
+    @default_vol.setter
+    def default_vol(self, value: float) -> None:
+        self.pricing.default_vol = value
+        self._dirty.update(self.totals)
+
+    @property
+    def vols(self) -> Mapping[int, float]:
+        """Per-option volatilities set so far (read-only; annualised)."""
+        return self.pricing.vols
+
     def set_vol(self, instrument_id: int, vol: float) -> None:
         """Set an option's volatility (annualised); its underlying is revalued at the next batch end."""
-        if self.vols.get(instrument_id) != vol:
-            self.vols[instrument_id] = vol
-            inst = self.instruments.get(instrument_id)
-            if inst is not None:
-                self._dirty.add(inst.underlying)
+        self.pricing.set_vol(instrument_id, vol)
+
+    def _vol_changed(self, instrument_id: int) -> None:
+        inst = self.instruments.get(instrument_id)
+        if inst is not None:
+            self._dirty.add(inst.underlying)
 
     # ---------------------------------------------------------------- fills
     def apply_fill(self, fill: Fill) -> float:
@@ -140,6 +179,7 @@ class Portfolio:
         if pos is None:
             pos = self.positions[fill.instrument_id] = Position(fill.instrument_id)
         realized = pos.apply(int(fill.side), fill.qty, fill.price, inst.multiplier, fill.fee)
+        self.net[fill.instrument_id] = pos.qty
         self.cash -= int(fill.side) * fill.qty * fill.price * inst.multiplier + fill.fee
         self._swap_contribution(inst, pos.qty)
         return realized
@@ -149,9 +189,10 @@ class Portfolio:
         m = qty * inst.multiplier
         new = (u[0] * m, u[1] * m, u[2] * m, u[3] * m)
         old = self._contrib.get(inst.instrument_id, (0.0, 0.0, 0.0, 0.0))
-        tot = self.totals[inst.underlying]
-        for i in range(4):
-            tot[i] += new[i] - old[i]
+        t = self.totals[inst.underlying]
+        self.totals[inst.underlying] = (
+            t[0] + new[0] - old[0], t[1] + new[1] - old[1], t[2] + new[2] - old[2], t[3] + new[3] - old[3],
+        )
         self._contrib[inst.instrument_id] = new
 
     # ---------------------------------------------------------------- revaluation
@@ -176,9 +217,11 @@ class Portfolio:
             ttm = [max(i.ttm(self.now_ns), 1.0 / (365 * 24 * 60)) for i in insts]
             rights = [i.right for i in insts]
             strikes = [i.strike for i in insts]
-            vols = [self.vols.get(i.instrument_id, self.default_vol) for i in insts]
+            pricing = self.pricing
+            vols = [pricing.vol(i.instrument_id) for i in insts]
+            rate, div_yield = pricing.rate, pricing.div_yield
             rows = (
-                bsm_greeks_scalar(rights, float(spot), strikes, ttm, self.rate, self.div_yield, vols)
+                bsm_greeks_scalar(rights, float(spot), strikes, ttm, rate, div_yield, vols)
                 if len(ids) <= SMALL_CHAIN else None
             )
             if rows is not None:
@@ -188,7 +231,7 @@ class Portfolio:
                 f64 = torch.float64
                 g = bsm_greeks(
                     torch.tensor(rights, dtype=f64), float(spot), torch.tensor(strikes, dtype=f64),
-                    torch.tensor(ttm, dtype=f64), self.rate, self.div_yield, torch.tensor(vols, dtype=f64),
+                    torch.tensor(ttm, dtype=f64), rate, div_yield, torch.tensor(vols, dtype=f64),
                 )
                 cols = [torch.nan_to_num(g[k], nan=0.0).tolist() for k in GREEKS]
                 for j, iid in enumerate(ids):
@@ -205,7 +248,7 @@ class Portfolio:
             self._contrib[iid] = c
             for k in range(4):
                 tot[k] += c[k]
-        self.totals[und] = tot
+        self.totals[und] = (tot[0], tot[1], tot[2], tot[3])
 
     # ---------------------------------------------------------------- what-if and summaries
     def greeks_after(self, instrument_id: int, signed_qty: int) -> tuple[str, list[float]]:
@@ -216,7 +259,7 @@ class Portfolio:
         t = self.totals[inst.underlying]
         return inst.underlying, [t[0] + u[0] * m, t[1] + u[1] * m, t[2] + u[2] * m, t[3] + u[3] * m]
 
-    def cash_greeks(self, und: str, totals: list[float] | None = None) -> tuple[float, float]:
+    def cash_greeks(self, und: str, totals: Sequence[float] | None = None) -> tuple[float, float]:
         """(delta_cash, gamma_cash) of one underlying: delta x spot, gamma x spot^2 / 100."""
         t = totals if totals is not None else self.totals[und]
         s = self.spots.get(und, 0.0)
@@ -282,8 +325,10 @@ class Portfolio:
         self.peak_equity = float(data.get("peak_equity", self.cash))
         self.day_start_equity = float(data.get("day_start_equity", self.cash))
         self.positions = {}
+        self.net.clear()
         for p in data.get("positions", []):
-            self.positions[int(p["instrument_id"])] = Position(**p)
+            pos = self.positions[int(p["instrument_id"])] = Position(**p)
+            self.net[pos.instrument_id] = pos.qty
         for k, v in data.get("marks", {}).items():
             self.mark(int(k), float(v))
         self._contrib.clear()

@@ -5,13 +5,11 @@ denial. Greek, position and VaR checks look at the portfolio *as it would be aft
 fills*, and deny only an order that makes a breached measure worse (a reducing order always passes them).
 
 Greeks come from the portfolio's per-unit cache (refreshed at each quote-batch end, never priced per
-order). VaR: :meth:`RiskEngine.refresh` computes the parametric (delta-gamma) VaR of the current book with
-:func:`greekfire.quant.parametric_var`, and the VaR of one unit of delta cash and of gamma cash each way per
-underlying. Pre-trade, ``VaR(book) + VaR(order's delta) + VaR(order's gamma)`` bounds the VaR after the order
-(the model's P&L scales with its inputs, and VaR of a sum is taken as at most the sum); only when that bound
-is above ``VAR_EXACT_ZONE`` of the limit is the VaR after the order computed exactly before deciding. Monte Carlo
-VaR (:func:`greekfire.quant.mc_var`) runs in the continuous check and denies risk-increasing orders while it
-is over the limit.
+order). VaR comes from :class:`~greekfire.trading.var.VarModel`: pre-trade, its bound of the VaR after the
+order decides, and only when that bound is above ``VAR_EXACT_ZONE`` of the limit is the VaR after the order
+computed exactly before deciding. Monte Carlo VaR runs in the continuous check and denies risk-increasing
+orders while it is over the limit. Reason codes and the Denial / Breach records are in
+:mod:`greekfire.trading.denials`.
 """
 
 from __future__ import annotations
@@ -19,69 +17,27 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from greekfire import quant
 from greekfire.core.errors import ConfigError
 from greekfire.core.metrics import counter, gauge
 from greekfire.core.settings import RiskSettings
+from greekfire.trading.denials import Breach, Denial, Reason, TradingState
 from greekfire.trading.model import OrderType
 from greekfire.trading.orders import Order
 from greekfire.trading.portfolio import Portfolio
+from greekfire.trading.var import VarModel
 
 log = logging.getLogger(__name__)
 
 DENIALS = counter("greekfire_trading_risk_denials", "orders denied by pre-trade risk", ["reason"])
 BREACHES = counter("greekfire_trading_risk_breaches", "continuous-limit breaches", ["reason"])
 STATE_GAUGE = gauge("greekfire_trading_state", "trading state: 0 active, 1 reducing, 2 halted")
-VAR_GAUGE = gauge("greekfire_trading_var", "1-day VaR of the book, currency", ["method"])
 
 VAR_EXACT_ZONE = 0.8  # recompute VaR exactly when the upper bound is above this share of the limit
 
 
-class TradingState(StrEnum):
-    ACTIVE = "ACTIVE"
-    REDUCING = "REDUCING"  # only orders that shrink a position pass
-    HALTED = "HALTED"  # nothing passes
-
-
-class Reason(StrEnum):
-    """Denial and breach reason codes (stable strings: they are metrics labels and API values)."""
-
-    HALTED = "HALTED"
-    KILL_SWITCH = "KILL_SWITCH"
-    REDUCING_ONLY = "REDUCING_ONLY"
-    UNKNOWN_INSTRUMENT = "UNKNOWN_INSTRUMENT"
-    BAD_QTY = "BAD_QTY"
-    BAD_LOT = "BAD_LOT"
-    BAD_TICK = "BAD_TICK"
-    NO_REFERENCE_PRICE = "NO_REFERENCE_PRICE"
-    PRICE_BAND = "PRICE_BAND"
-    MAX_QTY = "MAX_QTY"
-    MAX_NOTIONAL = "MAX_NOTIONAL"
-    REDUCE_ONLY = "REDUCE_ONLY"
-    POSITION_LIMIT = "POSITION_LIMIT"
-    UNDERLYING_POSITION_LIMIT = "UNDERLYING_POSITION_LIMIT"
-    DELTA_LIMIT = "DELTA_LIMIT"
-    GAMMA_LIMIT = "GAMMA_LIMIT"
-    VEGA_LIMIT = "VEGA_LIMIT"
-    THETA_LIMIT = "THETA_LIMIT"
-    TOTAL_DELTA_LIMIT = "TOTAL_DELTA_LIMIT"
-    TOTAL_GAMMA_LIMIT = "TOTAL_GAMMA_LIMIT"
-    TOTAL_VEGA_LIMIT = "TOTAL_VEGA_LIMIT"
-    TOTAL_THETA_LIMIT = "TOTAL_THETA_LIMIT"
-    VAR_LIMIT = "VAR_LIMIT"
-    ORDER_RATE = "ORDER_RATE"
-    INSUFFICIENT_MARGIN = "INSUFFICIENT_MARGIN"
-    # continuous
-    STOP_LOSS = "STOP_LOSS"
-    DAILY_LOSS = "DAILY_LOSS"
-    DRAWDOWN = "DRAWDOWN"
-    MC_VAR = "MC_VAR"
 
 
 # enum members used on the pre-trade hot path, bound once (an Enum class attribute lookup costs ~0.2 us)
@@ -94,27 +50,6 @@ _GREEK_LIMITS = (Reason.DELTA_LIMIT, Reason.GAMMA_LIMIT, Reason.VEGA_LIMIT, Reas
 _TOTAL_LIMITS = (Reason.TOTAL_DELTA_LIMIT, Reason.TOTAL_GAMMA_LIMIT, Reason.TOTAL_VEGA_LIMIT, Reason.TOTAL_THETA_LIMIT)
 
 
-@dataclass(slots=True, frozen=True)
-class Denial:
-    """Why an order was refused: a reason code, the values that caused it, and a sentence."""
-
-    reason: Reason
-    values: dict[str, Any]
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason.value, "values": self.values, "message": self.message}
-
-
-@dataclass(slots=True)
-class Breach:
-    """A continuous-check result: a reason, the values, and the action taken."""
-
-    reason: Reason
-    values: dict[str, Any]
-    action: str
-    instrument_id: int | None = None
-
 
 @dataclass
 class _RateWindow:
@@ -123,24 +58,11 @@ class _RateWindow:
     last_ns: int
 
 
-@dataclass
-class _VarState:
-    exact: float = 0.0  # the last exact parametric VaR
-    exact_ns: int | None = None
-    at_exact: dict[str, tuple[float, float]] = field(default_factory=dict)  # und -> (delta cash, gamma cash)
-    var: float = 0.0  # the exact VaR, plus a bound for what changed since (between exact refreshes)
-    # per underlying: VaR of +1 / -1 delta cash and of +1 / -1 gamma cash (currency per unit), and the
-    # daily vol they were computed for (they depend on nothing else)
-    unit: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
-    unit_vol: dict[str, float] = field(default_factory=dict)
-    mc_var: float = 0.0
-
-
 class RiskEngine:
     """Checks orders against :class:`~greekfire.core.settings.RiskSettings` and watches the book.
 
-    ``vol_of(underlying)`` gives the annualised volatility used for VaR (defaults to the portfolio's default).
-    Limits can be changed while running with :meth:`set_limits`.
+    VaR volatilities come from the portfolio's pricing inputs. Limits can be changed while running with
+    :meth:`set_limits`.
     """
 
     def __init__(
@@ -148,7 +70,6 @@ class RiskEngine:
         limits: RiskSettings,
         portfolio: Portfolio,
         *,
-        vol_of: Callable[[str], float] | None = None,
         on_kill: Callable[[str], None] | None = None,
     ) -> None:
         self.limits = limits.model_copy()
@@ -156,15 +77,12 @@ class RiskEngine:
         self.state = TradingState.ACTIVE
         self.killed = False
         self.kill_reason = ""
-        self.vol_of = vol_of or (lambda und: portfolio.default_vol)
         self.on_kill = on_kill
         self.denials: dict[str, int] = {}
         self.breaches: list[Breach] = []
         self._rate: dict[str, _RateWindow] = {}
-        self._var = _VarState()
+        self.var_model = VarModel(portfolio, self.limits)
         self._margin_used = 0.0
-        self.exact_var_checks = 0
-        self.var_available = True
         STATE_GAUGE.set(0)
 
     # ---------------------------------------------------------------- limits and state
@@ -425,19 +343,19 @@ class RiskEngine:
                 return self._deny(_TOTAL_LIMITS[i], f"total after {a:.2f} beyond {lim_v}", before=b, after=a, limit=lim_v)
 
         # VaR: first-order estimate, exact recompute near the limit
-        vs = self._var
+        vs = self.var_model
         d_gq = d_gc * 100.0  # the pricing core's gamma cash is gamma x spot^2 (no /100)
         unit = vs.unit.get(und)
-        if unit is None and self.var_available and spot:
+        if unit is None and vs.available and spot:
             self.refresh(now_ns)  # an underlying first seen since the last refresh: price its unit VaRs once
             unit = vs.unit.get(und)
         if unit is None:
             bound = vs.var if not spot else math.inf
         else:  # VaR(book + order) <= VaR(book) + VaR(order delta) + VaR(order gamma)
-            bound = vs.var + self._increment(unit, d_dc, d_gq)
-        if self.var_available and bound > VAR_EXACT_ZONE * lim.var_limit:
-            var_after = self._exact_var_after(und, d_dc, d_gq)
-            var_now = self._exact_var_after(und, 0.0, 0.0) if var_after > lim.var_limit else 0.0
+            bound = vs.var + vs.increment(unit, d_dc, d_gq)
+        if vs.available and bound > VAR_EXACT_ZONE * lim.var_limit:
+            var_after = vs.exact_after(und, d_dc, d_gq)
+            var_now = vs.exact_after(und, 0.0, 0.0) if var_after > lim.var_limit else 0.0
             if var_after > lim.var_limit and var_after > var_now:
                 return self._deny(Reason.VAR_LIMIT, f"VaR after {var_after:.2f} > {lim.var_limit}", var_before=var_now, var_after=var_after, limit=lim.var_limit)
         if vs.mc_var > lim.var_limit:
@@ -454,99 +372,17 @@ class RiskEngine:
         return None
 
     # ---------------------------------------------------------------- VaR
-    def _var_inputs(self) -> tuple[list[str], list[float], list[float], list[float], list[float]]:
-        pf = self.portfolio
-        unds = [u for u in pf.totals if u in pf.spots]
-        dc, gc, sp, vo = [], [], [], []
-        for u in unds:
-            d, g = pf.cash_greeks(u)
-            dc.append(d)
-            gc.append(g * 100.0)  # quant.parametric_var takes gamma x spot^2
-            sp.append(pf.spots[u])
-            vo.append(self.vol_of(u) / math.sqrt(252.0))
-        return unds, dc, gc, sp, vo
 
-    def _param_var(self, dc: list[float], gc: list[float], sp: list[float], vo: list[float]) -> float:
-        if not dc:
-            return 0.0
-        fn = getattr(quant, "parametric_var", None)
-        if fn is None:  # the pricing core of this build has no VaR: the check is off, and says so once
-            if self.var_available:
-                log.error("greekfire.quant.parametric_var is missing: the VaR limit is NOT enforced")
-            self.var_available = False
-            return 0.0
-        # VaR per underlying, summed: no diversification credit between underlyings (conservative)
-        var, _ = fn(
-            torch.tensor(dc, dtype=torch.float64), torch.tensor(gc, dtype=torch.float64),
-            torch.tensor(sp, dtype=torch.float64), torch.tensor(vo, dtype=torch.float64),
-            confidence=self.limits.var_confidence,
-        )
-        return float(var.sum())
-
-    def _param_var_each(self, dc: list[float], gc: list[float], sp: list[float], vo: list[float]) -> list[float]:
-        """Parametric VaR of each row separately (currency)."""
-        fn = getattr(quant, "parametric_var", None)
-        if fn is None or not dc:
-            return [0.0] * len(dc)
-        var, _ = fn(
-            torch.tensor(dc, dtype=torch.float64), torch.tensor(gc, dtype=torch.float64),
-            torch.tensor(sp, dtype=torch.float64), torch.tensor(vo, dtype=torch.float64),
-            confidence=self.limits.var_confidence,
-        )
-        return [float(v) for v in var.tolist()]
-
-    def _exact_var_after(self, und: str, d_dc: float, d_gc: float) -> float:
-        self.exact_var_checks += 1
-        unds, dc, gc, sp, vo = self._var_inputs()
-        if und in unds:
-            i = unds.index(und)
-            dc[i] += d_dc
-            gc[i] += d_gc
-        return self._param_var(dc, gc, sp, vo)
-
-    @staticmethod
-    def _increment(unit: tuple[float, float, float, float], d_dc: float, d_gq: float) -> float:
-        """Upper bound of the VaR added by a change of delta cash and gamma cash (currency)."""
-        return (unit[0] * d_dc if d_dc >= 0 else -unit[1] * d_dc) + (unit[2] * d_gq if d_gq >= 0 else -unit[3] * d_gq)
+    # ---------------------------------------------------------------- VaR and margin
+    @property
+    def var_available(self) -> bool:
+        """False when this build's pricing core has no VaR (then the VaR limit is not enforced)."""
+        return self.var_model.available
 
     def refresh(self, now_ns: int | None = None) -> float:
-        """Bring VaR and the margin in use up to date; returns the VaR (currency).
-
-        The exact parametric VaR (a ``quant`` call) is recomputed when ``now_ns`` is None or at most every
-        ``var_refresh_s``; in between, the VaR is the last exact figure plus the bound of what the book's
-        delta and gamma cash did since, from the unit VaRs (no tensor call)."""
-        unds, dc, gc, sp, vo = self._var_inputs()
-        vs = self._var
-        if unds and self.var_available:
-            # unit VaRs depend only on the daily vol: recompute for new underlyings or changed vols
-            todo = [i for i, u in enumerate(unds) if vs.unit_vol.get(u) != vo[i]]
-            if todo:
-                per = self._param_var_each(
-                    [1.0, -1.0, 0.0, 0.0] * len(todo), [0.0, 0.0, 1.0, -1.0] * len(todo),
-                    [sp[i] for i in todo for _ in range(4)], [vo[i] for i in todo for _ in range(4)],
-                )
-                for k, i in enumerate(todo):
-                    vs.unit[unds[i]] = (per[4 * k], per[4 * k + 1], per[4 * k + 2], per[4 * k + 3])
-                    vs.unit_vol[unds[i]] = vo[i]
-        due = (
-            now_ns is None or vs.exact_ns is None
-            or now_ns - vs.exact_ns >= self.limits.var_refresh_s * 1e9
-            or any(u not in vs.at_exact for u in unds)
-        )
-        if due:
-            vs.exact = self._param_var(dc, gc, sp, vo)
-            vs.exact_ns = now_ns if now_ns is not None else (vs.exact_ns or 0)
-            vs.at_exact = {u: (dc[i], gc[i]) for i, u in enumerate(unds)}
-            vs.var = vs.exact
-            VAR_GAUGE.labels("parametric").set(vs.var)
-        else:
-            bound = vs.exact
-            for i, u in enumerate(unds):
-                unit = vs.unit.get(u)
-                if unit is not None:
-                    d0, g0 = vs.at_exact[u]
-                    bound += self._increment(unit, dc[i] - d0, gc[i] - g0)
-            vs.var = bound
+        """Bring VaR and the margin in use up to date; returns the VaR (currency). The exact parametric VaR
+        is recomputed when ``now_ns`` is None or at most every ``var_refresh_s`` (see :class:`VarModel`)."""
+        var = self.var_model.refresh(now_ns)
         pf = self.portfolio
         margin = 0.0
         for iid, p in pf.positions.items():
@@ -554,61 +390,22 @@ class RiskEngine:
                 inst = pf.instruments[iid]
                 margin += self.limits.margin_rate * -p.qty * pf.spots.get(inst.underlying, p.avg_cost) * inst.multiplier
         self._margin_used = margin
-        return vs.var
+        return var
 
     def compute_mc_var(self) -> float:
-        """Monte Carlo 1-day VaR of the book by full revaluation (``quant.mc_var``, ``var_mc_paths`` paths,
-        independent underlyings); recorded for the pre-trade and continuous checks. Off the hot path."""
-        fn = getattr(quant, "mc_var", None)
-        pf = self.portfolio
-        if fn is None or not self.var_available:
-            return self._var.mc_var
-        unds = [u for u in pf.totals if u in pf.spots]
-        held = [(iid, p.qty) for iid, p in pf.positions.items() if p.qty and pf.instruments[iid].underlying in unds]
-        if not held:
-            self.set_mc_var(0.0)
-            return 0.0
-        col = {u: j for j, u in enumerate(unds)}
-        opts = [(pf.instruments[i], q) for i, q in held if pf.instruments[i].is_option]
-        stock = [(pf.instruments[i], q) for i, q in held if not pf.instruments[i].is_option]
-        f64 = torch.float64
-        if opts:
-            o_col = torch.tensor([col[i.underlying] for i, _ in opts])
-            o_right = torch.tensor([i.right for i, _ in opts], dtype=f64)
-            o_strike = torch.tensor([i.strike for i, _ in opts], dtype=f64)
-            o_ttm = torch.tensor([max(i.ttm(pf.now_ns), 1e-4) for i, _ in opts], dtype=f64)
-            o_vol = torch.tensor([pf.vols.get(i.instrument_id, pf.default_vol) for i, _ in opts], dtype=f64)
-            o_w = torch.tensor([q * i.multiplier for i, q in opts], dtype=f64)
-        s_col = torch.tensor([col[i.underlying] for i, _ in stock], dtype=torch.long)
-        s_w = torch.tensor([q * i.multiplier for i, q in stock], dtype=f64)
-
-        def revalue(spots: torch.Tensor) -> torch.Tensor:
-            value = (spots[:, s_col] * s_w).sum(dim=1)
-            if opts:
-                px = quant.bsm_price(o_right, spots[:, o_col], o_strike, o_ttm, pf.rate, pf.div_yield, o_vol)
-                value = value + (px * o_w).sum(dim=1)
-            return value
-
-        spots = torch.tensor([pf.spots[u] for u in unds], dtype=f64)
-        vols = torch.tensor([self.vol_of(u) / math.sqrt(252.0) for u in unds], dtype=f64)
-        var, _ = fn(revalue, spots, vols, confidence=self.limits.var_confidence, n_paths=self.limits.var_mc_paths,
-                    seed=len(self.breaches))
-        self.set_mc_var(float(var))
-        return self._var.mc_var
+        """Monte Carlo 1-day VaR of the book by full revaluation (currency); recorded for the pre-trade and
+        continuous checks. Off the hot path."""
+        return self.var_model.compute_mc_var(seed=len(self.breaches))
 
     @property
     def var(self) -> float:
         """The last parametric VaR computed by :meth:`refresh` (currency)."""
-        return self._var.var
+        return self.var_model.var
 
     @property
     def mc_var_value(self) -> float:
-        return self._var.mc_var
-
-    def set_mc_var(self, value: float) -> None:
-        """Record a Monte Carlo VaR figure computed off the hot path (currency)."""
-        self._var.mc_var = float(value)
-        VAR_GAUGE.labels("monte_carlo").set(value)
+        """The last Monte Carlo VaR (currency)."""
+        return self.var_model.mc_var
 
     # ---------------------------------------------------------------- continuous checks
     def continuous(self) -> list[Breach]:
@@ -634,8 +431,8 @@ class RiskEngine:
             out.append(Breach(Reason.DAILY_LOSS, {"loss": day_loss, "limit": lim.daily_loss_limit}, "reduce"))
         if drawdown > lim.max_drawdown:
             out.append(Breach(Reason.DRAWDOWN, {"drawdown": drawdown, "limit": lim.max_drawdown}, "halt"))
-        if self._var.mc_var > lim.var_limit:
-            out.append(Breach(Reason.MC_VAR, {"mc_var": self._var.mc_var, "limit": lim.var_limit}, "reduce"))
+        if self.var_model.mc_var > lim.var_limit:
+            out.append(Breach(Reason.MC_VAR, {"mc_var": self.var_model.mc_var, "limit": lim.var_limit}, "reduce"))
         for b in out:
             BREACHES.labels(b.reason.value).inc()
             self.breaches.append(b)

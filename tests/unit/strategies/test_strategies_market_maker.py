@@ -13,9 +13,10 @@ from greekfire.core.settings import load_settings
 from greekfire.quant import bsm_greeks
 from greekfire.strategies.market_maker import OptionsMarketMaker
 from greekfire.trading import Quote, build_engine
+from greekfire.trading.build import default_instruments
+from greekfire.trading.model import VenueEvent, VenueEventKind, VenueOrderState
 from greekfire.trading.orders import Order
-from greekfire.trading.paper import default_instruments
-from greekfire.trading.venues import Venue, VenueEvent, VenueOrderState
+from greekfire.trading.venues import Venue
 
 T0 = 1_800_000_000 * 10**9
 
@@ -33,15 +34,15 @@ class Sink(Venue):
 
     def submit(self, order: Order, now_ns: int) -> None:
         self.sent.append(("submit", order.instrument_id, order.price or 0.0))
-        self._out.append(VenueEvent("accepted", self.name, order.client_id, ts_ns=now_ns))
+        self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, ts_ns=now_ns))
 
     def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
         self.sent.append(("amend", order.instrument_id, new_price))
-        self._out.append(VenueEvent("replaced", self.name, order.client_id, qty=new_qty, price=new_price, ts_ns=now_ns))
+        self._out.append(VenueEvent(VenueEventKind.REPLACED, self.name, order.client_id, qty=new_qty, price=new_price, ts_ns=now_ns))
 
     def cancel(self, order: Order, now_ns: int) -> None:
         self.sent.append(("cancel", order.instrument_id, 0.0))
-        self._out.append(VenueEvent("canceled", self.name, order.client_id, ts_ns=now_ns))
+        self._out.append(VenueEvent(VenueEventKind.CANCELED, self.name, order.client_id, ts_ns=now_ns))
 
     def poll(self, now_ns: int) -> list[Any]:
         out, self._out = self._out, []

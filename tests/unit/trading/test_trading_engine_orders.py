@@ -8,10 +8,10 @@ import pytest
 from greekfire.core.clock import ManualClock
 from greekfire.core.settings import load_settings
 from greekfire.trading import OrderStatus, OrderType, Side, TimeInForce, build_engine
+from greekfire.trading.build import default_instruments
+from greekfire.trading.denials import Reason
 from greekfire.trading.engine import TradingEngine
-from greekfire.trading.paper import default_instruments
-from greekfire.trading.risk import Reason
-from greekfire.trading.venues import SimulatedVenue
+from greekfire.trading.simvenue import SimulatedVenue
 
 T0 = 1_800_000_000 * 10**9
 

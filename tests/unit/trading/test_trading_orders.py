@@ -8,10 +8,9 @@ import pytest
 
 from greekfire.trading.audit import AuditLog
 from greekfire.trading.bus import MessageBus
-from greekfire.trading.model import Fill, Side
+from greekfire.trading.model import Fill, Side, VenueEvent, VenueEventKind, VenueOrderState
 from greekfire.trading.oms import OMS
 from greekfire.trading.orders import TERMINAL, TRANSITIONS, IllegalTransition, Order, OrderStatus
-from greekfire.trading.venues import VenueEvent, VenueOrderState
 
 LEGAL = [(old, new) for old, nxt in TRANSITIONS.items() for new in sorted(nxt)]
 ILLEGAL = [
@@ -178,7 +177,7 @@ def test_reconcile_finds_missing_fills_closed_and_unknown_orders() -> None:
     oms._index(a)
     oms._index(b)
     states = [VenueOrderState("a", "V1-1", 2, 1, 10, 1.25, 4, True), VenueOrderState("zz", "V1-9", 2, 1, 1, 1.0, 0, True)]
-    fills = [VenueEvent("fill", "V1", "a", qty=4, price=1.25, fill_id="V1-t1")]
+    fills = [VenueEvent(VenueEventKind.FILL, "V1", "a", qty=4, price=1.25, fill_id="V1-t1")]
     res = oms.reconcile("V1", states, fills, 9)
     assert [f.fill_id for f in res["missing_fills"]] == ["V1-t1"]
     assert res["closed"] == ["b"] and res["unknown"] == ["zz"] and res["qty_mismatch"] == []

@@ -9,10 +9,11 @@ import pytest
 
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import RiskSettings
+from greekfire.trading.denials import Reason, TradingState
 from greekfire.trading.model import Fill, Instrument, InstrumentKind, OrderType, Side, option
 from greekfire.trading.orders import Order
 from greekfire.trading.portfolio import Portfolio
-from greekfire.trading.risk import Reason, RiskEngine, TradingState
+from greekfire.trading.risk import RiskEngine
 
 NOW = 1_800_000_000 * 10**9
 EXPIRY = datetime.fromtimestamp(NOW / 1e9, UTC) + timedelta(days=30)

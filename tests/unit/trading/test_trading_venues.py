@@ -3,10 +3,10 @@ its reports come back in the order it sent them (one session), unless told to le
 
 from __future__ import annotations
 
-from greekfire.trading.model import Side
+from greekfire.trading.build import default_instruments
+from greekfire.trading.model import Side, VenueEvent
 from greekfire.trading.orders import Order
-from greekfire.trading.paper import default_instruments
-from greekfire.trading.venues import SimulatedVenue, VenueEvent
+from greekfire.trading.simvenue import SimulatedVenue
 
 T0 = 1_800_000_000 * 10**9
 
@@ -49,3 +49,17 @@ def test_reports_come_back_in_the_order_sent_unless_allowed_to_cross() -> None:
         assert len(got) == 600
         sent = [e.ts_ns for e in got]  # the venue's time of each report, in the order they arrived
         assert (sent == sorted(sent)) is ordered
+
+
+def test_one_set_of_order_type_and_time_in_force_enums_serves_books_and_trading() -> None:
+    from greekfire.market import matching
+    from greekfire.trading import model
+
+    assert model.OrderType is matching.OrderType and model.TimeInForce is matching.TimeInForce
+    book = matching.MatchingEngine(1)
+    (rep,) = book.submit(1, 1, Side.BUY, 5, 100, model.OrderType.STOP)
+    assert rep.kind == matching.ExecKind.REJECTED and rep.reason == "unsupported_ord_type"
+    reports = book.submit(2, 1, Side.BUY, 5, 100, tif=model.TimeInForce.GTD)  # rests as GTC
+    assert [r.kind for r in reports] == [matching.ExecKind.ACCEPTED] and book.best_bid() == (100, 5)
+    book.expire_day_orders(0)
+    assert book.best_bid() == (100, 5)

@@ -1,28 +1,23 @@
-"""Paper trading: a synthetic market, simulated venues, and :func:`build_engine`.
-
-:class:`SyntheticMarket` moves one underlying along a geometric Brownian path (time runs ``time_scale``
-times faster than the wall clock, so a 20 s run sees a few hours of market) and prices its option chain
-with :func:`greekfire.quant.bsm_price` in one vectorised call per step. Each simulated venue's synthetic
-participants quote around those fair values.
+"""Construction: :func:`build_engine` builds the trading engine the way production runs it, so tests and
+benchmarks run the same thing as ``greekfire trade --paper``; with it, the default paper instruments and
+simulated venues.
 """
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-import torch
-
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings
-from greekfire.quant import bsm_price
-from greekfire.trading.engine import Strategy, TradingEngine
-from greekfire.trading.model import SECONDS_PER_YEAR, Instrument, InstrumentKind, option
+from greekfire.trading.engine import TradingEngine
+from greekfire.trading.model import Instrument, InstrumentKind, option
+from greekfire.trading.simvenue import SimulatedVenue
 from greekfire.trading.store import SnapshotStore, resolve_url
-from greekfire.trading.venues import SimulatedVenue, Venue
+from greekfire.trading.strategy import Strategy
+from greekfire.trading.synthetic import SyntheticMarket
+from greekfire.trading.venues import Venue
 
 
 def default_instruments(
@@ -39,63 +34,6 @@ def default_instruments(
             out.append(option(iid, underlying, float(k), expiry, right, multiplier=100.0, tick_size=0.01))
             iid += 1
     return out
-
-
-class SyntheticMarket:
-    """Fair values for a chain on one underlying. ``step(now_ns)`` moves the spot and reprices the chain;
-    the first prices are taken at ``now_ns`` (ns since the epoch; default the wall clock: pass the
-    scenario clock's start for a run that does not depend on when it is made)."""
-
-    def __init__(
-        self, instruments: list[Instrument], *, spot: float = 100.0, vol: float = 0.20, rate: float = 0.02,
-        time_scale: float = 600.0, step_ms: float = 20.0, seed: int = 7, now_ns: int | None = None,
-    ) -> None:
-        self.instruments = instruments
-        self.underlying = next(i for i in instruments if not i.is_option)
-        self.options = [i for i in instruments if i.is_option]
-        self.spot = spot
-        self.vol = vol
-        self.rate = rate
-        self.time_scale = time_scale
-        self.step_ns = int(step_ms * 1e6)
-        self.rng = random.Random(seed)
-        self._last_ns: int | None = None
-        self._fair: dict[int, float] = {}
-        self._right = torch.tensor([o.right for o in self.options], dtype=torch.float64)
-        self._strike = torch.tensor([o.strike for o in self.options], dtype=torch.float64)
-        self.steps = 0
-        self._reprice(now_ns if now_ns is not None else time.time_ns())  # first prices at now_ns (ns since epoch)
-
-    def _reprice(self, now_ns: int) -> None:
-        self._fair[self.underlying.instrument_id] = self.spot
-        if self.options:
-            ttm = torch.tensor([max(o.ttm(now_ns), 1e-4) for o in self.options], dtype=torch.float64)
-            px = bsm_price(self._right, self.spot, self._strike, ttm, self.rate, 0.0, self.vol).tolist()
-            for o, p in zip(self.options, px, strict=True):
-                self._fair[o.instrument_id] = p
-
-    def fair_value(self, instrument_id: int) -> float:
-        """Current fair value of an instrument (currency per unit)."""
-        return self._fair.get(instrument_id, math.nan)
-
-    def set_spot(self, spot: float, now_ns: int) -> None:
-        """Put the underlying at ``spot`` and reprice the chain (scripted scenarios and benchmarks)."""
-        self.spot = float(spot)
-        self._reprice(now_ns)
-
-    def step(self, now_ns: int) -> None:
-        """Advance the spot to ``now_ns`` (at most one step per ``step_ms``) and reprice the chain."""
-        if self._last_ns is None:
-            self._last_ns = now_ns
-            return
-        if now_ns - self._last_ns < self.step_ns:
-            return
-        dt = (now_ns - self._last_ns) / 1e9 * self.time_scale / SECONDS_PER_YEAR
-        self._last_ns = now_ns
-        z = self.rng.gauss(0.0, 1.0)
-        self.spot *= math.exp((self.rate - 0.5 * self.vol**2) * dt + self.vol * math.sqrt(dt) * z)
-        self.steps += 1
-        self._reprice(now_ns)
 
 
 def simulated_venues(
@@ -151,8 +89,8 @@ def build_engine(
     )
     if market is not None:
         engine.poll_hooks.append(market.step)
-        engine.portfolio.rate = market.rate
-        engine.portfolio.default_vol = market.vol
+        engine.pricing.rate = market.rate
+        engine.pricing.default_vol = market.vol
         engine.market = market
     if engine.store is not None:
         if restore:

@@ -1,0 +1,173 @@
+"""The strategy API: a strategy acts only through its context — commands carry it as the owner, denials
+come back with their reason code, views are live and read-only, timers fire, a declared volatility is
+what the book is valued with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from greekfire.core.clock import ManualClock
+from greekfire.core.errors import DataError
+from greekfire.core.settings import load_settings
+from greekfire.trading import build_engine
+from greekfire.trading.build import default_instruments
+from greekfire.trading.engine import TradingEngine
+from greekfire.trading.entry import NotOwner
+from greekfire.trading.simvenue import SimulatedVenue
+from greekfire.trading.strategy import OrderStatus, Quote, Reason, Side, Strategy
+
+T0 = 1_800_000_000 * 10**9
+
+
+class Recorder(Strategy):
+    """Does nothing by itself; the test drives its context."""
+
+    name = "rec"
+
+    def __init__(self, name: str | None = None, **params: Any) -> None:
+        super().__init__(name, **params)
+        self.quotes: list[Quote] = []
+        self.ticks: list[int] = []
+
+    def on_quote(self, quote: Quote) -> None:
+        self.quotes.append(quote)
+
+
+def setup(*strategies: Strategy) -> tuple[TradingEngine, SimulatedVenue, ManualClock]:
+    clock = ManualClock(T0)
+    insts = default_instruments(T0)
+    venue = SimulatedVenue("A", insts, {i.instrument_id: 2.5 for i in insts}.get, latency_us=100, jitter_us=0,
+                           flow_rate_hz=0)
+    eng = build_engine(load_settings(), instruments=insts, venues=[venue], strategies=strategies, store=False,
+                       clock_ns=clock.now_ns)
+    venue.add_liquidity(2, Side.BUY, 10, 2.40, T0)
+    venue.add_liquidity(2, Side.SELL, 10, 2.60, T0)
+    venue.add_liquidity(1, Side.BUY, 100, 99.99, T0)
+    venue.add_liquidity(1, Side.SELL, 100, 100.01, T0)
+    eng.start()
+    step(eng, clock)
+    return eng, venue, clock
+
+
+def step(eng: TradingEngine, clock: ManualClock, ms: int = 2) -> None:
+    for _ in range(ms):
+        clock.advance(1_000_000)
+        eng.poll_once(clock.now_ns())
+
+
+def test_commands_go_through_the_context_and_denials_carry_their_reason() -> None:
+    s = Recorder()
+    eng, venue, clock = setup(s)
+    (o,) = s.ctx.submit(2, Side.BUY, 5, 2.45, post_only=True)
+    step(eng, clock)
+    assert o.status == OrderStatus.ACCEPTED and o.strategy_id == "rec" and s.ctx.open_orders() == [o]
+    assert s.ctx.order(o.client_id) is o and s.ctx.open_orders(instrument_id=3) == []
+    assert s.ctx.amend(o, 6, 2.46) is None
+    step(eng, clock)
+    assert (o.qty, o.price) == (6, 2.46) and venue.books[2].best_bid() == (246, 6)
+    denial = s.ctx.amend(o, 5000, 2.46)
+    assert denial is not None and denial.reason == Reason.MAX_QTY and denial.values["qty"] == 5000
+    (bad,) = s.ctx.submit(2, Side.BUY, 1, 2.455)  # off the 0.01 tick
+    assert bad.status == OrderStatus.DENIED and bad.reason == Reason.BAD_TICK.value
+    assert s.ctx.cancel_all() == 1
+    step(eng, clock)
+    assert o.status == OrderStatus.CANCELED and s.ctx.open_orders() == []
+
+
+def test_a_strategy_cannot_touch_another_strategys_orders() -> None:
+    a, b = Recorder("a"), Recorder("b")
+    eng, _venue, clock = setup(a, b)
+    (o,) = a.ctx.submit(2, Side.BUY, 5, 2.45, post_only=True)
+    step(eng, clock)
+    assert b.ctx.order(o.client_id) is None and b.ctx.open_orders() == []
+    assert b.ctx.cancel(o) is False and b.ctx.cancel_all() == 0
+    with pytest.raises(NotOwner, match="belongs to strategy 'a'"):
+        b.ctx.amend_many([(o, 5, 2.46)])
+    with pytest.raises(NotOwner):
+        b.ctx.amend(o.client_id, 5, 2.46)
+    assert o.status == OrderStatus.ACCEPTED and o.price == 2.45  # untouched
+    assert a.ctx.amend_many([(o, 5, 2.46)]) == [None]
+
+
+def test_views_are_live_and_read_only() -> None:
+    s = Recorder()
+    eng, venue, clock = setup(s)
+    ctx = s.ctx
+    assert ctx.spots["GFX"] == pytest.approx(100.0) and ctx.marks[2] == pytest.approx(2.50)
+    assert ctx.quotes[2].bid == 2.40 and ctx.instruments[2].is_option and ctx.by_symbol["GFX"].instrument_id == 1
+    assert ctx.positions.get(2, 0) == 0 and ctx.greeks["GFX"] == (0.0, 0.0, 0.0, 0.0)
+    s.ctx.submit(2, Side.BUY, 4, 2.60)  # takes 4 of the 2.60 ask
+    step(eng, clock, 3)
+    assert ctx.positions[2] == 4 and ctx.greeks["GFX"][0] > 0  # the same view, now showing the fill
+    pos = ctx.position(2)
+    assert (pos.qty, pos.avg_cost) == (4, pytest.approx(2.60)) and ctx.pnl()["fees"] == pytest.approx(pos.fees)
+    for view in (ctx.positions, ctx.greeks, ctx.unit_greeks, ctx.spots, ctx.marks, ctx.quotes, ctx.instruments):
+        with pytest.raises(TypeError):
+            view[2] = 0  # type: ignore[index]
+    with pytest.raises(TypeError):
+        ctx.greeks["GFX"][0] = 0.0  # type: ignore[index]
+    assert eng.portfolio.positions[2].qty == 4
+
+
+def test_timers_fire_on_the_loop_and_can_be_canceled() -> None:
+    s = Recorder()
+    eng, _venue, clock = setup(s)
+    once = s.ctx.set_timer(0.005, s.ticks.append)
+    every = s.ctx.set_timer(0.002, lambda now: s.ticks.append(-now), repeat=True)
+    step(eng, clock, 10)
+    assert once not in (every,) and sum(1 for t in s.ticks if t > 0) == 1
+    repeats = sum(1 for t in s.ticks if t < 0)
+    assert 4 <= repeats <= 5
+    assert s.ctx.cancel_timer(every) and not s.ctx.cancel_timer(once)
+    step(eng, clock, 10)
+    assert sum(1 for t in s.ticks if t < 0) == repeats
+
+
+def test_a_failing_timer_is_isolated_and_counted() -> None:
+    s = Recorder()
+    eng, _venue, clock = setup(s)
+
+    def boom(now: int) -> None:
+        raise ValueError("strategy bug")
+
+    s.ctx.set_timer(0.001, boom)
+    step(eng, clock, 3)
+    assert eng.bus.errors["strategy:rec"] == 1
+
+
+def test_declared_vol_values_the_book_and_the_var() -> None:
+    s = Recorder()
+    eng, _venue, clock = setup(s)
+    s.ctx.submit(2, Side.BUY, 4, 2.60)
+    step(eng, clock, 3)
+    vega_before = eng.portfolio.unit[2][2]
+    s.ctx.declare_vol("GFX", 0.35)
+    step(eng, clock, 1)
+    eng.process([Quote(1, 99.99, 100.01, 100, 100, clock.now_ns(), "A")])  # the underlying moves: revalued
+    assert s.ctx.vol(2) == 0.35 and eng.pricing.underlying_vol("GFX") == 0.35
+    assert eng.risk.var_model.vol_of("GFX") == 0.35 and eng.pricing.declared == {"GFX": "rec"}
+    assert eng.portfolio.unit[2][2] != pytest.approx(vega_before)
+    assert eng.audit.entries(kind="pricing", ref="GFX")[-1][4] == {"vol": 0.35, "declared_by": "rec"}
+    with pytest.raises(DataError, match="vol"):
+        s.ctx.declare_vol("GFX", -1.0)
+    with pytest.raises(DataError, match="underlying"):
+        s.ctx.declare_vol("NOPE", 0.2)
+
+
+def test_a_strategy_without_an_engine_says_so() -> None:
+    with pytest.raises(RuntimeError, match="not attached to an engine"):
+        Recorder().submit(2, Side.BUY, 1, 2.45)
+
+
+def test_a_repeating_timer_polled_late_fires_once_then_keeps_its_interval() -> None:
+    from greekfire.trading.timers import Timers
+
+    fired: list[tuple[str, int]] = []
+    timers = Timers(lambda owner, fn, now: fired.append((owner, now)))
+    tid = timers.add("s", 1_000, lambda now: None, interval_ns=1_000)
+    assert timers.fire_due(999) == 0
+    assert timers.fire_due(5_500) == 1  # four intervals missed: one call, not a burst
+    assert timers.heap[0][0] == 6_500 and fired == [("s", 5_500)]
+    assert timers.cancel(tid) and timers.fire_due(10_000) == 0 and not timers.cancel(tid)

@@ -3,6 +3,7 @@ environment variable, in one table row, as the settings models define them today
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,9 @@ def test_documented_rows_name_real_settings() -> None:
     stale = []
     for page in set(OWNER.values()):
         for ln in (ROOT / page).read_text().splitlines():
-            if ln.startswith("| `") and "`GREEKFIRE_" in ln:
-                key = ln.split("`")[1]
-                if key not in known:
-                    stale.append(f"{page}: {key}")
+            m = re.match(r"^\| `([a-z_][a-z0-9_.]*)` \|", ln)
+            if m and "`GREEKFIRE_" in ln and m.group(1) not in known:
+                stale.append(f"{page}: {m.group(1)}")
     assert not stale, f"documented settings that do not exist: {stale}"
 
 

@@ -124,3 +124,25 @@ def test_there_are_examples_on_every_system_page() -> None:
              "docs/data.md", "docs/pricing-model.md", "README.md"]
     without = [p for p in pages if not any(b.runs for b in PAGE_BLOCKS.get(p, []))]
     assert not without, f"pages without a runnable example: {without}"
+
+
+def _cells(row: str) -> int:
+    """Cells of a Markdown table row: unescaped pipes split cells, even inside code spans."""
+    return len(re.findall(r"(?<!\\)\|", row.strip().strip("|"))) + 1
+
+
+@pytest.mark.parametrize("page", list(PAGE_BLOCKS))
+def test_tables_have_as_many_cells_as_their_header(page: str) -> None:
+    """A row with a stray pipe (``|theta|``) renders as a broken table; escape it or reword."""
+    # code blocks blanked line for line, so the numbers below are the page's own
+    text = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), (ROOT / page).read_text(), flags=re.S)
+    bad, header = [], None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.startswith("|"):
+            header = None
+            continue
+        if header is None:
+            header = _cells(line)
+        elif _cells(line) != header:
+            bad.append(f"line {n}: {_cells(line)} cells, header has {header}")
+    assert not bad, f"{page}: " + "; ".join(bad)

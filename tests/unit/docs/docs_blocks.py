@@ -127,7 +127,6 @@ def block_env(base: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_") and k != "CI"}
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PATH"] = os.pathsep.join([str(base / "bin"), env.get("PATH", "")])
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 

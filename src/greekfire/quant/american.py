@@ -416,7 +416,7 @@ def american_inversion(value_fn: ValueFn) -> Callable[..., IVResult]:
         kw = {"evaluations": options["iv_evaluations"]} if "iv_evaluations" in options else {}
         if "iv_rtol" in options:
             kw["rtol"] = options["iv_rtol"]
-        return american_iv(pricer, market.price, batch.right, market.spot, batch.strike, batch.ttm, market.rate,
+        return american_iv(pricer, market.require_price(), batch.right, market.spot, batch.strike, batch.ttm, market.rate,
                            market.div_yield, **kw)
 
     return invert

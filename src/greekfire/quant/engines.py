@@ -45,7 +45,7 @@ def _renamed(options: Mapping[str, Any], **names: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # European, closed form
 def _bsm_iv(batch: OptionBatch, market: MarketInputs, options: Mapping[str, Any]) -> IVResult:
-    return implied_vol(market.price, batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.div_yield,
+    return implied_vol(market.require_price(), batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.div_yield,
                        **_renamed(options, iv_iterations="iterations", compile="compile"))
 
 
@@ -56,7 +56,7 @@ def _bsm_iv(batch: OptionBatch, market: MarketInputs, options: Mapping[str, Any]
 )
 def _bsm(batch: OptionBatch, market: MarketInputs, outputs: tuple[str, ...], options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Black-Scholes-Merton, closed form"""
-    args = (batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.div_yield, market.vol)
+    args = (batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.div_yield, market.require_vol())
     kw = _renamed(options, compile="compile")
     if outputs == ("value",):
         return {"value": bsm_price(*args, **kw)}
@@ -65,7 +65,7 @@ def _bsm(batch: OptionBatch, market: MarketInputs, outputs: tuple[str, ...], opt
 
 def _black76_iv(batch: OptionBatch, market: MarketInputs, options: Mapping[str, Any]) -> IVResult:
     # Black-76 on the forward F is Black-Scholes-Merton on spot F with the yield equal to the rate
-    return implied_vol(market.price, batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.rate,
+    return implied_vol(market.require_price(), batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.rate,
                        **_renamed(options, iv_iterations="iterations", compile="compile"))
 
 
@@ -76,7 +76,7 @@ def _black76_iv(batch: OptionBatch, market: MarketInputs, options: Mapping[str, 
 )
 def _black76(batch: OptionBatch, market: MarketInputs, outputs: tuple[str, ...], options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Black-76 on a forward (spot is the forward), closed form"""
-    args = (batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.vol)
+    args = (batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.require_vol())
     kw = _renamed(options, compile="compile")
     if outputs == ("value",):
         return {"value": black76_price(*args, **kw)}
@@ -102,7 +102,7 @@ def _heston(batch: OptionBatch, market: MarketInputs, outputs: tuple[str, ...], 
 )
 def _mc(batch: OptionBatch, market: MarketInputs, outputs: tuple[str, ...], options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Monte Carlo on the exact log-normal law, with standard errors"""
-    res = mc_european(batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.div_yield, market.vol,
+    res = mc_european(batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.div_yield, market.require_vol(),
                       **_renamed(options, n_paths="n_paths", seed="seed", antithetic="antithetic"))
     both = {"value": res.price, "stderr": res.stderr}
     return {k: both[k] for k in outputs}
@@ -111,15 +111,15 @@ def _mc(batch: OptionBatch, market: MarketInputs, outputs: tuple[str, ...], opti
 # ---------------------------------------------------------------------------------------------------
 # American
 def _register_american(
-    name: str, summary: str, value_fn: Callable[..., torch.Tensor], options: tuple[str, ...],
+    name: str, summary: str, value_fn: Callable[..., torch.Tensor], takes: tuple[str, ...],
     bumps: tuple[float, float, float] = (1e-3, 1e-4, 1e-5),
 ) -> None:
-    """Register an American engine pricing with ``value_fn(w, S, K, T, r, q, vol, **options)``; ``bumps``:
-    (relative spot, vol, rate) bumps of its Greeks."""
+    """Register an American engine pricing with ``value_fn(w, S, K, T, r, q, vol, **options)`` (the options
+    it ``takes``); ``bumps``: (relative spot, vol, rate) bumps of its Greeks."""
 
-    def compute(batch: OptionBatch, market: MarketInputs, outputs: tuple[str, ...], opts: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        kw = {k: v for k, v in opts.items() if k in options}
-        args = (batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.div_yield, market.vol)
+    def compute(batch: OptionBatch, market: MarketInputs, outputs: tuple[str, ...], options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        kw = {k: v for k, v in options.items() if k in takes}
+        args = (batch.right, market.spot, batch.strike, batch.ttm, market.rate, market.div_yield, market.require_vol())
         if outputs == ("value",):
             return {"value": value_fn(*args, **kw)}
 
@@ -130,7 +130,7 @@ def _register_american(
         return {k: g[k] for k in outputs}
 
     caps = Capabilities(outputs=BUMP_GREEKS, greeks="bump", implied_vol=name, styles=("american",),
-                        options=(*options, *AMERICAN_IV_OPTIONS))
+                        options=(*takes, *AMERICAN_IV_OPTIONS))
     register_engine(name, caps, summary=summary, implied_vol=american_inversion(value_fn))(compute)
 
 

@@ -85,11 +85,17 @@ class MarketInputs:
     price: TensorLike | None = None
     params: Mapping[str, TensorLike] = field(default_factory=dict)
 
-    def require_vol(self, engine: str) -> TensorLike:
+    def require_vol(self, engine: str = "") -> TensorLike:
         """``vol``, or a DataError naming it when it is missing."""
         if self.vol is None:
             raise DataError("vol", None, f"is required by pricing engine {engine!r}")
         return self.vol
+
+    def require_price(self) -> TensorLike:
+        """``price``, or a DataError naming it when it is missing."""
+        if self.price is None:
+            raise DataError("price", None, "a market price is required for implied vols")
+        return self.price
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +178,6 @@ class PricingEngine:
         for name in wanted:
             if name not in caps.outputs and name not in IV_OUTPUTS:
                 raise DataError("outputs", name, f"pricing engine {self.name!r} gives {', '.join(caps.outputs)}")
-        for name in caps.params:
-            if name not in market.params:
-                raise DataError("params", name, f"is required by pricing engine {self.name!r}")
         device = _device_of(batch, market)
         if device.type not in caps.devices:
             raise DataError("device", str(device), f"pricing engine {self.name!r} runs on {', '.join(caps.devices)}")
@@ -187,6 +190,9 @@ class PricingEngine:
         if priced:
             if "vol" in caps.inputs:
                 market.require_vol(self.name)
+            for name in caps.params:
+                if name not in market.params:
+                    raise DataError("params", name, f"is required by pricing engine {self.name!r}")
             result.update(self.compute(batch, market, priced, opts))
         return result
 
@@ -204,8 +210,7 @@ def implied_vols(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Implied vols of ``market.price`` under ``engine``'s quoting convention (its ``implied_vol``
     capability: its own inversion or another engine's)."""
-    if market.price is None:
-        raise DataError("price", None, "a market price is required for implied vols")
+    market.require_price()
     by = engine.capabilities.implied_vol
     if by is None:
         raise DataError("outputs", "iv", f"pricing engine {engine.name!r} gives no implied vol")

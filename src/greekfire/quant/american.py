@@ -3,13 +3,16 @@
 Units as everywhere in :mod:`greekfire.quant`: ``ttm`` years, ``rate``/``div_yield`` continuously
 compounded, ``vol`` annualised, ``right`` +1 call / -1 put. Each engine prices a whole batch at once
 on tensors (any device). Greeks of any engine are taken by batched central bump-and-reprice
-(:func:`american_greeks`), which also gives vega and rho (a tree gives only delta, gamma, theta).
-"""
+(:func:`bump_greeks`), which also gives vega and rho (a tree gives only delta, gamma, theta).
+
+:func:`american_price`, :func:`american_greeks` and :func:`american_implied_vol` take the engine by name
+from the registry of pricing engines (:mod:`greekfire.quant.registry`; the built-in ones, ``qdfp`` included,
+are registered in :mod:`greekfire.quant.engines`), so this module needs none of the engines built on it."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -407,7 +410,7 @@ def american_inversion(value_fn: ValueFn) -> Callable[..., IVResult]:
     **options)``: :func:`greekfire.quant._american_iv.american_iv` on it (options ``iv_evaluations``,
     ``iv_rtol``; the others go to the engine)."""
 
-    def invert(batch: OptionBatch, market: MarketInputs, options: Any) -> IVResult:
+    def invert(batch: OptionBatch, market: MarketInputs, options: Mapping[str, Any]) -> IVResult:
         opts = {k: v for k, v in options.items() if not k.startswith("iv_")}
 
         def pricer(*args: torch.Tensor) -> torch.Tensor:

@@ -181,10 +181,10 @@ class PricingEngine:
         device = _device_of(batch, market)
         if device.type not in caps.devices:
             raise DataError("device", str(device), f"pricing engine {self.name!r} runs on {', '.join(caps.devices)}")
-        opts = {k: v for k, v in options.items() if k in caps.options}
         result: dict[str, torch.Tensor] = {}
         if any(name in IV_OUTPUTS for name in wanted):
-            vol, code = implied_vols(self, batch, market, opts)
+            # the inverting engine may be another one (its own options, not this engine's)
+            vol, code = implied_vols(self, batch, market, options)
             result["iv"], result["iv_code"] = vol, code
         priced = tuple(name for name in wanted if name not in IV_OUTPUTS)
         if priced:
@@ -193,8 +193,10 @@ class PricingEngine:
             for name in caps.params:
                 if name not in market.params:
                     raise DataError("params", name, f"is required by pricing engine {self.name!r}")
+            opts = {k: v for k, v in options.items() if k in caps.options}
             result.update(self.compute(batch, market, priced, opts))
-        return result
+        order = [key for name in wanted for key in (IV_OUTPUTS if name in IV_OUTPUTS else (name,))]
+        return {key: result[key] for key in dict.fromkeys(order)}
 
 
 def _device_of(batch: OptionBatch, market: MarketInputs) -> torch.device:

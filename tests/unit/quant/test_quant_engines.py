@@ -123,6 +123,8 @@ def test_implied_vols_through_the_registry() -> None:
     ref = implied_vol(p, c["w"], c["S"], c["K"], c["T"], c["r"], c["q"])
     torch.testing.assert_close(out["iv"], ref.vol, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(out["iv_code"], ref.code)
+    both = price("bsm", batch, MarketInputs(c["S"], c["r"], c["q"], vol=c["v"], price=p), outputs=("value", "iv"))
+    assert list(both) == ["value", "iv", "iv_code"] and torch.equal(both["value"], p)
     # heston quotes in Black-Scholes vols (the market's convention), through the bsm engine
     heston = price("heston", batch, MarketInputs(c["S"], c["r"], c["q"], price=p), outputs="iv")
     torch.testing.assert_close(heston["iv"], ref.vol, rtol=0, atol=0, equal_nan=True)

@@ -64,6 +64,18 @@ def resolve_engine(style: str, model: str | None) -> PricingEngine:
     return engine
 
 
+def engine_device(engine: PricingEngine, device: str) -> torch.device:
+    """The device ``engine`` prices on for ``device``: as :func:`resolve_device`, except that ``auto`` falls
+    back to the CPU for an engine that does not run on the GPU it would pick."""
+    dev = resolve_device(device)
+    devices = engine.capabilities.devices
+    if dev.type not in devices:
+        if device.strip().lower() == "auto" and "cpu" in devices:
+            return torch.device("cpu")
+        raise DataError("device", device, f"--model {engine.name} runs on {', '.join(devices)}")
+    return dev
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV or Parquet file, chosen by suffix."""
     suffix = path.suffix.lower()
@@ -133,9 +145,7 @@ def price_frame(
     engine = resolve_engine(style, model)
     caps = engine.capabilities
     _check_columns(frame, engine)
-    dev = resolve_device(device)
-    if dev.type not in caps.devices:
-        raise DataError("device", str(dev), f"--model {engine.name} runs on {', '.join(caps.devices)}")
+    dev = engine_device(engine, device)
     dt = {"float64": torch.float64, "float32": torch.float32}.get(dtype)
     if dt is None:
         raise DataError("dtype", dtype, "must be float64 or float32")
@@ -217,6 +227,7 @@ def price_file(
     t0 = time.perf_counter()
     if Path(output_path).suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise DataError("output", str(output_path), "must end in .csv or .parquet")
+    engine = resolve_engine(style, model)
     frame = read_table(Path(input_path))
     if progress and len(frame) > CHUNK_ROWS:
         from rich.progress import Progress
@@ -236,8 +247,8 @@ def price_file(
         "flagged": flagged,
         "errors": {k: int(v) for k, v in counts.items() if k},
         "style": style,
-        "model": resolve_engine(style, model).name,
-        "device": str(resolve_device(device)),
+        "model": engine.name,
+        "device": str(engine_device(engine, device)),
         "seconds": round(time.perf_counter() - t0, 3),
         "output": str(output_path),
     }

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from greekfire.core.errors import DataError
 from greekfire.ml.config import DataConfig
+from greekfire.quant import MarketInputs, OptionBatch, price
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,10 @@ def _fingerprint(*arrays: Tensor | np.ndarray) -> str:
 
 
 def _bsm_price(right: Tensor, spot: Tensor, strike: Tensor, ttm: Tensor, rate: Tensor, q: Tensor, vol: Tensor) -> Tensor:
-    """Black-Scholes price through greekfire.quant (the contract's ``bsm_price``)."""
-    try:
-        from greekfire.quant import bsm_price
-    except ImportError:  # the package re-export may not be in place yet; the function is
-        from greekfire.quant.european import bsm_price
-    try:
-        # small fused kernels are faster than compiling one on a CPU box; keep generation predictable
-        return bsm_price(right, spot, strike, ttm, rate, q, vol, compile=False)  # type: ignore[call-arg]
-    except TypeError:
-        return bsm_price(right, spot, strike, ttm, rate, q, vol)
+    """Black-Scholes price through the registry of pricing engines (engine ``bsm``)."""
+    # small fused kernels are faster than compiling one on a CPU box; keep generation predictable
+    market = MarketInputs(spot, rate, q, vol=vol)
+    return price("bsm", OptionBatch(right, strike, ttm), market, compile=False)["value"]
 
 
 def bs_liu_samples(n: int, seed: int) -> tuple[Tensor, Tensor, list[str]]:

@@ -50,7 +50,7 @@ class _Leg:
     """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
     object, not a lookup in each of several dicts keyed by instrument."""
 
-    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "live", "mkt", "orders")
+    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "live", "mkt", "tops", "orders")
 
     def __init__(self, inst: Instrument) -> None:
         self.inst = inst
@@ -60,7 +60,8 @@ class _Leg:
         self.base: tuple[float, float, float, float] | None = None  # (spot, value, delta, gamma) at the last full price
         self.want: tuple[float | None, float | None] | None = None  # unclamped target (bid, ask)
         self.live: tuple[float | None, float | None] | None = None  # what our working orders show (bid, ask)
-        self.mkt: tuple[float, float] | None = None  # best bid / ask last seen (any venue)
+        self.mkt: tuple[float, float] | None = None  # best bid / best ask over the venues' last tops
+        self.tops: dict[str, tuple[float, float]] = {}  # per venue: its last (bid, ask)
         self.orders: list[Order | None] = [None, None]  # our working [bid, ask] order
 
 
@@ -69,7 +70,8 @@ class OptionsMarketMaker(Strategy):
 
     vol (annualised, 0.20), rate (0.02), half_width_ticks (4), size (contracts, 5), inventory_skew (currency
     per contract held, 0.01), delta_skew (currency per share of book delta per unit option delta, 2e-5),
-    vega_skew (1e-6), max_inventory (contracts, 50), requote_ticks (1), full_reprice_bps (50.0).
+    vega_skew (1e-6), max_inventory (contracts, 50), requote_ticks (1), full_reprice_bps (50.0),
+    max_skew_ticks (the most the three skews together move the reservation, ticks; half_width_ticks).
     """
 
     name = "market_maker"
@@ -87,6 +89,7 @@ class OptionsMarketMaker(Strategy):
         self.max_inventory = int(p.get("max_inventory", 50))
         self.requote_ticks = int(p.get("requote_ticks", 1))
         self.full_reprice_bps = float(p.get("full_reprice_bps", 50.0))
+        self.max_skew_ticks = float(p.get("max_skew_ticks", self.half_width_ticks))
         self.fair: dict[int, float] = {}  # fair value per option (currency)
         self._legs: dict[int, _Leg] = {}  # per option
         self._chain: dict[str, list[_Leg]] = {}
@@ -169,6 +172,14 @@ class OptionsMarketMaker(Strategy):
         if leg is None:
             return
         bid, ask = quote.bid, quote.ask
+        tops = leg.tops
+        tops[quote.venue] = (bid, ask)
+        if len(tops) > 1:  # the best of every venue: a quote inside it crosses none, wherever it is routed
+            for b, a in tops.values():
+                if b > bid or bid != bid:
+                    bid = b
+                if a < ask or ask != ask:
+                    ask = a
         leg.mkt = (bid, ask)
         want = leg.want
         # fast path: our target is unchanged, already shown, and the new market does not force a clamp
@@ -213,6 +224,7 @@ class OptionsMarketMaker(Strategy):
         fair_of, quote_side = self.fair, self._quote_side
         inv_skew, delta_skew, vega_skew = self.inventory_skew, self.delta_skew, self.vega_skew
         hw, max_inv, size, ticks = self.half_width_ticks, self.max_inventory, self.size, self.requote_ticks
+        max_skew = self.max_skew_ticks
         floor, ceil, working, ticks_per_unit = math.floor, math.ceil, _WORKING, _TICKS_PER_UNIT
         amends: list[tuple[Order, int, float]] = []
         want_bid: float | None
@@ -221,7 +233,7 @@ class OptionsMarketMaker(Strategy):
         fair: float | None
         und: str | None = None
         book: list[float] | tuple[float, ...] = _ZERO4
-        tick, per_unit, move = 0.0, 0, 0.0
+        tick, per_unit, move, cap = 0.0, 0, 0.0, 0.0
         for leg in legs:
             iid = leg.iid
             b = leg.base
@@ -246,7 +258,16 @@ class OptionsMarketMaker(Strategy):
                 known = ticks_per_unit.get(tick)
                 per_unit = ticks_per_unit[tick] = _ticks_per_unit(tick) if known is None else known
                 move = ticks * tick - 1e-9
-            r = (fair - inv_skew * qty - delta_skew * book[0] * unit[0] - vega_skew * book[2] * unit[2]) / tick
+                cap = max_skew * tick
+            # the skew leans the quotes to shed inventory and Greeks, but never past fair value: uncapped, a
+            # few dozen contracts pushed it tens of ticks, selling below (buying above) fair to the flow
+            # and out of the risk engine's price band (its denied re-quotes left the old quote resting)
+            skew = inv_skew * qty + delta_skew * book[0] * unit[0] + vega_skew * book[2] * unit[2]
+            if skew > cap:
+                skew = cap
+            elif skew < -cap:
+                skew = -cap
+            r = (fair - skew) / tick
             if per_unit:  # n ticks / (ticks per 1.00): the exact decimal price, ~10x cheaper than round(x, 10)
                 want_bid = floor(r - hw + 1e-9) / per_unit
                 want_ask = ceil(r + hw - 1e-9) / per_unit

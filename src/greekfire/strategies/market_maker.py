@@ -8,13 +8,15 @@ tensor call); the chain is stepped, largest |delta| at the last full price first
 goes out in one mass quote (``engine.amend_many``), the ones the move hits hardest first in the message.
 Each option is quoted on both sides:
 
-    reservation = fair - inventory_skew x position - delta_skew x book_delta x option_delta
-                       - vega_skew x book_vega x option_vega
+    skew = inventory_skew x position + delta_skew x book_delta x option_delta + vega_skew x book_vega x option_vega
+    reservation = fair - skew, the skew capped at +/- max_skew_ticks x tick
     bid = reservation - half_width_ticks x tick,  ask = reservation + half_width_ticks x tick
 
-rounded away from the reservation onto the tick grid, kept one tick inside the market's opposite side,
-post-only. A quote is amended only when its price moves by ``requote_ticks`` or more, so most market events
-produce no order. At ``max_inventory`` contracts the side that would grow the position is pulled.
+rounded away from the reservation onto the tick grid, kept one tick inside the best opposite price over
+every venue (so the router can post it wherever it goes), post-only. With the cap at the half width (the
+default) a quote leans to shed inventory but never bids above or offers below fair value. A quote is
+amended only when its price moves by ``requote_ticks`` or more, so most market events produce no order. At
+``max_inventory`` contracts the side that would grow the position is pulled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import torch
 
+from greekfire.core.errors import ConfigError
 from greekfire.quant import bsm_greeks
 from greekfire.trading.engine import Strategy
 from greekfire.trading.model import Fill, Instrument, Quote, Side, TimeInForce
@@ -90,6 +93,8 @@ class OptionsMarketMaker(Strategy):
         self.requote_ticks = int(p.get("requote_ticks", 1))
         self.full_reprice_bps = float(p.get("full_reprice_bps", 50.0))
         self.max_skew_ticks = float(p.get("max_skew_ticks", self.half_width_ticks))
+        if not self.max_skew_ticks >= 0:
+            raise ConfigError("market_maker.max_skew_ticks", self.max_skew_ticks, ">= 0 (ticks)")
         self.fair: dict[int, float] = {}  # fair value per option (currency)
         self._legs: dict[int, _Leg] = {}  # per option
         self._chain: dict[str, list[_Leg]] = {}

@@ -38,6 +38,7 @@ _WORKING = frozenset((OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED))
 _BUY, _SELL, _GTC = Side.BUY, Side.SELL, TimeInForce.GTC
 _SIDES = (_BUY, _SELL)  # quote side k: 0 bid, 1 ask
 _ZERO4 = (0.0, 0.0, 0.0, 0.0)
+_INF = math.inf
 _TICKS_PER_UNIT: dict[float, int] = {}
 
 
@@ -53,7 +54,7 @@ class _Leg:
     """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
     object, not a lookup in each of several dicts keyed by instrument."""
 
-    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "live", "mkt", "tops", "orders")
+    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "live", "tops", "orders")
 
     def __init__(self, inst: Instrument) -> None:
         self.inst = inst
@@ -63,8 +64,7 @@ class _Leg:
         self.base: tuple[float, float, float, float] | None = None  # (spot, value, delta, gamma) at the last full price
         self.want: tuple[float | None, float | None] | None = None  # unclamped target (bid, ask)
         self.live: tuple[float | None, float | None] | None = None  # what our working orders show (bid, ask)
-        self.mkt: tuple[float, float] | None = None  # best bid / best ask over the venues' last tops
-        self.tops: dict[str, tuple[float, float]] = {}  # per venue: its last (bid, ask)
+        self.tops: dict[str, Quote] = {}  # the last quote of each venue
         self.orders: list[Order | None] = [None, None]  # our working [bid, ask] order
 
 
@@ -176,18 +176,12 @@ class OptionsMarketMaker(Strategy):
         leg = self._legs.get(iid)
         if leg is None:
             return
+        leg.tops[quote.venue] = quote
         bid, ask = quote.bid, quote.ask
-        tops = leg.tops
-        tops[quote.venue] = (bid, ask)
-        if len(tops) > 1:  # the best of every venue: a quote inside it crosses none, wherever it is routed
-            for b, a in tops.values():
-                if b > bid or bid != bid:
-                    bid = b
-                if a < ask or ask != ask:
-                    ask = a
-        leg.mkt = (bid, ask)
         want = leg.want
-        # fast path: our target is unchanged, already shown, and the new market does not force a clamp
+        # fast path: our target is unchanged, already shown, and the new market does not force a clamp. This
+        # venue's quote is all there is to check: shown == target means the last re-quote found no venue
+        # forcing a clamp, and each venue's quote since then was checked here as it came
         if want is not None and leg.live == want:
             wb, wa = want
             if (wb is None or not wb >= ask) and (wa is None or not wa <= bid):
@@ -284,18 +278,21 @@ class OptionsMarketMaker(Strategy):
             if qty <= -max_inv:
                 want_ask = None
             want = (want_bid, want_ask)
-            mkt = leg.mkt
-            if spot is not None and want == leg.want and want == leg.live and (
-                mkt is None or ((want_bid is None or not want_bid >= mkt[1]) and (want_ask is None or not want_ask <= mkt[0]))
-            ):
-                continue  # the step left this option's quotes where they are, and they are working there
+            if spot is not None and want == leg.want and want == leg.live:
+                continue  # the step left this option's quotes where they are, working there, clamped by no venue
             leg.want = want
-            if mkt is not None:  # never cross the market: one tick inside its opposite side
-                mb, ma = mkt
-                if want_bid is not None and ma == ma and want_bid >= ma:
-                    want_bid = round(ma - tick, 10) if ma - tick >= tick else None
-                if want_ask is not None and mb == mb and want_ask <= mb:
-                    want_ask = round(mb + tick, 10)
+            # never cross the market: one tick inside the best opposite price over every venue, so the quote
+            # is marketable at none and the router posts it wherever it goes (an empty side, NaN, never wins)
+            mb, ma = -_INF, _INF
+            for q in leg.tops.values():
+                if q.bid > mb:
+                    mb = q.bid
+                if q.ask < ma:
+                    ma = q.ask
+            if want_bid is not None and want_bid >= ma:
+                want_bid = round(ma - tick, 10) if ma - tick >= tick else None
+            if want_ask is not None and want_ask <= mb:
+                want_ask = round(mb + tick, 10)
             mine = leg.orders
             # the common case inline: a working quote that stays, or moves (one amend); else _quote_side
             o = mine[0]

@@ -8,13 +8,15 @@ tensor call); the chain is stepped, largest |delta| at the last full price first
 goes out in one mass quote (``ctx.amend_many``), the ones the move hits hardest first in the message.
 Each option is quoted on both sides:
 
-    reservation = fair - inventory_skew x position - delta_skew x book_delta x option_delta
-                       - vega_skew x book_vega x option_vega
+    skew = inventory_skew x position + delta_skew x book_delta x option_delta + vega_skew x book_vega x option_vega
+    reservation = fair - skew, the skew capped at +/- max_skew_ticks x tick
     bid = reservation - half_width_ticks x tick,  ask = reservation + half_width_ticks x tick
 
-rounded away from the reservation onto the tick grid, kept one tick inside the market's opposite side,
-post-only. A quote is amended only when its price moves by ``requote_ticks`` or more, so most market events
-produce no order. At ``max_inventory`` contracts the side that would grow the position is pulled.
+rounded away from the reservation onto the tick grid, kept one tick inside the best opposite price over
+every venue (so the router can post it wherever it goes), post-only. With the cap at the half width (the
+default) a quote leans to shed inventory but never bids above or offers below fair value. A quote is
+amended only when its price moves by ``requote_ticks`` or more, so most market events produce no order. At
+``max_inventory`` contracts the side that would grow the position is pulled.
 
 It acts only through its :class:`~greekfire.trading.strategy.StrategyContext`: its volatility is declared
 to the engine's pricing inputs at start (``ctx.declare_vol``), so the book's Greeks and the VaR limit use
@@ -29,6 +31,7 @@ from typing import Any
 
 import torch
 
+from greekfire.core.errors import ConfigError
 from greekfire.quant import bsm_greeks
 from greekfire.trading.model import Fill, Instrument, Quote, Side, TimeInForce
 from greekfire.trading.orders import OPEN, OrderStatus
@@ -39,6 +42,7 @@ _WORKING = frozenset((OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED))
 _BUY, _SELL, _GTC = Side.BUY, Side.SELL, TimeInForce.GTC
 _SIDES = (_BUY, _SELL)  # quote side k: 0 bid, 1 ask
 _ZERO4 = (0.0, 0.0, 0.0, 0.0)
+_INF = math.inf
 _TICKS_PER_UNIT: dict[float, int] = {}
 
 
@@ -54,7 +58,7 @@ class _Leg:
     """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
     object, not a lookup in each of several dicts keyed by instrument."""
 
-    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "live", "mkt", "orders")
+    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "live", "tops", "orders")
 
     def __init__(self, inst: Instrument) -> None:
         self.inst = inst
@@ -64,7 +68,7 @@ class _Leg:
         self.base: tuple[float, float, float, float] | None = None  # (spot, value, delta, gamma) at the last full price
         self.want: tuple[float | None, float | None] | None = None  # unclamped target (bid, ask)
         self.live: tuple[float | None, float | None] | None = None  # what our working orders show (bid, ask)
-        self.mkt: tuple[float, float] | None = None  # best bid / ask last seen (any venue)
+        self.tops: dict[str, Quote] = {}  # the last quote of each venue
         self.orders: list[OrderView | None] = [None, None]  # our working [bid, ask] order
 
 
@@ -73,7 +77,8 @@ class OptionsMarketMaker(Strategy):
 
     vol (annualised, 0.20), rate (0.02), half_width_ticks (4), size (contracts, 5), inventory_skew (currency
     per contract held, 0.01), delta_skew (currency per share of book delta per unit option delta, 2e-5),
-    vega_skew (1e-6), max_inventory (contracts, 50), requote_ticks (1), full_reprice_bps (50.0).
+    vega_skew (1e-6), max_inventory (contracts, 50), requote_ticks (1), full_reprice_bps (50.0),
+    max_skew_ticks (the most the three skews together move the reservation, ticks; half_width_ticks).
     """
 
     name = "market_maker"
@@ -91,6 +96,9 @@ class OptionsMarketMaker(Strategy):
         self.max_inventory = int(p.get("max_inventory", 50))
         self.requote_ticks = int(p.get("requote_ticks", 1))
         self.full_reprice_bps = float(p.get("full_reprice_bps", 50.0))
+        self.max_skew_ticks = float(p.get("max_skew_ticks", self.half_width_ticks))
+        if not self.max_skew_ticks >= 0:
+            raise ConfigError("market_maker.max_skew_ticks", self.max_skew_ticks, ">= 0 (ticks)")
         self.fair: dict[int, float] = {}  # fair value per option (currency)
         self._legs: dict[int, _Leg] = {}  # per option
         self._chain: dict[str, list[_Leg]] = {}
@@ -169,10 +177,12 @@ class OptionsMarketMaker(Strategy):
         leg = self._legs.get(iid)
         if leg is None:
             return
+        leg.tops[quote.venue] = quote
         bid, ask = quote.bid, quote.ask
-        leg.mkt = (bid, ask)
         want = leg.want
-        # fast path: our target is unchanged, already shown, and the new market does not force a clamp
+        # fast path: our target is unchanged, already shown, and the new market does not force a clamp. This
+        # venue's quote is all there is to check: shown == target means the last re-quote found no venue
+        # forcing a clamp, and each venue's quote since then was checked here as it came
         if want is not None and leg.live == want:
             wb, wa = want
             if (wb is None or not wb >= ask) and (wa is None or not wa <= bid):
@@ -209,6 +219,7 @@ class OptionsMarketMaker(Strategy):
         fair_of, quote_side = self.fair, self._quote_side
         inv_skew, delta_skew, vega_skew = self.inventory_skew, self.delta_skew, self.vega_skew
         hw, max_inv, size, ticks = self.half_width_ticks, self.max_inventory, self.size, self.requote_ticks
+        max_skew = self.max_skew_ticks
         floor, ceil, working, ticks_per_unit = math.floor, math.ceil, _WORKING, _TICKS_PER_UNIT
         amends: list[tuple[OrderView, int, float]] = []
         want_bid: float | None
@@ -217,7 +228,7 @@ class OptionsMarketMaker(Strategy):
         fair: float | None
         und: str | None = None
         book: tuple[float, ...] = _ZERO4
-        tick, per_unit, move = 0.0, 0, 0.0
+        tick, per_unit, move, cap = 0.0, 0, 0.0, 0.0
         for leg in legs:
             iid = leg.iid
             b = leg.base
@@ -241,7 +252,16 @@ class OptionsMarketMaker(Strategy):
                 known = ticks_per_unit.get(tick)
                 per_unit = ticks_per_unit[tick] = _ticks_per_unit(tick) if known is None else known
                 move = ticks * tick - 1e-9
-            r = (fair - inv_skew * qty - delta_skew * book[0] * unit[0] - vega_skew * book[2] * unit[2]) / tick
+                cap = max_skew * tick
+            # the skew leans the quotes to shed inventory and Greeks, but never past fair value: uncapped, a
+            # few dozen contracts pushed it tens of ticks, selling below (buying above) fair to the flow
+            # and out of the risk engine's price band (its denied re-quotes left the old quote resting)
+            skew = inv_skew * qty + delta_skew * book[0] * unit[0] + vega_skew * book[2] * unit[2]
+            if skew > cap:
+                skew = cap
+            elif skew < -cap:
+                skew = -cap
+            r = (fair - skew) / tick
             if per_unit:  # n ticks / (ticks per 1.00): the exact decimal price, ~10x cheaper than round(x, 10)
                 want_bid = floor(r - hw + 1e-9) / per_unit
                 want_ask = ceil(r + hw - 1e-9) / per_unit
@@ -253,18 +273,21 @@ class OptionsMarketMaker(Strategy):
             if qty <= -max_inv:
                 want_ask = None
             want = (want_bid, want_ask)
-            mkt = leg.mkt
-            if spot is not None and want == leg.want and want == leg.live and (
-                mkt is None or ((want_bid is None or not want_bid >= mkt[1]) and (want_ask is None or not want_ask <= mkt[0]))
-            ):
-                continue  # the step left this option's quotes where they are, and they are working there
+            if spot is not None and want == leg.want and want == leg.live:
+                continue  # the step left this option's quotes where they are, working there, clamped by no venue
             leg.want = want
-            if mkt is not None:  # never cross the market: one tick inside its opposite side
-                mb, ma = mkt
-                if want_bid is not None and ma == ma and want_bid >= ma:
-                    want_bid = round(ma - tick, 10) if ma - tick >= tick else None
-                if want_ask is not None and mb == mb and want_ask <= mb:
-                    want_ask = round(mb + tick, 10)
+            # never cross the market: one tick inside the best opposite price over every venue, so the quote
+            # is marketable at none and the router posts it wherever it goes (an empty side, NaN, never wins)
+            mb, ma = -_INF, _INF
+            for q in leg.tops.values():
+                if q.bid > mb:
+                    mb = q.bid
+                if q.ask < ma:
+                    ma = q.ask
+            if want_bid is not None and want_bid >= ma:
+                want_bid = round(ma - tick, 10) if ma - tick >= tick else None
+            if want_ask is not None and want_ask <= mb:
+                want_ask = round(mb + tick, 10)
             mine = leg.orders
             # the common case inline: a working quote that stays, or moves (one amend); else _quote_side
             o = mine[0]

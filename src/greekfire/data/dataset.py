@@ -1,6 +1,12 @@
-"""Torch datasets over :class:`~greekfire.data.features.Samples`: in memory, or streamed from Parquet.
+"""Torch datasets and loaders over :class:`~greekfire.data.features.Samples`: in memory, or streamed from
+Parquet. The pricing trainer (:mod:`greekfire.ml`) reads through these and no other loader.
 
 Each item is ``{"seq": float32[window, F_seq], "contract": float32[F_c], "target": float32[]}``.
+
+:class:`OptionsDataset` holds samples (or any aligned tensors) in memory; with ``batched=True`` a whole
+batch is gathered with one index per tensor, and :func:`make_loader` serves it in shuffled, resumable
+batches (:class:`ResumableBatchSampler`: the order depends only on the seed and the epoch, split over DDP
+ranks, and a checkpoint taken mid-epoch resumes at its batch).
 
 :func:`write_samples` stores prepared samples as Parquet (``seq`` flattened into a fixed-size list
 column, shapes and feature names in the file's metadata). :class:`StreamingOptionsDataset` reads such
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,32 +27,152 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from greekfire.core.errors import DataError
 from greekfire.core.metrics import counter
 from greekfire.data.features import Samples
-from greekfire.data.storage import open_fs
+from greekfire.data.storage import StorageLike, open_fs
 
 META_KEY = b"greekfire.samples"
 ROW_GROUPS_READ = counter("greekfire_data_stream_row_groups", "Parquet row groups read by streaming datasets")
 BYTES_READ = counter("greekfire_data_stream_bytes", "bytes read from storage by streaming datasets")
 
 
-class OptionsDataset(Dataset):
-    """Map-style dataset over in-memory :class:`Samples` (tensors share the numpy memory)."""
+Batch = dict[str, Tensor]
 
-    def __init__(self, samples: Samples) -> None:
-        self.samples = samples
-        self._seq = torch.from_numpy(np.ascontiguousarray(samples.seq, dtype=np.float32))
-        self._contract = torch.from_numpy(np.ascontiguousarray(samples.contract, dtype=np.float32))
-        self._target = torch.from_numpy(np.ascontiguousarray(samples.target, dtype=np.float32))
+
+class OptionsDataset(Dataset[Batch]):
+    """Map-style dataset over in-memory :class:`Samples` (tensors share the numpy memory), or over any
+    mapping of aligned tensors (``contract``, ``target``, optional ``seq``, ``baseline``...).
+
+    ``batched=True``: ``__getitems__`` gathers a whole batch with one fancy index per tensor and returns
+    it stacked (pair it with :func:`batch_collate`, as :func:`make_loader` does), so a 500k-row epoch costs
+    milliseconds of indexing rather than seconds of Python. Otherwise items are single rows, for the
+    default ``DataLoader`` collation.
+    """
+
+    def __init__(self, samples: Samples | Mapping[str, Tensor], *, batched: bool = False) -> None:
+        if isinstance(samples, Samples):
+            self.samples: Samples | None = samples
+            tensors = {
+                "seq": torch.from_numpy(np.ascontiguousarray(samples.seq, dtype=np.float32)),
+                "contract": torch.from_numpy(np.ascontiguousarray(samples.contract, dtype=np.float32)),
+                "target": torch.from_numpy(np.ascontiguousarray(samples.target, dtype=np.float32)),
+            }
+        else:
+            self.samples = None
+            tensors = dict(samples)
+        lengths = {k: len(v) for k, v in tensors.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError("tensors", lengths, "all tensors need the same number of rows")
+        self.tensors = tensors
+        self.n = next(iter(lengths.values()))
+        self.batched = batched
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return self.n
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"seq": self._seq[i], "contract": self._contract[i], "target": self._target[i]}
+    def __getitem__(self, i: int) -> Batch:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        if not self.batched:
+            return [self[i] for i in indices]
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+
+def batch_collate(batch: Any) -> Any:
+    """Collation for a ``batched`` :class:`OptionsDataset`: the dataset already returns a stacked batch."""
+    return batch
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Shuffled batches from ``(seed, epoch)``, split over ``num_replicas`` ranks, resumable mid-epoch.
+
+    The permutation depends only on the seed and the epoch, so a resumed run sees exactly the batches the
+    uninterrupted run would have. After :meth:`arm_resume`, the next iterator asks ``position()`` for
+    (epoch, batches already consumed) and skips those batches.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, *, seed: int, shuffle: bool = True, drop_last: bool = False,
+        num_replicas: int = 1, rank: int = 0,
+    ) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+        # Lightning calls set_epoch on ``batch_sampler.sampler``; point it at ourselves
+        self.sampler = self
+        self.position: Callable[[], tuple[int, int]] | None = None
+        self._resume_armed = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer at each epoch start."""
+        self.epoch = epoch
+
+    def arm_resume(self) -> None:
+        """Skip the already-consumed batches on the next iterator (after loading a checkpoint)."""
+        self._resume_armed = True
+
+    def _rank_indices(self) -> Tensor:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        per_rank = self.n // self.num_replicas  # equal shares keep DDP ranks in step
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank] if self.num_replicas > 1 else order
+
+    def __len__(self) -> int:
+        per_rank = self.n // self.num_replicas
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip = 0
+        if self._resume_armed and self.position is not None:
+            self.epoch, skip = self.position()
+            self._resume_armed = False
+        idx = self._rank_indices().tolist()
+        for b in range(skip, len(self)):
+            yield idx[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+class ResumableDataLoader(DataLoader[Batch]):
+    """A DataLoader that Lightning treats as stateful, so a mid-epoch checkpoint resumes at its batch."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch of the batch sampler (the batch position comes from the trainer's loop counters)."""
+        sampler = self.batch_sampler
+        return {"epoch": getattr(sampler, "epoch", 0)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Set the epoch and skip the consumed batches on the next iterator."""
+        sampler = self.batch_sampler
+        if isinstance(sampler, ResumableBatchSampler):
+            sampler.set_epoch(int(state.get("epoch", 0)))
+            sampler.arm_resume()
+
+
+def make_loader(
+    tensors: Samples | Mapping[str, Tensor], batch_size: int, *, seed: int, shuffle: bool, num_workers: int = 0,
+    num_replicas: int = 1, rank: int = 0, position: Callable[[], tuple[int, int]] | None = None,
+) -> DataLoader[Batch]:
+    """Batches of ``batch_size`` rows of in-memory samples or tensors; shuffled loaders are resumable
+    (see :class:`ResumableBatchSampler`), and every rank of ``num_replicas`` gets an equal share."""
+    ds = OptionsDataset(tensors, batched=True)
+    sampler = ResumableBatchSampler(
+        len(ds), batch_size, seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank,
+    )
+    sampler.position = position
+    # a private generator: DataLoader draws a base seed per iterator, and drawing it from the global RNG
+    # would shift dropout masks between an interrupted and an uninterrupted run
+    return ResumableDataLoader(
+        ds, batch_sampler=sampler, collate_fn=batch_collate, num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0,
+    )
 
 
 def samples_to_table(samples: Samples) -> pa.Table:
@@ -98,7 +224,7 @@ def table_to_samples(table: pa.Table) -> Samples:
 def write_samples(
     samples: Samples,
     url: str,
-    settings: Any = None,
+    settings: StorageLike = None,
     *,
     row_group_size: int = 4096,
     rows_per_file: int | None = None,
@@ -126,7 +252,25 @@ def write_samples(
     return paths
 
 
-def read_samples(url: str, settings: Any = None) -> Samples:
+def write_splits(
+    splits: Mapping[str, Samples], url: str, settings: StorageLike = None, *, row_group_size: int = 4096,
+    rows_per_file: int | None = None,
+) -> dict[str, list[str]]:
+    """Write prepared splits (``train``, ``val`` and optionally ``test``) under ``url/<split>/`` with
+    :func:`write_samples`: the layout the pricing trainer's ``samples`` source reads (and streams)."""
+    missing = [name for name in ("train", "val") if name not in splits]
+    unknown = [name for name in splits if name not in ("train", "val", "test")]
+    if missing or unknown:
+        raise DataError("splits", sorted(splits), "expected train, val and optionally test")
+    root = url.rstrip("/")
+    return {
+        name: write_samples(part, f"{root}/{name}", settings, row_group_size=row_group_size,
+                            rows_per_file=rows_per_file)
+        for name, part in splits.items()
+    }
+
+
+def read_samples(url: str, settings: StorageLike = None) -> Samples:
     """Read every samples file under ``url`` into memory (files in name order)."""
     fs, root = open_fs(url, settings)
     files = _sample_files(fs, root)
@@ -202,14 +346,19 @@ class StreamingOptionsDataset(IterableDataset):
     Ranks may get a different number of samples when row groups do not divide evenly.
 
     ``batch_size`` makes it yield ready batches (``seq`` [B, window, F_seq]...; use
-    ``DataLoader(ds, batch_size=None)``): much faster than one dict per sample. Batches never span two
-    row groups, so the last one of each group may be smaller.
+    ``DataLoader(ds, batch_size=None)``, or :func:`make_stream_loader`): much faster than one dict per
+    sample. Batches never span two row groups, so the last one of each group may be smaller.
+
+    For training (batch mode only): ``equal_shards`` makes every rank yield the same number of batches
+    per pass (per DataLoader worker, the fewest any rank has; the surplus of a pass is dropped), so DDP
+    ranks stay in step; :meth:`skip_batches` makes the next pass skip the batches a resumed run already
+    consumed.
     """
 
     def __init__(
         self,
         url: str,
-        settings: Any = None,
+        settings: StorageLike = None,
         *,
         shuffle: bool = False,
         seed: int = 0,
@@ -217,6 +366,7 @@ class StreamingOptionsDataset(IterableDataset):
         world_size: int | None = None,
         block_size: int = 1 << 20,
         batch_size: int | None = None,
+        equal_shards: bool = False,
     ) -> None:
         super().__init__()
         self.url = url
@@ -230,6 +380,10 @@ class StreamingOptionsDataset(IterableDataset):
         if batch_size is not None and batch_size < 1:
             raise DataError("batch_size", batch_size, "must be >= 1 (or None for single samples)")
         self.batch_size = batch_size
+        if equal_shards and batch_size is None:
+            raise DataError("equal_shards", True, "needs batch_size (equal shards count batches)")
+        self.equal_shards = equal_shards
+        self._skip = 0
         self.stats = StreamStats()
         self._units: list[tuple[str, int, int]] | None = None  # (path, row group, rows)
         self._meta: dict[str, Any] | None = None
@@ -286,26 +440,82 @@ class StreamingOptionsDataset(IterableDataset):
         self.units()
         return dict(self._meta or {})
 
-    def _rank_units(self) -> list[tuple[str, int, int]]:
-        """This rank's row groups: every world_size-th of the (possibly shuffled) order."""
-        rank, world = self._dist()
+    def _rank_units(self, rank: int | None = None) -> list[tuple[str, int, int]]:
+        """The row groups of ``rank`` (default: this one): every world_size-th of the (shuffled) order."""
+        me, world = self._dist()
         units = self.units()
         order = np.arange(len(units))
         if self.shuffle:
             order = np.random.default_rng(self.seed + self.epoch).permutation(len(units))
-        return [units[j] for j in order[rank::world]]
+        return [units[j] for j in order[(me if rank is None else rank) :: world]]
+
+    def _batches(self, units: list[tuple[str, int, int]]) -> int:
+        bs = self.batch_size or 1
+        return sum(-(-rows // bs) for _, _, rows in units)
+
+    def _worker_cap(self, worker: int, workers: int) -> int | None:
+        """Most batches worker ``worker`` of this rank may yield this pass (None: no cap)."""
+        if not self.equal_shards:
+            return None
+        _, world = self._dist()
+        return min(self._batches(self._rank_units(r)[worker::workers]) for r in range(world))
+
+    def num_batches(self, workers: int = 1) -> int:
+        """Batches this rank yields in one pass over ``workers`` DataLoader workers (batch mode)."""
+        if self.batch_size is None:
+            raise DataError("batch_size", None, "num_batches counts batches: set batch_size")
+        total = 0
+        for w in range(max(1, workers)):
+            n = self._batches(self._rank_units()[w::max(1, workers)])
+            cap = self._worker_cap(w, max(1, workers))
+            total += n if cap is None else min(n, cap)
+        return total
+
+    def skip_batches(self, n: int) -> None:
+        """Skip the first ``n`` batches of the next pass (a resumed run's already-consumed batches).
+
+        DataLoader workers hand out batches in turn, so worker ``w`` of ``k`` skips ``n // k`` batches plus
+        one when ``w < n % k``: exact while every worker still has batches left.
+        """
+        if n < 0:
+            raise DataError("skip_batches", n, "must be >= 0")
+        self._skip = int(n)
 
     def __len__(self) -> int:
         """Samples in this rank's shard (all DataLoader workers of the rank together)."""
         return sum(rows for _, _, rows in self._rank_units())
 
     def _my_units(self) -> list[tuple[str, int, int]]:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        wid, nw = self._worker()
         return self._rank_units()[wid::nw]
 
+    @staticmethod
+    def _worker() -> tuple[int, int]:
+        info = get_worker_info()
+        return (info.id, info.num_workers) if info is not None else (0, 1)
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        mine = self._my_units()
+        wid, nw = self._worker()
+        cap = self._worker_cap(wid, nw)
+        skip = self._skip // nw + (1 if wid < self._skip % nw else 0)
+        self._skip = 0  # once: the pass after this one starts at its beginning
+        items = self._iter_units(self._my_units())
+        if cap is None and not skip:
+            return items
+        return self._limited(items, cap, skip)
+
+    @staticmethod
+    def _limited(items: Generator[Batch, None, None], cap: int | None, skip: int) -> Iterator[Batch]:
+        try:
+            for produced, batch in enumerate(items):
+                if cap is not None and produced >= cap:
+                    return
+                if produced >= skip:
+                    yield batch
+        finally:
+            items.close()  # a capped pass stops early: close the files now, not at garbage collection
+
+    def _iter_units(self, mine: list[tuple[str, int, int]]) -> Generator[Batch, None, None]:
         meta = self.meta
         window, f_seq, f_c = meta["window"], len(meta["seq_names"]), len(meta["contract_names"])
         fs, _ = open_fs(self.url, self.settings, fresh=True)
@@ -346,3 +556,57 @@ class StreamingOptionsDataset(IterableDataset):
         finally:
             for pf in open_files.values():
                 pf.close()
+
+
+class StreamLoader(DataLoader[Batch]):
+    """A DataLoader over a batched :class:`StreamingOptionsDataset` that follows the trainer.
+
+    Each pass asks ``position()`` for (epoch, batches consumed): the epoch sets the shuffle order (so
+    every epoch sees a new order, the same on every rank), and after :meth:`load_state_dict` the consumed
+    batches are skipped, so a run resumed mid-epoch continues where it stopped. ``len()`` is the number of
+    batches of this rank's pass.
+    """
+
+    def __init__(self, dataset: StreamingOptionsDataset, *, num_workers: int = 0,
+                 position: Callable[[], tuple[int, int]] | None = None) -> None:
+        # a private generator, as in make_loader: a base seed drawn from the global RNG per pass would
+        # shift dropout masks between an interrupted and an uninterrupted run
+        super().__init__(dataset, batch_size=None, num_workers=num_workers,
+                         generator=torch.Generator().manual_seed(dataset.seed))
+        self.stream = dataset
+        self.position = position
+        self._resume_armed = False
+
+    def __len__(self) -> int:
+        return self.stream.num_batches(max(1, self.num_workers))
+
+    def __iter__(self) -> Any:
+        if self.position is not None:
+            epoch, consumed = self.position()
+            self.stream.set_epoch(epoch)
+            if self._resume_armed:
+                self.stream.skip_batches(consumed)
+        self._resume_armed = False
+        # workers get a copy of the dataset as it is now (epoch and skip included): not persistent on purpose
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch of the stream (the batch position comes from the trainer's loop counters)."""
+        return {"epoch": self.stream.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next pass skips the batches the trainer had consumed."""
+        self.stream.set_epoch(int(state.get("epoch", 0)))
+        self._resume_armed = True
+
+
+def make_stream_loader(
+    url: str, storage: Any, batch_size: int, *, seed: int, shuffle: bool = True, num_workers: int = 0,
+    num_replicas: int = 1, rank: int = 0, position: Callable[[], tuple[int, int]] | None = None,
+) -> StreamLoader:
+    """Training batches of ``batch_size`` rows streamed from the sample files under ``url`` (local or any
+    fsspec URL, read with ``storage``), shuffled by epoch, dealt over ``num_replicas`` ranks with the same
+    number of batches on each, resumable mid-epoch (see :class:`StreamLoader`)."""
+    ds = StreamingOptionsDataset(url, storage, shuffle=shuffle, seed=seed, rank=rank, world_size=num_replicas,
+                                 batch_size=batch_size, equal_shards=True)
+    return StreamLoader(ds, num_workers=num_workers, position=position)

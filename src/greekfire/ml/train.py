@@ -103,9 +103,9 @@ def run_dir_for(cfg: ExperimentConfig, settings: Settings, data: PricingData) ->
 
 
 def _check_remote_data(cfg: ExperimentConfig, settings: Settings) -> None:
-    url = cfg.data.spx_path or ""
-    if "://" in url:
-        check_storage(url, settings.storage).raise_if_failed()
+    for url in (cfg.data.spx_path or "", cfg.data.url or ""):
+        if "://" in url:
+            check_storage(url, settings.storage).raise_if_failed()
 
 
 def find_batch_size(
@@ -159,7 +159,7 @@ def train_pricing(
     L.seed_everything(seed, workers=True, verbose=False)
     _check_remote_data(cfg, settings)
     if data is None:
-        data = load_pricing_data(cfg.data)
+        data = load_pricing_data(cfg.data, settings.storage)
     version, run_dir = run_dir_for(cfg, settings, data)
     ckpt_dir = run_dir / "checkpoints"
     start_from: Path | None = None

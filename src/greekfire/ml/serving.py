@@ -66,7 +66,7 @@ class LoadedModel:
 
 def _resolve_uri(uri: str, tracking_uri: str | None) -> Path:
     """A local checkpoint file for an MLflow URI (``runs:/...``, ``models:/...``, ``mlflow-artifacts:/...``)."""
-    import mlflow  # lazy: MLflow takes about a second to import and only URIs need it
+    import mlflow  # lazy: MLflow takes about two seconds to import and only URIs need it
 
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))

@@ -13,6 +13,7 @@ from greekfire.data.features import Normalizer
 from greekfire.ml.config import compose_experiment, config_hash
 from greekfire.ml.data import bs_culkin_samples, bs_liu_samples, load_pricing_data
 from greekfire.ml.models import MLPPricer, OptionsPricingLSTM
+from greekfire.ml.train import resolve_accelerator, resolve_precision
 
 
 def test_mlp_shapes_and_gradients_reach_every_parameter() -> None:
@@ -176,3 +177,16 @@ def test_lstm_residual_form_starts_from_the_baseline_feature() -> None:
     torch.nn.init.zeros_(last.bias)
     contract, seq = torch.rand(5, 3), torch.randn(5, 4, 2)
     torch.testing.assert_close(net(contract, seq), contract[:, 2])
+
+
+def test_the_trainer_asks_the_gpu_manager_for_its_accelerator() -> None:
+    if torch.cuda.is_available():
+        assert resolve_accelerator("auto", 1, 0.0)[0] == "gpu"
+        assert resolve_accelerator("auto", 1, 10.0**12) == ("cpu", 1)  # no GPU has a petabyte free
+    else:
+        assert resolve_accelerator("auto", 1, 512.0) == ("cpu", 1)
+        assert resolve_precision("auto-mixed", "auto") == "bf16-mixed"
+    assert resolve_accelerator("cuda", 2) == ("gpu", 2)
+    assert resolve_accelerator("gpu", 1) == ("gpu", 1)
+    assert resolve_accelerator("cpu", 3) == ("cpu", 3)
+    assert resolve_precision("32", "gpu") == "32"

@@ -17,6 +17,7 @@ exactly once per epoch across all of them.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -433,6 +434,16 @@ class StreamingOptionsDataset(IterableDataset):
                 pf.close()
             self._units = units
         return self._units
+
+    def footprint(self) -> str:
+        """16 hex digits of SHA-256 over the files' names and Parquet footers (row groups, sizes, column
+        statistics): a fingerprint of the data that changes when they do, without reading them."""
+        self.units()  # reads the footers once
+        h = hashlib.sha256()
+        for path in sorted(self._footers):
+            h.update(path.rsplit("/", 1)[-1].encode())
+            h.update(json.dumps(self._footers[path].to_dict(), sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
 
     @property
     def meta(self) -> dict[str, Any]:

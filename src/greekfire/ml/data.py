@@ -230,10 +230,9 @@ def load_prepared(cfg: DataConfig, storage: Any = None) -> PricingData:
     meta = stream.meta
     if meta["contract_names"] != val_s.contract_names or meta["seq_names"] != val_s.seq_names:
         raise DataError("data.url", url, "the train and val sample files hold different features")
-    fingerprint = _fingerprint(
-        np.frombuffer(repr([(p.rsplit("/", 1)[-1], g, n) for p, g, n in units]).encode(), dtype=np.uint8),
-        val_s.target, test_s.target,
-    )
+    # the training files by their footers (the same whether they are then streamed or read), the small
+    # splits by their values
+    fingerprint = f"{stream.footprint()[:8]}-{_fingerprint(val_s.target, test_s.target)}"
     contract_names = list(val_s.contract_names)
     val, test = _to_batch(val_s), _to_batch(test_s)
     if cfg.baseline_feature:
@@ -243,7 +242,9 @@ def load_prepared(cfg: DataConfig, storage: Any = None) -> PricingData:
     common = dict(contract_names=contract_names, seq_names=list(val_s.seq_names),
                   fingerprint=f"samples-{fingerprint}", info=info, storage=storage)
     if cfg.streaming:
-        head = next(iter(stream))  # the first batch of the first row group: shapes and batch-size probing
+        batches = iter(stream)
+        head = next(batches)  # the first batch of the first row group: shapes and batch-size probing
+        getattr(batches, "close", lambda: None)()  # the rest is read batch by batch while training
         return PricingData(dict(head), val, test, train_url=splits["train"],
                            train_rows=sum(n for _, _, n in units), **common)  # type: ignore[arg-type]
     return PricingData(_to_batch(read_samples(splits["train"], storage)), val, test, **common)  # type: ignore[arg-type]

@@ -259,7 +259,8 @@ def module_for(cfg: ExperimentConfig, data: PricingData) -> PricingModule:
     )
     if data.streamed:
         # one pass over the streamed split: the same statistics as the in-memory fit, without holding it
-        module.normalizer.fit_batches(data.train_stream(max(cfg.data.eval_batch_size, cfg.data.batch_size)))
+        stream = data.train_stream(max(cfg.data.eval_batch_size, cfg.data.batch_size), shuffle=False)
+        module.normalizer.fit_batches(stream)
     else:
         module.normalizer.fit_tensors(data.train["contract"], seq if module.uses_sequence else None)
     return module

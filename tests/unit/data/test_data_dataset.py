@@ -178,3 +178,15 @@ def test_write_splits_lays_out_train_val_test(tmp_path: Path) -> None:
     assert len(read_samples(str(tmp_path / "p" / "val"))) == 30
     with pytest.raises(DataError, match="splits"):
         write_splits({"train": s}, str(tmp_path / "q"))
+
+
+def test_footprint_follows_the_data_not_the_reader(tmp_path: Path) -> None:
+    s = fake_samples(200)
+    write_samples(s, str(tmp_path / "a"), row_group_size=50)
+    write_samples(s, str(tmp_path / "b"), row_group_size=50)
+    changed = s.take(np.arange(200))
+    changed.contract[7, 1] += 1.0
+    write_samples(changed, str(tmp_path / "c"), row_group_size=50)
+    a = StreamingOptionsDataset(str(tmp_path / "a"))
+    assert a.footprint() == StreamingOptionsDataset(str(tmp_path / "b"), shuffle=True, batch_size=8).footprint()
+    assert a.footprint() != StreamingOptionsDataset(str(tmp_path / "c")).footprint()

@@ -436,13 +436,16 @@ class StreamingOptionsDataset(IterableDataset):
         return self._units
 
     def footprint(self) -> str:
-        """16 hex digits of SHA-256 over the files' names and Parquet footers (row groups, sizes, column
-        statistics): a fingerprint of the data that changes when they do, without reading them."""
-        self.units()  # reads the footers once
+        """16 hex digits of SHA-256 over the files' names, their storage checksums (fsspec's
+        ``checksum``: the ETag on S3, size and modification time on a local disk) and their row groups:
+        it changes when a file is rewritten, and reading it downloads no data."""
+        units = self.units()
+        fs, _ = open_fs(self.url, self.settings, fresh=True)
         h = hashlib.sha256()
         for path in sorted(self._footers):
             h.update(path.rsplit("/", 1)[-1].encode())
-            h.update(json.dumps(self._footers[path].to_dict(), sort_keys=True, default=str).encode())
+            h.update(str(fs.checksum(path)).encode())
+        h.update(repr([(path.rsplit("/", 1)[-1], group, rows) for path, group, rows in units]).encode())
         return h.hexdigest()[:16]
 
     @property

@@ -230,7 +230,7 @@ def load_prepared(cfg: DataConfig, storage: Any = None) -> PricingData:
     meta = stream.meta
     if meta["contract_names"] != val_s.contract_names or meta["seq_names"] != val_s.seq_names:
         raise DataError("data.url", url, "the train and val sample files hold different features")
-    # the training files by their footers (the same whether they are then streamed or read), the small
+    # the training files by their storage checksums (the same whether they are then streamed or read), the small
     # splits by their values
     fingerprint = f"{stream.footprint()[:8]}-{_fingerprint(val_s.target, test_s.target)}"
     contract_names = list(val_s.contract_names)

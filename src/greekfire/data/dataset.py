@@ -1,12 +1,9 @@
-"""Torch datasets and loaders over :class:`~greekfire.data.features.Samples`: in memory, or streamed from
-Parquet. The pricing trainer (:mod:`greekfire.ml`) reads through these and no other loader.
+"""Torch datasets over :class:`~greekfire.data.features.Samples`: in memory, or streamed from Parquet.
 
 Each item is ``{"seq": float32[window, F_seq], "contract": float32[F_c], "target": float32[]}``.
-
 :class:`OptionsDataset` holds samples (or any aligned tensors) in memory; with ``batched=True`` a whole
-batch is gathered with one index per tensor, and :func:`make_loader` serves it in shuffled, resumable
-batches (:class:`ResumableBatchSampler`: the order depends only on the seed and the epoch, split over DDP
-ranks, and a checkpoint taken mid-epoch resumes at its batch).
+batch is gathered with one index per tensor. The training loaders over both kinds are in
+:mod:`greekfire.data.loaders`.
 
 :func:`write_samples` stores prepared samples as Parquet (``seq`` flattened into a fixed-size list
 column, shapes and feature names in the file's metadata). :class:`StreamingOptionsDataset` reads such
@@ -20,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from greekfire.core.errors import DataError
 from greekfire.core.metrics import counter
@@ -49,7 +46,8 @@ class OptionsDataset(Dataset[Batch]):
     mapping of aligned tensors (``contract``, ``target``, optional ``seq``, ``baseline``...).
 
     ``batched=True``: ``__getitems__`` gathers a whole batch with one fancy index per tensor and returns
-    it stacked (pair it with :func:`batch_collate`, as :func:`make_loader` does), so a 500k-row epoch costs
+    it stacked (pair it with :func:`greekfire.data.loaders.batch_collate`, as
+    :func:`~greekfire.data.loaders.make_loader` does), so a 500k-row epoch costs
     milliseconds of indexing rather than seconds of Python. Otherwise items are single rows, for the
     default ``DataLoader`` collation.
     """
@@ -83,97 +81,6 @@ class OptionsDataset(Dataset[Batch]):
             return [self[i] for i in indices]
         idx = torch.as_tensor(indices, dtype=torch.long)
         return {k: v[idx] for k, v in self.tensors.items()}
-
-
-def batch_collate(batch: Any) -> Any:
-    """Collation for a ``batched`` :class:`OptionsDataset`: the dataset already returns a stacked batch."""
-    return batch
-
-
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Shuffled batches from ``(seed, epoch)``, split over ``num_replicas`` ranks, resumable mid-epoch.
-
-    The permutation depends only on the seed and the epoch, so a resumed run sees exactly the batches the
-    uninterrupted run would have. After :meth:`arm_resume`, the next iterator asks ``position()`` for
-    (epoch, batches already consumed) and skips those batches.
-    """
-
-    def __init__(
-        self, n: int, batch_size: int, *, seed: int, shuffle: bool = True, drop_last: bool = False,
-        num_replicas: int = 1, rank: int = 0,
-    ) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.num_replicas, self.rank = num_replicas, rank
-        self.epoch = 0
-        # Lightning calls set_epoch on ``batch_sampler.sampler``; point it at ourselves
-        self.sampler = self
-        self.position: Callable[[], tuple[int, int]] | None = None
-        self._resume_armed = False
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the trainer at each epoch start."""
-        self.epoch = epoch
-
-    def arm_resume(self) -> None:
-        """Skip the already-consumed batches on the next iterator (after loading a checkpoint)."""
-        self._resume_armed = True
-
-    def _rank_indices(self) -> Tensor:
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        else:
-            order = torch.arange(self.n)
-        per_rank = self.n // self.num_replicas  # equal shares keep DDP ranks in step
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank] if self.num_replicas > 1 else order
-
-    def __len__(self) -> int:
-        per_rank = self.n // self.num_replicas
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        skip = 0
-        if self._resume_armed and self.position is not None:
-            self.epoch, skip = self.position()
-            self._resume_armed = False
-        idx = self._rank_indices().tolist()
-        for b in range(skip, len(self)):
-            yield idx[b * self.batch_size : (b + 1) * self.batch_size]
-
-
-class ResumableDataLoader(DataLoader[Batch]):
-    """A DataLoader that Lightning treats as stateful, so a mid-epoch checkpoint resumes at its batch."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """The epoch of the batch sampler (the batch position comes from the trainer's loop counters)."""
-        sampler = self.batch_sampler
-        return {"epoch": getattr(sampler, "epoch", 0)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Set the epoch and skip the consumed batches on the next iterator."""
-        sampler = self.batch_sampler
-        if isinstance(sampler, ResumableBatchSampler):
-            sampler.set_epoch(int(state.get("epoch", 0)))
-            sampler.arm_resume()
-
-
-def make_loader(
-    tensors: Samples | Mapping[str, Tensor], batch_size: int, *, seed: int, shuffle: bool, num_workers: int = 0,
-    num_replicas: int = 1, rank: int = 0, position: Callable[[], tuple[int, int]] | None = None,
-) -> DataLoader[Batch]:
-    """Batches of ``batch_size`` rows of in-memory samples or tensors; shuffled loaders are resumable
-    (see :class:`ResumableBatchSampler`), and every rank of ``num_replicas`` gets an equal share."""
-    ds = OptionsDataset(tensors, batched=True)
-    sampler = ResumableBatchSampler(
-        len(ds), batch_size, seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank,
-    )
-    sampler.position = position
-    # a private generator: DataLoader draws a base seed per iterator, and drawing it from the global RNG
-    # would shift dropout masks between an interrupted and an uninterrupted run
-    return ResumableDataLoader(
-        ds, batch_sampler=sampler, collate_fn=batch_collate, num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0,
-    )
 
 
 def samples_to_table(samples: Samples) -> pa.Table:
@@ -347,8 +254,9 @@ class StreamingOptionsDataset(IterableDataset):
     Ranks may get a different number of samples when row groups do not divide evenly.
 
     ``batch_size`` makes it yield ready batches (``seq`` [B, window, F_seq]...; use
-    ``DataLoader(ds, batch_size=None)``, or :func:`make_stream_loader`): much faster than one dict per
-    sample. Batches never span two row groups, so the last one of each group may be smaller.
+    ``DataLoader(ds, batch_size=None)``, or :func:`greekfire.data.loaders.make_stream_loader`): much
+    faster than one dict per sample. Batches never span two row groups, so the last one of each group may
+    be smaller.
 
     For training (batch mode only): ``equal_shards`` makes every rank yield the same number of batches
     per pass (per DataLoader worker, the fewest any rank has; the surplus of a pass is dropped), so DDP
@@ -570,57 +478,3 @@ class StreamingOptionsDataset(IterableDataset):
         finally:
             for pf in open_files.values():
                 pf.close()
-
-
-class StreamLoader(DataLoader[Batch]):
-    """A DataLoader over a batched :class:`StreamingOptionsDataset` that follows the trainer.
-
-    Each pass asks ``position()`` for (epoch, batches consumed): the epoch sets the shuffle order (so
-    every epoch sees a new order, the same on every rank), and after :meth:`load_state_dict` the consumed
-    batches are skipped, so a run resumed mid-epoch continues where it stopped. ``len()`` is the number of
-    batches of this rank's pass.
-    """
-
-    def __init__(self, dataset: StreamingOptionsDataset, *, num_workers: int = 0,
-                 position: Callable[[], tuple[int, int]] | None = None) -> None:
-        # a private generator, as in make_loader: a base seed drawn from the global RNG per pass would
-        # shift dropout masks between an interrupted and an uninterrupted run
-        super().__init__(dataset, batch_size=None, num_workers=num_workers,
-                         generator=torch.Generator().manual_seed(dataset.seed))
-        self.stream = dataset
-        self.position = position
-        self._resume_armed = False
-
-    def __len__(self) -> int:
-        return self.stream.num_batches(max(1, self.num_workers))
-
-    def __iter__(self) -> Any:
-        if self.position is not None:
-            epoch, consumed = self.position()
-            self.stream.set_epoch(epoch)
-            if self._resume_armed:
-                self.stream.skip_batches(consumed)
-        self._resume_armed = False
-        # workers get a copy of the dataset as it is now (epoch and skip included): not persistent on purpose
-        return super().__iter__()
-
-    def state_dict(self) -> dict[str, Any]:
-        """The epoch of the stream (the batch position comes from the trainer's loop counters)."""
-        return {"epoch": self.stream.epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume: the next pass skips the batches the trainer had consumed."""
-        self.stream.set_epoch(int(state.get("epoch", 0)))
-        self._resume_armed = True
-
-
-def make_stream_loader(
-    url: str, storage: Any, batch_size: int, *, seed: int, shuffle: bool = True, num_workers: int = 0,
-    num_replicas: int = 1, rank: int = 0, position: Callable[[], tuple[int, int]] | None = None,
-) -> StreamLoader:
-    """Training batches of ``batch_size`` rows streamed from the sample files under ``url`` (local or any
-    fsspec URL, read with ``storage``), shuffled by epoch, dealt over ``num_replicas`` ranks with the same
-    number of batches on each, resumable mid-epoch (see :class:`StreamLoader`)."""
-    ds = StreamingOptionsDataset(url, storage, shuffle=shuffle, seed=seed, rank=rank, world_size=num_replicas,
-                                 batch_size=batch_size, equal_shards=True)
-    return StreamLoader(ds, num_workers=num_workers, position=position)

@@ -12,10 +12,10 @@ Sources (``data.source`` in the experiment config):
 - ``samples``: prepared sample files (:func:`greekfire.data.dataset.write_splits`) under ``data.url``, a
   local folder or any fsspec URL (``s3://bucket/prefix``): ``train/``, ``val/`` and optionally ``test/``.
   With ``data.streaming`` the training split is streamed one row group at a time
-  (:func:`greekfire.data.dataset.make_stream_loader`) instead of being read into memory.
+  (:func:`greekfire.data.loaders.make_stream_loader`) instead of being read into memory.
 - ``random``: a smooth made-up function of sequence and contract features (tests; no dependencies).
 
-The batches themselves come from :mod:`greekfire.data.dataset` (in-memory :func:`make_loader` or the
+The batches themselves come from :mod:`greekfire.data.loaders` (in-memory :func:`make_loader` or the
 stream): this module makes no loader of its own.
 """
 

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from greekfire.core.errors import ConfigError
-from greekfire.data.dataset import make_loader, make_stream_loader
 from greekfire.data.features import Normalizer
+from greekfire.data.loaders import make_loader, make_stream_loader
 from greekfire.ml.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig
 from greekfire.ml.data import Batch, PricingData
 from greekfire.ml.models import MLPPricer, OptionsPricingLSTM

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from greekfire.core.errors import ConfigError, ConfigErrors, DataError
-from greekfire.data.dataset import ResumableBatchSampler
 from greekfire.data.features import Normalizer
+from greekfire.data.loaders import ResumableBatchSampler
 from greekfire.ml.config import compose_experiment, config_hash
 from greekfire.ml.data import bs_culkin_samples, bs_liu_samples, load_pricing_data
 from greekfire.ml.models import MLPPricer, OptionsPricingLSTM

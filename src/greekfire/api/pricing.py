@@ -39,6 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from greekfire.core.errors import DataError
 from greekfire.core.metrics import counter, histogram, mount_metrics
 from greekfire.core.settings import Settings, load_settings
+from greekfire.gpu.device import choose_device, cuda_usable
+from greekfire.gpu.manager import GpuManager
 from greekfire.ml.serving import LoadedModel, MicroBatcher, check_inputs, load_pricing_model
 from greekfire.ml.tracking import mlflow_uri
 
@@ -203,10 +205,13 @@ def serve(settings: Settings, model_uri: str, *, host: str | None = None, port: 
           batching: bool = True, device: str | None = None) -> None:
     """Load ``model_uri`` (checkpoint path or MLflow URI) and serve it with uvicorn until stopped.
 
-    ``device`` (``--device``) overrides ``quant.device``; either way the GPU manager decides what ``auto``
-    means, keeping ``gpu.min_free_mb`` MiB of headroom on the GPU it picks.
+    ``device`` (``--device``) overrides ``quant.device``; ``auto`` is decided by the GPU manager: a healthy
+    GPU keeping ``gpu.min_free_mb`` MiB of headroom, chosen by ``gpu.placement``, else the CPU.
     """
-    model = load_pricing_model(model_uri, device=device or settings.quant.device, tracking_uri=mlflow_uri(settings),
-                               min_free_mb=settings.gpu.min_free_mb)
+    requested = device or settings.quant.device
+    # the manager (NVML discovery and health) is only worth starting where there is a GPU to choose
+    manager = GpuManager(settings) if requested == "auto" and settings.gpu.enabled and cuda_usable() else None
+    chosen = choose_device(requested, min_free_mb=settings.gpu.min_free_mb, manager=manager)
+    model = load_pricing_model(model_uri, device=chosen, tracking_uri=mlflow_uri(settings))
     app = build_app(settings, model, batching=batching)
     uvicorn.run(app, host=host or settings.api.host, port=port or settings.api.port, log_level="warning")

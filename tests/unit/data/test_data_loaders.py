@@ -47,3 +47,10 @@ def test_stream_loader_follows_the_trainers_epoch_and_position(tmp_path: Path) -
     assert batch_ids(loader) == epoch1  # no skipping unless a checkpoint was restored
     loader.load_state_dict(loader.state_dict())
     assert batch_ids(loader) == epoch1[5:]
+
+
+def test_stream_loader_with_workers_sees_every_row_once(tmp_path: Path) -> None:
+    write_samples(fake_samples(300), str(tmp_path), row_group_size=40)
+    loader = make_stream_loader(str(tmp_path), None, 16, seed=5, num_workers=2)
+    got = batch_ids(loader)
+    assert len(got) == len(loader) and sorted(sum(got, [])) == list(range(300))

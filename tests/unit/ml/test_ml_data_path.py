@@ -3,6 +3,7 @@ checkpoints of every format version loading to the same predictions."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import lightning as L
@@ -192,3 +193,17 @@ def test_samples_source_names_what_is_missing(tmp_path: Path) -> None:
     cfg = _samples_cfg(str(tmp_path / "nothing-here"))
     with pytest.raises(Exception, match="no .parquet sample files"):
         load_pricing_data(cfg.data)
+
+
+def test_remote_prepared_samples_are_checked_before_training(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = load_settings(overrides={
+        "storage.s3_endpoint_url": f"http://127.0.0.1:{port}", "storage.connect_timeout_s": 1,
+        "storage.max_attempts": 1, "training.runs_dir": str(tmp_path / "runs"),
+    })
+    cfg = _samples_cfg("s3://prepared/options")
+    with pytest.raises(ConfigError) as ei:
+        train_pricing(cfg, settings)
+    assert ei.value.field == "storage.url" and "endpoint_unreachable" in str(ei.value)

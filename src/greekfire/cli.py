@@ -282,7 +282,7 @@ def serve_pricing_cmd(
     host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
     port: Annotated[int | None, typer.Option("--port", help="default: api.port")] = None,
     no_batching: Annotated[bool, typer.Option("--no-batching", help="one forward pass per request")] = False,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1 (default: quant.device; auto: a healthy GPU with gpu.min_free_mb free, else the CPU)")] = None,
 ) -> None:
     """Serve a trained pricing model: POST /v1/price (JSON or Arrow), /health, /metrics."""
     from greekfire.api.pricing import serve

@@ -4,7 +4,8 @@ A page's blocks are run in order in one temporary folder, so a block may use the
 the same page wrote. What runs, by the block's language tag:
 
 - ``python``: the block is a whole program, run in a fresh interpreter (the one running the tests, with
-  this checkout's ``src`` first on the path);
+  this checkout's ``src`` first on the path); one whose first line is ``# file: NAME.py`` is also saved as
+  ``NAME.py`` in the page's folder, for later blocks that import it (a page's "save this as" module);
 - ``bash``: the block runs under ``bash -euo pipefail`` with ``greekfire`` and ``python`` on the PATH
   pointing at this checkout; it must contain at least one ``greekfire`` command (commands that are only
   shown, such as ``make`` or a server that never exits, belong in a ``console`` block).
@@ -136,6 +137,9 @@ def run_block(block: Block, base: Path, number: int, timeout_s: float = 240.0) -
     if block.lang == "python":
         script = base / f"block{number}.py"
         script.write_text(block.code)
+        saved = re.match(r"# file: ([A-Za-z_][A-Za-z0-9_]*\.py)\n", block.code)
+        if saved:
+            (work / saved.group(1)).write_text(block.code)
         cmd = [sys.executable, str(script)]
     elif block.lang == "bash":
         script = base / f"block{number}.sh"

@@ -1,4 +1,5 @@
-"""Two-process DDP (gloo on CPU) through the real command line: both ranks train, rank 0 reports."""
+"""Two-process DDP (gloo on CPU) through the real command line: both ranks train, rank 0 reports. An
+integration test: the ranks meet through a rendezvous server (a TCP store on loopback)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.integration
 
 
 def test_two_process_ddp_smoke(tmp_path: Path) -> None:

@@ -2,6 +2,11 @@
 
 Each system adds its sub-command group here; the work is done in the library so tests and servers
 build the same objects the command line does.
+
+Each sub-command imports the library it calls inside its own function, not at the top of this module: a
+command loads only what it uses (torch, Lightning, numba kernels, uvicorn cost seconds to import), so
+``greekfire --help`` and ``greekfire config show`` answer at once. (Elsewhere in the package an import
+inside a function is kept only for the same reason, and its comment says what it saves.)
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ import bisect
 from dataclasses import dataclass
 from enum import IntEnum
 
+from greekfire.core.errors import ConfigError
+
 __all__ = [
     "ExecKind",
     "ExecReport",
@@ -238,8 +240,6 @@ class MatchingEngine:
         self, instrument_id: int = 0, *, maker_fee: float = 0.0, taker_fee: float = 0.0, stp: str = "cancel_newest"
     ) -> None:
         if stp not in STP_MODES:
-            from greekfire.core.errors import ConfigError
-
             raise ConfigError("stp", stp, f"one of {', '.join(STP_MODES)}")
         self.instrument_id = instrument_id
         self.maker_fee = float(maker_fee)

@@ -26,22 +26,23 @@ class Sink(Venue):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.sent: list[tuple[str, int, float]] = []  # (kind, instrument id, price)
+        self.sent: list[tuple[str, int, int]] = []  # (kind, instrument id, limit in ticks)
         self._out: list[VenueEvent] = []
 
     def fees(self) -> tuple[float, float]:
         return 0.0, 0.0
 
     def submit(self, order: Order, now_ns: int) -> None:
-        self.sent.append(("submit", order.instrument_id, order.price or 0.0))
+        self.sent.append(("submit", order.instrument_id, order.price_ticks or 0))
         self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, ts_ns=now_ns))
 
-    def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
-        self.sent.append(("amend", order.instrument_id, new_price))
-        self._out.append(VenueEvent(VenueEventKind.REPLACED, self.name, order.client_id, qty=new_qty, price=new_price, ts_ns=now_ns))
+    def amend(self, order: Order, new_qty: int, new_price_ticks: int, now_ns: int) -> None:
+        self.sent.append(("amend", order.instrument_id, new_price_ticks))
+        self._out.append(VenueEvent(VenueEventKind.REPLACED, self.name, order.client_id, qty=new_qty,
+                                    price_ticks=new_price_ticks, ts_ns=now_ns))
 
     def cancel(self, order: Order, now_ns: int) -> None:
-        self.sent.append(("cancel", order.instrument_id, 0.0))
+        self.sent.append(("cancel", order.instrument_id, 0))
         self._out.append(VenueEvent(VenueEventKind.CANCELED, self.name, order.client_id, ts_ns=now_ns))
 
     def poll(self, now_ns: int) -> list[Any]:
@@ -63,6 +64,7 @@ def test_underlying_move_steps_fair_values_and_requotes_largest_delta_first() ->
     eng.process([Quote(1, 99.99, 100.01, 100, 100, T0, "V1")])  # first price: a full re-price after the batch
     eng.poll_once()
     assert mm.reprices == 1 and len(venue.sent) == 20 and {k for k, _, _ in venue.sent} == {"submit"}
+    assert all(type(p) is int and p > 0 for _, _, p in venue.sent)  # quotes leave in whole ticks
     venue.sent.clear()
 
     eng.process([Quote(1, 100.29, 100.31, 100, 100, T0, "V1")])  # +30 bp: below the full re-price threshold

@@ -13,8 +13,9 @@ Each option is quoted on both sides:
     bid = reservation - half_width_ticks x tick,  ask = reservation + half_width_ticks x tick
 
 rounded away from the reservation onto the tick grid, kept one tick inside the market's opposite side,
-post-only. Quote prices are integer ticks (the market's bid and ask are converted once per quote), so
-every comparison on the re-quote path is between integers. A quote is amended only when its price moves
+post-only. Quote prices are integer ticks; the market's bid and ask are kept in ticks too (as floats
+nudged 1e-6 of a tick inward, so comparing a whole tick with them is exact, and an empty side, NaN,
+compares false). A quote is amended only when its price moves
 by ``requote_ticks`` or more, so most market events produce no order. At ``max_inventory`` contracts the
 side that would grow the position is pulled.
 
@@ -41,25 +42,27 @@ _WORKING = frozenset((OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED))
 _BUY, _SELL, _GTC = Side.BUY, Side.SELL, TimeInForce.GTC
 _SIDES = (_BUY, _SELL)  # quote side k: 0 bid, 1 ask
 _ZERO4 = (0.0, 0.0, 0.0, 0.0)
-# an empty side of the market, in ticks: no bid is below every price, no ask above every price
-_NO_BID, _NO_ASK = -1, 1 << 62
+_IN = 1e-6  # ticks: the market's bid is kept this much above its tick, its ask below (see _Leg.mkt)
 
 
 class _Leg:
     """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
     object, not a lookup in each of several dicts keyed by instrument."""
 
-    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "live", "mkt", "orders")  # prices in ticks
+    __slots__ = ("inst", "iid", "und", "tick", "per_tick", "base", "want", "live", "mkt", "orders")  # prices in ticks
 
     def __init__(self, inst: Instrument) -> None:
         self.inst = inst
         self.iid = inst.instrument_id
         self.und = inst.underlying
         self.tick = inst.tick_size
+        self.per_tick = 1.0 / inst.tick_size  # currency -> ticks by one multiply
         self.base: tuple[float, float, float, float] | None = None  # (spot, value, delta, gamma) at the last full price
         self.want: tuple[int | None, int | None] | None = None  # unclamped target (bid, ask)
         self.live: tuple[int | None, int | None] | None = None  # what our working orders show (bid, ask)
-        self.mkt: tuple[int, int] | None = None  # best bid / ask last seen (any venue; _NO_BID/_NO_ASK: empty)
+        # best bid / ask last seen (any venue) in ticks, as floats within 1e-13 of the tick and nudged inward
+        # by _IN: ``n >= ask`` and ``n <= bid`` are exact for a whole tick n (NaN: an empty side, never true)
+        self.mkt: tuple[float, float] | None = None
         self.orders: list[OrderView | None] = [None, None]  # our working [bid, ask] order
 
 
@@ -164,9 +167,8 @@ class OptionsMarketMaker(Strategy):
         leg = self._legs.get(iid)
         if leg is None:
             return
-        t = leg.tick  # the quote's prices are on the grid: rounding recovers their ticks exactly
-        bid = round(quote.bid / t) if quote.bid == quote.bid else _NO_BID
-        ask = round(quote.ask / t) if quote.ask == quote.ask else _NO_ASK
+        per = leg.per_tick
+        bid, ask = quote.bid * per + _IN, quote.ask * per - _IN
         leg.mkt = (bid, ask)
         want = leg.want
         # fast path: our target is unchanged, already shown, and the new market does not force a clamp
@@ -249,9 +251,9 @@ class OptionsMarketMaker(Strategy):
             if mkt is not None:  # never cross the market: one tick inside its opposite side
                 mb, ma = mkt
                 if want_bid is not None and want_bid >= ma:
-                    want_bid = ma - 1 if ma - 1 >= 1 else None
+                    want_bid = ceil(ma) - 1 if ceil(ma) - 1 >= 1 else None
                 if want_ask is not None and want_ask <= mb:
-                    want_ask = mb + 1
+                    want_ask = floor(mb) + 1
             mine = leg.orders
             # the common case inline: a working quote that stays, or moves (one amend); else _quote_side
             o = mine[0]

@@ -53,6 +53,8 @@ def restore(eng: TradingEngine) -> bool:
     st = snap["state"]
     eng.portfolio.restore(st["portfolio"])
     eng.oms.restore(snap["orders"], {i: inst.tick_size for i, inst in eng.instruments.items()})
+    # rows of the older format (prices in currency) are written again, in ticks, by the snapshot below
+    eng.executions.dirty_orders.update(d["client_id"] for d in snap["orders"] if "price_ticks" not in d)
     saved = st.get("engine", {})
     eng.entry.incarnation = int(saved.get("incarnation", 0)) + 1  # ids never collide with a lost session's
     eng.entry.seq = 0

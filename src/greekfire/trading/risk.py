@@ -42,6 +42,7 @@ VAR_EXACT_ZONE = 0.8  # recompute VaR exactly when the upper bound is above this
 _ACTIVE, _HALTED = TradingState.ACTIVE, TradingState.HALTED
 _LIMIT, _MARKET = OrderType.LIMIT, OrderType.MARKET
 _PRICED = frozenset((OrderType.LIMIT, OrderType.STOP_LIMIT))  # order types that carry a limit price
+_STOPS = frozenset((OrderType.STOP, OrderType.STOP_LIMIT))  # order types that carry a stop price
 _GREEK_LIMITS = (Reason.DELTA_LIMIT, Reason.GAMMA_LIMIT, Reason.VEGA_LIMIT, Reason.THETA_LIMIT)
 _TOTAL_LIMITS = (Reason.TOTAL_DELTA_LIMIT, Reason.TOTAL_GAMMA_LIMIT, Reason.TOTAL_VEGA_LIMIT, Reason.TOTAL_THETA_LIMIT)
 
@@ -270,6 +271,10 @@ class RiskEngine:
         if ord_type in _PRICED and not (price is not None and (type(price) is int or _whole_ticks(price)) and price > 0):
             return self._deny(Reason.BAD_TICK, f"limit {price!r} must be a whole number of ticks > 0 (tick {tick})",
                               price_ticks=price, tick=tick)
+        stop = order.stop_ticks
+        if ord_type in _STOPS and not (stop is not None and (type(stop) is int or _whole_ticks(stop)) and stop > 0):
+            return self._deny(Reason.BAD_TICK, f"stop {stop!r} must be a whole number of ticks > 0 (tick {tick})",
+                              stop_ticks=stop, tick=tick)
         px = price * tick if price is not None and ord_type != _MARKET else None
         if ref_price is None or not ref_price > 0:
             if ord_type != _LIMIT:

@@ -70,6 +70,10 @@ def test_a_good_order_passes_every_check() -> None:
         ({}, order(price=251), order(price=250.5), Reason.BAD_TICK),
         ({}, order(price=251), order(price=251.0), Reason.BAD_TICK),  # a float is not a number of ticks
         ({}, order(price=251), order(price=0), Reason.BAD_TICK),
+        ({}, order(price=None, ord_type=OrderType.STOP, stop_ticks=260),
+         order(price=None, ord_type=OrderType.STOP, stop_ticks=2.60), Reason.BAD_TICK),  # a stop in currency
+        ({}, order(price=251, ord_type=OrderType.STOP_LIMIT, stop_ticks=255),
+         order(price=251, ord_type=OrderType.STOP_LIMIT), Reason.BAD_TICK),  # a stop-limit without its stop
         ({"price_band_pct": 0.10, "price_band_ticks": 0}, order(price=275), order(price=276), Reason.PRICE_BAND),
         ({"max_notional": 2_500.0}, order(qty=10), order(qty=11), Reason.MAX_NOTIONAL),
         ({"max_position": 15}, order(qty=15), order(qty=16), Reason.POSITION_LIMIT),

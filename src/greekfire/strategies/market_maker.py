@@ -15,9 +15,8 @@ Each option is quoted on both sides:
 rounded away from the reservation onto the tick grid, kept one tick inside the market's opposite side,
 post-only. Quote prices are integer ticks; the market's bid and ask are kept in ticks too (as floats
 nudged 1e-6 of a tick inward, so comparing a whole tick with them is exact, and an empty side, NaN,
-compares false). A quote is amended only when its price moves
-by ``requote_ticks`` or more, so most market events produce no order. At ``max_inventory`` contracts the
-side that would grow the position is pulled.
+compares false). A quote is amended only when its price moves by ``requote_ticks`` or more, so most market
+events produce no order. At ``max_inventory`` contracts the side that would grow the position is pulled.
 
 It acts only through its :class:`~greekfire.trading.strategy.StrategyContext`: its volatility is declared
 to the engine's pricing inputs at start (``ctx.declare_vol``), so the book's Greeks and the VaR limit use

@@ -13,9 +13,9 @@ Each option is quoted on both sides:
     bid = reservation - half_width_ticks x tick,  ask = reservation + half_width_ticks x tick
 
 rounded away from the reservation onto the tick grid, kept one tick inside the market's opposite side,
-post-only. Quote prices are integer ticks; the market's bid and ask are kept in ticks too (as floats
-nudged 1e-6 of a tick inward, so comparing a whole tick with them is exact, and an empty side, NaN,
-compares false). A quote is amended only when its price moves by ``requote_ticks`` or more, so most market
+post-only. Quote prices are integer ticks; the market's bid and ask (currency) are compared with a quote's
+target through that target in currency nudged 1e-6 of a tick outward (exact for prices on the grid, and
+an empty side, NaN, compares false), so an option's quote costs no conversion. A quote is amended only when its price moves by ``requote_ticks`` or more, so most market
 events produce no order. At ``max_inventory`` contracts the side that would grow the position is pulled.
 
 It acts only through its :class:`~greekfire.trading.strategy.StrategyContext`: its volatility is declared
@@ -41,27 +41,27 @@ _WORKING = frozenset((OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED))
 _BUY, _SELL, _GTC = Side.BUY, Side.SELL, TimeInForce.GTC
 _SIDES = (_BUY, _SELL)  # quote side k: 0 bid, 1 ask
 _ZERO4 = (0.0, 0.0, 0.0, 0.0)
-_IN = 1e-6  # ticks: the market's bid is kept this much above its tick, its ask below (see _Leg.mkt)
+_NAN = math.nan
 
 
 class _Leg:
     """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
     object, not a lookup in each of several dicts keyed by instrument."""
 
-    __slots__ = ("inst", "iid", "und", "tick", "per_tick", "base", "want", "live", "mkt", "orders")  # prices in ticks
+    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "gate", "live", "mkt", "orders")
 
     def __init__(self, inst: Instrument) -> None:
         self.inst = inst
         self.iid = inst.instrument_id
         self.und = inst.underlying
         self.tick = inst.tick_size
-        self.per_tick = 1.0 / inst.tick_size  # currency -> ticks by one multiply
         self.base: tuple[float, float, float, float] | None = None  # (spot, value, delta, gamma) at the last full price
-        self.want: tuple[int | None, int | None] | None = None  # unclamped target (bid, ask)
-        self.live: tuple[int | None, int | None] | None = None  # what our working orders show (bid, ask)
-        # best bid / ask last seen (any venue) in ticks, as floats within 1e-13 of the tick and nudged inward
-        # by _IN: ``n >= ask`` and ``n <= bid`` are exact for a whole tick n (NaN: an empty side, never true)
-        self.mkt: tuple[float, float] | None = None
+        self.want: tuple[int | None, int | None] | None = None  # unclamped target (bid, ask), ticks
+        # ``want`` in currency nudged 1e-6 tick outward (NaN: no quote): ``gate[0] >= ask`` is exactly "the
+        # bid is at or above the market's ask" for an ask on the grid, ``gate[1] <= bid`` likewise
+        self.gate: tuple[float, float] = (_NAN, _NAN)
+        self.live: tuple[int | None, int | None] | None = None  # what our working orders show (bid, ask), ticks
+        self.mkt: tuple[float, float] | None = None  # best bid / ask last seen (any venue), currency
         self.orders: list[OrderView | None] = [None, None]  # our working [bid, ask] order
 
 
@@ -166,14 +166,13 @@ class OptionsMarketMaker(Strategy):
         leg = self._legs.get(iid)
         if leg is None:
             return
-        per = leg.per_tick
-        bid, ask = quote.bid * per + _IN, quote.ask * per - _IN
+        bid, ask = quote.bid, quote.ask
         leg.mkt = (bid, ask)
         want = leg.want
         # fast path: our target is unchanged, already shown, and the new market does not force a clamp
         if want is not None and leg.live == want:
-            wb, wa = want
-            if (wb is None or not wb >= ask) and (wa is None or not wa <= bid):
+            gb, ga = leg.gate
+            if not gb >= ask and not ga <= bid:
                 return
         if iid in self.fair:
             self._requote_many((leg,))
@@ -243,16 +242,22 @@ class OptionsMarketMaker(Strategy):
             want = (want_bid, want_ask)
             mkt = leg.mkt
             if spot is not None and want == leg.want and want == leg.live and (
-                mkt is None or ((want_bid is None or not want_bid >= mkt[1]) and (want_ask is None or not want_ask <= mkt[0]))
+                mkt is None or (not leg.gate[0] >= mkt[1] and not leg.gate[1] <= mkt[0])
             ):
                 continue  # the step left this option's quotes where they are, and they are working there
             leg.want = want
+            tick = leg.tick
+            leg.gate = gate = (
+                _NAN if want_bid is None else (want_bid + 1e-6) * tick, _NAN if want_ask is None else (want_ask - 1e-6) * tick,
+            )
             if mkt is not None:  # never cross the market: one tick inside its opposite side
                 mb, ma = mkt
-                if want_bid is not None and want_bid >= ma:
-                    want_bid = ceil(ma) - 1 if ceil(ma) - 1 >= 1 else None
-                if want_ask is not None and want_ask <= mb:
-                    want_ask = floor(mb) + 1
+                if gate[0] >= ma:
+                    want_bid = ceil(ma / tick - 1e-6) - 1
+                    if want_bid < 1:
+                        want_bid = None
+                if gate[1] <= mb:
+                    want_ask = floor(mb / tick + 1e-6) + 1
             mine = leg.orders
             # the common case inline: a working quote that stays, or moves (one amend); else _quote_side
             o = mine[0]

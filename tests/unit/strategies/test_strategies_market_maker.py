@@ -139,3 +139,27 @@ def test_a_denied_requote_is_tried_again_on_the_next_quote_of_that_option() -> N
     eng.process([Quote(iid, round(fair * 0.5, 2), round(fair * 1.5, 2), 10, 10, clock.now_ns(), "V1")])
     assert [k for k, _, _ in venue.sent] in (["amend"], ["amend", "amend"])
     assert {i for _, i, _ in venue.sent} == {iid} and mm._legs[iid].want == mm._legs[iid].live
+
+
+def test_a_quote_never_crosses_the_market_it_is_kept_one_tick_inside() -> None:
+    venue = MassSink("V1")
+    eng, mm, clock = started(venue)
+    iid = mm._by_delta["GFX"][0].iid
+    leg = mm._legs[iid]
+    assert leg.want is not None and leg.want == leg.live
+    wb, wa = leg.want
+    assert wb is not None and wa is not None
+    inst = eng.instruments[iid]
+    # the market's ask comes down to our bid (prices on the grid, in currency, as a venue sends them)
+    eng.process([Quote(iid, inst.from_ticks(wb - 3), inst.from_ticks(wb), 10, 10, clock.now_ns(), "V1")])
+    assert venue.sent == [("amend", iid, wb - 1)]  # the bid steps one tick under that ask, in whole ticks
+    venue.sent.clear()
+    eng.process(venue.poll(0))
+    # and the market's bid comes up to our ask: the ask steps one tick over it, the bid goes back to its target
+    eng.process([Quote(iid, inst.from_ticks(wa), inst.from_ticks(wa + 3), 10, 10, clock.now_ns(), "V1")])
+    assert sorted(venue.sent) == [("amend", iid, wb), ("amend", iid, wa + 1)]
+    venue.sent.clear()
+    eng.process(venue.poll(0))
+    # a market clear of both targets: the ask goes back to its target too
+    eng.process([Quote(iid, inst.from_ticks(wb - 1), inst.from_ticks(wa + 1), 10, 10, clock.now_ns(), "V1")])
+    assert venue.sent == [("amend", iid, wa)] and leg.live == leg.want == (wb, wa)

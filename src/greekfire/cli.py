@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from greekfire import __version__
 from greekfire.core.allocator import keep_freed_memory
@@ -281,7 +282,7 @@ def serve_pricing_cmd(
     host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
     port: Annotated[int | None, typer.Option("--port", help="default: api.port")] = None,
     no_batching: Annotated[bool, typer.Option("--no-batching", help="one forward pass per request")] = False,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1 (default: cuda if present)")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1 (default: quant.device; auto: a healthy GPU with gpu.min_free_mb free, else the CPU)")] = None,
 ) -> None:
     """Serve a trained pricing model: POST /v1/price (JSON or Arrow), /health, /metrics."""
     from greekfire.api.pricing import serve
@@ -363,24 +364,47 @@ def market_itch(
 
 # --------------------------------------------------------------------------------------------------------
 # price: value, Greeks and implied vols for a CSV/Parquet file of options (greekfire.data.pricing)
-@app.command("price")
+class _PriceCommand(TyperCommand):
+    """``greekfire price``, whose ``--model`` help lists the registered pricing engines. The registry is
+    imported only when that help is shown: it loads torch, which ``greekfire --help`` should not wait for."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from greekfire.quant import DEFAULT_ENGINES, engine_names
+
+        by_style = ", ".join(
+            f"{'|'.join(engine_names(style))} ({style}; default {default})" for style, default in DEFAULT_ENGINES.items()
+        )
+        for param in self.params:
+            if param.name == "model":
+                param.help = (  # type: ignore[attr-defined]
+                    f"a registered pricing engine: {by_style}; more with --engine-module or an installed "
+                    "greekfire.pricing_engines plugin"
+                )
+        super().format_help(ctx, formatter)
+
+
+@app.command("price", cls=_PriceCommand)
 def price_cmd(
     input_path: Annotated[Path, typer.Argument(help="CSV or Parquet of options (by suffix)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV or Parquet to write (by suffix)")],
     style: Annotated[str, typer.Option("--style", help="european or american")] = "european",
-    model: Annotated[
-        str | None, typer.Option("--model", help="bsm|black76|heston (european), qdfp|crr|baw|bs2002 (american)")
+    model: Annotated[str | None, typer.Option("--model", help="a registered pricing engine")] = None,
+    engine_module: Annotated[
+        list[str] | None,
+        typer.Option("--engine-module", help="import this module first (it registers pricing engines); repeatable"),
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="tree steps for --model crr")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="float64 or float32")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Price every row: value, Greeks, implied vol where market_price is given, and an error code."""
     from greekfire.data.pricing import price_file
+    from greekfire.quant import import_engine_modules
 
     q = settings().quant
     try:
+        import_engine_modules(engine_module or ())
         data = price_file(
             input_path, output, style=style, model=model, steps=steps or q.tree_steps,
             device=device or q.device, dtype=dtype or q.dtype, progress=not as_json,

@@ -17,6 +17,9 @@ from greekfire.gpu.discovery import discover
 from greekfire.gpu.manager import GpuManager
 from greekfire.gpu.memory import GpuOutOfMemoryError, run_with_oom_backoff
 from greekfire.gpu.monitor import FIELDS
+from greekfire.ml.config import compose_experiment
+from greekfire.ml.serving import load_pricing_model
+from greekfire.ml.train import train_pricing
 
 
 @pytest.fixture
@@ -99,10 +102,6 @@ def test_real_cuda_oom_halves_the_batch_and_loses_no_row(cuda: torch.device) -> 
 
 
 def test_lstm_trains_in_bf16_on_the_device_and_serves_there(cuda: torch.device, tmp_path: Path) -> None:
-    from greekfire.ml.config import compose_experiment
-    from greekfire.ml.serving import load_pricing_model
-    from greekfire.ml.train import train_pricing
-
     cfg = compose_experiment("lstm_tiny", [
         "data.n_samples=1200", "trainer.max_epochs=4", "trainer.precision=bf16-mixed", "optim.lr=0.01",
         "trainer.accelerator=cuda", "tracking.mlflow=false", "tracking.tensorboard=false", "name=tiny_cuda",

@@ -23,10 +23,19 @@ from torch.utils.data import DataLoader
 
 from conftest import free_port, need, poll_until, port_open
 from greekfire.core.settings import Settings, load_settings
-from greekfire.data.dataset import StreamingOptionsDataset, read_samples, table_to_samples, write_samples
-from greekfire.data.features import Samples, build_samples
+from greekfire.data.dataset import (
+    StreamingOptionsDataset,
+    read_samples,
+    table_to_samples,
+    write_samples,
+    write_splits,
+)
+from greekfire.data.features import Samples, build_samples, time_split
 from greekfire.data.storage import check_storage, open_fs
 from greekfire.data.synthetic import generate_market, read_partitions, write_partitions
+from greekfire.ml.config import compose_experiment
+from greekfire.ml.data import load_pricing_data
+from greekfire.ml.train import train_pricing
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,3 +275,31 @@ def test_cli_data_check_reports_plainly(moto: dict[str, Any]) -> None:
     assert out.returncode == 1, out.stderr
     data = json.loads(out.stdout)
     assert data["ok"] is False and data["problem"] == "no_permission"
+
+
+def test_the_pricing_trainer_streams_its_training_split_from_s3(moto: dict[str, Any], tmp_path: Path) -> None:
+    """The trainer's one data path: prepared splits on S3, the training split streamed batch by batch."""
+    rng = np.random.default_rng(2)
+    n = 600
+    s = fake_samples(n, window=6, f_seq=3, f_c=4)
+    s.target = (np.sin(s.contract[:, 0]) + 0.5 * s.contract[:, 1] + 0.1 * s.seq[:, -1, 0]).astype(np.float32)
+    s.quote_date = np.datetime64("2024-01-01") + np.sort(rng.integers(0, 60, n))
+    train, val, test = time_split(s, val_frac=0.2, test_frac=0.2)
+    url = f"s3://{BUCKET}/prepared"
+    st = settings_for(moto)
+    write_splits({"train": train, "val": val, "test": test}, url, st, row_group_size=50)
+    st = load_settings(overrides={**{f"storage.{k}": v for k, v in st.storage.model_dump().items()},
+                                  "training.runs_dir": str(tmp_path / "runs"), "training.torch_threads": 1})
+    cfg = compose_experiment("lstm_tiny", [
+        "data.source=samples", f"data.url={url}", "data.streaming=true", "data.batch_size=25",
+        "trainer.max_epochs=2", "tracking.mlflow=false", "tracking.tensorboard=false",
+    ])
+    data = load_pricing_data(cfg.data, st.storage)
+    assert data.streamed and data.train_rows == len(train) and len(data.test["target"]) == len(test)
+    result = train_pricing(cfg, st, data=data)
+    assert result.global_step == 2 * sum(-(-rows // 25) for rows in _group_rows(len(train), 50))
+    assert result.scores["test_n"] == len(test) and np.isfinite(result.scores["test_rmse"])
+
+
+def _group_rows(n: int, group: int) -> list[int]:
+    return [min(group, n - a) for a in range(0, n, group)]

@@ -19,7 +19,7 @@ from greekfire.api.pricing import build_app
 from greekfire.core.settings import load_settings
 from greekfire.ml.config import compose_experiment
 from greekfire.ml.data import load_pricing_data
-from greekfire.ml.module import module_for
+from greekfire.ml.module import CHECKPOINT_FORMAT, FORMAT_KEY, module_for
 from greekfire.ml.serving import LoadedModel, load_pricing_model
 
 
@@ -30,7 +30,7 @@ def _checkpoint(tmp: Path, preset: str, overrides: list[str]) -> Path:
     module = module_for(cfg, load_pricing_data(cfg.data))
     path = tmp / f"{preset}.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": L.__version__}, path)
+                "pytorch-lightning_version": L.__version__, FORMAT_KEY: CHECKPOINT_FORMAT}, path)
     return path
 
 

@@ -28,7 +28,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,7 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from greekfire.core.errors import DataError
 from greekfire.core.metrics import counter, histogram, mount_metrics
 from greekfire.core.settings import Settings, load_settings
-from greekfire.ml.serving import LoadedModel, MicroBatcher, check_inputs
+from greekfire.gpu.device import choose_device, cuda_usable
+from greekfire.gpu.manager import GpuManager
+from greekfire.ml.serving import LoadedModel, MicroBatcher, check_inputs, load_pricing_model
+from greekfire.ml.tracking import mlflow_uri
 
 ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
 
@@ -110,9 +116,6 @@ def _from_json(model: LoadedModel, body: bytes) -> tuple[torch.Tensor, torch.Ten
 
 
 def _from_arrow(model: LoadedModel, body: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
-    import numpy as np
-    import pyarrow as pa
-
     try:
         table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
     except pa.ArrowInvalid:
@@ -200,12 +203,15 @@ def build_app(settings: Settings | None = None, model: LoadedModel | None = None
 
 def serve(settings: Settings, model_uri: str, *, host: str | None = None, port: int | None = None,
           batching: bool = True, device: str | None = None) -> None:
-    """Load ``model_uri`` (checkpoint path or MLflow URI) and serve it with uvicorn until stopped."""
-    import uvicorn
+    """Load ``model_uri`` (checkpoint path or MLflow URI) and serve it with uvicorn until stopped.
 
-    from greekfire.ml.serving import load_pricing_model
-    from greekfire.ml.tracking import mlflow_uri
-
-    model = load_pricing_model(model_uri, device=device, tracking_uri=mlflow_uri(settings))
+    ``device`` (``--device``) overrides ``quant.device``; ``auto`` is decided by the GPU manager: a healthy
+    GPU keeping ``gpu.min_free_mb`` MiB of headroom, chosen by ``gpu.placement``, else the CPU.
+    """
+    requested = device or settings.quant.device
+    # the manager (NVML discovery and health) is only worth starting where there is a GPU to choose
+    manager = GpuManager(settings) if requested == "auto" and settings.gpu.enabled and cuda_usable() else None
+    chosen = choose_device(requested, min_free_mb=settings.gpu.min_free_mb, manager=manager)
+    model = load_pricing_model(model_uri, device=chosen, tracking_uri=mlflow_uri(settings))
     app = build_app(settings, model, batching=batching)
     uvicorn.run(app, host=host or settings.api.host, port=port or settings.api.port, log_level="warning")

@@ -1,6 +1,9 @@
 """Torch datasets over :class:`~greekfire.data.features.Samples`: in memory, or streamed from Parquet.
 
 Each item is ``{"seq": float32[window, F_seq], "contract": float32[F_c], "target": float32[]}``.
+:class:`OptionsDataset` holds samples (or any aligned tensors) in memory; with ``batched=True`` a whole
+batch is gathered with one index per tensor. The training loaders over both kinds are in
+:mod:`greekfire.data.loaders`.
 
 :func:`write_samples` stores prepared samples as Parquet (``seq`` flattened into a fixed-size list
 column, shapes and feature names in the file's metadata). :class:`StreamingOptionsDataset` reads such
@@ -11,9 +14,10 @@ exactly once per epoch across all of them.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,32 +25,62 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from greekfire.core.errors import DataError
 from greekfire.core.metrics import counter
 from greekfire.data.features import Samples
-from greekfire.data.storage import open_fs
+from greekfire.data.storage import StorageLike, open_fs
 
 META_KEY = b"greekfire.samples"
 ROW_GROUPS_READ = counter("greekfire_data_stream_row_groups", "Parquet row groups read by streaming datasets")
 BYTES_READ = counter("greekfire_data_stream_bytes", "bytes read from storage by streaming datasets")
 
 
-class OptionsDataset(Dataset):
-    """Map-style dataset over in-memory :class:`Samples` (tensors share the numpy memory)."""
+Batch = dict[str, Tensor]
 
-    def __init__(self, samples: Samples) -> None:
-        self.samples = samples
-        self._seq = torch.from_numpy(np.ascontiguousarray(samples.seq, dtype=np.float32))
-        self._contract = torch.from_numpy(np.ascontiguousarray(samples.contract, dtype=np.float32))
-        self._target = torch.from_numpy(np.ascontiguousarray(samples.target, dtype=np.float32))
+
+class OptionsDataset(Dataset[Batch]):
+    """Map-style dataset over in-memory :class:`Samples` (tensors share the numpy memory), or over any
+    mapping of aligned tensors (``contract``, ``target``, optional ``seq``, ``baseline``...).
+
+    ``batched=True``: ``__getitems__`` gathers a whole batch with one fancy index per tensor and returns
+    it stacked (pair it with :func:`greekfire.data.loaders.batch_collate`, as
+    :func:`~greekfire.data.loaders.make_loader` does), so a 500k-row epoch costs
+    milliseconds of indexing rather than seconds of Python. Otherwise items are single rows, for the
+    default ``DataLoader`` collation.
+    """
+
+    def __init__(self, samples: Samples | Mapping[str, Tensor], *, batched: bool = False) -> None:
+        if isinstance(samples, Samples):
+            self.samples: Samples | None = samples
+            tensors = {
+                "seq": torch.from_numpy(np.ascontiguousarray(samples.seq, dtype=np.float32)),
+                "contract": torch.from_numpy(np.ascontiguousarray(samples.contract, dtype=np.float32)),
+                "target": torch.from_numpy(np.ascontiguousarray(samples.target, dtype=np.float32)),
+            }
+        else:
+            self.samples = None
+            tensors = dict(samples)
+        lengths = {k: len(v) for k, v in tensors.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError("tensors", lengths, "all tensors need the same number of rows")
+        self.tensors = tensors
+        self.n = next(iter(lengths.values()))
+        self.batched = batched
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return self.n
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"seq": self._seq[i], "contract": self._contract[i], "target": self._target[i]}
+    def __getitem__(self, i: int) -> Batch:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        if not self.batched:
+            return [self[i] for i in indices]
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {k: v[idx] for k, v in self.tensors.items()}
 
 
 def samples_to_table(samples: Samples) -> pa.Table:
@@ -98,7 +132,7 @@ def table_to_samples(table: pa.Table) -> Samples:
 def write_samples(
     samples: Samples,
     url: str,
-    settings: Any = None,
+    settings: StorageLike = None,
     *,
     row_group_size: int = 4096,
     rows_per_file: int | None = None,
@@ -126,7 +160,25 @@ def write_samples(
     return paths
 
 
-def read_samples(url: str, settings: Any = None) -> Samples:
+def write_splits(
+    splits: Mapping[str, Samples], url: str, settings: StorageLike = None, *, row_group_size: int = 4096,
+    rows_per_file: int | None = None,
+) -> dict[str, list[str]]:
+    """Write prepared splits (``train``, ``val`` and optionally ``test``) under ``url/<split>/`` with
+    :func:`write_samples`: the layout the pricing trainer's ``samples`` source reads (and streams)."""
+    missing = [name for name in ("train", "val") if name not in splits]
+    unknown = [name for name in splits if name not in ("train", "val", "test")]
+    if missing or unknown:
+        raise DataError("splits", sorted(splits), "expected train, val and optionally test")
+    root = url.rstrip("/")
+    return {
+        name: write_samples(part, f"{root}/{name}", settings, row_group_size=row_group_size,
+                            rows_per_file=rows_per_file)
+        for name, part in splits.items()
+    }
+
+
+def read_samples(url: str, settings: StorageLike = None) -> Samples:
     """Read every samples file under ``url`` into memory (files in name order)."""
     fs, root = open_fs(url, settings)
     files = _sample_files(fs, root)
@@ -202,14 +254,20 @@ class StreamingOptionsDataset(IterableDataset):
     Ranks may get a different number of samples when row groups do not divide evenly.
 
     ``batch_size`` makes it yield ready batches (``seq`` [B, window, F_seq]...; use
-    ``DataLoader(ds, batch_size=None)``): much faster than one dict per sample. Batches never span two
-    row groups, so the last one of each group may be smaller.
+    ``DataLoader(ds, batch_size=None)``, or :func:`greekfire.data.loaders.make_stream_loader`): much
+    faster than one dict per sample. Batches never span two row groups, so the last one of each group may
+    be smaller.
+
+    For training (batch mode only): ``equal_shards`` makes every rank yield the same number of batches
+    per pass (per DataLoader worker, the fewest any rank has; the surplus of a pass is dropped), so DDP
+    ranks stay in step; :meth:`skip_batches` makes the next pass skip the batches a resumed run already
+    consumed.
     """
 
     def __init__(
         self,
         url: str,
-        settings: Any = None,
+        settings: StorageLike = None,
         *,
         shuffle: bool = False,
         seed: int = 0,
@@ -217,6 +275,7 @@ class StreamingOptionsDataset(IterableDataset):
         world_size: int | None = None,
         block_size: int = 1 << 20,
         batch_size: int | None = None,
+        equal_shards: bool = False,
     ) -> None:
         super().__init__()
         self.url = url
@@ -230,6 +289,10 @@ class StreamingOptionsDataset(IterableDataset):
         if batch_size is not None and batch_size < 1:
             raise DataError("batch_size", batch_size, "must be >= 1 (or None for single samples)")
         self.batch_size = batch_size
+        if equal_shards and batch_size is None:
+            raise DataError("equal_shards", True, "needs batch_size (equal shards count batches)")
+        self.equal_shards = equal_shards
+        self._skip = 0
         self.stats = StreamStats()
         self._units: list[tuple[str, int, int]] | None = None  # (path, row group, rows)
         self._meta: dict[str, Any] | None = None
@@ -280,32 +343,101 @@ class StreamingOptionsDataset(IterableDataset):
             self._units = units
         return self._units
 
+    def footprint(self) -> str:
+        """16 hex digits of SHA-256 over the files' names, their storage checksums (fsspec's
+        ``checksum``: the ETag on S3, size and modification time on a local disk) and their row groups:
+        it changes when a file is rewritten, and reading it downloads no data."""
+        units = self.units()
+        fs, _ = open_fs(self.url, self.settings, fresh=True)
+        h = hashlib.sha256()
+        for path in sorted(self._footers):
+            h.update(path.rsplit("/", 1)[-1].encode())
+            h.update(str(fs.checksum(path)).encode())
+        h.update(repr([(path.rsplit("/", 1)[-1], group, rows) for path, group, rows in units]).encode())
+        return h.hexdigest()[:16]
+
     @property
     def meta(self) -> dict[str, Any]:
         """window, seq_names, contract_names, dropped (from the first file's metadata)."""
         self.units()
         return dict(self._meta or {})
 
-    def _rank_units(self) -> list[tuple[str, int, int]]:
-        """This rank's row groups: every world_size-th of the (possibly shuffled) order."""
-        rank, world = self._dist()
+    def _rank_units(self, rank: int | None = None) -> list[tuple[str, int, int]]:
+        """The row groups of ``rank`` (default: this one): every world_size-th of the (shuffled) order."""
+        me, world = self._dist()
         units = self.units()
         order = np.arange(len(units))
         if self.shuffle:
             order = np.random.default_rng(self.seed + self.epoch).permutation(len(units))
-        return [units[j] for j in order[rank::world]]
+        return [units[j] for j in order[(me if rank is None else rank) :: world]]
+
+    def _batches(self, units: list[tuple[str, int, int]]) -> int:
+        bs = self.batch_size or 1
+        return sum(-(-rows // bs) for _, _, rows in units)
+
+    def _worker_cap(self, worker: int, workers: int) -> int | None:
+        """Most batches worker ``worker`` of this rank may yield this pass (None: no cap)."""
+        if not self.equal_shards:
+            return None
+        _, world = self._dist()
+        return min(self._batches(self._rank_units(r)[worker::workers]) for r in range(world))
+
+    def num_batches(self, workers: int = 1) -> int:
+        """Batches this rank yields in one pass over ``workers`` DataLoader workers (batch mode)."""
+        if self.batch_size is None:
+            raise DataError("batch_size", None, "num_batches counts batches: set batch_size")
+        total = 0
+        for w in range(max(1, workers)):
+            n = self._batches(self._rank_units()[w::max(1, workers)])
+            cap = self._worker_cap(w, max(1, workers))
+            total += n if cap is None else min(n, cap)
+        return total
+
+    def skip_batches(self, n: int) -> None:
+        """Skip the first ``n`` batches of the next pass (a resumed run's already-consumed batches).
+
+        DataLoader workers hand out batches in turn, so worker ``w`` of ``k`` skips ``n // k`` batches plus
+        one when ``w < n % k``: exact while every worker still has batches left.
+        """
+        if n < 0:
+            raise DataError("skip_batches", n, "must be >= 0")
+        self._skip = int(n)
 
     def __len__(self) -> int:
         """Samples in this rank's shard (all DataLoader workers of the rank together)."""
         return sum(rows for _, _, rows in self._rank_units())
 
     def _my_units(self) -> list[tuple[str, int, int]]:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        wid, nw = self._worker()
         return self._rank_units()[wid::nw]
 
+    @staticmethod
+    def _worker() -> tuple[int, int]:
+        info = get_worker_info()
+        return (info.id, info.num_workers) if info is not None else (0, 1)
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        mine = self._my_units()
+        wid, nw = self._worker()
+        cap = self._worker_cap(wid, nw)
+        skip = self._skip // nw + (1 if wid < self._skip % nw else 0)
+        self._skip = 0  # once: the pass after this one starts at its beginning
+        items = self._iter_units(self._my_units())
+        if cap is None and not skip:
+            return items
+        return self._limited(items, cap, skip)
+
+    @staticmethod
+    def _limited(items: Generator[Batch, None, None], cap: int | None, skip: int) -> Iterator[Batch]:
+        try:
+            for produced, batch in enumerate(items):
+                if cap is not None and produced >= cap:
+                    return
+                if produced >= skip:
+                    yield batch
+        finally:
+            items.close()  # a capped pass stops early: close the files now, not at garbage collection
+
+    def _iter_units(self, mine: list[tuple[str, int, int]]) -> Generator[Batch, None, None]:
         meta = self.meta
         window, f_seq, f_c = meta["window"], len(meta["seq_names"]), len(meta["contract_names"])
         fs, _ = open_fs(self.url, self.settings, fresh=True)

@@ -6,15 +6,14 @@ import time
 from typing import Any
 
 from greekfire.core.settings import Settings
+from greekfire.data.dataset import StreamingOptionsDataset, write_samples
+from greekfire.data.features import Normalizer, build_samples, time_split
+from greekfire.data.synthetic import generate_market, read_partitions, write_partitions
 
 
 def run_demo(settings: Settings) -> dict[str, Any]:
     """Generate a few days of a synthetic market, write it as Parquet partitions under
     ``settings.home/data/demo``, read it back, build samples, split by time and stream them."""
-    from greekfire.data.dataset import StreamingOptionsDataset, write_samples
-    from greekfire.data.features import Normalizer, build_samples, time_split
-    from greekfire.data.synthetic import generate_market, read_partitions, write_partitions
-
     t0 = time.perf_counter()
     root = str((settings.home / "data" / "demo").resolve())
     quotes, bars = generate_market(seed=7, days=8, history_days=90)

@@ -10,24 +10,25 @@ the strike (or multiplied by spot^2 / strike for gamma) so every feature is scal
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor, nn
 
 from greekfire.core.errors import DataError
 from greekfire.core.metrics import counter
+from greekfire.data.indicators import RSI_LENGTH, ema, log_returns, realized_vol, rsi, sma
 from greekfire.data.schema import DROP_REASONS, conform_bars, conform_quotes, quote_problems
+from greekfire.quant import bsm_greeks
 
-TRADING_DAYS = 252.0
 SMA_LENGTHS = (5, 10, 20, 50)
 EMA_LENGTHS = (5, 10, 20, 50)
 RETURN_LENGTHS = (1, 5, 20)
 RV_LENGTHS = (5, 20, 60)
-RSI_LENGTH = 14
 HIST_VOL_LENGTH = 20  # the vol the Greeks and the Black-Scholes baseline use
 
 SEQ_NAMES: tuple[str, ...] = (
@@ -67,82 +68,6 @@ _GREEK_CHUNK = 65_536
 ROWS_DROPPED = counter("greekfire_data_rows_dropped", "quote rows dropped while building samples", ["reason"])
 SAMPLES_BUILT = counter("greekfire_data_samples_built", "samples built from quote rows")
 SAMPLE_DROP_REASONS = (*DROP_REASONS, "no_underlying_bar", "insufficient_history")
-
-
-# ---------------------------------------------------------------------------------------------- indicators
-def sma(x: np.ndarray, n: int) -> np.ndarray:
-    """Simple moving average of the last ``n`` values (NaN for the first ``n-1``)."""
-    x = np.asarray(x, dtype=np.float64)
-    out = np.full(x.shape, np.nan)
-    if n <= 0:
-        raise DataError("n", n, "a moving-average length must be >= 1")
-    if len(x) >= n:
-        c = np.cumsum(np.insert(x, 0, 0.0))
-        out[n - 1 :] = (c[n:] - c[:-n]) / n
-    return out
-
-
-def _smooth(x: np.ndarray, alpha: float, first: float) -> np.ndarray:
-    """y[0] = alpha*x[0] + (1-alpha)*first, y[i] = alpha*x[i] + (1-alpha)*y[i-1] (one C-level IIR filter)."""
-    from scipy.signal import lfilter
-
-    y, _ = lfilter([alpha], [1.0, -(1.0 - alpha)], x, zi=[(1.0 - alpha) * first])
-    return np.asarray(y, dtype=np.float64)
-
-
-def ema(x: np.ndarray, n: int) -> np.ndarray:
-    """Exponential moving average with alpha = 2/(n+1), seeded with the first value."""
-    x = np.asarray(x, dtype=np.float64)
-    if n <= 0:
-        raise DataError("n", n, "an EMA length must be >= 1")
-    if len(x) == 0:
-        return x.copy()
-    return _smooth(x, 2.0 / (n + 1.0), x[0])
-
-
-def rsi(close: np.ndarray, n: int = RSI_LENGTH) -> np.ndarray:
-    """Wilder's relative strength index, 0..100 (NaN until ``n`` changes are known).
-
-    The first average gain/loss is the plain mean of the first ``n`` changes; later ones are smoothed as
-    (previous x (n-1) + today) / n. No losses gives 100, no change at all gives 50.
-    """
-    x = np.asarray(close, dtype=np.float64)
-    out = np.full(x.shape, np.nan)
-    if len(x) <= n:
-        return out
-    d = np.diff(x)
-    gain, loss = np.clip(d, 0, None), np.clip(-d, 0, None)
-    seed_g, seed_l = gain[:n].mean(), loss[:n].mean()
-    # averages for days n, n+1, ...: the seed, then Wilder's smoothing of each later change
-    avg_g = np.concatenate([[seed_g], _smooth(gain[n:], 1.0 / n, seed_g)])
-    avg_l = np.concatenate([[seed_l], _smooth(loss[n:], 1.0 / n, seed_l)])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        val = 100.0 - 100.0 / (1.0 + avg_g / avg_l)
-    val = np.where(avg_l == 0.0, np.where(avg_g == 0.0, 50.0, 100.0), val)
-    out[n:] = val
-    return out
-
-
-def log_returns(close: np.ndarray, k: int = 1) -> np.ndarray:
-    """log(close_t / close_{t-k}) (NaN for the first ``k``)."""
-    x = np.asarray(close, dtype=np.float64)
-    out = np.full(x.shape, np.nan)
-    if len(x) > k:
-        out[k:] = np.log(x[k:] / x[:-k])
-    return out
-
-
-def realized_vol(close: np.ndarray, n: int) -> np.ndarray:
-    """Annualised realized vol: sample std (ddof=1) of the last ``n`` daily log returns x sqrt(252).
-
-    NaN until ``n`` returns exist (index ``n``).
-    """
-    r = log_returns(close, 1)
-    out = np.full(r.shape, np.nan)
-    if len(r) > n:
-        win = np.lib.stride_tricks.sliding_window_view(r[1:], n)
-        out[n:] = win.std(axis=1, ddof=1) * math.sqrt(TRADING_DAYS)
-    return out
 
 
 def underlying_features(bars: pd.DataFrame) -> pd.DataFrame:
@@ -223,10 +148,6 @@ def _greeks(
     div: float,
     vol: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    import torch
-
-    from greekfire.quant import bsm_greeks
-
     parts: list[dict[str, np.ndarray]] = []
     # chunks keep each call small: eager kernels, no one-off compilation cost for a feature pass
     for a in range(0, len(right), _GREEK_CHUNK):
@@ -407,8 +328,8 @@ def time_split(
 def feature_moments(x: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation over every axis but the last (float64).
 
-    The one place the standardisation statistics are computed, for :class:`Normalizer` (numpy samples)
-    and the models' in-network scaler alike: a constant feature gets std 1 (centred, not blown up), and
+    The one place the standardisation statistics are computed, for :class:`Normalizer` (fit on numpy
+    samples or on a model's training tensors): a constant feature gets std 1 (centred, not blown up), and
     the unit-scale features in :data:`UNSCALED` get mean 0 and std 1 (left as they are).
     """
     x = np.asarray(x)
@@ -417,6 +338,11 @@ def feature_moments(x: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np
     flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
     mean = flat.mean(axis=0) if len(flat) else np.zeros(x.shape[-1])
     std = flat.std(axis=0) if len(flat) else np.ones(x.shape[-1])
+    return _standardising(mean, std, names)
+
+
+def _standardising(mean: np.ndarray, std: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rule of :func:`feature_moments` applied to raw moments: constant -> std 1, unit-scale -> (0, 1)."""
     std = np.where(std > 1e-8, std, 1.0)
     for i, nm in enumerate(names):
         if nm in UNSCALED:
@@ -424,30 +350,79 @@ def feature_moments(x: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np
     return mean, std
 
 
-class Normalizer:
-    """Per-feature standardisation fit on the training split only; save it with the model.
+class _RunningMoments:
+    """Per-feature mean and population std merged batch by batch (Chan et al.'s pairwise update, float64)."""
 
-    One-hot and cyclical features (:data:`UNSCALED`) are left as they are. ``transform`` returns new
-    :class:`Samples`; targets are not touched (mid / strike is already scale free).
+    def __init__(self, n_features: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(n_features)
+        self.m2 = np.zeros(n_features)
+
+    def update(self, x: np.ndarray) -> None:
+        flat = np.asarray(x).reshape(-1, len(self.mean)).astype(np.float64)
+        nb = len(flat)
+        if nb == 0:
+            return
+        mb = flat.mean(axis=0)
+        delta = mb - self.mean
+        total = self.n + nb
+        self.mean = self.mean + delta * (nb / total)
+        self.m2 = self.m2 + ((flat - mb) ** 2).sum(axis=0) + delta**2 * (self.n * nb / total)
+        self.n = total
+
+    def result(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.n == 0:
+            return _standardising(np.zeros(len(self.mean)), np.ones(len(self.mean)), names)
+        return _standardising(self.mean.copy(), np.sqrt(self.m2 / self.n), names)
+
+
+class Normalizer(nn.Module):
+    """Per-feature standardisation of the history window (``seq``) and the contract features, fit on the
+    training split only: the one input scaler of the data layer and of the pricing models.
+
+    The data layer fits it on :class:`Samples` (:meth:`fit`) and standardises numpy samples
+    (:meth:`transform`); a pricing network holds one as its first layer (:meth:`fit_tensors` on the
+    training rows, then :meth:`scale_contract` / :meth:`scale_seq` in ``forward``), so the statistics are
+    buffers saved in the checkpoint with the weights and the feature names travel with them
+    (``state_dict()``'s ``_extra_state``). One-hot and cyclical features (:data:`UNSCALED`) are left as
+    they are and constant features are only centred (see :func:`feature_moments`); targets are never
+    touched (mid / strike is already scale free).
     """
 
     VERSION = 1
 
+    seq_mean: Tensor
+    seq_std: Tensor
+    contract_mean: Tensor
+    contract_std: Tensor
+
     def __init__(
         self,
-        seq_names: list[str],
-        contract_names: list[str],
-        seq_mean: np.ndarray,
-        seq_std: np.ndarray,
-        contract_mean: np.ndarray,
-        contract_std: np.ndarray,
+        seq_names: Sequence[str],
+        contract_names: Sequence[str],
+        seq_mean: Any = None,
+        seq_std: Any = None,
+        contract_mean: Any = None,
+        contract_std: Any = None,
     ) -> None:
+        super().__init__()
         self.seq_names = list(seq_names)
         self.contract_names = list(contract_names)
-        self.seq_mean = np.asarray(seq_mean, dtype=np.float32)
-        self.seq_std = np.asarray(seq_std, dtype=np.float32)
-        self.contract_mean = np.asarray(contract_mean, dtype=np.float32)
-        self.contract_std = np.asarray(contract_std, dtype=np.float32)
+        for name, value, n, fill in (
+            ("seq_mean", seq_mean, len(self.seq_names), 0.0),
+            ("seq_std", seq_std, len(self.seq_names), 1.0),
+            ("contract_mean", contract_mean, len(self.contract_names), 0.0),
+            ("contract_std", contract_std, len(self.contract_names), 1.0),
+        ):
+            if value is None:
+                buf = torch.full((n,), fill)
+            elif isinstance(value, Tensor):
+                buf = value.detach().cpu()
+            else:
+                buf = torch.as_tensor(np.asarray(value, dtype=np.float32))
+            if buf.shape != (n,):
+                raise DataError(f"normalizer.{name}", list(buf.shape), f"expected {n} values, one per feature")
+            self.register_buffer(name, buf.to(torch.float32))
 
     @classmethod
     def fit(cls, train: Samples) -> Normalizer:
@@ -458,6 +433,53 @@ class Normalizer:
         cm, cs = feature_moments(train.contract, train.contract_names)
         return cls(train.seq_names, train.contract_names, sm, ss, cm, cs)
 
+    @torch.no_grad()
+    def fit_tensors(self, contract: Tensor | np.ndarray, seq: Tensor | np.ndarray | None = None) -> None:
+        """Set the statistics in place from training rows: ``contract`` [N, F_c] and ``seq`` [N, window, F_seq]
+        (when the normaliser has sequence features), named as the normaliser's features."""
+        for x, names, mean_buf, std_buf in (
+            (contract, self.contract_names, self.contract_mean, self.contract_std),
+            (seq, self.seq_names, self.seq_mean, self.seq_std),
+        ):
+            if x is None:
+                continue
+            arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+            mean, std = feature_moments(arr, names)
+            mean_buf.copy_(torch.from_numpy(mean).to(mean_buf.dtype))
+            std_buf.copy_(torch.from_numpy(std).to(std_buf.dtype))
+
+    @torch.no_grad()
+    def fit_batches(self, batches: Iterable[Mapping[str, Tensor]]) -> None:
+        """Set the statistics from one pass over training batches (``contract`` [B, F_c] and, when the
+        normaliser has sequence features, ``seq`` [B, window, F_seq]): the rule of :meth:`fit_tensors`,
+        accumulated batch by batch, for a training split streamed from storage."""
+        groups = (
+            ("contract", self.contract_names, self.contract_mean, self.contract_std),
+            ("seq", self.seq_names, self.seq_mean, self.seq_std),
+        )
+        acc = {key: _RunningMoments(len(names)) for key, names, _, _ in groups if names}
+        for batch in batches:
+            for key, moments in acc.items():
+                x = batch[key]
+                moments.update(x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x))
+        for key, names, mean_buf, std_buf in groups:
+            if key in acc:
+                mean, std = acc[key].result(names)
+                mean_buf.copy_(torch.from_numpy(mean).to(mean_buf.dtype))
+                std_buf.copy_(torch.from_numpy(std).to(std_buf.dtype))
+
+    def scale_contract(self, x: Tensor) -> Tensor:
+        """``(x - mean) / std`` over the last axis of contract features [..., F_c] (in ``x``'s dtype)."""
+        return (x - self.contract_mean.to(x.dtype)) / self.contract_std.to(x.dtype)
+
+    def scale_seq(self, x: Tensor) -> Tensor:
+        """``(x - mean) / std`` over the last axis of history windows [..., F_seq] (in ``x``'s dtype)."""
+        return (x - self.seq_mean.to(x.dtype)) / self.seq_std.to(x.dtype)
+
+    def forward(self, contract: Tensor, seq: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Standardised ``(contract, seq)``."""
+        return self.scale_contract(contract), None if seq is None else self.scale_seq(seq)
+
     def transform(self, samples: Samples) -> Samples:
         """Standardised copy of ``samples`` (float32)."""
         if samples.seq_names != self.seq_names or samples.contract_names != self.contract_names:
@@ -466,13 +488,26 @@ class Normalizer:
             )
         return replace(
             samples,
-            seq=((samples.seq - self.seq_mean) / self.seq_std).astype(np.float32),
-            contract=((samples.contract - self.contract_mean) / self.contract_std).astype(np.float32),
+            seq=((samples.seq - self.seq_mean.cpu().numpy()) / self.seq_std.cpu().numpy()).astype(np.float32),
+            contract=(
+                (samples.contract - self.contract_mean.cpu().numpy()) / self.contract_std.cpu().numpy()
+            ).astype(np.float32),
             dropped=dict(samples.dropped),
         )
 
-    def state_dict(self) -> dict[str, Any]:
-        """Plain lists and strings (JSON- and torch.save-friendly)."""
+    def get_extra_state(self) -> dict[str, Any]:
+        """The feature names and the format version, saved in ``state_dict()`` beside the statistics."""
+        return {"version": self.VERSION, "seq_names": list(self.seq_names), "contract_names": list(self.contract_names)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the feature names saved by :meth:`get_extra_state`."""
+        if state.get("version") != self.VERSION:
+            raise DataError("normalizer.version", state.get("version"), f"expected {self.VERSION}")
+        self.seq_names = list(state["seq_names"])
+        self.contract_names = list(state["contract_names"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and strings (JSON-friendly); :meth:`from_state_dict` reads it back."""
         return {
             "version": self.VERSION,
             "seq_names": list(self.seq_names),
@@ -484,15 +519,17 @@ class Normalizer:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> Normalizer:
-        """Rebuild a normaliser saved with :meth:`state_dict`."""
-        if state.get("version") != cls.VERSION:
-            raise DataError("normalizer.version", state.get("version"), f"expected {cls.VERSION}")
+    def from_state_dict(cls, state: Mapping[str, Any]) -> Normalizer:
+        """Rebuild a normaliser from its ``state_dict()`` (tensors and ``_extra_state``) or its
+        :meth:`to_dict` (plain lists, the form earlier versions returned from ``state_dict()``)."""
+        meta = state.get("_extra_state", state)
+        if meta.get("version") != cls.VERSION:
+            raise DataError("normalizer.version", meta.get("version"), f"expected {cls.VERSION}")
         return cls(
-            state["seq_names"],
-            state["contract_names"],
-            np.asarray(state["seq_mean"]),
-            np.asarray(state["seq_std"]),
-            np.asarray(state["contract_mean"]),
-            np.asarray(state["contract_std"]),
+            meta["seq_names"],
+            meta["contract_names"],
+            state["seq_mean"],
+            state["seq_std"],
+            state["contract_mean"],
+            state["contract_std"],
         )

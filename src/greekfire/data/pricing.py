@@ -3,9 +3,14 @@ Greeks, implied vols and a per-row error code out.
 
 Input columns: ``right`` (C/P/call/put/1/-1), ``spot`` (the forward for ``--model black76``), ``strike``,
 ``ttm`` in years (or ``expiry`` and ``quote_date``, ACT/365), ``rate`` and ``div_yield`` (continuously
-compounded), and ``vol`` (annualised) or ``market_price`` (or both). ``--model heston`` also needs ``v0``,
-``kappa``, ``theta``, ``sigma``, ``rho``. A missing column fails at once naming it; a bad row gets
-``error = bad_input`` (or the implied-vol reason) and the other rows are still priced.
+compounded), and ``vol`` (annualised) or ``market_price`` (or both). An engine with model parameters
+(``--model heston``: ``v0``, ``kappa``, ``theta``, ``sigma``, ``rho``) takes them from columns of those
+names. A missing column fails at once naming it; a bad row gets ``error = bad_input`` (or the implied-vol
+reason) and the other rows are still priced.
+
+Every model is a pricing engine of :mod:`greekfire.quant.registry`, looked up by name and used through its
+capabilities (the outputs it gives, the inputs it needs, its implied vol), so a registered plugin engine
+prices files like a built-in one.
 """
 
 from __future__ import annotations
@@ -20,33 +25,55 @@ import numpy as np
 import pandas as pd
 import torch
 
-from greekfire.core.errors import DataError
+from greekfire.core.errors import ConfigError, DataError
+from greekfire.gpu.device import choose_device
 from greekfire.quant import (
+    DEFAULT_ENGINES,
     GREEK_NAMES,
     IV_REASONS,
-    american_greeks,
-    american_implied_vol,
-    black76_greeks,
-    bsm_greeks,
-    heston_price,
-    implied_vol,
+    MarketInputs,
+    OptionBatch,
+    PricingEngine,
+    engine_names,
+    get_engine,
     parse_right,
 )
 
-EUROPEAN_MODELS = ("bsm", "black76", "heston")
-AMERICAN_MODELS = ("qdfp", "crr", "baw", "bs2002")
-HESTON_COLUMNS = ("v0", "kappa", "theta", "sigma", "rho")
 OUTPUT_COLUMNS = (*GREEK_NAMES, "iv", "error")
 CHUNK_ROWS = 65_536
+PARAM_FILL = 0.1
+"""The placeholder of a model parameter on a bad row (any value the engine accepts)."""
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when torch sees a GPU, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DataError("device", device, "CUDA is not available to torch here (use cpu or auto)")
-    return torch.device(device)
+    """The torch device for ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (chosen by :func:`greekfire.gpu.device.
+    choose_device`: ``auto`` takes a GPU when torch sees one); DataError naming ``device`` when it cannot be had."""
+    try:
+        return choose_device(device)
+    except ConfigError as exc:
+        raise DataError("device", device, exc.allowed) from None
+
+
+def resolve_engine(style: str, model: str | None) -> PricingEngine:
+    """The registered engine ``model`` (the style's default when None), checked to price ``style``."""
+    if style not in DEFAULT_ENGINES:
+        raise DataError("style", style, "must be european or american")
+    engine = get_engine(model or DEFAULT_ENGINES[style])
+    if style not in engine.capabilities.styles:
+        raise DataError("model", engine.name, f"with --style {style} must be one of {', '.join(engine_names(style))}")
+    return engine
+
+
+def engine_device(engine: PricingEngine, device: str) -> torch.device:
+    """The device ``engine`` prices on for ``device``: as :func:`resolve_device`, except that ``auto`` falls
+    back to the CPU for an engine that does not run on the GPU it would pick."""
+    dev = resolve_device(device)
+    devices = engine.capabilities.devices
+    if dev.type not in devices:
+        if device.strip().lower() == "auto" and "cpu" in devices:
+            return torch.device("cpu")
+        raise DataError("device", device, f"--model {engine.name} runs on {', '.join(devices)}")
+    return dev
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -71,7 +98,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
         raise DataError("output", str(path), "must end in .csv or .parquet")
 
 
-def _check_columns(frame: pd.DataFrame, model: str) -> None:
+def _check_columns(frame: pd.DataFrame, engine: PricingEngine) -> None:
     cols = set(frame.columns)
     for name in ("right", "spot", "strike", "rate", "div_yield"):
         if name not in cols:
@@ -79,12 +106,14 @@ def _check_columns(frame: pd.DataFrame, model: str) -> None:
     if "ttm" not in cols and not {"expiry", "quote_date"} <= cols:
         missing = "ttm" if not ({"expiry", "quote_date"} & cols) else ({"expiry", "quote_date"} - cols).pop()
         raise DataError("column", missing, "is required (give ttm in years, or expiry and quote_date)")
-    if "vol" not in cols and "market_price" not in cols:
+    caps = engine.capabilities
+    if "vol" in caps.inputs and "vol" not in cols and "market_price" not in cols:
         raise DataError("column", "vol", "is required (give vol, market_price or both)")
-    if model == "heston":
-        for name in HESTON_COLUMNS:
-            if name not in cols:
-                raise DataError("column", name, "is required for --model heston")
+    if "vol" in caps.inputs and "vol" not in cols and caps.implied_vol is None:
+        raise DataError("column", "vol", f"is required: --model {engine.name} gives no implied vol to price at")
+    for name in caps.params:
+        if name not in cols:
+            raise DataError("column", name, f"is required for --model {engine.name}")
 
 
 def _numeric(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -109,15 +138,14 @@ def price_frame(
     dtype: str = "float64",
     on_chunk: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
-    """Price every row of ``frame``; returns the input columns plus values, Greeks, ``iv`` and ``error``."""
-    model = model or ("bsm" if style == "european" else "qdfp")
-    if style not in ("european", "american"):
-        raise DataError("style", style, "must be european or american")
-    allowed = EUROPEAN_MODELS if style == "european" else AMERICAN_MODELS
-    if model not in allowed:
-        raise DataError("model", model, f"with --style {style} must be one of {', '.join(allowed)}")
-    _check_columns(frame, model)
-    dev = resolve_device(device)
+    """Price every row of ``frame`` with the registered engine ``model`` (the style's default when None);
+    returns the input columns plus values, the Greeks the engine gives (NaN for the others), ``iv`` (where
+    ``market_price`` is given and the engine has an implied vol) and ``error``. ``steps`` goes to engines
+    that take it (``crr``)."""
+    engine = resolve_engine(style, model)
+    caps = engine.capabilities
+    _check_columns(frame, engine)
+    dev = engine_device(engine, device)
     dt = {"float64": torch.float64, "float32": torch.float32}.get(dtype)
     if dt is None:
         raise DataError("dtype", dtype, "must be float64 or float32")
@@ -128,20 +156,24 @@ def price_frame(
     ttm = _ttm(frame)
     vol = _numeric(frame, "vol") if "vol" in frame.columns else np.full(n, np.nan)
     mkt = _numeric(frame, "market_price") if "market_price" in frame.columns else np.full(n, np.nan)
-    heston = {k: _numeric(frame, k) for k in HESTON_COLUMNS} if model == "heston" else {}
+    params = {k: _numeric(frame, k) for k in caps.params}
+    uses_vol = "vol" in caps.inputs
     has_vol, has_mkt = "vol" in frame.columns, "market_price" in frame.columns
+    solve_iv = has_mkt and caps.implied_vol is not None
     base_ok = (
         np.isfinite(right) & np.isfinite(spot) & (spot > 0) & np.isfinite(strike) & (strike > 0)
         & np.isfinite(ttm) & (ttm >= 0) & np.isfinite(rate) & np.isfinite(div)
     )
-    if has_vol and not has_mkt:
+    if uses_vol and has_vol and not solve_iv:
         base_ok &= np.isfinite(vol) & (vol >= 0)
-    for arr in heston.values():
+    for arr in params.values():
         base_ok &= np.isfinite(arr)
+    greek_names = tuple(name for name in GREEK_NAMES if name in caps.outputs)
     out = {name: np.full(n, np.nan) for name in (*GREEK_NAMES, "iv")}
     error = np.where(base_ok, "", IV_REASONS[5]).astype(object)
-    for start in range(0, n, CHUNK_ROWS):
-        sl = slice(start, min(n, start + CHUNK_ROWS))
+    chunk = min(CHUNK_ROWS, caps.max_batch or CHUNK_ROWS)
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
         ok = base_ok[sl]
 
         def t(a: np.ndarray, fill: float = 1.0, ok: np.ndarray = ok, sl: slice = sl) -> torch.Tensor:
@@ -149,33 +181,25 @@ def price_frame(
             return torch.as_tensor(np.where(ok, a[sl], fill), device=dev).to(dt)
 
         w, S, K, T, r, q = t(right), t(spot, 100.0), t(strike, 100.0), t(ttm), t(rate, 0.0), t(div, 0.0)
+        batch = OptionBatch(w, K, T, style)
+        hp = {k: t(v_, PARAM_FILL) for k, v_ in params.items()}
         sigma = t(vol, 0.2)
-        if has_mkt:
-            price_t = t(mkt, math.nan)
-            if style == "european":
-                iv_res = implied_vol(price_t, w, S, K, T, r, q)
-            else:
-                iv_res = american_implied_vol(price_t, w, S, K, T, r, q, model=model, steps=steps)
-            iv = iv_res.vol.double().cpu().numpy()
-            codes = iv_res.code.cpu().numpy()
+        priceable = ok
+        if solve_iv:
+            iv_res = engine(batch, MarketInputs(S, r, q, price=t(mkt, math.nan), params=hp), outputs="iv", steps=steps)
+            iv = iv_res["iv"].double().cpu().numpy()
+            codes = iv_res["iv_code"].cpu().numpy()
             out["iv"][sl] = np.where(ok, iv, np.nan)
             reasons = np.array([IV_REASONS[int(c)] for c in range(6)], dtype=object)[codes]
             error[sl] = np.where(ok & (error[sl] == ""), reasons, error[sl])
-            vol_chunk = vol[sl]
-            use = np.where(np.isfinite(vol_chunk) & (vol_chunk >= 0), vol_chunk, iv)
-            priceable = ok & np.isfinite(use)
-            sigma = torch.as_tensor(np.where(priceable, use, 0.2), device=dev).to(dt)
-        else:
-            priceable = ok
-        if style == "american":
-            greeks = american_greeks(w, S, K, T, r, q, sigma, model=model, steps=steps)
-        elif model == "black76":
-            greeks = black76_greeks(w, S, K, T, r, sigma)
-        elif model == "heston":
-            hp = {k: t(v_, 0.1) for k, v_ in heston.items()}
-            greeks = {"value": heston_price(w, S, K, T, r, q, hp["v0"], hp["kappa"], hp["theta"], hp["sigma"], hp["rho"])}
-        else:
-            greeks = bsm_greeks(w, S, K, T, r, q, sigma)
+            if uses_vol:
+                # the Greeks are taken at the given vol where there is one, else at the implied vol
+                vol_chunk = vol[sl]
+                use = np.where(np.isfinite(vol_chunk) & (vol_chunk >= 0), vol_chunk, iv)
+                priceable = ok & np.isfinite(use)
+                sigma = torch.as_tensor(np.where(priceable, use, 0.2), device=dev).to(dt)
+        market = MarketInputs(S, r, q, vol=sigma if uses_vol else None, params=hp)
+        greeks = engine(batch, market, outputs=greek_names, steps=steps)
         for name, g in greeks.items():
             out[name][sl] = np.where(priceable, g.double().cpu().numpy(), np.nan)
         if on_chunk is not None:
@@ -203,6 +227,7 @@ def price_file(
     t0 = time.perf_counter()
     if Path(output_path).suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise DataError("output", str(output_path), "must end in .csv or .parquet")
+    engine = resolve_engine(style, model)
     frame = read_table(Path(input_path))
     if progress and len(frame) > CHUNK_ROWS:
         from rich.progress import Progress
@@ -222,8 +247,8 @@ def price_file(
         "flagged": flagged,
         "errors": {k: int(v) for k, v in counts.items() if k},
         "style": style,
-        "model": model or ("bsm" if style == "european" else "qdfp"),
-        "device": str(resolve_device(device)),
+        "model": engine.name,
+        "device": str(engine_device(engine, device)),
         "seconds": round(time.perf_counter() - t0, 3),
         "output": str(output_path),
     }

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from greekfire.core.errors import DataError
+from greekfire.data.storage import StorageLike, open_fs, storage_settings
 
 QUOTE_PARTITION = "quote_date"
 BAR_PARTITION = "date"
@@ -243,15 +244,13 @@ def _write_partitions(
     table: pa.Table,
     partition: str,
     url: str,
-    settings: Any,
+    settings: StorageLike,
     row_group_size: int | None,
     basename: str,
     by_year: bool = False,
 ) -> list[str]:
-    from greekfire.data.storage import open_fs
-
     fs, root = open_fs(url, settings)
-    rg = row_group_size or (settings.storage.row_group_rows if settings is not None else 65_536)
+    rg = row_group_size or storage_settings(settings).row_group_rows
     days = table.column(partition).to_numpy(zero_copy_only=False).astype("datetime64[D]")
     keys = days.astype("datetime64[Y]") if by_year else days
     written = []
@@ -277,7 +276,7 @@ def _write_partitions(
 def write_quotes(
     df: pd.DataFrame,
     url: str,
-    settings: Any = None,
+    settings: StorageLike = None,
     *,
     row_group_size: int | None = None,
     basename: str = "part-0",
@@ -294,7 +293,7 @@ def write_quotes(
 def write_bars(
     df: pd.DataFrame,
     url: str,
-    settings: Any = None,
+    settings: StorageLike = None,
     *,
     row_group_size: int | None = None,
     basename: str = "part-0",
@@ -307,12 +306,11 @@ def write_bars(
 
 
 def _read_partitions(
-    url: str, settings: Any, schema: pa.Schema, partition: str, start: Any, end: Any, by_year: bool = False
+    url: str, settings: StorageLike, schema: pa.Schema, partition: str, start: Any, end: Any, by_year: bool = False
 ) -> pd.DataFrame:
+    # lazy: pyarrow.dataset costs about 0.5 s to import and only partition readers need it
     import pyarrow.dataset as ds
     from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    from greekfire.data.storage import open_fs
 
     fs, root = open_fs(url, settings)
     if not fs.exists(root):
@@ -345,7 +343,7 @@ def _read_partitions(
     return df
 
 
-def read_quotes(url: str, settings: Any = None, *, start: Any = None, end: Any = None) -> pd.DataFrame:
+def read_quotes(url: str, settings: StorageLike = None, *, start: Any = None, end: Any = None) -> pd.DataFrame:
     """Read date-partitioned quotes from ``url``, optionally only quote dates in [start, end]."""
     df = _read_partitions(url, settings, QUOTE_SCHEMA, QUOTE_PARTITION, start, end)
     attrs = dict(df.attrs)
@@ -354,6 +352,6 @@ def read_quotes(url: str, settings: Any = None, *, start: Any = None, end: Any =
     return df
 
 
-def read_bars(url: str, settings: Any = None, *, start: Any = None, end: Any = None) -> pd.DataFrame:
+def read_bars(url: str, settings: StorageLike = None, *, start: Any = None, end: Any = None) -> pd.DataFrame:
     """Read year-partitioned underlying bars from ``url``, optionally only dates in [start, end]."""
     return _read_partitions(url, settings, BAR_SCHEMA, BAR_PARTITION, start, end, by_year=True)

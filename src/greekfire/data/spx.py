@@ -14,7 +14,9 @@ from typing import Any
 import pandas as pd
 
 from greekfire.core.errors import DataError
-from greekfire.data.schema import conform_bars, conform_quotes
+from greekfire.data.schema import clean_quotes, conform_bars, conform_quotes
+from greekfire.data.storage import StorageLike
+from greekfire.data.synthetic import write_partitions
 
 # vendor column -> our column
 _VENDOR_COLUMNS = {
@@ -83,7 +85,7 @@ def load_sp500_history(start: Any = None, end: Any = None) -> pd.DataFrame:
     Columns of the bar schema; ``close`` is the index level (the index is a price index, so its close and
     adjusted close agree). ``start``/``end`` bound the dates, inclusive.
     """
-    try:
+    try:  # lazy: arch's data module costs about 1.6 s to import, and only this loader needs it
         from arch.data import sp500
     except ImportError as exc:  # pragma: no cover - arch is a runtime dependency
         raise DataError(
@@ -128,11 +130,9 @@ def spot_alignment(quotes: pd.DataFrame, bars: pd.DataFrame) -> dict[str, float 
     }
 
 
-def spx_report(path: str | Path, out: str | None = None, settings: Any = None) -> dict[str, Any]:
+def spx_report(path: str | Path, out: str | None = None, settings: StorageLike = None) -> dict[str, Any]:
     """Load the vendor file and the S&P 500 history, check they line up, count bad rows; optionally write
     both as partitions under ``out`` (``<out>/quotes``, ``<out>/underlying``). Returns a summary mapping."""
-    from greekfire.data.schema import clean_quotes
-
     quotes = load_spx_quotes(path)
     bars = load_sp500_history()
     _, dropped = clean_quotes(quotes)
@@ -147,8 +147,6 @@ def spx_report(path: str | Path, out: str | None = None, settings: Any = None) -
         "spot_vs_sp500_close": spot_alignment(quotes, bars),
     }
     if out:
-        from greekfire.data.synthetic import write_partitions
-
         paths = write_partitions(quotes, bars[bars["date"] <= quotes["quote_date"].max()], out, settings)
         report["files"] = sum(len(v) for v in paths.values())
         report["out"] = out

@@ -21,6 +21,7 @@ import pandas as pd
 
 from greekfire.core.errors import DataError
 from greekfire.data.schema import (
+    clean_quotes,
     conform_bars,
     conform_quotes,
     read_bars,
@@ -28,6 +29,7 @@ from greekfire.data.schema import (
     write_bars,
     write_quotes,
 )
+from greekfire.data.storage import StorageLike
 
 TRADING_DAYS = 252
 
@@ -94,6 +96,8 @@ def generate_market(
     ``div_yield`` (continuously compounded, per year) are also stored in ``quotes.attrs``. Deterministic by
     ``seed``.
     """
+    # lazy: torch and the pricing engines cost over a second to import, and the partition readers and
+    # writers of this module (``greekfire data spx --out``) need neither
     import torch
 
     from greekfire.quant import bsm_greeks, heston_paths, heston_price, implied_vol
@@ -240,7 +244,7 @@ def write_partitions(
     quotes: pd.DataFrame,
     bars: pd.DataFrame,
     url: str,
-    settings: Any = None,
+    settings: StorageLike = None,
     *,
     row_group_size: int | None = None,
 ) -> dict[str, list[str]]:
@@ -254,7 +258,7 @@ def write_partitions(
 
 
 def read_partitions(
-    url: str, settings: Any = None, *, start: Any = None, end: Any = None
+    url: str, settings: StorageLike = None, *, start: Any = None, end: Any = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read a market written by :func:`write_partitions`; ``start``/``end`` bound the quote dates only."""
     base = url.rstrip("/")
@@ -264,11 +268,9 @@ def read_partitions(
 
 
 def generate_to(
-    url: str, settings: Any = None, *, seed: int = 7, days: int = 20, **kwargs: Any
+    url: str, settings: StorageLike = None, *, seed: int = 7, days: int = 20, **kwargs: Any
 ) -> dict[str, Any]:
     """Generate a market (:func:`generate_market`) and write it under ``url``; returns a summary mapping."""
-    from greekfire.data.schema import clean_quotes
-
     quotes, bars = generate_market(seed, days, **kwargs)
     paths = write_partitions(quotes, bars, url, settings)
     _, dropped = clean_quotes(quotes)

@@ -3,7 +3,9 @@
 Every other package asks :func:`choose_device` (or :func:`cuda_usable`) instead of calling
 ``torch.cuda.is_available()`` itself, so the choice follows one rule: what the caller or the settings ask for
 (``auto``, ``cpu``, ``cuda``, ``cuda:N``), whether torch sees a GPU, and, for ``auto``, whether the chosen GPU
-has the free memory the settings ask a device to keep (``gpu.min_free_mb``).
+has the free memory the settings ask a device to keep (``gpu.min_free_mb``). A long-lived process that runs
+a :class:`~greekfire.gpu.manager.GpuManager` passes it, and ``auto`` then follows the manager's placement:
+healthy GPUs only (no critical XID, no double-bit ECC error), the headroom, and the ``gpu.placement`` policy.
 
 Example::
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from greekfire.core.errors import ConfigError
+from greekfire.gpu.manager import GpuManager
 
 MIB = 1 << 20
 
@@ -38,17 +41,28 @@ def _free_mb(index: int) -> float | None:
     return free / MIB
 
 
-def choose_device(requested: str | torch.device | None = "auto", *, min_free_mb: float = 0.0) -> torch.device:
+def placed_device(manager: GpuManager, need_mb: float = 0.0) -> torch.device:
+    """The torch device of ``manager``'s placement for a job needing ``need_mb`` MiB: a healthy GPU that
+    keeps the manager's ``min_free_mb`` headroom, chosen by its policy, or the CPU when none does."""
+    return torch.device(manager.place(need_mb=need_mb).device.torch_device)
+
+
+def choose_device(
+    requested: str | torch.device | None = "auto", *, min_free_mb: float = 0.0, manager: GpuManager | None = None
+) -> torch.device:
     """The torch device for ``requested``: ``auto`` (or None) picks the CUDA device with the most free memory
-    when torch sees one and it has at least ``min_free_mb`` MiB free, else the CPU; ``cpu``, ``cuda`` and
-    ``cuda:N`` are taken as asked, and asking for CUDA where torch sees none raises ConfigError naming the
-    value (use ``cpu`` or ``auto``)."""
+    when torch sees one and it has at least ``min_free_mb`` MiB free, else the CPU; with a ``manager``,
+    ``auto`` takes its placement instead (:func:`placed_device`: health, headroom and policy). ``cpu``,
+    ``cuda`` and ``cuda:N`` are taken as asked, and asking for CUDA where torch sees none raises ConfigError
+    naming the value (use ``cpu`` or ``auto``)."""
     if isinstance(requested, torch.device):
         requested = str(requested)
     req = (requested or "auto").strip().lower()
     if req == "auto":
         if not cuda_usable():
             return torch.device("cpu")
+        if manager is not None:
+            return placed_device(manager)
         best, best_free = 0, -1.0
         for i in range(torch.cuda.device_count()):
             free = _free_mb(i)

@@ -47,6 +47,7 @@ def init_distributed(backend: str | None = None, *, timeout_s: float = 300.0) ->
     selects ``cuda:<LOCAL_RANK>``. Without ``WORLD_SIZE`` (a plain ``python`` run) nothing is started and a
     single-process description is returned. ``timeout_s``: seconds to wait for the other ranks.
     """
+    # lazy: importing greekfire.gpu must not import torch (discovery and monitoring run without it)
     import torch
     import torch.distributed as dist
 

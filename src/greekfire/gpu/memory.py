@@ -87,7 +87,7 @@ def _concat(parts: list[Any]) -> Any:
     if torch is not None and isinstance(first, torch.Tensor):
         return torch.cat(parts, dim=0)
     if type(first).__module__ == "numpy" or hasattr(first, "__array_interface__"):
-        import numpy as np
+        import numpy as np  # lazy: importing greekfire.gpu loads neither numpy nor torch
 
         return np.concatenate(parts, axis=0)
     out: list[Any] = []
@@ -218,7 +218,7 @@ def apply_memory_policy(settings: GpuSettings | None = None) -> dict[str, str]:
     if _installed("torch"):
         done["torch"] = _torch_policy(s)
     if _installed("cupy"):
-        import cupy  # optional
+        import cupy  # optional and heavy: imported only where it is installed
 
         if s.memory_fraction is not None:
             cupy.get_default_memory_pool().set_limit(fraction=s.memory_fraction)
@@ -233,7 +233,7 @@ def apply_memory_policy(settings: GpuSettings | None = None) -> dict[str, str]:
         done["jax"] = (f"XLA_PYTHON_CLIENT_PREALLOCATE={env_get('XLA_PYTHON_CLIENT_PREALLOCATE')}, "
                        f"XLA_PYTHON_CLIENT_MEM_FRACTION={env_get('XLA_PYTHON_CLIENT_MEM_FRACTION')}{late}")
     if _installed("tensorflow"):
-        import tensorflow as tf  # optional
+        import tensorflow as tf  # optional and heavy: imported only where it is installed
 
         gpus = tf.config.list_physical_devices("GPU")
         for g in gpus:

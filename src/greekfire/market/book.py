@@ -14,6 +14,12 @@ Layout (all books share the pools, so one underlying with thousands of option se
 Order ids are unique across all books of one :class:`OrderBooks` (as ITCH order reference numbers are).
 A bad event (unknown order id, size <= 0, duplicate id, reduce beyond the order) is counted with its
 position in the batch and the batch goes on; see :class:`ApplyResult`.
+
+Why one module of some 800 lines: the numba kernels and :class:`OrderBooks` share one record layout, the
+event record (:data:`EVENT_DTYPE`), the pool columns (``O_*``, ``L_*``, ``S_*``, ``M_*``), the sorted level
+keys and the order-id hash. The kernels write those arrays and the class allocates, grows, snapshots and
+reads the same ones, so a change to the layout is one change in one place; split apart, both halves would
+have to change together.
 """
 
 from __future__ import annotations
@@ -25,6 +31,14 @@ import numba as nb
 import numpy as np
 
 from greekfire.core.errors import DataError
+from greekfire.core.metrics import counter
+
+try:  # numba's private switch for kernels without its reference-counting runtime (see _kernel_options)
+    from numba.core.options import DefaultOptions
+
+    _HAS_NRT_SWITCH = hasattr(DefaultOptions, "_nrt")
+except ImportError:  # a numba that moved it: the plain kernels
+    _HAS_NRT_SWITCH = False
 
 # ----------------------------------------------------------------------------------------------- events
 EVENT_DTYPE = np.dtype(
@@ -88,13 +102,7 @@ def make_events(n: int) -> np.ndarray:
 def _kernel_options() -> dict[str, Any]:
     """``cache`` and, where this numba still has the private ``_nrt`` switch, ``_nrt=False``; a numba
     without it gets the plain (slower, equally correct) kernels rather than an import error."""
-    try:
-        from numba.core.options import DefaultOptions
-
-        has_nrt_switch = hasattr(DefaultOptions, "_nrt")
-    except ImportError:
-        has_nrt_switch = False
-    return {"cache": True, "_nrt": False} if has_nrt_switch else {"cache": True}
+    return {"cache": True, "_nrt": False} if _HAS_NRT_SWITCH else {"cache": True}
 
 
 _KERNEL: dict[str, Any] = _kernel_options()
@@ -539,8 +547,6 @@ def summarize_status(status: np.ndarray, offset: int = 0, keep: int = 10) -> App
 
 def _count_events(res: ApplyResult) -> None:
     """Book events applied and refused, on the process metrics registry."""
-    from greekfire.core.metrics import counter
-
     counter("greekfire_market_book_events", "book events applied (bad ones included)").inc(res.applied)
     if res.bad:
         bad = counter("greekfire_market_bad_book_events", "book events refused, by reason", ["reason"])

@@ -20,6 +20,7 @@ type) is counted and reported with its byte position; decoding never raises on i
 from __future__ import annotations
 
 import gzip
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,18 @@ import numba as nb
 import numpy as np
 
 from greekfire.core.errors import DataError
-from greekfire.market.book import ADD, DELETE, EVENT_DTYPE, EXECUTE, REDUCE, REPLACE
+from greekfire.core.metrics import counter
+from greekfire.market.book import (
+    ADD,
+    DELETE,
+    EVENT_DTYPE,
+    EXECUTE,
+    REDUCE,
+    REPLACE,
+    OrderBooks,
+    _count_events,
+    summarize_status,
+)
 
 # ------------------------------------------------------------------------------------------- the spec
 _HEADER = [("stock_locate", 2, "u"), ("tracking_number", 2, "u"), ("timestamp", 6, "u")]
@@ -242,8 +254,6 @@ def scan(data: Any, framing: str = "length", max_errors: int = 1000, sniff: bool
     k, ne = _scan(buf, mode, _SIZE_BY_BYTE, offs, types, err_pos, err_code)
     errors = [(int(err_pos[i]), ERROR_NAMES[int(err_code[i])]) for i in range(min(ne, max_errors))]
     if ne:
-        from greekfire.core.metrics import counter
-
         counter("greekfire_market_itch_input_errors", "bad ITCH input (truncated, unknown type, ...)").inc(ne)
     return ItchMessages(buf, offs[:k].copy(), types[:k].copy(), {}, errors, int(ne))
 
@@ -437,8 +447,6 @@ def build_books(data: Any, framing: str = "length", max_orders: int | None = Non
     ``i`` (``books.book_of(locate)`` the reverse). Bad book events (unknown order reference...) are
     counted in the result with their message index in the stream.
     """
-    from greekfire.market.book import OrderBooks, _count_events, summarize_status
-
     msgs = decode(data, framing, types="SR")  # the order messages go straight to events; keep the directory
     ev, idx = book_events(msgs)
     # books are numbered densely: a corrupted locate must not allocate 65,536 books
@@ -458,8 +466,6 @@ def file_report(path: str | Path, framing: str = "length", levels: int = 3) -> d
     """``greekfire market itch``: decode a file, build the per-stock books, return a mapping with message
     counts, bad input (with byte positions), bad book events (with message indexes) and the top of book
     of each stock (prices in dollars)."""
-    import time
-
     t0 = time.perf_counter()
     books, msgs, res = build_books(path, framing)
     seconds = time.perf_counter() - t0
@@ -501,8 +507,6 @@ class StreamBooks:
     """
 
     def __init__(self, n_locates: int = 8192, max_orders: int = 1 << 20, max_levels: int = 256) -> None:
-        from greekfire.market.book import OrderBooks
-
         self.books = OrderBooks(n_locates, max_orders, max_levels)
         self._carry = b""
         self._offset = 0  # stream offset of the first byte of _carry
@@ -540,8 +544,6 @@ class StreamBooks:
         return applied
 
     def _apply(self, msgs: ItchMessages) -> int:
-        from greekfire.market.book import summarize_status
-
         if not len(msgs):
             return 0
         ev, _ = book_events(msgs)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from greekfire.core.errors import DataError
+from greekfire.gpu.device import choose_device
 
 BID_PX, BID_SZ, ASK_PX, ASK_SZ, TS = range(5)
 FIELDS = ("bid_px", "bid_sz", "ask_px", "ask_sz", "ts")
@@ -50,8 +51,8 @@ def _update_cpu(q, updates, first_ts, last_ts, s, v, bpx, bsz, apx, asz, ts):
 
 
 def default_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when torch sees a GPU (the one with the most free memory), else CPU; the GPU manager decides."""
+    return choose_device("auto")
 
 
 class QuoteBook:

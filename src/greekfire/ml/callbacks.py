@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from greekfire.core.metrics import counter, gauge
+from greekfire.gpu.device import cuda_usable
 
 TRAIN_LOSS = gauge("greekfire_training_loss", "latest training loss (target units squared)", ["run"])
 VAL_LOSS = gauge("greekfire_training_val_loss", "latest validation loss", ["run"])
@@ -68,7 +69,7 @@ class RngState(L.Callback):
             "numpy": [str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
             "torch": torch.get_rng_state(),
         }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if cuda_usable() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
@@ -78,7 +79,7 @@ class RngState(L.Callback):
         kind, keys, pos, has_gauss, cached = state_dict["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(state_dict["torch"])
-        if "cuda" in state_dict and torch.cuda.is_available():
+        if "cuda" in state_dict and cuda_usable():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 

@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from greekfire.core.errors import ConfigError, ConfigErrors
@@ -27,7 +31,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the samples come from and how they are split and batched."""
 
-    source: Literal["bs_liu", "bs_culkin", "heston", "spx", "random"] = "bs_liu"
+    source: Literal["bs_liu", "bs_culkin", "heston", "spx", "samples", "random"] = "bs_liu"
     n_samples: int = Field(20_000, ge=16, description="synthetic rows (bs_*, random)")
     val_frac: float = Field(0.1, gt=0, lt=0.5)
     test_frac: float = Field(0.1, ge=0, lt=0.5)
@@ -44,6 +48,16 @@ class DataConfig(_Strict):
     eval_batch_size: int = Field(4096, ge=1)
     num_workers: int = Field(0, ge=0, le=64)
     seq_features: int = Field(4, ge=1, description="random source: features per time step")
+    url: str | None = Field(None, description="samples source: folder or URL (s3://...) holding train/, val/, test/")
+    streaming: bool = Field(False, description="samples source: stream the training split instead of loading it")
+
+    @model_validator(mode="after")
+    def _samples_need_url(self) -> DataConfig:
+        if self.source == "samples" and not self.url:
+            raise ValueError("data.url: the samples source needs the folder or URL of prepared samples")
+        if self.streaming and self.source != "samples":
+            raise ValueError(f"data.streaming: only the samples source streams (data.source={self.source!r})")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -142,12 +156,16 @@ class ExperimentConfig(_Strict):
             d["trainer"].pop(k, None)
         d["data"].pop("num_workers", None)
         d["data"].pop("eval_batch_size", None)
+        for key, default in (("url", None), ("streaming", False)):
+            if d["data"].get(key) == default:  # keep the versions of runs from before these keys existed
+                d["data"].pop(key, None)
         return d
 
 
-def default_config_dir(settings: Settings) -> Path:
-    """``training.config_dir``, else ``configs/train`` under the working directory or the source checkout."""
-    if settings.training.config_dir is not None:
+def default_config_dir(settings: Settings | None = None) -> Path:
+    """``training.config_dir`` of ``settings``, else ``configs/train`` under the working directory or the
+    source checkout."""
+    if settings is not None and settings.training.config_dir is not None:
         return Path(settings.training.config_dir)
     here = Path("configs/train")
     if here.is_dir():
@@ -183,22 +201,16 @@ def compose_experiment(
     ``preset`` names a YAML file in the config folder (``smoke`` -> ``configs/train/smoke.yaml``);
     ``config_file`` instead points at any YAML experiment file (its folder becomes the search path, so it
     can list ``base`` in its defaults only if ``base.yaml`` lies beside it). ``overrides`` are Hydra
-    overrides such as ``optim.lr=1e-3``.
+    overrides such as ``optim.lr=1e-3``. ``settings`` gives ``training.config_dir``; without them the
+    folder is ``configs/train`` (see :func:`default_config_dir`); nothing is read from the environment here.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from greekfire.core.settings import load_settings
-
     if config_file is not None:
         path = Path(config_file).resolve()
         if not path.is_file():
             raise ConfigError("--config", str(config_file), "the experiment YAML file does not exist")
         config_dir, name = path.parent, path.stem
     else:
-        config_dir = default_config_dir(settings or load_settings()).resolve()
+        config_dir = default_config_dir(settings).resolve()
         name = preset
         if not (config_dir / f"{name}.yaml").is_file():
             known = sorted(p.stem for p in config_dir.glob("*.yaml")) if config_dir.is_dir() else []

@@ -1,4 +1,4 @@
-"""Data glue for pricing models: sample sources, splits, in-memory batched datasets and a resumable loader.
+"""Data glue for pricing models: sample sources and splits into train / validation / test tensors.
 
 Sources (``data.source`` in the experiment config):
 
@@ -9,17 +9,20 @@ Sources (``data.source`` in the experiment config):
 - ``heston``: the synthetic Heston market of :mod:`greekfire.data.synthetic` through
   :func:`greekfire.data.features.build_samples` (history window + contract features; target mid/strike).
 - ``spx``: real SPXW quotes through the same feature builder, split by quote date.
+- ``samples``: prepared sample files (:func:`greekfire.data.dataset.write_splits`) under ``data.url``, a
+  local folder or any fsspec URL (``s3://bucket/prefix``): ``train/``, ``val/`` and optionally ``test/``.
+  With ``data.streaming`` the training split is streamed one row group at a time
+  (:func:`greekfire.data.loaders.make_stream_loader`) instead of being read into memory.
 - ``random``: a smooth made-up function of sequence and contract features (tests; no dependencies).
 
-Rows are tensors in memory; a batch is gathered with one fancy-index (``__getitems__``), not row by row,
-so a 500k-row epoch costs milliseconds of indexing rather than seconds of Python.
+The batches themselves come from :mod:`greekfire.data.loaders` (in-memory :func:`make_loader` or the
+stream): this module makes no loader of its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,19 +30,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from greekfire.core.errors import DataError
+from greekfire.data.dataset import Batch, StreamingOptionsDataset, read_samples
+from greekfire.data.features import Samples, build_samples, time_split
+from greekfire.data.spx import load_sp500_history, load_spx_quotes
+from greekfire.data.synthetic import generate_market
 from greekfire.ml.config import DataConfig
+from greekfire.quant import MarketInputs, OptionBatch, price
 
 log = logging.getLogger(__name__)
-
-Batch = dict[str, Tensor]
 
 
 @dataclass
 class PricingData:
-    """Train / validation / test tensors (keys ``contract``, ``target``; ``seq`` and ``baseline`` optional)."""
+    """Train / validation / test tensors (keys ``contract``, ``target``; ``seq`` and ``baseline`` optional).
+
+    A streamed training split (``train_url`` set) is not in memory: ``train`` then holds its first row
+    group only (for shapes and batch-size probing), ``train_rows`` counts all of it, and ``storage`` is
+    what reads it.
+    """
 
     train: Batch
     val: Batch
@@ -48,12 +58,32 @@ class PricingData:
     seq_names: list[str] = field(default_factory=list)
     fingerprint: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    train_url: str | None = None
+    train_rows: int = 0
+    storage: Any = None
+
+    def __post_init__(self) -> None:
+        if self.train_url is None:
+            self.train_rows = len(self.train.get("target", ()))
 
     @property
     def window(self) -> int:
         """Time steps per sample (0 when there is no sequence)."""
         seq = self.train.get("seq")
         return 0 if seq is None else int(seq.shape[1])
+
+    @property
+    def streamed(self) -> bool:
+        """True when the training split is read from storage batch by batch."""
+        return self.train_url is not None
+
+    def train_stream(self, batch_size: int, *, seed: int = 0, shuffle: bool = True) -> StreamingOptionsDataset:
+        """The streamed training split in batches of ``batch_size`` rows (one pass per iteration)."""
+        if self.train_url is None:
+            raise DataError("data.streaming", False, "this training split is in memory, not streamed")
+        # rank 0 of 1: every DDP rank sees the whole split here (the same normaliser on all of them)
+        return StreamingOptionsDataset(self.train_url, self.storage, shuffle=shuffle, seed=seed, rank=0, world_size=1,
+                                       batch_size=batch_size)
 
 
 def _fingerprint(*arrays: Tensor | np.ndarray) -> str:
@@ -66,16 +96,10 @@ def _fingerprint(*arrays: Tensor | np.ndarray) -> str:
 
 
 def _bsm_price(right: Tensor, spot: Tensor, strike: Tensor, ttm: Tensor, rate: Tensor, q: Tensor, vol: Tensor) -> Tensor:
-    """Black-Scholes price through greekfire.quant (the contract's ``bsm_price``)."""
-    try:
-        from greekfire.quant import bsm_price
-    except ImportError:  # the package re-export may not be in place yet; the function is
-        from greekfire.quant.european import bsm_price
-    try:
-        # small fused kernels are faster than compiling one on a CPU box; keep generation predictable
-        return bsm_price(right, spot, strike, ttm, rate, q, vol, compile=False)  # type: ignore[call-arg]
-    except TypeError:
-        return bsm_price(right, spot, strike, ttm, rate, q, vol)
+    """Black-Scholes price through the registry of pricing engines (engine ``bsm``)."""
+    # small fused kernels are faster than compiling one on a CPU box; keep generation predictable
+    market = MarketInputs(spot, rate, q, vol=vol)
+    return price("bsm", OptionBatch(right, strike, ttm), market, compile=False)["value"]
 
 
 def bs_liu_samples(n: int, seed: int) -> tuple[Tensor, Tensor, list[str]]:
@@ -127,29 +151,27 @@ def _take(tensors: Batch, idx: Tensor) -> Batch:
     return {k: v[idx] for k, v in tensors.items()}
 
 
-def _from_samples(cfg: DataConfig, samples: Any, source: str) -> PricingData:
-    """Turn greekfire.data Samples into split tensors with the data team's time split."""
-    from greekfire.data.features import time_split
+def _to_batch(s: Samples) -> Batch:
+    return {
+        "seq": torch.as_tensor(np.asarray(s.seq, dtype=np.float32)),
+        "contract": torch.as_tensor(np.asarray(s.contract, dtype=np.float32)),
+        "target": torch.as_tensor(np.asarray(s.target, dtype=np.float32)),
+        "baseline": torch.as_tensor(np.asarray(s.bs_baseline, dtype=np.float32)),
+    }
 
-    parts = time_split(samples, cfg.val_frac, cfg.test_frac)
-    train_s, val_s, test_s = (parts[k] for k in ("train", "val", "test")) if isinstance(parts, dict) else parts
 
-    def to_batch(s: Any) -> Batch:
-        b = {
-            "seq": torch.as_tensor(np.asarray(s.seq, dtype=np.float32)),
-            "contract": torch.as_tensor(np.asarray(s.contract, dtype=np.float32)),
-            "target": torch.as_tensor(np.asarray(s.target, dtype=np.float32)),
-        }
-        if getattr(s, "bs_baseline", None) is not None:
-            b["baseline"] = torch.as_tensor(np.asarray(s.bs_baseline, dtype=np.float32))
-        return b
+def _with_baseline_feature(b: Batch) -> Batch:
+    # the baseline is known when pricing (historical vol only), so it is a fair input
+    return {**b, "contract": torch.cat([b["contract"], torch.nan_to_num(b["baseline"]).unsqueeze(1)], dim=1)}
 
-    train, val, test = to_batch(train_s), to_batch(val_s), to_batch(test_s)
+
+def _from_samples(cfg: DataConfig, samples: Samples, source: str) -> PricingData:
+    """Turn greekfire.data Samples into split tensors with the data layer's time split."""
+    train_s, val_s, test_s = time_split(samples, cfg.val_frac, cfg.test_frac)
+    train, val, test = _to_batch(train_s), _to_batch(val_s), _to_batch(test_s)
     contract_names = list(samples.contract_names)
     if cfg.baseline_feature:
-        # the baseline is known when pricing (historical vol only), so it is a fair input
-        for b in (train, val, test):
-            b["contract"] = torch.cat([b["contract"], torch.nan_to_num(b["baseline"]).unsqueeze(1)], dim=1)
+        train, val, test = (_with_baseline_feature(b) for b in (train, val, test))
         contract_names.append("bs_price_k")
     if len(train["target"]) == 0 or len(val["target"]) == 0:
         raise DataError("data.val_frac", cfg.val_frac, f"{source}: the time split left an empty train or val set")
@@ -170,9 +192,6 @@ def _from_samples(cfg: DataConfig, samples: Any, source: str) -> PricingData:
 
 def load_heston(cfg: DataConfig) -> PricingData:
     """Synthetic Heston market -> history-window samples, time split (train oldest, test newest)."""
-    from greekfire.data.features import build_samples
-    from greekfire.data.synthetic import generate_market
-
     quotes, underlying = generate_market(seed=cfg.seed, days=cfg.heston_days)
     return _from_samples(cfg, build_samples(quotes, underlying, window=cfg.window), "heston")
 
@@ -184,9 +203,6 @@ def default_spx_path() -> Path:
 
 def load_spx(cfg: DataConfig) -> PricingData:
     """Real SPXW 2018 quotes with S&P 500 history -> samples, split by quote date."""
-    from greekfire.data.features import build_samples
-    from greekfire.data.spx import load_sp500_history, load_spx_quotes
-
     path = Path(cfg.spx_path) if cfg.spx_path else default_spx_path()
     if not path.is_file():
         raise DataError("data.spx_path", str(path), "the SPXW quotes CSV does not exist")
@@ -195,8 +211,46 @@ def load_spx(cfg: DataConfig) -> PricingData:
     return _from_samples(cfg, build_samples(quotes, underlying, window=cfg.window), "spx")
 
 
-def load_pricing_data(cfg: DataConfig) -> PricingData:
-    """Build the train/val/test tensors for ``cfg.source`` (see the module docstring)."""
+def load_prepared(cfg: DataConfig, storage: Any = None) -> PricingData:
+    """The ``samples`` source: ``train/``, ``val/`` and optional ``test/`` sample files under ``cfg.url``,
+    read with ``storage`` (:class:`~greekfire.core.settings.StorageSettings`; local paths need none)."""
+    url = (cfg.url or "").rstrip("/")
+    if not url:
+        raise DataError("data.url", cfg.url, "the samples source needs a folder or URL of prepared samples")
+    splits = {name: f"{url}/{name}" for name in ("train", "val", "test")}
+    val_s = read_samples(splits["val"], storage)
+    try:
+        test_s = read_samples(splits["test"], storage)
+    except DataError:  # no test split: score on none rather than on data the run has seen
+        test_s = val_s.take(np.zeros(0, dtype=np.int64))
+    stream = StreamingOptionsDataset(splits["train"], storage, rank=0, world_size=1, batch_size=cfg.batch_size)
+    units = stream.units()
+    meta = stream.meta
+    if meta["contract_names"] != val_s.contract_names or meta["seq_names"] != val_s.seq_names:
+        raise DataError("data.url", url, "the train and val sample files hold different features")
+    # the training files by their storage checksums (the same whether they are then streamed or read), the small
+    # splits by their values
+    fingerprint = f"{stream.footprint()[:8]}-{_fingerprint(val_s.target, test_s.target)}"
+    contract_names = list(val_s.contract_names)
+    val, test = _to_batch(val_s), _to_batch(test_s)
+    if cfg.baseline_feature:
+        raise DataError("data.baseline_feature", True, "prepared samples carry their features as written; "
+                        "write bs_price_k into them instead")
+    info = {"source": "samples", "url": url, "streaming": cfg.streaming}
+    common = dict(contract_names=contract_names, seq_names=list(val_s.seq_names),
+                  fingerprint=f"samples-{fingerprint}", info=info, storage=storage)
+    if cfg.streaming:
+        batches = iter(stream)
+        head = next(batches)  # the first batch of the first row group: shapes and batch-size probing
+        getattr(batches, "close", lambda: None)()  # the rest is read batch by batch while training
+        return PricingData(dict(head), val, test, train_url=splits["train"],
+                           train_rows=sum(n for _, _, n in units), **common)  # type: ignore[arg-type]
+    return PricingData(_to_batch(read_samples(splits["train"], storage)), val, test, **common)  # type: ignore[arg-type]
+
+
+def load_pricing_data(cfg: DataConfig, storage: Any = None) -> PricingData:
+    """Build the train/val/test tensors for ``cfg.source`` (see the module docstring); ``storage``
+    (:class:`~greekfire.core.settings.StorageSettings`) reads remote sample files."""
     if cfg.source in ("bs_liu", "bs_culkin"):
         make = bs_liu_samples if cfg.source == "bs_liu" else bs_culkin_samples
         feats, target, names = make(cfg.n_samples, cfg.seed)
@@ -219,113 +273,6 @@ def load_pricing_data(cfg: DataConfig) -> PricingData:
         return load_heston(cfg)
     if cfg.source == "spx":
         return load_spx(cfg)
+    if cfg.source == "samples":
+        return load_prepared(cfg, storage)
     raise DataError("data.source", cfg.source, "unknown source")  # pragma: no cover - pydantic guards it
-
-
-class TensorBatchDataset(Dataset[Batch]):
-    """Rows of aligned tensors; ``__getitems__`` gathers a whole batch with one index per tensor."""
-
-    def __init__(self, tensors: Batch) -> None:
-        lengths = {k: len(v) for k, v in tensors.items()}
-        if len(set(lengths.values())) != 1:
-            raise DataError("tensors", lengths, "all tensors need the same number of rows")
-        self.tensors = tensors
-        self.n = next(iter(lengths.values()))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Batch:
-        return {k: v[i] for k, v in self.tensors.items()}
-
-    def __getitems__(self, indices: list[int]) -> Batch:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[idx] for k, v in self.tensors.items()}
-
-
-def batch_collate(batch: Any) -> Any:
-    """The dataset already returns a stacked batch (see ``__getitems__``)."""
-    return batch
-
-
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Shuffled batches from ``(seed, epoch)``, split over ``num_replicas`` ranks, resumable mid-epoch.
-
-    The permutation depends only on the seed and the epoch, so a resumed run sees exactly the batches the
-    uninterrupted run would have. After :meth:`arm_resume`, the next iterator asks ``position()`` for
-    (epoch, batches already consumed) and skips those batches.
-    """
-
-    def __init__(
-        self, n: int, batch_size: int, *, seed: int, shuffle: bool = True, drop_last: bool = False,
-        num_replicas: int = 1, rank: int = 0,
-    ) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.num_replicas, self.rank = num_replicas, rank
-        self.epoch = 0
-        # Lightning calls set_epoch on ``batch_sampler.sampler``; point it at ourselves
-        self.sampler = self
-        self.position: Callable[[], tuple[int, int]] | None = None
-        self._resume_armed = False
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the trainer at each epoch start."""
-        self.epoch = epoch
-
-    def arm_resume(self) -> None:
-        """Skip the already-consumed batches on the next iterator (after loading a checkpoint)."""
-        self._resume_armed = True
-
-    def _rank_indices(self) -> Tensor:
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        else:
-            order = torch.arange(self.n)
-        per_rank = self.n // self.num_replicas  # equal shares keep DDP ranks in step
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank] if self.num_replicas > 1 else order
-
-    def __len__(self) -> int:
-        per_rank = self.n // self.num_replicas
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        skip = 0
-        if self._resume_armed and self.position is not None:
-            self.epoch, skip = self.position()
-            self._resume_armed = False
-        idx = self._rank_indices().tolist()
-        for b in range(skip, len(self)):
-            yield idx[b * self.batch_size : (b + 1) * self.batch_size]
-
-
-class ResumableDataLoader(DataLoader[Batch]):
-    """A DataLoader that Lightning treats as stateful, so a mid-epoch checkpoint resumes at its batch."""
-
-    def state_dict(self) -> dict[str, Any]:
-        sampler = self.batch_sampler
-        return {"epoch": getattr(sampler, "epoch", 0)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        sampler = self.batch_sampler
-        if isinstance(sampler, ResumableBatchSampler):
-            sampler.set_epoch(int(state.get("epoch", 0)))
-            sampler.arm_resume()
-
-
-def make_loader(
-    tensors: Batch, batch_size: int, *, seed: int, shuffle: bool, num_workers: int = 0,
-    num_replicas: int = 1, rank: int = 0, position: Callable[[], tuple[int, int]] | None = None,
-) -> DataLoader[Batch]:
-    """A loader over in-memory tensors; shuffled loaders are resumable (see :class:`ResumableBatchSampler`)."""
-    ds = TensorBatchDataset(tensors)
-    sampler = ResumableBatchSampler(
-        len(ds), batch_size, seed=seed, shuffle=shuffle, num_replicas=num_replicas, rank=rank,
-    )
-    sampler.position = position
-    # a private generator: DataLoader draws a base seed per iterator, and drawing it from the global RNG
-    # would shift dropout masks between an interrupted and an uninterrupted run
-    return ResumableDataLoader(
-        ds, batch_sampler=sampler, collate_fn=batch_collate, num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0,
-    )

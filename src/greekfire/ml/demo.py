@@ -8,15 +8,14 @@ from typing import Any
 import torch
 
 from greekfire.core.settings import Settings
+from greekfire.ml.config import compose_experiment
+from greekfire.ml.serving import MicroBatcher, load_pricing_model
+from greekfire.ml.train import train_pricing
 
 
 def run_demo(settings: Settings) -> dict[str, Any]:
     """Train the ``smoke`` experiment briefly (Lightning, TensorBoard, MLflow, checkpoints), then price
     64 concurrent one-row requests through the micro-batcher; returns a summary."""
-    from greekfire.ml.config import compose_experiment
-    from greekfire.ml.serving import MicroBatcher, load_pricing_model
-    from greekfire.ml.train import train_pricing
-
     cfg = compose_experiment(
         "smoke", ["data.n_samples=8000", "trainer.max_epochs=8", "name=demo_smoke"], settings=settings
     )

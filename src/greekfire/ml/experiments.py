@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from greekfire.core.settings import Settings, load_settings
+from greekfire.ml.config import compose_experiment
+from greekfire.ml.train import train_pricing
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,6 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 def run_experiment(name: str, settings: Settings, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Train experiment ``name`` (a key of :data:`EXPERIMENTS`) and return its result record."""
-    from greekfire.ml.config import compose_experiment
-    from greekfire.ml.train import train_pricing
-
     exp = EXPERIMENTS[name]
     cfg = compose_experiment(exp.preset, overrides, settings=settings)
     result = train_pricing(cfg, settings)

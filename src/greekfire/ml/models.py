@@ -1,7 +1,9 @@
 """Pricing networks: an MLP on contract features and an LSTM with attention over a market history window.
 
-Both take raw (unscaled) features and carry their own input scaling as buffers, so a checkpoint is all a
-server needs: ``model(contract, seq)`` returns the target in the training units (price / strike).
+Both take raw (unscaled) features and carry their input scaling as their first layer, the data layer's
+:class:`~greekfire.data.features.Normalizer` (statistics and feature names are buffers and extra state),
+so a checkpoint is all a server needs: ``model(contract, seq)`` returns the target in the training units
+(price / strike).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from greekfire.data.features import Normalizer
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -30,32 +34,13 @@ def make_activation(name: str) -> nn.Module:
         raise ValueError(f"model.activation={name!r}: expected one of {sorted(ACTIVATIONS)}") from None
 
 
-class FeatureScaler(nn.Module):
-    """Standardises the last axis: ``(x - mean) / std``; the statistics are buffers saved with the model."""
-
-    mean: Tensor
-    std: Tensor
-
-    def __init__(self, n_features: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(n_features))
-        self.register_buffer("std", torch.ones(n_features))
-
-    @torch.no_grad()
-    def fit(self, x: Tensor, names: Sequence[str]) -> None:
-        """Set mean and std from training rows ``x`` [..., n_features] named ``names``.
-
-        The statistics come from :func:`greekfire.data.features.feature_moments`, the same rule the data
-        layer's ``Normalizer`` uses: constant columns keep std 1, unit-scale features are left as they are.
-        """
-        from greekfire.data.features import feature_moments
-
-        mean, std = feature_moments(x.detach().cpu().numpy(), names)
-        self.mean.copy_(torch.from_numpy(mean).to(self.mean.dtype))
-        self.std.copy_(torch.from_numpy(std).to(self.std.dtype))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+def _names(given: Sequence[str] | None, n: int, prefix: str) -> list[str]:
+    """Feature names for a normaliser: ``given`` (checked against ``n``) or ``prefix0``, ``prefix1``..."""
+    if given is None:
+        return [f"{prefix}{i}" for i in range(n)]
+    if len(given) != n:
+        raise ValueError(f"feature names {list(given)}: expected {n}, one per feature column")
+    return list(given)
 
 
 class MLPPricer(nn.Module):
@@ -75,10 +60,12 @@ class MLPPricer(nn.Module):
         activation: str = "silu",
         dropout: float = 0.0,
         positive_output: bool = False,
+        *,
+        contract_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.n_contract = n_contract
-        self.contract_scaler = FeatureScaler(n_contract)
+        self.normalizer = Normalizer([], _names(contract_names, n_contract, "c"))
         blocks: list[nn.Module] = []
         width = n_contract
         for _ in range(layers):
@@ -92,7 +79,7 @@ class MLPPricer(nn.Module):
 
     def forward(self, contract: Tensor, seq: Tensor | None = None) -> Tensor:
         """Price / strike for each row of ``contract`` [N, n_contract]; ``seq`` is ignored."""
-        out = self.net(self.contract_scaler(contract)).squeeze(-1)
+        out = self.net(self.normalizer.scale_contract(contract)).squeeze(-1)
         return nn.functional.softplus(out) if self.positive_output else out
 
 
@@ -121,13 +108,15 @@ class OptionsPricingLSTM(nn.Module):
         dropout: float = 0.0,
         positive_output: bool = False,
         baseline_index: int | None = None,
+        *,
+        contract_names: Sequence[str] | None = None,
+        seq_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if lstm_hidden % attn_heads:
             raise ValueError(f"model.lstm_hidden={lstm_hidden} must be divisible by model.attn_heads={attn_heads}")
         self.n_seq, self.n_contract = n_seq, n_contract
-        self.seq_scaler = FeatureScaler(n_seq)
-        self.contract_scaler = FeatureScaler(n_contract)
+        self.normalizer = Normalizer(_names(seq_names, n_seq, "s"), _names(contract_names, n_contract, "c"))
         self.input_proj = nn.Sequential(nn.Linear(n_seq, proj_dim), make_activation(activation))
         self.lstm = nn.LSTM(
             proj_dim,
@@ -161,11 +150,11 @@ class OptionsPricingLSTM(nn.Module):
         """Price / strike [N] from ``contract`` [N, n_contract] and ``seq`` [N, window, n_seq]."""
         if seq is None:
             raise ValueError("seq: OptionsPricingLSTM needs the market history window [N, window, n_seq]")
-        hidden, _ = self.lstm(self.input_proj(self.seq_scaler(seq)))
+        hidden, _ = self.lstm(self.input_proj(self.normalizer.scale_seq(seq)))
         last = hidden[:, -1:, :]
         attended, _ = self.attention(last, hidden, hidden, need_weights=False)
         summary = self.attn_norm(attended.squeeze(1) + last.squeeze(1))
-        features = torch.cat([summary, hidden[:, -1, :], self.contract_scaler(contract)], dim=-1)
+        features = torch.cat([summary, hidden[:, -1, :], self.normalizer.scale_contract(contract)], dim=-1)
         out = self.head(features).squeeze(-1)
         if self.baseline_index is not None:
             # residual form: the network learns the correction to a known price (e.g. Black-Scholes at

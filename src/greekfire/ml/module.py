@@ -1,6 +1,14 @@
 """The LightningModule (loss, AdamW, schedules, metrics) and the LightningDataModule around our tensors.
 
 The module knows nothing of devices or loops; :mod:`greekfire.ml.train` builds the Trainer.
+
+Checkpoints carry their format in ``greekfire_checkpoint_format`` (:data:`CHECKPOINT_FORMAT`); every
+earlier format still loads, for inference and for resuming:
+
+- format 1 (no format key): the network's input statistics were ``net.contract_scaler.{mean,std}`` and
+  ``net.seq_scaler.{mean,std}`` (LSTM), the feature names only in the hyper-parameters;
+- format 2: one :class:`~greekfire.data.features.Normalizer` at ``net.normalizer``
+  (``contract_mean``, ``contract_std``, ``seq_mean``, ``seq_std`` and the names as ``_extra_state``).
 """
 
 from __future__ import annotations
@@ -13,14 +21,50 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from greekfire.core.errors import ConfigError
+from greekfire.data.features import Normalizer
+from greekfire.data.loaders import make_loader, make_stream_loader
 from greekfire.ml.config import DataConfig, ExperimentConfig, ModelConfig, OptimConfig
-from greekfire.ml.data import Batch, PricingData, make_loader
+from greekfire.ml.data import Batch, PricingData
 from greekfire.ml.models import MLPPricer, OptionsPricingLSTM
+
+CHECKPOINT_FORMAT = 2
+FORMAT_KEY = "greekfire_checkpoint_format"
+# format 1 name -> format 2 name of the input statistics
+_FORMAT_1_KEYS = {
+    "net.contract_scaler.mean": "net.normalizer.contract_mean",
+    "net.contract_scaler.std": "net.normalizer.contract_std",
+    "net.seq_scaler.mean": "net.normalizer.seq_mean",
+    "net.seq_scaler.std": "net.normalizer.seq_std",
+}
+
+
+def upgrade_checkpoint(checkpoint: dict[str, Any], normalizer: Normalizer) -> None:
+    """Bring a loaded checkpoint's ``state_dict`` to :data:`CHECKPOINT_FORMAT` in place.
+
+    ``normalizer`` is the freshly built network's (from the checkpoint's hyper-parameters): a format 1
+    checkpoint takes its feature names and, for an MLP, its empty sequence statistics. Raises ConfigError
+    for a format newer than this code reads.
+    """
+    fmt = int(checkpoint.get(FORMAT_KEY, 1))
+    if fmt > CHECKPOINT_FORMAT or fmt < 1:
+        raise ConfigError(f"checkpoint.{FORMAT_KEY}", fmt,
+                          f"this greekfire reads checkpoint formats 1 to {CHECKPOINT_FORMAT} (a newer one wrote it?)")
+    if fmt == 1:
+        old = checkpoint["state_dict"]
+        state = {_FORMAT_1_KEYS.get(k, k): v for k, v in old.items()}
+        # an MLP had no sequence statistics, and no format-1 checkpoint kept the names with the weights
+        state.setdefault("net.normalizer.seq_mean", normalizer.seq_mean.detach().clone())
+        state.setdefault("net.normalizer.seq_std", normalizer.seq_std.detach().clone())
+        state.setdefault("net.normalizer._extra_state", normalizer.get_extra_state())
+        checkpoint["state_dict"] = state
+    checkpoint[FORMAT_KEY] = CHECKPOINT_FORMAT
 
 
 def build_model(cfg: ModelConfig, n_contract: int, n_seq: int = 0,
-                contract_names: list[str] | None = None) -> nn.Module:
-    """The network ``cfg.kind`` sized for ``n_contract`` contract and ``n_seq`` per-step features."""
+                contract_names: list[str] | None = None, seq_names: list[str] | None = None) -> nn.Module:
+    """The network ``cfg.kind`` sized for ``n_contract`` contract and ``n_seq`` per-step features
+    (named ``contract_names`` and ``seq_names``: the normaliser leaves unit-scale features alone)."""
     baseline_index = None
     if cfg.residual_on is not None:
         names = contract_names or []
@@ -28,12 +72,14 @@ def build_model(cfg: ModelConfig, n_contract: int, n_seq: int = 0,
             raise ValueError(f"model.residual_on={cfg.residual_on!r} is not a contract feature {names}")
         baseline_index = names.index(cfg.residual_on)
     if cfg.kind == "mlp":
-        return MLPPricer(n_contract, cfg.hidden, cfg.layers, cfg.activation, cfg.dropout, cfg.positive_output)
+        return MLPPricer(n_contract, cfg.hidden, cfg.layers, cfg.activation, cfg.dropout, cfg.positive_output,
+                         contract_names=contract_names)
     if n_seq <= 0:
         raise ValueError("model.kind='lstm' needs sequence features (data.source heston, spx or random)")
     return OptionsPricingLSTM(
         n_seq, n_contract, cfg.proj_dim, cfg.lstm_hidden, cfg.lstm_layers, cfg.attn_heads,
         tuple(cfg.head_hidden), cfg.activation, cfg.dropout, cfg.positive_output, baseline_index,
+        contract_names=contract_names, seq_names=seq_names or None,
     )
 
 
@@ -48,8 +94,22 @@ class PricingModule(L.LightningModule):
         self.save_hyperparameters()
         self.model_cfg = ModelConfig.model_validate(model_cfg)
         self.optim_cfg = OptimConfig.model_validate(optim_cfg)
-        self.net = build_model(self.model_cfg, n_contract, n_seq, contract_names)
+        self.net = build_model(self.model_cfg, n_contract, n_seq, contract_names, seq_names)
         self.time_budget_s: float | None = None  # set by the driver from trainer.max_time_s
+
+    @property
+    def normalizer(self) -> Normalizer:
+        """The network's input scaler (fitted on the training rows, saved with the weights)."""
+        norm = self.net.normalizer
+        assert isinstance(norm, Normalizer)
+        return norm
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[FORMAT_KEY] = CHECKPOINT_FORMAT
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # called before the weights are loaded, for load_from_checkpoint and for a resumed fit alike
+        upgrade_checkpoint(checkpoint, self.normalizer)
 
     @property
     def uses_sequence(self) -> bool:
@@ -97,8 +157,7 @@ class PricingModule(L.LightningModule):
         if t.max_steps and t.max_steps > 0:
             return int(t.max_steps)
         dm: Any = getattr(t, "datamodule", None)
-        rows = len(dm.data.train["target"]) // max(1, t.world_size)
-        batches = -(-rows // dm.batch_size)
+        batches = dm.train_batches(max(1, t.world_size), max(0, t.global_rank))
         per_epoch = -(-batches // t.accumulate_grad_batches)
         return max(1, per_epoch * int(t.max_epochs or 1))
 
@@ -161,8 +220,22 @@ class PricingDataModule(L.LightningDataModule):
         t = self.trainer
         return (t.world_size, t.global_rank) if t is not None else (1, 0)
 
+    def train_batches(self, replicas: int = 1, rank: int = 0) -> int:
+        """Training batches per epoch on one of ``replicas`` ranks (every rank gets as many)."""
+        if self.data.streamed:
+            return len(self._stream_loader(replicas, rank))
+        return -(-(self.data.train_rows // replicas) // self.batch_size)
+
+    def _stream_loader(self, replicas: int, rank: int) -> Any:
+        assert self.data.train_url is not None
+        return make_stream_loader(self.data.train_url, self.data.storage, self.batch_size, seed=self.seed,
+                                  num_workers=self.cfg.num_workers, num_replicas=replicas, rank=rank,
+                                  position=self._position)
+
     def train_dataloader(self) -> Any:
         replicas, rank = self._ranks()
+        if self.data.streamed:
+            return self._stream_loader(replicas, rank)
         return make_loader(self.data.train, self.batch_size, seed=self.seed, shuffle=True,
                            num_workers=self.cfg.num_workers, num_replicas=replicas, rank=rank,
                            position=self._position)
@@ -177,15 +250,17 @@ class PricingDataModule(L.LightningDataModule):
 
 
 def module_for(cfg: ExperimentConfig, data: PricingData) -> PricingModule:
-    """A fresh :class:`PricingModule` sized for ``data``, its input scalers fitted on the training rows."""
+    """A fresh :class:`PricingModule` sized for ``data``, its normaliser fitted on the training rows."""
     seq = data.train.get("seq")
     module = PricingModule(
         cfg.model.model_dump(mode="json"), cfg.optim.model_dump(mode="json"),
         n_contract=int(data.train["contract"].shape[1]), n_seq=0 if seq is None else int(seq.shape[2]),
         contract_names=data.contract_names, seq_names=data.seq_names, window=data.window,
     )
-    net: Any = module.net
-    net.contract_scaler.fit(data.train["contract"], data.contract_names)
-    if seq is not None and hasattr(net, "seq_scaler"):
-        net.seq_scaler.fit(seq, data.seq_names)
+    if data.streamed:
+        # one pass over the streamed split: the same statistics as the in-memory fit, without holding it
+        stream = data.train_stream(max(cfg.data.eval_batch_size, cfg.data.batch_size), shuffle=False)
+        module.normalizer.fit_batches(stream)
+    else:
+        module.normalizer.fit_tensors(data.train["contract"], seq if module.uses_sequence else None)
     return module

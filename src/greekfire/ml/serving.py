@@ -27,6 +27,7 @@ from torch import Tensor
 
 from greekfire.core.errors import ConfigError, DataError
 from greekfire.core.metrics import counter, histogram
+from greekfire.gpu.device import choose_device
 from greekfire.ml.module import PricingModule
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class LoadedModel:
 
 def _resolve_uri(uri: str, tracking_uri: str | None) -> Path:
     """A local checkpoint file for an MLflow URI (``runs:/...``, ``models:/...``, ``mlflow-artifacts:/...``)."""
-    import mlflow
+    import mlflow  # lazy: MLflow takes about two seconds to import and only URIs need it
 
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
@@ -80,16 +81,26 @@ def _resolve_uri(uri: str, tracking_uri: str | None) -> Path:
 
 
 def load_pricing_model(
-    path_or_uri: str | Path, *, device: str | torch.device | None = None, tracking_uri: str | None = None
+    path_or_uri: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    tracking_uri: str | None = None,
+    min_free_mb: float = 0.0,
 ) -> LoadedModel:
-    """Load a pricing checkpoint from a path or an MLflow URI; ``device`` defaults to CUDA when present."""
+    """Load a pricing checkpoint from a path or an MLflow URI.
+
+    ``device``: ``auto`` (the default), ``cpu``, ``cuda`` or ``cuda:N``, decided by
+    :func:`greekfire.gpu.device.choose_device`: ``auto`` takes the GPU with the most free memory when it has
+    at least ``min_free_mb`` MiB free, else the CPU. Checkpoints of every format version load (see
+    :data:`greekfire.ml.module.CHECKPOINT_FORMAT`).
+    """
     text = str(path_or_uri)
     path = _resolve_uri(text, tracking_uri) if ":/" in text and not Path(text).exists() else Path(text)
     if path.is_dir():
         path = path / "checkpoints" / "best.ckpt" if (path / "checkpoints").is_dir() else path / "best.ckpt"
     if not path.is_file():
         raise ConfigError("--model", text, "no such checkpoint file (a .ckpt path or an MLflow runs:/ URI)")
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = choose_device(device or "auto", min_free_mb=min_free_mb)
     module = PricingModule.load_from_checkpoint(str(path), map_location=dev)
     module.eval()
     hp = module.hparams

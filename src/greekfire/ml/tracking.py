@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings, env_set
 from greekfire.ml.config import ExperimentConfig
@@ -38,8 +40,6 @@ def wandb_wanted(cfg: ExperimentConfig, settings: Settings) -> bool:
 
 def make_loggers(cfg: ExperimentConfig, settings: Settings, run_dir: Path, version: str) -> list[Any]:
     """The Lightning loggers the experiment asks for; W&B raises ConfigError when wandb is not installed."""
-    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
-
     experiment = cfg.tracking.experiment or cfg.name
     loggers: list[Any] = []
     if cfg.tracking.tensorboard:
@@ -62,8 +62,6 @@ def make_loggers(cfg: ExperimentConfig, settings: Settings, run_dir: Path, versi
                 "Weights & Biases logging needs the wandb package, which is not installed "
                 "(pip install wandb), or set tracking.wandb=false",
             )
-        from lightning.pytorch.loggers import WandbLogger
-
         env_set("WANDB_MODE", settings.training.wandb_mode, overwrite=False)
         loggers.append(WandbLogger(project=experiment, name=f"{cfg.name}-{version}", save_dir=str(run_dir),
                                    offline=settings.training.wandb_mode == "offline"))
@@ -72,8 +70,6 @@ def make_loggers(cfg: ExperimentConfig, settings: Settings, run_dir: Path, versi
 
 def mlflow_run_id(loggers: list[Any]) -> str | None:
     """The MLflow run id of the MLflow logger among ``loggers``, if any."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
     for lg in loggers:
         if isinstance(lg, MLFlowLogger):
             return str(lg.run_id)
@@ -82,8 +78,6 @@ def mlflow_run_id(loggers: list[Any]) -> str | None:
 
 def log_mlflow_artifact(loggers: list[Any], path: Path, artifact_path: str = "model") -> str | None:
     """Store ``path`` under the MLflow run; returns ``runs:/<id>/<artifact_path>/<name>`` or None."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
     for lg in loggers:
         if isinstance(lg, MLFlowLogger):
             lg.experiment.log_artifact(lg.run_id, str(path), artifact_path=artifact_path)

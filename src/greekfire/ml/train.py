@@ -27,14 +27,22 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings
-from greekfire.ml.config import ExperimentConfig, config_hash
+from greekfire.data.storage import check_storage
+from greekfire.gpu.device import choose_device, cuda_usable
+from greekfire.gpu.memory import run_with_oom_backoff
+from greekfire.ml.callbacks import PrometheusTrainingMetrics, RngState
+from greekfire.ml.config import ExperimentConfig, compose_experiment, config_hash
 from greekfire.ml.data import PricingData, load_pricing_data
 from greekfire.ml.evaluate import evaluate
 from greekfire.ml.module import PricingDataModule, PricingModule, module_for
+from greekfire.ml.tracking import log_mlflow_artifact, make_loggers, mlflow_run_id
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +71,26 @@ class TrainResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
+def resolve_accelerator(accelerator: str, devices: int = 1, min_free_mb: float = 0.0) -> tuple[str, int | list[int]]:
+    """Lightning ``(accelerator, devices)`` for ``trainer.accelerator`` and ``trainer.devices``.
+
+    ``auto`` asks the GPU manager (:func:`greekfire.gpu.device.choose_device`): the GPU it picks (the one with
+    the most free memory, at least ``min_free_mb`` MiB, ``gpu.min_free_mb``) for a one-device run, else the
+    CPU; ``cuda`` means ``gpu``. Several devices are left to Lightning.
+    """
+    if accelerator == "auto":
+        dev = choose_device("auto", min_free_mb=min_free_mb)
+        if dev.type != "cuda":
+            return "cpu", devices
+        return "gpu", [dev.index or 0] if devices == 1 else devices
+    return ("gpu" if accelerator == "cuda" else accelerator), devices
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """Lightning precision for ``trainer.precision``; ``auto-mixed`` is bf16 on CPU, fp16/bf16 on CUDA."""
     if precision != "auto-mixed":
         return precision
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda_usable())
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed"
@@ -80,28 +103,27 @@ def run_dir_for(cfg: ExperimentConfig, settings: Settings, data: PricingData) ->
 
 
 def _check_remote_data(cfg: ExperimentConfig, settings: Settings) -> None:
-    url = cfg.data.spx_path or ""
-    if "://" in url:
-        from greekfire.data.storage import check_storage
-
-        check_storage(url, settings).raise_if_failed()
+    for url in (cfg.data.spx_path or "", cfg.data.url or ""):
+        if "://" in url:
+            check_storage(url, settings.storage).raise_if_failed()
 
 
-def find_batch_size(module: PricingModule, data: PricingData, batch_size: int) -> int:
+def find_batch_size(
+    module: PricingModule, data: PricingData, batch_size: int, device: str | torch.device = "auto"
+) -> int:
     """Largest batch size up to ``batch_size`` whose forward and backward fit on the GPU (halving on OOM).
 
-    Uses the GPU manager's :func:`~greekfire.gpu.run_with_oom_backoff`; on CPU it returns ``batch_size``.
+    Uses the GPU manager's :func:`~greekfire.gpu.run_with_oom_backoff` on the device it chooses for
+    ``device``; on CPU it returns ``batch_size``.
     """
-    from greekfire.gpu import run_with_oom_backoff
-
-    if not torch.cuda.is_available():
+    dev = choose_device(device)
+    if dev.type != "cuda":
         return batch_size
-    device = torch.device("cuda")
-    module = module.to(device)
+    module = module.to(dev)
     fitted: list[int] = []
 
     def probe(rows: torch.Tensor) -> torch.Tensor:
-        part = {k: v[: len(rows)].to(device) for k, v in data.train.items()}
+        part = {k: v[: len(rows)].to(dev) for k, v in data.train.items()}
         loss = module._loss(module(part["contract"], part.get("seq")), part["target"])
         loss.backward()
         module.zero_grad(set_to_none=True)
@@ -109,7 +131,7 @@ def find_batch_size(module: PricingModule, data: PricingData, batch_size: int) -
         return rows
 
     n = min(batch_size, len(data.train["target"]))
-    run_with_oom_backoff(probe, torch.arange(n), batch_size, device="cuda")
+    run_with_oom_backoff(probe, torch.arange(n), batch_size, device=str(dev))
     module.cpu()
     torch.cuda.empty_cache()
     return min(fitted) if fitted else batch_size
@@ -130,12 +152,6 @@ def train_pricing(
     Returns the checkpoints, the test scores (MSE/RMSE/R^2/MAPE in target units, price / strike) and the
     tracking ids. Raises ConfigError when ``resume`` finds no checkpoint.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-
-    from greekfire.ml.callbacks import PrometheusTrainingMetrics, RngState
-    from greekfire.ml.tracking import log_mlflow_artifact, make_loggers, mlflow_run_id
-
     t0 = time.perf_counter()
     seed = cfg.seed if cfg.seed is not None else settings.training.seed
     if settings.training.torch_threads:
@@ -143,7 +159,7 @@ def train_pricing(
     L.seed_everything(seed, workers=True, verbose=False)
     _check_remote_data(cfg, settings)
     if data is None:
-        data = load_pricing_data(cfg.data)
+        data = load_pricing_data(cfg.data, settings.storage)
     version, run_dir = run_dir_for(cfg, settings, data)
     ckpt_dir = run_dir / "checkpoints"
     start_from: Path | None = None
@@ -154,11 +170,14 @@ def train_pricing(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
 
+    tc = cfg.trainer
+    accelerator, devices = resolve_accelerator(tc.accelerator, tc.devices, settings.gpu.min_free_mb)
     module = module_for(cfg, data)
-    module.time_budget_s = cfg.trainer.max_time_s
+    module.time_budget_s = tc.max_time_s
     datamodule = PricingDataModule(data, cfg.data, seed)
-    if cfg.trainer.find_batch_size:
-        datamodule.batch_size = find_batch_size(module, data, cfg.data.batch_size)
+    if tc.find_batch_size and accelerator == "gpu":
+        first_gpu = f"cuda:{devices[0]}" if isinstance(devices, list) else "cuda"
+        datamodule.batch_size = find_batch_size(module, data, cfg.data.batch_size, first_gpu)
 
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                               enable_version_counter=False)
@@ -173,16 +192,12 @@ def train_pricing(
         cbs.append(LearningRateMonitor(logging_interval="step"))
     cbs.extend(callbacks)
 
-    tc = cfg.trainer
-    accelerator = "gpu" if tc.accelerator == "cuda" else tc.accelerator
     strategy: Any = tc.strategy
-    if tc.strategy == "ddp" and (accelerator == "cpu" or not torch.cuda.is_available()):
-        from lightning.pytorch.strategies import DDPStrategy
-
+    if tc.strategy == "ddp" and (accelerator == "cpu" or not cuda_usable()):
         strategy = DDPStrategy(process_group_backend="gloo")
     trainer = L.Trainer(
         accelerator=accelerator,
-        devices=tc.devices,
+        devices=devices,
         num_nodes=tc.num_nodes,
         strategy=strategy,
         precision=resolve_precision(tc.precision, accelerator),  # type: ignore[arg-type]
@@ -240,7 +255,5 @@ def run_training(
     resume: bool = False,
 ) -> TrainResult:
     """Compose the experiment (``preset`` or ``config_file`` plus Hydra ``overrides``) and train it."""
-    from greekfire.ml.config import compose_experiment
-
     cfg = compose_experiment(preset, overrides, config_file=config_file, settings=settings)
     return train_pricing(cfg, settings, resume=resume)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from greekfire.core.errors import DataError
 from greekfire.quant._tensors import TensorLike, as_tensors
 from greekfire.quant.european import bsm_greeks
 from greekfire.quant.iv import (
@@ -69,8 +70,6 @@ def american_iv(
     the quote. Solved in float64 whatever the input dtype (cast back). Returns an :class:`IVResult`; see the
     module notes for the reason codes.
     """
-    from greekfire.core.errors import DataError
-
     if evaluations < 1:
         raise DataError("evaluations", evaluations, "must be at least 1")
     if not rtol > 0:

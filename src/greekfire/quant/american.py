@@ -3,22 +3,29 @@
 Units as everywhere in :mod:`greekfire.quant`: ``ttm`` years, ``rate``/``div_yield`` continuously
 compounded, ``vol`` annualised, ``right`` +1 call / -1 put. Each engine prices a whole batch at once
 on tensors (any device). Greeks of any engine are taken by batched central bump-and-reprice
-(:func:`american_greeks`), which also gives vega and rho (a tree gives only delta, gamma, theta).
-"""
+(:func:`bump_greeks`), which also gives vega and rho (a tree gives only delta, gamma, theta).
+
+:func:`american_price`, :func:`american_greeks` and :func:`american_implied_vol` take the engine by name
+from the registry of pricing engines (:mod:`greekfire.quant.registry`; the built-in ones, ``qdfp`` included,
+are registered in :mod:`greekfire.quant.engines`), so this module needs none of the engines built on it."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
+from greekfire.quant._american_iv import american_iv
 from greekfire.quant._tensors import TensorLike, as_tensors, norm_cdf
 from greekfire.quant.european import bsm_price
 from greekfire.quant.iv import IVResult
+from greekfire.quant.registry import MarketInputs, OptionBatch, get_engine
 
-Engine = Callable[..., torch.Tensor]
+DOUBLE_BOUNDARY_STEPS = 1000
+"""CRR steps for the double-boundary rows (negative rates), about 1e-4 relative to the limit."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -78,9 +85,7 @@ def _with_double_boundary_tree(
     q: torch.Tensor, v: torch.Tensor,
 ) -> torch.Tensor:
     """``out`` with the double-boundary rows (negative rates) replaced by a CRR tree of
-    ``DOUBLE_BOUNDARY_STEPS`` steps: the closed-form approximations assume one boundary."""
-    from greekfire.quant.qdfp import DOUBLE_BOUNDARY_STEPS
-
+    :data:`DOUBLE_BOUNDARY_STEPS` steps: the closed-form approximations assume one boundary."""
     shape = out.shape
     w, S, K, T, r, q, v, out = (t.reshape(-1) for t in torch.broadcast_tensors(w, S, K, T, r, q, v, out))
     _, double = early_exercise_regime(w, r, q)
@@ -275,13 +280,59 @@ def bs2002_price(
 
 
 # ---------------------------------------------------------------------------------------------------
-def _qdfp(*args: TensorLike) -> torch.Tensor:
-    from greekfire.quant.qdfp import qdfp_price
+# Greeks by bump-and-reprice, and the American entry points (engines looked up in the registry)
+BUMP_GREEKS = ("value", "delta", "gamma", "vega", "theta", "theta_per_day", "rho", "epsilon")
+"""The outputs of :func:`bump_greeks` (and of every American engine)."""
 
-    return qdfp_price(*args)
+ValueFn = Callable[..., torch.Tensor]
 
 
-ENGINES: dict[str, Engine] = {"crr": crr_price, "baw": baw_price, "bs2002": bs2002_price, "qdfp": _qdfp}
+def bump_greeks(
+    value_fn: ValueFn,
+    right: TensorLike,
+    spot: TensorLike,
+    strike: TensorLike,
+    ttm: TensorLike,
+    rate: TensorLike,
+    div_yield: TensorLike,
+    vol: TensorLike,
+    *,
+    spot_bump: float = 1e-3,
+    vol_bump: float = 1e-4,
+    rate_bump: float = 1e-5,
+) -> dict[str, torch.Tensor]:
+    """Value, delta, gamma, vega (per 1.00 vol), theta (per year, -dV/dttm), theta_per_day, rho (per 1.00
+    rate) and epsilon (per 1.00 yield) of ``value_fn(right, spot, strike, ttm, rate, div_yield, vol)`` by
+    batched central bump-and-reprice: all bumped copies are priced in one call. Bumps: ``spot_bump`` x spot,
+    ``vol_bump`` and ``rate_bump`` absolute (rate and yield), one day (at most half the ttm) in time."""
+    w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
+    hs = spot_bump * S
+    hv = torch.full_like(v, vol_bump)
+    hr = torch.full_like(r, rate_bump)
+    ht = torch.minimum(torch.full_like(T, 1.0 / 365.0), 0.5 * T)
+    bumps = [
+        (S, v, r, q, T),
+        (S + hs, v, r, q, T), (S - hs, v, r, q, T),
+        (S, v + hv, r, q, T), (S, v - hv, r, q, T),
+        (S, v, r + hr, q, T), (S, v, r - hr, q, T),
+        (S, v, r, q + hr, T), (S, v, r, q - hr, T),
+        (S, v, r, q, T + ht), (S, v, r, q, T - ht),
+    ]
+    stack = [torch.stack(z) for z in zip(*bumps, strict=True)]
+    vals = value_fn(w.expand_as(S).unsqueeze(0).expand(len(bumps), *S.shape), stack[0],
+                    K.unsqueeze(0).expand(len(bumps), *S.shape), stack[4], stack[2], stack[3], stack[1])
+    v0, sp, sm, vp, vm, rp, rm, qp, qm, tp, tm = vals
+    theta = -(tp - tm) / (2.0 * ht)
+    return {
+        "value": v0,
+        "delta": (sp - sm) / (2.0 * hs),
+        "gamma": (sp - 2.0 * v0 + sm) / (hs * hs),
+        "vega": (vp - vm) / (2.0 * hv),
+        "theta": theta,
+        "theta_per_day": theta / 365.0,
+        "rho": (rp - rm) / (2.0 * hr),
+        "epsilon": (qp - qm) / (2.0 * hr),
+    }
 
 
 def american_price(
@@ -296,16 +347,11 @@ def american_price(
     model: str = "qdfp",
     steps: int = 200,
 ) -> torch.Tensor:
-    """American price with the named engine: ``qdfp`` (default), ``crr`` (``steps``), ``baw``, ``bs2002``."""
-    if model == "crr":
-        return crr_price(right, spot, strike, ttm, rate, div_yield, vol, steps=steps)
-    try:
-        fn = ENGINES[model]
-    except KeyError:
-        from greekfire.core.errors import DataError
-
-        raise DataError("model", model, f"must be one of {sorted(ENGINES)}") from None
-    return fn(right, spot, strike, ttm, rate, div_yield, vol)
+    """American price with the registered engine ``model`` that prices American options: ``qdfp``
+    (default), ``crr`` (``steps``), ``baw``, ``bs2002`` or a plugin's (see :mod:`greekfire.quant.registry`)."""
+    engine = get_engine(model, style="american")
+    batch = OptionBatch(right, strike, ttm, "american")
+    return engine(batch, MarketInputs(spot, rate, div_yield, vol), steps=steps)["value"]
 
 
 def american_greeks(
@@ -321,37 +367,11 @@ def american_greeks(
     steps: int = 200,
 ) -> dict[str, torch.Tensor]:
     """Value, delta, gamma, vega (per 1.00 vol), theta (per year, -dV/dttm), theta_per_day, rho (per
-    1.00 rate) and epsilon (per 1.00 yield) of American options by batched central bump-and-reprice:
-    all bumped copies are priced in one call of the engine."""
-    w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
-    hs = 1e-3 * S if model != "crr" else 0.02 * S  # a tree needs bumps wider than its node spacing
-    hv = torch.full_like(v, 1e-4 if model != "crr" else 1e-3)
-    hr = torch.full_like(r, 1e-5 if model != "crr" else 1e-4)
-    ht = torch.minimum(torch.full_like(T, 1.0 / 365.0), 0.5 * T)
-    bumps = [
-        (S, v, r, q, T),
-        (S + hs, v, r, q, T), (S - hs, v, r, q, T),
-        (S, v + hv, r, q, T), (S, v - hv, r, q, T),
-        (S, v, r + hr, q, T), (S, v, r - hr, q, T),
-        (S, v, r, q + hr, T), (S, v, r, q - hr, T),
-        (S, v, r, q, T + ht), (S, v, r, q, T - ht),
-    ]
-    stack = [torch.stack(z) for z in zip(*bumps, strict=True)]
-    vals = american_price(w.expand_as(S).unsqueeze(0).expand(len(bumps), *S.shape), stack[0],
-                          K.unsqueeze(0).expand(len(bumps), *S.shape), stack[4], stack[2], stack[3], stack[1],
-                          model=model, steps=steps)
-    v0, sp, sm, vp, vm, rp, rm, qp, qm, tp, tm = vals
-    theta = -(tp - tm) / (2.0 * ht)
-    return {
-        "value": v0,
-        "delta": (sp - sm) / (2.0 * hs),
-        "gamma": (sp - 2.0 * v0 + sm) / (hs * hs),
-        "vega": (vp - vm) / (2.0 * hv),
-        "theta": theta,
-        "theta_per_day": theta / 365.0,
-        "rho": (rp - rm) / (2.0 * hr),
-        "epsilon": (qp - qm) / (2.0 * hr),
-    }
+    1.00 rate) and epsilon (per 1.00 yield) of American options by the engine ``model``: batched central
+    bump-and-reprice (:func:`bump_greeks`, bumps wider than the node spacing for a tree)."""
+    engine = get_engine(model, style="american")
+    batch = OptionBatch(right, strike, ttm, "american")
+    return engine(batch, MarketInputs(spot, rate, div_yield, vol), outputs=BUMP_GREEKS, steps=steps)
 
 
 def american_implied_vol(
@@ -378,13 +398,28 @@ def american_implied_vol(
     exercise value, ``above_max`` at or above the spot (call) / strike (put) or above the engine's price at
     vol 10, ``no_time_value`` at the exercise value or under the engine's price at vol 1e-4. Never raises
     on bad rows (they get NaN and a code)."""
-    from greekfire.quant._american_iv import american_iv
+    engine = get_engine(model, style="american")
+    batch = OptionBatch(right, strike, ttm, "american")
+    out = engine(batch, MarketInputs(spot, rate, div_yield, price=price), outputs="iv", steps=steps,
+                 iv_evaluations=iterations, iv_rtol=rtol)
+    return IVResult(out["iv"], out["iv_code"])
 
-    def pricer(*args: torch.Tensor) -> torch.Tensor:
-        return american_price(*args, model=model, steps=steps)
 
-    if model not in ENGINES:
-        from greekfire.core.errors import DataError
+def american_inversion(value_fn: ValueFn) -> Callable[..., IVResult]:
+    """The implied-vol function of an American engine pricing with ``value_fn(w, S, K, T, r, q, vol,
+    **options)``: :func:`greekfire.quant._american_iv.american_iv` on it (options ``iv_evaluations``,
+    ``iv_rtol``; the others go to the engine)."""
 
-        raise DataError("model", model, f"must be one of {sorted(ENGINES)}")
-    return american_iv(pricer, price, right, spot, strike, ttm, rate, div_yield, evaluations=iterations, rtol=rtol)
+    def invert(batch: OptionBatch, market: MarketInputs, options: Mapping[str, Any]) -> IVResult:
+        opts = {k: v for k, v in options.items() if not k.startswith("iv_")}
+
+        def pricer(*args: torch.Tensor) -> torch.Tensor:
+            return value_fn(*args, **opts)
+
+        kw = {"evaluations": options["iv_evaluations"]} if "iv_evaluations" in options else {}
+        if "iv_rtol" in options:
+            kw["rtol"] = options["iv_rtol"]
+        return american_iv(pricer, market.require_price(), batch.right, market.spot, batch.strike, batch.ttm, market.rate,
+                           market.div_yield, **kw)
+
+    return invert

@@ -10,7 +10,7 @@ import torch
 
 from greekfire.core.settings import Settings
 from greekfire.quant.american import american_price
-from greekfire.quant.european import bsm_greeks
+from greekfire.quant.european import bsm_greeks, bsm_price
 from greekfire.quant.iv import implied_vol
 from greekfire.quant.portfolio import parametric_var, portfolio_greeks
 
@@ -31,8 +31,6 @@ def run_demo(settings: Settings) -> dict[str, Any]:
     ok = iv.code == 0
     # the repriced value is what an implied vol must reproduce (deep in the money the vol itself is
     # barely determined by the price)
-    from greekfire.quant.european import bsm_price
-
     repriced = bsm_price(w[ok], spot, K[ok], T[ok], rate, div, iv.vol[ok])
     reprice_err = ((repriced - greeks["value"][ok]).abs() / greeks["value"][ok]).max().item()
     amer = american_price(w, spot, K, T, rate, div, smile, model="qdfp")

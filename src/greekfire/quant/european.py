@@ -27,7 +27,7 @@ import torch
 from greekfire.core.errors import DataError
 from greekfire.quant._black import norm_cdf_given_density, otm_price
 from greekfire.quant._fused import DEFAULT_MIN_SIZE, run_kernel
-from greekfire.quant._tensors import DAYS_PER_YEAR, INV_SQRT_2PI, TensorLike, as_tensors
+from greekfire.quant._tensors import DAYS_PER_YEAR, INV_SQRT_2PI, TensorLike, as_tensors, parse_right
 
 GREEK_NAMES = (
     "value",
@@ -381,8 +381,6 @@ def bsm_greeks_numpy(
     names: str | Iterable[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """:func:`bsm_greeks` for numpy arrays or pandas columns (``right`` may be 'C'/'P' strings)."""
-    from greekfire.quant._tensors import parse_right
-
     w = parse_right(np.asarray(right), strict=False)
     cols = [np.asarray(x, dtype=np.float64) for x in (spot, strike, ttm, rate, div_yield, vol)]
     out = bsm_greeks(w, *(torch.from_numpy(np.ascontiguousarray(c)) for c in cols), names=names)

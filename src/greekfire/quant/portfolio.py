@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from greekfire.quant._tensors import TensorLike, as_tensors
+from greekfire.quant._tensors import TensorLike, as_tensors, norm_cdf
 from greekfire.quant.european import bsm_greeks
 
 
@@ -70,8 +70,6 @@ def scenario_grid(
 
 def _quadratic_cdf(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
     """P(a R + b R^2 <= x) for R ~ N(0, sd^2), exactly (roots of the quadratic)."""
-    from greekfire.quant._tensors import norm_cdf
-
     linear = torch.where(a > 0, norm_cdf(x / (a * sd)), norm_cdf(-x / (a * sd)))
     linear = torch.where(a == 0, (x >= 0).to(x.dtype), linear)
     b_safe = torch.where(b == 0, torch.ones_like(b), b)

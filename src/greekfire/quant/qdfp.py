@@ -35,13 +35,14 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from greekfire.core.errors import DataError
 from greekfire.quant._black import erfcx_nonneg
 from greekfire.quant._fused import run_kernel
 from greekfire.quant._tensors import INV_SQRT_2, INV_SQRT_2PI, SQRT_2PI, TensorLike, as_tensors
+from greekfire.quant.american import DOUBLE_BOUNDARY_STEPS, crr_price
 from greekfire.quant.european import bsm_price
 
-DOUBLE_BOUNDARY_STEPS = 1000
-"""CRR steps for the double-boundary rows (negative rates), about 1e-4 relative to the limit."""
+__all__ = ["ACCURATE", "DOUBLE_BOUNDARY_STEPS", "FAST", "HIGH_PRECISION", "QdFpScheme", "qdfp_price"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +60,6 @@ class QdFpScheme:
     anderson: bool = True
 
     def __post_init__(self) -> None:
-        from greekfire.core.errors import DataError
-
         for name in ("nodes", "quad", "price_quad"):
             if getattr(self, name) < 2:
                 raise DataError(name, getattr(self, name), "must be at least 2")
@@ -304,8 +303,6 @@ def qdfp_price(
     :data:`HIGH_PRECISION` on the benchmark grid) or your own :class:`QdFpScheme`. ``compile``: fuse the
     fixed-point step with torch.compile (None: only for large batches). Double-boundary rows (a put with
     ``q < r < 0``, a call with ``r < q < 0``) are priced on a CRR tree (see the module notes)."""
-    from greekfire.quant.american import crr_price
-
     w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
     shape = w.shape
     w, S, K, T, r, q, v = (t.reshape(-1) for t in (w, S, K, T, r, q, v))

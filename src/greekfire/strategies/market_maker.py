@@ -8,15 +8,18 @@ tensor call); the chain is stepped, largest |delta| at the last full price first
 goes out in one mass quote (``ctx.amend_many``), the ones the move hits hardest first in the message.
 Each option is quoted on both sides:
 
-    reservation = fair - inventory_skew x position - delta_skew x book_delta x option_delta
-                       - vega_skew x book_vega x option_vega
+    skew = inventory_skew x position + delta_skew x book_delta x option_delta + vega_skew x book_vega x option_vega
+    reservation = fair - skew, the skew capped at +/- max_skew_ticks x tick
     bid = reservation - half_width_ticks x tick,  ask = reservation + half_width_ticks x tick
 
-rounded away from the reservation onto the tick grid, kept one tick inside the market's opposite side,
-post-only. Quote prices are integer ticks; the market's bid and ask (currency) are compared with a quote's
-target through that target in currency nudged 1e-6 of a tick outward (exact for prices on the grid, and
-an empty side, NaN, compares false), so an option's quote costs no conversion. A quote is amended only when its price moves by ``requote_ticks`` or more, so most market
-events produce no order. At ``max_inventory`` contracts the side that would grow the position is pulled.
+rounded away from the reservation onto the tick grid, kept one tick inside the best opposite price over
+every venue (so the router can post it wherever it goes), post-only. With the cap at the half width (the
+default) a quote leans to shed inventory but never bids above or offers below fair value. Quote prices are
+integer ticks; the market's prices (currency) are compared with a quote's target through that target in
+currency nudged 1e-6 of a tick outward (exact for prices on the grid, and an empty side, NaN, compares
+false), so an option's quote costs no conversion. A quote is amended only when its price moves by
+``requote_ticks`` or more, so most market events produce no order. At ``max_inventory`` contracts the side
+that would grow the position is pulled.
 
 It acts only through its :class:`~greekfire.trading.strategy.StrategyContext`: its volatility is declared
 to the engine's pricing inputs at start (``ctx.declare_vol``), so the book's Greeks and the VaR limit use
@@ -31,6 +34,7 @@ from typing import Any
 
 import torch
 
+from greekfire.core.errors import ConfigError
 from greekfire.quant import bsm_greeks
 from greekfire.trading.model import Fill, Instrument, Quote, Side, TimeInForce
 from greekfire.trading.orders import OPEN, OrderStatus
@@ -41,14 +45,14 @@ _WORKING = frozenset((OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED))
 _BUY, _SELL, _GTC = Side.BUY, Side.SELL, TimeInForce.GTC
 _SIDES = (_BUY, _SELL)  # quote side k: 0 bid, 1 ask
 _ZERO4 = (0.0, 0.0, 0.0, 0.0)
-_NAN = math.nan
+_INF, _NAN = math.inf, math.nan
 
 
 class _Leg:
     """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
     object, not a lookup in each of several dicts keyed by instrument."""
 
-    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "gate", "live", "mkt", "orders")
+    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "gate", "live", "tops", "orders")
 
     def __init__(self, inst: Instrument) -> None:
         self.inst = inst
@@ -58,10 +62,10 @@ class _Leg:
         self.base: tuple[float, float, float, float] | None = None  # (spot, value, delta, gamma) at the last full price
         self.want: tuple[int | None, int | None] | None = None  # unclamped target (bid, ask), ticks
         # ``want`` in currency nudged 1e-6 tick outward (NaN: no quote): ``gate[0] >= ask`` is exactly "the
-        # bid is at or above the market's ask" for an ask on the grid, ``gate[1] <= bid`` likewise
+        # bid is at or above that ask" for an ask on the grid, ``gate[1] <= bid`` likewise
         self.gate: tuple[float, float] = (_NAN, _NAN)
         self.live: tuple[int | None, int | None] | None = None  # what our working orders show (bid, ask), ticks
-        self.mkt: tuple[float, float] | None = None  # best bid / ask last seen (any venue), currency
+        self.tops: dict[str, Quote] = {}  # the last quote of each venue
         self.orders: list[OrderView | None] = [None, None]  # our working [bid, ask] order
 
 
@@ -70,7 +74,8 @@ class OptionsMarketMaker(Strategy):
 
     vol (annualised, 0.20), rate (0.02), half_width_ticks (4), size (contracts, 5), inventory_skew (currency
     per contract held, 0.01), delta_skew (currency per share of book delta per unit option delta, 2e-5),
-    vega_skew (1e-6), max_inventory (contracts, 50), requote_ticks (1), full_reprice_bps (50.0).
+    vega_skew (1e-6), max_inventory (contracts, 50), requote_ticks (1), full_reprice_bps (50.0),
+    max_skew_ticks (the most the three skews together move the reservation, ticks; half_width_ticks).
     """
 
     name = "market_maker"
@@ -88,6 +93,9 @@ class OptionsMarketMaker(Strategy):
         self.max_inventory = int(p.get("max_inventory", 50))
         self.requote_ticks = int(p.get("requote_ticks", 1))
         self.full_reprice_bps = float(p.get("full_reprice_bps", 50.0))
+        self.max_skew_ticks = float(p.get("max_skew_ticks", self.half_width_ticks))
+        if not self.max_skew_ticks >= 0:
+            raise ConfigError("market_maker.max_skew_ticks", self.max_skew_ticks, ">= 0 (ticks)")
         self.fair: dict[int, float] = {}  # fair value per option (currency)
         self._legs: dict[int, _Leg] = {}  # per option
         self._chain: dict[str, list[_Leg]] = {}
@@ -166,10 +174,12 @@ class OptionsMarketMaker(Strategy):
         leg = self._legs.get(iid)
         if leg is None:
             return
+        leg.tops[quote.venue] = quote
         bid, ask = quote.bid, quote.ask
-        leg.mkt = (bid, ask)
         want = leg.want
-        # fast path: our target is unchanged, already shown, and the new market does not force a clamp
+        # fast path: our target is unchanged, already shown, and the new market does not force a clamp. This
+        # venue's quote is all there is to check: shown == target means the last re-quote found no venue
+        # forcing a clamp, and each venue's quote since then was checked here as it came
         if want is not None and leg.live == want:
             gb, ga = leg.gate
             if not gb >= ask and not ga <= bid:
@@ -206,6 +216,7 @@ class OptionsMarketMaker(Strategy):
         fair_of, quote_side = self.fair, self._quote_side
         inv_skew, delta_skew, vega_skew = self.inventory_skew, self.delta_skew, self.vega_skew
         hw, max_inv, size, ticks = self.half_width_ticks, self.max_inventory, self.size, self.requote_ticks
+        max_skew = self.max_skew_ticks
         floor, ceil, working = math.floor, math.ceil, _WORKING
         amends: list[tuple[OrderView, int, int]] = []
         want_bid: int | None
@@ -214,6 +225,7 @@ class OptionsMarketMaker(Strategy):
         fair: float | None
         und: str | None = None
         book: tuple[float, ...] = _ZERO4
+        tick, cap = 0.0, 0.0
         for leg in legs:
             iid = leg.iid
             b = leg.base
@@ -232,7 +244,18 @@ class OptionsMarketMaker(Strategy):
             if leg.und is not und:  # the book's Greeks: one lookup per underlying, not per option
                 und = leg.und
                 book = totals.get(und, _ZERO4)
-            r = (fair - inv_skew * qty - delta_skew * book[0] * unit[0] - vega_skew * book[2] * unit[2]) / leg.tick
+            if leg.tick != tick:  # per tick size (one in a chain): its skew cap
+                tick = leg.tick
+                cap = max_skew * tick
+            # the skew leans the quotes to shed inventory and Greeks, but never past fair value: uncapped, a
+            # few dozen contracts pushed it tens of ticks, selling below (buying above) fair to the flow
+            # and out of the risk engine's price band (its denied re-quotes left the old quote resting)
+            skew = inv_skew * qty + delta_skew * book[0] * unit[0] + vega_skew * book[2] * unit[2]
+            if skew > cap:
+                skew = cap
+            elif skew < -cap:
+                skew = -cap
+            r = (fair - skew) / tick
             want_bid = floor(r - hw + 1e-9)  # ticks
             want_ask = ceil(r + hw - 1e-9)
             if want_bid < 1 or qty >= max_inv:
@@ -240,24 +263,26 @@ class OptionsMarketMaker(Strategy):
             if qty <= -max_inv:
                 want_ask = None
             want = (want_bid, want_ask)
-            mkt = leg.mkt
-            if spot is not None and want == leg.want and want == leg.live and (
-                mkt is None or (not leg.gate[0] >= mkt[1] and not leg.gate[1] <= mkt[0])
-            ):
-                continue  # the step left this option's quotes where they are, and they are working there
+            if spot is not None and want == leg.want and want == leg.live:
+                continue  # the step left this option's quotes where they are, working there, clamped by no venue
             leg.want = want
-            tick = leg.tick
             leg.gate = gate = (
                 _NAN if want_bid is None else (want_bid + 1e-6) * tick, _NAN if want_ask is None else (want_ask - 1e-6) * tick,
             )
-            if mkt is not None:  # never cross the market: one tick inside its opposite side
-                mb, ma = mkt
-                if gate[0] >= ma:
-                    want_bid = ceil(ma / tick - 1e-6) - 1
-                    if want_bid < 1:
-                        want_bid = None
-                if gate[1] <= mb:
-                    want_ask = floor(mb / tick + 1e-6) + 1
+            # never cross the market: one tick inside the best opposite price over every venue, so the quote
+            # is marketable at none and the router posts it wherever it goes (an empty side, NaN, never wins)
+            mb, ma = -_INF, _INF
+            for q in leg.tops.values():
+                if q.bid > mb:
+                    mb = q.bid
+                if q.ask < ma:
+                    ma = q.ask
+            if gate[0] >= ma:
+                want_bid = ceil(ma / tick - 1e-6) - 1
+                if want_bid < 1:
+                    want_bid = None
+            if gate[1] <= mb:
+                want_ask = floor(mb / tick + 1e-6) + 1
             mine = leg.orders
             # the common case inline: a working quote that stays, or moves (one amend); else _quote_side
             o = mine[0]

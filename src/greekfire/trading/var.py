@@ -25,6 +25,10 @@ from greekfire.trading.portfolio import Portfolio
 
 log = logging.getLogger(__name__)
 
+# Monte Carlo VaR revalues the options with this engine of the pricing registry (the vols are the
+# engine-owned pricing inputs, so a model that needs more than a vol would need its inputs declared too)
+REVALUATION_ENGINE = "bsm"
+
 VAR_GAUGE = gauge("greekfire_trading_var", "1-day VaR of the book, currency", ["method"])
 
 
@@ -175,10 +179,14 @@ class VarModel:
         s_col = torch.tensor([col[i.underlying] for i, _ in stock], dtype=torch.long)
         s_w = torch.tensor([q * i.multiplier for i, q in stock], dtype=f64)
 
+        engine = quant.get_engine(REVALUATION_ENGINE)
+        batch = quant.OptionBatch(o_right, o_strike, o_ttm) if opts else None
+
         def revalue(spots: torch.Tensor) -> torch.Tensor:
             value = (spots[:, s_col] * s_w).sum(dim=1)
-            if opts:
-                px = quant.bsm_price(o_right, spots[:, o_col], o_strike, o_ttm, pf.rate, pf.div_yield, o_vol)
+            if batch is not None:
+                market = quant.MarketInputs(spots[:, o_col], pf.rate, pf.div_yield, vol=o_vol)
+                px = quant.price(engine, batch, market)["value"]
                 value = value + (px * o_w).sum(dim=1)
             return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from greekfire.core.errors import DataError
-from greekfire.data.dataset import OptionsDataset, StreamingOptionsDataset, read_samples, write_samples
+from greekfire.data.dataset import (
+    OptionsDataset,
+    StreamingOptionsDataset,
+    read_samples,
+    write_samples,
+    write_splits,
+)
 from greekfire.data.features import Samples
 
 
@@ -104,3 +111,48 @@ def test_streaming_ready_batches(tmp_path: Path) -> None:
     assert sorted(b["target"].shape[0] for b in batches) == [20, 20, 30, 40, 40, 40, 40]  # groups 100, 100, 30
     assert all(b["seq"].shape[1:] == (4, 3) for b in batches)
     assert sorted(int(t) for b in batches for t in b["target"]) == list(range(230))
+
+
+def batch_ids(loader) -> list[list[int]]:  # noqa: ANN001
+    return [b["target"].int().tolist() for b in loader]
+
+
+def test_stream_ranks_get_equal_batches_and_resume_skips(tmp_path: Path) -> None:
+    # 230 rows in groups of 50: 5 groups (the last one 30 rows) cannot be dealt evenly over 2 ranks
+    write_samples(fake_samples(230), str(tmp_path), row_group_size=50)
+    ranks = [StreamingOptionsDataset(str(tmp_path), rank=r, world_size=2, batch_size=20, equal_shards=True)
+             for r in range(2)]
+    got = [batch_ids(DataLoader(d, batch_size=None)) for d in ranks]
+    assert len(got[0]) == len(got[1]) == ranks[0].num_batches() == ranks[1].num_batches() == 6
+    assert not set(sum(got[0], [])) & set(sum(got[1], []))
+    uneven = StreamingOptionsDataset(str(tmp_path), rank=0, world_size=2, batch_size=20)
+    assert uneven.num_batches() == 8  # its groups of 50, 50 and 30 rows: 3 + 3 + 2 batches without the cap
+    ranks[0].skip_batches(4)
+    assert batch_ids(DataLoader(ranks[0], batch_size=None)) == got[0][4:]
+    assert batch_ids(DataLoader(ranks[0], batch_size=None)) == got[0]  # the skip is for one pass only
+    with pytest.raises(DataError, match="equal_shards"):
+        StreamingOptionsDataset(str(tmp_path), equal_shards=True)
+
+
+def test_write_splits_lays_out_train_val_test(tmp_path: Path) -> None:
+    s = fake_samples(90)
+    out = write_splits({"train": s.take(np.arange(60)), "val": s.take(np.arange(60, 90))}, str(tmp_path / "p"))
+    assert sorted(out) == ["train", "val"]
+    assert len(read_samples(str(tmp_path / "p" / "train"))) == 60
+    assert len(read_samples(str(tmp_path / "p" / "val"))) == 30
+    with pytest.raises(DataError, match="splits"):
+        write_splits({"train": s}, str(tmp_path / "q"))
+
+
+def test_footprint_follows_the_files_not_the_reader(tmp_path: Path) -> None:
+    s = fake_samples(200)
+    write_samples(s, str(tmp_path / "a"), row_group_size=50)
+    a = StreamingOptionsDataset(str(tmp_path / "a"))
+    before = a.footprint()
+    assert before == StreamingOptionsDataset(str(tmp_path / "a"), shuffle=True, batch_size=8, rank=1,
+                                             world_size=2).footprint()
+    changed = s.take(np.arange(200))
+    changed.contract[7, 1] += 1.0
+    time.sleep(0.01)  # a new modification time even on coarse clocks
+    write_samples(changed, str(tmp_path / "a"), row_group_size=50)
+    assert StreamingOptionsDataset(str(tmp_path / "a")).footprint() != before

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from greekfire.core.errors import ConfigError, ConfigErrors, DataError
+from greekfire.data.features import Normalizer
+from greekfire.data.loaders import ResumableBatchSampler
 from greekfire.ml.config import compose_experiment, config_hash
-from greekfire.ml.data import ResumableBatchSampler, bs_culkin_samples, bs_liu_samples, load_pricing_data
-from greekfire.ml.models import FeatureScaler, MLPPricer, OptionsPricingLSTM
+from greekfire.ml.data import bs_culkin_samples, bs_liu_samples, load_pricing_data
+from greekfire.ml.models import MLPPricer, OptionsPricingLSTM
+from greekfire.ml.train import resolve_accelerator, resolve_precision
 
 
 def test_mlp_shapes_and_gradients_reach_every_parameter() -> None:
@@ -54,26 +57,44 @@ def test_heads_must_divide_hidden() -> None:
         OptionsPricingLSTM(n_seq=2, n_contract=2, lstm_hidden=10, attn_heads=4)
 
 
-def test_feature_scaler_standardises_and_keeps_constant_columns_finite() -> None:
+def test_model_normalizer_standardises_and_keeps_constant_columns_finite() -> None:
     x = torch.stack([torch.linspace(0, 10, 101), torch.full((101,), 3.0)], dim=1)
-    sc = FeatureScaler(2)
-    sc.fit(x, ["moneyness", "ttm"])
-    z = sc(x)
+    sc = Normalizer([], ["moneyness", "ttm"])
+    sc.fit_tensors(x)
+    z = sc.scale_contract(x)
     assert abs(float(z[:, 0].mean())) < 1e-5 and abs(float(z[:, 0].std(unbiased=False)) - 1) < 1e-4
     assert bool(torch.isfinite(z).all()) and float(z[:, 1].abs().max()) == 0.0
-    assert set(sc.state_dict()) == {"mean", "std"}  # saved in checkpoints with the weights
+    # saved in checkpoints with the weights, the feature names with them
+    assert set(sc.state_dict()) == {"contract_mean", "contract_std", "seq_mean", "seq_std", "_extra_state"}
+    assert sc.state_dict()["_extra_state"]["contract_names"] == ["moneyness", "ttm"]
 
 
-def test_feature_scaler_uses_the_data_layers_rule_for_unit_scale_features() -> None:
-    # one rule for both: the in-model scaler leaves one-hot/cyclical features alone, as Normalizer does
+def test_model_normalizer_uses_the_data_layers_rule_for_unit_scale_features() -> None:
+    # one class for both: the model's scaler is the data layer's Normalizer, one-hot/cyclical left alone
     x = torch.stack([torch.linspace(0, 10, 101), (torch.arange(101) % 2).float()], dim=1)
-    sc = FeatureScaler(2)
-    sc.fit(x, ["moneyness", "is_call"])
-    z = sc(x)
+    sc = Normalizer([], ["moneyness", "is_call"])
+    sc.fit_tensors(x)
+    z = sc.scale_contract(x)
     assert torch.equal(z[:, 1], x[:, 1])
     assert abs(float(z[:, 0].std(unbiased=False)) - 1) < 1e-4
     with pytest.raises(DataError, match="feature_names"):
-        sc.fit(x, ["moneyness"])
+        Normalizer([], ["moneyness"]).fit_tensors(x)
+    net = MLPPricer(2, hidden=4, layers=1, contract_names=["moneyness", "is_call"])
+    assert isinstance(net.normalizer, Normalizer) and net.normalizer.contract_names == ["moneyness", "is_call"]
+
+
+def test_normalizer_fit_from_batches_matches_the_fit_on_all_rows() -> None:
+    # a streamed training split is fitted batch by batch; the statistics must be those of the whole split
+    g = torch.Generator().manual_seed(3)
+    contract = torch.randn(1000, 3, generator=g) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor([0.0, 2.0, -1.0])
+    seq = torch.randn(1000, 6, 2, generator=g) * 3.0 + 1.0
+    names_c, names_s = ["moneyness", "ttm", "is_put"], ["s0", "s1"]
+    whole, batched = Normalizer(names_s, names_c), Normalizer(names_s, names_c)
+    whole.fit_tensors(contract, seq)
+    batched.fit_batches({"contract": contract[a : a + 96], "seq": seq[a : a + 96]} for a in range(0, 1000, 96))
+    for name in ("contract_mean", "contract_std", "seq_mean", "seq_std"):
+        torch.testing.assert_close(getattr(batched, name), getattr(whole, name), rtol=1e-5, atol=1e-6)
+    assert float(whole.contract_mean[2]) == 0.0 and float(whole.contract_std[2]) == 1.0  # is_put untouched
 
 
 def _bs_call_over_k(m: float, t: float, r: float, q: float, v: float) -> float:
@@ -156,3 +177,16 @@ def test_lstm_residual_form_starts_from_the_baseline_feature() -> None:
     torch.nn.init.zeros_(last.bias)
     contract, seq = torch.rand(5, 3), torch.randn(5, 4, 2)
     torch.testing.assert_close(net(contract, seq), contract[:, 2])
+
+
+def test_the_trainer_asks_the_gpu_manager_for_its_accelerator() -> None:
+    if torch.cuda.is_available():
+        assert resolve_accelerator("auto", 1, 0.0)[0] == "gpu"
+        assert resolve_accelerator("auto", 1, 10.0**12) == ("cpu", 1)  # no GPU has a petabyte free
+    else:
+        assert resolve_accelerator("auto", 1, 512.0) == ("cpu", 1)
+        assert resolve_precision("auto-mixed", "auto") == "bf16-mixed"
+    assert resolve_accelerator("cuda", 2) == ("gpu", 2)
+    assert resolve_accelerator("gpu", 1) == ("gpu", 1)
+    assert resolve_accelerator("cpu", 3) == ("cpu", 3)
+    assert resolve_precision("32", "gpu") == "32"

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from greekfire.cli import app
 from greekfire.core.errors import DataError
-from greekfire.data.pricing import price_frame
+from greekfire.data.pricing import price_frame, resolve_device
+from greekfire.gpu.device import cuda_usable
+from greekfire.quant import Capabilities, register_engine, unregister_engine
 from quant_grids import break_rows, chain
 
 
@@ -60,3 +65,30 @@ def test_cli_price_csv_and_parquet(tmp_path: Path, tmp_settings_env: Path) -> No
     assert (am["value"] >= 0).all() and am["error"].isna().all()
     res = runner.invoke(app, ["price", str(tmp_path / "am.csv"), "-o", str(tmp_path / "x.txt")])
     assert res.exit_code == 2 and "output" in res.output
+
+
+@pytest.mark.skipif(cuda_usable(), reason="checks the error on a machine where torch sees no GPU")
+def test_asking_for_cuda_without_a_gpu_names_the_device() -> None:
+    with pytest.raises(DataError, match="device='cuda'"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_an_engine_is_held_to_the_devices_it_declares() -> None:
+    @register_engine("toy_gpu_only", Capabilities(inputs=(), devices=("cuda",)))
+    def gpu_only(batch: Any, market: Any, outputs: tuple[str, ...], options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        raise AssertionError("never called on the CPU")
+
+    try:
+        with pytest.raises(DataError, match="device='cpu'.*toy_gpu_only runs on cuda"):
+            price_frame(chain(5), model="toy_gpu_only", device="cpu")
+    finally:
+        unregister_engine("toy_gpu_only")
+
+
+def test_black76_implied_vols_reprice_the_quotes_on_the_forward() -> None:
+    df = chain(200).drop(columns=["true_vol"])
+    out = price_frame(df, model="black76")
+    ok = out["error"] == ""
+    assert ok.sum() > 150
+    assert np.allclose(out["value"][ok], df["market_price"][ok], rtol=1e-8)

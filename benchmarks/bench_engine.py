@@ -70,7 +70,7 @@ class AckVenue(Venue):
     def __init__(self, name: str, maker_fee: float, taker_fee: float) -> None:
         self.name = name
         self._fees = (maker_fee, taker_fee)
-        # (kind, client id, qty, price, time), and for a mass quote its amends as a sixth item
+        # (kind, client id, qty, limit in ticks, time), and for a mass quote its amends as a sixth item
         self._out: list[tuple[Any, ...]] = []
         self.received = 0
 
@@ -79,20 +79,20 @@ class AckVenue(Venue):
 
     def submit(self, order: Order, now_ns: int) -> None:
         self.received += 1
-        self._out.append((_ACCEPTED, order.client_id, 0, 0.0, now_ns))
+        self._out.append((_ACCEPTED, order.client_id, 0, 0, now_ns))
 
-    def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
+    def amend(self, order: Order, new_qty: int, new_price_ticks: int, now_ns: int) -> None:
         self.received += 1
-        self._out.append((_REPLACED, order.client_id, new_qty, new_price, now_ns))
+        self._out.append((_REPLACED, order.client_id, new_qty, new_price_ticks, now_ns))
 
-    def amend_many(self, amends: Sequence[tuple[Order, int, float]], now_ns: int) -> None:
+    def amend_many(self, amends: Sequence[tuple[Order, int, int]], now_ns: int) -> None:
         # a mass quote is one message: noted as one entry, its acknowledgements built at the poll
         self.received += len(amends)
-        self._out.append(("mass", "", 0, 0.0, now_ns, amends))
+        self._out.append(("mass", "", 0, 0, now_ns, amends))
 
     def cancel(self, order: Order, now_ns: int) -> None:
         self.received += 1
-        self._out.append((VenueEventKind.CANCELED, order.client_id, 0, 0.0, now_ns))
+        self._out.append((VenueEventKind.CANCELED, order.client_id, 0, 0, now_ns))
 
     def poll(self, now_ns: int) -> list[Any]:
         out, self._out = self._out, []
@@ -100,9 +100,9 @@ class AckVenue(Venue):
         events = []
         for k, cid, q, p, ts, *mass in out:
             if k == "mass":
-                events += [VenueEvent(_REPLACED, name, o.client_id, qty=q2, price=p2, ts_ns=ts) for o, q2, p2 in mass[0]]
+                events += [VenueEvent(_REPLACED, name, o.client_id, qty=q2, price_ticks=p2, ts_ns=ts) for o, q2, p2 in mass[0]]
             else:
-                events.append(VenueEvent(k, name, cid, qty=q, price=p, ts_ns=ts))
+                events.append(VenueEvent(k, name, cid, qty=q, price_ticks=p, ts_ns=ts))
         return events
 
     def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:

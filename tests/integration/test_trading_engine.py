@@ -53,10 +53,10 @@ class BuyThenSell(Strategy):
         self.asks[q.venue] = q.ask
         if not self.bought and len(self.asks) == 2:
             self.bought = True
-            self.submit(2, Side.BUY, 15, 2.50)
+            self.submit(2, Side.BUY, 15, self.ctx.ticks(2, 2.50))
         if self.bought and not self.sold and q.bid == 2.80:
             self.sold = True
-            self.submit(2, Side.SELL, 15, 2.80)
+            self.submit(2, Side.SELL, 15, self.ctx.ticks(2, 2.80))
 
     def on_fill(self, fill) -> None:
         self.fills.append(fill)
@@ -137,7 +137,7 @@ def test_kill_switch_cancels_every_open_order_and_blocks_new_ones() -> None:
     run_for(eng, clock, 20)
     assert eng.oms.open_orders() == []
     assert all(o.status in (OrderStatus.CANCELED, OrderStatus.FILLED) for o in open_before)
-    sent = mm.submit(2, Side.BUY, 1, 1.00)
+    sent = mm.submit(2, Side.BUY, 1, 100)
     assert sent[0].status == OrderStatus.DENIED and sent[0].reason == "KILL_SWITCH"
     assert eng.audit.entries(kind="risk", ref="kill_switch")[0][4]["canceled"] == len(open_before)
     eng.reset_kill()

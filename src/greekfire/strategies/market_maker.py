@@ -14,9 +14,12 @@ Each option is quoted on both sides:
 
 rounded away from the reservation onto the tick grid, kept one tick inside the best opposite price over
 every venue (so the router can post it wherever it goes), post-only. With the cap at the half width (the
-default) a quote leans to shed inventory but never bids above or offers below fair value. A quote is
-amended only when its price moves by ``requote_ticks`` or more, so most market events produce no order. At
-``max_inventory`` contracts the side that would grow the position is pulled.
+default) a quote leans to shed inventory but never bids above or offers below fair value. Quote prices are
+integer ticks; the market's prices (currency) are compared with a quote's target through that target in
+currency nudged 1e-6 of a tick outward (exact for prices on the grid, and an empty side, NaN, compares
+false), so an option's quote costs no conversion. A quote is amended only when its price moves by
+``requote_ticks`` or more, so most market events produce no order. At ``max_inventory`` contracts the side
+that would grow the position is pulled.
 
 It acts only through its :class:`~greekfire.trading.strategy.StrategyContext`: its volatility is declared
 to the engine's pricing inputs at start (``ctx.declare_vol``), so the book's Greeks and the VaR limit use
@@ -42,23 +45,14 @@ _WORKING = frozenset((OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED))
 _BUY, _SELL, _GTC = Side.BUY, Side.SELL, TimeInForce.GTC
 _SIDES = (_BUY, _SELL)  # quote side k: 0 bid, 1 ask
 _ZERO4 = (0.0, 0.0, 0.0, 0.0)
-_INF = math.inf
-_TICKS_PER_UNIT: dict[float, int] = {}
-
-
-def _ticks_per_unit(tick: float) -> int:
-    """Ticks per 1.00 of price when that is a whole number (0.01 -> 100, 0.05 -> 20), else 0. Then
-    ``n / ticks_per_unit`` is exactly the double nearest the decimal price of n ticks, as
-    ``round(n * tick, 10)`` is."""
-    n = round(1.0 / tick)
-    return n if n > 0 and abs(n * tick - 1.0) < 1e-12 else 0
+_INF, _NAN = math.inf, math.nan
 
 
 class _Leg:
     """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
     object, not a lookup in each of several dicts keyed by instrument."""
 
-    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "live", "tops", "orders")
+    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "gate", "live", "tops", "orders")
 
     def __init__(self, inst: Instrument) -> None:
         self.inst = inst
@@ -66,8 +60,11 @@ class _Leg:
         self.und = inst.underlying
         self.tick = inst.tick_size
         self.base: tuple[float, float, float, float] | None = None  # (spot, value, delta, gamma) at the last full price
-        self.want: tuple[float | None, float | None] | None = None  # unclamped target (bid, ask)
-        self.live: tuple[float | None, float | None] | None = None  # what our working orders show (bid, ask)
+        self.want: tuple[int | None, int | None] | None = None  # unclamped target (bid, ask), ticks
+        # ``want`` in currency nudged 1e-6 tick outward (NaN: no quote): ``gate[0] >= ask`` is exactly "the
+        # bid is at or above that ask" for an ask on the grid, ``gate[1] <= bid`` likewise
+        self.gate: tuple[float, float] = (_NAN, _NAN)
+        self.live: tuple[int | None, int | None] | None = None  # what our working orders show (bid, ask), ticks
         self.tops: dict[str, Quote] = {}  # the last quote of each venue
         self.orders: list[OrderView | None] = [None, None]  # our working [bid, ask] order
 
@@ -184,8 +181,8 @@ class OptionsMarketMaker(Strategy):
         # venue's quote is all there is to check: shown == target means the last re-quote found no venue
         # forcing a clamp, and each venue's quote since then was checked here as it came
         if want is not None and leg.live == want:
-            wb, wa = want
-            if (wb is None or not wb >= ask) and (wa is None or not wa <= bid):
+            gb, ga = leg.gate
+            if not gb >= ask and not ga <= bid:
                 return
         if iid in self.fair:
             self._requote_many((leg,))
@@ -220,15 +217,15 @@ class OptionsMarketMaker(Strategy):
         inv_skew, delta_skew, vega_skew = self.inventory_skew, self.delta_skew, self.vega_skew
         hw, max_inv, size, ticks = self.half_width_ticks, self.max_inventory, self.size, self.requote_ticks
         max_skew = self.max_skew_ticks
-        floor, ceil, working, ticks_per_unit = math.floor, math.ceil, _WORKING, _TICKS_PER_UNIT
-        amends: list[tuple[OrderView, int, float]] = []
-        want_bid: float | None
-        want_ask: float | None
-        shown_bid: float | None
+        floor, ceil, working = math.floor, math.ceil, _WORKING
+        amends: list[tuple[OrderView, int, int]] = []
+        want_bid: int | None
+        want_ask: int | None
+        shown_bid: int | None
         fair: float | None
         und: str | None = None
         book: tuple[float, ...] = _ZERO4
-        tick, per_unit, move, cap = 0.0, 0, 0.0, 0.0
+        tick, cap = 0.0, 0.0
         for leg in legs:
             iid = leg.iid
             b = leg.base
@@ -247,11 +244,8 @@ class OptionsMarketMaker(Strategy):
             if leg.und is not und:  # the book's Greeks: one lookup per underlying, not per option
                 und = leg.und
                 book = totals.get(und, _ZERO4)
-            if leg.tick != tick:  # per tick size (one in a chain): its grid and its re-quote threshold
+            if leg.tick != tick:  # per tick size (one in a chain): its skew cap
                 tick = leg.tick
-                known = ticks_per_unit.get(tick)
-                per_unit = ticks_per_unit[tick] = _ticks_per_unit(tick) if known is None else known
-                move = ticks * tick - 1e-9
                 cap = max_skew * tick
             # the skew leans the quotes to shed inventory and Greeks, but never past fair value: uncapped, a
             # few dozen contracts pushed it tens of ticks, selling below (buying above) fair to the flow
@@ -262,13 +256,9 @@ class OptionsMarketMaker(Strategy):
             elif skew < -cap:
                 skew = -cap
             r = (fair - skew) / tick
-            if per_unit:  # n ticks / (ticks per 1.00): the exact decimal price, ~10x cheaper than round(x, 10)
-                want_bid = floor(r - hw + 1e-9) / per_unit
-                want_ask = ceil(r + hw - 1e-9) / per_unit
-            else:
-                want_bid = round(floor(r - hw + 1e-9) * tick, 10)
-                want_ask = round(ceil(r + hw - 1e-9) * tick, 10)
-            if want_bid < tick or qty >= max_inv:
+            want_bid = floor(r - hw + 1e-9)  # ticks
+            want_ask = ceil(r + hw - 1e-9)
+            if want_bid < 1 or qty >= max_inv:
                 want_bid = None
             if qty <= -max_inv:
                 want_ask = None
@@ -276,6 +266,9 @@ class OptionsMarketMaker(Strategy):
             if spot is not None and want == leg.want and want == leg.live:
                 continue  # the step left this option's quotes where they are, working there, clamped by no venue
             leg.want = want
+            leg.gate = gate = (
+                _NAN if want_bid is None else (want_bid + 1e-6) * tick, _NAN if want_ask is None else (want_ask - 1e-6) * tick,
+            )
             # never cross the market: one tick inside the best opposite price over every venue, so the quote
             # is marketable at none and the router posts it wherever it goes (an empty side, NaN, never wins)
             mb, ma = -_INF, _INF
@@ -284,28 +277,30 @@ class OptionsMarketMaker(Strategy):
                     mb = q.bid
                 if q.ask < ma:
                     ma = q.ask
-            if want_bid is not None and want_bid >= ma:
-                want_bid = round(ma - tick, 10) if ma - tick >= tick else None
-            if want_ask is not None and want_ask <= mb:
-                want_ask = round(mb + tick, 10)
+            if gate[0] >= ma:
+                want_bid = ceil(ma / tick - 1e-6) - 1
+                if want_bid < 1:
+                    want_bid = None
+            if gate[1] <= mb:
+                want_ask = floor(mb / tick + 1e-6) + 1
             mine = leg.orders
             # the common case inline: a working quote that stays, or moves (one amend); else _quote_side
             o = mine[0]
-            if want_bid is not None and o is not None and o.status in working and o.price is not None:
-                if not -move < o.price - want_bid < move:
+            if want_bid is not None and o is not None and o.status in working and o.price_ticks is not None:
+                if not -ticks < o.price_ticks - want_bid < ticks:
                     n = o.filled_qty + size
                     amends.append((o, n if n > o.qty else o.qty, want_bid))
                 shown_bid = want_bid
             else:
-                shown_bid = quote_side(mine, 0, iid, want_bid, tick)
+                shown_bid = quote_side(mine, 0, iid, want_bid)
             o = mine[1]
-            if want_ask is not None and o is not None and o.status in working and o.price is not None:
-                if not -move < o.price - want_ask < move:
+            if want_ask is not None and o is not None and o.status in working and o.price_ticks is not None:
+                if not -ticks < o.price_ticks - want_ask < ticks:
                     n = o.filled_qty + size
                     amends.append((o, n if n > o.qty else o.qty, want_ask))
                 leg.live = (shown_bid, want_ask)
             else:
-                leg.live = (shown_bid, quote_side(mine, 1, iid, want_ask, tick))
+                leg.live = (shown_bid, quote_side(mine, 1, iid, want_ask))
         if amends:
             for (o, _, _), denial in zip(amends, ctx.amend_many(amends), strict=True):
                 leg = self._legs[o.instrument_id]
@@ -313,10 +308,11 @@ class OptionsMarketMaker(Strategy):
                     b0, a0 = leg.live
                     leg.live = (None, a0) if o.side == _BUY else (b0, None)
 
-    def _quote_side(self, mine: list[OrderView | None], k: int, iid: int, price: float | None, tick: float) -> float | None:
+    def _quote_side(self, mine: list[OrderView | None], k: int, iid: int, price: int | None) -> int | None:
         """Side ``k`` (0 bid, 1 ask) of an option when it is not a working quote re-priced in place (that case
         is inline in :meth:`_requote_many`): pull it (``price`` None), place a new quote, or leave an order
-        whose cancel or replace is pending. Returns the price the side shows (None: none, or not yet)."""
+        whose cancel or replace is pending. Prices in ticks; returns the price the side shows (None: none, or
+        not yet)."""
         order = mine[k]
         if order is not None and order.status not in OPEN:
             order = mine[k] = None
@@ -330,6 +326,6 @@ class OptionsMarketMaker(Strategy):
                 mine[k] = sent[0]
                 return price
             return None
-        if order.price is not None and abs(order.price - price) >= self.requote_ticks * tick - 1e-9:
+        if order.price_ticks is not None and abs(order.price_ticks - price) >= self.requote_ticks:
             return None  # pending at another price: re-quoted when it settles
         return price

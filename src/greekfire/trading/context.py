@@ -42,22 +42,22 @@ class EngineContext(StrategyContext):
 
     # ---------------------------------------------------------------- commands
     def submit(
-        self, instrument_id: int, side: Side, qty: int, price: float | None = None,
+        self, instrument_id: int, side: Side, qty: int, price_ticks: int | None = None,
         ord_type: OrderType = OrderType.LIMIT, tif: TimeInForce = TimeInForce.GTC, *,
-        stop_price: float | None = None, expire_ns: int = 0, post_only: bool = False, reduce_only: bool = False,
+        stop_ticks: int | None = None, expire_ns: int = 0, post_only: bool = False, reduce_only: bool = False,
     ) -> list[OrderView]:
         entry = self._entry
-        order = entry.new_order(instrument_id, side, qty, price, ord_type, tif, strategy_id=self._owner,
-                                stop_price=stop_price, expire_ns=expire_ns, post_only=post_only, reduce_only=reduce_only)
+        order = entry.new_order(instrument_id, side, qty, price_ticks, ord_type, tif, strategy_id=self._owner,
+                                stop_ticks=stop_ticks, expire_ns=expire_ns, post_only=post_only, reduce_only=reduce_only)
         return list(entry.submit(order))
 
-    def amend(self, order: OrderView | str, qty: int, price: float) -> Denial | None:
+    def amend(self, order: OrderView | str, qty: int, price_ticks: int) -> Denial | None:
         cid = order if isinstance(order, str) else order.client_id
-        return self._entry.amend(cid, qty, price, self._owner)
+        return self._entry.amend(cid, qty, price_ticks, self._owner)
 
-    def amend_many(self, changes: Sequence[tuple[OrderView, int, float]]) -> list[Denial | None]:
+    def amend_many(self, changes: Sequence[tuple[OrderView, int, int]]) -> list[Denial | None]:
         # the views are the engine's own orders: handed back as they are, ownership checked per order
-        return self._entry.amend_many(cast(Sequence[tuple[Order, int, float]], changes), self._owner)
+        return self._entry.amend_many(cast(Sequence[tuple[Order, int, int]], changes), self._owner)
 
     def cancel(self, order: OrderView | str) -> bool:
         cid = order if isinstance(order, str) else order.client_id

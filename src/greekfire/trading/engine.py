@@ -158,11 +158,11 @@ class TradingEngine:
 
     # ---------------------------------------------------------------- orders (order entry does the work)
     def new_order(
-        self, instrument_id: int, side: Side, qty: int, price: float | None = None,
+        self, instrument_id: int, side: Side, qty: int, price_ticks: int | None = None,
         ord_type: OrderType = OrderType.LIMIT, tif: TimeInForce = TimeInForce.GTC, **kw: Any,
     ) -> Order:
-        """A new INITIALIZED order with a fresh client id (unique across restarts)."""
-        return self.entry.new_order(instrument_id, side, qty, price, ord_type, tif, **kw)
+        """A new INITIALIZED order with a fresh client id (unique across restarts); prices in integer ticks."""
+        return self.entry.new_order(instrument_id, side, qty, price_ticks, ord_type, tif, **kw)
 
     def ref_price(self, instrument_id: int) -> float | None:
         """Reference (mid) price of an instrument in currency, None before the first two-sided quote."""
@@ -172,12 +172,12 @@ class TradingEngine:
         """Risk-check, route and send an order. Returns the orders created (DENIED, one, or sweep children)."""
         return self.entry.submit(order)
 
-    def amend(self, client_id: str, qty: int, price: float) -> Denial | None:
-        """Change a live order's total quantity and limit price; its denial, or None (see OrderEntry.amend)."""
-        return self.entry.amend(client_id, qty, price)
+    def amend(self, client_id: str, qty: int, price_ticks: int) -> Denial | None:
+        """Change a live order's total quantity and limit (ticks); its denial, or None (see OrderEntry.amend)."""
+        return self.entry.amend(client_id, qty, price_ticks)
 
-    def amend_many(self, changes: Sequence[tuple[Order, int, float]]) -> list[Denial | None]:
-        """A mass quote: ``(order, new total qty, new price)`` each; a denial or None per change."""
+    def amend_many(self, changes: Sequence[tuple[Order, int, int]]) -> list[Denial | None]:
+        """A mass quote: ``(order, new total qty, new limit in ticks)`` each; a denial or None per change."""
         return self.entry.amend_many(changes)
 
     def cancel(self, client_id: str) -> bool:

@@ -1,5 +1,6 @@
 """Order entry: new orders, amends and mass quotes, cancels — risk check, route, send, book.
 
+Prices are integer ticks of the order's instrument all the way (``price_ticks``, ``stop_ticks``).
 Every order goes the same way: a client id unique across restarts (:meth:`OrderEntry.new_order`), the
 pre-trade risk check (a denial is booked DENIED with its reason and published on ``risk``), stop orders to
 the :class:`~greekfire.trading.stops.StopBook`, the rest to the smart order router, and each child order to
@@ -59,19 +60,20 @@ class OrderEntry:
         self.clock_ns = clock_ns
         self.risk, self.portfolio, self.oms, self.bus, self.audit = risk, portfolio, oms, bus, audit
         self.router, self.instruments, self.venues, self.latency = router, instruments, venues, latency
-        self.stops = StopBook(oms, self.send_triggered)
+        self.stops = StopBook(oms, self.send_triggered, instruments)
         self.sent_ns: dict[str, int] = {}
         self.posted: set[str] = set()
         self.orders_out = 0
 
     # ---------------------------------------------------------------- new orders
     def new_order(
-        self, instrument_id: int, side: Side, qty: int, price: float | None = None,
+        self, instrument_id: int, side: Side, qty: int, price_ticks: int | None = None,
         ord_type: OrderType = OrderType.LIMIT, tif: TimeInForce = TimeInForce.GTC, **kw: Any,
     ) -> Order:
-        """A new INITIALIZED order with a fresh client id (unique across restarts)."""
+        """A new INITIALIZED order with a fresh client id (unique across restarts); ``price_ticks`` (and a
+        ``stop_ticks`` keyword) in integer ticks of the instrument."""
         self.seq += 1
-        return Order(f"{self.engine_id}.{self.incarnation}.{self.seq}", instrument_id, Side(side), qty, price,
+        return Order(f"{self.engine_id}.{self.incarnation}.{self.seq}", instrument_id, Side(side), qty, price_ticks,
                      ord_type, tif, ts_ns=self.clock_ns(), **kw)
 
     def submit(self, order: Order) -> list[Order]:
@@ -90,9 +92,9 @@ class OrderEntry:
 
     def _route(self, order: Order, now: int) -> list[Order]:
         inst = self.instruments[order.instrument_id]
-        limit = None if order.ord_type in _NO_LIMIT_TYPES else order.price
+        limit = None if order.ord_type in _NO_LIMIT_TYPES else order.price_ticks
         children = self.router.route(order.client_id, order.instrument_id, order.side, order.qty, limit, inst.multiplier,
-                                     allow_post=order.tif not in _NO_POST_TIFS)
+                                     tick_size=inst.tick_size, allow_post=order.tif not in _NO_POST_TIFS)
         if not children:
             self.oms.transition(order, OrderStatus.SUBMITTED, now)
             self.oms.transition(order, OrderStatus.REJECTED, now, "no_venue")
@@ -106,7 +108,7 @@ class OrderEntry:
         out = []
         for k, c in enumerate(children, 1):
             child = Order(
-                f"{order.client_id}/{k}", order.instrument_id, order.side, c.qty, order.price, order.ord_type,
+                f"{order.client_id}/{k}", order.instrument_id, order.side, c.qty, order.price_ticks, order.ord_type,
                 order.tif if c.mode == "post" else (TimeInForce.IOC if order.tif == TimeInForce.GTC else order.tif),
                 strategy_id=order.strategy_id, post_only=order.post_only, reduce_only=order.reduce_only,
                 expire_ns=order.expire_ns, ts_ns=now, parent_id=order.client_id,
@@ -129,12 +131,15 @@ class OrderEntry:
             lat.record()
 
     def send_triggered(self, order: Order, ref: float, now: int) -> None:
-        """A held stop whose trigger traded: it goes to one venue as a market/limit order. Its state stays
-        ACCEPTED (the engine accepted it), so the venue's ack changes nothing and its fills apply as usual."""
+        """A held stop whose trigger (``ref``, currency) traded: it goes to one venue as a market/limit order.
+        Its state stays ACCEPTED (the engine accepted it), so the venue's ack changes nothing and its fills
+        apply as usual."""
         iid = order.instrument_id
+        inst = self.instruments[iid]
         order.ord_type = OrderType.MARKET if order.ord_type == OrderType.STOP else OrderType.LIMIT
-        limit = order.price if order.ord_type == OrderType.LIMIT else None
-        children = self.router.route(order.client_id, iid, order.side, order.qty, limit, self.instruments[iid].multiplier)
+        limit = order.price_ticks if order.ord_type == OrderType.LIMIT else None
+        children = self.router.route(order.client_id, iid, order.side, order.qty, limit, inst.multiplier,
+                                     tick_size=inst.tick_size)
         venue = children[0].venue if children else next(iter(self.venues))
         order.venue = venue
         self.audit.append(now, "order", order.client_id, {"stop_triggered": ref, "venue": venue})
@@ -145,18 +150,18 @@ class OrderEntry:
             self.latency.record()
 
     # ---------------------------------------------------------------- amends
-    def amend(self, client_id: str, qty: int, price: float, owner: str | None = None) -> Denial | None:
-        """Change a live order's total quantity and limit price (risk-checked like a new order). Returns the
+    def amend(self, client_id: str, qty: int, price_ticks: int, owner: str | None = None) -> Denial | None:
+        """Change a live order's total quantity and limit (integer ticks; risk-checked like a new order). Returns the
         denial, or None when sent or when the order can no longer be amended (closed, or a cancel/replace
         already pending). ``owner``: the strategy that must own the order (else :class:`NotOwner`)."""
         order = self.oms.orders.get(client_id)
-        return None if order is None else self.amend_many(((order, qty, price),), owner)[0]
+        return None if order is None else self.amend_many(((order, qty, price_ticks),), owner)[0]
 
     def amend_many(
-        self, changes: Sequence[tuple[Order, int, float]], owner: str | None = None,
+        self, changes: Sequence[tuple[Order, int, int]], owner: str | None = None,
     ) -> list[Denial | None]:
-        """Amend several live orders at once (a mass quote), ``(order, new total qty, new limit price in
-        currency)`` each. Returns, for each change, its denial or None, as :meth:`amend`. The passing ones go
+        """Amend several live orders at once (a mass quote), ``(order, new total qty, new limit in integer
+        ticks)`` each. Returns, for each change, its denial or None, as :meth:`amend`. The passing ones go
         to each venue in one :meth:`Venue.amend_many` call, timed when it has returned; a venue call that
         raises leaves its orders untouched (nothing was sent). ``owner`` as in :meth:`amend`."""
         now = self.clock_ns()
@@ -166,7 +171,7 @@ class OrderEntry:
         venue = changes[0][0].venue
         one_venue = True
         where: Sequence[int] = range(len(changes))
-        todo: Sequence[tuple[Order, int, float]] = changes
+        todo: Sequence[tuple[Order, int, int]] = changes
         for order, _, _ in changes:  # the common case: every order amendable, all on one venue
             if owner is not None and order.strategy_id != owner:
                 raise NotOwner(order.client_id, order.strategy_id, owner)
@@ -179,7 +184,7 @@ class OrderEntry:
         if one_venue and todo is changes and denials.count(None) == len(changes):
             self._send_amends(((venue, changes),), now)
             return out
-        by_venue: dict[str, list[tuple[Order, int, float]]] = {}
+        by_venue: dict[str, list[tuple[Order, int, int]]] = {}
         for k, item, denial in zip(where, todo, denials, strict=True):
             if denial is None:
                 by_venue.setdefault(item[0].venue, []).append(item)
@@ -191,7 +196,7 @@ class OrderEntry:
         self._send_amends(by_venue.items(), now)
         return out
 
-    def _send_amends(self, groups: Iterable[tuple[str, Sequence[tuple[Order, int, float]]]], now: int) -> None:
+    def _send_amends(self, groups: Iterable[tuple[str, Sequence[tuple[Order, int, int]]]], now: int) -> None:
         # risk-checked amends, grouped by venue: hand every group over (each timed as its call returns), then
         # the bookkeeping of all of them; a venue that raises stops here, its group and the later ones unsent
         sent_groups = []
@@ -208,7 +213,7 @@ class OrderEntry:
                 self.orders_out += len(group)
                 for order, _, _ in group:
                     sent[order.client_id] = now
-                self.oms.transition_many([(o, {"new_qty": q, "new_price": p}) for o, q, p in group], _PENDING_REPLACE, now)
+                self.oms.transition_many([(o, {"new_qty": q, "new_price_ticks": p}) for o, q, p in group], _PENDING_REPLACE, now)
 
     # ---------------------------------------------------------------- cancels
     def cancel(self, client_id: str, owner: str | None = None) -> bool:

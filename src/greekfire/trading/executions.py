@@ -15,6 +15,7 @@ order's fill outcome to the router.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -99,8 +100,8 @@ class ExecutionHandler:
     def _replaced(self, order: Order, ev: VenueEvent, now: int) -> None:
         if order.status == OrderStatus.PENDING_REPLACE:
             order.qty = ev.qty
-            order.price = ev.price
-            self.oms.transition(order, order.resting_status(), now, qty=ev.qty, price=ev.price)
+            order.price_ticks = ev.price_ticks
+            self.oms.transition(order, order.resting_status(), now, qty=ev.qty, price_ticks=ev.price_ticks)
 
     def _refused(self, order: Order, ev: VenueEvent, now: int) -> None:
         if order.status in _PENDING:
@@ -118,13 +119,15 @@ class ExecutionHandler:
         self.apply_fill(order, ev)
 
     # ---------------------------------------------------------------- fills
-    @staticmethod
-    def fill_of(ev: VenueEvent, order: Order | None) -> Fill:
-        """The :class:`Fill` a venue fill event reports (side and instrument from our order when known)."""
+    def fill_of(self, ev: VenueEvent, order: Order | None) -> Fill:
+        """The :class:`Fill` a venue fill event reports (side and instrument from our order when known), its
+        price converted from ticks to currency (NaN for an instrument we do not trade)."""
+        iid = order.instrument_id if order else ev.instrument_id
+        inst = self.portfolio.instruments.get(iid)
         return Fill(
-            ev.fill_id, ev.client_id, order.instrument_id if order else ev.instrument_id,
-            order.side if order else Side(ev.side or 1), ev.qty, ev.price, ev.fee, ev.liquidity, ev.venue, ev.ts_ns,
-            order.strategy_id if order else "",
+            ev.fill_id, ev.client_id, iid, order.side if order else Side(ev.side or 1), ev.qty,
+            inst.from_ticks(ev.price_ticks) if inst is not None else math.nan, ev.fee, ev.liquidity, ev.venue,
+            ev.ts_ns, order.strategy_id if order else "",
         )
 
     def apply_fill(self, order: Order, ev: VenueEvent) -> None:

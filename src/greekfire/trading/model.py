@@ -1,11 +1,15 @@
 """Trading records: instruments, fills, market data, and the events orders and venues produce.
 
-Prices on the engine's hot path are floats in currency; a venue converts them to integer ticks with
-:meth:`Instrument.to_ticks` at its edge. Quantities are integers (contracts or shares).
+An order's limit and stop prices travel as integer ticks of its instrument, from the strategy through risk,
+router and venue and back in execution events (:class:`VenueEvent`, :class:`VenueOrderState`); currency
+floats are for market data (:class:`Quote`, :class:`TradeTick`), fills (:class:`Fill`, P&L) and the edges
+(reports, CLI, API), converted with :meth:`Instrument.ticks` / :meth:`Instrument.from_ticks`. Quantities are
+integers (contracts or shares).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
@@ -72,6 +76,17 @@ class Instrument:
     def to_ticks(self, price: float) -> int:
         """Price in currency -> integer ticks (rounded to the nearest tick)."""
         return round(price / self.tick_size)
+
+    def ticks(self, price: float, field: str = "price") -> int:
+        """Price in currency -> integer ticks, exactly: a price off the tick grid (by more than 1e-6 of a
+        tick), not finite or not > 0 raises DataError naming ``field`` and the value."""
+        if not (isinstance(price, int | float) and math.isfinite(price) and price > 0):
+            raise DataError(field, price, "must be a finite price > 0 (currency)", self.symbol)
+        q = price / self.tick_size
+        n = round(q)
+        if abs(q - n) >= 1e-6:
+            raise DataError(field, price, f"is not on the tick grid of {self.tick_size:g}", self.symbol)
+        return n
 
     def from_ticks(self, ticks: int) -> float:
         """Integer ticks -> price in currency."""
@@ -210,7 +225,8 @@ class VenueEventKind(StrEnum):
 class VenueEvent:
     """One execution event for one of our orders.
 
-    Prices in currency; ``leaves_qty``/``cum_qty`` as the venue sees them after this event.
+    ``price_ticks``: the fill price, or the new limit of a replace, in integer ticks of the instrument;
+    ``leaves_qty``/``cum_qty`` as the venue sees them after this event.
     """
 
     kind: VenueEventKind
@@ -218,7 +234,7 @@ class VenueEvent:
     client_id: str
     venue_order_id: str = ""
     qty: int = 0
-    price: float = 0.0
+    price_ticks: int = 0
     leaves_qty: int = 0
     cum_qty: int = 0
     fill_id: str = ""
@@ -232,13 +248,13 @@ class VenueEvent:
 
 @dataclass(slots=True, frozen=True)
 class VenueOrderState:
-    """A venue's view of one of our orders, for reconciliation (price in currency)."""
+    """A venue's view of one of our orders, for reconciliation (limit price in integer ticks)."""
 
     client_id: str
     venue_order_id: str
     instrument_id: int
     side: int
     qty: int
-    price: float
+    price_ticks: int
     cum_qty: int
     open: bool

@@ -9,7 +9,7 @@ is not applied.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from greekfire.core.metrics import counter
@@ -214,9 +214,11 @@ class OMS:
         """Orders as plain data (all of them; closed ones are needed to dedup late fills)."""
         return [o.to_dict() for o in self.orders.values()]
 
-    def restore(self, rows: list[dict[str, Any]]) -> None:
-        """Load orders saved by :meth:`snapshot`."""
+    def restore(self, rows: list[dict[str, Any]], tick_sizes: Mapping[int, float] | None = None) -> None:
+        """Load orders saved by :meth:`snapshot`; ``tick_sizes`` (instrument id -> tick size) reads rows of
+        the older format, whose prices are in currency."""
+        ticks = tick_sizes or {}
         for d in rows:
-            o = Order.from_dict(d)
+            o = Order.from_dict(d, ticks.get(int(d["instrument_id"])))
             self.orders[o.client_id] = o
             self._index(o)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from greekfire.core.errors import GreekfireError
+from greekfire.core.errors import DataError, GreekfireError
 from greekfire.trading.model import Fill, OrderType, Side, TimeInForce
 
 
@@ -78,13 +78,15 @@ class FillProblem(GreekfireError):
 
 
 class Order:
-    """A mutable order with an explicit state machine. Prices in currency; quantities in units.
+    """A mutable order with an explicit state machine. Quantities in units; the limit (``price_ticks``) and
+    stop (``stop_ticks``) prices in integer ticks of the instrument (``Instrument.from_ticks`` gives currency);
+    the average fill price ``avg_px`` and ``fees`` in currency.
 
     ``client_id`` is ours (unique per engine); ``venue_order_id`` the venue's once accepted.
     """
 
     __slots__ = (
-        "client_id", "instrument_id", "strategy_id", "side", "qty", "ord_type", "price", "stop_price", "tif",
+        "client_id", "instrument_id", "strategy_id", "side", "qty", "ord_type", "price_ticks", "stop_ticks", "tif",
         "expire_ns", "post_only", "reduce_only", "status", "filled_qty", "avg_px", "fees", "venue",
         "venue_order_id", "fill_ids", "ts_init_ns", "ts_last_ns", "parent_id", "reason", "_prev_open",
     )
@@ -95,12 +97,12 @@ class Order:
         instrument_id: int,
         side: Side,
         qty: int,
-        price: float | None = None,
+        price_ticks: int | None = None,
         ord_type: OrderType = OrderType.LIMIT,
         tif: TimeInForce = TimeInForce.GTC,
         *,
         strategy_id: str = "",
-        stop_price: float | None = None,
+        stop_ticks: int | None = None,
         expire_ns: int = 0,
         post_only: bool = False,
         reduce_only: bool = False,
@@ -113,8 +115,8 @@ class Order:
         self.side = side
         self.qty = qty
         self.ord_type = ord_type
-        self.price = price
-        self.stop_price = stop_price
+        self.price_ticks = price_ticks
+        self.stop_ticks = stop_ticks
         self.tif = tif
         self.expire_ns = expire_ns
         self.post_only = post_only
@@ -196,11 +198,11 @@ class Order:
         return self.transition(new, fill.ts_ns)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for snapshots and the API."""
+        """Plain data for snapshots and the API (prices in ticks: ``price_ticks``, ``stop_ticks``)."""
         return {
             "client_id": self.client_id, "instrument_id": self.instrument_id, "strategy_id": self.strategy_id,
-            "side": int(self.side), "qty": self.qty, "ord_type": int(self.ord_type), "price": self.price,
-            "stop_price": self.stop_price, "tif": int(self.tif), "expire_ns": self.expire_ns,
+            "side": int(self.side), "qty": self.qty, "ord_type": int(self.ord_type),
+            "price_ticks": self.price_ticks, "stop_ticks": self.stop_ticks, "tif": int(self.tif), "expire_ns": self.expire_ns,
             "post_only": self.post_only, "reduce_only": self.reduce_only, "status": self.status.value,
             "filled_qty": self.filled_qty, "avg_px": self.avg_px, "fees": self.fees, "venue": self.venue,
             "venue_order_id": self.venue_order_id, "fill_ids": sorted(self.fill_ids),
@@ -209,12 +211,24 @@ class Order:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Order:
-        """Rebuild an order from :meth:`to_dict` output (state restored without re-running transitions)."""
+    def from_dict(cls, d: dict[str, Any], tick_size: float | None = None) -> Order:
+        """Rebuild an order from :meth:`to_dict` output (state restored without re-running transitions).
+
+        A row of the older format (``price`` / ``stop_price`` in currency) needs the instrument's
+        ``tick_size`` to be read: its prices are converted to the nearest tick."""
+        if "price_ticks" in d:
+            price, stop = d["price_ticks"], d.get("stop_ticks")
+        elif tick_size is None:
+            raise DataError("tick_size", tick_size, "a snapshot row with currency prices needs its tick size",
+                            d.get("client_id"))
+        else:
+            price, stop = d.get("price"), d.get("stop_price")
+            price = None if price is None else round(price / tick_size)
+            stop = None if stop is None else round(stop / tick_size)
         o = cls(
-            d["client_id"], int(d["instrument_id"]), Side(d["side"]), int(d["qty"]), d.get("price"),
+            d["client_id"], int(d["instrument_id"]), Side(d["side"]), int(d["qty"]), price,
             OrderType(d["ord_type"]), TimeInForce(d["tif"]), strategy_id=d.get("strategy_id", ""),
-            stop_price=d.get("stop_price"), expire_ns=int(d.get("expire_ns", 0)),
+            stop_ticks=stop, expire_ns=int(d.get("expire_ns", 0)),
             post_only=bool(d.get("post_only")), reduce_only=bool(d.get("reduce_only")),
             ts_ns=int(d.get("ts_init_ns", 0)), parent_id=d.get("parent_id", ""),
         )
@@ -231,6 +245,6 @@ class Order:
 
     def __repr__(self) -> str:
         return (
-            f"Order({self.client_id} {self.side.name} {self.qty}@{self.price} inst={self.instrument_id} "
+            f"Order({self.client_id} {self.side.name} {self.qty}@{self.price_ticks}t inst={self.instrument_id} "
             f"{self.status.value} filled={self.filled_qty})"
         )

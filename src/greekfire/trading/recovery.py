@@ -1,8 +1,9 @@
 """Recovery: the engine's state to the database and back, and reconciliation with the venues.
 
 :func:`snapshot` writes, in one transaction, the orders changed and the fills applied since the last one,
-the portfolio, the risk state and limits, and the new audit entries. :func:`restore` resumes from the last
-snapshot under a new incarnation (so new client ids never collide with those of orders a crashed engine
+the portfolio, the risk state and limits, and the new audit entries (order prices in ticks). :func:`restore`
+resumes from the last snapshot (a snapshot of the older format, order prices in currency, is converted to
+ticks on load) under a new incarnation (so new client ids never collide with those of orders a crashed engine
 sent after its last snapshot). :func:`reconcile` then compares every venue's view with ours: fills we have
 not seen are applied once, orders the venue has that we lost are adopted (and, being nobody's, canceled),
 and orders the venue no longer has are closed.
@@ -51,7 +52,9 @@ def restore(eng: TradingEngine) -> bool:
         return False
     st = snap["state"]
     eng.portfolio.restore(st["portfolio"])
-    eng.oms.restore(snap["orders"])
+    eng.oms.restore(snap["orders"], {i: inst.tick_size for i, inst in eng.instruments.items()})
+    # rows of the older format (prices in currency) are written again, in ticks, by the snapshot below
+    eng.executions.dirty_orders.update(d["client_id"] for d in snap["orders"] if "price_ticks" not in d)
     saved = st.get("engine", {})
     eng.entry.incarnation = int(saved.get("incarnation", 0)) + 1  # ids never collide with a lost session's
     eng.entry.seq = 0
@@ -93,9 +96,10 @@ def reconcile(eng: TradingEngine) -> dict[str, Any]:
             s = open_states.get(cid)
             fl = by_cid.get(cid, [])
             if s is not None:
-                lost = Order(cid, s.instrument_id, Side(s.side), s.qty, s.price, strategy_id="", ts_ns=now)
+                lost = Order(cid, s.instrument_id, Side(s.side), s.qty, s.price_ticks, strategy_id="", ts_ns=now)
             else:
-                lost = Order(cid, fl[0].instrument_id, Side(fl[0].side), sum(f.qty for f in fl), fl[0].price, ts_ns=now)
+                lost = Order(cid, fl[0].instrument_id, Side(fl[0].side), sum(f.qty for f in fl), fl[0].price_ticks,
+                             ts_ns=now)
             lost.venue = name
             oms.add(lost)
             oms.transition(lost, OrderStatus.SUBMITTED, now, "recovered")
@@ -106,9 +110,9 @@ def reconcile(eng: TradingEngine) -> dict[str, Any]:
             o = known.get(cid)
             if o is None:
                 continue
-            if o.qty != st.qty or (o.price is not None and abs(o.price - st.price) > 1e-9):
-                eng.audit.append(now, "reconcile", cid, {"qty": [o.qty, st.qty], "price": [o.price, st.price]})
-                o.qty, o.price = st.qty, st.price
+            if o.qty != st.qty or (o.price_ticks is not None and o.price_ticks != st.price_ticks):
+                eng.audit.append(now, "reconcile", cid, {"qty": [o.qty, st.qty], "price_ticks": [o.price_ticks, st.price_ticks]})
+                o.qty, o.price_ticks = st.qty, st.price_ticks
             if o.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
                 oms.transition(o, o.resting_status(), now, "reconcile_live_at_venue")
         for cid, fl in by_cid.items():

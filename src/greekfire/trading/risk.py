@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 from greekfire.core.errors import ConfigError
@@ -37,18 +38,18 @@ STATE_GAUGE = gauge("greekfire_trading_state", "trading state: 0 active, 1 reduc
 
 VAR_EXACT_ZONE = 0.8  # recompute VaR exactly when the upper bound is above this share of the limit
 
-
-
-
 # enum members used on the pre-trade hot path, bound once (an Enum class attribute lookup costs ~0.2 us)
 _ACTIVE, _HALTED = TradingState.ACTIVE, TradingState.HALTED
-_INF = math.inf
-_ON_TICK_HI = 1.0 - 1e-6  # (price / tick) % 1 above this is within 1e-6 of the next tick
 _LIMIT, _MARKET = OrderType.LIMIT, OrderType.MARKET
 _PRICED = frozenset((OrderType.LIMIT, OrderType.STOP_LIMIT))  # order types that carry a limit price
+_STOPS = frozenset((OrderType.STOP, OrderType.STOP_LIMIT))  # order types that carry a stop price
 _GREEK_LIMITS = (Reason.DELTA_LIMIT, Reason.GAMMA_LIMIT, Reason.VEGA_LIMIT, Reason.THETA_LIMIT)
 _TOTAL_LIMITS = (Reason.TOTAL_DELTA_LIMIT, Reason.TOTAL_GAMMA_LIMIT, Reason.TOTAL_VEGA_LIMIT, Reason.TOTAL_THETA_LIMIT)
 
+
+def _whole_ticks(price: object) -> bool:
+    # a limit in ticks is an integer (numpy's too); a float, even 245.0, is refused: it was meant as currency
+    return isinstance(price, Integral) and not isinstance(price, bool)
 
 
 @dataclass
@@ -133,26 +134,27 @@ class RiskEngine:
     def check(self, order: Order, ref_price: float | None, now_ns: int, *, amend_of: Order | None = None) -> Denial | None:
         """Pre-trade checks for a new order (or an amend: ``order`` holds the new terms, ``amend_of`` the live one).
 
-        Prices in currency; ``ref_price`` is the instrument's reference (mid) price, None when unknown.
-        Returns None to pass, or a :class:`Denial`.
+        The order's limit is in integer ticks (an integer needs no tick test; anything else is BAD_TICK);
+        ``ref_price`` is the instrument's reference (mid) price in currency, None when unknown. The band and
+        notional checks convert the limit to currency once. Returns None to pass, or a :class:`Denial`.
         """
-        return self._check(order, order.qty, order.price, ref_price, now_ns, amend_of)
+        return self._check(order, order.qty, order.price_ticks, ref_price, now_ns, amend_of)
 
-    def check_amend(self, order: Order, qty: int, price: float, ref_price: float | None, now_ns: int) -> Denial | None:
-        """Pre-trade checks for amending the live ``order`` to ``qty`` (new total, units) at ``price``
-        (currency); the same checks as :meth:`check` with ``amend_of=order``, without building a new order."""
-        return self._check(order, qty, price, ref_price, now_ns, order)
+    def check_amend(self, order: Order, qty: int, price_ticks: int, ref_price: float | None, now_ns: int) -> Denial | None:
+        """Pre-trade checks for amending the live ``order`` to ``qty`` (new total, units) at ``price_ticks``
+        (integer ticks); the same checks as :meth:`check` with ``amend_of=order``, without building a new order."""
+        return self._check(order, qty, price_ticks, ref_price, now_ns, order)
 
     def check_amends(
-        self, amends: Sequence[tuple[Order, int, float]], ref_prices: dict[int, float], now_ns: int,
+        self, amends: Sequence[tuple[Order, int, int]], ref_prices: dict[int, float], now_ns: int,
     ) -> list[Denial | None]:
         """Pre-trade checks for several amends at once (a mass quote): ``(live order, new total qty, new
-        limit price)`` each, ``ref_prices`` by instrument id. The same checks and outcome, amend by amend, as
+        limit in ticks)`` each, ``ref_prices`` by instrument id. The same checks and outcome, amend by amend, as
         :meth:`check_amend` (each takes one order-rate token, in order).
 
         An amend that adds no size to a limit order (a re-price: the common case for a quoting strategy) is
         proved to pass in one loop: lot, max quantity, tick, price band, notional and the rate token are all
-        it can fail, since a size that does not grow adds no position, Greek, VaR or margin. Anything else,
+        it can fail (the tick test is the limit being an int), since a size that does not grow adds no position, Greek, VaR or margin. Anything else,
         or one that would fail, goes through the full check, which gives the denial its reason and values."""
         out: list[Denial | None] = [None] * len(amends)
         lim = self.limits
@@ -201,13 +203,10 @@ class RiskEngine:
             if (
                 tokens >= 1.0 and w is not None and inst is not None and order.ord_type is _LIMIT
                 and 0 < qty <= order.qty and qty <= max_qty and not qty % lot
-                and price is not None and 0.0 < price < _INF
+                and type(price) is int and price > 0
             ):
-                off = (price / tick) % 1.0  # |q - round(q)| < 1e-6, as the full check's tick test
-                if (
-                    (off < 1e-6 or off > _ON_TICK_HI) and qty * price * mult <= max_notional
-                    and (ref is None or -band <= price - ref <= band)
-                ):
+                px = price * tick  # currency, computed as the full check computes it
+                if qty * px * mult <= max_notional and (ref is None or -band <= px - ref <= band):
                     tokens -= 1.0
                     continue
             if w is not None:
@@ -219,7 +218,7 @@ class RiskEngine:
         return out
 
     def _check(
-        self, order: Order, qty: int, price: float | None, ref_price: float | None, now_ns: int, amend_of: Order | None,
+        self, order: Order, qty: int, price: int | None, ref_price: float | None, now_ns: int, amend_of: Order | None,
     ) -> Denial | None:
         # ``order`` gives instrument, side, type, strategy and reduce-only; ``qty`` and ``price`` the terms
         lim = self.limits
@@ -266,32 +265,34 @@ class RiskEngine:
             return self._deny(Reason.ORDER_RATE, f"more than {lim.max_orders_per_s} orders/s", limit=lim.max_orders_per_s, strategy=key)
         w.tokens -= 1.0
 
-        # price: tick, band, notional
+        # price: whole ticks (exact), then band and notional in currency (the limit converted once)
         ord_type = order.ord_type
         tick = inst.tick_size
-        if ord_type in _PRICED:
-            if price is None or not math.isfinite(price) or price <= 0:
-                return self._deny(Reason.BAD_TICK, f"limit price {price!r} must be a positive number", price=price)
-            q = price / tick
-            if abs(q - round(q)) >= 1e-6:  # Instrument.on_tick, inlined
-                return self._deny(Reason.BAD_TICK, f"price {price} is not on tick {tick}", price=price, tick=tick)
+        if ord_type in _PRICED and not (price is not None and (type(price) is int or _whole_ticks(price)) and price > 0):
+            return self._deny(Reason.BAD_TICK, f"limit {price!r} must be a whole number of ticks > 0 (tick {tick})",
+                              price_ticks=price, tick=tick)
+        stop = order.stop_ticks
+        if ord_type in _STOPS and not (stop is not None and (type(stop) is int or _whole_ticks(stop)) and stop > 0):
+            return self._deny(Reason.BAD_TICK, f"stop {stop!r} must be a whole number of ticks > 0 (tick {tick})",
+                              stop_ticks=stop, tick=tick)
+        px = price * tick if price is not None and ord_type != _MARKET else None
         if ref_price is None or not ref_price > 0:
             if ord_type != _LIMIT:
-                return self._deny(Reason.NO_REFERENCE_PRICE, "market/stop order without a reference price", price=price)
-            ref = price
+                return self._deny(Reason.NO_REFERENCE_PRICE, "market/stop order without a reference price", price=px)
+            ref = px
         else:
             ref = ref_price
-            if price is not None and ord_type != _MARKET:
+            if px is not None:
                 band = lim.price_band_pct * ref
                 band_ticks = lim.price_band_ticks * tick
                 if band_ticks > band:
                     band = band_ticks
-                if abs(price - ref) > band + 1e-12:
+                if abs(px - ref) > band + 1e-12:
                     return self._deny(
-                        Reason.PRICE_BAND, f"price {price} outside {ref:.4f} +/- {band:.4f}",
-                        price=price, reference=ref, band=band,
+                        Reason.PRICE_BAND, f"price {round(px, 10)} outside {ref:.4f} +/- {band:.4f}",
+                        price=round(px, 10), price_ticks=price, reference=ref, band=band,
                     )
-        exec_px = float(price if price is not None and ord_type != _MARKET else (ref or 0.0))
+        exec_px = float(px if px is not None else (ref or 0.0))
         notional = qty * exec_px * inst.multiplier
         if notional > lim.max_notional:
             return self._deny(Reason.MAX_NOTIONAL, f"notional {notional:.2f} > {lim.max_notional}", notional=notional, limit=lim.max_notional)
@@ -370,8 +371,6 @@ class RiskEngine:
         if need > 0 and need > avail:
             return self._deny(Reason.INSUFFICIENT_MARGIN, f"needs {need:.2f}, available {avail:.2f}", need=need, available=avail)
         return None
-
-    # ---------------------------------------------------------------- VaR
 
     # ---------------------------------------------------------------- VaR and margin
     @property

@@ -4,7 +4,9 @@ For each venue the router keeps what it has seen (:class:`VenueStats`): maker/ta
 tick size, ack and fill latency (EWMA and p99 from an HDR histogram, updated from real venue events),
 the fill-rate history of posted orders, and the displayed top of book per instrument.
 
-A parent order is **marketable** when its limit reaches some venue's opposite best price. Then the router
+A parent order's limit comes in integer ticks of its instrument (the displayed prices are market data, in
+currency: the limit is converted once per decision). It is **marketable** when its limit reaches some
+venue's opposite best price. Then the router
 **sweeps**: it ranks venues by all-in cost per contract
 
     price x multiplier x side + taker_fee + adverse_per_us x ack_latency_ewma_us
@@ -95,12 +97,12 @@ class VenueStats:
 
 class ChildOrder(NamedTuple):
     """One slice of a parent order for one venue: ``mode`` is 'take' (marketable) or 'post'. Quantity in
-    units, price in currency (None: market), score in currency per contract. (A named tuple: immutable, and
+    units, limit in integer ticks (None: market), score in currency per contract. (A named tuple: immutable, and
     built in a fraction of a frozen dataclass's time on the order path.)"""
 
     venue: str
     qty: int
-    price: float | None
+    price_ticks: int | None
     mode: str
     score: float
 
@@ -137,14 +139,16 @@ class SmartOrderRouter:
         return v.maker_fee + self.adverse_per_us * v.ack_ewma_us - self.fill_value * v.fill_rate
 
     def route(
-        self, client_id: str, instrument_id: int, side: Side, qty: int, limit: float | None, multiplier: float = 1.0,
-        *, allow_post: bool = True,
+        self, client_id: str, instrument_id: int, side: Side, qty: int, limit: int | None, multiplier: float = 1.0,
+        *, tick_size: float, allow_post: bool = True,
     ) -> list[ChildOrder]:
-        """Split one parent order into child orders (``limit`` None: a market order, take only).
+        """Split one parent order into child orders. ``limit`` in integer ticks of ``tick_size`` (currency)
+        each; None: a market order, take only.
 
         ``allow_post`` False (IOC/FOK): nothing is posted; what displayed size cannot cover goes with the
         cheapest take (the venue cancels what it cannot fill)."""
         s = int(side)
+        lim_px = 0.0 if limit is None else limit * tick_size  # currency, to compare with displayed prices
         takes: list[tuple[float, str, float, int]] = []
         for name, v in self.venues.items():
             top = v.top.get(instrument_id)
@@ -153,7 +157,7 @@ class SmartOrderRouter:
             px, size = (top[2], top[3]) if s > 0 else (top[0], top[1])
             if size <= 0 or px != px:  # empty side (NaN)
                 continue
-            if limit is None or (s > 0 and px <= limit + 1e-12) or (s < 0 and px >= limit - 1e-12):
+            if limit is None or (s > 0 and px <= lim_px + 1e-12) or (s < 0 and px >= lim_px - 1e-12):
                 takes.append((self.take_cost(v, s, px, multiplier), name, px, size))
         out: list[ChildOrder] = []
         left = qty
@@ -168,7 +172,7 @@ class SmartOrderRouter:
                 left -= q
             if (limit is None or not allow_post) and left > 0:  # market/IOC: the rest goes to the cheapest venue
                 first = out[0]
-                out[0] = ChildOrder(first.venue, first.qty + left, first.price, "take", first.score)
+                out[0] = ChildOrder(first.venue, first.qty + left, first.price_ticks, "take", first.score)
                 left = 0
         post_scores: list[tuple[float, str]] = []
         if left > 0 and limit is not None:

@@ -3,7 +3,8 @@
 :class:`SimulatedVenue` keeps one :class:`~greekfire.market.matching.MatchingEngine` per instrument,
 delays requests and reports by a configurable latency (each way), charges maker/taker fees, and runs
 background flow from synthetic participants (passive quotes around a fair value and occasional takers)
-so that books move and our resting orders get filled.
+so that books move and our resting orders get filled. Our orders' prices arrive in integer ticks and go
+onto the books as they are; market data (quotes, trades, depth) leaves in currency.
 """
 
 from __future__ import annotations
@@ -121,12 +122,12 @@ class SimulatedVenue(Venue):
 
     def submit(self, order: Order, now_ns: int) -> None:
         self._push_in(now_ns, "submit", (order.client_id, order.instrument_id, int(order.side), order.qty,
-                                         order.price, int(order.ord_type), int(order.tif), order.post_only))
+                                         order.price_ticks, int(order.ord_type), int(order.tif), order.post_only))
 
-    def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
-        self._push_in(now_ns, "amend", (order.client_id, new_qty, new_price))
+    def amend(self, order: Order, new_qty: int, new_price_ticks: int, now_ns: int) -> None:
+        self._push_in(now_ns, "amend", (order.client_id, new_qty, new_price_ticks))
 
-    def amend_many(self, amends: Sequence[tuple[Order, int, float]], now_ns: int) -> None:
+    def amend_many(self, amends: Sequence[tuple[Order, int, int]], now_ns: int) -> None:
         """A mass quote is one message: its amends travel together (one delay) and apply in order."""
         due = now_ns + self._delay()
         for order, qty, price in amends:
@@ -200,16 +201,15 @@ class SimulatedVenue(Venue):
         # a new order still on the wire has been sent and will be worked: report it as live (cum 0), so
         # reconciliation does not close an order that is about to rest or fill
         states = [
-            VenueOrderState(args[0], "", args[1], args[2], args[3], args[4] or 0.0, 0, True)
+            VenueOrderState(args[0], "", args[1], args[2], args[3], args[4] or 0, 0, True)
             for _, _, op, args in self._inbound if op == "submit"
         ]
         for cid, oid in self._oid_of.items():
             iid = self._inst_of[oid]
             rep = self.books[iid].order(oid)
             if rep is not None:
-                inst = self.instruments[iid]
-                states.append(VenueOrderState(cid, f"{self.name}-{oid}", iid, int(rep.side), rep.qty,
-                                              inst.from_ticks(rep.price), rep.cum_qty, True))
+                states.append(VenueOrderState(cid, f"{self.name}-{oid}", iid, int(rep.side), rep.qty, rep.price,
+                                              rep.cum_qty, True))
         return states, list(self._our_fills)
 
     # ---------------------------------------------------------------- exchange side
@@ -227,18 +227,17 @@ class SimulatedVenue(Venue):
             self._inst_of[oid] = iid
             is_mkt = ord_type == OrderType.MARKET
             reports = self.books[iid].submit(
-                oid, US_OWNER, Side(side), qty, None if is_mkt else inst.to_ticks(price),
+                oid, US_OWNER, Side(side), qty, None if is_mkt else price,
                 OrderType(ord_type), TimeInForce(tif), post_only, now_ns,
             )
         elif op == "amend":
-            cid, new_qty, new_price = args
+            cid, new_qty, new_ticks = args
             oid = self._oid_of.get(cid, -1)
             iid = self._inst_of.get(oid)
             if iid is None:
                 self._send(now_ns, VenueEvent(_REPLACE_REJECT, self.name, cid, reason="unknown_order", ts_ns=now_ns))
                 return
-            inst = self.instruments[iid]
-            reports = self.books[iid].replace(oid, new_qty, inst.to_ticks(new_price), now_ns)
+            reports = self.books[iid].replace(oid, new_qty, new_ticks, now_ns)
             if reports and reports[0].kind == ExecKind.REJECTED:
                 self._send(now_ns, VenueEvent(_REPLACE_REJECT, self.name, cid, reason=reports[0].reason, ts_ns=now_ns))
                 return
@@ -267,7 +266,7 @@ class SimulatedVenue(Venue):
             if cid is None:
                 continue
             ev = VenueEvent(
-                _KIND[r.kind], self.name, cid, f"{self.name}-{r.order_id}", r.qty, inst.from_ticks(r.price),
+                _KIND[r.kind], self.name, cid, f"{self.name}-{r.order_id}", r.qty, r.price,
                 r.leaves_qty, r.cum_qty,
                 f"{self.name}-{iid}-{r.trade_id}-{r.liquidity}" if r.kind == ExecKind.TRADE else "",
                 r.fee, r.liquidity, r.reason, now_ns, iid, int(r.side),

@@ -16,7 +16,10 @@ A command that risk refuses comes back with its reason: a denied new order is re
 with ``reason`` set to the :class:`~greekfire.trading.denials.Reason` value; a denied amend returns its
 :class:`~greekfire.trading.denials.Denial`.
 
-Units: prices in currency per unit, quantities in units (contracts or shares), times in ns since the epoch.
+Units: order prices (limits, stops, amends) in integer ticks of the instrument — ``ctx.ticks(instrument_id,
+price)`` converts a currency price exactly (an off-grid one raises), ``Instrument.from_ticks`` goes back;
+market data, fills and P&L in currency per unit; quantities in units (contracts or shares); times in ns
+since the epoch.
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ class OrderView(Protocol):
     @property
     def qty(self) -> int: ...
     @property
-    def price(self) -> float | None: ...
+    def price_ticks(self) -> int | None: ...
+    @property
+    def stop_ticks(self) -> int | None: ...
     @property
     def ord_type(self) -> OrderType: ...
     @property
@@ -127,22 +132,25 @@ class StrategyContext(ABC):
     # ---------------------------------------------------------------- commands
     @abstractmethod
     def submit(
-        self, instrument_id: int, side: Side, qty: int, price: float | None = None,
+        self, instrument_id: int, side: Side, qty: int, price_ticks: int | None = None,
         ord_type: OrderType = OrderType.LIMIT, tif: TimeInForce = TimeInForce.GTC, *,
-        stop_price: float | None = None, expire_ns: int = 0, post_only: bool = False, reduce_only: bool = False,
+        stop_ticks: int | None = None, expire_ns: int = 0, post_only: bool = False, reduce_only: bool = False,
     ) -> list[OrderView]:
-        """A new order (risk-checked, routed, sent). Returns the order, or its child orders when the router
-        sweeps several venues; a denied order comes back DENIED with its reason code in ``reason``."""
+        """A new order (risk-checked, routed, sent), its limit ``price_ticks`` and stop ``stop_ticks`` in
+        integer ticks of the instrument. Returns the order, or its child orders when the router sweeps several
+        venues; a denied order comes back DENIED with its reason code in ``reason`` (a limit that is not a
+        whole number of ticks, a float included, is BAD_TICK)."""
 
     @abstractmethod
-    def amend(self, order: OrderView | str, qty: int, price: float) -> Denial | None:
-        """Change one of its live orders to ``qty`` (new total) at ``price``; the denial, or None when sent
-        or when the order can no longer be amended (closed, or a cancel/replace already pending)."""
+    def amend(self, order: OrderView | str, qty: int, price_ticks: int) -> Denial | None:
+        """Change one of its live orders to ``qty`` (new total) at ``price_ticks`` (integer ticks); the
+        denial, or None when sent or when the order can no longer be amended (closed, or a cancel/replace
+        already pending)."""
 
     @abstractmethod
-    def amend_many(self, changes: Sequence[tuple[OrderView, int, float]]) -> list[Denial | None]:
-        """A mass quote: ``(order, new total qty, new price)`` each, risk-checked one by one and sent to each
-        venue in one message; for each change its denial or None, as :meth:`amend`."""
+    def amend_many(self, changes: Sequence[tuple[OrderView, int, int]]) -> list[Denial | None]:
+        """A mass quote: ``(order, new total qty, new limit in ticks)`` each, risk-checked one by one and sent
+        to each venue in one message; for each change its denial or None, as :meth:`amend`."""
 
     @abstractmethod
     def cancel(self, order: OrderView | str) -> bool:
@@ -172,6 +180,15 @@ class StrategyContext(ABC):
         pricing inputs take it, so the book's Greeks and the risk engine's VaR use the same figure."""
 
     # ---------------------------------------------------------------- views that take arguments
+    def ticks(self, instrument_id: int, price: float, field: str = "price") -> int:
+        """A price in currency as integer ticks of the instrument, exactly; a price off its tick grid (or not
+        a finite price > 0) raises DataError naming ``field``, the value and the instrument."""
+        return self.instruments[instrument_id].ticks(price, field)
+
+    def price(self, instrument_id: int, ticks: int) -> float:
+        """Integer ticks of the instrument as a price in currency (the nearest double to the decimal price)."""
+        return self.instruments[instrument_id].from_ticks(ticks)
+
     @abstractmethod
     def now_ns(self) -> int:
         """The engine's clock (ns since the epoch)."""
@@ -252,15 +269,15 @@ class Strategy:
 
     # shorthands for the context's commands
     def submit(
-        self, instrument_id: int, side: Side, qty: int, price: float | None = None,
+        self, instrument_id: int, side: Side, qty: int, price_ticks: int | None = None,
         ord_type: OrderType = OrderType.LIMIT, tif: TimeInForce = TimeInForce.GTC, **kw: Any,
     ) -> list[OrderView]:
-        """``self.ctx.submit(...)``."""
-        return self.ctx.submit(instrument_id, side, qty, price, ord_type, tif, **kw)
+        """``self.ctx.submit(...)`` (limit in integer ticks)."""
+        return self.ctx.submit(instrument_id, side, qty, price_ticks, ord_type, tif, **kw)
 
-    def amend(self, client_id: str, qty: int, price: float) -> Denial | None:
-        """``self.ctx.amend(...)``."""
-        return self.ctx.amend(client_id, qty, price)
+    def amend(self, client_id: str, qty: int, price_ticks: int) -> Denial | None:
+        """``self.ctx.amend(...)`` (limit in integer ticks)."""
+        return self.ctx.amend(client_id, qty, price_ticks)
 
     def cancel(self, client_id: str) -> bool:
         """``self.ctx.cancel(...)``."""

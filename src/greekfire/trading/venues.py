@@ -4,7 +4,9 @@ A :class:`Venue` takes requests (submit, amend, cancel) and gives back
 :class:`~greekfire.trading.model.VenueEvent` execution events and market data
 (:class:`~greekfire.trading.model.Quote`, :class:`~greekfire.trading.model.TradeTick`) when the engine calls
 :meth:`Venue.poll`. :meth:`Venue.report` gives the venue's own view of our orders and fills, which the
-engine reconciles against after a reconnect. The simulated exchange is
+engine reconciles against after a reconnect. Order prices cross this interface as integer ticks of the
+instrument (the order's ``price_ticks``, an amend's new limit, an event's ``price_ticks``); a venue whose
+wire format is decimal converts at its own edge. The simulated exchange is
 :class:`greekfire.trading.simvenue.SimulatedVenue`.
 """
 
@@ -25,15 +27,15 @@ class Venue(ABC):
 
     @abstractmethod
     def submit(self, order: Order, now_ns: int) -> None:
-        """Send a new order (limit price in currency; the venue converts to its ticks)."""
+        """Send a new order (its limit ``order.price_ticks`` in integer ticks)."""
 
     @abstractmethod
-    def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
-        """Change quantity (new total) and/or price of a live order."""
+    def amend(self, order: Order, new_qty: int, new_price_ticks: int, now_ns: int) -> None:
+        """Change quantity (new total) and/or limit (integer ticks) of a live order."""
 
-    def amend_many(self, amends: Sequence[tuple[Order, int, float]], now_ns: int) -> None:
-        """Several amends in one message (a mass quote): ``(order, new total qty, new price)`` each, in
-        order. The default sends them one by one with :meth:`amend`; a venue with a mass-quote message
+    def amend_many(self, amends: Sequence[tuple[Order, int, int]], now_ns: int) -> None:
+        """Several amends in one message (a mass quote): ``(order, new total qty, new limit in ticks)``
+        each, in order. The default sends them one by one with :meth:`amend`; a venue with a mass-quote message
         overrides it."""
         for order, qty, price in amends:
             self.amend(order, qty, price, now_ns)

@@ -35,8 +35,9 @@ class Sink(Venue):
     def submit(self, order: Order, now_ns: int) -> None:
         self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, ts_ns=now_ns))
 
-    def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
-        self._out.append(VenueEvent(VenueEventKind.REPLACED, self.name, order.client_id, qty=new_qty, price=new_price, ts_ns=now_ns))
+    def amend(self, order: Order, new_qty: int, new_price_ticks: int, now_ns: int) -> None:
+        self._out.append(VenueEvent(VenueEventKind.REPLACED, self.name, order.client_id, qty=new_qty,
+                                    price_ticks=new_price_ticks, ts_ns=now_ns))
 
     def cancel(self, order: Order, now_ns: int) -> None:
         self._out.append(VenueEvent(VenueEventKind.CANCELED, self.name, order.client_id, ts_ns=now_ns))
@@ -105,8 +106,9 @@ def test_a_bid_stays_below_the_lowest_ask_of_every_venue_whichever_venue_quoted_
     eng.process([Quote(iid, round(fair - 0.50, 2), round(fair + 0.50, 2), 10, 10, clock.now_ns(), "V1")])
     eng.poll_once()
     bid = mm._legs[iid].orders[0]
-    assert bid is not None and bid.price is not None
-    assert bid.price <= low_ask - 0.01 + 1e-9  # a post-only bid at or above V2's ask is rejected there
+    assert bid is not None and bid.price_ticks is not None
+    # a post-only bid at or above V2's ask is rejected there (prices in ticks: exact)
+    assert bid.price_ticks <= eng.instruments[iid].ticks(low_ask) - 1
     assert set(eng.router.decided) == {"post"}
 
 
@@ -116,8 +118,8 @@ def test_the_skew_never_takes_a_quote_past_fair_value() -> None:
     eng, mm, clock = started(v1, inventory_skew=1.0, delta_skew=1e-3, vega_skew=1e-4)
     iid = 6
     order = mm._legs[iid].orders[0]
-    assert order is not None and order.price is not None
-    eng.process([VenueEvent(VenueEventKind.FILL, "V1", order.client_id, qty=order.qty, price=order.price, leaves_qty=0,
+    assert order is not None and order.price_ticks is not None
+    eng.process([VenueEvent(VenueEventKind.FILL, "V1", order.client_id, qty=order.qty, price_ticks=order.price_ticks, leaves_qty=0,
                             cum_qty=order.qty, fill_id="f1", liquidity="M", ts_ns=clock.now_ns())])
     eng.poll_once()
     eng.process([Quote(1, 99.99, 100.01, 100, 100, clock.now_ns(), "V1")])
@@ -125,7 +127,9 @@ def test_the_skew_never_takes_a_quote_past_fair_value() -> None:
     hw = mm.half_width_ticks
     for leg in mm._legs.values():
         fair = mm.fair[leg.iid]
-        bid, ask = leg.live if leg.live is not None else (None, None)
+        bid_t, ask_t = leg.live if leg.live is not None else (None, None)
+        bid = None if bid_t is None else leg.inst.from_ticks(bid_t)  # the quotes in ticks, compared in currency
+        ask = None if ask_t is None else leg.inst.from_ticks(ask_t)
         if bid is not None:
             assert fair - (2 * hw + 1) * leg.tick - 1e-9 <= bid <= fair + 1e-9, (leg.iid, bid, fair)
         if ask is not None:

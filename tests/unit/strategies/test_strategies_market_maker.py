@@ -26,22 +26,23 @@ class Sink(Venue):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.sent: list[tuple[str, int, float]] = []  # (kind, instrument id, price)
+        self.sent: list[tuple[str, int, int]] = []  # (kind, instrument id, limit in ticks)
         self._out: list[VenueEvent] = []
 
     def fees(self) -> tuple[float, float]:
         return 0.0, 0.0
 
     def submit(self, order: Order, now_ns: int) -> None:
-        self.sent.append(("submit", order.instrument_id, order.price or 0.0))
+        self.sent.append(("submit", order.instrument_id, order.price_ticks or 0))
         self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, ts_ns=now_ns))
 
-    def amend(self, order: Order, new_qty: int, new_price: float, now_ns: int) -> None:
-        self.sent.append(("amend", order.instrument_id, new_price))
-        self._out.append(VenueEvent(VenueEventKind.REPLACED, self.name, order.client_id, qty=new_qty, price=new_price, ts_ns=now_ns))
+    def amend(self, order: Order, new_qty: int, new_price_ticks: int, now_ns: int) -> None:
+        self.sent.append(("amend", order.instrument_id, new_price_ticks))
+        self._out.append(VenueEvent(VenueEventKind.REPLACED, self.name, order.client_id, qty=new_qty,
+                                    price_ticks=new_price_ticks, ts_ns=now_ns))
 
     def cancel(self, order: Order, now_ns: int) -> None:
-        self.sent.append(("cancel", order.instrument_id, 0.0))
+        self.sent.append(("cancel", order.instrument_id, 0))
         self._out.append(VenueEvent(VenueEventKind.CANCELED, self.name, order.client_id, ts_ns=now_ns))
 
     def poll(self, now_ns: int) -> list[Any]:
@@ -63,6 +64,7 @@ def test_underlying_move_steps_fair_values_and_requotes_largest_delta_first() ->
     eng.process([Quote(1, 99.99, 100.01, 100, 100, T0, "V1")])  # first price: a full re-price after the batch
     eng.poll_once()
     assert mm.reprices == 1 and len(venue.sent) == 20 and {k for k, _, _ in venue.sent} == {"submit"}
+    assert all(type(p) is int and p > 0 for _, _, p in venue.sent)  # quotes leave in whole ticks
     venue.sent.clear()
 
     eng.process([Quote(1, 100.29, 100.31, 100, 100, T0, "V1")])  # +30 bp: below the full re-price threshold
@@ -137,3 +139,27 @@ def test_a_denied_requote_is_tried_again_on_the_next_quote_of_that_option() -> N
     eng.process([Quote(iid, round(fair * 0.5, 2), round(fair * 1.5, 2), 10, 10, clock.now_ns(), "V1")])
     assert [k for k, _, _ in venue.sent] in (["amend"], ["amend", "amend"])
     assert {i for _, i, _ in venue.sent} == {iid} and mm._legs[iid].want == mm._legs[iid].live
+
+
+def test_a_quote_never_crosses_the_market_it_is_kept_one_tick_inside() -> None:
+    venue = MassSink("V1")
+    eng, mm, clock = started(venue)
+    iid = mm._by_delta["GFX"][0].iid
+    leg = mm._legs[iid]
+    assert leg.want is not None and leg.want == leg.live
+    wb, wa = leg.want
+    assert wb is not None and wa is not None
+    inst = eng.instruments[iid]
+    # the market's ask comes down to our bid (prices on the grid, in currency, as a venue sends them)
+    eng.process([Quote(iid, inst.from_ticks(wb - 3), inst.from_ticks(wb), 10, 10, clock.now_ns(), "V1")])
+    assert venue.sent == [("amend", iid, wb - 1)]  # the bid steps one tick under that ask, in whole ticks
+    venue.sent.clear()
+    eng.process(venue.poll(0))
+    # and the market's bid comes up to our ask: the ask steps one tick over it, the bid goes back to its target
+    eng.process([Quote(iid, inst.from_ticks(wa), inst.from_ticks(wa + 3), 10, 10, clock.now_ns(), "V1")])
+    assert sorted(venue.sent) == [("amend", iid, wb), ("amend", iid, wa + 1)]
+    venue.sent.clear()
+    eng.process(venue.poll(0))
+    # a market clear of both targets: the ask goes back to its target too
+    eng.process([Quote(iid, inst.from_ticks(wb - 1), inst.from_ticks(wa + 1), 10, 10, clock.now_ns(), "V1")])
+    assert venue.sent == [("amend", iid, wa)] and leg.live == leg.want == (wb, wa)

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from greekfire.core.errors import DataError
 from greekfire.trading.audit import AuditLog
 from greekfire.trading.bus import MessageBus
 from greekfire.trading.model import Fill, Side, VenueEvent, VenueEventKind, VenueOrderState
@@ -19,7 +20,7 @@ ILLEGAL = [
 
 
 def make(status: OrderStatus = OrderStatus.INITIALIZED, qty: int = 10, cid: str = "o1") -> Order:
-    o = Order(cid, 2, Side.BUY, qty, 1.25, strategy_id="s1")
+    o = Order(cid, 2, Side.BUY, qty, 125, strategy_id="s1")
     o.status = status
     return o
 
@@ -115,7 +116,7 @@ def test_oms_moves_a_mass_quote_in_one_pass_each_order_audited_and_published_as_
     oms = OMS(bus, audit)
     changes: list[tuple[str, str]] = []
     oms.on_change = lambda cid, new: changes.append((cid, new))
-    a, b, c = (Order(f"o{k}", 2, Side.BUY, 5, 2.50, strategy_id="s1") for k in (1, 2, 3))
+    a, b, c = (Order(f"o{k}", 2, Side.BUY, 5, 250, strategy_id="s1") for k in (1, 2, 3))
     for o in (a, b, c):
         oms.add(o)
         oms.transition(o, OrderStatus.SUBMITTED, 1)
@@ -176,8 +177,8 @@ def test_reconcile_finds_missing_fills_closed_and_unknown_orders() -> None:
     oms.add(b)
     oms._index(a)
     oms._index(b)
-    states = [VenueOrderState("a", "V1-1", 2, 1, 10, 1.25, 4, True), VenueOrderState("zz", "V1-9", 2, 1, 1, 1.0, 0, True)]
-    fills = [VenueEvent(VenueEventKind.FILL, "V1", "a", qty=4, price=1.25, fill_id="V1-t1")]
+    states = [VenueOrderState("a", "V1-1", 2, 1, 10, 125, 4, True), VenueOrderState("zz", "V1-9", 2, 1, 1, 100, 0, True)]
+    fills = [VenueEvent(VenueEventKind.FILL, "V1", "a", qty=4, price_ticks=125, fill_id="V1-t1")]
     res = oms.reconcile("V1", states, fills, 9)
     assert [f.fill_id for f in res["missing_fills"]] == ["V1-t1"]
     assert res["closed"] == ["b"] and res["unknown"] == ["zz"] and res["qty_mismatch"] == []
@@ -193,3 +194,16 @@ def test_order_round_trips_through_dict() -> None:
     o.apply_fill(fill("f1", 3))
     back = Order.from_dict(o.to_dict())
     assert back.to_dict() == o.to_dict()
+    assert o.to_dict()["price_ticks"] == 125 and "price" not in o.to_dict()
+
+
+def test_an_order_row_of_the_older_format_reads_its_currency_prices_as_ticks() -> None:
+    o = make(OrderStatus.ACCEPTED)
+    o.stop_ticks = 130
+    row = o.to_dict()
+    old = {k: v for k, v in row.items() if k not in ("price_ticks", "stop_ticks")} | {"price": 1.25, "stop_price": 1.3}
+    back = Order.from_dict(old, tick_size=0.01)
+    assert (back.price_ticks, back.stop_ticks) == (125, 130) and back.to_dict() == row
+    assert Order.from_dict(old | {"price": None, "stop_price": None}, tick_size=0.05).price_ticks is None
+    with pytest.raises(DataError, match="tick_size"):
+        Order.from_dict(old)  # currency prices cannot be read without the instrument's tick

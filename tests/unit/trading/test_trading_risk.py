@@ -39,8 +39,9 @@ def engine(cash: float = 10_000_000.0, **limits: object) -> RiskEngine:
     return risk
 
 
-def order(iid: int = 2, side: Side = Side.BUY, qty: int = 10, price: float | None = 2.50, **kw: object) -> Order:
-    return Order("c1", iid, side, qty, price, strategy_id="s", **kw)
+def order(iid: int = 2, side: Side = Side.BUY, qty: int = 10, price: float | None = 250, **kw: object) -> Order:
+    # ``price``: the limit in ticks (a float is allowed here to test that it is refused)
+    return Order("c1", iid, side, qty, price, strategy_id="s", **kw)  # type: ignore[arg-type]
 
 
 def hold(risk: RiskEngine, iid: int, qty: int, price: float) -> None:
@@ -58,7 +59,7 @@ def denied(risk: RiskEngine, o: Order, ref: float | None = 2.50) -> Reason | Non
 def test_a_good_order_passes_every_check() -> None:
     risk = engine()
     assert risk.check(order(), 2.50, NOW) is None
-    assert risk.check(order(1, Side.SELL, 100, 100.0), 100.0, NOW) is None
+    assert risk.check(order(1, Side.SELL, 100, 10000), 100.0, NOW) is None
 
 
 @pytest.mark.parametrize(
@@ -66,8 +67,14 @@ def test_a_good_order_passes_every_check() -> None:
     [
         ({}, order(qty=5), order(qty=0), Reason.BAD_QTY),
         ({"max_order_qty": 20}, order(qty=20), order(qty=21), Reason.MAX_QTY),
-        ({}, order(price=2.51), order(price=2.505), Reason.BAD_TICK),
-        ({"price_band_pct": 0.10, "price_band_ticks": 0}, order(price=2.75), order(price=2.76), Reason.PRICE_BAND),
+        ({}, order(price=251), order(price=250.5), Reason.BAD_TICK),
+        ({}, order(price=251), order(price=251.0), Reason.BAD_TICK),  # a float is not a number of ticks
+        ({}, order(price=251), order(price=0), Reason.BAD_TICK),
+        ({}, order(price=None, ord_type=OrderType.STOP, stop_ticks=260),
+         order(price=None, ord_type=OrderType.STOP, stop_ticks=2.60), Reason.BAD_TICK),  # a stop in currency
+        ({}, order(price=251, ord_type=OrderType.STOP_LIMIT, stop_ticks=255),
+         order(price=251, ord_type=OrderType.STOP_LIMIT), Reason.BAD_TICK),  # a stop-limit without its stop
+        ({"price_band_pct": 0.10, "price_band_ticks": 0}, order(price=275), order(price=276), Reason.PRICE_BAND),
         ({"max_notional": 2_500.0}, order(qty=10), order(qty=11), Reason.MAX_NOTIONAL),
         ({"max_position": 15}, order(qty=15), order(qty=16), Reason.POSITION_LIMIT),
         ({"max_delta": 600.0}, order(qty=10), order(qty=20), Reason.DELTA_LIMIT),
@@ -103,22 +110,23 @@ def test_amend_is_checked_on_its_new_terms_and_a_shrink_passes_a_breached_limit(
     risk = engine(max_position=10)
     hold(risk, 2, 10, 2.50)  # the position is at its limit
     live = order(qty=10)
-    assert risk.check_amend(live, 5, 2.51, 2.50, NOW) is None  # smaller: adds no risk
-    d = risk.check_amend(live, 12, 2.51, 2.50, NOW)  # 2 more contracts would make the position 12
+    assert risk.check_amend(live, 5, 251, 2.50, NOW) is None  # smaller: adds no risk
+    d = risk.check_amend(live, 12, 251, 2.50, NOW)  # 2 more contracts would make the position 12
     assert d is not None and d.reason == Reason.POSITION_LIMIT and d.values == {"position_after": 12, "limit": 10}
-    same = risk.check(order(qty=12, price=2.51), 2.50, NOW, amend_of=live)  # the Order-shaped form agrees
+    same = risk.check(order(qty=12, price=251), 2.50, NOW, amend_of=live)  # the Order-shaped form agrees
     assert same is not None and (same.reason, same.values) == (d.reason, d.values)
-    d = risk.check_amend(live, 10, 2.505, 2.50, NOW)
-    assert d is not None and d.reason == Reason.BAD_TICK and d.values == {"price": 2.505, "tick": 0.01}
-    d = risk.check_amend(live, 10, 9.0, 2.50, NOW)
+    d = risk.check_amend(live, 10, 250.5, 2.50, NOW)  # type: ignore[arg-type]
+    assert d is not None and d.reason == Reason.BAD_TICK and d.values == {"price_ticks": 250.5, "tick": 0.01}
+    d = risk.check_amend(live, 10, 900, 2.50, NOW)
     assert d is not None and d.reason == Reason.PRICE_BAND and d.values["price"] == 9.0
-    assert live.qty == 10 and live.price == 2.50  # checking never changes the live order
+    assert d.values["price_ticks"] == 900
+    assert live.qty == 10 and live.price_ticks == 250  # checking never changes the live order
 
 
 def test_lot_unknown_instrument_and_missing_reference() -> None:
     risk = engine()
-    assert denied(risk, order(3, qty=10, price=20.0), 20.0) is None
-    assert denied(risk, order(3, qty=15, price=20.0), 20.0) == Reason.BAD_LOT
+    assert denied(risk, order(3, qty=10, price=400), 20.0) is None
+    assert denied(risk, order(3, qty=15, price=400), 20.0) == Reason.BAD_LOT
     assert denied(risk, order(99)) == Reason.UNKNOWN_INSTRUMENT
     assert denied(risk, order(price=None, ord_type=OrderType.MARKET), None) == Reason.NO_REFERENCE_PRICE
     assert denied(risk, order(price=None, ord_type=OrderType.MARKET), 2.50) is None
@@ -183,14 +191,14 @@ def test_limits_change_at_run_time_and_bad_values_name_the_field() -> None:
 
 def test_var_limit_denies_a_risk_increasing_order() -> None:
     risk = engine(var_limit=500.0)
-    assert denied(risk, order(1, qty=10, price=100.0), 100.0) is None  # 1-day 99% VaR about 30
-    d = risk.check(order(1, qty=400, price=100.0), 100.0, NOW)  # about 2.33 x 1.26% x 40,000 = 1,170
+    assert denied(risk, order(1, qty=10, price=10000), 100.0) is None  # 1-day 99% VaR about 30
+    d = risk.check(order(1, qty=400, price=10000), 100.0, NOW)  # about 2.33 x 1.26% x 40,000 = 1,170
     assert risk.var_available, "greekfire.quant.parametric_var is required"
     assert d is not None and d.reason == Reason.VAR_LIMIT
     assert d.values["var_after"] == pytest.approx(2.3263 * 0.20 / 252**0.5 * 40_000, rel=0.01)
     # a risk-reducing order passes even when the book is over the limit
     hold(risk, 1, 400, 100.0)
-    assert risk.var > 500.0 and denied(risk, order(1, Side.SELL, 100, 100.0), 100.0) is None
+    assert risk.var > 500.0 and denied(risk, order(1, Side.SELL, 100, 10000), 100.0) is None
 
 
 def test_monte_carlo_var_of_the_book_is_close_to_the_parametric_one() -> None:
@@ -241,20 +249,19 @@ def test_mass_amend_checks_agree_with_one_by_one_checks_on_every_outcome() -> No
     import random
 
     rng = random.Random(11)
-    cases: list[tuple[Order, int, float]] = []
+    cases: list[tuple[Order, int, int]] = []
     for k in range(400):
         iid = rng.choice((1, 2, 3))
-        ref = {1: 100.0, 2: 2.50, 3: 20.0}[iid]
-        tick = 0.05 if iid == 3 else 0.01
+        ref = {1: 10000, 2: 250, 3: 400}[iid]  # the reference, in ticks (0.01, 0.01, 0.05)
         live = Order(f"c{k}", iid, rng.choice((Side.BUY, Side.SELL)), rng.choice((10, 20, 40)), ref,
                      strategy_id=rng.choice(("s", "t")),
                      ord_type=OrderType.STOP_LIMIT if rng.random() < 0.03 else OrderType.LIMIT)
         qty = rng.choice((live.qty, live.qty, live.qty - 10, live.qty + 30, 0, 15, 20_000))
         price = rng.choice((
-            ref + tick * rng.randint(-5, 5), ref + tick * 0.5, ref * 1.5, ref * 0.5, float("nan"), -1.0,
-            ref + tick * rng.randint(-400, 400),
+            ref + rng.randint(-5, 5), ref + 0.5, ref * 3 // 2, ref // 2, float("nan"), -1,
+            ref + rng.randint(-400, 400),
         ))
-        cases.append((live, qty, round(price, 10) if price == price else price))
+        cases.append((live, qty, price))  # type: ignore[arg-type]  # a float is a limit off the tick grid
     limits = {"max_orders_per_s": 100, "max_notional": 6_000.0, "max_position": 25}
     one, many = engine(**limits), engine(**limits)
     refs = {1: 100.0, 2: 2.50}  # no reference price for 3: no band, and still a rate token each
@@ -282,11 +289,11 @@ def test_mass_amend_checks_agree_with_one_by_one_checks_on_every_outcome() -> No
 
 def test_mass_amend_checks_follow_the_trading_state_and_the_kill_switch() -> None:
     risk = engine()
-    live = order(qty=10, price=2.50)
+    live = order(qty=10, price=250)
     refs = {2: 2.50}
     risk.set_state(TradingState.REDUCING)
-    assert risk.check_amends([(live, 10, 2.51), (live, 12, 2.51)], refs, NOW)[0] is None  # a re-price adds nothing
-    assert risk.check_amends([(live, 12, 2.51)], refs, NOW)[0].reason == Reason.REDUCING_ONLY  # type: ignore[union-attr]
+    assert risk.check_amends([(live, 10, 251), (live, 12, 251)], refs, NOW)[0] is None  # a re-price adds nothing
+    assert risk.check_amends([(live, 12, 251)], refs, NOW)[0].reason == Reason.REDUCING_ONLY  # type: ignore[union-attr]
     risk.kill("test")
-    d = risk.check_amends([(live, 10, 2.51)], refs, NOW)[0]
+    d = risk.check_amends([(live, 10, 251)], refs, NOW)[0]
     assert d is not None and d.reason == Reason.KILL_SWITCH

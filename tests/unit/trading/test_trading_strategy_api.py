@@ -60,16 +60,19 @@ def step(eng: TradingEngine, clock: ManualClock, ms: int = 2) -> None:
 def test_commands_go_through_the_context_and_denials_carry_their_reason() -> None:
     s = Recorder()
     eng, venue, clock = setup(s)
-    (o,) = s.ctx.submit(2, Side.BUY, 5, 2.45, post_only=True)
+    (o,) = s.ctx.submit(2, Side.BUY, 5, s.ctx.ticks(2, 2.45), post_only=True)
     step(eng, clock)
-    assert o.status == OrderStatus.ACCEPTED and o.strategy_id == "rec" and s.ctx.open_orders() == [o]
+    assert o.price_ticks == 245 and o.status == OrderStatus.ACCEPTED and o.strategy_id == "rec" and s.ctx.open_orders() == [o]
     assert s.ctx.order(o.client_id) is o and s.ctx.open_orders(instrument_id=3) == []
-    assert s.ctx.amend(o, 6, 2.46) is None
+    assert s.ctx.amend(o, 6, 246) is None
     step(eng, clock)
-    assert (o.qty, o.price) == (6, 2.46) and venue.books[2].best_bid() == (246, 6)
-    denial = s.ctx.amend(o, 5000, 2.46)
+    assert (o.qty, o.price_ticks) == (6, 246) and venue.books[2].best_bid() == (246, 6)
+    assert s.ctx.price(2, o.price_ticks) == 2.46
+    denial = s.ctx.amend(o, 5000, 246)
     assert denial is not None and denial.reason == Reason.MAX_QTY and denial.values["qty"] == 5000
-    (bad,) = s.ctx.submit(2, Side.BUY, 1, 2.455)  # off the 0.01 tick
+    with pytest.raises(DataError, match=r"bid=2\.455 at GFX .*: is not on the tick grid of 0\.01"):
+        s.ctx.ticks(2, 2.455, "bid")  # off the 0.01 tick: the helper names the field and the value
+    (bad,) = s.ctx.submit(2, Side.BUY, 1, 2.45)  # type: ignore[arg-type]  # currency where ticks are due
     assert bad.status == OrderStatus.DENIED and bad.reason == Reason.BAD_TICK.value
     assert s.ctx.cancel_all() == 1
     step(eng, clock)
@@ -79,16 +82,16 @@ def test_commands_go_through_the_context_and_denials_carry_their_reason() -> Non
 def test_a_strategy_cannot_touch_another_strategys_orders() -> None:
     a, b = Recorder("a"), Recorder("b")
     eng, _venue, clock = setup(a, b)
-    (o,) = a.ctx.submit(2, Side.BUY, 5, 2.45, post_only=True)
+    (o,) = a.ctx.submit(2, Side.BUY, 5, 245, post_only=True)
     step(eng, clock)
     assert b.ctx.order(o.client_id) is None and b.ctx.open_orders() == []
     assert b.ctx.cancel(o) is False and b.ctx.cancel_all() == 0
     with pytest.raises(NotOwner, match="belongs to strategy 'a'"):
-        b.ctx.amend_many([(o, 5, 2.46)])
+        b.ctx.amend_many([(o, 5, 246)])
     with pytest.raises(NotOwner):
-        b.ctx.amend(o.client_id, 5, 2.46)
-    assert o.status == OrderStatus.ACCEPTED and o.price == 2.45  # untouched
-    assert a.ctx.amend_many([(o, 5, 2.46)]) == [None]
+        b.ctx.amend(o.client_id, 5, 246)
+    assert o.status == OrderStatus.ACCEPTED and o.price_ticks == 245  # untouched
+    assert a.ctx.amend_many([(o, 5, 246)]) == [None]
 
 
 def test_views_are_live_and_read_only() -> None:
@@ -98,7 +101,7 @@ def test_views_are_live_and_read_only() -> None:
     assert ctx.spots["GFX"] == pytest.approx(100.0) and ctx.marks[2] == pytest.approx(2.50)
     assert ctx.quotes[2].bid == 2.40 and ctx.instruments[2].is_option and ctx.by_symbol["GFX"].instrument_id == 1
     assert ctx.positions.get(2, 0) == 0 and ctx.greeks["GFX"] == (0.0, 0.0, 0.0, 0.0)
-    s.ctx.submit(2, Side.BUY, 4, 2.60)  # takes 4 of the 2.60 ask
+    s.ctx.submit(2, Side.BUY, 4, 260)  # takes 4 of the 2.60 ask
     step(eng, clock, 3)
     assert ctx.positions[2] == 4 and ctx.greeks["GFX"][0] > 0  # the same view, now showing the fill
     pos = ctx.position(2)
@@ -140,7 +143,7 @@ def test_a_failing_timer_is_isolated_and_counted() -> None:
 def test_declared_vol_values_the_book_and_the_var() -> None:
     s = Recorder()
     eng, _venue, clock = setup(s)
-    s.ctx.submit(2, Side.BUY, 4, 2.60)
+    s.ctx.submit(2, Side.BUY, 4, 260)
     step(eng, clock, 3)
     vega_before = eng.portfolio.unit[2][2]
     s.ctx.declare_vol("GFX", 0.35)
@@ -158,7 +161,7 @@ def test_declared_vol_values_the_book_and_the_var() -> None:
 
 def test_a_strategy_without_an_engine_says_so() -> None:
     with pytest.raises(RuntimeError, match="not attached to an engine"):
-        Recorder().submit(2, Side.BUY, 1, 2.45)
+        Recorder().submit(2, Side.BUY, 1, 245)
 
 
 def test_a_repeating_timer_polled_late_fires_once_then_keeps_its_interval() -> None:

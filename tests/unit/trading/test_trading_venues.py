@@ -20,7 +20,7 @@ def venue(**kw: object) -> SimulatedVenue:
 
 def test_a_cancel_that_arrived_is_worked_before_the_takers_of_the_same_poll() -> None:
     v = venue(flow_rate_hz=0.0, taker_share=1.0, seed=3)
-    ours = Order("c1", 2, Side.BUY, 5, 2.49)  # the best bid: the first seller hits it
+    ours = Order("c1", 2, Side.BUY, 5, 249)  # the best bid: the first seller hits it
     v.poll(T0)
     v.submit(ours, T0)
     v.poll(T0 + 400_000)
@@ -39,7 +39,7 @@ def test_reports_come_back_in_the_order_sent_unless_allowed_to_cross() -> None:
         v.poll(T0)
         now = T0
         for k in range(300):  # orders and cancels 10 us apart: each reply's jitter (100 us) spans many of them
-            o = Order(f"c{k}", 2 + k % 10, Side.BUY, 1, 1.00)
+            o = Order(f"c{k}", 2 + k % 10, Side.BUY, 1, 100)
             v.submit(o, now)
             v.cancel(o, now + 5_000)
             now += 10_000

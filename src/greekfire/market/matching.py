@@ -50,7 +50,7 @@ class Side(IntEnum):
 
 class OrderType(IntEnum):
     """Order types, one set for the books and the trading engine. A book works LIMIT and MARKET; STOP (a
-    market order once the reference trades through ``stop_price``) and STOP_LIMIT are held by the trading
+    market order once the reference trades through the order's ``stop_ticks``) and STOP_LIMIT are held by the trading
     engine until triggered."""
 
     LIMIT = 0

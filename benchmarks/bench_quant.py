@@ -7,7 +7,8 @@
    engine in a Python loop (NPV, delta, gamma, vega, theta, rho, dividendRho; a sample, scaled, object
    set-up included).
 2. Implied vol, 1,000,000 quotes: quotes/s and worst errors for greekfire and py_vollib_vectorized.
-3. American: qdfp (accurate scheme), bs2002, baw, crr-200 batched vs QuantLib per option.
+3. American: qdfp (accurate scheme), bs2002, baw, crr-200 batched vs QuantLib per option, and the peak
+   memory of one 65,536-row American Greeks chunk (``python benchmarks/bench_quant.py american-memory``).
 
 torch runs on one thread except in the rows marked "N threads", which use torch's default (one thread per
 core, what a user gets). Both peers are single-threaded whatever the machine.
@@ -48,6 +49,7 @@ from greekfire.quant import (  # noqa: E402
 
 N = 1_000_000
 QL_SAMPLE = 1000
+MEMORY_CHUNK_ROWS = 65_536  # rows of the American Greeks chunk whose peak memory is measured
 # torch's own default (one thread per core), read before main() pins the process to one thread
 ALL_CORES = torch.get_num_threads()
 AMERICAN_N = 4000
@@ -401,6 +403,58 @@ def cuda_rows(notes: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def american_memory_child(max_rows: int) -> None:
+    """In a child process: peak memory and rate of one 65,536-row American Greeks chunk (qdfp, every bump
+    Greek, CPU float64, bumped copies priced ``max_rows`` at a time), one JSON line."""
+    import resource
+
+    from greekfire.quant import BUMP_GREEKS, qdfp_price
+    from greekfire.quant.american import bump_greeks
+
+    g = grid(MEMORY_CHUNK_ROWS, seed=8)
+    args = (g["w"], g["S"], g["K"], g["T"], g["r"], g["q"], g["v"])
+    bump_greeks(qdfp_price, *(a[:512] for a in args), names=BUMP_GREEKS)  # warm: layouts, kernels
+    before_kb = _rss_kb()
+    t0 = time.perf_counter()
+    bump_greeks(qdfp_price, *args, names=BUMP_GREEKS, max_rows=max_rows)
+    seconds = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print("RESULT " + json.dumps({"peak_mb": peak_kb / 1024, "added_mb": (peak_kb - before_kb) / 1024,
+                                  "rate": MEMORY_CHUNK_ROWS / seconds}))
+
+
+def _rss_kb() -> int:
+    """Resident set size of this process now, KiB (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def american_memory_rows(notes: list[str]) -> list[dict[str, Any]]:
+    """Peak resident memory of one 65,536-row American Greeks chunk (qdfp, CPU), each in a fresh child
+    process: bumped copies priced in calls of BUMP_CHUNK_ROWS (what pricing does) and all in one call."""
+    from greekfire.quant.american import BUMP_CHUNK_ROWS
+
+    rows = []
+    for label, max_rows in (("split", BUMP_CHUNK_ROWS), ("one call", 1 << 40)):
+        proc = subprocess.run([sys.executable, __file__, "american-memory-child", str(max_rows)],
+                              capture_output=True, text=True, timeout=900)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            notes.append(f"american memory ({label}): not measured (exit {proc.returncode}: {proc.stderr.strip()[-300:]})")
+            continue
+        r = json.loads(line.removeprefix("RESULT "))
+        name = f"american greeks chunk {MEMORY_CHUNK_ROWS:,} rows qdfp f64 CPU, {label}"
+        rows.append({"benchmark": f"{name}: peak RSS", "ours": r["peak_mb"], "unit": "MB", "goal": 1024})
+        rows.append({"benchmark": f"{name}: RSS added by the chunk", "ours": r["added_mb"], "unit": "MB"})
+        rows.append({"benchmark": f"{name}: rate", "ours": r["rate"], "unit": "options/s"})
+    notes.append("american memory rows: peak resident memory (ru_maxrss) of a fresh process pricing one chunk "
+                 "of every bump Greek (value ... charm), interpreter and torch included; 'added' is over the "
+                 "process before the chunk")
+    return rows
+
+
 def main() -> int:
     # one thread by default: the peers run single-threaded, and on a shared machine two OpenMP threads that
     # spin while another process holds a core made every figure 3-50x worse and erratic; the goal rows are
@@ -411,15 +465,22 @@ def main() -> int:
     if sys.argv[1:] == ["european-malloc"]:  # the child of european_malloc_rows
         european_malloc_child()
         return 0
+    if sys.argv[1:2] == ["american-memory-child"]:  # the child of american_memory_rows
+        american_memory_child(int(sys.argv[2]))
+        return 0
     if sys.argv[1:] == ["american"]:
-        rows = american_rows(notes)
+        rows = american_rows(notes) + american_memory_rows(notes)
+    elif sys.argv[1:] == ["american-memory"]:  # the peak memory of one American Greeks chunk alone
+        rows = american_memory_rows(notes)
     elif sys.argv[1:] == ["cuda"]:  # the GPU rows alone (py_vollib_vectorized is their only peer)
         rows = cuda_rows(notes)
     elif sys.argv[1:] == ["european"]:  # the European and implied-vol sections alone
         rows = european_rows(notes) + iv_rows(notes)
     else:
-        rows = european_rows(notes) + iv_rows(notes) + american_rows(notes) + cuda_rows(notes)
-    report(f"quant_{sys.argv[1]}" if sys.argv[1:] in (["american"], ["european"], ["cuda"]) else "quant", rows, notes)
+        rows = (european_rows(notes) + iv_rows(notes) + american_rows(notes) + american_memory_rows(notes)
+                + cuda_rows(notes))
+    sections = (["american"], ["european"], ["cuda"], ["american-memory"])
+    report(f"quant_{sys.argv[1]}" if sys.argv[1:] in sections else "quant", rows, notes)
     return 0
 
 

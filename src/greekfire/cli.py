@@ -336,6 +336,8 @@ def _print_lobster(data: dict[str, Any]) -> None:
     console.print(table)
     for m in data["first_mismatches"][:5]:
         console.print(f"  row {m['row']} level {m['level']}: ours {m['ours']} file {m['file']} message {m['message']}")
+    if data.get("note"):
+        console.print(f"  [yellow]{data['note']}[/yellow]")
     if "throughput" in data:
         console.print(f"  replay: {data['throughput']['messages_per_s']:,.0f} messages/s on one core")
 

@@ -190,7 +190,7 @@ def price_frame(
             iv = iv_res["iv"].double().cpu().numpy()
             codes = iv_res["iv_code"].cpu().numpy()
             out["iv"][sl] = np.where(ok, iv, np.nan)
-            reasons = np.array([IV_REASONS[int(c)] for c in range(6)], dtype=object)[codes]
+            reasons = np.array([IV_REASONS[c] for c in range(len(IV_REASONS))], dtype=object)[codes]
             error[sl] = np.where(ok & (error[sl] == ""), reasons, error[sl])
             if uses_vol:
                 # the Greeks are taken at the given vol where there is one, else at the implied vol

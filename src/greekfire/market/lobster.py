@@ -149,12 +149,21 @@ class LobsterCheck:
 
     @property
     def ok(self) -> bool:
-        """Levels 1..N-1 agree on every row (vacuously true for level-1 files)."""
-        return all(r == 1.0 for r in self.match_rate[: self.checked_levels])
+        """Levels 1..N-1 agree on every row. False when there is no such level (a level-1 file): a check
+        that checked nothing does not pass."""
+        return self.checked_levels > 0 and all(r == 1.0 for r in self.match_rate[: self.checked_levels])
+
+    @property
+    def note(self) -> str:
+        """Why the check did not pass when no level was checked (empty otherwise)."""
+        if self.checked_levels > 0:
+            return ""
+        return (f"nothing checked: a {self.levels}-level book file has no level that must match (levels 1..N-1; "
+                "level N is refilled from outside the file); give a file with at least 2 levels")
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "mode": self.mode, "messages": self.messages, "levels": self.levels,
-                "checked_levels": self.checked_levels, "ok": self.ok,
+                "checked_levels": self.checked_levels, "ok": self.ok, "note": self.note,
                 "match_rate_pct": [round(100 * r, 4) for r in self.match_rate],
                 "bid_rate_pct": [round(100 * r, 4) for r in self.bid_rate],
                 "ask_rate_pct": [round(100 * r, 4) for r in self.ask_rate],

@@ -13,8 +13,10 @@ prices only the quotes still open: 3-5 calls for most quotes.
 
 Quotes without an American vol get NaN and the reason codes of :data:`greekfire.quant.iv.IV_REASONS`:
 below the exercise value (``below_intrinsic``), at or above the spot (call) / strike (put)
-(``above_max``), at the exercise value or below the engine's price at :data:`VOL_MIN` (``no_time_value``),
-above the engine's price at :data:`VOL_MAX` (``above_max``); ``bad_input`` also where the engine gave no
+(``above_max``), at the exercise value (``no_time_value``), above it but below the engine's price at
+:data:`VOL_MIN` (``below_model_floor``: under the model's lower bound, not an arbitrage bound; real puts
+quoted up to several dollars above intrinsic land here), above the engine's price at :data:`VOL_MAX`
+(``above_max``); ``bad_input`` also where the engine gave no
 finite price. Nothing raises.
 """
 
@@ -32,6 +34,7 @@ from greekfire.quant.iv import (
     ABOVE_MAX,
     BAD_INPUT,
     BELOW_INTRINSIC,
+    BELOW_MODEL_FLOOR,
     EXPIRED,
     NO_TIME_VALUE,
     IVResult,
@@ -90,16 +93,18 @@ def american_iv(
 
     idx = torch.nonzero(solve).flatten()
     vol = torch.full_like(p, math.nan)
+    floor = torch.zeros_like(no_tv)
     if idx.numel():
         sw, sS, sK, sT, sr, sq, sp = (t[idx] for t in (w, S, K, T, r, q, p))
-        solved, no_tv_s, above_s = _solve(pricer, sp, sw, sS, sK, sT, sr, sq, evaluations, rtol)
+        solved, floor_s, above_s = _solve(pricer, sp, sw, sS, sK, sT, sr, sq, evaluations, rtol)
         vol = vol.index_put((idx,), solved)
-        no_tv = no_tv.index_put((idx,), no_tv_s)
+        floor = floor.index_put((idx,), floor_s)
         above = above.index_put((idx,), above_s)
         # the engine gave no finite price for the quote at any vol tried
-        bad = bad | (solve & torch.isnan(vol) & ~no_tv & ~above)
+        bad = bad | (solve & torch.isnan(vol) & ~floor & ~above)
     code = (below.to(torch.int8) * BELOW_INTRINSIC + above.to(torch.int8) * ABOVE_MAX
-            + no_tv.to(torch.int8) * NO_TIME_VALUE + expired.to(torch.int8) * EXPIRED + bad.to(torch.int8) * BAD_INPUT)
+            + no_tv.to(torch.int8) * NO_TIME_VALUE + expired.to(torch.int8) * EXPIRED + bad.to(torch.int8) * BAD_INPUT
+            + floor.to(torch.int8) * BELOW_MODEL_FLOOR)
     vol = torch.where(code == 0, vol, torch.full_like(vol, math.nan))
     return IVResult(vol.to(out_dtype).reshape(shape), code.reshape(shape))
 
@@ -109,7 +114,8 @@ def _solve(
     r: torch.Tensor, q: torch.Tensor, evaluations: int, rtol: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Vols of the quotes to solve (all valid and strictly between the exercise value and the cap) and
-    the masks of those found to have no time value or to lie above the price at :data:`VOL_MAX`."""
+    the masks of those found below the price at :data:`VOL_MIN` (``below_model_floor``) or above the price
+    at :data:`VOL_MAX`."""
     n = p.numel()
     tol = rtol * p
     # the steps solve g(time value) = g(quote - exercise value) with g = sqrt in the money, ln out of it

@@ -3,7 +3,8 @@
 Units as everywhere in :mod:`greekfire.quant`: ``ttm`` years, ``rate``/``div_yield`` continuously
 compounded, ``vol`` annualised, ``right`` +1 call / -1 put. Each engine prices a whole batch at once
 on tensors (any device). Greeks of any engine are taken by batched central bump-and-reprice
-(:func:`bump_greeks`), which also gives vega and rho (a tree gives only delta, gamma, theta).
+(:func:`bump_greeks`), which also gives vega, rho, vanna, volga and charm (a tree gives only delta,
+gamma, theta).
 
 :func:`american_price`, :func:`american_greeks` and :func:`american_implied_vol` take the engine by name
 from the registry of pricing engines (:mod:`greekfire.quant.registry`; the built-in ones, ``qdfp`` included,
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from greekfire.core.errors import DataError
 from greekfire.quant._american_iv import american_iv
 from greekfire.quant._tensors import TensorLike, as_tensors, norm_cdf
 from greekfire.quant.european import bsm_price
@@ -281,8 +283,14 @@ def bs2002_price(
 
 # ---------------------------------------------------------------------------------------------------
 # Greeks by bump-and-reprice, and the American entry points (engines looked up in the registry)
-BUMP_GREEKS = ("value", "delta", "gamma", "vega", "theta", "theta_per_day", "rho", "epsilon")
+BUMP_GREEKS = ("value", "delta", "gamma", "vega", "theta", "theta_per_day", "rho", "epsilon", "vanna", "volga", "charm")
 """The outputs of :func:`bump_greeks` (and of every American engine)."""
+BUMP_CHUNK_ROWS = 16_384
+"""Most bumped copies priced in one engine call by :func:`bump_greeks` (the copies of a batch are split
+into equal calls of at most this many): an engine's working memory grows with its batch (the qd+ fixed
+point holds every node and quadrature point of every option), and the 15 copies of a 65,536-row chunk
+priced in one call peaked at 10.6 GB with qdfp on the CPU; in calls of this size the chunk peaks at 0.7 GB
+(the process included) and prices no slower per row (benchmarks/bench_quant.py american-memory)."""
 
 ValueFn = Callable[..., torch.Tensor]
 
@@ -300,11 +308,25 @@ def bump_greeks(
     spot_bump: float = 1e-3,
     vol_bump: float = 1e-4,
     rate_bump: float = 1e-5,
+    names: tuple[str, ...] = BUMP_GREEKS,
+    max_rows: int = BUMP_CHUNK_ROWS,
 ) -> dict[str, torch.Tensor]:
     """Value, delta, gamma, vega (per 1.00 vol), theta (per year, -dV/dttm), theta_per_day, rho (per 1.00
-    rate) and epsilon (per 1.00 yield) of ``value_fn(right, spot, strike, ttm, rate, div_yield, vol)`` by
-    batched central bump-and-reprice: all bumped copies are priced in one call. Bumps: ``spot_bump`` x spot,
-    ``vol_bump`` and ``rate_bump`` absolute (rate and yield), one day (at most half the ttm) in time."""
+    rate), epsilon (per 1.00 yield), vanna (d delta / d vol), volga (d vega / d vol) and charm (-d delta /
+    d ttm, per year) of ``value_fn(right, spot, strike, ttm, rate, div_yield, vol)`` by batched central
+    bump-and-reprice. Bumps: ``spot_bump`` x spot, ``vol_bump`` and ``rate_bump`` absolute (rate and yield),
+    one day (at most half the ttm) in time. Vanna and charm are the second-order mixed differences that
+    reuse the one-way bumps and add the two diagonal points (spot and vol, or spot and time, both up and
+    both down); they are priced only when ``names`` asks for them. Returns the outputs in ``names``.
+
+    All bumped copies go to ``value_fn`` flattened, in equal calls of at most ``max_rows`` rows
+    (:data:`BUMP_CHUNK_ROWS`), which bounds the engine's working memory; each row's price does not depend
+    on the rows priced beside it."""
+    unknown = [n for n in names if n not in BUMP_GREEKS]
+    if unknown:
+        raise DataError("names", unknown[0], f"must be among {', '.join(BUMP_GREEKS)}")
+    if max_rows < 1:
+        raise DataError("max_rows", max_rows, "must be at least 1")
     w, S, K, T, r, q, v = as_tensors(right, spot, strike, ttm, rate, div_yield, vol)
     hs = spot_bump * S
     hv = torch.full_like(v, vol_bump)
@@ -318,12 +340,14 @@ def bump_greeks(
         (S, v, r, q + hr, T), (S, v, r, q - hr, T),
         (S, v, r, q, T + ht), (S, v, r, q, T - ht),
     ]
-    stack = [torch.stack(z) for z in zip(*bumps, strict=True)]
-    vals = value_fn(w.expand_as(S).unsqueeze(0).expand(len(bumps), *S.shape), stack[0],
-                    K.unsqueeze(0).expand(len(bumps), *S.shape), stack[4], stack[2], stack[3], stack[1])
-    v0, sp, sm, vp, vm, rp, rm, qp, qm, tp, tm = vals
+    if "vanna" in names:
+        bumps += [(S + hs, v + hv, r, q, T), (S - hs, v - hv, r, q, T)]
+    if "charm" in names:
+        bumps += [(S + hs, v, r, q, T + ht), (S - hs, v, r, q, T - ht)]
+    vals = _price_copies(value_fn, w, K, bumps, max_rows)
+    v0, sp, sm, vp, vm, rp, rm, qp, qm, tp, tm = vals[:11]
     theta = -(tp - tm) / (2.0 * ht)
-    return {
+    out = {
         "value": v0,
         "delta": (sp - sm) / (2.0 * hs),
         "gamma": (sp - 2.0 * v0 + sm) / (hs * hs),
@@ -332,7 +356,36 @@ def bump_greeks(
         "theta_per_day": theta / 365.0,
         "rho": (rp - rm) / (2.0 * hr),
         "epsilon": (qp - qm) / (2.0 * hr),
+        "volga": (vp - 2.0 * v0 + vm) / (hv * hv),
     }
+    extra = iter(vals[11:])
+    if "vanna" in names:
+        pp, mm = next(extra), next(extra)
+        out["vanna"] = (pp - sp - vp + 2.0 * v0 - sm - vm + mm) / (2.0 * hs * hv)
+    if "charm" in names:
+        pp, mm = next(extra), next(extra)
+        # d2V/dS dttm; charm is minus it (as theta is -dV/dttm)
+        out["charm"] = -(pp - sp - tp + 2.0 * v0 - sm - tm + mm) / (2.0 * hs * ht)
+    return {k: out[k] for k in names}
+
+
+def _price_copies(
+    value_fn: ValueFn, w: torch.Tensor, K: torch.Tensor,
+    bumps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], max_rows: int,
+) -> torch.Tensor:
+    """``value_fn`` on every bumped copy ``(S, v, r, q, T)`` of the batch: ``[copies, *batch shape]``,
+    priced flattened in equal calls of at most ``max_rows`` rows."""
+    S = bumps[0][0]
+    shape = (len(bumps), *S.shape)
+    S_, v_, r_, q_, T_ = (torch.stack(z).reshape(-1) for z in zip(*bumps, strict=True))
+    w_ = w.expand_as(S).unsqueeze(0).expand(shape).reshape(-1)
+    K_ = K.expand_as(S).unsqueeze(0).expand(shape).reshape(-1)
+    total = S_.numel()
+    parts = max(1, -(-total // max_rows))
+    if parts == 1:
+        return value_fn(w_, S_, K_, T_, r_, q_, v_).reshape(shape)
+    pieces = [value_fn(*a) for a in zip(*(t.tensor_split(parts) for t in (w_, S_, K_, T_, r_, q_, v_)), strict=True)]
+    return torch.cat(pieces).reshape(shape)
 
 
 def american_price(
@@ -367,11 +420,15 @@ def american_greeks(
     steps: int = 200,
 ) -> dict[str, torch.Tensor]:
     """Value, delta, gamma, vega (per 1.00 vol), theta (per year, -dV/dttm), theta_per_day, rho (per
-    1.00 rate) and epsilon (per 1.00 yield) of American options by the engine ``model``: batched central
-    bump-and-reprice (:func:`bump_greeks`, bumps wider than the node spacing for a tree)."""
+    1.00 rate), epsilon (per 1.00 yield), vanna (d delta / d vol), volga (d vega / d vol) and charm
+    (-d delta / d ttm, per year) of American options by the engine ``model``: batched central
+    bump-and-reprice (:func:`bump_greeks`, bumps wider than the node spacing for a tree; a tree, ``crr``,
+    gives no vanna, volga or charm: its price is not smooth enough at that spacing)."""
     engine = get_engine(model, style="american")
     batch = OptionBatch(right, strike, ttm, "american")
-    return engine(batch, MarketInputs(spot, rate, div_yield, vol), outputs=BUMP_GREEKS, steps=steps)
+    # a tree gives no second differences in vol and time (see greekfire.quant.engines)
+    outputs = tuple(n for n in BUMP_GREEKS if n in engine.capabilities.outputs)
+    return engine(batch, MarketInputs(spot, rate, div_yield, vol), outputs=outputs, steps=steps)
 
 
 def american_implied_vol(
@@ -396,7 +453,8 @@ def american_implied_vol(
     within ``rtol`` (relative) of it. ``iterations`` bounds the engine calls per quote.
     Returns an :class:`IVResult` with the codes of :func:`implied_vol`: ``below_intrinsic`` under the
     exercise value, ``above_max`` at or above the spot (call) / strike (put) or above the engine's price at
-    vol 10, ``no_time_value`` at the exercise value or under the engine's price at vol 1e-4. Never raises
+    vol 10, ``no_time_value`` at the exercise value, ``below_model_floor`` above it but under the engine's
+    price at vol 1e-4 (the model's lower bound, e.g. ``S - K exp(-rT)`` for a call without yield). Never raises
     on bad rows (they get NaN and a code)."""
     engine = get_engine(model, style="american")
     batch = OptionBatch(right, strike, ttm, "american")

@@ -38,8 +38,12 @@ IV_REASONS: dict[int, str] = {
     3: "no_time_value",
     4: "expired",
     5: "bad_input",
+    6: "below_model_floor",
 }
-OK, BELOW_INTRINSIC, ABOVE_MAX, NO_TIME_VALUE, EXPIRED, BAD_INPUT = range(6)
+OK, BELOW_INTRINSIC, ABOVE_MAX, NO_TIME_VALUE, EXPIRED, BAD_INPUT, BELOW_MODEL_FLOOR = range(7)
+"""``below_model_floor`` (American engines only): a quote above its exercise value but below the engine's
+price at the lowest vol searched, e.g. a call without yield under ``S - K exp(-rT)``, or a put under the
+engine's early-exercise floor: a model's bound, not an arbitrage bound, so kept apart from ``no_time_value``."""
 
 DEFAULT_ITERATIONS = 6
 SHARED_STEPS = 1  # float64 steps every quote takes inside the fused kernel; most have converged after it

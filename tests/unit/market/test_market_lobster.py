@@ -20,7 +20,7 @@ def test_amzn_level5_check_is_exact_on_levels_1_to_4(amzn5):
     res = lobster.check(amzn5)
     assert res.checked_levels == 4
     assert res.match_rate[:4] == [1.0, 1.0, 1.0, 1.0], res.mismatches[:3]
-    assert res.ok and res.bad_events["bad"] == 0
+    assert res.ok and res.bad_events["bad"] == 0 and res.note == ""
     # level 5 is refilled from outside the window: not all rows can agree there
     assert res.match_rate[4] < 1.0
 
@@ -35,7 +35,9 @@ def test_plain_replay_drifts_which_is_why_check_resets(amzn5):
 def test_level1_files_report_their_level1_agreement(shared_data, name):
     data = lobster.read(shared_data / "lobster" / f"LOBSTER_SampleFile_{name}.zip")
     res = lobster.check(data)
-    assert data.levels == 1 and res.checked_levels == 0 and res.ok
+    # nothing must match in a level-1 file: the check says so and does not pass
+    assert data.levels == 1 and res.checked_levels == 0 and not res.ok
+    assert res.note.startswith("nothing checked") and res.as_dict()["note"] == res.note
     assert 0.5 < res.match_rate[0] < 1.0  # a level-1 file cannot show what refills the top
     d = res.as_dict()
     assert d["match_rate_pct"][0] == round(100 * res.match_rate[0], 4)
@@ -58,3 +60,14 @@ def test_csv_pair_equals_zip_and_bad_files(shared_data, tmp_path):
         lobster.read(bad, book)
     with pytest.raises(DataError, match="order-book CSV"):
         lobster.read(msg)
+
+
+def test_lobster_check_cli_with_nothing_to_check_fails_and_says_so(shared_data):
+    from typer.testing import CliRunner
+
+    from greekfire.cli import app
+
+    z = shared_data / "lobster" / "LOBSTER_SampleFile_AMZN_2012-06-21_1.zip"
+    res = CliRunner().invoke(app, ["market", "lobster-check", str(z), "--levels", "1", "--json"])
+    assert res.exit_code == 1, res.output
+    assert '"ok": false' in res.output and "nothing checked" in res.output

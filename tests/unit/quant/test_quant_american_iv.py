@@ -76,7 +76,8 @@ def test_reason_codes_outside_the_american_bounds_never_raise() -> None:
         (120.0, 1.0, 120.0, 100.0, 1.0, 0.05, 0.0, "above_max"),  # a call is worth less than the spot
         (119.99997, 1.0, 120.0, 100.0, 1.0, 0.05, 0.0, "above_max"),  # more than vol 10 gives (119.99994)
         # a call without yield is never exercised: its price is at least S - K exp(-rT) = 24.88 at any vol
-        (20.5, 1.0, 120.0, 100.0, 1.0, 0.05, 0.0, "no_time_value"),
+        # above its exercise value 20, so it has time value: under the model's floor, not at intrinsic
+        (20.5, 1.0, 120.0, 100.0, 1.0, 0.05, 0.0, "below_model_floor"),
         (5.0, 1.0, 100.0, 100.0, 0.0, 0.05, 0.0, "expired"),
         (5.0, 1.0, -100.0, 100.0, 1.0, 0.05, 0.0, "bad_input"),
         (math.nan, 1.0, 100.0, 100.0, 1.0, 0.05, 0.0, "bad_input"),
@@ -162,3 +163,34 @@ def test_against_quantlib_high_precision_prices_and_implied_volatility() -> None
         assert 0.5 < slope / vega < 2.0, i
         gaps.append(abs(ov - ql_vol))
     assert np.median(gaps) < 2e-4 and max(gaps) < 0.1
+
+
+def test_real_chain_quotes_under_the_model_floor_are_not_called_no_time_value(shared_data) -> None:
+    # a real American equity chain (Agilent, 2016-01-05), mid quotes: rows at their exercise value are
+    # no_time_value; rows above it but under the engine's price at the lowest vol get their own code
+    import numpy as np
+    import pandas as pd
+
+    from greekfire.data.pricing import price_frame
+    from greekfire.quant._american_iv import VOL_MIN
+
+    raw = pd.read_csv(shared_data / "options" / "A_2016-01-05.csv")
+    frame = pd.DataFrame({
+        "right": raw["Type"], "spot": raw["UnderlyingPrice"], "strike": raw["Strike"],
+        "expiry": raw["Expiration"], "quote_date": raw["DataDate"], "rate": 0.01, "div_yield": 0.0,
+        "market_price": 0.5 * (raw["Bid"] + raw["Ask"]),
+    })
+    out = price_frame(frame, style="american", device="cpu")
+    w = np.where(out["right"] == "call", 1.0, -1.0)
+    time_value = out["market_price"] - np.maximum(w * (out["spot"] - out["strike"]), 0.0)
+    at = (out["error"] == "no_time_value").to_numpy()
+    floor = (out["error"] == "below_model_floor").to_numpy()
+    assert at.any() and floor.any()
+    assert (time_value[at].abs() < 1e-9).all()
+    assert (time_value[floor] > 0.02).all()
+    ttm = (pd.to_datetime(frame["expiry"]) - pd.to_datetime(frame["quote_date"])).dt.days.to_numpy() / 365.0
+    cols = [torch.as_tensor(c[floor], dtype=torch.float64) for c in
+            (w, out["spot"].to_numpy(), out["strike"].to_numpy(), ttm, np.full(len(w), 0.01), np.zeros(len(w)))]
+    model_floor = american_price(*cols, torch.full_like(cols[0], VOL_MIN)).numpy()
+    assert (out["market_price"].to_numpy()[floor] < model_floor).all()
+    assert out["iv"][at | floor].isna().all()

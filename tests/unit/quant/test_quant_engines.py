@@ -109,9 +109,12 @@ def test_american_engines_give_exactly_what_the_wrapped_functions_give() -> None
     assert torch.equal(price("crr", batch, market, steps=80)["value"], crr_price(*args, steps=80))
     assert torch.equal(american_price(*args, model="crr", steps=80), crr_price(*args, steps=80))
     for model in ("qdfp", "crr", "baw", "bs2002"):
-        got = price(model, batch, market, outputs=BUMP_GREEKS, steps=60)
+        # a tree gives every bump Greek but the second differences in vol and time
+        names = BUMP_GREEKS if model != "crr" else tuple(n for n in BUMP_GREEKS if n not in ("vanna", "volga", "charm"))
+        got = price(model, batch, market, outputs=names, steps=60)
         want = american_greeks(*args, model=model, steps=60)
-        for name in BUMP_GREEKS:
+        assert set(want) == set(names), model
+        for name in names:
             assert torch.equal(got[name], want[name]), (model, name)
 
 
@@ -153,7 +156,7 @@ def test_registry_errors_name_what_is_wrong(toy: str) -> None:
     with pytest.raises(DataError, match="style"):
         get_engine("bsm")(OptionBatch(1.0, 100.0, 0.5, "american"), market)
     with pytest.raises(DataError, match="outputs='vanna'"):
-        price("qdfp", OptionBatch(1.0, 100.0, 0.5, "american"), market, outputs=("vanna",))
+        price("crr", OptionBatch(1.0, 100.0, 0.5, "american"), market, outputs=("vanna",))
     with pytest.raises(DataError, match="params='v0'"):
         price("heston", batch, market)
     with pytest.raises(DataError, match="vol=None"):

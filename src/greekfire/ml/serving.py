@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from greekfire.core.errors import ConfigError, DataError
+from greekfire.core.errors import ConfigError, DataError, InputFileError
 from greekfire.core.metrics import counter, histogram
 from greekfire.gpu.device import choose_device
 from greekfire.ml.module import PricingModule
@@ -101,7 +101,12 @@ def load_pricing_model(
     if not path.is_file():
         raise ConfigError("--model", text, "no such checkpoint file (a .ckpt path or an MLflow runs:/ URI)")
     dev = choose_device(device or "auto", min_free_mb=min_free_mb)
-    module = PricingModule.load_from_checkpoint(str(path), map_location=dev)
+    try:
+        module = PricingModule.load_from_checkpoint(str(path), map_location=dev)
+    except Exception as exc:  # torch.load fails on a foreign file with whatever its unpickler meets
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise InputFileError("--model", str(path), f"not a greekfire pricing checkpoint (a .ckpt written by "
+                             f"`greekfire train pricing`): {reason}") from exc
     module.eval()
     hp = module.hparams
     return LoadedModel(

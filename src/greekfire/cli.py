@@ -69,8 +69,6 @@ class _RootGroup(TyperGroup):
                 message, code = str(exc), EXIT_USAGE
             elif isinstance(exc, ConfigError | ConfigErrors):
                 message, code = f"configuration error: {_config_message(exc)}", EXIT_USAGE
-            elif isinstance(exc, InputFileError):
-                message = str(exc)
             elif isinstance(exc, GreekfireError):
                 message = str(exc)
             elif isinstance(exc, FileNotFoundError):

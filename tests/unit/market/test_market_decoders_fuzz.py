@@ -3,6 +3,7 @@ another exception: the inputs are damaged real-shaped files (cut short, bytes ov
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import tempfile
@@ -77,10 +78,8 @@ def test_lobster_zip_gives_a_check_or_our_error(raw: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         z = Path(tmp) / "sample.zip"
         z.write_bytes(raw)
-        try:
+        with contextlib.suppress(GreekfireError):
             lobster.check(lobster.read(z))
-        except GreekfireError:
-            pass
 
 
 @FUZZ

@@ -15,109 +15,33 @@ import importlib
 import json
 import logging
 import time
-import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand
 
 from greekfire import __version__
+from greekfire.cli_errors import (
+    EXIT_DATA,
+    EXIT_USAGE,
+    LOG_LEVELS,
+    ErrorReportingGroup,
+    UsageProblem,
+    fail,
+    require_file,
+    say_error,
+    set_debug,
+)
 from greekfire.core.allocator import keep_freed_memory
-from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError, InputFileError
+from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError
 from greekfire.core.logging import configure_logging
 from greekfire.core.settings import Settings, load_settings, settings_dict
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: exit codes: a usage error (a bad option, setting or missing file) and a data error (the input itself is bad)
-EXIT_USAGE = 2
-EXIT_DATA = 1
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _say_error(command: str, message: str) -> None:
-    """One line on stderr, never wrapped (scripts and people both read it)."""
-    typer.echo(f"greekfire {command}: error: {_one_line(message)}".replace("  ", " "), err=True)
-
-
-def _config_message(exc: ConfigError | ConfigErrors) -> str:
-    if isinstance(exc, ConfigErrors):
-        return "; ".join(str(e) for e in exc.errors)
-    return str(exc)
-
-
-class _RootGroup(TyperGroup):
-    """The ``greekfire`` group: an error in any command ends as one line on stderr naming the input, the
-    field and value and what is allowed, with exit code 2 for usage errors and 1 for bad data. The
-    traceback is printed only under ``--log-level debug``."""
-
-    def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except Exception as exc:  # every error but the command line's own: one line (after the traceback when debugging)
-            if isinstance(exc, typer.Exit | typer.Abort) or type(exc).__module__.startswith(("typer", "click")):
-                raise
-            if STATE.log_level == "DEBUG":
-                traceback.print_exception(exc)
-            code = EXIT_DATA
-            if isinstance(exc, UsageProblem):
-                message, code = str(exc), EXIT_USAGE
-            elif isinstance(exc, ConfigError | ConfigErrors):
-                message, code = f"configuration error: {_config_message(exc)}", EXIT_USAGE
-            elif isinstance(exc, GreekfireError):
-                message = str(exc)
-            elif isinstance(exc, FileNotFoundError):
-                message, code = f"file {exc.filename!r} does not exist", EXIT_USAGE
-            elif isinstance(exc, OSError) and exc.filename:
-                message = f"cannot use {exc.filename!r}: {exc.strerror or exc}"
-            else:
-                message = f"unexpected {type(exc).__name__}: {exc} (--log-level debug prints the traceback)"
-            _say_error(_command_name(exc.__traceback__, ctx.command_path), message)
-            raise typer.Exit(code) from None
-
-
-def _fail(command: str, exc: Exception) -> typer.Exit:
-    """Print ``exc`` as one line and give the exit to raise: 1 for an unreadable input file, else 2 (these
-    commands' own errors are about their options and settings)."""
-    if STATE.log_level == "DEBUG":
-        traceback.print_exception(exc)
-    if isinstance(exc, ConfigError | ConfigErrors):
-        _say_error(command, f"configuration error: {_config_message(exc)}")
-        return typer.Exit(EXIT_USAGE)
-    _say_error(command, str(exc))
-    return typer.Exit(EXIT_DATA if isinstance(exc, InputFileError) else EXIT_USAGE)
-
-
-class UsageProblem(Exception):
-    """A bad option or argument found by a command itself (exit 2, one line)."""
-
-
-def _command_name(tb: Any, root: str) -> str:
-    """The sub-command an error came from (``market itch``): the innermost click context on the way."""
-    name = ""
-    while tb is not None:
-        for c in (tb.tb_frame.f_locals.get("ctx"), tb.tb_frame.f_locals.get("self")):
-            path = getattr(c, "command_path", None)  # a click context (typer carries its own click)
-            if isinstance(path, str) and path.startswith(f"{root} "):
-                name = path.removeprefix(f"{root} ")
-        tb = tb.tb_next
-    return name or "command"
-
-
-def _require_file(path: Path | None, what: str) -> None:
-    """A missing input file is a usage error (exit 2) naming the argument and the path."""
-    if path is not None and not path.is_file():
-        state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise UsageProblem(f"{what} {str(path)!r} {state}")
-
-
 app = typer.Typer(
-    cls=_RootGroup,
+    cls=ErrorReportingGroup,
     name="greekfire",
     help="GPU-accelerated options research and trading: price, learn, trade, manage risk.",
     no_args_is_help=True,
@@ -192,10 +116,11 @@ def main(
 ) -> None:
     """greekfire: one system that prices, learns, trades, manages risk and runs in production."""
     if log_level is not None and log_level.upper() not in LOG_LEVELS:
-        _say_error("--log-level", f"bad value {log_level!r}: allowed {', '.join(LOG_LEVELS)} (any case)")
+        say_error("--log-level", f"bad value {log_level!r}: allowed {', '.join(LOG_LEVELS)} (any case)")
         raise typer.Exit(EXIT_USAGE)
     STATE.config = config
     STATE.log_level = log_level.upper() if log_level else None
+    set_debug(STATE.log_level == "DEBUG")
     STATE.log_json = log_json
 
 
@@ -299,7 +224,7 @@ def data_check(
         console.print(f"[green]OK[/green] {result.url}: {result.message} ({result.seconds:.2f} s)")
     if not result.ok:
         if not as_json:
-            _say_error("data check", f"{result.url} [{result.problem}]: {result.message}"
+            say_error("data check", f"{result.url} [{result.problem}]: {result.message}"
                        + (f"; fix: {result.hint}" if result.hint else ""))
         raise typer.Exit(EXIT_DATA)
 
@@ -326,7 +251,7 @@ def data_spx(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Load real SPX quotes with the S&P 500 history; report rows, bad rows and how the levels line up."""
-    _require_file(path, "vendor CSV")
+    require_file(path, "vendor CSV")
     from greekfire.data.spx import spx_report
 
     summary = spx_report(path, out, settings())
@@ -350,7 +275,7 @@ def train_pricing_cmd(
     try:
         result = run_training(s, preset=preset, config_file=experiment, overrides=overrides or [], resume=resume)
     except (ConfigErrors, ConfigError, GreekfireError) as exc:
-        raise _fail("train pricing", exc) from None
+        raise fail("train pricing", exc) from None
     if result.rank != 0:  # under DDP every rank returns here; rank 0 speaks for the run
         return
     data = result.as_dict()
@@ -382,7 +307,7 @@ def serve_pricing_cmd(
     try:
         serve(settings(), model, host=host, port=port, batching=not no_batching, device=device)
     except (ConfigErrors, ConfigError, GreekfireError) as exc:
-        raise _fail("serve pricing", exc) from None
+        raise fail("serve pricing", exc) from None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -391,7 +316,7 @@ def _market_run(command: str, fn: Any, *args: Any, **kw: Any) -> dict[str, Any]:
     try:
         return fn(*args, **kw)
     except GreekfireError as exc:
-        raise _fail(command, exc) from None
+        raise fail(command, exc) from None
 
 
 def _print_lobster(data: dict[str, Any]) -> None:
@@ -417,8 +342,8 @@ def market_lobster_check(
 ) -> None:
     """Row k-1 of the book file + message k through our book == row k? Per-level match (exit 1 if levels
     1..N-1 are not 100%)."""
-    _require_file(messages, "message file")
-    _require_file(book, "order-book file")
+    require_file(messages, "message file")
+    require_file(book, "order-book file")
     from greekfire.market.lobster import check_files
 
     data = _market_run("market lobster-check", check_files, messages, book, levels)
@@ -435,8 +360,8 @@ def market_lobster_replay(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Plain replay from the first row: throughput and agreement (drifts below level 1, by design)."""
-    _require_file(messages, "message file")
-    _require_file(book, "order-book file")
+    require_file(messages, "message file")
+    require_file(book, "order-book file")
     from greekfire.market.lobster import replay_files
 
     data = _market_run("market lobster-replay", replay_files, messages, book, levels)
@@ -450,7 +375,7 @@ def market_itch(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Decode an ITCH file, build per-stock books; counts, bad input with positions, top of book."""
-    _require_file(path, "ITCH file")
+    require_file(path, "ITCH file")
     from greekfire.market.itch import file_report
 
     data = _market_run("market itch", file_report, path, framing or settings().market.itch_framing)
@@ -494,7 +419,7 @@ def price_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Price every row: value, Greeks, implied vol where market_price is given, and an error code."""
-    _require_file(input_path, "input file")
+    require_file(input_path, "input file")
     from greekfire.data.pricing import price_file
     from greekfire.quant import import_engine_modules
 
@@ -506,7 +431,7 @@ def price_cmd(
             device=device or q.device, dtype=dtype or q.dtype, progress=not as_json,
         )
     except GreekfireError as exc:
-        raise _fail("price", exc) from None
+        raise fail("price", exc) from None
     print_json(data) if as_json else _print_mapping(f"priced {input_path}", data)
 
 
@@ -598,7 +523,7 @@ def trade(
     try:
         out = run_paper(s, duration, strategy, venues)
     except (ConfigError, ConfigErrors) as exc:
-        raise _fail("trade", exc) from None
+        raise fail("trade", exc) from None
     if as_json:
         print_json(out)
         return

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from greekfire.core.errors import ConfigError, DataError, InputFileError
+from greekfire.core.errors import ConfigError, DataError, GreekfireError, InputFileError
 from greekfire.core.metrics import counter, histogram
 from greekfire.gpu.device import choose_device
 from greekfire.ml.module import PricingModule
@@ -103,6 +103,8 @@ def load_pricing_model(
     dev = choose_device(device or "auto", min_free_mb=min_free_mb)
     try:
         module = PricingModule.load_from_checkpoint(str(path), map_location=dev)
+    except GreekfireError:  # a checkpoint of ours that says what is wrong with it (a newer format...)
+        raise
     except Exception as exc:  # torch.load fails on a foreign file with whatever its unpickler meets
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise InputFileError("--model", str(path), f"not a greekfire pricing checkpoint (a .ckpt written by "

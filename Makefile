@@ -28,8 +28,10 @@ $(VENV)/.torch: | $(BIN)/activate
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	@touch $@
 
+# `make demo` runs a training stage and builds the servers: the train and serve extras (a bare
+# `pip install greekfire` is the lean core).
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[train,serve]'
 	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.installed

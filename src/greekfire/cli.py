@@ -149,6 +149,23 @@ def config_show(
         typer.echo(yaml.safe_dump(data, sort_keys=False))
 
 
+@config_app.command("reference")
+def config_reference(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="write the Markdown page here (default: print it)")
+    ] = None,
+) -> None:
+    """Print every setting (key, type, default, environment variable, meaning) as the Markdown page
+    docs/configuration.md; it reads the settings models, not the effective settings."""
+    from greekfire.core.settings_doc import write_reference
+
+    text = write_reference(out)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        err_console.print(f"wrote {out}")
+
+
 # --------------------------------------------------------------------------------------------------------
 # gpu: device discovery, health and the /health + /metrics server (greekfire.gpu, greekfire.api.gpu)
 @gpu_app.command("status")

@@ -44,7 +44,9 @@ class Section(BaseModel):
 class LoggingSettings(Section):
     """Logging: console (Rich) for people, JSON lines for machines, optional rotating file."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="least severe log level shown (the CLI's --log-level beats it)"
+    )
     json_format: bool = Field(False, alias="json", description="JSON lines instead of the Rich console")
     file: Path | None = Field(None, description="rotating log file; none by default")
     max_bytes: int = Field(10_000_000, gt=0, description="rotate the file at this size (bytes)")
@@ -56,15 +58,20 @@ class LoggingSettings(Section):
 class MetricsSettings(Section):
     """Prometheus metrics."""
 
-    enabled: bool = True
-    namespace: str = Field("greekfire", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    enabled: bool = Field(True, description="not read yet: metrics are always recorded")
+    namespace: str = Field(
+        "greekfire", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="not read yet: metric names are fixed (greekfire_*)"
+    )
 
 
 class DatabaseSettings(Section):
     """Database URL (SQLAlchemy): SQLite embedded by default, PostgreSQL in production."""
 
-    url: SecretStr = SecretStr("sqlite:///.greekfire/greekfire.db")
-    echo: bool = False
+    url: SecretStr = Field(
+        SecretStr("sqlite:///.greekfire/greekfire.db"),
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pass@host/db; masked when shown",
+    )
+    echo: bool = Field(False, description="log every SQL statement")
 
 
 class StorageSettings(Section):
@@ -72,10 +79,10 @@ class StorageSettings(Section):
 
     root: str = Field(".greekfire/data", description="default root for datasets (path or URL)")
     s3_endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000 for MinIO")
-    s3_region: str | None = None
-    s3_access_key_id: SecretStr | None = None
-    s3_secret_access_key: SecretStr | None = None
-    s3_anon: bool = False
+    s3_region: str | None = Field(None, description="S3 region; none: the client's default chain")
+    s3_access_key_id: SecretStr | None = Field(None, description="S3 key id; none: the default credential chain")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (masked when shown)")
+    s3_anon: bool = Field(False, description="anonymous S3 access (public buckets), no credentials")
     connect_timeout_s: float = Field(5.0, gt=0, le=300, description="object-store connect timeout, seconds")
     max_attempts: int = Field(3, ge=1, le=20, description="tries per object-store request (1: no retry)")
     row_group_rows: int = Field(65_536, ge=1, description="rows per Parquet row group when writing")
@@ -93,31 +100,35 @@ class GpuAlertSettings(Section):
 class GpuSettings(Section):
     """GPU resource manager: discovery, memory policy, monitoring, health and placement."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="use GPUs when present; false: CPU only")
     sample_interval_s: float = Field(5.0, gt=0, le=3600, description="monitor sampling interval, seconds")
     metric_naming: Literal["dcgm", "greekfire"] = Field(
         "dcgm", description="dcgm: DCGM_FI_DEV_* names; greekfire: greekfire_gpu_* (nodes running dcgm-exporter)"
     )
-    cloud: Literal["auto", "aws", "gcp", "azure", "none"] = "auto"
+    cloud: Literal["auto", "aws", "gcp", "azure", "none"] = Field(
+        "auto", description="cloud provider; auto: detected from DMI data"
+    )
     cloud_metadata: bool = Field(False, description="query the metadata service for instance type/region")
-    metadata_timeout_s: float = Field(1.0, gt=0, le=10)
+    metadata_timeout_s: float = Field(1.0, gt=0, le=10, description="metadata service timeout, seconds")
     metadata_url: str | None = Field(None, description="metadata service base URL (default: the cloud's own)")
     dmi_root: Path = Field(Path("/"), description="root under which sys/class/dmi/id is read (tests: a temp dir)")
     memory_fraction: float | None = Field(None, gt=0, le=1, description="per-process fraction of device memory")
-    expandable_segments: bool = True
+    expandable_segments: bool = Field(True, description="torch CUDA allocator expandable segments (less fragmentation)")
     preallocate_mb: int = Field(0, ge=0, description="reserve this many MiB at start (0: none)")
-    placement: Literal["least_loaded", "round_robin", "pack"] = "least_loaded"
+    placement: Literal["least_loaded", "round_robin", "pack"] = Field(
+        "least_loaded", description="how work is placed on devices"
+    )
     min_free_mb: int = Field(512, ge=0, description="memory headroom a device needs to be placed on")
-    host: str = "127.0.0.1"
-    port: int = Field(9400, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="address `greekfire gpu serve` listens on")
+    port: int = Field(9400, ge=1, le=65535, description="port of `greekfire gpu serve` (/health, /metrics)")
     alerts: GpuAlertSettings = GpuAlertSettings()
 
 
 class QuantSettings(Section):
     """Pricing defaults."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float64", "float32"] = "float64"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="pricing device; auto: a GPU when present")
+    dtype: Literal["float64", "float32"] = Field("float64", description="floating-point precision of pricing")
     tree_steps: int = Field(200, ge=1, le=100_000, description="binomial tree steps")
     keep_freed_memory: bool = Field(
         True, description="greekfire commands make glibc's malloc keep freed blocks up to 32 MiB (large pricing "
@@ -156,7 +167,7 @@ class RiskSettings(Section):
     max_total_gamma_cash: float = Field(1_000_000.0, gt=0, description="sum of gamma x spot^2 / 100 (per 1% move)")
     max_total_theta: float = Field(1_000_000.0, gt=0, description="sum of |theta|, currency per year")
     var_limit: float = Field(250_000.0, gt=0, description="1-day VaR limit, currency (positive loss)")
-    var_confidence: float = Field(0.99, gt=0.5, lt=1)
+    var_confidence: float = Field(0.99, gt=0.5, lt=1, description="VaR confidence level, fraction")
     var_mc_paths: int = Field(2000, ge=100, le=1_000_000, description="Monte Carlo VaR paths (continuous check)")
     var_refresh_s: float = Field(1.0, gt=0, description="exact parametric VaR at most this often; bounded between")
     max_orders_per_s: int = Field(5000, gt=0, description="order submits + amends per second, per strategy")
@@ -182,7 +193,7 @@ class TradingSettings(Section):
     maker_fee: float = Field(-0.20, description="per contract; negative is a rebate")
     taker_fee: float = Field(0.50, description="per contract")
     background_rate_hz: float = Field(200.0, ge=0, description="synthetic participant orders per second per venue")
-    seed: int = 7
+    seed: int = Field(7, description="random seed of the simulated venues and participants")
     audit_file: Path | None = Field(None, description="append-only JSON-lines audit log; none keeps it in memory")
 
 
@@ -190,7 +201,7 @@ class TrainingSettings(Section):
     """Pricing-model training (owned by greekfire.ml / greekfire.training)."""
 
     runs_dir: Path = Field(Path(".greekfire/runs"), description="checkpoints, TensorBoard and MLflow store")
-    seed: int = 1234
+    seed: int = Field(1234, description="random seed of training runs")
     config_dir: Path | None = Field(None, description="Hydra experiment configs (default: configs/train)")
     mlflow_tracking_uri: str | None = Field(None, description="MLflow server URI; none: local store in runs_dir")
     wandb_enabled: bool = Field(False, description="also log to Weights & Biases (needs the wandb package)")
@@ -203,8 +214,8 @@ class TrainingSettings(Section):
 class ApiSettings(Section):
     """HTTP servers (trading API, inference, dashboards)."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="address `greekfire serve pricing` listens on")
+    port: int = Field(8000, ge=1, le=65535, description="port of `greekfire serve pricing`")
 
 
 _yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("greekfire_yaml_data", default=None)

@@ -5,4 +5,9 @@ experiments), ``data`` (sample sources and splits; batches come from :mod:`greek
 ``module`` (the LightningModule and the checkpoint format), ``train`` (the driver), ``tracking``,
 ``callbacks``, ``evaluate``, ``serving`` (checkpoint loading and micro-batching), ``experiments`` (the
 accuracy anchors) and ``demo``. Importing this package imports nothing heavy; see docs/pricing-model.md.
+It needs the ``train`` extra (Lightning, TensorBoard, MLflow, Hydra): without it, importing it says so.
 """
+
+from greekfire.core.extras import require_extra
+
+require_extra("train", "greekfire.ml (training and pricing models)")

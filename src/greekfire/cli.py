@@ -24,12 +24,24 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from greekfire import __version__
+from greekfire.cli_errors import (
+    EXIT_DATA,
+    EXIT_USAGE,
+    LOG_LEVELS,
+    ErrorReportingGroup,
+    UsageProblem,
+    fail,
+    require_file,
+    say_error,
+    set_debug,
+)
 from greekfire.core.allocator import keep_freed_memory
 from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError
 from greekfire.core.logging import configure_logging
 from greekfire.core.settings import Settings, load_settings, settings_dict
 
 app = typer.Typer(
+    cls=ErrorReportingGroup,
     name="greekfire",
     help="GPU-accelerated options research and trading: price, learn, trade, manage risk.",
     no_args_is_help=True,
@@ -103,18 +115,19 @@ def main(
     ] = False,
 ) -> None:
     """greekfire: one system that prices, learns, trades, manages risk and runs in production."""
+    if log_level is not None and log_level.upper() not in LOG_LEVELS:
+        say_error("--log-level", f"bad value {log_level!r}: allowed {', '.join(LOG_LEVELS)} (any case)")
+        raise typer.Exit(EXIT_USAGE)
     STATE.config = config
     STATE.log_level = log_level.upper() if log_level else None
+    set_debug(STATE.log_level == "DEBUG")
     STATE.log_json = log_json
 
 
 def settings() -> Settings:
-    """The effective settings; a bad setting prints each field path and value, then exits 2."""
-    try:
-        return STATE.settings
-    except (ConfigErrors, ConfigError) as exc:
-        err_console.print(f"[red]configuration error[/red]: {exc}")
-        raise typer.Exit(2) from None
+    """The effective settings; a bad setting raises ``ConfigErrors``, which the ``greekfire`` group prints as
+    one line naming each field path and value before it exits 2."""
+    return STATE.settings
 
 
 def print_json(data: Any) -> None:
@@ -226,12 +239,11 @@ def data_check(
         print_json(result.to_dict())
     elif result.ok:
         console.print(f"[green]OK[/green] {result.url}: {result.message} ({result.seconds:.2f} s)")
-    else:
-        console.print(f"[red]FAILED[/red] {result.url} [bold]{result.problem}[/bold]: {result.message}")
-        if result.hint:
-            console.print(f"  fix: {result.hint}")
     if not result.ok:
-        raise typer.Exit(1)
+        if not as_json:
+            say_error("data check", f"{result.url} [{result.problem}]: {result.message}"
+                       + (f"; fix: {result.hint}" if result.hint else ""))
+        raise typer.Exit(EXIT_DATA)
 
 
 @data_app.command("generate")
@@ -256,6 +268,7 @@ def data_spx(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Load real SPX quotes with the S&P 500 history; report rows, bad rows and how the levels line up."""
+    require_file(path, "vendor CSV")
     from greekfire.data.spx import spx_report
 
     summary = spx_report(path, out, settings())
@@ -279,8 +292,7 @@ def train_pricing_cmd(
     try:
         result = run_training(s, preset=preset, config_file=experiment, overrides=overrides or [], resume=resume)
     except (ConfigErrors, ConfigError, GreekfireError) as exc:
-        err_console.print(f"[red]training failed[/red]: {exc}")
-        raise typer.Exit(2) from None
+        raise fail("train pricing", exc) from None
     if result.rank != 0:  # under DDP every rank returns here; rank 0 speaks for the run
         return
     data = result.as_dict()
@@ -312,18 +324,16 @@ def serve_pricing_cmd(
     try:
         serve(settings(), model, host=host, port=port, batching=not no_batching, device=device)
     except (ConfigErrors, ConfigError, GreekfireError) as exc:
-        err_console.print(f"[red]cannot serve[/red]: {exc}")
-        raise typer.Exit(2) from None
+        raise fail("serve pricing", exc) from None
 
 
 # --------------------------------------------------------------------------------------------------------
 # market: feeds and books (greekfire.market)
-def _market_run(fn: Any, *args: Any, **kw: Any) -> dict[str, Any]:
+def _market_run(command: str, fn: Any, *args: Any, **kw: Any) -> dict[str, Any]:
     try:
         return fn(*args, **kw)
     except GreekfireError as exc:
-        err_console.print(f"[red]cannot read[/red]: {exc}")
-        raise typer.Exit(2) from None
+        raise fail(command, exc) from None
 
 
 def _print_lobster(data: dict[str, Any]) -> None:
@@ -351,9 +361,11 @@ def market_lobster_check(
 ) -> None:
     """Row k-1 of the book file + message k through our book == row k? Per-level match (exit 1 if levels
     1..N-1 are not 100%)."""
+    require_file(messages, "message file")
+    require_file(book, "order-book file")
     from greekfire.market.lobster import check_files
 
-    data = _market_run(check_files, messages, book, levels)
+    data = _market_run("market lobster-check", check_files, messages, book, levels)
     print_json(data) if as_json else _print_lobster(data)
     if not data["ok"]:
         raise typer.Exit(1)
@@ -367,9 +379,11 @@ def market_lobster_replay(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Plain replay from the first row: throughput and agreement (drifts below level 1, by design)."""
+    require_file(messages, "message file")
+    require_file(book, "order-book file")
     from greekfire.market.lobster import replay_files
 
-    data = _market_run(replay_files, messages, book, levels)
+    data = _market_run("market lobster-replay", replay_files, messages, book, levels)
     print_json(data) if as_json else _print_lobster(data)
 
 
@@ -380,9 +394,10 @@ def market_itch(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Decode an ITCH file, build per-stock books; counts, bad input with positions, top of book."""
+    require_file(path, "ITCH file")
     from greekfire.market.itch import file_report
 
-    data = _market_run(file_report, path, framing or settings().market.itch_framing)
+    data = _market_run("market itch", file_report, path, framing or settings().market.itch_framing)
     print_json(data) if as_json else _print_mapping(f"ITCH {data['file']}", data)
 
 
@@ -423,6 +438,7 @@ def price_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Price every row: value, Greeks, implied vol where market_price is given, and an error code."""
+    require_file(input_path, "input file")
     from greekfire.data.pricing import price_file
     from greekfire.quant import import_engine_modules
 
@@ -434,8 +450,7 @@ def price_cmd(
             device=device or q.device, dtype=dtype or q.dtype, progress=not as_json,
         )
     except GreekfireError as exc:
-        err_console.print(f"[red]price failed[/red]: {exc}")
-        raise typer.Exit(2) from None
+        raise fail("price", exc) from None
     print_json(data) if as_json else _print_mapping(f"priced {input_path}", data)
 
 
@@ -460,6 +475,10 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Run one short stage per system on embedded defaults and print a summary table."""
+    names = [name for name, _ in DEMO_STAGES]
+    unknown = [o for o in only or [] if o not in names]
+    if unknown:
+        raise UsageProblem(f"--only {unknown[0]!r} is not a demo stage: allowed {', '.join(names)}")
     s = settings()
     s.home.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -513,17 +532,17 @@ def trade(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Run the trading engine and print orders, fills, denials, P&L, Greeks and internal latency."""
+    if duration is not None and not duration > 0:
+        raise UsageProblem(f"--duration {duration!r}: must be a positive number of seconds")
     if not paper:
-        err_console.print("[red]only paper trading is available[/red]: run `greekfire trade --paper`")
-        raise typer.Exit(2)
+        raise UsageProblem("only paper trading is available: run `greekfire trade --paper`")
     from greekfire.strategies.paper import run_paper
 
     s = settings()
     try:
         out = run_paper(s, duration, strategy, venues)
     except (ConfigError, ConfigErrors) as exc:
-        err_console.print(f"[red]configuration error[/red]: {exc}")
-        raise typer.Exit(2) from None
+        raise fail("trade", exc) from None
     if as_json:
         print_json(out)
         return

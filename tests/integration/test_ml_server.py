@@ -114,6 +114,11 @@ def test_named_rows_and_arrow_ipc(mlp_server: _Server, mlp_model: LoadedModel) -
         ({"contract": [[1.0, 0.5, 0.03, 0.2]], "strike": [100]}, "strike"),
         ({"rows": [{"moneyness": 1.0, "ttm": 0.5, "rate": 0.03}]}, "vol"),
         ('{"contract": [[1.0, 0.5, 0.03, 0.2], [1.0, 0.5, 0.03, NaN]]}', "contract.1.vol"),
+        # the rules `greekfire price` marks a bad row by: no negative vol or time to expiry, no `true` as a number
+        ({"contract": [[1.0, 0.5, 0.03, 0.2], [1.0, 0.5, 0.03, -0.2]]}, "contract.1.vol"),
+        ({"contract": [[1.0, -0.5, 0.03, 0.2]]}, "contract.0.ttm"),
+        ({"contract": [[1.0, 0.5, 0.03, True]]}, "contract.0.3"),
+        ({"rows": [{"moneyness": 1.0, "ttm": 0.5, "rate": 0.03, "vol": True}]}, "rows.0.vol"),
     ],
 )
 def test_bad_requests_get_422_naming_the_field(mlp_server: _Server, body: dict | str, field: str) -> None:

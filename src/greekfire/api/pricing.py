@@ -34,7 +34,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 
 from greekfire.core.errors import DataError
 from greekfire.core.metrics import counter, histogram, mount_metrics
@@ -58,9 +58,10 @@ class PriceRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    contract: list[list[float]] | None = Field(None, description="rows of contract features, model order")
-    rows: list[dict[str, float]] | None = Field(None, description="rows of named contract features")
-    seq: list[list[list[float]]] | None = Field(None, description="history windows [rows][window][features]")
+    # strict: `true` is not the number 1 (an int is still a float)
+    contract: list[list[StrictFloat]] | None = Field(None, description="rows of contract features, model order")
+    rows: list[dict[str, StrictFloat]] | None = Field(None, description="rows of named contract features")
+    seq: list[list[list[StrictFloat]]] | None = Field(None, description="history windows [rows][window][features]")
 
 
 class PriceResponse(BaseModel):

@@ -47,3 +47,18 @@ class DataError(GreekfireError):
         self.position = position
         at = f" at {position}" if position is not None else ""
         super().__init__(f"bad {field}={value!r}{at}: {reason}")
+
+
+class InputFileError(DataError):
+    """An input file cannot be read as what the command expects: empty, truncated, corrupt or of another
+    format. ``field`` names what was being read (``input``, ``message_file``), ``value`` the file."""
+
+
+class UnavailableError(GreekfireError):
+    """A database or storage location cannot be reached, read or written. ``target`` names it (a URL with
+    any credentials masked) and ``reason`` the cause, with a hint where one is known."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        self.target = target
+        self.reason = reason
+        super().__init__(f"cannot use {target}: {reason}")

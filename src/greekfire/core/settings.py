@@ -14,6 +14,7 @@ value and what is allowed. This is the only module that reads ``os.environ``: ot
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -310,17 +311,59 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    """``did you mean 'x'? `` (with the trailing space) for a close choice, else ''."""
+    close = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed in the section at ``loc`` (a path of names in the settings tree)."""
+    model: Any = Settings
+    for name in loc:
+        field = model.model_fields.get(str(name)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return sorted({f.alias or k for k, f in model.model_fields.items()} | set(model.model_fields))
+
+
 def _explain(exc: ValidationError, source: str) -> ConfigErrors:
     errors = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err.get("loc", ()))
+        loc = tuple(err.get("loc", ()))
+        field = ".".join(str(p) for p in loc)
         value = err.get("input")
         allowed = err.get("msg", "invalid")
         ctx = err.get("ctx") or {}
         if "expected" in ctx:
             allowed = f"{allowed} (allowed: {ctx['expected']})"
+        if err.get("type") == "extra_forbidden" and loc:
+            keys = _keys_at(loc[:-1])
+            where = ".".join(str(p) for p in loc[:-1]) or "the top level"
+            allowed = f"unknown key; {_did_you_mean(str(loc[-1]), keys)}keys of {where}: {', '.join(keys)}"
         errors.append(ConfigError(field or "settings", value, allowed, source=source))
     return ConfigErrors(errors)
+
+
+def _unknown_env_sections() -> list[ConfigError]:
+    """``GREEKFIRE_<SECTION>__<KEY>`` variables whose section does not exist: pydantic-settings reads only
+    the sections it knows, so without this check a typo in the section would be ignored without a word."""
+    sections = [k for k, f in Settings.model_fields.items() if isinstance(f.annotation, type)
+                and issubclass(f.annotation, BaseModel)]
+    errors = []
+    for name, value in sorted(os.environ.items()):
+        if not name.upper().startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section = name[len(ENV_PREFIX):].split("__", 1)[0].lower()
+        if section not in sections:
+            errors.append(ConfigError(
+                name, value, f"unknown settings section {section!r}; {_did_you_mean(section, sections)}"
+                f"sections: {', '.join(sections)}", source="environment",
+            ))
+    return errors
 
 
 def load_settings(
@@ -343,13 +386,17 @@ def load_settings(
         _set_dotted(init, k, v)
     if init:
         source += " or overrides"
+    unknown = _unknown_env_sections()
     token = _yaml_data.set(data)
     try:
-        return Settings(**init)
+        settings = Settings(**init)
     except ValidationError as exc:
-        raise _explain(exc, source) from None
+        raise ConfigErrors(unknown + _explain(exc, source).errors) from None
     finally:
         _yaml_data.reset(token)
+    if unknown:
+        raise ConfigErrors(unknown)
+    return settings
 
 
 _MASK = "********"

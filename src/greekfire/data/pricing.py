@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
-from greekfire.core.errors import ConfigError, DataError
+from greekfire.core.errors import ConfigError, DataError, InputFileError
 from greekfire.gpu.device import choose_device
 from greekfire.quant import (
     DEFAULT_ENGINES,
@@ -77,13 +78,23 @@ def engine_device(engine: PricingEngine, device: str) -> torch.device:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file, chosen by suffix."""
+    """Read a CSV or Parquet file, chosen by suffix. An empty, truncated or corrupt file raises
+    :class:`InputFileError` naming it."""
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(path)
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    raise DataError("input", str(path), "must end in .csv or .parquet")
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise DataError("input", str(path), "must end in .csv or .parquet")
+    kind = "CSV" if suffix == ".csv" else "Parquet"
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputFileError("input", str(path), f"the file is empty (0 bytes); expected a {kind} file of options")
+    try:
+        return pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    except (ValueError, OSError, pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        # ArrowInvalid, UnicodeDecodeError and the parsers' errors all mean the same thing to the user
+        raise InputFileError("input", str(path), f"not a readable {kind} file: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from greekfire.core.errors import DataError
+from greekfire.core.errors import DataError, InputFileError
 from greekfire.data.schema import clean_quotes, conform_bars, conform_quotes
 from greekfire.data.storage import StorageLike
 from greekfire.data.synthetic import write_partitions
@@ -54,11 +54,15 @@ def load_spx_quotes(path: str | Path, *, underlying: str = INDEX_NAME) -> pd.Dat
         raise DataError("path", str(path), "no such file")
     # utf-8-sig drops the byte-order mark; the C parser types the numbers, and a stray bad value leaves
     # its column as text, which the coercion below turns into nulls that cleaning counts
-    raw = pd.read_csv(p, encoding="utf-8-sig", skipinitialspace=True)
-    raw.columns = [c.strip().lower() for c in raw.columns]
+    try:
+        raw = pd.read_csv(p, encoding="utf-8-sig", skipinitialspace=True)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputFileError("path", str(path), f"not a readable vendor CSV: {' '.join(str(exc).split())}") from exc
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
     missing = [c for c in _NEEDED if c not in raw.columns]
     if missing:
-        raise DataError("csv.columns", missing, f"{p.name} lacks columns the vendor layout has")
+        raise InputFileError("csv.columns", missing, f"{p} is not an SPX vendor chain: it lacks columns the vendor "
+                             f"layout has (needed: {', '.join(_NEEDED)})")
     df = pd.DataFrame({ours: raw[theirs] for theirs, ours in _VENDOR_COLUMNS.items() if theirs in raw})
     for c in ("quote_date", "expiry"):
         df[c] = pd.to_datetime(df[c].astype(str).str.strip(), format="%m/%d/%Y", errors="coerce")

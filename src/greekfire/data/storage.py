@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from greekfire.core.errors import ConfigError
+from greekfire.core.errors import ConfigError, UnavailableError
 from greekfire.core.metrics import counter
 from greekfire.core.settings import Settings, StorageSettings
 
@@ -43,6 +43,7 @@ PROBLEMS = (
     "bad_credentials",
     "missing_bucket",
     "no_permission",
+    "corrupt_file",
     "missing_path",
     "error",
 )
@@ -222,7 +223,36 @@ _HINTS = {
     "no_permission": "The credentials are valid but their policy does not allow this bucket/prefix; grant "
     "s3:ListBucket (and s3:GetObject / s3:PutObject) on it.",
     "missing_path": "Nothing is stored under this path yet: write the data first or fix the path.",
+    "corrupt_file": "Rewrite or remove that file: readers stop at it.",
 }
+
+
+def _check_footers(url: str, settings: StorageLike) -> tuple[str, str]:
+    """('', '') when every Parquet file under ``url`` has a readable footer, else the problem and the first
+    bad file: a partial write or a truncated copy must fail the check, not the first reader."""
+    import pyarrow.parquet as pq  # pyarrow only when a check reads footers
+
+    fs, path = open_fs(url, settings)
+    files = sorted(f for f in fs.find(path) if f.endswith((".parquet", ".pq"))) if fs.isdir(path) else []
+    for f in files:
+        try:
+            with fs.open(f, "rb") as fh:
+                pq.ParquetFile(fh).metadata  # noqa: B018 - reading the footer is the check
+        except Exception as exc:  # any reason a reader would fail: report the file, never crash the check
+            return "corrupt_file", f"{f} is not a readable Parquet file: {type(exc).__name__}: {exc}"
+    return "", ""
+
+
+def storage_error(url: str, exc: Exception) -> UnavailableError:
+    """The error for a failed read or write under ``url``: the cause in plain words and what to fix."""
+    if _protocol(url) in _S3:
+        problem, detail = _classify_s3_error(exc)
+    elif isinstance(exc, PermissionError):
+        problem, detail = "no_permission", str(exc)
+    else:
+        problem, detail = "error", f"{type(exc).__name__}: {exc}"
+    hint = _HINTS.get(problem, "")
+    return UnavailableError(url, f"{problem}: {detail}. {hint}".strip())
 
 
 def _check_s3(url: str, settings: StorageLike, write: bool) -> tuple[str, str, dict[str, Any]]:
@@ -335,6 +365,12 @@ def check_storage(url: str, settings: StorageLike = None, *, write: bool = False
             problem, message, details = "error", f"{type(exc).__name__}: {exc}", {}
     else:
         problem, message, details = _check_generic(url, settings, write)
+    if not problem and not write:
+        try:
+            problem, footer_message = _check_footers(url, settings)
+        except Exception as exc:  # a check must report, never crash the caller
+            problem, footer_message = "error", f"{type(exc).__name__}: {exc}"
+        message = footer_message or message
     CHECKS.labels(problem=problem or "ok").inc()
     return CheckResult(
         ok=not problem,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from greekfire.core.errors import DataError
+from greekfire.core.errors import DataError, GreekfireError
 from greekfire.data.schema import (
     clean_quotes,
     conform_bars,
@@ -29,7 +29,7 @@ from greekfire.data.schema import (
     write_bars,
     write_quotes,
 )
-from greekfire.data.storage import StorageLike
+from greekfire.data.storage import StorageLike, storage_error
 
 TRADING_DAYS = 252
 
@@ -251,10 +251,15 @@ def write_partitions(
     """Write a market under ``url``: quotes in ``<url>/quotes/quote_date=.../`` and bars in
     ``<url>/underlying/date=.../`` (Parquet, any fsspec URL). Returns the written paths by kind."""
     base = url.rstrip("/")
-    return {
-        "quotes": write_quotes(quotes, f"{base}/quotes", settings, row_group_size=row_group_size),
-        "underlying": write_bars(bars, f"{base}/underlying", settings, row_group_size=row_group_size),
-    }
+    try:
+        return {
+            "quotes": write_quotes(quotes, f"{base}/quotes", settings, row_group_size=row_group_size),
+            "underlying": write_bars(bars, f"{base}/underlying", settings, row_group_size=row_group_size),
+        }
+    except GreekfireError:
+        raise
+    except Exception as exc:  # storage errors differ by backend (OSError, botocore's): name the URL and cause
+        raise storage_error(url, exc) from exc
 
 
 def read_partitions(

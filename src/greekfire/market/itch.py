@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
-from greekfire.core.errors import DataError
+from greekfire.core.errors import DataError, InputFileError
 from greekfire.core.metrics import counter
 from greekfire.market.book import (
     ADD,
@@ -226,7 +227,12 @@ def to_bytes(data: bytes | bytearray | memoryview | np.ndarray | str | Path) -> 
     else:
         raw = bytes(data)
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as exc:  # a truncated download ends the stream early
+            name = Path(data).name if isinstance(data, str | Path) else "buffer"
+            raise InputFileError("gzip", name, f"not a readable gzip stream (truncated or corrupt?): "
+                                 f"{type(exc).__name__}: {exc}") from exc
     return np.frombuffer(raw, np.uint8)
 
 
@@ -467,6 +473,8 @@ def file_report(path: str | Path, framing: str = "length", levels: int = 3) -> d
     counts, bad input (with byte positions), bad book events (with message indexes) and the top of book
     of each stock (prices in dollars)."""
     t0 = time.perf_counter()
+    if Path(path).stat().st_size == 0:
+        raise InputFileError("file", str(path), "the file is empty (0 bytes); expected ITCH 5.0 messages")
     books, msgs, res = build_books(path, framing)
     seconds = time.perf_counter() - t0
     names = msgs.stock_directory()

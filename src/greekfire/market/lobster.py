@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from greekfire.core.errors import DataError
+from greekfire.core.errors import DataError, InputFileError
 from greekfire.market.book import (
     ADD,
     DELETE,
@@ -54,13 +55,15 @@ class LobsterData:
     name: str = ""
 
 
-def _read_csv(src: Any, ncols: int | None, what: str) -> np.ndarray:
+def _read_csv(src: Any, ncols: int | None, what: str, name: str) -> np.ndarray:
     try:
         df = pd.read_csv(src, header=None, dtype=np.float64 if what == "message" else np.int64)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{what}_file", str(getattr(src, "name", src)), f"not a LOBSTER {what} CSV: {exc}") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise InputFileError(f"{what}_file", name, f"the file is empty; expected a LOBSTER {what} CSV") from exc
+    except (ValueError, OverflowError, pd.errors.ParserError) as exc:
+        raise InputFileError(f"{what}_file", name, f"not a LOBSTER {what} CSV: {' '.join(str(exc).split())}") from exc
     if ncols is not None and df.shape[1] != ncols:
-        raise DataError(f"{what}_file", str(getattr(src, "name", src)), f"has {df.shape[1]} columns, expected {ncols}")
+        raise DataError(f"{what}_file", name, f"has {df.shape[1]} columns, expected {ncols}")
     return df.to_numpy()
 
 
@@ -76,30 +79,37 @@ def read(messages: str | Path, book: str | Path | None = None, levels: int | Non
     """
     messages = Path(messages)
     if messages.suffix == ".zip":
-        with zipfile.ZipFile(messages) as zf:
-            names = zf.namelist()
-            msg_name = next((n for n in names if re.search(r"_message_\d+\.csv$", n)), None)
-            book_name = next((n for n in names if re.search(r"_orderbook_\d+\.csv$", n)), None)
-            if msg_name is None or book_name is None:
-                raise DataError("zip", str(messages), "holds no *_message_N.csv and *_orderbook_N.csv pair")
-            msg_raw = _read_csv(io.BytesIO(zf.read(msg_name)), 6, "message")
-            book_raw = _read_csv(io.BytesIO(zf.read(book_name)), None, "orderbook")
-            levels = levels or _levels_from_name(book_name)
-            name = Path(msg_name).name
+        try:
+            with zipfile.ZipFile(messages) as zf:
+                names = zf.namelist()
+                msg_name = next((n for n in names if re.search(r"_message_\d+\.csv$", n)), None)
+                book_name = next((n for n in names if re.search(r"_orderbook_\d+\.csv$", n)), None)
+                if msg_name is None or book_name is None:
+                    raise DataError("zip", str(messages), "holds no *_message_N.csv and *_orderbook_N.csv pair")
+                msg_bytes, book_bytes = zf.read(msg_name), zf.read(book_name)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, ValueError) as exc:
+            # a truncated download fails here: BadZipFile, or a member whose data ends early
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise InputFileError("zip", str(messages), f"not a readable zip (truncated or corrupt?): {reason}") from exc
+        msg_raw = _read_csv(io.BytesIO(msg_bytes), 6, "message", f"{messages.name}:{msg_name}")
+        book_raw = _read_csv(io.BytesIO(book_bytes), None, "orderbook", f"{messages.name}:{book_name}")
+        levels = levels or _levels_from_name(book_name)
+        name, book_file = Path(msg_name).name, Path(book_name).name
     else:
         if book is None:
             raise DataError("book", None, "the order-book CSV is needed beside the message CSV")
-        msg_raw = _read_csv(messages, 6, "message")
-        book_raw = _read_csv(Path(book), None, "orderbook")
+        msg_raw = _read_csv(messages, 6, "message", str(messages))
+        book_raw = _read_csv(Path(book), None, "orderbook", str(book))
         levels = levels or _levels_from_name(Path(book).name)
-        name = messages.name
+        name, book_file = messages.name, Path(book).name
     if book_raw.shape[1] % 4:
-        raise DataError("orderbook_file", name, f"{book_raw.shape[1]} columns is not a multiple of 4")
+        raise DataError("orderbook_file", book_file, f"{book_raw.shape[1]} columns is not a multiple of 4")
     levels = levels or book_raw.shape[1] // 4
     if book_raw.shape[1] != 4 * levels:
         raise DataError("levels", levels, f"the order-book file has {book_raw.shape[1] // 4} levels")
     if book_raw.shape[0] != msg_raw.shape[0]:
-        raise DataError("orderbook_file", name, f"{book_raw.shape[0]} rows but {msg_raw.shape[0]} messages")
+        raise InputFileError("message_file", name, f"{msg_raw.shape[0]} messages but the order-book file "
+                             f"{book_file} has {book_raw.shape[0]} rows: one of the two is short or they do not pair")
     msgs = np.empty(msg_raw.shape[0], MESSAGE_DTYPE)
     msgs["time"] = msg_raw[:, 0]
     for col, i in (("type", 1), ("order_id", 2), ("size", 3), ("price", 4), ("direction", 5)):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from greekfire.core.errors import ConfigError, DataError
+from greekfire.core.errors import ConfigError, DataError, GreekfireError, InputFileError
 from greekfire.core.metrics import counter, histogram
 from greekfire.gpu.device import choose_device
 from greekfire.ml.module import PricingModule
@@ -101,7 +101,14 @@ def load_pricing_model(
     if not path.is_file():
         raise ConfigError("--model", text, "no such checkpoint file (a .ckpt path or an MLflow runs:/ URI)")
     dev = choose_device(device or "auto", min_free_mb=min_free_mb)
-    module = PricingModule.load_from_checkpoint(str(path), map_location=dev)
+    try:
+        module = PricingModule.load_from_checkpoint(str(path), map_location=dev)
+    except GreekfireError:  # a checkpoint of ours that says what is wrong with it (a newer format...)
+        raise
+    except Exception as exc:  # torch.load fails on a foreign file with whatever its unpickler meets
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise InputFileError("--model", str(path), f"not a greekfire pricing checkpoint (a .ckpt written by "
+                             f"`greekfire train pricing`): {reason}") from exc
     module.eval()
     hp = module.hparams
     return LoadedModel(
@@ -245,8 +252,14 @@ class MicroBatcher:
             self._getter = None
 
 
+#: lower bounds of contract features, the rules ``greekfire price`` marks a row ``bad_input`` by
+#: (spot and strike > 0, so moneyness > 0; ttm >= 0; vol >= 0): (bound, strict)
+FEATURE_BOUNDS: dict[str, tuple[float, bool]] = {"moneyness": (0.0, True), "ttm": (0.0, False), "vol": (0.0, False)}
+
+
 def check_inputs(model: LoadedModel, contract: Tensor, seq: Tensor | None) -> None:
-    """Raise DataError naming the field when shapes do not match the model or values are not finite."""
+    """Raise DataError naming the field when shapes do not match the model, values are not finite, or a
+    feature is out of range (:data:`FEATURE_BOUNDS`: negative vol or time to expiry, moneyness <= 0)."""
     n_c = len(model.contract_names)
     if contract.ndim != 2 or contract.shape[1] != n_c:
         raise DataError("contract", list(contract.shape),
@@ -257,6 +270,15 @@ def check_inputs(model: LoadedModel, contract: Tensor, seq: Tensor | None) -> No
     if len(bad):
         r, c = (int(v) for v in bad[0])
         raise DataError(f"contract[{r}].{model.contract_names[c]}", float(contract[r, c]), "must be a finite number")
+    for c, name in enumerate(model.contract_names):
+        if name not in FEATURE_BOUNDS:
+            continue
+        low, strict = FEATURE_BOUNDS[name]
+        bad_rows = ((contract[:, c] <= low) if strict else (contract[:, c] < low)).nonzero()
+        if len(bad_rows):
+            r = int(bad_rows[0])
+            raise DataError(f"contract[{r}].{name}", float(contract[r, c]),
+                            f"must be {'>' if strict else '>='} {low:g} (as `greekfire price` requires of a row)")
     if model.uses_sequence:
         if seq is None:
             raise DataError("seq", None, f"this model needs the history window [rows, {model.window}, "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
+from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings
 from greekfire.strategies import load_strategy
 from greekfire.trading.build import build_engine
@@ -30,6 +32,8 @@ def run_paper(
     if venues is not None:
         settings = settings.model_copy(update={"trading": ts.model_copy(update={"venues": venues})})
     duration = float(duration_s if duration_s is not None else ts.duration_s)
+    if not (math.isfinite(duration) and duration > 0):  # a negative or NaN run length would end at once
+        raise ConfigError("duration_s", duration_s, "a positive number of seconds (--duration)")
     strat = load_strategy(strategy or ts.strategy)
     store = SnapshotStore(resolve_url(database_url or settings.database.url.get_secret_value(), settings.home), "paper")
     if fresh:

@@ -27,7 +27,10 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from greekfire.core.errors import UnavailableError
 
 metadata = MetaData()
 
@@ -81,14 +84,26 @@ def resolve_url(url: str, home: Path) -> str:
     return url
 
 
+def _masked(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL has no password we could find; show only its scheme
+        return url.split("://", 1)[0] + "://..."
+
+
 class SnapshotStore:
     """Reads and writes one engine's state. ``engine_id`` lets several engines share a database."""
 
     def __init__(self, url: str, engine_id: str = "paper", *, echo: bool = False) -> None:
         self.url = url
         self.engine_id = engine_id
-        self.db: Engine = create_engine(url, echo=echo, future=True)
-        metadata.create_all(self.db)
+        try:
+            self.db: Engine = create_engine(url, echo=echo, future=True)
+            metadata.create_all(self.db)
+        except (SQLAlchemyError, ImportError) as exc:  # no server, bad URL, or its driver not installed
+            cause = getattr(exc, "orig", None) or exc
+            reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+            raise UnavailableError(_masked(url), f"the database (database.url) cannot be opened: {reason}") from None
         self.snapshots = 0
 
     def save(

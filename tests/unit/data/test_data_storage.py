@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from greekfire.core.errors import ConfigError
@@ -48,8 +49,13 @@ def test_check_local_read_write_and_missing(tmp_path: Path) -> None:
     missing = check_storage(str(tmp_path / "absent"))
     assert not missing.ok and missing.problem == "missing_path" and "write the data first" in missing.hint
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "f.parquet").write_bytes(b"x")
+    pd.DataFrame({"x": [1.0]}).to_parquet(tmp_path / "data" / "f.parquet")
     assert check_storage(str(tmp_path / "data")).ok
+    # every file's footer is read: a corrupt partition fails the check and is named
+    (tmp_path / "data" / "part=1").mkdir()
+    (tmp_path / "data" / "part=1" / "g.parquet").write_bytes(b"x")
+    bad = check_storage(str(tmp_path / "data"))
+    assert not bad.ok and bad.problem == "corrupt_file" and "g.parquet" in bad.message
 
 
 def test_check_no_bucket_in_url() -> None:

@@ -37,6 +37,7 @@ from greekfire.cli_errors import (
 )
 from greekfire.core.allocator import keep_freed_memory
 from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError
+from greekfire.core.extras import require_extra
 from greekfire.core.logging import configure_logging
 from greekfire.core.settings import Settings, load_settings, settings_dict
 
@@ -206,6 +207,7 @@ def gpu_serve(
     port: Annotated[int | None, typer.Option("--port", help="port (default: gpu.port)")] = None,
 ) -> None:
     """Serve GET /health (JSON) and GET /metrics (Prometheus) for this node's GPUs."""
+    require_extra("serve", "greekfire gpu serve")  # one line naming the extra, not a bare ModuleNotFoundError
     import uvicorn
 
     from greekfire.api.gpu import build_app

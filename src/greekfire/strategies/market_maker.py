@@ -52,7 +52,7 @@ class _Leg:
     """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
     object, not a lookup in each of several dicts keyed by instrument."""
 
-    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "gate", "live", "tops", "orders")
+    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "gate", "live", "tops", "best", "orders")
 
     def __init__(self, inst: Instrument) -> None:
         self.inst = inst
@@ -66,6 +66,8 @@ class _Leg:
         self.gate: tuple[float, float] = (_NAN, _NAN)
         self.live: tuple[int | None, int | None] | None = None  # what our working orders show (bid, ask), ticks
         self.tops: dict[str, Quote] = {}  # the last quote of each venue
+        # best (bid, ask) over ``tops``, worked out when a re-quote needs it; None after a new quote
+        self.best: tuple[float, float] | None = None
         self.orders: list[OrderView | None] = [None, None]  # our working [bid, ask] order
 
 
@@ -175,6 +177,7 @@ class OptionsMarketMaker(Strategy):
         if leg is None:
             return
         leg.tops[quote.venue] = quote
+        leg.best = None
         bid, ask = quote.bid, quote.ask
         want = leg.want
         # fast path: our target is unchanged, already shown, and the new market does not force a clamp. This
@@ -271,12 +274,17 @@ class OptionsMarketMaker(Strategy):
             )
             # never cross the market: one tick inside the best opposite price over every venue, so the quote
             # is marketable at none and the router posts it wherever it goes (an empty side, NaN, never wins)
-            mb, ma = -_INF, _INF
-            for q in leg.tops.values():
-                if q.bid > mb:
-                    mb = q.bid
-                if q.ask < ma:
-                    ma = q.ask
+            best = leg.best
+            if best is None:  # a quote came since the last re-quote: once, not on every step of the chain
+                mb, ma = -_INF, _INF
+                for q in leg.tops.values():
+                    if q.bid > mb:
+                        mb = q.bid
+                    if q.ask < ma:
+                        ma = q.ask
+                leg.best = (mb, ma)
+            else:
+                mb, ma = best
             if gate[0] >= ma:
                 want_bid = ceil(ma / tick - 1e-6) - 1
                 if want_bid < 1:

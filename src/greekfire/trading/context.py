@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from greekfire.core.errors import DataError
 from greekfire.trading.denials import Denial, TradingState
 from greekfire.trading.model import OrderType, Side, TimeInForce
-from greekfire.trading.orders import Order
 from greekfire.trading.strategy import OrderView, PositionView, Strategy, StrategyContext
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ class EngineContext(StrategyContext):
 
     def amend_many(self, changes: Sequence[tuple[OrderView, int, int]]) -> list[Denial | None]:
         # the views are the engine's own orders: handed back as they are, ownership checked per order
-        return self._entry.amend_many(cast(Sequence[tuple[Order, int, int]], changes), self._owner)
+        return self._entry.amend_many(changes, self._owner)  # type: ignore[arg-type]  # no cast() call on this path
 
     def cancel(self, order: OrderView | str) -> bool:
         cid = order if isinstance(order, str) else order.client_id

@@ -62,8 +62,9 @@ class _Leg:
         self.base: tuple[float, float, float, float] | None = None  # (spot, value, delta, gamma) at the last full price
         self.want: tuple[int | None, int | None] | None = None  # unclamped target (bid, ask), ticks
         # ``want`` in currency nudged 1e-6 tick outward (NaN: no quote): ``gate[0] >= ask`` is exactly "the
-        # bid is at or above that ask" for an ask on the grid, ``gate[1] <= bid`` likewise
-        self.gate: tuple[float, float] = (_NAN, _NAN)
+        # bid is at or above that ask" for an ask on the grid, ``gate[1] <= bid`` likewise. Made by the first
+        # option quote that needs it after ``want`` changed (None until then), not on every chain step
+        self.gate: tuple[float, float] | None = None
         self.live: tuple[int | None, int | None] | None = None  # what our working orders show (bid, ask), ticks
         self.tops: dict[str, Quote] = {}  # the last quote of each venue
         # best (bid, ask) over ``tops``, worked out when a re-quote needs it; None after a new quote
@@ -184,7 +185,12 @@ class OptionsMarketMaker(Strategy):
         # venue's quote is all there is to check: shown == target means the last re-quote found no venue
         # forcing a clamp, and each venue's quote since then was checked here as it came
         if want is not None and leg.live == want:
-            gb, ga = leg.gate
+            gate = leg.gate
+            if gate is None:
+                wb, wa = want
+                tick = leg.tick
+                leg.gate = gate = (_NAN if wb is None else (wb + 1e-6) * tick, _NAN if wa is None else (wa - 1e-6) * tick)
+            gb, ga = gate
             if not gb >= ask and not ga <= bid:
                 return
         if iid in self.fair:
@@ -269,9 +275,7 @@ class OptionsMarketMaker(Strategy):
             if spot is not None and want == leg.want and want == leg.live:
                 continue  # the step left this option's quotes where they are, working there, clamped by no venue
             leg.want = want
-            leg.gate = gate = (
-                _NAN if want_bid is None else (want_bid + 1e-6) * tick, _NAN if want_ask is None else (want_ask - 1e-6) * tick,
-            )
+            leg.gate = None
             # never cross the market: one tick inside the best opposite price over every venue, so the quote
             # is marketable at none and the router posts it wherever it goes (an empty side, NaN, never wins)
             best = leg.best
@@ -285,11 +289,12 @@ class OptionsMarketMaker(Strategy):
                 leg.best = (mb, ma)
             else:
                 mb, ma = best
-            if gate[0] >= ma:
+            # the gate's comparisons, inline: the target nudged 1e-6 tick outward against the best prices
+            if want_bid is not None and (want_bid + 1e-6) * tick >= ma:
                 want_bid = ceil(ma / tick - 1e-6) - 1
                 if want_bid < 1:
                     want_bid = None
-            if gate[1] <= mb:
+            if want_ask is not None and (want_ask - 1e-6) * tick <= mb:
                 want_ask = floor(mb / tick + 1e-6) + 1
             mine = leg.orders
             # the common case inline: a working quote that stays, or moves (one amend); else _quote_side

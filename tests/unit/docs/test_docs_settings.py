@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 from docs_blocks import ROOT
-from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from greekfire.core.settings import ENV_PREFIX, Settings
+from greekfire.core.settings import Settings
+from greekfire.core.settings_doc import env_var, leaves, shown_default
 
 # which page documents which top-level section
 OWNER = {
@@ -30,33 +29,7 @@ OWNER = {
 }
 
 
-def _leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], FieldInfo]]:
-    out = []
-    for name, f in model.model_fields.items():
-        key = prefix + (f.alias or name,)
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out += _leaves(ann, key)
-        else:
-            out.append((key, f))
-    return out
-
-
-def shown_default(value: Any) -> str:
-    """How a page writes a default: ``none``, ``true``/``false``, numbers with thousands separators from
-    10,000 up, anything else as text."""
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float) and abs(value) >= 10_000:
-        return f"{value:,}"
-    return str(value)
-
-
-LEAVES = _leaves(Settings)
+LEAVES = leaves(Settings)
 
 
 def test_every_section_has_an_owning_page() -> None:
@@ -72,7 +45,7 @@ def test_setting_is_documented_with_default_and_env_var(path: tuple[str, ...], i
     rows = [ln for ln in text.splitlines() if ln.startswith(f"| `{dotted}` |") and "`GREEKFIRE_" in ln]
     assert len(rows) == 1, f"{page}: expected one settings-table row for `{dotted}`, found {len(rows)}"
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    env = ENV_PREFIX + "__".join(p.upper() for p in path)
+    env = env_var(path)
     assert f"`{env}`" in cells, f"{page}: the row of `{dotted}` does not name {env} in a cell of its own"
     default = shown_default(info.default)
     assert f"`{default}`" in cells, f"{page}: the row of `{dotted}` does not give the default `{default}`: {rows[0]}"

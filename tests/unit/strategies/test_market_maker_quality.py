@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sink_venue import Sink
 
 from greekfire.core.clock import ManualClock
 from greekfire.core.errors import ConfigError
@@ -15,39 +16,13 @@ from greekfire.core.settings import load_settings
 from greekfire.strategies.market_maker import OptionsMarketMaker
 from greekfire.trading import Quote, build_engine
 from greekfire.trading.build import default_instruments, simulated_venues
-from greekfire.trading.model import OrderEvent, VenueEvent, VenueEventKind, VenueOrderState
-from greekfire.trading.orders import Order
+from greekfire.trading.model import OrderEvent, VenueEvent, VenueEventKind
 from greekfire.trading.synthetic import SyntheticMarket
-from greekfire.trading.venues import Venue
 
 T0 = 1_800_000_000 * 10**9
 POLL_NS = 10_000_000  # one engine poll every 10 ms of simulated time
 TIMER_NS = 250_000_000
 
-
-class Sink(Venue):
-    """Acknowledges every request at the next poll and never fills on its own."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._out: list[VenueEvent] = []
-
-    def submit(self, order: Order, now_ns: int) -> None:
-        self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, ts_ns=now_ns))
-
-    def amend(self, order: Order, new_qty: int, new_price_ticks: int, now_ns: int) -> None:
-        self._out.append(VenueEvent(VenueEventKind.REPLACED, self.name, order.client_id, qty=new_qty,
-                                    price_ticks=new_price_ticks, ts_ns=now_ns))
-
-    def cancel(self, order: Order, now_ns: int) -> None:
-        self._out.append(VenueEvent(VenueEventKind.CANCELED, self.name, order.client_id, ts_ns=now_ns))
-
-    def poll(self, now_ns: int) -> list[Any]:
-        out, self._out = self._out, []
-        return out
-
-    def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:
-        return [], []
 
 
 def test_a_seeded_paper_run_is_almost_never_denied_or_rejected_and_makes_money() -> None:

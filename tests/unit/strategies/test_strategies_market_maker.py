@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from sink_venue import Sink
 
 from greekfire.core.clock import ManualClock
 from greekfire.core.settings import load_settings
@@ -14,43 +15,9 @@ from greekfire.quant import bsm_greeks
 from greekfire.strategies.market_maker import OptionsMarketMaker
 from greekfire.trading import Quote, build_engine
 from greekfire.trading.build import default_instruments
-from greekfire.trading.model import VenueEvent, VenueEventKind, VenueOrderState
-from greekfire.trading.orders import Order
-from greekfire.trading.venues import Venue
 
 T0 = 1_800_000_000 * 10**9
 
-
-class Sink(Venue):
-    """Acknowledges every request at the next poll and never fills; keeps the order of what it was sent."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.sent: list[tuple[str, int, int]] = []  # (kind, instrument id, limit in ticks)
-        self._out: list[VenueEvent] = []
-
-    def fees(self) -> tuple[float, float]:
-        return 0.0, 0.0
-
-    def submit(self, order: Order, now_ns: int) -> None:
-        self.sent.append(("submit", order.instrument_id, order.price_ticks or 0))
-        self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, ts_ns=now_ns))
-
-    def amend(self, order: Order, new_qty: int, new_price_ticks: int, now_ns: int) -> None:
-        self.sent.append(("amend", order.instrument_id, new_price_ticks))
-        self._out.append(VenueEvent(VenueEventKind.REPLACED, self.name, order.client_id, qty=new_qty,
-                                    price_ticks=new_price_ticks, ts_ns=now_ns))
-
-    def cancel(self, order: Order, now_ns: int) -> None:
-        self.sent.append(("cancel", order.instrument_id, 0))
-        self._out.append(VenueEvent(VenueEventKind.CANCELED, self.name, order.client_id, ts_ns=now_ns))
-
-    def poll(self, now_ns: int) -> list[Any]:
-        out, self._out = self._out, []
-        return out
-
-    def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:
-        return [], []
 
 
 def test_underlying_move_steps_fair_values_and_requotes_largest_delta_first() -> None:

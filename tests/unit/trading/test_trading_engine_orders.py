@@ -4,35 +4,18 @@ GTD expiry, IOC remainders, post-only rejects."""
 from __future__ import annotations
 
 import pytest
+from one_venue import T0, one_venue_engine, step
 
 from greekfire.core.clock import ManualClock
 from greekfire.core.settings import load_settings
 from greekfire.trading import OrderStatus, OrderType, Side, TimeInForce, build_engine
 from greekfire.trading.build import default_instruments
 from greekfire.trading.denials import Reason
-from greekfire.trading.engine import TradingEngine
 from greekfire.trading.simvenue import SimulatedVenue
 
-T0 = 1_800_000_000 * 10**9
+setup = one_venue_engine
 
 
-def setup() -> tuple[TradingEngine, SimulatedVenue, ManualClock]:
-    clock = ManualClock(T0)
-    insts = default_instruments(T0)
-    venue = SimulatedVenue("A", insts, {i.instrument_id: 2.5 for i in insts}.get, latency_us=100, jitter_us=0, flow_rate_hz=0)
-    eng = build_engine(load_settings(), instruments=insts, venues=[venue], store=False, clock_ns=clock.now_ns)
-    venue.add_liquidity(2, Side.BUY, 10, 2.40, T0)
-    venue.add_liquidity(2, Side.SELL, 10, 2.60, T0)
-    venue.add_liquidity(1, Side.BUY, 100, 99.99, T0)
-    venue.add_liquidity(1, Side.SELL, 100, 100.01, T0)
-    step(eng, clock)
-    return eng, venue, clock
-
-
-def step(eng: TradingEngine, clock: ManualClock, ms: int = 2) -> None:
-    for _ in range(ms):
-        clock.advance(1_000_000)
-        eng.poll_once(clock.now_ns())
 
 
 def test_amend_then_cancel_walk_the_state_machine() -> None:

@@ -7,18 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from one_venue import one_venue_engine, step
 
 from greekfire.core.clock import ManualClock
 from greekfire.core.errors import DataError
-from greekfire.core.settings import load_settings
-from greekfire.trading import build_engine
-from greekfire.trading.build import default_instruments
 from greekfire.trading.engine import TradingEngine
 from greekfire.trading.entry import NotOwner
 from greekfire.trading.simvenue import SimulatedVenue
 from greekfire.trading.strategy import OrderStatus, Quote, Reason, Side, Strategy
 
-T0 = 1_800_000_000 * 10**9
+
+def setup(*strategies: Strategy) -> tuple[TradingEngine, SimulatedVenue, ManualClock]:
+    return one_venue_engine(*strategies, start=True)
 
 
 class Recorder(Strategy):
@@ -35,26 +35,6 @@ class Recorder(Strategy):
         self.quotes.append(quote)
 
 
-def setup(*strategies: Strategy) -> tuple[TradingEngine, SimulatedVenue, ManualClock]:
-    clock = ManualClock(T0)
-    insts = default_instruments(T0)
-    venue = SimulatedVenue("A", insts, {i.instrument_id: 2.5 for i in insts}.get, latency_us=100, jitter_us=0,
-                           flow_rate_hz=0)
-    eng = build_engine(load_settings(), instruments=insts, venues=[venue], strategies=strategies, store=False,
-                       clock_ns=clock.now_ns)
-    venue.add_liquidity(2, Side.BUY, 10, 2.40, T0)
-    venue.add_liquidity(2, Side.SELL, 10, 2.60, T0)
-    venue.add_liquidity(1, Side.BUY, 100, 99.99, T0)
-    venue.add_liquidity(1, Side.SELL, 100, 100.01, T0)
-    eng.start()
-    step(eng, clock)
-    return eng, venue, clock
-
-
-def step(eng: TradingEngine, clock: ManualClock, ms: int = 2) -> None:
-    for _ in range(ms):
-        clock.advance(1_000_000)
-        eng.poll_once(clock.now_ns())
 
 
 def test_commands_go_through_the_context_and_denials_carry_their_reason() -> None:

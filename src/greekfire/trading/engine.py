@@ -94,6 +94,7 @@ class TradingEngine:
             bus=self.bus, audit=self.audit, router=self.router, instruments=self.instruments, venues=self.venues,
             latency=self.latency_recorder,
         )
+        self._held_stops = self.entry.stops.held  # the same dict for the engine's life: one lookup per quote
         self.executions = ExecutionHandler(
             oms=self.oms, portfolio=self.portfolio, router=self.router, bus=self.bus, clock_ns=self.clock_ns,
             sent_ns=self.entry.sent_ns, posted=self.entry.posted, cancel=self.entry.cancel, malformed=self._malformed,
@@ -257,7 +258,7 @@ class TradingEngine:
         tops = self._venue_tops.get(q.venue)
         if tops is not None:  # the router's displayed-liquidity view, written in place (no call per quote)
             tops[iid] = (bid, q.bid_size, ask, q.ask_size)
-        held = self.entry.stops.held
+        held = self._held_stops
         if held:
             stops = held.get(iid)
             if stops:

@@ -98,6 +98,49 @@ def poll_until(
         time.sleep(step_s)
 
 
+def run_in_pty(
+    argv: list[str], *, timeout_s: float = 300.0, env: dict[str, str] | None = None, cwd: Path | None = None,
+    columns: int = 120,
+) -> tuple[int, str]:
+    """Run ``argv`` with its stdout and stderr on a pseudo-terminal (so Rich sees a terminal and draws its
+    progress bars, as for a user at a shell) and return ``(exit code, everything it wrote)``. The output keeps
+    the terminal control sequences; a test looks for the bar's text in it. The process is killed after
+    ``timeout_s`` seconds (exit code -9)."""
+    import pty
+    import select
+    import subprocess
+
+    master, slave = pty.openpty()
+    full_env = {**os.environ, **(env or {}), "COLUMNS": str(columns), "LINES": "40", "TERM": "xterm-256color"}
+    full_env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=full_env, cwd=cwd, close_fds=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                proc.kill()
+                break
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the child closed its side
+                    data = b""
+                if not data:
+                    if proc.poll() is not None:
+                        break
+                    continue
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+    rc = proc.wait()
+    return rc, b"".join(chunks).decode("utf-8", errors="replace")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -52,7 +52,7 @@ class _Leg:
     """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
     object, not a lookup in each of several dicts keyed by instrument."""
 
-    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "gate", "live", "tops", "best", "orders")
+    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "gate", "live", "tops", "lo_ask", "hi_bid", "orders")
 
     def __init__(self, inst: Instrument) -> None:
         self.inst = inst
@@ -67,8 +67,11 @@ class _Leg:
         self.gate: tuple[float, float] | None = None
         self.live: tuple[int | None, int | None] | None = None  # what our working orders show (bid, ask), ticks
         self.tops: dict[str, Quote] = {}  # the last quote of each venue
-        # best (bid, ask) over ``tops``, worked out when a re-quote needs it; None after a new quote
-        self.best: tuple[float, float] | None = None
+        # bounds on the best prices over ``tops``: ``lo_ask`` <= the lowest ask, ``hi_bid`` >= the highest bid.
+        # A quote can only push them outward (two comparisons); a re-quote whose target clears them needs no
+        # look at the venues' quotes, and one that does not works the exact best out and tightens them to it
+        self.lo_ask = _INF
+        self.hi_bid = -_INF
         self.orders: list[OrderView | None] = [None, None]  # our working [bid, ask] order
 
 
@@ -178,8 +181,11 @@ class OptionsMarketMaker(Strategy):
         if leg is None:
             return
         leg.tops[quote.venue] = quote
-        leg.best = None
         bid, ask = quote.bid, quote.ask
+        if ask < leg.lo_ask:  # an empty side (NaN) moves neither bound
+            leg.lo_ask = ask
+        if bid > leg.hi_bid:
+            leg.hi_bid = bid
         want = leg.want
         # fast path: our target is unchanged, already shown, and the new market does not force a clamp. This
         # venue's quote is all there is to check: shown == target means the last re-quote found no venue
@@ -248,7 +254,7 @@ class OptionsMarketMaker(Strategy):
                 fair = fair_of.get(iid)
                 if fair is None:
                     continue
-            qty = positions.get(iid, 0)
+            qty = positions[iid] if iid in positions else 0  # noqa: SIM401  # a read-only view: in + [] cost half its .get
             unit = units.get(iid, _ZERO4)
             if leg.und is not und:  # the book's Greeks: one lookup per underlying, not per option
                 und = leg.und
@@ -278,18 +284,20 @@ class OptionsMarketMaker(Strategy):
             leg.gate = None
             # never cross the market: one tick inside the best opposite price over every venue, so the quote
             # is marketable at none and the router posts it wherever it goes (an empty side, NaN, never wins)
-            best = leg.best
-            if best is None:  # a quote came since the last re-quote: once, not on every step of the chain
+            # the gate's comparisons, inline: the target nudged 1e-6 tick outward against the best prices. The
+            # bounds answer for most options (a target a few ticks off fair is far from the market); only a
+            # target that reaches a bound needs the exact best over the venues' quotes
+            ma, mb = leg.lo_ask, leg.hi_bid
+            if (want_bid is not None and (want_bid + 1e-6) * tick >= ma) or (
+                want_ask is not None and (want_ask - 1e-6) * tick <= mb
+            ):
                 mb, ma = -_INF, _INF
                 for q in leg.tops.values():
                     if q.bid > mb:
                         mb = q.bid
                     if q.ask < ma:
                         ma = q.ask
-                leg.best = (mb, ma)
-            else:
-                mb, ma = best
-            # the gate's comparisons, inline: the target nudged 1e-6 tick outward against the best prices
+                leg.lo_ask, leg.hi_bid = ma, mb
             if want_bid is not None and (want_bid + 1e-6) * tick >= ma:
                 want_bid = ceil(ma / tick - 1e-6) - 1
                 if want_bid < 1:

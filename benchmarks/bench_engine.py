@@ -199,7 +199,7 @@ def run(n: int = N_EVENTS, stream: tuple[list[Quote], Any, Any] | None = None) -
     }
 
 
-REPEATS = 3
+REPEATS = 5
 
 
 def measure_nautilus() -> dict[str, Any] | None:

@@ -155,11 +155,11 @@ def parse_columns(spec: str) -> ChainLayout:
     return ChainLayout(name, columns, constants, date_format)
 
 
-def apply_layout(raw: pd.DataFrame, layout: ChainLayout) -> pd.DataFrame:
+def apply_layout(raw: pd.DataFrame, layout: ChainLayout, source: str = "the file") -> pd.DataFrame:
     """The rows of ``raw`` with our fields named, parsed and typed (dates as ``datetime64``, numbers as
     floats, a bad value a null), followed by the file's other columns as they were; then
     :func:`pricing_inputs` adds what the layout does not give. A mapped column the file lacks raises
-    :class:`DataError` naming it and listing the file's columns."""
+    :class:`DataError` naming it, ``source`` (the file) and the file's columns."""
     names = {str(c).lstrip("\ufeff").strip().lower(): c for c in raw.columns}
     ours: dict[str, Any] = {}
     used = set()
@@ -168,7 +168,7 @@ def apply_layout(raw: pd.DataFrame, layout: ChainLayout) -> pd.DataFrame:
         if col is None:
             shown = ", ".join(str(c).lstrip("\ufeff").strip() for c in raw.columns)
             raise DataError("--columns", f"{key}={theirs}",
-                            f"the file has no column {theirs!r} (layout {layout.name}); its columns: {shown}")
+                            f"{source} has no column {theirs!r} (layout {layout.name}); its columns: {shown}")
         used.add(col)
         values = raw[col]
         if key in _DATE_FIELDS:

@@ -279,7 +279,7 @@ def load_chain(input_path: str | Path, columns: str | None = None) -> pd.DataFra
     ``market_price`` (the mid), ``rate``, ``div_yield`` and ``forward``."""
     layout = parse_columns(columns) if columns is not None else None  # a bad mapping fails before the read
     frame = read_table(Path(input_path))
-    return apply_layout(frame, layout) if layout is not None else frame
+    return apply_layout(frame, layout, str(input_path)) if layout is not None else frame
 
 
 def price_chain(

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from greekfire.core.errors import DataError
-from greekfire.data.chains import PRESETS, parse_columns, parity_forwards, vendor_iv_agreement
+from greekfire.data.chains import PRESETS, parity_forwards, parse_columns, vendor_iv_agreement
 from greekfire.data.pricing import load_chain, price_chain, price_frame
 from greekfire.data.schema import CHAIN_COLUMNS
 from greekfire.data.spx import spx_report

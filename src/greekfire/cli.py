@@ -218,13 +218,15 @@ def gpu_serve(
 
 # --------------------------------------------------------------------------------------------------------
 # data: storage checks, the synthetic market and the real SPX loader (greekfire.data)
-def _print_mapping(title: str, data: dict[str, Any]) -> None:
+def _print_mapping(title: str, data: dict[str, Any], units: dict[str, str] | None = None, out: Console = console) -> None:
+    """A two-column table of ``data``; a key with an entry in ``units`` shows it: ``seconds (s)``."""
     table = Table(title=title, show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
     for k, v in data.items():
-        table.add_row(str(k), json.dumps(v, default=str) if isinstance(v, dict | list) else str(v))
-    console.print(table)
+        unit = (units or {}).get(k)
+        table.add_row(f"{k} ({unit})" if unit else str(k), json.dumps(v, default=str) if isinstance(v, dict | list) else str(v))
+    out.print(table)
 
 
 @data_app.command("check")
@@ -266,15 +268,18 @@ def data_generate(
 @data_app.command("spx")
 def data_spx(
     path: Annotated[Path, typer.Argument(help="vendor CSV of SPX/SPXW quotes (e.g. SPX_2018.csv)")],
-    out: Annotated[str | None, typer.Option("--out", help="also write quotes and S&P 500 bars here")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="a .csv/.parquet file: every quote with ttm, rate, "
+                                            "div_yield, market_price (what `greekfire price` reads); another "
+                                            "path or URL: quotes and S&P 500 bars as partitions")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Load real SPX quotes with the S&P 500 history; report rows, bad rows and how the levels line up."""
+    """Load real SPX quotes with the S&P 500 history; report rows, bad rows and how the levels line up.
+    ``--out FILE.csv`` (or ``.parquet``) writes every quote with the inputs ``greekfire price`` reads."""
     require_file(path, "vendor CSV")
-    from greekfire.data.spx import spx_report
+    from greekfire.data.spx import SPX_SUMMARY_UNITS, spx_report
 
     summary = spx_report(path, out, settings())
-    print_json(summary) if as_json else _print_mapping(f"SPX quotes: {path.name}", summary)
+    print_json(summary) if as_json else _print_mapping(f"SPX quotes: {path.name}", summary, SPX_SUMMARY_UNITS)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -424,10 +429,44 @@ class _PriceCommand(TyperCommand):
         super().format_help(ctx, formatter)
 
 
+def _print_preview(result: Any, rows: int = 10) -> None:
+    """The first priced rows, headers with units (``ttm (years)``, ``vega (per 1.00 vol)``); on a narrow
+    terminal the last columns are left out (the caption says so) rather than cut to ellipses."""
+    from greekfire.data.pricing import preview
+
+    shown = preview(result, rows)
+    cells = [["-" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float) else str(v) for v in rec]
+             for rec in shown.itertuples(index=False)]
+    # a column needs its widest cell, its name and the longest word of its unit (the unit wraps on spaces)
+    need = [max([len(str(col).split(" (")[0]), *(len(w) + 2 for w in str(col).split(" (")[1:2]),
+                 *(len(r[i]) for r in cells)]) for i, col in enumerate(shown.columns)]
+    keep = len(need)
+    while keep > 2 and sum(need[:keep]) + 3 * keep + 1 > console.width:
+        keep -= 1
+    left_out = list(shown.columns[keep:])
+    caption = f"not shown on this terminal: {', '.join(left_out)}" if left_out else None
+    table = Table(title=f"first {len(cells)} of {len(result)} rows (all of them: -o FILE.csv, or -o - for stdout)",
+                  caption=caption)
+    for col in shown.columns[:keep]:  # the unit on a line of its own
+        table.add_column(str(col).replace(" (", "\n("), justify="left" if col in ("right", "error") else "right")
+    for r in cells:
+        table.add_row(*r[:keep])
+    console.print(table)
+
+
 @app.command("price", cls=_PriceCommand)
 def price_cmd(
     input_path: Annotated[Path, typer.Argument(help="CSV or Parquet of options (by suffix)")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV or Parquet to write (by suffix)")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="CSV or Parquet to write (by suffix); - writes CSV to stdout "
+                     "(the summary then goes to stderr); default: print a preview and the summary"),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option("--columns", help="read a vendor layout: a preset (spx, optopsy) or FIELD=COLUMN pairs "
+                     "(right=type,strike=strike,...); ttm, mid price, rate and dividend yield are computed"),
+    ] = None,
     style: Annotated[str, typer.Option("--style", help="european or american")] = "european",
     model: Annotated[str | None, typer.Option("--model", help="a registered pricing engine")] = None,
     engine_module: Annotated[
@@ -441,19 +480,40 @@ def price_cmd(
 ) -> None:
     """Price every row: value, Greeks, implied vol where market_price is given, and an error code."""
     require_file(input_path, "input file")
-    from greekfire.data.pricing import price_file
+    import os
+    import sys
+
+    from greekfire.data.pricing import SUMMARY_UNITS, price_chain, price_file
     from greekfire.quant import import_engine_modules
 
     q = settings().quant
+    to_stdout = output is not None and str(output) == "-"
+    opts: dict[str, Any] = dict(columns=columns, style=style, model=model, steps=steps or q.tree_steps,
+                                device=device or q.device, dtype=dtype or q.dtype, progress=not as_json)
     try:
         import_engine_modules(engine_module or ())
-        data = price_file(
-            input_path, output, style=style, model=model, steps=steps or q.tree_steps,
-            device=device or q.device, dtype=dtype or q.dtype, progress=not as_json,
-        )
+        if output is None or to_stdout:
+            result, data = price_chain(input_path, **opts)
+        else:
+            data = price_file(input_path, output, **opts)
     except GreekfireError as exc:
         raise fail("price", exc) from None
-    print_json(data) if as_json else _print_mapping(f"priced {input_path}", data)
+    title = f"priced {input_path}"
+    if to_stdout:  # stdout carries the rows and nothing else
+        try:
+            result.to_csv(sys.stdout, index=False)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader stopped early (`| head`): not an error; quiet the final flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        data["output"] = "-"
+        if as_json:
+            typer.echo(json.dumps(data, indent=2, default=str), err=True)
+        else:
+            _print_mapping(title, data, SUMMARY_UNITS, err_console)
+        return
+    if output is None and not as_json:
+        _print_preview(result)
+    print_json(data) if as_json else _print_mapping(title, data, SUMMARY_UNITS)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import pyarrow as pa
 import torch
 
 from greekfire.core.errors import ConfigError, DataError, InputFileError
+from greekfire.data.chains import apply_layout, parse_columns, vendor_iv_agreement
 from greekfire.gpu.device import choose_device
 from greekfire.quant import (
     DEFAULT_ENGINES,
@@ -87,7 +88,8 @@ def read_table(path: Path) -> pd.DataFrame:
     if path.is_file() and path.stat().st_size == 0:
         raise InputFileError("input", str(path), f"the file is empty (0 bytes); expected a {kind} file of options")
     try:
-        return pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+        # utf-8-sig: a vendor CSV that starts with a byte-order mark keeps its first column's name
+        return pd.read_csv(path, encoding="utf-8-sig") if suffix == ".csv" else pd.read_parquet(path)
     except (ValueError, OSError, pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         # ArrowInvalid, UnicodeDecodeError and the parsers' errors all mean the same thing to the user
         raise InputFileError("input", str(path), f"not a readable {kind} file: {_one_line(exc)}") from exc
@@ -223,10 +225,118 @@ def price_frame(
     return result
 
 
+COLUMN_UNITS: dict[str, str] = {
+    "spot": "ccy",
+    "strike": "ccy",
+    "forward": "ccy",
+    "ttm": "years",
+    "rate": "per year",
+    "div_yield": "per year",
+    "vol": "annual",
+    "market_price": "ccy",
+    "bid": "ccy",
+    "ask": "ccy",
+    "value": "ccy",
+    "iv": "annual",
+    "vendor_iv": "vendor's",
+    "delta": "per 1 spot",
+    "gamma": "per 1 spot²",
+    "vega": "per 1.00 vol",
+    "theta": "per year",
+    "theta_per_day": "per day",
+    "rho": "per 1.00 rate",
+    "epsilon": "per 1.00 yield",
+    "vanna": "delta per 1.00 vol",
+    "volga": "vega per 1.00 vol",
+    "charm": "delta per year",
+}
+"""The unit of each priced column, for headers such as ``ttm (years)`` (conventions in docs/quant.md; ``ccy``:
+the underlying's currency per unit of underlying)."""
+
+PREVIEW_COLUMNS = ("right", "strike", "ttm", "iv", "vendor_iv", "vol", "value", "delta", "vega", "market_price", "error")
+"""The columns a preview shows (those of them the result has), the most telling first."""
+
+SUMMARY_UNITS: dict[str, str] = {"rate": "per year", "iv_vs_vendor": "vol, 0.01 = one vol point", "seconds": "s"}
+"""The unit of each summary entry that has one (the others are counts or names)."""
+
+
+def with_unit(name: str, units: dict[str, str] = COLUMN_UNITS) -> str:
+    """``name`` with its unit in brackets when it has one: ``ttm (years)``, ``vega (per 1.00 vol)``."""
+    unit = units.get(name)
+    return f"{name} ({unit})" if unit else name
+
+
+def preview(result: pd.DataFrame, rows: int = 10) -> pd.DataFrame:
+    """The first ``rows`` rows of a priced frame, the :data:`PREVIEW_COLUMNS` it has, headers with units."""
+    cols = [c for c in PREVIEW_COLUMNS if c in result.columns]
+    return result.loc[:, cols].head(rows).rename(columns=with_unit)
+
+
+def load_chain(input_path: str | Path, columns: str | None = None) -> pd.DataFrame:
+    """Read a CSV/Parquet file of options for pricing: as it is (already in our columns), or through a
+    ``--columns`` layout (a preset such as ``spx`` or ``FIELD=COLUMN`` pairs, see
+    :mod:`greekfire.data.chains`), which names our fields and adds what the file lacks: ``ttm`` (years),
+    ``market_price`` (the mid), ``rate``, ``div_yield`` and ``forward``."""
+    layout = parse_columns(columns) if columns is not None else None  # a bad mapping fails before the read
+    frame = read_table(Path(input_path))
+    return apply_layout(frame, layout, str(input_path)) if layout is not None else frame
+
+
+def price_chain(
+    input_path: str | Path,
+    *,
+    columns: str | None = None,
+    style: str = "european",
+    model: str | None = None,
+    steps: int = 200,
+    device: str = "auto",
+    dtype: str = "float64",
+    progress: bool = False,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read (:func:`load_chain`) and price a file; returns the priced rows and a summary mapping: counts,
+    the rate used, ``iv_vs_vendor`` (our implied vols against the vendor's, see
+    :func:`greekfire.data.chains.vendor_iv_agreement`) where the file has the vendor's, and the seconds."""
+    t0 = time.perf_counter()
+    engine = resolve_engine(style, model)
+    frame = load_chain(input_path, columns)
+    if progress and len(frame) > CHUNK_ROWS:
+        from rich.console import Console
+        from rich.progress import Progress  # rich's progress module is needed only for files this large
+
+        # on stderr: stdout may carry the priced rows (``-o -``)
+        with Progress(console=Console(stderr=True)) as bar:
+            task = bar.add_task("pricing", total=len(frame))
+            result = price_frame(frame, style=style, model=model, steps=steps, device=device, dtype=dtype,
+                                 on_chunk=lambda k: bar.advance(task, k))
+    else:
+        result = price_frame(frame, style=style, model=model, steps=steps, device=device, dtype=dtype)
+    counts = result["error"].value_counts().to_dict()
+    summary: dict[str, Any] = {
+        "rows": len(result),
+        "priced": int(np.isfinite(result["value"].to_numpy()).sum()),
+        "flagged": int(sum(v for k, v in counts.items() if k)),
+        "errors": {k: int(v) for k, v in counts.items() if k},
+        "style": style,
+        "model": engine.name,
+        "device": str(engine_device(engine, device)),
+    }
+    if columns is not None:
+        summary["columns"] = columns
+    rates = pd.to_numeric(result["rate"], errors="coerce").dropna().unique() if "rate" in result else []
+    if len(rates) == 1:
+        summary["rate"] = round(float(rates[0]), 6)
+    agreement = vendor_iv_agreement(result)
+    if agreement is not None:
+        summary["iv_vs_vendor"] = agreement
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return result, summary
+
+
 def price_file(
     input_path: str | Path,
     output_path: str | Path,
     *,
+    columns: str | None = None,
     style: str = "european",
     model: str | None = None,
     steps: int = 200,
@@ -234,32 +344,14 @@ def price_file(
     dtype: str = "float64",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Price a CSV/Parquet file into another (formats by suffix); returns a summary mapping."""
-    t0 = time.perf_counter()
+    """Price a CSV/Parquet file into another (formats by suffix); returns the summary of
+    :func:`price_chain` with ``output``."""
     if Path(output_path).suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise DataError("output", str(output_path), "must end in .csv or .parquet")
-    engine = resolve_engine(style, model)
-    frame = read_table(Path(input_path))
-    if progress and len(frame) > CHUNK_ROWS:
-        from rich.progress import Progress
-
-        with Progress() as bar:
-            task = bar.add_task("pricing", total=len(frame))
-            result = price_frame(frame, style=style, model=model, steps=steps, device=device, dtype=dtype,
-                                 on_chunk=lambda k: bar.advance(task, k))
-    else:
-        result = price_frame(frame, style=style, model=model, steps=steps, device=device, dtype=dtype)
+    t0 = time.perf_counter()
+    result, summary = price_chain(input_path, columns=columns, style=style, model=model, steps=steps, device=device,
+                                  dtype=dtype, progress=progress)
     write_table(result, Path(output_path))
-    counts = result["error"].value_counts().to_dict()
-    flagged = int(sum(v for k, v in counts.items() if k))
-    return {
-        "rows": len(result),
-        "priced": int(np.isfinite(result["value"].to_numpy()).sum()),
-        "flagged": flagged,
-        "errors": {k: int(v) for k, v in counts.items() if k},
-        "style": style,
-        "model": engine.name,
-        "device": str(engine_device(engine, device)),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "output": str(output_path),
-    }
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    summary["output"] = str(output_path)
+    return summary

@@ -67,6 +67,10 @@ BAR_SCHEMA = pa.schema(
 )
 
 QUOTE_COLUMNS = QUOTE_SCHEMA.names
+CHAIN_COLUMNS = (*QUOTE_COLUMNS, "ttm", "market_price", "rate", "div_yield", "forward")
+"""A pricing-ready chain (``greekfire data spx --out FILE.csv``, read by ``greekfire price`` as it is): the
+quote columns plus ``ttm`` (years ACT/365), ``market_price`` (the bid/ask mid), ``rate`` and ``div_yield``
+(continuously compounded, per year) and ``forward`` (the price the dividend yield grows spot to at expiry)."""
 BAR_COLUMNS = BAR_SCHEMA.names
 _REQUIRED_QUOTE = ("quote_date", "underlying", "spot", "expiry", "strike", "right", "bid", "ask")
 _REQUIRED_BAR = ("date", "close")

@@ -14,31 +14,24 @@ from typing import Any
 import pandas as pd
 
 from greekfire.core.errors import DataError, InputFileError
-from greekfire.data.schema import clean_quotes, conform_bars, conform_quotes
+from greekfire.data.chains import SPX_VENDOR_COLUMNS, pricing_inputs
+from greekfire.data.schema import CHAIN_COLUMNS, clean_quotes, conform_bars, conform_quotes
 from greekfire.data.storage import StorageLike
 from greekfire.data.synthetic import write_partitions
 
-# vendor column -> our column
-_VENDOR_COLUMNS = {
-    "underlying_last": "spot",
-    "optionroot": "symbol",
-    "type": "right",
-    "expiration": "expiry",
-    "quotedate": "quote_date",
-    "strike": "strike",
-    "last": "last",
-    "bid": "bid",
-    "ask": "ask",
-    "volume": "volume",
-    "openinterest": "open_interest",
-    "impliedvol": "vendor_iv",
-    "delta": "vendor_delta",
-    "gamma": "vendor_gamma",
-    "theta": "vendor_theta",
-    "vega": "vendor_vega",
-}
+# vendor column -> our column (the `--columns spx` preset of `greekfire price` is the same mapping)
+_VENDOR_COLUMNS = SPX_VENDOR_COLUMNS
 _NEEDED = ("underlying_last", "type", "expiration", "quotedate", "strike", "bid", "ask")
 INDEX_NAME = "SPX"
+SPX_SUMMARY_UNITS = {
+    "first_date": "YYYY-MM-DD",
+    "last_date": "YYYY-MM-DD",
+    "expiries": "YYYY-MM-DD",
+    "bad_rows": "rows",
+    "spot_vs_sp500_close": "diffs as fractions, 0.001 = 0.1%",
+    "rate": "per year, continuously compounded",
+}
+"""The unit of each :func:`spx_report` entry that is not a plain count."""
 
 
 def load_spx_quotes(path: str | Path, *, underlying: str = INDEX_NAME) -> pd.DataFrame:
@@ -134,9 +127,20 @@ def spot_alignment(quotes: pd.DataFrame, bars: pd.DataFrame) -> dict[str, float 
     }
 
 
+def spx_chain(quotes: pd.DataFrame) -> pd.DataFrame:
+    """Quotes (of :func:`load_spx_quotes`) as a pricing-ready chain: the columns of
+    :data:`~greekfire.data.schema.CHAIN_COLUMNS` (the quote columns plus ``ttm`` in years, ``market_price``
+    the mid, ``rate`` and ``div_yield`` continuously compounded per year, ``forward``), the rate and forwards
+    from put-call parity (:func:`greekfire.data.chains.parity_forwards`). ``greekfire price`` reads it as is."""
+    chain = pricing_inputs(quotes)
+    return chain.loc[:, list(CHAIN_COLUMNS)]
+
+
 def spx_report(path: str | Path, out: str | None = None, settings: StorageLike = None) -> dict[str, Any]:
     """Load the vendor file and the S&P 500 history, check they line up, count bad rows; optionally write
-    both as partitions under ``out`` (``<out>/quotes``, ``<out>/underlying``). Returns a summary mapping."""
+    them under ``out``: a path ending in ``.csv`` or ``.parquet`` gets one pricing-ready file of every quote
+    (:func:`spx_chain`), any other path or URL the quotes and bars as partitions (``<out>/quotes``,
+    ``<out>/underlying``). Returns a summary mapping."""
     quotes = load_spx_quotes(path)
     bars = load_sp500_history()
     _, dropped = clean_quotes(quotes)
@@ -150,7 +154,15 @@ def spx_report(path: str | Path, out: str | None = None, settings: StorageLike =
         "usable_rows": len(quotes) - sum(dropped.values()),
         "spot_vs_sp500_close": spot_alignment(quotes, bars),
     }
-    if out:
+    if out and Path(out).suffix.lower() in (".csv", ".parquet", ".pq"):
+        from greekfire.data.pricing import write_table  # it loads torch (seconds); only a file out needs it
+
+        chain = spx_chain(quotes)
+        write_table(chain, Path(out))
+        report["rate"] = round(float(chain["rate"].iloc[0]), 6)
+        report["files"] = 1
+        report["out"] = out
+    elif out:
         paths = write_partitions(quotes, bars[bars["date"] <= quotes["quote_date"].max()], out, settings)
         report["files"] = sum(len(v) for v in paths.values())
         report["out"] = out

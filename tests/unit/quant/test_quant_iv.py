@@ -12,6 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from greekfire.data.chains import apply_layout, parse_columns
+from greekfire.data.schema import normalize_right
 from greekfire.quant import IV_REASONS, american_implied_vol, american_price, bsm_price, implied_vol
 from quant_grids import extreme_grid
 
@@ -95,52 +97,30 @@ def test_american_implied_vol_round_trip() -> None:
     assert torch.allclose(res.vol, v, rtol=1e-8)
 
 
-def _spx_quotes(shared_data: Path) -> pd.DataFrame:
-    df = pd.read_csv(shared_data / "options" / "SPX_2018.csv", encoding="utf-8-sig")
-    df.columns = [c.strip() for c in df.columns]
-    df["T"] = (pd.to_datetime(df["expiration"], format="%m/%d/%Y")
-               - pd.to_datetime(df["quotedate"], format="%m/%d/%Y")).dt.days / 365.0
-    df["mid"] = 0.5 * (df["bid"] + df["ask"])
-    return df
-
-
-def spx_implied_vols(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float]:
-    """Our IVs for every quote: the forward of each (quote date, expiry) from put-call parity on the six
-    strikes nearest the spot, the rate the median implied by parity on expiries of 18+ days."""
-    groups = []
-    for (_, _), g in df.groupby(["quotedate", "expiration"]):
-        calls = g[g.type == "call"].set_index("strike")["mid"]
-        puts = g[g.type == "put"].set_index("strike")["mid"]
-        spot = g["underlying_last"].iloc[0]
-        strikes = sorted(calls.index.intersection(puts.index), key=lambda k: abs(k - spot))[:10]
-        y = (calls[strikes] - puts[strikes]).to_numpy()
-        X = np.vstack([np.ones(len(strikes)), -np.asarray(strikes, dtype=float)]).T
-        a, disc = np.linalg.lstsq(X, y, rcond=None)[0]
-        groups.append((g, strikes, calls, puts, disc))
-    rates = [-math.log(d) / g["T"].iloc[0] for g, *_, d in groups if g["T"].iloc[0] >= 0.05 and d > 0]
-    rate = float(np.median(rates))
-    fwd = pd.Series(index=df.index, dtype=float)
-    for g, strikes, calls, puts, _ in groups:
-        disc = math.exp(-rate * g["T"].iloc[0])
-        fwd[g.index] = float(np.median([k + (calls[k] - puts[k]) / disc for k in strikes[:6]]))
-    w = np.where(df["type"] == "call", 1.0, -1.0)
-    res = implied_vol(torch.tensor(df["mid"].to_numpy()), torch.tensor(w), torch.tensor(fwd.to_numpy()),
-                      torch.tensor(df["strike"].to_numpy(dtype=float)), torch.tensor(df["T"].to_numpy()),
-                      rate, rate)
-    return res.vol.numpy(), res.code.numpy(), rate
+def spx_implied_vols(shared_data: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, float]:
+    """Our IVs for every quote of the vendor file: read through the ``spx`` chain layout (ttm, mid, and the
+    rate and per-expiry forwards from put-call parity, as ``greekfire price --columns spx`` does), solved
+    on the forward."""
+    raw = pd.read_csv(shared_data / "options" / "SPX_2018.csv", encoding="utf-8-sig")
+    df = apply_layout(raw, parse_columns("spx"))
+    rate = float(df["rate"].iloc[0])
+    w = np.where(normalize_right(df["right"].to_numpy()).to_numpy() == "C", 1.0, -1.0)
+    res = implied_vol(torch.tensor(df["market_price"].to_numpy()), torch.tensor(w),
+                      torch.tensor(df["forward"].to_numpy()), torch.tensor(df["strike"].to_numpy(dtype=float)),
+                      torch.tensor(df["ttm"].to_numpy()), rate, rate)
+    return df, res.vol.numpy(), res.code.numpy(), rate
 
 
 def test_spx_2018_real_quotes(shared_data: Path) -> None:
-    df = _spx_quotes(shared_data)
-    iv, code, rate = spx_implied_vols(df)
+    df, iv, code, rate = spx_implied_vols(shared_data)
     assert 0.0 < rate < 0.05
     valid = code == 0
     # same-day expiries are "expired"; stale deep-ITM mids below intrinsic are flagged, not solved
     assert valid.mean() > 0.85
     assert set(np.unique(code[~valid])) <= {1, 3, 4}
-    w = np.where(df["type"] == "call", 1.0, -1.0)
-    otm = valid & (df["bid"].to_numpy() > 0) & (w * (df["strike"].to_numpy() - df["underlying_last"].to_numpy()) > 0)
-    diff = np.abs(iv - df["impliedvol"].to_numpy())[otm]
+    w = np.where(normalize_right(df["right"].to_numpy()).to_numpy() == "C", 1.0, -1.0)
+    otm = valid & (df["bid"].to_numpy() > 0) & (w * (df["strike"].to_numpy() - df["spot"].to_numpy()) > 0)
+    diff = np.abs(iv - df["vendor_iv"].to_numpy())[otm]
     assert otm.sum() > 4000
     assert np.median(diff) < 0.02
 

@@ -110,16 +110,22 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 CHATTY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning", "mlflow", "alembic")
 
 
+# a warning that is only news (a new MLflow experiment is created on a project's first run)
+NEWS_LOGGERS = ("lightning.pytorch.loggers.mlflow",)
+
+
 def _hush() -> None:
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in NEWS_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Within: Lightning's and MLflow's info lines are silenced (warnings kept), as are Lightning's
     "possible user" hints and torch's LeafSpec deprecation that Lightning triggers. Restored on exit."""
-    saved = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    saved = {name: logging.getLogger(name).level for name in (*CHATTY_LOGGERS, *NEWS_LOGGERS)}
     _hush()
     try:
         with warnings.catch_warnings():

@@ -20,13 +20,15 @@ from greekfire.core.errors import ConfigError, InputFileError
 from greekfire.data.features import CONTRACT_NAMES
 from greekfire.data.schema import read_quotes
 from greekfire.data.synthetic import generate_to
-from greekfire.ml.config import DataConfig
+from greekfire.ml.config import DataConfig, compose_experiment
 from greekfire.ml.data import load_pricing_data, read_quote_parquet
 from greekfire.ml.serving import checkpoint_in, load_pricing_model
+from greekfire.ml.train import with_data
 
 QUIET = ["tracking.mlflow=false", "tracking.tensorboard=false", "trainer.max_epochs=1"]
 # what Lightning prints by itself and our commands must not
-BANNERS = ("GPU available", "TPU available", "Tip:", "Trainer.fit", "LeafSpec", "LOCAL_RANK", "| Name")
+BANNERS = ("GPU available", "TPU available", "Tip:", "Trainer.fit", "LeafSpec", "LOCAL_RANK", "| Name",
+           "mlflow.store", "Creating it")
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -48,8 +50,9 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_on_generated_market_prints_full_checkpoint_and_log_lines(market: Path, tmp_path: Path) -> None:
     deep = tmp_path / ("a-folder-with-a-long-name-" * 3) / "work"  # longer than the 60 columns of a table
     deep.mkdir(parents=True)
+    # MLflow on (a first run: it creates its database and experiment, and must not say so)
     res = subprocess.run([sys.executable, "-m", "greekfire.cli", "train", "pricing", "--data", str(market),
-                          "--preset", "smoke", *QUIET], capture_output=True, text=True, env=_env(tmp_path),
+                          "--preset", "smoke", "tracking.tensorboard=false", "trainer.max_epochs=1"], capture_output=True, text=True, env=_env(tmp_path),
                          cwd=deep, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     last = res.stdout.strip().splitlines()[-1]
@@ -102,6 +105,19 @@ def test_a_single_quotes_file_reads_like_the_folder(market: Path, tmp_path: Path
     with pytest.raises(InputFileError, match="insufficient_history") as err:
         load_pricing_data(DataConfig(source="quotes", url=str(one)))
     assert str(one) in str(err.value)
+
+
+def test_data_path_picks_the_source_and_keeps_the_rest(market: Path, tmp_path: Path) -> None:
+    cfg = compose_experiment("heston_lstm", ["data.window=10"])
+    quotes = with_data(cfg, str(market))
+    assert (quotes.data.source, quotes.data.url) == ("quotes", str(market))
+    assert quotes.data.window == 10 and quotes.data.baseline_feature and quotes.model == cfg.model
+    for split in ("train", "val"):
+        (tmp_path / "prepared" / split).mkdir(parents=True)
+    prepared = with_data(cfg, str(tmp_path / "prepared"))
+    assert prepared.data.source == "samples" and not prepared.data.baseline_feature  # samples carry their features
+    with pytest.raises(InputFileError, match="no such file"):
+        with_data(cfg, str(tmp_path / "nothing"))
 
 
 def test_missing_quote_columns_name_the_file_and_columns(tmp_path: Path) -> None:

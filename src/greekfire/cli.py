@@ -288,38 +288,56 @@ def data_spx(
 def train_pricing_cmd(
     overrides: Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. optim.lr=1e-3 trainer.max_epochs=5")] = None,
     preset: Annotated[str, typer.Option("--preset", "-p", help="experiment in configs/train/ (smoke, liu_mlp, ...)")] = "smoke",
-    experiment: Annotated[Path | None, typer.Option("--config", "--experiment", "-e", help="an experiment YAML file instead of a preset")] = None,
+    experiment: Annotated[Path | None, typer.Option("--experiment", "-e", help="an experiment YAML file instead of a preset")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="train on these quotes instead of the experiment's data: "
+                                             "a folder written by `greekfire data generate`, or any Parquet file or "
+                                             "folder (local or s3://...) in the quote schema, or prepared samples")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue this experiment's run from its last checkpoint")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Train the options pricing model; prints checkpoints, test scores and tracking ids."""
+    """Train the options pricing model; prints test scores, tracking ids and the checkpoint's full path.
+
+    Progress: a bar when stdout is a terminal, else a log line every trainer.progress_interval_s seconds
+    and at each epoch's end (trainer.enable_progress_bar=true|false forces one)."""
+    if data is not None and "://" not in data and not Path(data).exists():
+        raise UsageProblem(f"--data {data!r} does not exist (a folder or Parquet file of quotes, or an s3:// URL)")
     from greekfire.ml.train import run_training
 
     s = settings()
     try:
-        result = run_training(s, preset=preset, config_file=experiment, overrides=overrides or [], resume=resume)
+        result = run_training(s, preset=preset, config_file=experiment, overrides=overrides or [], resume=resume,
+                              data_path=data)
     except (ConfigErrors, ConfigError, GreekfireError) as exc:
         raise fail("train pricing", exc) from None
     if result.rank != 0:  # under DDP every rank returns here; rank 0 speaks for the run
         return
-    data = result.as_dict()
+    summary = result.as_dict()
     if as_json:
-        print_json(data)
+        print_json(summary)
         return
     table = Table(title=f"trained {result.name} ({result.version})")
     table.add_column("item", style="bold")
     table.add_column("value")
-    for k, v in data.items():
-        if k != "scores":
+    paths = ("run_dir", "best_checkpoint", "last_checkpoint", "resumed_from")
+    for k, v in summary.items():
+        if k != "scores" and k not in paths:
             table.add_row(k, str(v))
     for k, v in result.scores.items():
         table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
     console.print(table)
+    # paths as plain lines, never cut or wrapped by a table: scripts and people copy them whole
+    if result.resumed_from is not None:
+        typer.echo(f"resumed from: {result.resumed_from}")
+    typer.echo(f"run: {result.run_dir}")
+    if result.last_checkpoint is not None:
+        typer.echo(f"last checkpoint: {result.last_checkpoint}")
+    typer.echo(f"checkpoint: {result.best_checkpoint or result.last_checkpoint}")
 
 
 @serve_app.command("pricing")
 def serve_pricing_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="checkpoint path, run folder, or MLflow URI (runs:/...)")],
+    model: Annotated[str, typer.Option("--model", "-m", help="checkpoint path, run folder (its best, else last "
+                                       "checkpoint), or MLflow URI (runs:/...)")],
     host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
     port: Annotated[int | None, typer.Option("--port", help="default: api.port")] = None,
     no_batching: Annotated[bool, typer.Option("--no-batching", help="one forward pass per request")] = False,

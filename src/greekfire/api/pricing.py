@@ -204,7 +204,8 @@ def build_app(settings: Settings | None = None, model: LoadedModel | None = None
 
 def serve(settings: Settings, model_uri: str, *, host: str | None = None, port: int | None = None,
           batching: bool = True, device: str | None = None) -> None:
-    """Load ``model_uri`` (checkpoint path or MLflow URI) and serve it with uvicorn until stopped.
+    """Load ``model_uri`` (a checkpoint path, a run folder: its best, else last checkpoint, or an MLflow URI)
+    and serve it with uvicorn until stopped.
 
     ``device`` (``--device``) overrides ``quant.device``; ``auto`` is decided by the GPU manager: a healthy
     GPU keeping ``gpu.min_free_mb`` MiB of headroom, chosen by ``gpu.placement``, else the CPU.

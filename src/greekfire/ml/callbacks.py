@@ -1,7 +1,10 @@
-"""Lightning callbacks of ours: Prometheus training gauges, RNG state in checkpoints, a step-limit interrupt."""
+"""Lightning callbacks of ours: Prometheus training gauges, RNG state in checkpoints, a step-limit interrupt,
+training progress (a Rich bar on a terminal, log lines elsewhere)."""
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import time
 from typing import Any
@@ -18,6 +21,7 @@ VAL_LOSS = gauge("greekfire_training_val_loss", "latest validation loss", ["run"
 THROUGHPUT = gauge("greekfire_training_samples_per_second", "training rows per second (last interval)", ["run"])
 GPU_MEMORY = gauge("greekfire_training_gpu_memory_bytes", "device memory allocated by torch, bytes", ["run"])
 STEPS = counter("greekfire_training_steps", "optimizer steps taken", ["run"])
+log = logging.getLogger("greekfire.ml.train")
 
 
 class PrometheusTrainingMetrics(L.Callback):
@@ -97,3 +101,125 @@ class InterruptAtStep(L.Callback):
                              batch_idx: int) -> None:
         if trainer.global_step >= self.step:
             raise TrainingInterrupted(f"interrupted at step {trainer.global_step}")
+
+
+class TrainingProgress(L.Callback):
+    """Training progress on rank 0: a Rich progress bar (epoch, batches, loss, val_loss, elapsed and
+    remaining time) when ``bar`` is true, else a log line ``epoch E/N step S/T loss L`` at most every
+    ``interval_s`` seconds and at each epoch's end (then with ``val_loss``). ``bar=None``: the bar when
+    ``console`` (default: stdout) is a terminal, so piped output and CI logs get plain lines."""
+
+    def __init__(self, bar: bool | None = None, *, interval_s: float = 10.0, console: Any = None) -> None:
+        from rich.console import Console  # lazy: only a run that reports progress needs it
+
+        self.console = console if console is not None else Console()
+        self.bar = self.console.is_terminal if bar is None else bar
+        self.interval_s = interval_s
+        self._progress: Any = None
+        self._task: Any = None
+        self._last_line = -math.inf
+        self._last_draw = -math.inf
+        self._loss: float | None = None
+        self._val: float | None = None
+        self._batch = 0  # batches done in this epoch
+
+    @staticmethod
+    def _epochs(trainer: L.Trainer) -> str:
+        total = trainer.max_epochs
+        return f"{trainer.current_epoch + 1}/{total}" if total and total > 0 else f"{trainer.current_epoch + 1}"
+
+    @staticmethod
+    def _batches(trainer: L.Trainer) -> int | None:
+        n = trainer.num_training_batches
+        return int(n) if isinstance(n, int | float) and math.isfinite(n) else None
+
+    def _fields(self) -> str:
+        loss = f"loss {self._loss:.3g}" if self._loss is not None else "loss -"
+        return loss + (f" val_loss {self._val:.3g}" if self._val is not None else "")
+
+    @staticmethod
+    def _steps(trainer: L.Trainer) -> str:
+        """``step S/T``: optimizer steps taken and planned (from the batches, epochs and max_steps)."""
+        n = TrainingProgress._batches(trainer)
+        planned = [trainer.max_steps] if trainer.max_steps and trainer.max_steps > 0 else []
+        if n and trainer.max_epochs and trainer.max_epochs > 0:
+            planned.append(math.ceil(n / max(1, trainer.accumulate_grad_batches)) * trainer.max_epochs)
+        return f"step {trainer.global_step}" + (f"/{min(planned)}" if planned else "")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or not self.bar:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=self.console,
+        )
+        self._task = self._progress.add_task(self._epochs(trainer), total=self._batches(trainer), metrics="loss -")
+        self._progress.start()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._batch = 0
+        if self._progress is not None:
+            self._progress.reset(self._task, total=self._batches(trainer), description=self._epochs(trainer),
+                                 metrics=self._fields())
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        self._batch = batch_idx + 1
+        now = time.monotonic()
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self._batch)
+            if now - self._last_draw < 0.1:  # reading the loss syncs the device: a few times a second is enough
+                return
+            self._last_draw = now
+        elif now - self._last_line < self.interval_s:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._loss = float(loss.detach())
+        if self._progress is not None:
+            self._progress.update(self._task, metrics=self._fields())
+            return
+        self._last_line = now
+        self._line(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        val = trainer.callback_metrics.get("val_loss")
+        if val is not None and not trainer.sanity_checking:
+            self._val = float(val)
+            if self._progress is not None:
+                self._progress.update(self._task, metrics=self._fields())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or self._progress is not None:
+            return
+        loss = trainer.callback_metrics.get("train_loss")
+        if loss is not None:
+            self._loss = float(loss)
+        self._last_line = time.monotonic()
+        self._line(trainer)
+
+    def _line(self, trainer: L.Trainer) -> None:
+        log.info("epoch %s %s %s", self._epochs(trainer), self._steps(trainer), self._fields())
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._stop()

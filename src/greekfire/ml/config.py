@@ -31,7 +31,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the samples come from and how they are split and batched."""
 
-    source: Literal["bs_liu", "bs_culkin", "heston", "spx", "samples", "random"] = "bs_liu"
+    source: Literal["bs_liu", "bs_culkin", "heston", "spx", "quotes", "samples", "random"] = "bs_liu"
     n_samples: int = Field(20_000, ge=16, description="synthetic rows (bs_*, random)")
     val_frac: float = Field(0.1, gt=0, lt=0.5)
     test_frac: float = Field(0.1, ge=0, lt=0.5)
@@ -48,13 +48,17 @@ class DataConfig(_Strict):
     eval_batch_size: int = Field(4096, ge=1)
     num_workers: int = Field(0, ge=0, le=64)
     seq_features: int = Field(4, ge=1, description="random source: features per time step")
-    url: str | None = Field(None, description="samples source: folder or URL (s3://...) holding train/, val/, test/")
+    url: str | None = Field(None, description="quotes source: a Parquet file or folder (or URL, s3://...) of option "
+                            "quotes, or a market written by `greekfire data generate`; samples source: the folder "
+                            "or URL holding train/, val/, test/")
     streaming: bool = Field(False, description="samples source: stream the training split instead of loading it")
 
     @model_validator(mode="after")
     def _samples_need_url(self) -> DataConfig:
         if self.source == "samples" and not self.url:
             raise ValueError("data.url: the samples source needs the folder or URL of prepared samples")
+        if self.source == "quotes" and not self.url:
+            raise ValueError("data.url: the quotes source needs the Parquet file, folder or URL of the quotes")
         if self.streaming and self.source != "samples":
             raise ValueError(f"data.streaming: only the samples source streams (data.source={self.source!r})")
         return self
@@ -122,7 +126,11 @@ class TrainerConfig(_Strict):
     checkpoint_every_n_steps: int = Field(0, ge=0, description="also save `last` every N steps (0: per epoch)")
     deterministic: bool = False
     find_batch_size: bool = Field(False, description="halve the batch size on OOM (GPU manager) before training")
-    enable_progress_bar: bool = False
+    enable_progress_bar: bool | None = Field(
+        None, description="a Rich progress bar (true), a log line every progress_interval_s and at each epoch's "
+        "end (false), or none: the bar when stdout is a terminal, else the log lines"
+    )
+    progress_interval_s: float = Field(10.0, ge=0, description="seconds between progress log lines (no bar)")
 
 
 class TrackingConfig(_Strict):
@@ -150,7 +158,7 @@ class ExperimentConfig(_Strict):
         """The parts that change what is learned (not how long or where it is logged): hashed into versions."""
         d = self.model_dump(mode="json")
         d.pop("tracking", None)
-        for k in ("max_epochs", "max_steps", "max_time_s", "enable_progress_bar", "log_every_n_steps",
+        for k in ("max_epochs", "max_steps", "max_time_s", "enable_progress_bar", "progress_interval_s", "log_every_n_steps",
                   "checkpoint_every_n_steps", "early_stopping_patience", "devices", "num_nodes",
                   "strategy", "accelerator"):
             d["trainer"].pop(k, None)
@@ -207,7 +215,7 @@ def compose_experiment(
     if config_file is not None:
         path = Path(config_file).resolve()
         if not path.is_file():
-            raise ConfigError("--config", str(config_file), "the experiment YAML file does not exist")
+            raise ConfigError("--experiment", str(config_file), "the experiment YAML file does not exist")
         config_dir, name = path.parent, path.stem
     else:
         config_dir = default_config_dir(settings).resolve()

@@ -9,6 +9,10 @@ Sources (``data.source`` in the experiment config):
 - ``heston``: the synthetic Heston market of :mod:`greekfire.data.synthetic` through
   :func:`greekfire.data.features.build_samples` (history window + contract features; target mid/strike).
 - ``spx``: real SPXW quotes through the same feature builder, split by quote date.
+- ``quotes``: option quotes in the quote schema of :mod:`greekfire.data.schema` under ``data.url``: a
+  market written by ``greekfire data generate`` (``quotes/`` and ``underlying/``), or any Parquet file or
+  folder (local or an fsspec URL such as ``s3://bucket/prefix``) of quotes; without ``underlying/`` bars
+  the underlying's daily close is the quotes' median spot of each date. Same features and time split.
 - ``samples``: prepared sample files (:func:`greekfire.data.dataset.write_splits`) under ``data.url``, a
   local folder or any fsspec URL (``s3://bucket/prefix``): ``train/``, ``val/`` and optionally ``test/``.
   With ``data.streaming`` the training split is streamed one row group at a time
@@ -22,19 +26,23 @@ stream): this module makes no loader of its own.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
-from greekfire.core.errors import DataError
+from greekfire.core.errors import DataError, InputFileError
 from greekfire.data.dataset import Batch, StreamingOptionsDataset, read_samples
 from greekfire.data.features import Samples, build_samples, time_split
+from greekfire.data.schema import ATTRS_KEY, QUOTE_COLUMNS, conform_quotes, read_bars
 from greekfire.data.spx import load_sp500_history, load_spx_quotes
+from greekfire.data.storage import open_fs
 from greekfire.data.synthetic import generate_market
 from greekfire.ml.config import DataConfig
 from greekfire.quant import MarketInputs, OptionBatch, price
@@ -211,6 +219,75 @@ def load_spx(cfg: DataConfig) -> PricingData:
     return _from_samples(cfg, build_samples(quotes, underlying, window=cfg.window), "spx")
 
 
+def data_source_for(url: str, storage: Any = None) -> str:
+    """The ``data.source`` that reads ``url`` (``--data``): ``samples`` for a folder of prepared samples
+    (``train/`` and ``val/``), else ``quotes``. Raises InputFileError when nothing is there."""
+    fs, root = open_fs(url, storage)
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        raise InputFileError("--data", url, "no such file or folder")
+    if fs.isdir(f"{root}/train") and fs.isdir(f"{root}/val"):
+        return "samples"
+    return "quotes"
+
+
+def read_quote_parquet(url: str, storage: Any = None) -> pd.DataFrame:
+    """Option quotes from a Parquet file or folder at ``url`` (any fsspec URL; Hive folders such as
+    ``quote_date=2024-01-02/`` are read as columns), conformed to the quote schema, with the writer's
+    ``attrs`` (a generated market's rate and dividend yield). A file without the schema's required
+    columns raises InputFileError naming ``url`` and the missing columns."""
+    # lazy: pyarrow.dataset costs about half a second to import
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, root = open_fs(url, storage)
+    try:
+        dataset = ds.dataset(root, filesystem=PyFileSystem(FSSpecHandler(fs)), format="parquet",
+                             partitioning="hive")
+        names = dataset.schema.names
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise InputFileError("--data", url, f"cannot read it as Parquet: {' '.join(str(exc).split())[:200]}") from None
+    try:
+        conform_quotes(pd.DataFrame(columns=names))
+    except DataError as exc:  # conform_quotes names the required columns that are missing
+        raise InputFileError("--data", url, f"the Parquet lacks the quote columns {exc.value} "
+                             "(the quote schema of greekfire.data.schema; columns found: "
+                             f"{names[:12]})") from None
+    table = dataset.to_table(columns=[c for c in QUOTE_COLUMNS if c in names])
+    quotes = conform_quotes(table.to_pandas())
+    if dataset.files:  # the writer's attrs (a generated market's rate, div_yield), from the first footer
+        with fs.open(dataset.files[0], "rb") as fh:
+            raw = (pq.read_schema(fh).metadata or {}).get(ATTRS_KEY)
+        if raw:
+            quotes.attrs.update(json.loads(raw))
+    return quotes
+
+
+def load_quotes(cfg: DataConfig, storage: Any = None) -> PricingData:
+    """The ``quotes`` source: quotes under ``cfg.url`` (see the module docstring) -> samples, time split."""
+    url = (cfg.url or "").rstrip("/")
+    fs, root = open_fs(url, storage)
+    market = fs.isdir(f"{root.rstrip('/')}/quotes")  # the layout `greekfire data generate` writes
+    quotes = read_quote_parquet(f"{url}/quotes" if market else url, storage)
+    names = sorted(map(str, quotes["underlying"].dropna().unique()))
+    if len(names) > 1:
+        raise InputFileError("--data", url, f"quotes of several underlyings {names[:5]}: train on one "
+                             "(write a file per underlying)")
+    if market and fs.isdir(f"{root.rstrip('/')}/underlying"):
+        bars = read_bars(f"{url}/underlying", storage)
+    else:  # no bars beside the quotes: the underlying's level each quote date, from the quotes themselves
+        spot = quotes.dropna(subset=["quote_date", "spot"]).groupby("quote_date")["spot"].median()
+        bars = pd.DataFrame({"date": spot.index, "close": spot.to_numpy()})
+    samples = build_samples(quotes, bars, window=cfg.window)
+    if len(samples) == 0:
+        dropped = {k: v for k, v in samples.dropped.items() if v}
+        raise InputFileError("--data", url, f"no usable samples from {len(quotes)} quote rows (dropped: {dropped}); "
+                             f"a sample needs {cfg.window}+ days of underlying history for the window and about "
+                             "60 for the indicators: give more quote dates or daily bars in underlying/")
+    return _from_samples(cfg, samples, "quotes")
+
+
 def load_prepared(cfg: DataConfig, storage: Any = None) -> PricingData:
     """The ``samples`` source: ``train/``, ``val/`` and optional ``test/`` sample files under ``cfg.url``,
     read with ``storage`` (:class:`~greekfire.core.settings.StorageSettings`; local paths need none)."""
@@ -273,6 +350,8 @@ def load_pricing_data(cfg: DataConfig, storage: Any = None) -> PricingData:
         return load_heston(cfg)
     if cfg.source == "spx":
         return load_spx(cfg)
+    if cfg.source == "quotes":
+        return load_quotes(cfg, storage)
     if cfg.source == "samples":
         return load_prepared(cfg, storage)
     raise DataError("data.source", cfg.source, "unknown source")  # pragma: no cover - pydantic guards it

@@ -80,6 +80,23 @@ def _resolve_uri(uri: str, tracking_uri: str | None) -> Path:
     return local
 
 
+def checkpoint_in(folder: Path) -> Path:
+    """The checkpoint to load from a folder: a run folder's ``checkpoints/best.ckpt``, else its ``last.ckpt``
+    (also directly in ``folder``); else the newest ``best.ckpt`` (then ``last.ckpt``, then any ``.ckpt``)
+    below it, e.g. of the latest version under ``runs/<name>/``. Raises ConfigError naming the folder when it
+    holds none."""
+    for name in ("best.ckpt", "last.ckpt"):
+        for candidate in (folder / "checkpoints" / name, folder / name):
+            if candidate.is_file():
+                return candidate
+    for pattern in ("best.ckpt", "last.ckpt", "*.ckpt"):
+        found = [p for p in folder.rglob(pattern) if p.is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime)
+    raise ConfigError("--model", str(folder), "the folder holds no checkpoint (.ckpt): give a checkpoint file, "
+                      "a run folder of `greekfire train pricing` (<runs_dir>/<name>/<version>) or an MLflow URI")
+
+
 def load_pricing_model(
     path_or_uri: str | Path,
     *,
@@ -87,7 +104,7 @@ def load_pricing_model(
     tracking_uri: str | None = None,
     min_free_mb: float = 0.0,
 ) -> LoadedModel:
-    """Load a pricing checkpoint from a path or an MLflow URI.
+    """Load a pricing checkpoint from a path, a run folder (see :func:`checkpoint_in`) or an MLflow URI.
 
     ``device``: ``auto`` (the default), ``cpu``, ``cuda`` or ``cuda:N``, decided by
     :func:`greekfire.gpu.device.choose_device`: ``auto`` takes the GPU with the most free memory when it has
@@ -97,7 +114,7 @@ def load_pricing_model(
     text = str(path_or_uri)
     path = _resolve_uri(text, tracking_uri) if ":/" in text and not Path(text).exists() else Path(text)
     if path.is_dir():
-        path = path / "checkpoints" / "best.ckpt" if (path / "checkpoints").is_dir() else path / "best.ckpt"
+        path = checkpoint_in(path)
     if not path.is_file():
         raise ConfigError("--model", text, "no such checkpoint file (a .ckpt path or an MLflow runs:/ URI)")
     dev = choose_device(device or "auto", min_free_mb=min_free_mb)

@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -37,9 +40,15 @@ from greekfire.core.settings import Settings
 from greekfire.data.storage import check_storage
 from greekfire.gpu.device import choose_device, cuda_usable
 from greekfire.gpu.memory import run_with_oom_backoff
-from greekfire.ml.callbacks import PrometheusTrainingMetrics, RngState
-from greekfire.ml.config import ExperimentConfig, compose_experiment, config_hash
-from greekfire.ml.data import PricingData, load_pricing_data
+from greekfire.ml.callbacks import PrometheusTrainingMetrics, RngState, TrainingProgress
+from greekfire.ml.config import (
+    DataConfig,
+    ExperimentConfig,
+    compose_experiment,
+    config_hash,
+    validate_experiment,
+)
+from greekfire.ml.data import PricingData, data_source_for, load_pricing_data
 from greekfire.ml.evaluate import evaluate
 from greekfire.ml.module import PricingDataModule, PricingModule, module_for
 from greekfire.ml.tracking import log_mlflow_artifact, make_loggers, mlflow_run_id
@@ -96,10 +105,44 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed"
 
 
+# loggers whose INFO lines repeat ours or advertise (Lightning's device banner and tips, "`Trainer.fit` stopped",
+# MLflow's database set-up); their warnings still show
+CHATTY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning", "mlflow", "alembic")
+
+
+# a warning that is only news (a new MLflow experiment is created on a project's first run)
+NEWS_LOGGERS = ("lightning.pytorch.loggers.mlflow",)
+
+
+def _hush() -> None:
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in NEWS_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Within: Lightning's and MLflow's info lines are silenced (warnings kept), as are Lightning's
+    "possible user" hints and torch's LeafSpec deprecation that Lightning triggers. Restored on exit."""
+    saved = {name: logging.getLogger(name).level for name in (*CHATTY_LOGGERS, *NEWS_LOGGERS)}
+    _hush()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=PossibleUserWarning)
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            # the run folder is ours and reused by design (same version: resume; best.ckpt is replaced)
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def run_dir_for(cfg: ExperimentConfig, settings: Settings, data: PricingData) -> tuple[str, Path]:
     """(version, folder) of the run of ``cfg`` on ``data``."""
     version = config_hash(cfg, data.fingerprint)
-    return version, Path(settings.training.runs_dir) / cfg.name / version
+    return version, Path(settings.training.runs_dir).absolute() / cfg.name / version
 
 
 def _check_remote_data(cfg: ExperimentConfig, settings: Settings) -> None:
@@ -149,9 +192,25 @@ def train_pricing(
 ) -> TrainResult:
     """Train ``cfg``; ``resume`` continues from the run's ``last.ckpt`` (or ``ckpt_path``) exactly.
 
-    Returns the checkpoints, the test scores (MSE/RMSE/R^2/MAPE in target units, price / strike) and the
-    tracking ids. Raises ConfigError when ``resume`` finds no checkpoint.
+    Returns the checkpoints (absolute paths), the test scores (MSE/RMSE/R^2/MAPE in target units, price /
+    strike) and the tracking ids. Raises ConfigError when ``resume`` finds no checkpoint. Progress follows
+    ``trainer.enable_progress_bar`` (see :class:`~greekfire.ml.callbacks.TrainingProgress`); Lightning's
+    banners are silenced (:func:`quiet_lightning`).
     """
+    with quiet_lightning():
+        return _train(cfg, settings, resume=resume, ckpt_path=ckpt_path, data=data, callbacks=callbacks, test=test)
+
+
+def _train(
+    cfg: ExperimentConfig,
+    settings: Settings,
+    *,
+    resume: bool,
+    ckpt_path: str | Path | None,
+    data: PricingData | None,
+    callbacks: Sequence[Any],
+    test: bool,
+) -> TrainResult:
     t0 = time.perf_counter()
     seed = cfg.seed if cfg.seed is not None else settings.training.seed
     if settings.training.torch_threads:
@@ -184,9 +243,14 @@ def train_pricing(
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
                               every_n_train_steps=cfg.trainer.checkpoint_every_n_steps or None)
     cbs: list[Any] = [best_cb, last_cb, RngState(),
-                      PrometheusTrainingMetrics(f"{cfg.name}-{version}", cfg.trainer.log_every_n_steps)]
+                      PrometheusTrainingMetrics(f"{cfg.name}-{version}", cfg.trainer.log_every_n_steps),
+                      TrainingProgress(tc.enable_progress_bar, interval_s=tc.progress_interval_s)]
     if cfg.trainer.early_stopping_patience:
         cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.trainer.early_stopping_patience))
+    if cfg.tracking.mlflow:  # MLflow sets its loggers' levels when it is imported: import it now, then hush them
+        import mlflow  # noqa: F401
+
+        _hush()
     loggers = make_loggers(cfg, settings, run_dir, version)
     if loggers and cfg.optim.scheduler != "none":
         cbs.append(LearningRateMonitor(logging_interval="step"))
@@ -210,7 +274,7 @@ def train_pricing(
         val_check_interval=tc.val_check_interval,
         log_every_n_steps=tc.log_every_n_steps,
         deterministic=tc.deterministic,
-        enable_progress_bar=tc.enable_progress_bar,
+        enable_progress_bar=False,  # TrainingProgress reports instead
         enable_model_summary=False,
         logger=loggers or False,
         callbacks=cbs,
@@ -253,7 +317,31 @@ def run_training(
     config_file: str | Path | None = None,
     overrides: Sequence[str] = (),
     resume: bool = False,
+    data_path: str | None = None,
 ) -> TrainResult:
-    """Compose the experiment (``preset`` or ``config_file`` plus Hydra ``overrides``) and train it."""
+    """Compose the experiment (``preset`` or ``config_file`` plus Hydra ``overrides``) and train it.
+
+    ``data_path`` (``--data``): train on the quotes or prepared samples there instead of the experiment's
+    own data (see :func:`with_data`)."""
     cfg = compose_experiment(preset, overrides, config_file=config_file, settings=settings)
+    if data_path is not None:
+        cfg = with_data(cfg, data_path, settings)
     return train_pricing(cfg, settings, resume=resume)
+
+
+def with_data(cfg: ExperimentConfig, url: str, settings: Settings | None = None) -> ExperimentConfig:
+    """``cfg`` reading its rows from ``url``: a folder or URL of prepared samples (``train/``, ``val/``:
+    source ``samples``) or of option quotes (a market written by ``greekfire data generate``, or any Parquet
+    file or folder in the quote schema: source ``quotes``). The other ``data`` keys (window, fractions,
+    batch size) are kept. Raises InputFileError when ``url`` holds nothing."""
+    storage = settings.storage if settings is not None else None
+    if "://" in url:
+        check_storage(url, storage).raise_if_failed()
+    else:
+        url = str(Path(url).absolute())
+    source = data_source_for(url, storage)
+    fields = cfg.data.model_dump()
+    fields.update(source=source, url=url, streaming=fields["streaming"] and source == "samples",
+                  baseline_feature=fields["baseline_feature"] and source != "samples")
+    data = DataConfig.model_validate(fields)
+    return validate_experiment({**cfg.model_dump(), "data": data.model_dump()}, source="--data")

@@ -89,6 +89,11 @@ def _corrupt_partition(tmp: Path) -> None:
     (part / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
 
 
+def _quotes_without_prices(tmp: Path) -> None:
+    pd.DataFrame({"quote_date": ["2024-01-02"], "underlying": ["X"], "spot": [100.0], "expiry": ["2024-02-16"],
+                  "strike": [100.0], "right": ["C"]}).to_parquet(tmp / "q.parquet")
+
+
 def _bad_yaml_key(tmp: Path) -> None:
     (tmp / "s.yaml").write_text("trading:\n  venus: 3\n")
 
@@ -133,6 +138,12 @@ CASES = [
          ["afile"], make=_blocking_file),
     Case("serve a file that is not a checkpoint", ["serve", "pricing", "--model", "{tmp}/model.ckpt", "--device",
                                                    "cpu"], 1, ["model.ckpt", "checkpoint"], make=_not_a_checkpoint),
+    Case("train on quotes without bid and ask", ["train", "pricing", "--data", "{tmp}/q.parquet"], 1,
+         ["q.parquet", "bid", "ask"], make=_quotes_without_prices),
+    Case("train on data that does not exist", ["train", "pricing", "--data", "{tmp}/nope"], 2,
+         ["--data", "nope", "does not exist"]),
+    Case("serve a folder without a checkpoint", ["serve", "pricing", "--model", "{tmp}/runs", "--device", "cpu"], 2,
+         ["runs", "no checkpoint"], make=lambda tmp: (tmp / "runs" / "smoke").mkdir(parents=True)),
     Case("trade with unreachable postgres", ["trade", "--paper", "--duration", "1"], 1, ["database", "127.0.0.1"],
          env={"GREEKFIRE_DATABASE__URL": f"postgresql+psycopg://postgres@{CLOSED}/x"}),
     Case("demo unknown stage", ["demo", "--only", "foo"], 2, ["--only", "foo", "pricing"]),

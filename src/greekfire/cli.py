@@ -208,12 +208,10 @@ def gpu_serve(
 ) -> None:
     """Serve GET /health (JSON) and GET /metrics (Prometheus) for this node's GPUs."""
     require_extra("serve", "greekfire gpu serve")  # one line naming the extra, not a bare ModuleNotFoundError
-    import uvicorn
-
-    from greekfire.api.gpu import build_app
+    from greekfire.api.gpu import serve
 
     s = settings()
-    uvicorn.run(build_app(s), host=host or s.gpu.host, port=port or s.gpu.port, log_level="warning")
+    serve(s, host=host or s.gpu.host, port=port or s.gpu.port)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -331,9 +329,14 @@ def serve_pricing_cmd(
 
 # --------------------------------------------------------------------------------------------------------
 # market: feeds and books (greekfire.market)
-def _market_run(command: str, fn: Any, *args: Any, **kw: Any) -> dict[str, Any]:
+def _market_run(command: str, fn: Any, *args: Any, show_progress: bool = False, **kw: Any) -> dict[str, Any]:
+    """Run a market library function; with ``show_progress`` (and stderr on a terminal) its progress hook
+    draws bars over bytes read and messages or events done."""
+    from greekfire.core.progress import terminal_bars
+
     try:
-        return fn(*args, **kw)
+        with terminal_bars(err_console, show_progress) as progress:
+            return fn(*args, progress=progress, **kw)
     except GreekfireError as exc:
         raise fail(command, exc) from None
 
@@ -350,6 +353,8 @@ def _print_lobster(data: dict[str, Any]) -> None:
         console.print(f"  row {m['row']} level {m['level']}: ours {m['ours']} file {m['file']} message {m['message']}")
     if data.get("note"):
         console.print(f"  [yellow]{data['note']}[/yellow]")
+    console.print(f"  {data['mode']}: {data['seconds']:.3f} s for {data['messages']:,} messages "
+                  "(levels are 1 = best; rates are % of rows that agree with the file)")
     if "throughput" in data:
         console.print(f"  replay: {data['throughput']['messages_per_s']:,.0f} messages/s on one core")
 
@@ -367,7 +372,7 @@ def market_lobster_check(
     require_file(book, "order-book file")
     from greekfire.market.lobster import check_files
 
-    data = _market_run("market lobster-check", check_files, messages, book, levels)
+    data = _market_run("market lobster-check", check_files, messages, book, levels, show_progress=not as_json)
     print_json(data) if as_json else _print_lobster(data)
     if not data["ok"]:
         raise typer.Exit(1)
@@ -385,7 +390,7 @@ def market_lobster_replay(
     require_file(book, "order-book file")
     from greekfire.market.lobster import replay_files
 
-    data = _market_run("market lobster-replay", replay_files, messages, book, levels)
+    data = _market_run("market lobster-replay", replay_files, messages, book, levels, show_progress=not as_json)
     print_json(data) if as_json else _print_lobster(data)
 
 
@@ -399,8 +404,37 @@ def market_itch(
     require_file(path, "ITCH file")
     from greekfire.market.itch import file_report
 
-    data = _market_run("market itch", file_report, path, framing or settings().market.itch_framing)
-    print_json(data) if as_json else _print_mapping(f"ITCH {data['file']}", data)
+    data = _market_run("market itch", file_report, path, framing or settings().market.itch_framing,
+                       show_progress=not as_json)
+    print_json(data) if as_json else _print_itch(data)
+
+
+def _print_itch(data: dict[str, Any]) -> None:
+    """``market itch``'s summary: counts, bad input, and the top of book per stock with its units."""
+    table = Table(title=f"ITCH {data['file']} ({data['framing']} framing)", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    rows = {
+        "messages": f"{data['messages']:,}",
+        "messages by type": ", ".join(f"{t} {n:,}" for t, n in data["counts"].items()),
+        "input errors (bytes at)": f"{data['input_errors']:,} {json.dumps(data['first_input_errors'])}",
+        "book events": f"{data['book_events']:,}",
+        "bad book events (message index)": f"{data['bad_book_events']:,} {json.dumps(data['bad_by_reason'])} "
+                                           f"first {json.dumps(data['first_bad_book_events'][:5])}",
+        "live orders": f"{data['live_orders']:,}",
+        "seconds": f"{data['seconds']:.3f} s",
+    }
+    for k, v in rows.items():
+        table.add_row(k, v)
+    console.print(table)
+    books = Table(title="top of book per stock (price USD x size shares)")
+    for col in ("stock", "messages", "traded shares", "bids", "asks"):
+        books.add_column(col, justify="right" if col in ("messages", "traded shares") else "left")
+    for name, st in data["stocks"].items():
+        books.add_row(name, f"{st['messages']:,}", f"{st['traded_shares']:,}",
+                      " ".join(f"{px:,.4f}x{q:,}" for px, q in st["bids"]),
+                      " ".join(f"{px:,.4f}x{q:,}" for px, q in st["asks"]))
+    console.print(books)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -485,16 +519,24 @@ def demo(
     s.home.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     failed = 0
-    for name, target in DEMO_STAGES:
-        if only and name not in only:
-            continue
+    selected = [(name, target) for name, target in DEMO_STAGES if not only or name in only]
+    for name, target in selected:
         mod_name, fn_name = target.split(":")
         if not as_json:
             console.rule(f"[bold]{name}")
         t0 = time.perf_counter()
         try:
             fn = getattr(importlib.import_module(mod_name), fn_name)
-            summary = fn(s)
+            if not as_json and console.is_terminal:
+                # a spinner with the stage's name and its elapsed time while it runs (a terminal only)
+                from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+                with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                              console=console, transient=True) as spinner:
+                    spinner.add_task(f"demo stage {name} ({len(results) + 1}/{len(selected)}) running", total=None)
+                    summary = fn(s)
+            else:
+                summary = fn(s)
             status = "ok"
         except GreekfireError as exc:
             summary, status = {"error": str(exc)}, "failed"
@@ -512,7 +554,7 @@ def demo(
         table = Table(title="greekfire demo", show_lines=True)
         table.add_column("stage", style="bold")
         table.add_column("status")
-        table.add_column("seconds", justify="right")
+        table.add_column("time (s)", justify="right")
         table.add_column("what it did")
         for r in results:
             what = "\n".join(f"{k}: {v}" for k, v in r["summary"].items())
@@ -538,25 +580,55 @@ def trade(
         raise UsageProblem(f"--duration {duration!r}: must be a positive number of seconds")
     if not paper:
         raise UsageProblem("only paper trading is available: run `greekfire trade --paper`")
-    from greekfire.strategies.paper import run_paper
+    from greekfire.strategies.paper import format_status, run_paper
 
     s = settings()
     try:
-        out = run_paper(s, duration, strategy, venues)
+        if not as_json and console.is_terminal:
+            from rich.live import Live
+            from rich.text import Text
+
+            # a status line refreshed once a second, on a terminal only; it is cleared when the run ends
+            with Live(Text("paper: starting"), console=console, auto_refresh=False, transient=True) as live:
+                out = run_paper(s, duration, strategy, venues,
+                                status=lambda st: live.update(Text(format_status(st)), refresh=True))
+        else:
+            # piped output and --json stay clean: a log line on stderr every 10 s instead
+            out = run_paper(s, duration, strategy, venues, status=lambda st: log.info("%s", format_status(st)),
+                            status_interval_s=10.0)
     except (ConfigError, ConfigErrors) as exc:
         raise fail("trade", exc) from None
     if as_json:
         print_json(out)
         return
+    _print_trade(out)
+
+
+def _print_trade(out: dict[str, Any]) -> None:
+    """The paper run's summary table, every value with its unit."""
     table = Table(title=f"greekfire trade --paper ({out['strategy']}, {out['duration_s']} s)")
     table.add_column("what", style="bold")
     table.add_column("value")
-    for key in ("events", "orders", "orders_out", "fills", "denials", "pnl", "equity", "var_1d", "trading_state",
-                "latency_us", "errors"):
+    for key in ("events", "orders", "orders_out", "fills", "denials"):
         table.add_row(key, json.dumps(out[key], default=str))
+    pnl = out["pnl"]
+    table.add_row("P&L realized (USD)", f"{pnl['realized']:,.2f}")
+    table.add_row("P&L unrealized (USD)", f"{pnl['unrealized']:,.2f}")
+    fees = pnl["fees"]
+    table.add_row("fees (USD; negative = rebate)", f"{fees:,.2f}" + (" (net rebate received)" if fees < 0 else ""))
+    table.add_row("P&L total (USD, after fees)", f"{pnl['total']:,.2f}")
+    table.add_row("equity (USD)", f"{out['equity']:,.2f}")
+    table.add_row("VaR 1 day (USD)", f"{out['var_1d']:,.2f}")
+    table.add_row("trading_state", str(out["trading_state"]))
+    lat = out["latency_us"]
+    table.add_row("latency event -> order (µs)",
+                  ", ".join(f"{k} {v:,.1f}" if k != "count" else f"{v:,} orders" for k, v in lat.items()) or "-")
+    table.add_row("errors", json.dumps(out["errors"], default=str))
     for und, g in out["greeks"].items():
         table.add_row(f"greeks {und}", ", ".join(f"{k}={v:,.2f}" for k, v in g.items()))
     console.print(table)
+    console.print("  greeks: delta in shares, gamma in shares per 1.00 of spot, vega USD per 1.00 vol, theta USD per "
+                  "year; delta_cash = delta x spot and gamma_cash = gamma x spot^2 / 100, in USD")
 
 
 if __name__ == "__main__":  # pragma: no cover

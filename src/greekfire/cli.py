@@ -39,6 +39,7 @@ from greekfire.core.allocator import keep_freed_memory
 from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError
 from greekfire.core.extras import require_extra
 from greekfire.core.logging import configure_logging
+from greekfire.core.progress import terminal_bars
 from greekfire.core.settings import Settings, load_settings, settings_dict
 
 app = typer.Typer(
@@ -332,8 +333,6 @@ def serve_pricing_cmd(
 def _market_run(command: str, fn: Any, *args: Any, show_progress: bool = False, **kw: Any) -> dict[str, Any]:
     """Run a market library function; with ``show_progress`` (and stderr on a terminal) its progress hook
     draws bars over bytes read and messages or events done."""
-    from greekfire.core.progress import terminal_bars
-
     try:
         with terminal_bars(err_console, show_progress) as progress:
             return fn(*args, progress=progress, **kw)

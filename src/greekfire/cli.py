@@ -35,6 +35,7 @@ from greekfire.cli_errors import (
     say_error,
     set_debug,
 )
+from greekfire.cli_output import print_itch, print_lobster, print_trade, spinner, status_line
 from greekfire.core.allocator import keep_freed_memory
 from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError
 from greekfire.core.extras import require_extra
@@ -340,24 +341,6 @@ def _market_run(command: str, fn: Any, *args: Any, show_progress: bool = False, 
         raise fail(command, exc) from None
 
 
-def _print_lobster(data: dict[str, Any]) -> None:
-    table = Table(title=f"LOBSTER {data['mode']}: {data['name']} ({data['messages']:,} messages)")
-    for c in ("level", "both sides %", "bid %", "ask %", "must match"):
-        table.add_column(c, justify="right")
-    for i, rate in enumerate(data["match_rate_pct"]):
-        table.add_row(str(i + 1), f"{rate:.2f}", f"{data['bid_rate_pct'][i]:.2f}", f"{data['ask_rate_pct'][i]:.2f}",
-                      "yes" if i < data["checked_levels"] else "no")
-    console.print(table)
-    for m in data["first_mismatches"][:5]:
-        console.print(f"  row {m['row']} level {m['level']}: ours {m['ours']} file {m['file']} message {m['message']}")
-    if data.get("note"):
-        console.print(f"  [yellow]{data['note']}[/yellow]")
-    console.print(f"  {data['mode']}: {data['seconds']:.3f} s for {data['messages']:,} messages "
-                  "(levels are 1 = best; rates are % of rows that agree with the file)")
-    if "throughput" in data:
-        console.print(f"  replay: {data['throughput']['messages_per_s']:,.0f} messages/s on one core")
-
-
 @market_app.command("lobster-check")
 def market_lobster_check(
     messages: Annotated[Path, typer.Argument(help="LOBSTER message CSV, or the sample zip holding both files")],
@@ -372,7 +355,7 @@ def market_lobster_check(
     from greekfire.market.lobster import check_files
 
     data = _market_run("market lobster-check", check_files, messages, book, levels, show_progress=not as_json)
-    print_json(data) if as_json else _print_lobster(data)
+    print_json(data) if as_json else print_lobster(console, data)
     if not data["ok"]:
         raise typer.Exit(1)
 
@@ -390,7 +373,7 @@ def market_lobster_replay(
     from greekfire.market.lobster import replay_files
 
     data = _market_run("market lobster-replay", replay_files, messages, book, levels, show_progress=not as_json)
-    print_json(data) if as_json else _print_lobster(data)
+    print_json(data) if as_json else print_lobster(console, data)
 
 
 @market_app.command("itch")
@@ -405,35 +388,7 @@ def market_itch(
 
     data = _market_run("market itch", file_report, path, framing or settings().market.itch_framing,
                        show_progress=not as_json)
-    print_json(data) if as_json else _print_itch(data)
-
-
-def _print_itch(data: dict[str, Any]) -> None:
-    """``market itch``'s summary: counts, bad input, and the top of book per stock with its units."""
-    table = Table(title=f"ITCH {data['file']} ({data['framing']} framing)", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    rows = {
-        "messages": f"{data['messages']:,}",
-        "messages by type": ", ".join(f"{t} {n:,}" for t, n in data["counts"].items()),
-        "input errors (bytes at)": f"{data['input_errors']:,} {json.dumps(data['first_input_errors'])}",
-        "book events": f"{data['book_events']:,}",
-        "bad book events (message index)": f"{data['bad_book_events']:,} {json.dumps(data['bad_by_reason'])} "
-                                           f"first {json.dumps(data['first_bad_book_events'][:5])}",
-        "live orders": f"{data['live_orders']:,}",
-        "seconds": f"{data['seconds']:.3f} s",
-    }
-    for k, v in rows.items():
-        table.add_row(k, v)
-    console.print(table)
-    books = Table(title="top of book per stock (price USD x size shares)")
-    for col in ("stock", "messages", "traded shares", "bids", "asks"):
-        books.add_column(col, justify="right" if col in ("messages", "traded shares") else "left")
-    for name, st in data["stocks"].items():
-        books.add_row(name, f"{st['messages']:,}", f"{st['traded_shares']:,}",
-                      " ".join(f"{px:,.4f}x{q:,}" for px, q in st["bids"]),
-                      " ".join(f"{px:,.4f}x{q:,}" for px, q in st["asks"]))
-    console.print(books)
+    print_json(data) if as_json else print_itch(console, data)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -526,15 +481,7 @@ def demo(
         t0 = time.perf_counter()
         try:
             fn = getattr(importlib.import_module(mod_name), fn_name)
-            if not as_json and console.is_terminal:
-                # a spinner with the stage's name and its elapsed time while it runs (a terminal only)
-                from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-                with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                              console=console, transient=True) as spinner:
-                    spinner.add_task(f"demo stage {name} ({len(results) + 1}/{len(selected)}) running", total=None)
-                    summary = fn(s)
-            else:
+            with spinner(console, f"demo stage {name} ({len(results) + 1}/{len(selected)}) running", not as_json):
                 summary = fn(s)
             status = "ok"
         except GreekfireError as exc:
@@ -583,51 +530,17 @@ def trade(
 
     s = settings()
     try:
-        if not as_json and console.is_terminal:
-            from rich.live import Live
-            from rich.text import Text
-
-            # a status line refreshed once a second, on a terminal only; it is cleared when the run ends
-            with Live(Text("paper: starting"), console=console, auto_refresh=False, transient=True) as live:
-                out = run_paper(s, duration, strategy, venues,
-                                status=lambda st: live.update(Text(format_status(st)), refresh=True))
-        else:
-            # piped output and --json stay clean: a log line on stderr every 10 s instead
-            out = run_paper(s, duration, strategy, venues, status=lambda st: log.info("%s", format_status(st)),
-                            status_interval_s=10.0)
+        with status_line(console, "paper: starting", not as_json) as line:
+            # on a terminal a status line refreshed once a second; piped or --json, a log line on stderr every 10 s
+            out = run_paper(s, duration, strategy, venues,
+                            status=lambda st: line(format_status(st)) if line else log.info("%s", format_status(st)),
+                            status_interval_s=1.0 if line else 10.0)
     except (ConfigError, ConfigErrors) as exc:
         raise fail("trade", exc) from None
     if as_json:
         print_json(out)
         return
-    _print_trade(out)
-
-
-def _print_trade(out: dict[str, Any]) -> None:
-    """The paper run's summary table, every value with its unit."""
-    table = Table(title=f"greekfire trade --paper ({out['strategy']}, {out['duration_s']} s)")
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    for key in ("events", "orders", "orders_out", "fills", "denials"):
-        table.add_row(key, json.dumps(out[key], default=str))
-    pnl = out["pnl"]
-    table.add_row("P&L realized (USD)", f"{pnl['realized']:,.2f}")
-    table.add_row("P&L unrealized (USD)", f"{pnl['unrealized']:,.2f}")
-    fees = pnl["fees"]
-    table.add_row("fees (USD; negative = rebate)", f"{fees:,.2f}" + (" (net rebate received)" if fees < 0 else ""))
-    table.add_row("P&L total (USD, after fees)", f"{pnl['total']:,.2f}")
-    table.add_row("equity (USD)", f"{out['equity']:,.2f}")
-    table.add_row("VaR 1 day (USD)", f"{out['var_1d']:,.2f}")
-    table.add_row("trading_state", str(out["trading_state"]))
-    lat = out["latency_us"]
-    table.add_row("latency event -> order (µs)",
-                  ", ".join(f"{k} {v:,.1f}" if k != "count" else f"{v:,} orders" for k, v in lat.items()) or "-")
-    table.add_row("errors", json.dumps(out["errors"], default=str))
-    for und, g in out["greeks"].items():
-        table.add_row(f"greeks {und}", ", ".join(f"{k}={v:,.2f}" for k, v in g.items()))
-    console.print(table)
-    console.print("  greeks: delta in shares, gamma in shares per 1.00 of spot, vega USD per 1.00 vol, theta USD per "
-                  "year; delta_cash = delta x spot and gamma_cash = gamma x spot^2 / 100, in USD")
+    print_trade(console, out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,9 +9,11 @@ calls into one Rich bar per stage with :func:`terminal_bars`, on a terminal only
 
 from __future__ import annotations
 
+import gzip
 import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, BinaryIO
 
 ProgressHook = Callable[[str, int, int, str], None]
@@ -40,6 +42,22 @@ class CountingReader(io.RawIOBase):
             self._last = self.done
             self.progress(self.stage, self.done, self.total, "bytes")
         return int(n)
+
+
+def read_file_bytes(path: Path, progress: ProgressHook | None = None, stage: str = "read") -> bytes:
+    """A whole file's bytes, gunzipped as it is read when it starts with the gzip magic; ``progress`` hears
+    the bytes read from disk so far (compressed bytes for a gzipped file). A truncated or corrupt gzip
+    stream raises ``EOFError``, ``zlib.error`` or ``gzip.BadGzipFile``."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        src: BinaryIO = f
+        if progress is not None:
+            src = io.BufferedReader(CountingReader(f, path.stat().st_size, progress, stage))
+        if not gzipped:
+            return src.read()
+        with gzip.GzipFile(fileobj=src) as gz:
+            return gz.read()
 
 
 class _Bars:

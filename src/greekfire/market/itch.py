@@ -20,7 +20,6 @@ type) is counted and reported with its byte position; decoding never raises on i
 from __future__ import annotations
 
 import gzip
-import io
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import numpy as np
 
 from greekfire.core.errors import DataError, InputFileError
 from greekfire.core.metrics import counter
-from greekfire.core.progress import CountingReader, ProgressHook
+from greekfire.core.progress import ProgressHook, read_file_bytes
 from greekfire.market.book import (
     ADD,
     DELETE,
@@ -114,7 +113,7 @@ DTYPES: dict[str, np.dtype] = {
 
 FRAMING_LENGTH, FRAMING_ZERO_PREFIX = 0, 1
 FRAMINGS = {"length": FRAMING_LENGTH, "zero_prefix": FRAMING_ZERO_PREFIX}
-BOOK_CHUNK = 1 << 20  # book events per apply call when a progress hook listens (one bar step)
+BOOK_CHUNK = 1 << 20  # book events per apply call (one step of a progress bar)
 E_TRUNCATED, E_UNKNOWN_TYPE, E_LENGTH_MISMATCH, E_ZERO_LENGTH, E_BAD_PREFIX = 1, 2, 3, 4, 5
 ERROR_NAMES = {E_TRUNCATED: "truncated_message", E_UNKNOWN_TYPE: "unknown_message_type",
                E_LENGTH_MISMATCH: "length_mismatch", E_ZERO_LENGTH: "zero_length", E_BAD_PREFIX: "bad_prefix"}
@@ -219,44 +218,23 @@ class ItchMessages:
                                                                                   strict=True)}
 
 
-def _read_counted(path: Path, progress: ProgressHook) -> bytes:
-    """A file's bytes, gunzipped when it starts with the gzip magic, telling ``progress`` the file bytes
-    read so far (stage ``read``; compressed bytes for a gzipped file)."""
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-        f.seek(0)
-        counted = io.BufferedReader(CountingReader(f, path.stat().st_size, progress, "read"))
-        if not gzipped:
-            return counted.read()
-        with gzip.GzipFile(fileobj=counted) as gz:
-            return gz.read()
-
-
 def to_bytes(data: bytes | bytearray | memoryview | np.ndarray | str | Path,
              progress: ProgressHook | None = None) -> np.ndarray:
     """Raw bytes of a buffer or a file (gunzipped when it starts with the gzip magic) as uint8.
     ``progress`` hears the bytes of a file read so far (stage ``read``, bytes on disk)."""
     if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data[:2].tobytes() != b"\x1f\x8b":
         return data
-    if isinstance(data, str | Path) and progress is not None:
-        try:
-            return np.frombuffer(_read_counted(Path(data), progress), np.uint8)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a truncated download ends the stream early
-            raise InputFileError("gzip", Path(data).name, f"not a readable gzip stream (truncated or corrupt?): "
-                                 f"{type(exc).__name__}: {exc}") from exc
-    if isinstance(data, str | Path):
-        raw = Path(data).read_bytes()
-    elif isinstance(data, np.ndarray):
-        raw = data.astype(np.uint8, copy=False).tobytes()
-    else:
-        raw = bytes(data)
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as exc:  # a truncated download ends the stream early
-            name = Path(data).name if isinstance(data, str | Path) else "buffer"
-            raise InputFileError("gzip", name, f"not a readable gzip stream (truncated or corrupt?): "
-                                 f"{type(exc).__name__}: {exc}") from exc
+    try:
+        if isinstance(data, str | Path):
+            raw = read_file_bytes(Path(data), progress)  # gunzipped as it is read
+        else:
+            raw = data.astype(np.uint8, copy=False).tobytes() if isinstance(data, np.ndarray) else bytes(data)
+            if raw[:2] == b"\x1f\x8b":
+                raw = gzip.decompress(raw)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a truncated download ends the stream early
+        name = Path(data).name if isinstance(data, str | Path) else "buffer"
+        raise InputFileError("gzip", name, f"not a readable gzip stream (truncated or corrupt?): "
+                             f"{type(exc).__name__}: {exc}") from exc
     return np.frombuffer(raw, np.uint8)
 
 
@@ -489,14 +467,11 @@ def build_books(data: Any, framing: str = "length", max_orders: int | None = Non
     books = OrderBooks(max(len(locates), 1), max_orders or max(adds, 16), max_levels)
     books.locates = locates.astype(np.int64)
     status = np.zeros(ev.shape[0], np.int8)
-    if progress is None:
-        books.apply_fast(ev, status)
-    else:  # the books carry their state from piece to piece: the same result as one call
-        n = int(ev.shape[0])
-        for a in range(0, n, BOOK_CHUNK):
-            books.apply_fast(ev[a : a + BOOK_CHUNK], status[a : a + BOOK_CHUNK])
+    n = int(ev.shape[0])
+    for a in range(0, n, BOOK_CHUNK):  # the books carry their state from piece to piece: one call's result
+        books.apply_fast(ev[a : a + BOOK_CHUNK], status[a : a + BOOK_CHUNK])
+        if progress is not None:
             progress("books", min(a + BOOK_CHUNK, n), n, "events")
-        progress("books", n, n, "events")
     res = summarize_status(status)
     _count_events(res)
     res.first_bad = [(int(idx[i]), why) for i, why in res.first_bad]  # positions as message indexes

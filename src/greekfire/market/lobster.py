@@ -271,6 +271,8 @@ def _run(data: LobsterData, reset: bool, keep: int, progress: ProgressHook | Non
     if progress is None or not reset or n <= CHUNK_MESSAGES:
         # a plain replay carries its book from message to message, so it runs as one kernel call
         _check_kernel(ev, data.book, data.levels, reset, status, snap, out, *books._state())
+        if progress is not None:
+            progress(stage, n, n, "messages")
     else:
         # each row is checked from row k-1 alone, so the rows split into pieces that give the same result:
         # a piece [a-1, b) sets the book from row a-1 and checks rows a..b-1
@@ -281,8 +283,6 @@ def _run(data: LobsterData, reset: bool, keep: int, progress: ProgressHook | Non
                           snap[a - 1 : b], out, *books._state())
             progress(stage, b, n, "messages")
     seconds = time.perf_counter() - t0
-    if progress is not None:
-        progress(stage, n, n, "messages")
     return _compare(data, snap, stage, status, seconds, keep)
 
 

@@ -111,3 +111,27 @@ def test_gpu_serve_says_where_it_listens_and_docs_answer(tmp_path: Path, env: di
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_progress_hooks_do_not_change_the_results(shared_data: Path) -> None:
+    """With a hook the LOBSTER check runs in pieces of 65,536 messages and the ITCH books in pieces of
+    events: the answers are the ones of a single pass, and the hook hears each stage end at its total."""
+    from greekfire.market import itch, lobster
+
+    heard: list[tuple[str, int, int, str]] = []
+
+    def hook(stage: str, done: int, total: int, unit: str) -> None:
+        heard.append((stage, done, total, unit))
+
+    data = lobster.read(shared_data / "lobster" / "LOBSTER_SampleFile_AMZN_2012-06-21_5.zip", progress=hook)
+    plain, pieces = lobster.check(data).as_dict(), lobster.check(data, progress=hook).as_dict()
+    plain.pop("seconds"), pieces.pop("seconds")
+    assert pieces == plain and plain["ok"]
+    assert [h for h in heard if h[0] == "check"] == [("check", 65_537, 155_935, "messages"),
+                                                      ("check", 131_073, 155_935, "messages"),
+                                                      ("check", 155_935, 155_935, "messages")]
+    assert heard[0][0] == "read" and ("read", 24_507_475, 24_507_475, "bytes") in heard
+    path = shared_data / "itch" / "ex20101224.TEST_ITCH_50.gz"
+    plain, counted = itch.file_report(path, "zero_prefix"), itch.file_report(path, "zero_prefix", progress=hook)
+    plain.pop("seconds"), counted.pop("seconds")
+    assert counted == plain and heard[-1] == ("books", 7_000, 7_000, "events")

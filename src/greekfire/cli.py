@@ -35,10 +35,12 @@ from greekfire.cli_errors import (
     say_error,
     set_debug,
 )
+from greekfire.cli_output import print_itch, print_lobster, print_trade, spinner, status_line
 from greekfire.core.allocator import keep_freed_memory
 from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError
 from greekfire.core.extras import require_extra
 from greekfire.core.logging import configure_logging
+from greekfire.core.progress import terminal_bars
 from greekfire.core.settings import Settings, load_settings, settings_dict
 
 app = typer.Typer(
@@ -208,12 +210,10 @@ def gpu_serve(
 ) -> None:
     """Serve GET /health (JSON) and GET /metrics (Prometheus) for this node's GPUs."""
     require_extra("serve", "greekfire gpu serve")  # one line naming the extra, not a bare ModuleNotFoundError
-    import uvicorn
-
-    from greekfire.api.gpu import build_app
+    from greekfire.api.gpu import serve
 
     s = settings()
-    uvicorn.run(build_app(s), host=host or s.gpu.host, port=port or s.gpu.port, log_level="warning")
+    serve(s, host=host or s.gpu.host, port=port or s.gpu.port)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -354,27 +354,14 @@ def serve_pricing_cmd(
 
 # --------------------------------------------------------------------------------------------------------
 # market: feeds and books (greekfire.market)
-def _market_run(command: str, fn: Any, *args: Any, **kw: Any) -> dict[str, Any]:
+def _market_run(command: str, fn: Any, *args: Any, show_progress: bool = False, **kw: Any) -> dict[str, Any]:
+    """Run a market library function; with ``show_progress`` (and stderr on a terminal) its progress hook
+    draws bars over bytes read and messages or events done."""
     try:
-        return fn(*args, **kw)
+        with terminal_bars(err_console, show_progress) as progress:
+            return fn(*args, progress=progress, **kw)
     except GreekfireError as exc:
         raise fail(command, exc) from None
-
-
-def _print_lobster(data: dict[str, Any]) -> None:
-    table = Table(title=f"LOBSTER {data['mode']}: {data['name']} ({data['messages']:,} messages)")
-    for c in ("level", "both sides %", "bid %", "ask %", "must match"):
-        table.add_column(c, justify="right")
-    for i, rate in enumerate(data["match_rate_pct"]):
-        table.add_row(str(i + 1), f"{rate:.2f}", f"{data['bid_rate_pct'][i]:.2f}", f"{data['ask_rate_pct'][i]:.2f}",
-                      "yes" if i < data["checked_levels"] else "no")
-    console.print(table)
-    for m in data["first_mismatches"][:5]:
-        console.print(f"  row {m['row']} level {m['level']}: ours {m['ours']} file {m['file']} message {m['message']}")
-    if data.get("note"):
-        console.print(f"  [yellow]{data['note']}[/yellow]")
-    if "throughput" in data:
-        console.print(f"  replay: {data['throughput']['messages_per_s']:,.0f} messages/s on one core")
 
 
 @market_app.command("lobster-check")
@@ -390,8 +377,8 @@ def market_lobster_check(
     require_file(book, "order-book file")
     from greekfire.market.lobster import check_files
 
-    data = _market_run("market lobster-check", check_files, messages, book, levels)
-    print_json(data) if as_json else _print_lobster(data)
+    data = _market_run("market lobster-check", check_files, messages, book, levels, show_progress=not as_json)
+    print_json(data) if as_json else print_lobster(console, data)
     if not data["ok"]:
         raise typer.Exit(1)
 
@@ -408,8 +395,8 @@ def market_lobster_replay(
     require_file(book, "order-book file")
     from greekfire.market.lobster import replay_files
 
-    data = _market_run("market lobster-replay", replay_files, messages, book, levels)
-    print_json(data) if as_json else _print_lobster(data)
+    data = _market_run("market lobster-replay", replay_files, messages, book, levels, show_progress=not as_json)
+    print_json(data) if as_json else print_lobster(console, data)
 
 
 @market_app.command("itch")
@@ -422,8 +409,9 @@ def market_itch(
     require_file(path, "ITCH file")
     from greekfire.market.itch import file_report
 
-    data = _market_run("market itch", file_report, path, framing or settings().market.itch_framing)
-    print_json(data) if as_json else _print_mapping(f"ITCH {data['file']}", data)
+    data = _market_run("market itch", file_report, path, framing or settings().market.itch_framing,
+                       show_progress=not as_json)
+    print_json(data) if as_json else print_itch(console, data)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -563,16 +551,16 @@ def demo(
     s.home.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     failed = 0
-    for name, target in DEMO_STAGES:
-        if only and name not in only:
-            continue
+    selected = [(name, target) for name, target in DEMO_STAGES if not only or name in only]
+    for name, target in selected:
         mod_name, fn_name = target.split(":")
         if not as_json:
             console.rule(f"[bold]{name}")
         t0 = time.perf_counter()
         try:
             fn = getattr(importlib.import_module(mod_name), fn_name)
-            summary = fn(s)
+            with spinner(console, f"demo stage {name} ({len(results) + 1}/{len(selected)}) running", not as_json):
+                summary = fn(s)
             status = "ok"
         except GreekfireError as exc:
             summary, status = {"error": str(exc)}, "failed"
@@ -590,7 +578,7 @@ def demo(
         table = Table(title="greekfire demo", show_lines=True)
         table.add_column("stage", style="bold")
         table.add_column("status")
-        table.add_column("seconds", justify="right")
+        table.add_column("time (s)", justify="right")
         table.add_column("what it did")
         for r in results:
             what = "\n".join(f"{k}: {v}" for k, v in r["summary"].items())
@@ -616,25 +604,21 @@ def trade(
         raise UsageProblem(f"--duration {duration!r}: must be a positive number of seconds")
     if not paper:
         raise UsageProblem("only paper trading is available: run `greekfire trade --paper`")
-    from greekfire.strategies.paper import run_paper
+    from greekfire.strategies.paper import format_status, run_paper
 
     s = settings()
     try:
-        out = run_paper(s, duration, strategy, venues)
+        with status_line(console, "paper: starting", not as_json) as line:
+            # on a terminal a status line refreshed once a second; piped or --json, a log line on stderr every 10 s
+            out = run_paper(s, duration, strategy, venues,
+                            status=lambda st: line(format_status(st)) if line else log.info("%s", format_status(st)),
+                            status_interval_s=1.0 if line else 10.0)
     except (ConfigError, ConfigErrors) as exc:
         raise fail("trade", exc) from None
     if as_json:
         print_json(out)
         return
-    table = Table(title=f"greekfire trade --paper ({out['strategy']}, {out['duration_s']} s)")
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    for key in ("events", "orders", "orders_out", "fills", "denials", "pnl", "equity", "var_1d", "trading_state",
-                "latency_us", "errors"):
-        table.add_row(key, json.dumps(out[key], default=str))
-    for und, g in out["greeks"].items():
-        table.add_row(f"greeks {und}", ", ".join(f"{k}={v:,.2f}" for k, v in g.items()))
-    console.print(table)
+    print_trade(console, out)
 
 
 if __name__ == "__main__":  # pragma: no cover

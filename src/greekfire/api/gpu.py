@@ -1,14 +1,18 @@
-"""The GPU manager's HTTP server: ``GET /health`` (JSON) and ``GET /metrics`` (Prometheus).
+"""The GPU manager's HTTP server: ``GET /health`` (JSON), ``GET /placement``, ``GET /metrics``
+(Prometheus) and the interactive API page ``GET /docs`` (FastAPI's).
 
-``greekfire gpu serve`` runs :func:`build_app` under uvicorn; tests build the same app.
+``greekfire gpu serve`` runs :func:`build_app` under uvicorn (:func:`serve`); tests build the same app.
 """
 
 from __future__ import annotations
 
+import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 
 from greekfire.core.metrics import mount_metrics
@@ -59,3 +63,32 @@ def build_app(
 
     mount_metrics(app)
     return app
+
+
+class ListeningServer(uvicorn.Server):
+    """uvicorn's server that, once its sockets listen, prints ``NAME: listening on http://HOST:PORT (PATHS)``
+    on stderr, with the port actually bound. Any of greekfire's servers can run under it::
+
+        ListeningServer(uvicorn.Config(app, host=host, port=port), name="greekfire serve pricing",
+                        paths="/v1/price, /health, /metrics, /docs").run()
+    """
+
+    def __init__(self, config: uvicorn.Config, *, name: str, paths: str) -> None:
+        super().__init__(config)
+        self.name, self.paths = name, paths
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host = self.config.host
+            bound = [s.getsockname()[1] for srv in self.servers for s in srv.sockets]
+            where = f"[{host}]" if ":" in host else host  # an IPv6 address goes in brackets in a URL
+            print(f"{self.name}: listening on http://{where}:{bound[0] if bound else self.config.port} ({self.paths})",
+                  file=sys.stderr, flush=True)
+
+
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    """Serve :func:`build_app` with uvicorn on ``host:port`` until stopped; once it listens, say where on
+    stderr: ``greekfire gpu serve: listening on http://HOST:PORT (/health, /placement, /metrics, /docs)``."""
+    config = uvicorn.Config(build_app(settings), host=host, port=port, log_level="warning")
+    ListeningServer(config, name="greekfire gpu serve", paths="/health, /placement, /metrics, /docs").run()

@@ -31,6 +31,7 @@ import numpy as np
 
 from greekfire.core.errors import DataError, InputFileError
 from greekfire.core.metrics import counter
+from greekfire.core.progress import ProgressHook, read_file_bytes
 from greekfire.market.book import (
     ADD,
     DELETE,
@@ -112,6 +113,7 @@ DTYPES: dict[str, np.dtype] = {
 
 FRAMING_LENGTH, FRAMING_ZERO_PREFIX = 0, 1
 FRAMINGS = {"length": FRAMING_LENGTH, "zero_prefix": FRAMING_ZERO_PREFIX}
+BOOK_CHUNK = 1 << 20  # book events per apply call (one step of a progress bar)
 E_TRUNCATED, E_UNKNOWN_TYPE, E_LENGTH_MISMATCH, E_ZERO_LENGTH, E_BAD_PREFIX = 1, 2, 3, 4, 5
 ERROR_NAMES = {E_TRUNCATED: "truncated_message", E_UNKNOWN_TYPE: "unknown_message_type",
                E_LENGTH_MISMATCH: "length_mismatch", E_ZERO_LENGTH: "zero_length", E_BAD_PREFIX: "bad_prefix"}
@@ -216,23 +218,23 @@ class ItchMessages:
                                                                                   strict=True)}
 
 
-def to_bytes(data: bytes | bytearray | memoryview | np.ndarray | str | Path) -> np.ndarray:
-    """Raw bytes of a buffer or a file (gunzipped when it starts with the gzip magic) as uint8."""
+def to_bytes(data: bytes | bytearray | memoryview | np.ndarray | str | Path,
+             progress: ProgressHook | None = None) -> np.ndarray:
+    """Raw bytes of a buffer or a file (gunzipped when it starts with the gzip magic) as uint8.
+    ``progress`` hears the bytes of a file read so far (stage ``read``, bytes on disk)."""
     if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data[:2].tobytes() != b"\x1f\x8b":
         return data
-    if isinstance(data, str | Path):
-        raw = Path(data).read_bytes()
-    elif isinstance(data, np.ndarray):
-        raw = data.astype(np.uint8, copy=False).tobytes()
-    else:
-        raw = bytes(data)
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error) as exc:  # a truncated download ends the stream early
-            name = Path(data).name if isinstance(data, str | Path) else "buffer"
-            raise InputFileError("gzip", name, f"not a readable gzip stream (truncated or corrupt?): "
-                                 f"{type(exc).__name__}: {exc}") from exc
+    try:
+        if isinstance(data, str | Path):
+            raw = read_file_bytes(Path(data), progress)  # gunzipped as it is read
+        else:
+            raw = data.astype(np.uint8, copy=False).tobytes() if isinstance(data, np.ndarray) else bytes(data)
+            if raw[:2] == b"\x1f\x8b":
+                raw = gzip.decompress(raw)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a truncated download ends the stream early
+        name = Path(data).name if isinstance(data, str | Path) else "buffer"
+        raise InputFileError("gzip", name, f"not a readable gzip stream (truncated or corrupt?): "
+                             f"{type(exc).__name__}: {exc}") from exc
     return np.frombuffer(raw, np.uint8)
 
 
@@ -446,13 +448,17 @@ def book_events(msgs: ItchMessages) -> tuple[np.ndarray, np.ndarray]:
     return ev[:k], np.flatnonzero(is_book)
 
 
-def build_books(data: Any, framing: str = "length", max_orders: int | None = None, max_levels: int = 1024):
+def build_books(data: Any, framing: str = "length", max_orders: int | None = None, max_levels: int = 1024,
+                progress: ProgressHook | None = None):
     """Per-stock L3 books from an ITCH buffer or file: one book per stock locate that has order messages.
 
     Returns (books, decoded messages, apply result). ``books.locates[i]`` is the stock locate of book
     ``i`` (``books.book_of(locate)`` the reverse). Bad book events (unknown order reference...) are
-    counted in the result with their message index in the stream.
+    counted in the result with their message index in the stream. ``progress`` hears stages ``read``
+    (bytes of a file) and ``books`` (book events applied).
     """
+    if progress is not None:
+        data = to_bytes(data, progress)
     msgs = decode(data, framing, types="SR")  # the order messages go straight to events; keep the directory
     ev, idx = book_events(msgs)
     # books are numbered densely: a corrupted locate must not allocate 65,536 books
@@ -461,21 +467,27 @@ def build_books(data: Any, framing: str = "length", max_orders: int | None = Non
     books = OrderBooks(max(len(locates), 1), max_orders or max(adds, 16), max_levels)
     books.locates = locates.astype(np.int64)
     status = np.zeros(ev.shape[0], np.int8)
-    books.apply_fast(ev, status)
+    n = int(ev.shape[0])
+    for a in range(0, n, BOOK_CHUNK):  # the books carry their state from piece to piece: one call's result
+        books.apply_fast(ev[a : a + BOOK_CHUNK], status[a : a + BOOK_CHUNK])
+        if progress is not None:
+            progress("books", min(a + BOOK_CHUNK, n), n, "events")
     res = summarize_status(status)
     _count_events(res)
     res.first_bad = [(int(idx[i]), why) for i, why in res.first_bad]  # positions as message indexes
     return books, msgs, res
 
 
-def file_report(path: str | Path, framing: str = "length", levels: int = 3) -> dict[str, Any]:
+def file_report(path: str | Path, framing: str = "length", levels: int = 3,
+                progress: ProgressHook | None = None) -> dict[str, Any]:
     """``greekfire market itch``: decode a file, build the per-stock books, return a mapping with message
-    counts, bad input (with byte positions), bad book events (with message indexes) and the top of book
-    of each stock (prices in dollars)."""
+    counts, bad input (with byte positions), bad book events (with message indexes), the top of book
+    of each stock (prices in dollars, sizes in shares) and ``seconds``. ``progress`` hears stages ``read``
+    (file bytes) and ``books`` (book events)."""
     t0 = time.perf_counter()
     if Path(path).stat().st_size == 0:
         raise InputFileError("file", str(path), "the file is empty (0 bytes); expected ITCH 5.0 messages")
-    books, msgs, res = build_books(path, framing)
+    books, msgs, res = build_books(path, framing, progress=progress)
     seconds = time.perf_counter() - t0
     names = msgs.stock_directory()
     tops = {}

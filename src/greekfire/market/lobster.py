@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from greekfire.core.errors import DataError, InputFileError
+from greekfire.core.progress import CountingReader, ProgressHook
 from greekfire.market.book import (
     ADD,
     DELETE,
@@ -34,6 +35,7 @@ from greekfire.market.book import (
     REDUCE,
     OrderBooks,
     _check_kernel,
+    _clear_book,
     _set_from_row,
     summarize_status,
 )
@@ -43,6 +45,7 @@ MESSAGE_DTYPE = np.dtype([("time", "f8"), ("type", "i1"), ("order_id", "i8"), ("
 DUMMY_ASK, DUMMY_BID = 9_999_999_999, -9_999_999_999
 MESSAGE_TYPES = {1: "submit", 2: "cancel", 3: "delete", 4: "execute_visible", 5: "execute_hidden", 6: "cross",
                  7: "halt"}
+CHUNK_MESSAGES = 1 << 16  # messages per kernel call in a check with a progress hook (one bar step)
 
 
 @dataclass
@@ -56,12 +59,16 @@ class LobsterData:
 
 
 def _read_csv(src: Any, ncols: int | None, what: str, name: str) -> np.ndarray:
+    """Parse one LOBSTER CSV from a path or a binary stream (closed afterwards)."""
     try:
         df = pd.read_csv(src, header=None, dtype=np.float64 if what == "message" else np.int64)
     except pd.errors.EmptyDataError as exc:
         raise InputFileError(f"{what}_file", name, f"the file is empty; expected a LOBSTER {what} CSV") from exc
     except (ValueError, OverflowError, pd.errors.ParserError) as exc:
         raise InputFileError(f"{what}_file", name, f"not a LOBSTER {what} CSV: {' '.join(str(exc).split())}") from exc
+    finally:
+        if hasattr(src, "close"):
+            src.close()
     if ncols is not None and df.shape[1] != ncols:
         raise DataError(f"{what}_file", name, f"has {df.shape[1]} columns, expected {ncols}")
     return df.to_numpy()
@@ -72,10 +79,37 @@ def _levels_from_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def read(messages: str | Path, book: str | Path | None = None, levels: int | None = None) -> LobsterData:
+class _ReadProgress:
+    """Byte progress over the two CSVs of a sample (stage ``read``): one running count across both."""
+
+    def __init__(self, progress: ProgressHook | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def source(self, src: Path | bytes, size: int) -> Any:
+        """What ``pd.read_csv`` reads: the path or a buffer, counted when there is a hook. Only an
+        uncompressed CSV is streamed through the counter (pandas infers compression from a path's name)."""
+        start, self.done = self.done, self.done + size
+        if isinstance(src, bytes):
+            buf: Any = io.BytesIO(src)
+        elif self.progress is not None and src.suffix.lower() == ".csv":
+            buf = open(src, "rb")  # noqa: SIM115 -- _read_csv closes it
+        else:
+            return src
+        if self.progress is None:
+            return buf
+        return io.BufferedReader(CountingReader(buf, self.total, self.progress, "read", start=start))
+
+    def finished(self) -> None:
+        if self.progress is not None:
+            self.progress("read", self.total, self.total, "bytes")
+
+
+def read(messages: str | Path, book: str | Path | None = None, levels: int | None = None,
+         progress: ProgressHook | None = None) -> LobsterData:
     """Read a LOBSTER message CSV and its order-book CSV, or one sample zip holding both.
 
     ``levels`` defaults to what the file name says (``..._orderbook_5.csv``) or the book's column count.
+    ``progress`` hears the bytes of CSV parsed so far (stage ``read``, uncompressed bytes).
     """
     messages = Path(messages)
     if messages.suffix == ".zip":
@@ -91,15 +125,21 @@ def read(messages: str | Path, book: str | Path | None = None, levels: int | Non
             # a truncated download fails here: BadZipFile, or a member whose data ends early
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             raise InputFileError("zip", str(messages), f"not a readable zip (truncated or corrupt?): {reason}") from exc
-        msg_raw = _read_csv(io.BytesIO(msg_bytes), 6, "message", f"{messages.name}:{msg_name}")
-        book_raw = _read_csv(io.BytesIO(book_bytes), None, "orderbook", f"{messages.name}:{book_name}")
+        counted = _ReadProgress(progress, len(msg_bytes) + len(book_bytes))
+        msg_raw = _read_csv(counted.source(msg_bytes, len(msg_bytes)), 6, "message", f"{messages.name}:{msg_name}")
+        book_raw = _read_csv(counted.source(book_bytes, len(book_bytes)), None, "orderbook",
+                             f"{messages.name}:{book_name}")
+        counted.finished()
         levels = levels or _levels_from_name(book_name)
         name, book_file = Path(msg_name).name, Path(book_name).name
     else:
         if book is None:
             raise DataError("book", None, "the order-book CSV is needed beside the message CSV")
-        msg_raw = _read_csv(messages, 6, "message", str(messages))
-        book_raw = _read_csv(Path(book), None, "orderbook", str(book))
+        sizes = (messages.stat().st_size, Path(book).stat().st_size)
+        counted = _ReadProgress(progress, sum(sizes))
+        msg_raw = _read_csv(counted.source(messages, sizes[0]), 6, "message", str(messages))
+        book_raw = _read_csv(counted.source(Path(book), sizes[1]), None, "orderbook", str(book))
+        counted.finished()
         levels = levels or _levels_from_name(Path(book).name)
         name, book_file = messages.name, Path(book).name
     if book_raw.shape[1] % 4:
@@ -217,7 +257,7 @@ def _compare(data: LobsterData, snap: np.ndarray, mode: str, status: np.ndarray,
     )
 
 
-def _run(data: LobsterData, reset: bool, keep: int) -> LobsterCheck:
+def _run(data: LobsterData, reset: bool, keep: int, progress: ProgressHook | None = None) -> LobsterCheck:
     import time
 
     ev = to_events(data.messages)
@@ -225,27 +265,45 @@ def _run(data: LobsterData, reset: bool, keep: int) -> LobsterCheck:
                        max_levels=max(64, 4 * data.levels))
     status = np.zeros(ev.shape[0], np.int8)
     snap = np.zeros((ev.shape[0], 2, data.levels, 2), np.int64)
+    n, stage = int(ev.shape[0]), "check" if reset else "replay"
     t0 = time.perf_counter()
     out = np.zeros((1, 2, data.levels, 2), np.int64)
-    _check_kernel(ev, data.book, data.levels, reset, status, snap, out, *books._state())
+    if progress is None or not reset or n <= CHUNK_MESSAGES:
+        # a plain replay carries its book from message to message, so it runs as one kernel call
+        _check_kernel(ev, data.book, data.levels, reset, status, snap, out, *books._state())
+        if progress is not None:
+            progress(stage, n, n, "messages")
+    else:
+        # each row is checked from row k-1 alone, so the rows split into pieces that give the same result:
+        # a piece [a-1, b) sets the book from row a-1 and checks rows a..b-1
+        for a in range(1, n, CHUNK_MESSAGES):
+            b = min(a + CHUNK_MESSAGES, n)
+            _clear_book(*books._state()[:9], 0)
+            _check_kernel(ev[a - 1 : b], data.book[a - 1 : b], data.levels, reset, status[a - 1 : b],
+                          snap[a - 1 : b], out, *books._state())
+            progress(stage, b, n, "messages")
     seconds = time.perf_counter() - t0
-    return _compare(data, snap, "check" if reset else "replay", status, seconds, keep)
+    return _compare(data, snap, stage, status, seconds, keep)
 
 
-def check(data: LobsterData, keep: int = 10) -> LobsterCheck:
-    """For every message k: book := row k-1, apply message k with our book, compare with row k."""
-    return _run(data, True, keep)
+def check(data: LobsterData, keep: int = 10, progress: ProgressHook | None = None) -> LobsterCheck:
+    """For every message k: book := row k-1, apply message k with our book, compare with row k.
+    ``progress`` hears the messages checked so far (stage ``check``)."""
+    return _run(data, True, keep, progress)
 
 
-def replay(data: LobsterData, keep: int = 10) -> LobsterCheck:
+def replay(data: LobsterData, keep: int = 10, progress: ProgressHook | None = None) -> LobsterCheck:
     """Plain replay: book := row 0, then apply every message; compared with every row (it drifts where
-    levels enter the window from below, which is why :func:`check` exists)."""
-    return _run(data, False, keep)
+    levels enter the window from below, which is why :func:`check` exists). ``progress`` hears stage
+    ``replay`` when it is done (the replay is one kernel call)."""
+    return _run(data, False, keep, progress)
 
 
-def replay_throughput(data: LobsterData, repeat: int = 3, cpu_time: bool = False) -> dict[str, float]:
+def replay_throughput(data: LobsterData, repeat: int = 3, cpu_time: bool = False,
+                      progress: ProgressHook | None = None) -> dict[str, float]:
     """Messages/s of a plain batch replay (no snapshots) on one core; best of ``repeat`` (wall clock, or
-    this process's CPU time with ``cpu_time`` -- steadier on a shared machine)."""
+    this process's CPU time with ``cpu_time`` -- steadier on a shared machine). ``progress`` hears the
+    runs done (stage ``throughput``)."""
     import time
 
     clock = time.process_time if cpu_time else time.perf_counter
@@ -253,7 +311,9 @@ def replay_throughput(data: LobsterData, repeat: int = 3, cpu_time: bool = False
     ev = to_events(data.messages)
     ev = ev[ev["kind"] != 0]
     best = float("inf")
-    for _ in range(repeat):
+    for i in range(repeat):
+        if progress is not None:
+            progress("throughput", i, repeat, "runs")
         books = OrderBooks(1, max_orders=max(1024, ev.shape[0]), max_levels=1024)
         _set_from_row(data.book[0], data.levels, books.lvls, books.keys, books.lids, books.nlev, books.l_free,
                       books.meta)
@@ -261,21 +321,25 @@ def replay_throughput(data: LobsterData, repeat: int = 3, cpu_time: bool = False
         t0 = clock()
         books.apply_fast(ev, status)
         best = min(best, clock() - t0)
+    if progress is not None:
+        progress("throughput", repeat, repeat, "runs")
     return {"messages": float(ev.shape[0]), "seconds": best, "messages_per_s": ev.shape[0] / best}
 
 
 def check_files(messages: str | Path, book: str | Path | None = None, levels: int | None = None,
-                keep: int = 10) -> dict[str, Any]:
+                keep: int = 10, progress: ProgressHook | None = None) -> dict[str, Any]:
     """``greekfire market lobster-check``: read the files (or a sample zip), run :func:`check`, return a
-    mapping (match rates in percent per level, the first mismatches with their messages, ``ok``)."""
-    return check(read(messages, book, levels), keep).as_dict()
+    mapping (match rates in percent per level, the first mismatches with their messages, ``ok``,
+    ``seconds`` of the check). ``progress`` hears stages ``read`` (bytes) and ``check`` (messages)."""
+    return check(read(messages, book, levels, progress), keep, progress).as_dict()
 
 
 def replay_files(messages: str | Path, book: str | Path | None = None, levels: int | None = None,
-                 keep: int = 5) -> dict[str, Any]:
+                 keep: int = 5, progress: ProgressHook | None = None) -> dict[str, Any]:
     """``greekfire market lobster-replay``: plain replay from the first row; throughput (messages/s on
-    one core, no snapshots) and the agreement with every row (expected to drift below level 1)."""
-    data = read(messages, book, levels)
-    out = replay(data, keep).as_dict()
-    out["throughput"] = replay_throughput(data)
+    one core, no snapshots) and the agreement with every row (expected to drift below level 1).
+    ``progress`` hears stages ``read`` (bytes), ``replay`` (messages) and ``throughput`` (runs)."""
+    data = read(messages, book, levels, progress)
+    out = replay(data, keep, progress).as_dict()
+    out["throughput"] = replay_throughput(data, progress=progress)
     return out

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from greekfire.core.errors import ConfigError
@@ -12,6 +14,62 @@ from greekfire.core.settings import Settings
 from greekfire.strategies import load_strategy
 from greekfire.trading.build import build_engine
 from greekfire.trading.store import SnapshotStore, resolve_url
+
+StatusHook = Callable[[dict[str, Any]], None]
+"""Called with :func:`live_status` while a paper run goes on."""
+
+
+def live_status(engine: Any, elapsed_s: float, duration_s: float) -> dict[str, Any]:
+    """What a running engine (the one :func:`run_paper` built; typed ``Any`` because strategies may not
+    import the engine module) has done so far, cheap enough to ask once a second: ``elapsed_s`` and
+    ``duration_s`` (seconds), ``events``, ``orders_out``, ``fills``, ``pnl_total`` and ``fees`` (currency;
+    fees are net of rebates, negative = rebates received), ``latency_p50_us`` and ``latency_p99_us``
+    (market event in -> order out, microseconds; absent before the first order)."""
+    pnl = engine.portfolio.pnl()
+    lat = engine.latency_us()
+    out: dict[str, Any] = {
+        "elapsed_s": round(elapsed_s, 1), "duration_s": duration_s, "events": engine.events,
+        "orders_out": engine.orders_out, "fills": engine.fill_count,
+        "pnl_total": round(pnl["total"], 2), "fees": round(pnl["fees"], 2),
+    }
+    for q in ("p50", "p99"):
+        if q in lat:
+            out[f"latency_{q}_us"] = round(lat[q], 1)
+    return out
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """One line for a terminal or a log: ``paper 2/3 s | events 2,113 | orders out 420 | fills 12 | P&L 45.10 USD |
+    fees -2.40 USD (rebate) | latency p50 70 µs p99 110 µs``."""
+    lat = (f"latency p50 {st['latency_p50_us']:,.0f} µs p99 {st['latency_p99_us']:,.0f} µs"
+           if "latency_p50_us" in st else "latency -")
+    fees = f"fees {st['fees']:,.2f} USD" + (" (rebate)" if st["fees"] < 0 else "")
+    return (f"paper {st['elapsed_s']:.0f}/{st['duration_s']:.0f} s | events {st['events']:,} | "
+            f"orders out {st['orders_out']:,} | fills {st['fills']:,} | P&L {st['pnl_total']:,.2f} USD | {fees} | "
+            f"{lat}")
+
+
+async def _run_with_status(engine: Any, duration: float, status: StatusHook | None,
+                           interval_s: float) -> None:
+    """The engine's run, with ``status`` called every ``interval_s`` seconds beside it (the engine yields
+    to the event loop between polls, so the status task reads a consistent engine)."""
+    if status is None:
+        await engine.run(duration)
+        return
+    t0 = time.perf_counter()
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            status(live_status(engine, time.perf_counter() - t0, duration))
+
+    ticker = asyncio.create_task(tick())
+    try:
+        await engine.run(duration)
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
 
 
 def run_paper(
@@ -22,11 +80,15 @@ def run_paper(
     *,
     fresh: bool = True,
     database_url: str | None = None,
+    status: StatusHook | None = None,
+    status_interval_s: float = 1.0,
 ) -> dict[str, Any]:
     """Run ``strategy`` (default ``settings.trading.strategy``) for ``duration_s`` seconds on ``venues``
     simulated venues and return the engine summary (orders, fills, denials, P&L, Greeks, latency).
 
     ``fresh`` clears this paper engine's previous state in the database first (a paper run starts flat).
+    ``status``, when given, is called every ``status_interval_s`` seconds with :func:`live_status` (the
+    command line draws it as a status line).
     """
     ts = settings.trading
     if venues is not None:
@@ -40,7 +102,7 @@ def run_paper(
         store.clear()
     engine = build_engine(settings, strategies=[strat], store=store, restore=True)
     t0 = time.perf_counter()
-    asyncio.run(engine.run(duration))
+    asyncio.run(_run_with_status(engine, duration, status, status_interval_s))
     out = engine.summary()
     out["strategy"] = strat.name
     out["duration_s"] = round(time.perf_counter() - t0, 2)

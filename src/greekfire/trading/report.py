@@ -10,7 +10,8 @@ from greekfire.trading.orders import OrderStatus
 if TYPE_CHECKING:
     from greekfire.trading.engine import TradingEngine
 
-PNL = gauge("greekfire_trading_pnl", "P&L since start, currency", ["kind"])
+PNL = gauge("greekfire_trading_pnl",
+            "P&L since start, currency; kind=fees is fees net of rebates (negative = rebates received)", ["kind"])
 GREEK = gauge("greekfire_trading_greek", "portfolio Greek per underlying", ["underlying", "greek"])
 INTERNAL_LATENCY = gauge(
     "greekfire_trading_internal_latency_us", "market event in -> order out, microseconds (HDR percentiles)", ["quantile"]
@@ -18,7 +19,12 @@ INTERNAL_LATENCY = gauge(
 
 
 def summary(eng: TradingEngine) -> dict[str, Any]:
-    """What happened: orders, fills, denials by reason, P&L, Greeks, latency, errors."""
+    """What happened: orders, fills, denials by reason, P&L, Greeks, latency, errors.
+
+    Money is in currency: ``pnl`` holds ``realized``, ``unrealized``, ``fees`` (fees paid net of the maker
+    rebates received: negative when the rebates were larger) and ``total`` (realized + unrealized - fees);
+    ``latency_us`` is in microseconds.
+    """
     statuses: dict[str, int] = {}
     rejections: dict[str, int] = {}
     for o in eng.oms.orders.values():

@@ -1,0 +1,117 @@
+"""What the ``greekfire`` commands show: their summary tables, every value with its unit, and the live
+displays a long run draws on a terminal (a spinner, a status line). Kept beside ``cli.py`` so the command
+module stays a list of thin commands. Every live display here draws only when its console is a terminal:
+piped output and ``--json`` stay clean."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@contextmanager
+def spinner(console: Console, text: str, enabled: bool = True) -> Iterator[None]:
+    """A spinner with ``text`` and the elapsed time while the block runs (cleared afterwards); nothing
+    where ``enabled`` is false or ``console`` is not a terminal."""
+    if not enabled or not console.is_terminal:
+        yield
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        bar.add_task(text, total=None)
+        yield
+
+
+@contextmanager
+def status_line(console: Console, first: str, enabled: bool = True) -> Iterator[Callable[[str], None] | None]:
+    """A one-line status the caller rewrites (``line(text)`` redraws it at once; cleared at the end), or
+    ``None`` where ``enabled`` is false or ``console`` is not a terminal."""
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    from rich.live import Live
+    from rich.text import Text
+
+    with Live(Text(first), console=console, auto_refresh=False, transient=True) as live:
+        yield lambda text: live.update(Text(text), refresh=True)
+
+
+def print_lobster(console: Console, data: dict[str, Any]) -> None:
+    """``market lobster-check`` / ``lobster-replay``: agreement per level in %, the time and throughput."""
+    table = Table(title=f"LOBSTER {data['mode']}: {data['name']} ({data['messages']:,} messages)")
+    for c in ("level", "both sides %", "bid %", "ask %", "must match"):
+        table.add_column(c, justify="right")
+    for i, rate in enumerate(data["match_rate_pct"]):
+        table.add_row(str(i + 1), f"{rate:.2f}", f"{data['bid_rate_pct'][i]:.2f}", f"{data['ask_rate_pct'][i]:.2f}",
+                      "yes" if i < data["checked_levels"] else "no")
+    console.print(table)
+    for m in data["first_mismatches"][:5]:
+        console.print(f"  row {m['row']} level {m['level']}: ours {m['ours']} file {m['file']} message {m['message']}")
+    if data.get("note"):
+        console.print(f"  [yellow]{data['note']}[/yellow]")
+    console.print(f"  {data['mode']}: {data['seconds']:.3f} s for {data['messages']:,} messages "
+                  "(levels are 1 = best; rates are % of rows that agree with the file)")
+    if "throughput" in data:
+        console.print(f"  replay: {data['throughput']['messages_per_s']:,.0f} messages/s on one core")
+
+
+def print_itch(console: Console, data: dict[str, Any]) -> None:
+    """``market itch``'s summary: counts, bad input, and the top of book per stock with its units."""
+    table = Table(title=f"ITCH {data['file']} ({data['framing']} framing)", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    rows = {
+        "messages": f"{data['messages']:,}",
+        "messages by type": ", ".join(f"{t} {n:,}" for t, n in data["counts"].items()),
+        "input errors (bytes at)": f"{data['input_errors']:,} {json.dumps(data['first_input_errors'])}",
+        "book events": f"{data['book_events']:,}",
+        "bad book events (message index)": f"{data['bad_book_events']:,} {json.dumps(data['bad_by_reason'])} "
+                                           f"first {json.dumps(data['first_bad_book_events'][:5])}",
+        "live orders": f"{data['live_orders']:,}",
+        "seconds": f"{data['seconds']:.3f} s",
+    }
+    for k, v in rows.items():
+        table.add_row(k, v)
+    console.print(table)
+    books = Table(title="top of book per stock (price USD x size shares)")
+    for col in ("stock", "messages", "traded shares", "bids", "asks"):
+        books.add_column(col, justify="right" if col in ("messages", "traded shares") else "left")
+    for name, st in data["stocks"].items():
+        books.add_row(name, f"{st['messages']:,}", f"{st['traded_shares']:,}",
+                      " ".join(f"{px:,.4f}x{q:,}" for px, q in st["bids"]),
+                      " ".join(f"{px:,.4f}x{q:,}" for px, q in st["asks"]))
+    console.print(books)
+
+
+def print_trade(console: Console, out: dict[str, Any]) -> None:
+    """The paper run's summary table, every value with its unit."""
+    table = Table(title=f"greekfire trade --paper ({out['strategy']}, {out['duration_s']} s)")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for key in ("events", "orders", "orders_out", "fills", "denials"):
+        table.add_row(key, json.dumps(out[key], default=str))
+    pnl = out["pnl"]
+    table.add_row("P&L realized (USD)", f"{pnl['realized']:,.2f}")
+    table.add_row("P&L unrealized (USD)", f"{pnl['unrealized']:,.2f}")
+    fees = pnl["fees"]
+    table.add_row("fees (USD; negative = rebate)", f"{fees:,.2f}" + (" (net rebate received)" if fees < 0 else ""))
+    table.add_row("P&L total (USD, after fees)", f"{pnl['total']:,.2f}")
+    table.add_row("equity (USD)", f"{out['equity']:,.2f}")
+    table.add_row("VaR 1 day (USD)", f"{out['var_1d']:,.2f}")
+    table.add_row("trading_state", str(out["trading_state"]))
+    lat = out["latency_us"]
+    table.add_row("latency event -> order (µs)",
+                  ", ".join(f"{k} {v:,.1f}" if k != "count" else f"{v:,} orders" for k, v in lat.items()) or "-")
+    table.add_row("errors", json.dumps(out["errors"], default=str))
+    for und, g in out["greeks"].items():
+        table.add_row(f"greeks {und}", ", ".join(f"{k}={v:,.2f}" for k, v in g.items()))
+    console.print(table)
+    console.print("  greeks: delta in shares, gamma in shares per 1.00 of spot, vega USD per 1.00 vol, theta USD per "
+                  "year; delta_cash = delta x spot and gamma_cash = gamma x spot^2 / 100, in USD")

@@ -141,6 +141,25 @@ def run_in_pty(
     return rc, b"".join(chunks).decode("utf-8", errors="replace")
 
 
+def pricing_checkpoint(folder: Path, preset: str = "smoke", overrides: list[str] | None = None) -> Path:
+    """A Lightning-loadable checkpoint (``folder/<preset>.ckpt``) of an untrained but input-scaled pricing
+    model of ``preset``: what a server or a loader needs, without a training loop."""
+    import lightning as L
+    import torch
+
+    from greekfire.ml.config import compose_experiment
+    from greekfire.ml.data import load_pricing_data
+    from greekfire.ml.module import CHECKPOINT_FORMAT, FORMAT_KEY, module_for
+
+    cfg = compose_experiment(preset, overrides or [])
+    torch.manual_seed(0)
+    module = module_for(cfg, load_pricing_data(cfg.data))
+    path = folder / f"{preset}.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": L.__version__, FORMAT_KEY: CHECKPOINT_FORMAT}, path)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -35,7 +35,17 @@ from greekfire.cli_errors import (
     say_error,
     set_debug,
 )
-from greekfire.cli_output import print_itch, print_lobster, print_trade, spinner, status_line
+from greekfire.cli_output import (
+    print_gpu_status,
+    print_itch,
+    print_lobster,
+    print_mapping,
+    print_preview,
+    print_trade,
+    print_training,
+    spinner,
+    status_line,
+)
 from greekfire.core.allocator import keep_freed_memory
 from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError
 from greekfire.core.extras import require_extra
@@ -186,21 +196,7 @@ def gpu_status(
     if as_json:
         print_json(data)
         return
-    table = Table(title=f"greekfire gpu status: {data['status']}")
-    for col in ("device", "name", "memory used/total MiB", "health", "details"):
-        table.add_column(col)
-    for d in data["devices"]:
-        details = f"CC {d['compute_capability']}, {d['pci_bus_id']}, {d['uuid']}" if d["kind"] != "cpu" else f"{d['cpu_count']} cores"
-        health = "[green]healthy[/green]" if d["healthy"] else "[red]unhealthy[/red] " + "; ".join(d["reasons"])
-        table.add_row(d["torch_device"], d["name"], f"{d['memory_used_mb']:.0f}/{d['memory_total_mb']:.0f}", health, details)
-    console.print(table)
-    cloud = data["cloud"]
-    console.print(f"driver {data['driver_version'] or '-'}, CUDA driver {data['cuda_driver_version'] or '-'}, "
-                  f"CUDA runtime {data['cuda_runtime_version'] or '-'}; cloud {cloud['provider']} "
-                  f"{cloud['instance_type'] or ''} {cloud['region'] or ''}".rstrip())
-    console.print(f"placement: {data['placement']['torch_device']} ({data['placement']['reason']})")
-    for reason in data["reasons"] + cloud["reasons"]:
-        console.print(f"[yellow]note[/yellow]: {reason}")
+    print_gpu_status(console, data)
 
 
 @gpu_app.command("serve")
@@ -219,14 +215,7 @@ def gpu_serve(
 # --------------------------------------------------------------------------------------------------------
 # data: storage checks, the synthetic market and the real SPX loader (greekfire.data)
 def _print_mapping(title: str, data: dict[str, Any], units: dict[str, str] | None = None, out: Console = console) -> None:
-    """A two-column table of ``data``; a key with an entry in ``units`` shows it: ``seconds (s)``."""
-    table = Table(title=title, show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    for k, v in data.items():
-        unit = (units or {}).get(k)
-        table.add_row(f"{k} ({unit})" if unit else str(k), json.dumps(v, default=str) if isinstance(v, dict | list) else str(v))
-    out.print(table)
+    print_mapping(out, title, data, units)
 
 
 @data_app.command("check")
@@ -315,16 +304,7 @@ def train_pricing_cmd(
     if as_json:
         print_json(summary)
         return
-    table = Table(title=f"trained {result.name} ({result.version})")
-    table.add_column("item", style="bold")
-    table.add_column("value")
-    paths = ("run_dir", "best_checkpoint", "last_checkpoint", "resumed_from")
-    for k, v in summary.items():
-        if k != "scores" and k not in paths:
-            table.add_row(k, str(v))
-    for k, v in result.scores.items():
-        table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
-    console.print(table)
+    print_training(console, result.name, result.version, summary, result.scores)
     # paths as plain lines, never cut or wrapped by a table: scripts and people copy them whole
     if result.resumed_from is not None:
         typer.echo(f"resumed from: {result.resumed_from}")
@@ -435,31 +415,6 @@ class _PriceCommand(TyperCommand):
         super().format_help(ctx, formatter)
 
 
-def _print_preview(result: Any, rows: int = 10) -> None:
-    """The first priced rows, headers with units (``ttm (years)``, ``vega (per 1.00 vol)``); on a narrow
-    terminal the last columns are left out (the caption says so) rather than cut to ellipses."""
-    from greekfire.data.pricing import preview
-
-    shown = preview(result, rows)
-    cells = [["-" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float) else str(v) for v in rec]
-             for rec in shown.itertuples(index=False)]
-    # a column needs its widest cell, its name and the longest word of its unit (the unit wraps on spaces)
-    need = [max([len(str(col).split(" (")[0]), *(len(w) + 2 for w in str(col).split(" (")[1:2]),
-                 *(len(r[i]) for r in cells)]) for i, col in enumerate(shown.columns)]
-    keep = len(need)
-    while keep > 2 and sum(need[:keep]) + 3 * keep + 1 > console.width:
-        keep -= 1
-    left_out = list(shown.columns[keep:])
-    caption = f"not shown on this terminal: {', '.join(left_out)}" if left_out else None
-    table = Table(title=f"first {len(cells)} of {len(result)} rows (all of them: -o FILE.csv, or -o - for stdout)",
-                  caption=caption)
-    for col in shown.columns[:keep]:  # the unit on a line of its own
-        table.add_column(str(col).replace(" (", "\n("), justify="left" if col in ("right", "error") else "right")
-    for r in cells:
-        table.add_row(*r[:keep])
-    console.print(table)
-
-
 @app.command("price", cls=_PriceCommand)
 def price_cmd(
     input_path: Annotated[Path, typer.Argument(help="CSV or Parquet of options (by suffix)")],
@@ -518,7 +473,7 @@ def price_cmd(
             _print_mapping(title, data, SUMMARY_UNITS, err_console)
         return
     if output is None and not as_json:
-        _print_preview(result)
+        print_preview(console, result)
     print_json(data) if as_json else _print_mapping(title, data, SUMMARY_UNITS)
 
 

@@ -115,3 +115,74 @@ def print_trade(console: Console, out: dict[str, Any]) -> None:
     console.print(table)
     console.print("  greeks: delta in shares, gamma in shares per 1.00 of spot, vega USD per 1.00 vol, theta USD per "
                   "year; delta_cash = delta x spot and gamma_cash = gamma x spot^2 / 100, in USD")
+
+
+def print_mapping(console: Console, title: str, data: dict[str, Any], units: dict[str, str] | None = None) -> None:
+    """A two-column table of ``data``; a key with an entry in ``units`` shows it: ``seconds (s)``."""
+    table = Table(title=title, show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for k, v in data.items():
+        unit = (units or {}).get(k)
+        table.add_row(f"{k} ({unit})" if unit else str(k), json.dumps(v, default=str) if isinstance(v, dict | list) else str(v))
+    console.print(table)
+
+
+def print_gpu_status(console: Console, data: dict[str, Any]) -> None:
+    """``greekfire gpu status``: one row per device (memory in MiB), then driver, cloud, placement, notes."""
+    table = Table(title=f"greekfire gpu status: {data['status']}")
+    for col in ("device", "name", "memory used/total MiB", "health", "details"):
+        table.add_column(col)
+    for d in data["devices"]:
+        details = f"CC {d['compute_capability']}, {d['pci_bus_id']}, {d['uuid']}" if d["kind"] != "cpu" else f"{d['cpu_count']} cores"
+        health = "[green]healthy[/green]" if d["healthy"] else "[red]unhealthy[/red] " + "; ".join(d["reasons"])
+        table.add_row(d["torch_device"], d["name"], f"{d['memory_used_mb']:.0f}/{d['memory_total_mb']:.0f}", health, details)
+    console.print(table)
+    cloud = data["cloud"]
+    console.print(f"driver {data['driver_version'] or '-'}, CUDA driver {data['cuda_driver_version'] or '-'}, "
+                  f"CUDA runtime {data['cuda_runtime_version'] or '-'}; cloud {cloud['provider']} "
+                  f"{cloud['instance_type'] or ''} {cloud['region'] or ''}".rstrip())
+    console.print(f"placement: {data['placement']['torch_device']} ({data['placement']['reason']})")
+    for reason in data["reasons"] + cloud["reasons"]:
+        console.print(f"[yellow]note[/yellow]: {reason}")
+
+
+def print_training(console: Console, name: str, version: str, summary: dict[str, Any], scores: dict[str, Any]) -> None:
+    """``greekfire train pricing``: the run's items and test scores (the paths are printed after it as
+    plain lines, never cut by a table)."""
+    table = Table(title=f"trained {name} ({version})")
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    paths = ("run_dir", "best_checkpoint", "last_checkpoint", "resumed_from")
+    for k, v in summary.items():
+        if k != "scores" and k not in paths:
+            table.add_row(k, str(v))
+    for k, v in scores.items():
+        table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+def print_preview(console: Console, result: Any, rows: int = 10) -> None:
+    """``greekfire price`` without ``-o``: the first priced rows, headers with units (``ttm (years)``,
+    ``vega (per 1.00 vol)``); on a narrow terminal the last columns are left out (the caption says so)
+    rather than cut to ellipses."""
+    from greekfire.data.pricing import preview  # loads torch: only the price command gets here
+
+    shown = preview(result, rows)
+    cells = [["-" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float) else str(v) for v in rec]
+             for rec in shown.itertuples(index=False)]
+    # a column needs its widest cell, its name and the longest word of its unit (the unit wraps on spaces)
+    need = [max([len(str(col).split(" (")[0]), *(len(w) + 2 for w in str(col).split(" (")[1:2]),
+                 *(len(r[i]) for r in cells)]) for i, col in enumerate(shown.columns)]
+    keep = len(need)
+    while keep > 2 and sum(need[:keep]) + 3 * keep + 1 > console.width:
+        keep -= 1
+    left_out = list(shown.columns[keep:])
+    caption = f"not shown on this terminal: {', '.join(left_out)}" if left_out else None
+    table = Table(title=f"first {len(cells)} of {len(result)} rows (all of them: -o FILE.csv, or -o - for stdout)",
+                  caption=caption)
+    for col in shown.columns[:keep]:  # the unit on a line of its own
+        table.add_column(str(col).replace(" (", "\n("), justify="left" if col in ("right", "error") else "right")
+    for r in cells:
+        table.add_row(*r[:keep])
+    console.print(table)

@@ -8,30 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import lightning as L
 import pyarrow as pa
 import pytest
 import torch
 import uvicorn
 
-from conftest import free_port, poll_until, port_open
+from conftest import free_port, poll_until, port_open, pricing_checkpoint
 from greekfire.api.pricing import build_app
 from greekfire.core.settings import load_settings
-from greekfire.ml.config import compose_experiment
-from greekfire.ml.data import load_pricing_data
-from greekfire.ml.module import CHECKPOINT_FORMAT, FORMAT_KEY, module_for
 from greekfire.ml.serving import LoadedModel, load_pricing_model
-
-
-def _checkpoint(tmp: Path, preset: str, overrides: list[str]) -> Path:
-    """A Lightning-loadable checkpoint of an untrained (but input-scaled) model; no training loop needed."""
-    cfg = compose_experiment(preset, overrides)
-    torch.manual_seed(0)
-    module = module_for(cfg, load_pricing_data(cfg.data))
-    path = tmp / f"{preset}.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": L.__version__, FORMAT_KEY: CHECKPOINT_FORMAT}, path)
-    return path
 
 
 class _Server:
@@ -53,7 +38,7 @@ class _Server:
 
 @pytest.fixture(scope="module")
 def mlp_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    path = _checkpoint(tmp_path_factory.mktemp("ckpt"), "smoke", ["data.n_samples=500"])
+    path = pricing_checkpoint(tmp_path_factory.mktemp("ckpt"), "smoke", ["data.n_samples=500"])
     return load_pricing_model(path, device="cpu")
 
 
@@ -141,7 +126,7 @@ def test_health_and_metrics(mlp_server: _Server) -> None:
 
 
 def test_lstm_model_needs_its_history_window(tmp_path: Path) -> None:
-    model = load_pricing_model(_checkpoint(tmp_path, "lstm_tiny", ["data.n_samples=300"]), device="cpu")
+    model = load_pricing_model(pricing_checkpoint(tmp_path, "lstm_tiny", ["data.n_samples=300"]), device="cpu")
     seq, contract = torch.randn(4, 8, 3), torch.randn(4, 3)
     direct = model(contract, seq)
     app = build_app(load_settings(), model)

@@ -36,6 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 
+from greekfire.api.server import ListeningServer
 from greekfire.core.errors import DataError
 from greekfire.core.metrics import counter, histogram, mount_metrics
 from greekfire.core.settings import Settings, load_settings
@@ -205,7 +206,8 @@ def build_app(settings: Settings | None = None, model: LoadedModel | None = None
 def serve(settings: Settings, model_uri: str, *, host: str | None = None, port: int | None = None,
           batching: bool = True, device: str | None = None) -> None:
     """Load ``model_uri`` (a checkpoint path, a run folder: its best, else last checkpoint, or an MLflow URI)
-    and serve it with uvicorn until stopped.
+    and serve it with uvicorn until stopped; once it listens, say where on stderr:
+    ``greekfire serve pricing: listening on http://HOST:PORT (/v1/price, /health, /metrics, /docs)``.
 
     ``device`` (``--device``) overrides ``quant.device``; ``auto`` is decided by the GPU manager: a healthy
     GPU keeping ``gpu.min_free_mb`` MiB of headroom, chosen by ``gpu.placement``, else the CPU.
@@ -216,4 +218,5 @@ def serve(settings: Settings, model_uri: str, *, host: str | None = None, port: 
     chosen = choose_device(requested, min_free_mb=settings.gpu.min_free_mb, manager=manager)
     model = load_pricing_model(model_uri, device=chosen, tracking_uri=mlflow_uri(settings))
     app = build_app(settings, model, batching=batching)
-    uvicorn.run(app, host=host or settings.api.host, port=port or settings.api.port, log_level="warning")
+    config = uvicorn.Config(app, host=host or settings.api.host, port=port or settings.api.port, log_level="warning")
+    ListeningServer(config, name="greekfire serve pricing", paths="/v1/price, /health, /metrics, /docs").run()

@@ -36,6 +36,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class _PlainHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler for output that is not a terminal. With no stream given it writes to whatever
+    ``sys.stderr`` is at each record, so a caller that swaps it for a while (typer's CliRunner, pytest's
+    capture) does not leave the handler on a closed file."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)  # with None it stores sys.stderr through the setter below: undone next
+        self._fixed = stream
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return self._fixed if self._fixed is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ and setStream assign it
+        self._fixed = value
+
+
 def configure_logging(
     level: str = "INFO",
     json_format: bool = False,
@@ -65,8 +83,12 @@ def configure_logging(
         # with no stream given, the console looks sys.stderr up at each write, so a caller that swaps it
         # for a while (typer's CliRunner, pytest's capture) does not leave the handler on a closed file
         console = Console(file=stream) if stream is not None else Console(stderr=True)
-        handler = RichHandler(console=console, show_path=False, rich_tracebacks=True)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        if console.is_terminal:
+            handler = RichHandler(console=console, show_path=False, rich_tracebacks=True)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        else:  # a pipe or a file: one plain line per record, never wrapped at 80 columns or padded
+            handler = _PlainHandler(stream)
+            handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)-8s %(message)s", "%x %X"))
     setattr(handler, "_greekfire", True)  # noqa: B010 - marks our handlers for replacement
     root.addHandler(handler)
     if file:

@@ -1,6 +1,6 @@
 """Long commands show their progress on a terminal, and only there: each runs on a pseudo-terminal
 (``run_in_pty``) and the test looks for the bar's or the status line's text; the same commands with ``--json``
-or piped keep stdout to the answer alone. ``gpu serve`` says where it listens, and that URL's /docs answers."""
+or piped keep stdout to the answer alone."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port, poll_until, run_in_pty
+from conftest import run_in_pty
 
 CLI = [sys.executable, "-c", "from greekfire.cli import app; app()"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours, cursor moves and line clears of the terminal
@@ -90,27 +90,6 @@ def test_itch_draws_bars_over_file_bytes_and_book_events(shared_data: Path, env:
 def test_demo_stage_shows_a_spinner(env: dict[str, str]) -> None:
     out = _pty(["demo", "--only", "foundation"], env)
     assert "demo stage foundation (1/1) running" in out and "time (s)" in out
-
-
-def test_gpu_serve_says_where_it_listens_and_docs_answer(tmp_path: Path, env: dict[str, str]) -> None:
-    port = free_port()
-    env["GREEKFIRE_GPU__DMI_ROOT"] = str(tmp_path)  # no cloud lookup from the test machine
-    proc = subprocess.Popen(CLI + ["gpu", "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()  # printed once the socket listens
-        url = f"http://127.0.0.1:{port}"
-        assert line.strip() == f"greekfire gpu serve: listening on {url} (/health, /placement, /metrics, /docs)"
-        assert poll_until(lambda: httpx.get(f"{url}/health", timeout=5).status_code == 200, 20, 0.1,
-                          ignore=(httpx.HTTPError,))
-        docs = httpx.get(f"{url}/docs", timeout=5)
-        assert docs.status_code == 200 and "swagger" in docs.text.lower()
-        schema = httpx.get(f"{url}/openapi.json", timeout=5).json()
-        assert {"/health", "/placement"} <= set(schema["paths"])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def test_progress_hooks_do_not_change_the_results(shared_data: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from greekfire.core.errors import DataError, InputFileError
@@ -30,6 +31,7 @@ SPX_SUMMARY_UNITS = {
     "bad_rows": "rows",
     "spot_vs_sp500_close": "diffs as fractions, 0.001 = 0.1%",
     "rate": "per year, continuously compounded",
+    "div_yield": "per year, continuously compounded",
 }
 """The unit of each :func:`spx_report` entry that is not a plain count."""
 
@@ -140,7 +142,8 @@ def spx_report(path: str | Path, out: str | None = None, settings: StorageLike =
     """Load the vendor file and the S&P 500 history, check they line up, count bad rows; optionally write
     them under ``out``: a path ending in ``.csv`` or ``.parquet`` gets one pricing-ready file of every quote
     (:func:`spx_chain`), any other path or URL the quotes and bars as partitions (``<out>/quotes``,
-    ``<out>/underlying``). Returns a summary mapping."""
+    ``<out>/underlying``), the parity rate and median dividend yield in the quotes' metadata (what training
+    with ``--data`` reads). Returns a summary mapping."""
     quotes = load_spx_quotes(path)
     bars = load_sp500_history()
     _, dropped = clean_quotes(quotes)
@@ -163,6 +166,12 @@ def spx_report(path: str | Path, out: str | None = None, settings: StorageLike =
         report["files"] = 1
         report["out"] = out
     elif out:
+        # the partitions keep the quote schema; the chain's parity rate and (median) dividend yield travel in
+        # its attrs, as a generated market's do, so training on the folder (`--data`) prices on them
+        chain = spx_chain(quotes)
+        rate, div = float(chain["rate"].iloc[0]), float(np.nanmedian(chain["div_yield"].to_numpy(dtype=float)))
+        quotes.attrs.update({"rate": round(rate, 6), "div_yield": round(div, 6)})
+        report["rate"], report["div_yield"] = round(rate, 6), round(div, 6)
         paths = write_partitions(quotes, bars[bars["date"] <= quotes["quote_date"].max()], out, settings)
         report["files"] = sum(len(v) for v in paths.values())
         report["out"] = out

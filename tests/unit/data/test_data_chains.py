@@ -180,3 +180,13 @@ def test_data_spx_out_file_is_read_by_price_without_columns(spx_path: Path, tmp_
     result, summary = price_chain(tmp_path / "chain.parquet", device="cpu")
     assert summary["priced"] == 12_578 and summary["iv_vs_vendor"]["quotes"] == 5_319
     assert summary["iv_vs_vendor"]["median_abs_diff"] == pytest.approx(0.010, abs=5e-4)
+
+
+def test_data_spx_out_folder_carries_the_parity_rate_to_training(spx_path: Path, tmp_path: Path) -> None:
+    from greekfire.ml.data import read_quote_parquet
+
+    report = spx_report(spx_path, str(tmp_path / "spx"))
+    assert report["rate"] == pytest.approx(0.0263, abs=5e-4) and 0.0 < report["div_yield"] < 0.05
+    quotes = read_quote_parquet(str(tmp_path / "spx" / "quotes"))  # what `train pricing --data` reads
+    assert len(quotes) == 14_438
+    assert quotes.attrs["rate"] == report["rate"] and quotes.attrs["div_yield"] == report["div_yield"]

@@ -157,16 +157,14 @@ def test_preview_without_output_shows_units(optopsy_path: Path, tmp_path: Path) 
     assert not list(tmp_path.glob("*.csv"))  # a preview writes nothing
 
 
-def test_a_narrow_terminal_leaves_columns_out_rather_than_cutting_them(optopsy_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_narrow_terminal_leaves_columns_out_rather_than_cutting_them(optopsy_path: Path) -> None:
     from rich.console import Console
 
-    from greekfire import cli
+    from greekfire.cli_output import print_preview
 
     result, _ = price_chain(optopsy_path, columns="optopsy", device="cpu")
     screen = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=screen, width=60))
-    cli._print_preview(result)
+    print_preview(Console(file=screen, width=60), result)
     text = screen.getvalue()
     assert "not shown on this terminal:" in text and "…" not in text
     assert max(len(line) for line in text.splitlines()) <= 60 and "(years)" in text

@@ -20,7 +20,8 @@ from greekfire.core.settings import env_get, env_set
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 STALE_LOCK_S = 1800.0
-"""A build lock older than this (seconds) belongs to a build that died; a new build may take it."""
+"""A build lock older than this (seconds), or naming a process that is gone, belongs to a build that died;
+a new build may take it."""
 
 
 def compile_cache_dir() -> Path:
@@ -29,7 +30,14 @@ def compile_cache_dir() -> Path:
     given = env_get(CACHE_ENV)
     if given:
         return Path(given)
-    home = env_get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    home = env_get("XDG_CACHE_HOME")
+    if not home:
+        try:
+            home = str(Path.home() / ".cache")
+        except RuntimeError:  # no home directory to be found
+            import tempfile
+
+            home = tempfile.gettempdir()
     return Path(home) / "greekfire" / "torch-compile"
 
 
@@ -71,9 +79,9 @@ def take_build_lock(key: str) -> bool:
     path = _marker(key).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if time.time() - path.stat().st_mtime > STALE_LOCK_S:
+        if time.time() - path.stat().st_mtime > STALE_LOCK_S or not _alive(int(path.read_text() or 0)):
             path.unlink(missing_ok=True)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         pass
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -81,6 +89,18 @@ def take_build_lock(key: str) -> bool:
         return False
     with os.fdopen(fd, "w") as fh:
         fh.write(str(os.getpid()))
+    return True
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
     return True
 
 

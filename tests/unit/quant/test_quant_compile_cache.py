@@ -3,6 +3,7 @@ would have compiled named, the compile cache's built-set markers and build lock,
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_in_pty
+from conftest import poll_until, run_in_pty
 from greekfire.core import compile_cache
 from greekfire.data.compile_warmup import kernel_set_key, synthetic_chain
 from greekfire.data.pricing import price_file, price_frame
@@ -73,6 +74,11 @@ def test_built_markers_and_build_lock(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert compile_cache.kernels_built(key)
     assert compile_cache.built_seconds(key) == 123.4
     assert compile_cache.take_build_lock(key)
+    compile_cache.release_build_lock(key)
+    # a lock left by a build that died (its process is gone) does not hold back the next one
+    lock = compile_cache.compile_cache_dir() / "greekfire" / f"{key}.lock"
+    lock.write_text("999999999")
+    assert compile_cache.take_build_lock(key)
 
 
 def test_default_cache_is_greekfires_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -122,3 +128,32 @@ def test_small_american_run_shows_a_progress_bar(tmp_path: Path) -> None:
                          timeout_s=120)
     assert rc == 0, out
     assert "pricing" in out and "100%" in out
+
+
+def test_first_american_run_prices_eagerly_says_so_and_starts_a_build(tmp_path: Path) -> None:
+    """A chain large enough to compile, on an empty compile cache: the run prices without compiled kernels
+    (numbers equal to eager pricing), prints the one-line notice and starts the background build. This
+    process holds the build lock, so the build it starts stands back at once instead of compiling."""
+    cache = tmp_path / "cache"
+    cpu = torch.device("cpu")
+    (cache / "greekfire").mkdir(parents=True)
+    for threads in range(1, (os.cpu_count() or 1) + 1):
+        (cache / "greekfire" / f"{kernel_set_key('american', 'qdfp', 'float64', cpu, threads)}.lock").write_text(
+            str(os.getpid()))
+    chain = synthetic_chain(2_048)
+    src, dst = tmp_path / "chain.csv", tmp_path / "out.csv"
+    chain.to_csv(src, index=False)
+    rc, out = run_in_pty([sys.executable, "-m", "greekfire.cli", "price", str(src), "-o", str(dst),
+                          "--style", "american", "--device", "cpu"], env={compile_cache.CACHE_ENV: str(cache)},
+                         timeout_s=300)
+    assert rc == 0, out
+    assert "compiling pricing kernels in the background (first run on this machine" in " ".join(out.split())
+    log = cache / "greekfire" / "build.log"
+    assert poll_until(lambda: "being built" in log.read_text(), timeout_s=120, step_s=0.5, ignore=(OSError,))
+    assert not list((cache / "greekfire").glob("*.built"))
+    with eager_until_compiled() as wanted:
+        expected = price_frame(pd.read_csv(src), style="american")
+    assert wanted  # a chain this size would compile by default
+    got = pd.read_csv(dst)
+    for name in ("value", "delta", "gamma", "vega", "iv"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=0)

@@ -18,6 +18,19 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# `greekfire price` run by a test (and every command it starts) never leaves a minutes-long kernel build
+# behind in the background; the test of that build turns it back on for its own command
+NO_BACKGROUND_COMPILE = {"GREEKFIRE_QUANT__BACKGROUND_COMPILE": "false"}
+os.environ.update(NO_BACKGROUND_COMPILE)
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """The environment for a greekfire command a test starts: this one without the caller's GREEKFIRE_*
+    settings, with no background kernel build (``quant.background_compile`` false), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_")}
+    env.update(NO_BACKGROUND_COMPILE)
+    env.update(extra)
+    return env
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
@@ -183,9 +196,10 @@ def postgres_url() -> str:
 
 @pytest.fixture
 def tmp_settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Point greekfire's local state at a temporary folder; clears GREEKFIRE_* variables."""
+    """Point greekfire's local state at a temporary folder; clears GREEKFIRE_* variables (but keeps the
+    background kernel build off)."""
     for k in list(os.environ):
-        if k.startswith("GREEKFIRE_"):
+        if k.startswith("GREEKFIRE_") and k not in NO_BACKGROUND_COMPILE:
             monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("GREEKFIRE_HOME", str(tmp_path / "home"))
     return tmp_path

@@ -450,7 +450,8 @@ def price_cmd(
     q = settings().quant
     to_stdout = output is not None and str(output) == "-"
     opts: dict[str, Any] = dict(columns=columns, style=style, model=model, steps=steps or q.tree_steps,
-                                device=device or q.device, dtype=dtype or q.dtype, progress=not as_json)
+                                device=device or q.device, dtype=dtype or q.dtype, progress=not as_json,
+                                background_compile=q.background_compile)
     try:
         import_engine_modules(engine_module or ())
         if output is None or to_stdout:

@@ -3,20 +3,19 @@ each prints the URL it listens on with its paths once the socket listens, and th
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
-from conftest import free_port, poll_until, pricing_checkpoint
+from conftest import command_env, free_port, poll_until, pricing_checkpoint
 
 CLI = [sys.executable, "-c", "from greekfire.cli import app; app()"]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_")}
+    out = command_env()
     out["GREEKFIRE_HOME"] = str(tmp_path / "home")
     out["GREEKFIRE_GPU__DMI_ROOT"] = str(tmp_path)  # no cloud lookup from the test machine
     return out

@@ -130,6 +130,11 @@ class QuantSettings(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="pricing device; auto: a GPU when present")
     dtype: Literal["float64", "float32"] = Field("float64", description="floating-point precision of pricing")
     tree_steps: int = Field(200, ge=1, le=100_000, description="binomial tree steps")
+    background_compile: bool = Field(
+        True, description="`greekfire price` prices eagerly until this machine has compiled its pricing kernels "
+        "and then builds them once in a low-priority background process (minutes); false: never start that "
+        "build (kernels built before are still used)"
+    )
     keep_freed_memory: bool = Field(
         True, description="greekfire commands make glibc's malloc keep freed blocks up to 32 MiB (large pricing "
         "batches then skip refaulting fresh pages; the process keeps up to 512 MiB it freed)"

@@ -16,8 +16,10 @@ prices files like a built-in one.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -150,11 +152,13 @@ def price_frame(
     device: str = "auto",
     dtype: str = "float64",
     on_chunk: Callable[[int], None] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> pd.DataFrame:
     """Price every row of ``frame`` with the registered engine ``model`` (the style's default when None);
     returns the input columns plus values, the Greeks the engine gives (NaN for the others), ``iv`` (where
     ``market_price`` is given and the engine has an implied vol) and ``error``. ``steps`` goes to engines
-    that take it (``crr``)."""
+    that take it (``crr``). Rows are priced in chunks of at most ``chunk_rows``; ``on_chunk(rows)`` is
+    called after each."""
     engine = resolve_engine(style, model)
     caps = engine.capabilities
     _check_columns(frame, engine)
@@ -184,7 +188,7 @@ def price_frame(
     greek_names = tuple(name for name in GREEK_NAMES if name in caps.outputs)
     out = {name: np.full(n, np.nan) for name in (*GREEK_NAMES, "iv")}
     error = np.where(base_ok, "", IV_REASONS[5]).astype(object)
-    chunk = min(CHUNK_ROWS, caps.max_batch or CHUNK_ROWS)
+    chunk = min(chunk_rows, caps.max_batch or chunk_rows)
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
         ok = base_ok[sl]
@@ -292,24 +296,18 @@ def price_chain(
     device: str = "auto",
     dtype: str = "float64",
     progress: bool = False,
+    background_compile: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read (:func:`load_chain`) and price a file; returns the priced rows and a summary mapping: counts,
     the rate used, ``iv_vs_vendor`` (our implied vols against the vendor's, see
-    :func:`greekfire.data.chains.vendor_iv_agreement`) where the file has the vendor's, and the seconds."""
+    :func:`greekfire.data.chains.vendor_iv_agreement`) where the file has the vendor's, and the seconds.
+    Kernels that would compile run eagerly until this machine has built them; ``background_compile`` (the
+    command's ``quant.background_compile``) starts that build in a background process."""
     t0 = time.perf_counter()
     engine = resolve_engine(style, model)
     frame = load_chain(input_path, columns)
-    if progress and len(frame) > CHUNK_ROWS:
-        from rich.console import Console
-        from rich.progress import Progress  # rich's progress module is needed only for files this large
-
-        # on stderr: stdout may carry the priced rows (``-o -``)
-        with Progress(console=Console(stderr=True)) as bar:
-            task = bar.add_task("pricing", total=len(frame))
-            result = price_frame(frame, style=style, model=model, steps=steps, device=device, dtype=dtype,
-                                 on_chunk=lambda k: bar.advance(task, k))
-    else:
-        result = price_frame(frame, style=style, model=model, steps=steps, device=device, dtype=dtype)
+    result = _price_with_notices(frame, engine, style=style, model=model, steps=steps, device=device, dtype=dtype,
+                                 progress=progress, background_compile=background_compile)
     counts = result["error"].value_counts().to_dict()
     summary: dict[str, Any] = {
         "rows": len(result),
@@ -343,6 +341,7 @@ def price_file(
     device: str = "auto",
     dtype: str = "float64",
     progress: bool = False,
+    background_compile: bool = False,
 ) -> dict[str, Any]:
     """Price a CSV/Parquet file into another (formats by suffix); returns the summary of
     :func:`price_chain` with ``output``."""
@@ -350,8 +349,90 @@ def price_file(
         raise DataError("output", str(output_path), "must end in .csv or .parquet")
     t0 = time.perf_counter()
     result, summary = price_chain(input_path, columns=columns, style=style, model=model, steps=steps, device=device,
-                                  dtype=dtype, progress=progress)
+                                  dtype=dtype, progress=progress, background_compile=background_compile)
     write_table(result, Path(output_path))
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     summary["output"] = str(output_path)
     return summary
+
+
+PROGRESS_ROWS = 2_048
+"""American runs are priced in chunks of this many rows under a progress bar (a chunk takes about a
+second eager on one core), and so is any run over :data:`CHUNK_ROWS` rows."""
+BUILD_AFTER_S = 30.0
+"""A run pricing without compiled kernels starts building them in the background once it has run this
+long (seconds) without them, or as it ends: a short run keeps the cores to itself."""
+SWITCH_AFTER_S = 10.0
+"""A run takes the compiled kernels (once built) only after pricing this long (seconds) without them:
+loading them costs several seconds a process (tracing), more than they save on a small chain."""
+
+
+def _notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _price_with_notices(
+    frame: pd.DataFrame, engine: PricingEngine, *, style: str, model: str | None, steps: int, device: str,
+    dtype: str, progress: bool, background_compile: bool,
+) -> pd.DataFrame:
+    """:func:`price_frame` for :func:`price_chain`: under a progress bar when asked (American runs of any
+    size, other runs over :data:`CHUNK_ROWS` rows). The kernels that would compile run eagerly (same
+    results) until the run has lasted :data:`SWITCH_AFTER_S` and this machine has built them; if it has
+    not and ``background_compile`` is set (``quant.background_compile`` for the command), the run starts their
+    build in the background (:mod:`greekfire.data.compile_warmup`) and says so in one line on stderr, as it
+    does when it loads compiled kernels. Without it, the run stays eager unless the kernels were built."""
+    from greekfire.core.compile_cache import compile_cache_dir, kernels_built, use_compile_cache
+    from greekfire.data.compile_warmup import kernel_set_key, start_background_build
+    from greekfire.quant._fused import eager_until_compiled, on_compile
+
+    use_compile_cache()
+    key = kernel_set_key(style, engine.name, dtype, engine_device(engine, device))
+    built = kernels_built(key)
+    wanted_at: list[float] = []  # when a kernel first ran eagerly for want of its compiled version
+    building: list[bool] = []
+    loaded: list[bool] = []
+
+    def loading(_name: str) -> None:
+        if not loaded:
+            loaded.append(True)
+            _notice("loading the compiled pricing kernels (built on this machine before; a few seconds)...")
+
+    def build() -> None:
+        if background_compile and not building:
+            building.append(True)
+            start_background_build(style, engine.name, dtype, device, compile_cache_dir() / "greekfire" / "build.log")
+
+    def wanted(_name: str) -> None:
+        if wanted_at:
+            return
+        wanted_at.append(time.monotonic())
+        if not built and background_compile:
+            _notice("compiling pricing kernels in the background (first run on this machine, a few minutes; cached "
+                    "for next time); this run prices without them")
+
+    def ready() -> bool:
+        # a long run starts the build while it prices (and takes the kernels once built); a short one
+        # leaves the cores to itself and starts the build as it ends
+        waited = time.monotonic() - wanted_at[0] if wanted_at else 0.0
+        if not built and waited > BUILD_AFTER_S:
+            build()
+        return waited > SWITCH_AFTER_S and kernels_built(key)
+
+    kwargs: dict[str, Any] = {"style": style, "model": model, "steps": steps, "device": device, "dtype": dtype}
+    with ExitStack() as stack:
+        stack.enter_context(on_compile(loading))
+        stack.enter_context(eager_until_compiled(on_want=wanted, ready=ready))
+        if progress and (style == "american" or len(frame) > CHUNK_ROWS):
+            from rich.console import Console
+            from rich.progress import Progress  # rich's progress module: only for runs that draw a bar
+
+            # on stderr: stdout may carry the priced rows (``-o -``)
+            bar = stack.enter_context(Progress(console=Console(stderr=True)))
+            task = bar.add_task("pricing", total=len(frame))
+            chunk = PROGRESS_ROWS if style == "american" else CHUNK_ROWS
+            result = price_frame(frame, **kwargs, chunk_rows=chunk, on_chunk=lambda k: bar.advance(task, k))
+        else:
+            result = price_frame(frame, **kwargs)
+    if wanted_at and not built:
+        build()
+    return result

@@ -26,7 +26,7 @@ import torch
 
 from greekfire.core.errors import DataError
 from greekfire.quant._black import norm_cdf_given_density, otm_price
-from greekfire.quant._fused import DEFAULT_MIN_SIZE, run_kernel
+from greekfire.quant._fused import run_kernel, wants_compile
 from greekfire.quant._tensors import DAYS_PER_YEAR, INV_SQRT_2PI, TensorLike, as_tensors, parse_right
 
 GREEK_NAMES = (
@@ -141,7 +141,7 @@ def _refine_values(
     if rows.numel():
         sub = tuple(a.reshape(-1).index_select(0, rows) for a in args)
         # a large batch that took the fused path fuses its refinement too
-        fused = compile if compile is not None else refine.numel() >= DEFAULT_MIN_SIZE
+        fused = wants_compile(compile, refine.numel(), "refine")
         refined = price_fn(*sub, compile=fused)
         if value.is_contiguous():  # the kernel's own fresh output: overwrite the rows in place
             value.view(-1).index_copy_(0, rows, refined)

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 from greekfire.quant._black import log_otm_price_at_inflection, otm_log_objective
-from greekfire.quant._fused import DEFAULT_MIN_SIZE, run_kernel
+from greekfire.quant._fused import run_kernel, wants_compile
 from greekfire.quant._tensors import SQRT_2PI, TensorLike, as_tensors, ndtri_guess
 
 IV_REASONS: dict[int, str] = {
@@ -296,7 +296,7 @@ def implied_vol(
     shape = tensors[0].shape
     args = tuple(t.to(torch.float64).reshape(-1) for t in tensors)
     n = args[0].numel()
-    use_compiled = compile if compile is not None else n >= DEFAULT_MIN_SIZE
+    use_compiled = wants_compile(compile, n, "_iv_head")
     shared = min(iterations, SHARED_STEPS)
     x, s, lo, hi, objective, ln_g_target, Tp, code, done = run_kernel(
         _iv_head, args, compile=use_compiled, numel=n, steps=shared

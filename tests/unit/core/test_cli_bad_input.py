@@ -7,7 +7,6 @@ Each row runs the real command in a fresh process. A new command joins the table
 from __future__ import annotations
 
 import gzip
-import os
 import subprocess
 import sys
 import zipfile
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from conftest import command_env
 
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
 LOBSTER_ZIP = SHARED / "lobster" / "LOBSTER_SampleFile_AMZN_2012-06-21_1.zip"
@@ -159,7 +160,7 @@ def test_bad_input_gives_one_line_and_exit_code(case: Case, tmp_path: Path) -> N
         pytest.skip(f"real-data file {case.needs.name} is absent")
     if case.make is not None:
         case.make(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_")}
+    env = command_env()
     env.update({"GREEKFIRE_HOME": str(tmp_path / "home"), "COLUMNS": "60"}, **case.env)
     args = [a.replace("{tmp}", str(tmp_path)) for a in case.args]
     res = subprocess.run([sys.executable, "-m", "greekfire.cli", *args], capture_output=True, text=True, env=env,
@@ -176,7 +177,7 @@ def test_bad_input_gives_one_line_and_exit_code(case: Case, tmp_path: Path) -> N
 
 def test_debug_log_level_shows_the_traceback(tmp_path: Path) -> None:
     (tmp_path / "e.itch.gz").write_bytes(gzip.compress(b"x" * 100)[:20])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_")}
+    env = command_env()
     env["GREEKFIRE_HOME"] = str(tmp_path / "home")
     res = subprocess.run([sys.executable, "-m", "greekfire.cli", "--log-level", "debug", "market", "itch",
                           str(tmp_path / "e.itch.gz")], capture_output=True, text=True, env=env, timeout=300)

@@ -5,7 +5,6 @@ or piped keep stdout to the answer alone."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_in_pty
+from conftest import command_env, run_in_pty
 
 CLI = [sys.executable, "-c", "from greekfire.cli import app; app()"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours, cursor moves and line clears of the terminal
@@ -22,7 +21,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours, cursor moves and line c
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     """A clean greekfire home for the command; no GREEKFIRE_* setting from the caller's shell."""
-    out = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_")}
+    out = command_env()
     out["GREEKFIRE_HOME"] = str(tmp_path / "home")
     return out
 

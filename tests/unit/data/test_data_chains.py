@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import command_env
 from greekfire.core.errors import DataError
 from greekfire.data.chains import PRESETS, parity_forwards, parse_columns, vendor_iv_agreement
 from greekfire.data.pricing import load_chain, price_chain, price_frame
@@ -40,7 +40,7 @@ def spx_chain(spx_path: Path) -> pd.DataFrame:
 
 
 def _env(tmp: Path, columns: int = 80) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_")}
+    env = command_env()
     env.update(GREEKFIRE_HOME=str(tmp / "home"), COLUMNS=str(columns))
     return env
 

@@ -124,8 +124,10 @@ def prepare_folder(base: Path) -> Path:
 
 
 def block_env(base: Path) -> dict[str, str]:
-    """The environment a block runs in: no GREEKFIRE_* settings of the caller, this checkout first."""
+    """The environment a block runs in: no GREEKFIRE_* settings of the caller (and no background kernel
+    build), this checkout first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_") and k != "CI"}
+    env["GREEKFIRE_QUANT__BACKGROUND_COMPILE"] = "false"  # no minutes-long kernel build left behind
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PATH"] = os.pathsep.join([str(base / "bin"), env.get("PATH", "")])
     return env

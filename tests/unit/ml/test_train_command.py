@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import ROOT, run_in_pty
+from conftest import ROOT, command_env, run_in_pty
 from greekfire.cli import app
 from greekfire.core.errors import ConfigError, InputFileError
 from greekfire.data.features import CONTRACT_NAMES
@@ -32,7 +32,7 @@ BANNERS = ("GPU available", "TPU available", "Tip:", "Trainer.fit", "LeafSpec", 
 
 
 def _env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_")}
+    env = command_env()
     env.update(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]),
                GREEKFIRE_HOME=str(tmp / "home"), GREEKFIRE_TRAINING__TORCH_THREADS="1", COLUMNS="60")
     env.pop("FORCE_COLOR", None)

@@ -18,6 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 import greekfire
+from conftest import command_env
 from greekfire.cli import app
 from greekfire.quant import (
     Capabilities,
@@ -60,7 +61,7 @@ def _fixed_vol_values(frame: pd.DataFrame) -> np.ndarray:
 
 
 def _run_cli(args: list[str], pythonpath: list[Path], home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_")}
+    env = command_env()
     src = Path(greekfire.__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), str(src), env.get("PYTHONPATH", "")])
     env["GREEKFIRE_HOME"] = str(home)

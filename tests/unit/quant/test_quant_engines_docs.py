@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import greekfire
+from conftest import command_env
 from greekfire.quant import capability_table, engine_names, unregister_engine
 
 PAGE = Path(__file__).resolve().parents[3] / "docs" / "quant-engines.md"
@@ -53,7 +54,7 @@ def test_the_shell_example_prices_a_file_with_the_page_s_engine(tmp_path: Path) 
     pd.DataFrame({"right": ["C", "P"], "spot": [100.0, 100.0], "strike": [90.0, 90.0], "ttm": [0.5, 0.5],
                   "rate": [0.03, 0.03], "div_yield": [0.0, 0.0]}).to_csv(tmp_path / "chain.csv", index=False)
     (command,) = [line for b in _blocks("bash") for line in b.splitlines() if "greekfire price" in line]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GREEKFIRE_")}
+    env = command_env()
     env["GREEKFIRE_HOME"] = str(tmp_path / "home")
     src = str(Path(greekfire.__file__).resolve().parents[1])
     # the page's command, with the greekfire script spelled as this interpreter running the CLI module

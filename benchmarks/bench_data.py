@@ -100,12 +100,15 @@ def main() -> None:
             loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(seq, con, tgt), batch_size=1024)
             return sum(b[2].shape[0] for b in loader)
 
-        t0 = time.perf_counter()
-        assert stream() == n
-        ours = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        assert peer_full() == n
-        peer = time.perf_counter() - t0
+        def timed(fn) -> float:  # noqa: ANN001
+            t0 = time.perf_counter()
+            assert fn() == n
+            return time.perf_counter() - t0
+
+        # ours and the peer in turn, best of 3 rounds: both see the same spells of a shared machine
+        ours = peer = float("inf")
+        for _ in range(3):
+            ours, peer = min(ours, timed(stream)), min(peer, timed(peer_full))
         rows.append(
             {"benchmark": f"stream {n:,} samples (local Parquet, batch 1024)", "ours": n / ours,
              "peer": "read whole file + TensorDataset", "peer_value": n / peer, "unit": "samples/s",
@@ -115,9 +118,7 @@ def main() -> None:
             loader = torch.utils.data.DataLoader(StreamingOptionsDataset(tmp, batch_size=1024), batch_size=None)
             return sum(b["target"].shape[0] for b in loader)
 
-        t0 = time.perf_counter()
-        assert stream_batched() == n
-        ours_b = time.perf_counter() - t0
+        ours_b = min(timed(stream_batched) for _ in range(3))
         rows.append(
             {"benchmark": f"stream {n:,} samples, ready batches of 1024", "ours": n / ours_b,
              "peer": "read whole file + TensorDataset", "peer_value": n / peer, "unit": "samples/s",
@@ -130,7 +131,8 @@ def main() -> None:
              "peer": "whole file", "peer_value": size / 1e6, "unit": "MB (lower is better)",
              "ratio": shard.stats.bytes_read / size}
         )  # fmt: skip
-    notes.append("ratio = peer time / our time for speeds (>1: we are faster); for bytes, ours / whole file")
+    notes.append("ratio = peer time / our time for speeds (>1: we are faster); for bytes, ours / whole file; "
+                 "the stream rows are the best of 3 rounds, ours and the peer in turn")
     report("data", rows, notes)
 
 

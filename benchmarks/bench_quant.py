@@ -469,8 +469,11 @@ def american_memory_rows(notes: list[str]) -> list[dict[str, Any]]:
             continue
         r = json.loads(line.removeprefix("RESULT "))
         name = f"american greeks chunk {MEMORY_CHUNK_ROWS:,} rows qdfp f64 CPU, {label}"
-        rows.append({"benchmark": f"{name}: peak RSS", "ours": r["peak_mb"], "peer": "goal: at most",
-                     "peer_value": 1024.0, "unit": "MB", "ratio": r["peak_mb"] / 1024.0, "goal": 1024})
+        if label == "split":  # what pricing does, against the goal; "one call" shows what the split saves
+            rows.append({"benchmark": f"{name}: peak RSS", "ours": r["peak_mb"], "peer": "goal: at most",
+                         "peer_value": 1024.0, "unit": "MB", "ratio": r["peak_mb"] / 1024.0, "goal": 1024})
+        else:
+            rows.append({"benchmark": f"{name}: peak RSS", "ours": r["peak_mb"], "unit": "MB"})
         rows.append({"benchmark": f"{name}: RSS added by the chunk", "ours": r["added_mb"], "unit": "MB"})
         rows.append({"benchmark": f"{name}: rate", "ours": r["rate"], "unit": "options/s"})
     notes.append("american memory rows: peak resident memory of a fresh process while it prices one chunk of "

@@ -10,7 +10,9 @@ Report conventions (what a venue adapter can rely on):
 * A bad request (unknown side / time in force / order type, a stop order (``unsupported_ord_type``: stops
   are held by the trading engine until triggered), missing price, quantity <= 0, duplicate live
   id, post-only that would cross, FOK that cannot fill completely) gets one ``REJECTED`` report and never
-  touches the book.
+  touches the book. What the book cannot represent is refused, never rounded: a price that is not a whole
+  number of ticks (``off_tick``: 10000.5 ticks is not 10000) and a quantity that is not a whole number
+  (``fractional_qty``), in ``submit`` and ``replace`` alike.
 * An accepted order gets ``ACCEPTED`` first, then, for each fill, one ``TRADE`` for the aggressor
   (liquidity ``"T"``) followed by one for the resting order (``"M"``), both with the same ``trade_id``.
 * What an IOC or market order could not fill is ``CANCELED`` (reason ``"ioc_remainder"`` /
@@ -115,6 +117,18 @@ _new_object = object.__new__
     for f in ("kind", "order_id", "owner", "side", "price", "qty", "leaves_qty", "cum_qty", "trade_id", "liquidity",
               "fee", "reason", "ts_ns")
 )
+
+
+def _whole(v: object) -> int | None:
+    """``v`` as an int when it is a whole number (an int, or a float or numpy number with no fraction), else
+    None (a fraction, NaN, infinity, not a number)."""
+    if isinstance(v, bool):
+        return None
+    try:
+        i = int(v)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return i if i == v else None
 
 
 def _report(kind: ExecKind, order_id: int, owner: int, side: Side, price: int, qty: int, leaves_qty: int,
@@ -322,8 +336,22 @@ class MatchingEngine:
             except ValueError:
                 reason, ord_type = reason or "bad_ord_type", OrdType.LIMIT
         is_market = ord_type == _MARKET
-        limit = 0 if is_market or price is None else int(price)
-        qty = int(qty)
+        limit = 0
+        if not is_market and price is not None:
+            if type(price) is int:  # the common case: no conversion
+                limit = price
+            else:
+                whole = _whole(price)
+                if whole is None:
+                    reason = reason or "off_tick"
+                else:
+                    limit = whole
+        if type(qty) is not int:
+            whole = _whole(qty)
+            if whole is None:
+                reason, qty = reason or "fractional_qty", 0
+            else:
+                qty = whole
         if reason:
             pass  # a malformed request: rejected below without touching the book
         elif qty <= 0:
@@ -373,14 +401,24 @@ class MatchingEngine:
         o = self._orders.get(order_id)
         if o is None:
             return [self._unknown(order_id, ts_ns)]
-        new_qty, new_price = int(new_qty), int(new_price)
-        new_leaves = new_qty - o.cum
 
         def reject(reason: str) -> list[ExecReport]:
             return [
                 _report(_REJECTED, order_id, o.owner, o.side, o.price, o.qty, o.leaves, o.cum,
                            reason=reason, ts_ns=ts_ns)
             ]
+
+        if type(new_price) is not int:
+            whole = _whole(new_price)
+            if whole is None:
+                return reject("off_tick")
+            new_price = whole
+        if type(new_qty) is not int:
+            whole = _whole(new_qty)
+            if whole is None:
+                return reject("fractional_qty")
+            new_qty = whole
+        new_leaves = new_qty - o.cum
 
         if new_qty <= 0:
             return reject("bad_qty")

@@ -151,6 +151,29 @@ def test_bad_requests_are_rejected():
         MatchingEngine(stp="bogus")
 
 
+def test_what_the_book_cannot_represent_is_refused_not_rounded():
+    eng = MatchingEngine()
+    eng.submit(1, 10, B, 100, 10_000)
+    # a sell at 10000.5 ticks must not trade at 10000 (through its own limit): refused, the book untouched
+    r = eng.submit(2, 11, S, 100, 10_000.5)
+    assert kinds(r) == [(ExecKind.REJECTED, 2)] and r[0].reason == "off_tick"
+    r = eng.submit(3, 11, S, 2.5, 10_001)
+    assert kinds(r) == [(ExecKind.REJECTED, 3)] and r[0].reason == "fractional_qty"
+    for bad in (float("nan"), float("inf"), "10000"):
+        assert eng.submit(4, 11, S, 100, bad)[0].reason == "off_tick"
+    assert eng.best_bid() == (10_000, 100) and eng.best_ask() is None
+    # whole numbers in another type are the same order: 10_001.0 ticks, 2.0 units
+    r = eng.submit(5, 11, S, 2.0, 10_001.0)
+    assert kinds(r) == [(ExecKind.ACCEPTED, 5)] and r[0].price == 10_001 and r[0].qty == 2
+    assert eng.best_ask() == (10_001, 2)
+    # replace likewise: the order stays as it was
+    assert eng.replace(5, 2, 10_001.25)[0].reason == "off_tick"
+    assert eng.replace(5, 3.5, 10_001)[0].reason == "fractional_qty"
+    assert eng.best_ask() == (10_001, 2)
+    assert eng.replace(5, 4.0, 10_002.0)[0].kind == ExecKind.REPLACED
+    assert eng.best_ask() == (10_002, 4)
+
+
 def test_cancel():
     eng = MatchingEngine()
     eng.submit(1, 1, B, 10, 100)

@@ -450,14 +450,16 @@ def price_cmd(
     q = settings().quant
     to_stdout = output is not None and str(output) == "-"
     opts: dict[str, Any] = dict(columns=columns, style=style, model=model, steps=steps or q.tree_steps,
-                                device=device or q.device, dtype=dtype or q.dtype, progress=not as_json,
+                                device=device or q.device, dtype=dtype or q.dtype,
                                 background_compile=q.background_compile)
     try:
         import_engine_modules(engine_module or ())
-        if output is None or to_stdout:
-            result, data = price_chain(input_path, **opts)
-        else:
-            data = price_file(input_path, output, **opts)
+        # the bar on stderr, a terminal only: stdout may carry the priced rows (``-o -``)
+        with terminal_bars(err_console, not as_json) as progress:
+            if output is None or to_stdout:
+                result, data = price_chain(input_path, **opts, progress=progress)
+            else:
+                data = price_file(input_path, output, **opts, progress=progress)
     except GreekfireError as exc:
         raise fail("price", exc) from None
     title = f"priced {input_path}"

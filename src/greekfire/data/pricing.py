@@ -29,6 +29,7 @@ import pyarrow as pa
 import torch
 
 from greekfire.core.errors import ConfigError, DataError, InputFileError
+from greekfire.core.progress import ProgressHook
 from greekfire.data.chains import apply_layout, parse_columns, vendor_iv_agreement
 from greekfire.gpu.device import choose_device
 from greekfire.quant import (
@@ -295,14 +296,15 @@ def price_chain(
     steps: int = 200,
     device: str = "auto",
     dtype: str = "float64",
-    progress: bool = False,
+    progress: ProgressHook | None = None,
     background_compile: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read (:func:`load_chain`) and price a file; returns the priced rows and a summary mapping: counts,
     the rate used, ``iv_vs_vendor`` (our implied vols against the vendor's, see
     :func:`greekfire.data.chains.vendor_iv_agreement`) where the file has the vendor's, and the seconds.
     Kernels that would compile run eagerly until this machine has built them; ``background_compile`` (the
-    command's ``quant.background_compile``) starts that build in a background process."""
+    command's ``quant.background_compile``) starts that build in a background process. ``progress`` hears
+    the rows priced (see :func:`_price_with_notices`); it draws nothing itself."""
     t0 = time.perf_counter()
     engine = resolve_engine(style, model)
     frame = load_chain(input_path, columns)
@@ -340,7 +342,7 @@ def price_file(
     steps: int = 200,
     device: str = "auto",
     dtype: str = "float64",
-    progress: bool = False,
+    progress: ProgressHook | None = None,
     background_compile: bool = False,
 ) -> dict[str, Any]:
     """Price a CSV/Parquet file into another (formats by suffix); returns the summary of
@@ -357,8 +359,8 @@ def price_file(
 
 
 PROGRESS_ROWS = 2_048
-"""American runs are priced in chunks of this many rows under a progress bar (a chunk takes about a
-second eager on one core), and so is any run over :data:`CHUNK_ROWS` rows."""
+"""American runs are priced in chunks of this many rows, each reported to the progress hook (a chunk takes
+about a second eager on one core); any run over :data:`CHUNK_ROWS` rows reports per chunk of that size."""
 BUILD_AFTER_S = 30.0
 """A run pricing without compiled kernels starts building them in the background once it has run this
 long (seconds) without them, or as it ends: a short run keeps the cores to itself."""
@@ -373,10 +375,11 @@ def _notice(text: str) -> None:
 
 def _price_with_notices(
     frame: pd.DataFrame, engine: PricingEngine, *, style: str, model: str | None, steps: int, device: str,
-    dtype: str, progress: bool, background_compile: bool,
+    dtype: str, progress: ProgressHook | None, background_compile: bool,
 ) -> pd.DataFrame:
-    """:func:`price_frame` for :func:`price_chain`: under a progress bar when asked (American runs of any
-    size, other runs over :data:`CHUNK_ROWS` rows). The kernels that would compile run eagerly (same
+    """:func:`price_frame` for :func:`price_chain`, telling ``progress`` (a :data:`ProgressHook`, stage
+    ``pricing``, in rows) after each chunk of American runs of any size and of other runs over
+    :data:`CHUNK_ROWS` rows. The kernels that would compile run eagerly (same
     results) until the run has lasted :data:`SWITCH_AFTER_S` and this machine has built them; if it has
     not and ``background_compile`` is set (``quant.background_compile`` for the command), the run starts their
     build in the background (:mod:`greekfire.data.compile_warmup`) and says so in one line on stderr, as it
@@ -422,15 +425,15 @@ def _price_with_notices(
     with ExitStack() as stack:
         stack.enter_context(on_compile(loading))
         stack.enter_context(eager_until_compiled(on_want=wanted, ready=ready))
-        if progress and (style == "american" or len(frame) > CHUNK_ROWS):
-            from rich.console import Console
-            from rich.progress import Progress  # rich's progress module: only for runs that draw a bar
+        if progress is not None and (style == "american" or len(frame) > CHUNK_ROWS):
+            done, total = [0], len(frame)
 
-            # on stderr: stdout may carry the priced rows (``-o -``)
-            bar = stack.enter_context(Progress(console=Console(stderr=True)))
-            task = bar.add_task("pricing", total=len(frame))
+            def advance(k: int) -> None:
+                done[0] += k
+                progress("pricing", done[0], total, "rows")
+
             chunk = PROGRESS_ROWS if style == "american" else CHUNK_ROWS
-            result = price_frame(frame, **kwargs, chunk_rows=chunk, on_chunk=lambda k: bar.advance(task, k))
+            result = price_frame(frame, **kwargs, chunk_rows=chunk, on_chunk=advance)
         else:
             result = price_frame(frame, **kwargs)
     if wanted_at and not built:

@@ -216,6 +216,39 @@ class TrainingSettings(Section):
     serve_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="inference micro-batch: gather window, ms")
 
 
+class FixSettings(Section):
+    """FIX 4.4 sessions (owned by greekfire.fix): the trader's initiator and `greekfire fix exchange`."""
+
+    data_dictionary: Path | None = Field(
+        None, description="QuickFIX-format FIX44.xml validating every message (none: framing checks only)"
+    )
+    store_url: str = Field(
+        "sqlite:///fix.db", description="sequence numbers and sent messages (SQLite under home, or PostgreSQL)"
+    )
+    host: str = Field("127.0.0.1", description="address the exchange listens on / the trader connects to")
+    port: int = Field(9878, ge=0, le=65535, description="port of `greekfire fix exchange` (0: any free port)")
+    sender_comp_id: str = Field("GREEKFIRE", min_length=1, description="our CompID as a trader (initiator)")
+    exchange_comp_id: str = Field("GFEXCH", min_length=1, description="the exchange's CompID")
+    clients: list[str] = Field(
+        ["GREEKFIRE"], min_length=1, description="CompIDs the exchange accepts, one session each"
+    )
+    heartbeat_s: int = Field(30, ge=1, le=3600, description="HeartBtInt the initiator asks for, seconds")
+    reset_on_logon: bool = Field(False, description="start both sequence numbers at 1 on every logon")
+    max_latency_s: float = Field(120.0, gt=0, description="largest SendingTime difference accepted, seconds")
+    reconnect_s: float = Field(1.0, gt=0, description="first reconnect delay; doubles up to max_reconnect_s")
+    max_reconnect_s: float = Field(30.0, gt=0, description="longest reconnect delay, seconds")
+    start_time: str | None = Field(
+        None, pattern=r"^\d{2}:\d{2}(:\d{2})?$", description="daily session start, UTC HH:MM[:SS] (none: always on)"
+    )
+    end_time: str | None = Field(
+        None, pattern=r"^\d{2}:\d{2}(:\d{2})?$", description="daily session end, UTC HH:MM[:SS]"
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate: the exchange serves TLS with it")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_ca: Path | None = Field(None, description="PEM CA the trader verifies the exchange with (turns TLS on)")
+    quote_interval_ms: float = Field(100.0, gt=0, description="exchange market-data snapshots, milliseconds")
+
+
 class ApiSettings(Section):
     """HTTP servers (trading API, inference, dashboards)."""
 
@@ -257,6 +290,7 @@ class Settings(BaseSettings):
     market: MarketSettings = MarketSettings()
     trading: TradingSettings = TradingSettings()
     training: TrainingSettings = TrainingSettings()
+    fix: FixSettings = FixSettings()
     api: ApiSettings = ApiSettings()
 
     @classmethod

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -138,7 +139,7 @@ class _Client:
                 return frame
             left = deadline - time.monotonic()
             if left <= 0:
-                raise _Failure("no message within %.0f s" % timeout_s)
+                raise _Failure(f"no message within {timeout_s:.0f} s")
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
@@ -164,10 +165,8 @@ class _Client:
             raise _Failure(f"expected a disconnect, got data {data[:60]!r}")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 class _Failure(Exception):
@@ -180,7 +179,8 @@ def run_script(path: Path, port: int) -> ScriptResult:
     t0 = time.perf_counter()
     lineno = 0
     try:
-        for lineno, raw_line in enumerate(path.read_text(encoding="latin-1").splitlines(), 1):
+        for number, raw_line in enumerate(path.read_text(encoding="latin-1").splitlines(), 1):
+            lineno = number
             line = raw_line.rstrip("\r\n")
             if not line or line.startswith("#"):
                 continue

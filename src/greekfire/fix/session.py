@@ -252,7 +252,7 @@ class Session:
         self._send_raw(out)
 
     def _business_reject(self, msg: FixMessage, reason: int, text: str) -> None:
-        out = FixMessage([(35, "j"), (45, msg.get(34, "") or ""), (58, text), (372, msg.msg_type), (380, reason)])
+        out = FixMessage([(35, "j"), (45, msg.get(34, "") or ""), (58, text), (372, msg.msg_type), (380, str(reason))])
         self.store.set_next_target_seq(self.next_target_seq + 1)
         self.counters["rejected"] += 1
         self._send_raw(out)
@@ -359,7 +359,7 @@ class Session:
         if self.resend_range is not None and seq >= self.resend_range[0]:
             return
         begin = self.next_target_seq
-        self._send_raw(FixMessage([(35, "2"), (7, begin), (16, 0)]))
+        self._send_raw(FixMessage([(35, "2"), (7, str(begin)), (16, "0")]))
         self.resend_range = (begin, seq - 1)
         log.info("FIX %s: gap: expected %d, got %d; asked for a resend", self.config.session_id, begin, seq)
 
@@ -499,7 +499,7 @@ class Session:
             self._gap_fill(begin if last_seq < begin else last_seq + 1, min(end + 1, self.next_sender_seq))
 
     def _gap_fill(self, begin: int, new_seq: int) -> None:
-        self._send_raw(FixMessage([(35, "4"), (43, "Y"), (122, utc_timestamp(self.clock())), (36, new_seq),
+        self._send_raw(FixMessage([(35, "4"), (43, "Y"), (122, utc_timestamp(self.clock())), (36, str(new_seq)),
                                    (123, "Y")]), seq=begin)
 
     # -- timers -------------------------------------------------------------------------------------------

@@ -49,8 +49,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from greekfire.core.db import masked_url, resolve_url
 from greekfire.core.errors import UnavailableError
-from greekfire.trading.store import _masked, resolve_url
 
 SESSION_ID_MAX = 255
 
@@ -201,7 +201,7 @@ class SqlStore(SessionStore):
             if hasattr(self, "db"):
                 self.db.dispose()
             raise UnavailableError(
-                _masked(url),
+                masked_url(url),
                 f"the FIX session store (session {session_id!r}) cannot be opened: {_reason(exc)}",
             ) from None
         self._creation_time = _as_utc(row.creation_time)
@@ -254,7 +254,7 @@ class SqlStore(SessionStore):
 
     def _failed(self, what: str, exc: BaseException) -> UnavailableError:
         return UnavailableError(
-            _masked(self.url),
+            masked_url(self.url),
             f"the FIX session store (session {self.session_id!r}) cannot {what}: {_reason(exc)}",
         )
 

@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from greekfire.core.db import resolve_url
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings
 from greekfire.strategies import load_strategy
 from greekfire.trading.build import build_engine
-from greekfire.trading.store import SnapshotStore, resolve_url
+from greekfire.trading.store import SnapshotStore
 
 StatusHook = Callable[[dict[str, Any]], None]
 """Called with :func:`live_status` while a paper run goes on."""

@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
+from greekfire.core.db import resolve_url
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings
 from greekfire.trading.engine import TradingEngine
 from greekfire.trading.model import Instrument, InstrumentKind, option
 from greekfire.trading.simvenue import SimulatedVenue
-from greekfire.trading.store import SnapshotStore, resolve_url
+from greekfire.trading.store import SnapshotStore
 from greekfire.trading.strategy import Strategy
 from greekfire.trading.synthetic import SyntheticMarket
 from greekfire.trading.venues import Venue

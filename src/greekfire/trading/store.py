@@ -10,7 +10,6 @@ that happened after it are recovered from the venue by reconciliation (deduplica
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -27,9 +26,10 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from greekfire.core.db import masked_url
 from greekfire.core.errors import UnavailableError
 
 metadata = MetaData()
@@ -72,25 +72,6 @@ audit_table = Table(
 )
 
 
-def resolve_url(url: str, home: Path) -> str:
-    """A relative SQLite path is put under ``home`` (so the default works from any folder)."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-        rel = Path(url[len(prefix):])
-        if not rel.is_absolute():
-            path = home / rel.name if rel.parts and rel.parts[0] == home.name else home / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return prefix + str(path)
-    return url
-
-
-def _masked(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL has no password we could find; show only its scheme
-        return url.split("://", 1)[0] + "://..."
-
-
 class SnapshotStore:
     """Reads and writes one engine's state. ``engine_id`` lets several engines share a database."""
 
@@ -103,7 +84,7 @@ class SnapshotStore:
         except (SQLAlchemyError, ImportError) as exc:  # no server, bad URL, or its driver not installed
             cause = getattr(exc, "orig", None) or exc
             reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
-            raise UnavailableError(_masked(url), f"the database (database.url) cannot be opened: {reason}") from None
+            raise UnavailableError(masked_url(url), f"the database (database.url) cannot be opened: {reason}") from None
         self.snapshots = 0
 
     def save(

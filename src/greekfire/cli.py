@@ -73,6 +73,8 @@ serve_app = typer.Typer(help="Serve models over HTTP: the pricing inference serv
 app.add_typer(serve_app, name="serve")
 market_app = typer.Typer(help="Market core: ITCH files, LOBSTER checks, books.", no_args_is_help=True)
 app.add_typer(market_app, name="market")
+fix_app = typer.Typer(help="FIX 4.4: the exchange gateway, QuickFIX's acceptance scripts.", no_args_is_help=True)
+app.add_typer(fix_app, name="fix")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -577,6 +579,34 @@ def trade(
         print_json(out)
         return
     print_trade(console, out)
+
+
+# --------------------------------------------------------------------------------------------------------
+# fix: the FIX exchange gateway and QuickFIX's acceptance scripts (greekfire.fix, greekfire.trading)
+@fix_app.command("conformance")
+def fix_conformance(
+    folder: Annotated[Path, typer.Argument(help="folder of QuickFIX's .def scripts (or the folder above it)")],
+    dictionary: Annotated[Path | None, typer.Option("--dictionary", help="FIX44.xml (default: beside the scripts, else fix.data_dictionary)")] = None,
+    only: Annotated[str | None, typer.Option("--only", help="run only the scripts whose name contains this")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, max=16, help="acceptors running scripts side by side")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+) -> None:
+    """Play QuickFIX's acceptance scripts against greekfire's FIX acceptor; exit 1 when any fails."""
+    from greekfire.cli_fix import find_dictionary, print_conformance, run_conformance, script_folder
+
+    scripts = script_folder(folder)
+    path = find_dictionary(scripts, dictionary, settings())
+    try:
+        with terminal_bars(err_console, not as_json) as progress:
+            out = run_conformance(scripts, path, only, jobs, progress)
+    except GreekfireError as exc:
+        raise fail("fix conformance", exc) from None
+    if as_json:
+        print_json(out)
+    else:
+        print_conformance(console, out)
+    if out["failed"]:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

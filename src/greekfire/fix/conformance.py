@@ -20,8 +20,10 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -249,21 +251,56 @@ class ConformanceAcceptor:
 
 def run_scripts(
     folder: Path, dictionary_path: Path, on_result: Callable[[ScriptResult], None] | None = None,
-    only: str | None = None,
+    only: str | None = None, jobs: int = 3, quiet: bool = True,
 ) -> list[ScriptResult]:
-    """Run every ``*.def`` in ``folder`` (or those whose name contains ``only``) against a fresh acceptor."""
+    """Run every ``*.def`` in ``folder`` (or those whose name contains ``only``), each against a freshly
+    reset acceptor; ``jobs`` acceptors run scripts side by side (the heartbeat scripts wait for real
+    heartbeat intervals). Results come back sorted by script name."""
     scripts = sorted(folder.glob("*.def"))
     if only:
         scripts = [s for s in scripts if only in s.name]
-    acceptor = ConformanceAcceptor(DataDictionary.load(dictionary_path))
-    out = []
+    if not scripts:
+        return []
+    dictionary = DataDictionary.load(dictionary_path)
+    # the scripts that wait for heartbeats first, so they overlap with the rest
+    todo = sorted(scripts, key=lambda p: (not _waits_for_heartbeats(p), p.name))
+    lock = threading.Lock()
+    out: list[ScriptResult] = []
+
+    def worker() -> None:
+        acceptor = ConformanceAcceptor(dictionary)
+        try:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    script = todo.pop(0)
+                acceptor.reset()
+                r = run_script(script, acceptor.port)
+                with lock:
+                    out.append(r)
+                    if on_result is not None:
+                        on_result(r)
+        finally:
+            acceptor.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(jobs, len(scripts))))]
+    # the scripts provoke rejects and disconnects on purpose: the results say what happened, not the log
+    fix_log = logging.getLogger("greekfire.fix")
+    level = fix_log.level
+    if quiet:
+        fix_log.setLevel(logging.ERROR)
     try:
-        for script in scripts:
-            acceptor.reset()
-            r = run_script(script, acceptor.port)
-            out.append(r)
-            if on_result is not None:
-                on_result(r)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     finally:
-        acceptor.close()
-    return out
+        fix_log.setLevel(level)
+    return sorted(out, key=lambda r: r.name)
+
+
+def _waits_for_heartbeats(path: Path) -> bool:
+    """A script whose logon asks for a short HeartBtInt and then expects our heartbeats."""
+    text = path.read_text(encoding="latin-1")
+    return "108=6\x01" in text and "E8=FIX.4.4\x019=51\x0135=0" in text

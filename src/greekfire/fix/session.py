@@ -210,17 +210,17 @@ class Session:
                 self.store.reset()
             self.sent_reset = True
         self.logon_sent_at = self.clock()
+        self.sent_logon = True  # before writing: the reply may be handled before the write returns
         self._send_raw(logon)
-        self.sent_logon = True
 
     def logout(self, text: str = "") -> None:
         """Start a logout (the counterparty answers; we disconnect on its reply or after the timeout)."""
         msg = FixMessage([(35, "5")])
         if text:
             msg.append(58, text)
-        self._send_raw(msg)
-        self.sent_logout = True
+        self.sent_logout = True  # before writing: the reply may be handled before the write returns
         self.logout_sent_at = self.clock()
+        self._send_raw(msg)
 
     def _reject(self, msg: FixMessage, reason: int, tag: int | None = None) -> None:
         """A session-level Reject (35=3) of ``msg``."""

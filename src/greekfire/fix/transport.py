@@ -44,10 +44,9 @@ class _Connection:
             self.writer.write(data)
 
     def close(self) -> None:
-        if self.open:
-            self.open = False
-            with contextlib.suppress(Exception):
-                self.writer.close()
+        self.open = False
+        with contextlib.suppress(Exception):
+            self.writer.close()
 
     async def pump(self, bind: Callable[[bytes], Session | None]) -> None:
         """Read frames until the connection closes; ``bind`` picks the session from the first frame."""
@@ -75,7 +74,6 @@ class _Connection:
             if ticker is not None:
                 ticker.cancel()
             if self.session is not None and self.open:
-                self.open = False
                 self.session.disconnect("connection closed by the counterparty")
             self.close()
 
@@ -117,7 +115,6 @@ class FixAcceptor:
             self._server.close()
         for c in list(self._connections):
             if c.session is not None and c.open:
-                c.open = False
                 c.session.disconnect("acceptor stopping")
             c.close()
         if self._server is not None:

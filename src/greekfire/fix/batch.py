@@ -39,20 +39,25 @@ except ImportError:  # a numba that moved it: the plain kernels
     _HAS_NRT_SWITCH = False
 
 # The kernels allocate nothing, so (as the order-book kernels) they run without numba's reference counting
-_KERNEL: dict[str, Any] = {"cache": True, "nogil": True, "_nrt": False} if _HAS_NRT_SWITCH \
-    else {"cache": True, "nogil": True}
+_KERNEL: dict[str, Any] = (
+    {"cache": True, "nogil": True, "_nrt": False} if _HAS_NRT_SWITCH else {"cache": True, "nogil": True}
+)
 
 #: ``FixBatch.error`` of a frame that is not a FIX message (BodyLength, CheckSum, first three fields)
 GARBLED = 1000
 VALID = -1
-_NEED_PY = -2          # verdict left to the Python path; the fields are in the arrays
+_NEED_PY = -2  # verdict left to the Python path; the fields are in the arrays
 _NEED_PY_NOFIELDS = -3  # verdict and fields left to the Python path
 
 # value format classes (the regular expressions of dictionary.py, one class each)
 F_NONE, F_INT, F_DECIMAL, F_TIMESTAMP, F_TIME, F_DATE, F_MONTHYEAR, F_BOOLEAN, F_CHAR, F_PY = range(10)
 _FORMAT_CLASS = {
-    id(_dd._INT): F_INT, id(_dd._DECIMAL): F_DECIMAL, id(_dd._TIMESTAMP): F_TIMESTAMP, id(_dd._TIME): F_TIME,
-    id(_dd._DATE): F_DATE, id(_dd._MONTHYEAR): F_MONTHYEAR,
+    id(_dd._INT): F_INT,
+    id(_dd._DECIMAL): F_DECIMAL,
+    id(_dd._TIMESTAMP): F_TIMESTAMP,
+    id(_dd._TIME): F_TIME,
+    id(_dd._DATE): F_DATE,
+    id(_dd._MONTHYEAR): F_MONTHYEAR,
 }
 # enumerated values: none, one value, space-separated values, left to Python
 E_NONE, E_ONE, E_MULTI, E_PY = range(4)
@@ -72,20 +77,20 @@ SOH, EQ, DASH, DOT, COLON = 1, 61, 45, 46, 58
 class _Tables:
     """The dictionary as numpy lookup tables for the kernel (tag-indexed arrays have ``n_tags`` rows)."""
 
-    section: np.ndarray     # uint8[T]  S_BODY / S_HEADER / S_TRAILER
-    known: np.ndarray       # uint8[T]  1 where the dictionary defines the tag
-    fmt: np.ndarray         # uint8[T]  F_* format class
-    enum_kind: np.ndarray   # uint8[T]  E_*
-    group: np.ndarray       # uint8[T]  1 for a repeating-group count tag (of any message or the header)
-    enum_lo: np.ndarray     # int32[T]  range of the tag's values in enum_w0/enum_w1
-    enum_hi: np.ndarray     # int32[T]
-    enum_w0: np.ndarray     # uint64[E] bytes 0-7 of a value
-    enum_w1: np.ndarray     # uint64[E] bytes 8-14, length in the top byte
-    mt_index: np.ndarray    # int32[256 + 65536]  MsgType bytes -> message index (-1 unknown)
-    allowed: np.ndarray     # uint8[M, T]  tag defined for the message (header and trailer included)
-    req_lo: np.ndarray      # int32[M]   range of the message's required tags in req_tags
-    req_hi: np.ndarray      # int32[M]
-    req_tags: np.ndarray    # int32[R]   header required, then the message's, in dictionary order
+    section: np.ndarray  # uint8[T]  S_BODY / S_HEADER / S_TRAILER
+    known: np.ndarray  # uint8[T]  1 where the dictionary defines the tag
+    fmt: np.ndarray  # uint8[T]  F_* format class
+    enum_kind: np.ndarray  # uint8[T]  E_*
+    group: np.ndarray  # uint8[T]  1 for a repeating-group count tag (of any message or the header)
+    enum_lo: np.ndarray  # int32[T]  range of the tag's values in enum_w0/enum_w1
+    enum_hi: np.ndarray  # int32[T]
+    enum_w0: np.ndarray  # uint64[E] bytes 0-7 of a value
+    enum_w1: np.ndarray  # uint64[E] bytes 8-14, length in the top byte
+    mt_index: np.ndarray  # int32[256 + 65536]  MsgType bytes -> message index (-1 unknown)
+    allowed: np.ndarray  # uint8[M, T]  tag defined for the message (header and trailer included)
+    req_lo: np.ndarray  # int32[M]   range of the message's required tags in req_tags
+    req_hi: np.ndarray  # int32[M]
+    req_tags: np.ndarray  # int32[R]   header required, then the message's, in dictionary order
 
 
 def _pack(value: bytes) -> tuple[int, int]:
@@ -176,7 +181,9 @@ def _build_tables(dd: DataDictionary) -> _Tables:
         except UnicodeEncodeError:
             continue
         if len(key) not in (1, 2):
-            raise ValueError(f"MsgType {mt!r} of the dictionary is not 1 or 2 bytes; the batch parser needs that")
+            raise ValueError(
+                f"MsgType {mt!r} of the dictionary is not 1 or 2 bytes; the batch parser needs that"
+            )
         mt_index[_mt_key(key)] = k
         mdef = dd.messages[mt]
         allowed[k, base] = 1
@@ -185,16 +192,43 @@ def _build_tables(dd: DataDictionary) -> _Tables:
         req.extend(dd.header.required)
         req.extend(mdef.required)
         req_hi[k] = len(req)
-    return _Tables(section, known, fmt, enum_kind, group, enum_lo, enum_hi,
-                   np.array(w0, np.uint64), np.array(w1, np.uint64), mt_index, allowed, req_lo, req_hi,
-                   np.array(req, np.int32))
+    return _Tables(
+        section,
+        known,
+        fmt,
+        enum_kind,
+        group,
+        enum_lo,
+        enum_hi,
+        np.array(w0, np.uint64),
+        np.array(w1, np.uint64),
+        mt_index,
+        allowed,
+        req_lo,
+        req_hi,
+        np.array(req, np.int32),
+    )
 
 
 def _empty_tables() -> _Tables:
     z8 = np.zeros(1, np.uint8)
     z32 = np.zeros(1, np.int32)
-    return _Tables(z8, z8, z8, z8, z8, z32, z32, np.zeros(1, np.uint64), np.zeros(1, np.uint64),
-                   np.full(256 + 65536, -1, np.int32), np.zeros((1, 1), np.uint8), z32, z32, z32)
+    return _Tables(
+        z8,
+        z8,
+        z8,
+        z8,
+        z8,
+        z32,
+        z32,
+        np.zeros(1, np.uint64),
+        np.zeros(1, np.uint64),
+        np.full(256 + 65536, -1, np.int32),
+        np.zeros((1, 1), np.uint8),
+        z32,
+        z32,
+        z32,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -248,7 +282,7 @@ def _digits(d: np.ndarray, s: int, e: int) -> int:
 
 @nb.njit(cache=True, inline="always")
 def _all_digits(d: np.ndarray, s: int, e: int) -> bool:
-    for p in range(s, e):
+    for p in range(s, e):  # noqa: SIM110 (numba: a plain loop)
         if not _is_digit(d[p]):
             return False
     return True
@@ -265,8 +299,16 @@ def _fraction_ok(d: np.ndarray, s: int, e: int) -> bool:
 @nb.njit(cache=True, inline="always")
 def _clock_ok(d: np.ndarray, s: int) -> bool:
     """d[s:s+8] is HH:MM:SS (digits, not ranges, as the dictionary's pattern)."""
-    return (_is_digit(d[s]) and _is_digit(d[s + 1]) and d[s + 2] == COLON and _is_digit(d[s + 3])
-            and _is_digit(d[s + 4]) and d[s + 5] == COLON and _is_digit(d[s + 6]) and _is_digit(d[s + 7]))
+    return (
+        _is_digit(d[s])
+        and _is_digit(d[s + 1])
+        and d[s + 2] == COLON
+        and _is_digit(d[s + 3])
+        and _is_digit(d[s + 4])
+        and d[s + 5] == COLON
+        and _is_digit(d[s + 6])
+        and _is_digit(d[s + 7])
+    )
 
 
 @nb.njit(cache=True, inline="always")
@@ -291,8 +333,13 @@ def _format_ok(d: np.ndarray, s: int, e: int, f: int) -> bool:
                 return False
         return digits > 0 and dots <= 1
     if f == F_TIMESTAMP:
-        return (ln >= 17 and _all_digits(d, s, s + 8) and d[s + 8] == DASH and _clock_ok(d, s + 9)
-                and _fraction_ok(d, s + 17, e))
+        return (
+            ln >= 17
+            and _all_digits(d, s, s + 8)
+            and d[s + 8] == DASH
+            and _clock_ok(d, s + 9)
+            and _fraction_ok(d, s + 17, e)
+        )
     if f == F_TIME:
         return ln >= 8 and _clock_ok(d, s) and _fraction_ok(d, s + 8, e)
     if f == F_DATE:
@@ -322,17 +369,44 @@ def _in_enum(d: np.ndarray, s: int, e: int, w0: np.ndarray, w1: np.ndarray, lo: 
             a |= np.uint64(d[s + k]) << np.uint64(8 * k)
         else:
             b |= np.uint64(d[s + k]) << np.uint64(8 * (k - 8))
-    for j in range(lo, hi):
+    for j in range(lo, hi):  # noqa: SIM110 (numba: a plain loop)
         if w0[j] == a and w1[j] == b:
             return True
     return False
 
 
 @nb.njit(**_KERNEL)
-def _parse_kernel(d, n, pos, m, nf, validate,
-                  msg_start, msg_end, field_start, tags, vstart, vend, error, error_tag, stamp,
-                  section, known, fmt, enum_kind, group, enum_lo, enum_hi, enum_w0, enum_w1,
-                  mt_index, allowed, req_lo, req_hi, req_tags):  # pragma: no cover - compiled
+def _parse_kernel(
+    d,
+    n,
+    pos,
+    m,
+    nf,
+    validate,
+    msg_start,
+    msg_end,
+    field_start,
+    tags,
+    vstart,
+    vend,
+    error,
+    error_tag,
+    stamp,
+    section,
+    known,
+    fmt,
+    enum_kind,
+    group,
+    enum_lo,
+    enum_hi,
+    enum_w0,
+    enum_w1,
+    mt_index,
+    allowed,
+    req_lo,
+    req_hi,
+    req_tags,
+):  # pragma: no cover - compiled
     """Frame, parse and validate from byte ``pos`` with ``m`` messages and ``nf`` fields written.
 
     Returns (stop reason, pos, m, nf): _DONE at the end of the complete frames, _FULL when the output
@@ -384,9 +458,9 @@ def _parse_kernel(d, n, pos, m, nf, validate,
             total = 0
             for p in range(i, c + 1):
                 total += d[p]
-            if (total & 0xFF) != (d[c + 4] - 48) * 100 + (d[c + 5] - 48) * 10 + (d[c + 6] - 48):
-                err = GARBLED
-            elif not (d[k + 1] == 51 and d[k + 2] == 53 and d[k + 3] == EQ):
+            declared = (d[c + 4] - 48) * 100 + (d[c + 5] - 48) * 10 + (d[c + 6] - 48)
+            msg_type_third = d[k + 1] == 51 and d[k + 2] == 53 and d[k + 3] == EQ
+            if (total & 0xFF) != declared or not msg_type_third:
                 err = GARBLED
         # ---- fields
         first = nf
@@ -564,23 +638,24 @@ class FixBatch:
     """
 
     buf: bytes
-    msg_start: np.ndarray    # int64[n] first byte of each frame
-    msg_end: np.ndarray      # int64[n] one past the last byte
+    msg_start: np.ndarray  # int64[n] first byte of each frame
+    msg_end: np.ndarray  # int64[n] one past the last byte
     field_start: np.ndarray  # int64[n + 1] first field of each message in the field arrays
-    tags: np.ndarray         # int32[F] every field's tag, all messages in order
+    tags: np.ndarray  # int32[F] every field's tag, all messages in order
     value_start: np.ndarray  # int64[F]
-    value_end: np.ndarray    # int64[F]
-    error: np.ndarray        # int32[n]
-    error_tag: np.ndarray    # int32[n]
-    consumed: int            # bytes of buf used (a partial frame at the end is left for the next read)
-    python_messages: dict[int, FixMessage] = field(default_factory=dict)  # parsed by Python, not in the arrays
+    value_end: np.ndarray  # int64[F]
+    error: np.ndarray  # int32[n]
+    error_tag: np.ndarray  # int32[n]
+    consumed: int  # bytes of buf used (a partial frame at the end is left for the next read)
+    # messages whose fields Python parsed (not in the arrays), by index
+    python_messages: dict[int, FixMessage] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.msg_start.shape[0])
 
     def frame(self, i: int) -> bytes:
         """The raw bytes of message ``i``."""
-        return self.buf[int(self.msg_start[i]):int(self.msg_end[i])]
+        return self.buf[int(self.msg_start[i]) : int(self.msg_end[i])]
 
     def message(self, i: int) -> FixMessage:
         """Message ``i`` as a :class:`FixMessage` (raises GarbledMessage for a garbled frame, as ``parse``)."""
@@ -593,12 +668,14 @@ class FixBatch:
             return parse(self.frame(i))  # raises GarbledMessage with the reason
         buf = self.buf
         start = int(self.msg_start[i])
-        begin = buf[start + 2:buf.index(b"\x01", start)].decode("latin-1")
+        begin = buf[start + 2 : buf.index(b"\x01", start)].decode("latin-1")
         lo, hi = int(self.field_start[i]), int(self.field_start[i + 1])
         tags = self.tags[lo:hi].tolist()
         vs = self.value_start[lo:hi].tolist()
         ve = self.value_end[lo:hi].tolist()
-        return FixMessage([(t, buf[a:b].decode("latin-1")) for t, a, b in zip(tags, vs, ve, strict=True)], begin)
+        return FixMessage(
+            [(t, buf[a:b].decode("latin-1")) for t, a, b in zip(tags, vs, ve, strict=True)], begin
+        )
 
     def _first(self, tag: int) -> np.ndarray:
         out = np.empty(len(self), np.int64)
@@ -610,7 +687,7 @@ class FixBatch:
         idx = self._first(tag).tolist()
         vs, ve, buf = self.value_start, self.value_end, self.buf
         out: list[str | None] = [
-            None if f < 0 else buf[int(vs[f]):int(ve[f])].decode("latin-1") for f in idx
+            None if f < 0 else buf[int(vs[f]) : int(ve[f])].decode("latin-1") for f in idx
         ]
         for i, msg in self.python_messages.items():
             out[i] = msg.get(tag)
@@ -624,7 +701,7 @@ class FixBatch:
         bad = _int_values(np.frombuffer(self.buf, np.uint8), self.value_start, self.value_end, idx, out)
         if bad >= 0:
             f = int(idx[bad])
-            value = self.buf[int(self.value_start[f]):int(self.value_end[f])]
+            value = self.buf[int(self.value_start[f]) : int(self.value_end[f])]
             raise ValueError(f"tag {tag} of message {bad} is not an integer: {value!r}")
         for i, msg in self.python_messages.items():
             v = msg.get(tag)
@@ -668,15 +745,43 @@ class BatchParser:
         pos, m, nf = 0, 0, 0
         while True:
             stop, pos, m, nf = _parse_kernel(
-                d, n, pos, m, nf, validate, msg_start, msg_end, field_start, tags, vstart, vend, error,
-                error_tag, stamp, t.section, t.known, t.fmt, t.enum_kind, t.group, t.enum_lo, t.enum_hi,
-                t.enum_w0, t.enum_w1, t.mt_index, t.allowed, t.req_lo, t.req_hi, t.req_tags)
+                d,
+                n,
+                pos,
+                m,
+                nf,
+                validate,
+                msg_start,
+                msg_end,
+                field_start,
+                tags,
+                vstart,
+                vend,
+                error,
+                error_tag,
+                stamp,
+                t.section,
+                t.known,
+                t.fmt,
+                t.enum_kind,
+                t.group,
+                t.enum_lo,
+                t.enum_hi,
+                t.enum_w0,
+                t.enum_w1,
+                t.mt_index,
+                t.allowed,
+                t.req_lo,
+                t.req_hi,
+                t.req_tags,
+            )
             if stop == _DONE:
                 break
             if m + 1 >= cap_m:
                 cap_m *= 2
                 msg_start, msg_end, error, error_tag = (
-                    _grow(a, cap_m) for a in (msg_start, msg_end, error, error_tag))
+                    _grow(a, cap_m) for a in (msg_start, msg_end, error, error_tag)
+                )
                 field_start = _grow(field_start, cap_m + 1)
             if stop == _FULL:
                 need = nf + (n - pos) // 3 + 2
@@ -696,7 +801,7 @@ class BatchParser:
             pos = end
         # verdicts the kernel left to Python
         for i in np.flatnonzero(error[:m] < VALID).tolist():
-            frame = data[int(msg_start[i]):int(msg_end[i])]
+            frame = data[int(msg_start[i]) : int(msg_end[i])]
             no_fields = error[i] == _NEED_PY_NOFIELDS
             try:
                 msg = parse(frame)
@@ -707,9 +812,18 @@ class BatchParser:
                 py_msgs[i] = msg
             error[i], error_tag[i] = self._verdict(msg)
         return FixBatch(
-            buf=data, msg_start=msg_start[:m], msg_end=msg_end[:m], field_start=field_start[:m + 1],
-            tags=tags[:nf], value_start=vstart[:nf], value_end=vend[:nf], error=error[:m],
-            error_tag=error_tag[:m], consumed=int(msg_end[m - 1]) if m else 0, python_messages=py_msgs)
+            buf=data,
+            msg_start=msg_start[:m],
+            msg_end=msg_end[:m],
+            field_start=field_start[: m + 1],
+            tags=tags[:nf],
+            value_start=vstart[:nf],
+            value_end=vend[:nf],
+            error=error[:m],
+            error_tag=error_tag[:m],
+            consumed=int(msg_end[m - 1]) if m else 0,
+            python_messages=py_msgs,
+        )
 
     def _verdict(self, msg: FixMessage) -> tuple[int, int]:
         if self.dictionary is None:
@@ -723,5 +837,5 @@ class BatchParser:
 
 def _grow(a: np.ndarray, size: int) -> np.ndarray:
     out = np.empty(size, a.dtype)
-    out[:a.shape[0]] = a
+    out[: a.shape[0]] = a
     return out

@@ -136,6 +136,12 @@ def test_valid_messages_parse_and_materialise(dd: DataDictionary, parser: BatchP
     assert batch.int_column(38).tolist() == [100, 100, -1, 100]
     with pytest.raises(ValueError, match="tag 55 of message 0"):
         batch.int_column(55)
+    buf = b"".join(frames)
+    for same in (parser.parse(bytearray(buf)), parser.parse(memoryview(buf))):
+        assert same.buf == buf and same.error.tolist() == batch.error.tolist()
+        assert same.tags.tolist() == batch.tags.tolist()
+    with pytest.raises(IndexError, match="outside the batch of 4"):
+        batch.message(4)
 
 
 def unknown_tag(dd: DataDictionary) -> int:

@@ -23,6 +23,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
@@ -208,6 +210,9 @@ class SqlStore(SessionStore):
         self._sender = int(row.next_sender_seq)
         self._target = int(row.next_target_seq)
         self._prepare()
+        self._fast: _SqliteWriter | None = None
+        if self.db.dialect.name == "sqlite" and self.db.url.database not in (None, "", ":memory:"):
+            self._fast = _SqliteWriter(str(self.db.url.database), self.session_id)
 
     def _load_or_create(self) -> Any:
         where = sessions_table.c.session_id == self.session_id
@@ -278,19 +283,35 @@ class SqlStore(SessionStore):
     def set_next_sender_seq(self, n: int) -> None:
         _check_seq("next_sender_seq", n)
         with self._lock:
-            self._set_seq(self._set_sender, "next_sender_seq", n)
+            if self._fast is not None:
+                self._fast_write(self._fast.set_sender, "write next_sender_seq", n)
+            else:
+                self._set_seq(self._set_sender, "next_sender_seq", n)
             self._sender = n
 
     def set_next_target_seq(self, n: int) -> None:
         _check_seq("next_target_seq", n)
         with self._lock:
-            self._set_seq(self._set_target, "next_target_seq", n)
+            if self._fast is not None:
+                self._fast_write(self._fast.set_target, "write next_target_seq", n)
+            else:
+                self._set_seq(self._set_target, "next_target_seq", n)
             self._target = n
+
+    def _fast_write(self, fn: Any, what: str, *args: Any) -> None:
+        try:
+            fn(*args)
+        except sqlite3.Error as exc:
+            raise self._failed(what, exc) from None
 
     def save_sent(self, seq: int, raw: bytes) -> None:
         _check_seq("seq", seq)
         row = {"session_id": self.session_id, "seq": seq, "raw": bytes(raw)}
         with self._lock:
+            if self._fast is not None:
+                self._fast_write(self._fast.save_sent, f"store sent message {seq}", seq, bytes(raw))
+                self._sender = seq + 1
+                return
             try:
                 with self.db.begin() as conn:
                     if self._upsert is not None:
@@ -336,7 +357,66 @@ class SqlStore(SessionStore):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._fast is not None:
+                self._fast.close()
             self.db.dispose()
+
+
+class _SqliteWriter:
+    """The per-message writes of a SQLite store on one plain ``sqlite3`` connection.
+
+    A FIX session writes on every message (the sent message and the next sender number before the bytes go
+    out; the next target number after a message is handled), so these writes are on the order round trip.
+    Through SQLAlchemy they cost ~85 us each; on a plain connection ~20 us. WAL mode with
+    ``synchronous=NORMAL``: a commit is in the OS before the call returns (a killed process loses nothing), and
+    the checkpoints that sync the WAL into the database run in a background thread every second instead of
+    stalling a commit every ~1,000 pages (what made the round trip's p99 several milliseconds)."""
+
+    CHECKPOINT_S = 1.0
+
+    def __init__(self, path: str, session_id: str) -> None:
+        self.session_id = session_id
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0"):
+            self.conn.execute(f"PRAGMA {pragma}")
+        self._stop = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoints, args=(path,), daemon=True,
+                                              name="fix-store-checkpoint")
+        self._checkpointer.start()
+
+    def save_sent(self, seq: int, raw: bytes) -> None:
+        c = self.conn
+        c.execute("BEGIN")
+        try:
+            c.execute("INSERT INTO fix_messages (session_id, seq, raw) VALUES (?, ?, ?) "
+                      "ON CONFLICT (session_id, seq) DO UPDATE SET raw = excluded.raw", (self.session_id, seq, raw))
+            c.execute("UPDATE fix_sessions SET next_sender_seq = ? WHERE session_id = ?", (seq + 1, self.session_id))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def set_sender(self, n: int) -> None:
+        self.conn.execute("UPDATE fix_sessions SET next_sender_seq = ? WHERE session_id = ?", (n, self.session_id))
+
+    def set_target(self, n: int) -> None:
+        self.conn.execute("UPDATE fix_sessions SET next_target_seq = ? WHERE session_id = ?", (n, self.session_id))
+
+    def _checkpoints(self, path: str) -> None:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stop.wait(self.CHECKPOINT_S):
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._checkpointer.join(timeout=5)
+        self.conn.close()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

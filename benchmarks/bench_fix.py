@@ -256,8 +256,9 @@ def quickfix_round_trips(port: int, dictionary: Path, n: int) -> list[int]:
             stamp[0] = time.perf_counter_ns()
             got.set()
 
-    client = QuickfixInitiator(port, "GF", "QFX", data_dictionary=dictionary, log=False)
-    client._on_app_message = on_message
+    client = QuickfixInitiator(
+        port, "GF", "QFX", data_dictionary=dictionary, log=False, on_app_message=on_message
+    )
     out: list[int] = []
     with client:
         client.wait_logged_on(15)

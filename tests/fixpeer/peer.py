@@ -65,6 +65,9 @@ class QuickfixPeer:
     removed on :meth:`stop`, when None). ``heartbeat_s``: HeartBtInt an initiator asks for (seconds).
     ``log``: keep QuickFIX's FileLog (messages and events) under ``store_dir/log``; off, nothing is logged.
     ``reset_on_logon``: start each logon at sequence number 1 instead of where the store left off.
+    ``extra_settings``: more QuickFIX settings (name -> value) for the [DEFAULT] section.
+    ``on_app_message``: called with each application message received (raw), on QuickFIX's thread, right
+    after it is recorded (a benchmark stamps its arrival there).
     """
 
     connection_type = ""
@@ -81,6 +84,7 @@ class QuickfixPeer:
         log: bool = True,
         reset_on_logon: bool = False,
         extra_settings: dict[str, str] | None = None,
+        on_app_message: Callable[[str], None] | None = None,
     ) -> None:
         if not Path(data_dictionary).is_file():
             raise FileNotFoundError(f"data_dictionary {str(data_dictionary)!r} is not a file")
@@ -105,7 +109,7 @@ class QuickfixPeer:
         self._logons = 0
         self._session_id: Any = None
         self._engine: Any = None
-        self._on_app_message: Callable[[str], None] | None = None
+        self._on_app_message = on_app_message
 
     # -- settings and lifetime -----------------------------------------------------------------------------
     def settings_text(self) -> str:

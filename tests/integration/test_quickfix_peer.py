@@ -117,6 +117,19 @@ def test_replace_to_a_marketable_price_fills(pair: tuple[QuickfixAcceptor, Quick
     assert (fill[11], fill[32], fill[151]) == ("M-2", "40", "0")
 
 
+def test_raw_message_and_duplicate_order(pair: tuple[QuickfixAcceptor, QuickfixInitiator]) -> None:
+    exchange, client = pair
+    client.send_raw("35=D|11=X-1|55=IBM|54=2|60=20261206-12:00:00.000|38=5|40=2|44=120.5|59=0")
+    client.send_raw("35=D|11=X-1|55=IBM|54=2|60=20261206-12:00:00.000|38=5|40=2|44=120.5|59=0")
+    new, dup = reports(client, 2)
+    check_er(new, "0", "0")
+    assert (new[11], new[55], new[54], new[44]) == ("X-1", "IBM", "2", "120.5")  # a sell above 100: rests
+    check_er(dup, "8", "8")
+    assert (dup[11], dup[103], dup[37]) == ("X-1", "6", "NONE")
+    assert len(exchange.received("D")) == 2 and len(client.sent()) == 2
+    assert exchange.orders()["X-1"]["status"] == "0"  # the first order is untouched
+
+
 def client_session(exchange: QuickfixAcceptor, dictionary: Path, store: Path, cl_ord_id: str) -> list[int]:
     """Log a client on (store in ``store``), trade one order, log out; the reports' MsgSeqNum (34)."""
     client = QuickfixInitiator(exchange.port, "GF", "QFX", data_dictionary=dictionary, store_dir=store)

@@ -10,14 +10,22 @@ from typing import Any
 
 import pytest
 
-from greekfire.core.errors import UnavailableError
+from greekfire.core.errors import ConfigError, UnavailableError
 from greekfire.core.settings import Settings, load_settings
 from greekfire.fix.message import parse
 from greekfire.fix.transport import FixThread
 from greekfire.trading.build import default_instruments
 from greekfire.trading.fixexchange import FixExchange
 from greekfire.trading.fixvenue import FixVenue
-from greekfire.trading.model import Instrument, OrderType, Quote, Side, TimeInForce, VenueEvent, VenueEventKind
+from greekfire.trading.model import (
+    Instrument,
+    OrderType,
+    Quote,
+    Side,
+    TimeInForce,
+    VenueEvent,
+    VenueEventKind,
+)
 from greekfire.trading.orders import Order
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -26,9 +34,16 @@ K = VenueEventKind
 
 def make_settings(tmp_path: Path, shared_data: Path, **extra: Any) -> Settings:
     dd = shared_data / "fix44" / "FIX44.xml"
-    over = {"home": str(tmp_path), "fix.data_dictionary": str(dd), "fix.store_url": "sqlite:///fix.db",
-            "fix.port": 0, "fix.quote_interval_ms": 50.0, "fix.reconnect_s": 0.2, "fix.max_reconnect_s": 0.5,
-            "fix.heartbeat_s": 5}
+    over = {
+        "home": str(tmp_path),
+        "fix.data_dictionary": str(dd),
+        "fix.store_url": "sqlite:///fix.db",
+        "fix.port": 0,
+        "fix.quote_interval_ms": 50.0,
+        "fix.reconnect_s": 0.2,
+        "fix.max_reconnect_s": 0.5,
+        "fix.heartbeat_s": 5,
+    }
     over.update(extra)
     return load_settings(overrides=over)
 
@@ -59,7 +74,9 @@ class Collector:
 
 
 @pytest.fixture()
-def rig(tmp_path: Path, shared_data: Path) -> Iterator[tuple[Settings, FixThread, FixExchange, FixVenue, list[Instrument]]]:
+def rig(
+    tmp_path: Path, shared_data: Path
+) -> Iterator[tuple[Settings, FixThread, FixExchange, FixVenue, list[Instrument]]]:
     settings = make_settings(tmp_path, shared_data)
     insts = default_instruments()
     thread = FixThread("test-exchange")
@@ -132,6 +149,13 @@ def test_orders_fills_amend_cancel_rejects_quotes(rig: Any) -> None:
     col.wait(lambda: bool(col.of("t.3", K.REJECTED)) and bool(col.of("t.4", K.REJECTED)))
     assert col.of("t.3", K.REJECTED)[0].reason == "off_tick"
     assert col.of("t.4", K.REJECTED)[0].reason == "fractional_qty"
+    # a quantity of 0 and an instrument the exchange does not list are refused too
+    venue.instruments[999] = Instrument(999, "NOPE")
+    venue.submit(Order("t.8", 1, Side.BUY, 0, bid - 100), time.time_ns())
+    venue.submit(Order("t.9", 999, Side.BUY, 1, 100), time.time_ns())
+    col.wait(lambda: bool(col.of("t.8", K.REJECTED)) and bool(col.of("t.9", K.REJECTED)))
+    assert col.of("t.8", K.REJECTED)[0].reason == "bad_qty"
+    assert col.of("t.9", K.REJECTED)[0].reason == "unknown_instrument"
     # cancel of an order the exchange does not have: a cancel reject under our client id
     venue.cancel(Order("t.6", 1, Side.BUY, 1, bid - 100), time.time_ns())
     col.wait(lambda: bool(col.of("t.6", K.CANCEL_REJECT)))
@@ -143,7 +167,9 @@ def test_orders_fills_amend_cancel_rejects_quotes(rig: Any) -> None:
     mkt = [m for m in thread.call_wait(sent_reports, ex) if (m.get(11) or "").startswith("t.7")]
     assert mkt and all(44 not in m for m in mkt)
     assert any(m.get(150) == "F" and m.get(31) for m in mkt)
-    assert all(m.get(44) for m in thread.call_wait(sent_reports, ex) if m.get(11) == "t.2" and m.get(150) == "0")
+    assert all(
+        m.get(44) for m in thread.call_wait(sent_reports, ex) if m.get(11) == "t.2" and m.get(150) == "0"
+    )
 
     assert ex.stats()["sessions_logged_on"] == 1
     assert ex.counters["fills"] >= 2 and ex.counters["rejects"] >= 3
@@ -201,4 +227,26 @@ def test_restart_cancels_open_orders_and_loses_no_fill(tmp_path: Path, shared_da
         thread.run(ex2.stop())
     finally:
         venue.stop()
+        thread.stop()
+
+
+def test_paper_run_over_fix(tmp_path: Path, shared_data: Path) -> None:
+    from greekfire.strategies.paper import run_paper
+
+    settings = make_settings(tmp_path, shared_data)
+    thread = FixThread("test-exchange")
+    ex = FixExchange(settings, default_instruments())
+    port = thread.run(ex.start())
+    try:
+        trader = make_settings(tmp_path, shared_data, **{"fix.port": port})
+        out = run_paper(trader, duration_s=3.0, venues="fix")
+        fix = out["fix"]
+        assert fix["sent"] > 0 and fix["received"] > 0 and fix["logons"] == 1
+        # quotes went in and the strategy's orders came out
+        assert ex.counters["snapshots"] > 0 and ex.counters["orders"] > 0
+        assert "underlying_spot" not in out  # no synthetic market in the trader
+        with pytest.raises(ConfigError, match="venues"):
+            run_paper(trader, duration_s=1.0, venues="nyse")
+    finally:
+        thread.run(ex.stop())
         thread.stop()

@@ -21,16 +21,27 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from greekfire.core.settings import Settings
-from greekfire.fix.message import FixMessage, GarbledMessage, parse
+from greekfire.fix.message import FixMessage
 from greekfire.fix.session import Application, Session, UnsupportedMessageType, utc_timestamp
 from greekfire.fix.setup import exchange_configs, load_dictionary, server_ssl, session_store
 from greekfire.fix.transport import FixAcceptor
+from greekfire.trading.fixwire import (
+    ORD_REJ,
+    SIDE_OF,
+    TIF_OF,
+    ExchangeOrder,
+    base36,
+    check_order,
+    exec_report,
+    md_snapshot,
+    open_at_crash,
+    price_text,
+)
 from greekfire.trading.model import Instrument, OrderType, Side, TimeInForce, VenueEvent, VenueEventKind
 from greekfire.trading.orders import Order
 from greekfire.trading.simvenue import SimulatedVenue
@@ -39,43 +50,7 @@ from greekfire.trading.synthetic import SyntheticMarket
 log = logging.getLogger("greekfire.fix.exchange")
 
 K = VenueEventKind
-FIX_SIDE = {Side.BUY: "1", Side.SELL: "2"}
-SIDE_OF = {"1": Side.BUY, "2": Side.SELL}
-FIX_TIF = {TimeInForce.DAY: "0", TimeInForce.GTC: "1", TimeInForce.IOC: "3", TimeInForce.FOK: "4",
-           TimeInForce.GTD: "6"}
-TIF_OF = {v: k for k, v in FIX_TIF.items()}
-ORD_REJ = {"unknown_instrument": "1", "duplicate_order_id": "6", "fractional_qty": "13", "bad_qty": "13"}
-OPEN_STATUS = frozenset("016AE")  # OrdStatus of a working order
 STEP_S = 0.001
-
-
-def price_text(ticks: int, tick_size: float) -> str:
-    """Integer ticks -> the decimal price text of FIX (exact: no binary float in between)."""
-    d = Decimal(ticks) * Decimal(str(tick_size))
-    return format(d.normalize(), "f")
-
-
-def ticks_of(text: str, tick_size: float) -> int | None:
-    """FIX decimal price text -> integer ticks; None when it is not a whole number of ticks."""
-    q = Decimal(text) / Decimal(str(tick_size))
-    return int(q) if q == q.to_integral_value() else None
-
-
-@dataclass(slots=True)
-class _Ord:
-    """A client order on the exchange (``sim_id`` is its id on the simulated venue)."""
-
-    sim_id: str
-    clordid: str
-    inst: Instrument
-    side: Side
-    ord_type: OrderType
-    qty: int
-    price: str | None  # decimal text, None for market orders
-    order_id: str = "NONE"
-    cum: int = 0
-    notional: Decimal = Decimal(0)
-    chain: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -84,10 +59,10 @@ class _Client:
 
     comp_id: str
     session: Session
-    orders: dict[str, _Ord] = field(default_factory=dict)        # sim id -> order
-    by_clordid: dict[str, str] = field(default_factory=dict)     # any ClOrdID of the chain -> sim id
+    orders: dict[str, ExchangeOrder] = field(default_factory=dict)  # sim id -> order
+    by_clordid: dict[str, str] = field(default_factory=dict)  # any ClOrdID of the chain -> sim id
     pending: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # sim id -> (kind, new, orig)
-    recovered: list[FixMessage] = field(default_factory=list)    # Canceled reports owed after a restart
+    recovered: list[FixMessage] = field(default_factory=list)  # Canceled reports owed after a restart
     tops: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
 
 
@@ -109,8 +84,14 @@ class FixExchange:
     ``counters``: orders, fills, rejects, cancels, replaces, snapshots (W sent), restart_cancels.
     """
 
-    def __init__(self, settings: Settings, instruments: list[Instrument] | None = None, *,
-                 host: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        instruments: list[Instrument] | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
         from greekfire.trading.build import default_instruments  # build imports the engine: keep it lazy
 
         fs, ts = settings.fix, settings.trading
@@ -121,11 +102,19 @@ class FixExchange:
         self.by_id = {i.instrument_id: i for i in self.instruments}
         self.by_symbol = {i.symbol: i for i in self.instruments}
         self.market = SyntheticMarket(self.instruments, seed=ts.seed)
-        self.venue = SimulatedVenue("FIXEX", self.instruments, self.market.fair_value, latency_us=0.0,
-                                    jitter_us=0.0, maker_fee=ts.maker_fee, taker_fee=ts.taker_fee,
-                                    flow_rate_hz=ts.background_rate_hz, seed=ts.seed)
+        self.venue = SimulatedVenue(
+            "FIXEX",
+            self.instruments,
+            self.market.fair_value,
+            latency_us=0.0,
+            jitter_us=0.0,
+            maker_fee=ts.maker_fee,
+            taker_fee=ts.taker_fee,
+            flow_rate_hz=ts.background_rate_hz,
+            seed=ts.seed,
+        )
         self.venue.seed_books(now_ns=time.time_ns())
-        self.run_id = _base36(time.time_ns() // 1_000_000)
+        self.run_id = base36(time.time_ns() // 1_000_000)
         self._exec_seq = 0
         dd = load_dictionary(settings)
         app = _App(self)
@@ -133,14 +122,21 @@ class FixExchange:
         for cfg in exchange_configs(fs):
             s = Session(cfg, app, session_store(settings, cfg), dd)
             c = _Client(cfg.target_comp_id, s)
-            c.recovered = self._open_at_crash(s)
+            c.recovered = open_at_crash(s.store, cfg.session_id)
             self.clients[c.comp_id] = c
         self._by_session = {id(c.session): c for c in self.clients.values()}
         self.quote_interval_ns = int(fs.quote_interval_ms * 1e6)
         self.acceptor: FixAcceptor | None = None
         self._task: asyncio.Task[None] | None = None
-        self.counters = {"orders": 0, "fills": 0, "rejects": 0, "cancels": 0, "replaces": 0, "snapshots": 0,
-                         "restart_cancels": 0}
+        self.counters = {
+            "orders": 0,
+            "fills": 0,
+            "rejects": 0,
+            "cancels": 0,
+            "replaces": 0,
+            "snapshots": 0,
+            "restart_cancels": 0,
+        }
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -150,8 +146,12 @@ class FixExchange:
 
     async def start(self) -> int:
         """Listen and start the books; returns the bound port."""
-        self.acceptor = FixAcceptor([c.session for c in self.clients.values()], self.host, self.port,
-                                    ssl=server_ssl(self.settings.fix))
+        self.acceptor = FixAcceptor(
+            [c.session for c in self.clients.values()],
+            self.host,
+            self.port,
+            ssl=server_ssl(self.settings.fix),
+        )
         self.port = await self.acceptor.start()
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self.port
@@ -187,7 +187,9 @@ class FixExchange:
 
         async def main() -> None:
             port = await self.start()
-            log.info("FIX exchange %s listening on %s:%d", self.settings.fix.exchange_comp_id, self.host, port)
+            log.info(
+                "FIX exchange %s listening on %s:%d", self.settings.fix.exchange_comp_id, self.host, port
+            )
             t_end = time.monotonic() + stop if isinstance(stop, int | float) else None
             try:
                 while not (isinstance(stop, threading.Event) and stop.is_set()):
@@ -258,42 +260,26 @@ class FixExchange:
         inst = self._instrument(msg)
         side = SIDE_OF.get(msg.get(54) or "", Side.BUY)
         ord_type = OrderType.MARKET if msg.get(40) == "1" else OrderType.LIMIT
-        o = _Ord(f"{c.comp_id}|{clordid}", clordid, inst or self.instruments[0], side, ord_type, 0,
-                 msg.get(44) if ord_type == OrderType.LIMIT else None, chain=[clordid])
-        reason, qty, ticks = "", 0, None
-        try:
-            dq = Decimal(msg.get(38) or "0")
-            if dq != dq.to_integral_value():
-                reason = "fractional_qty"
-            qty = int(dq)
-            if inst is None:
-                reason = "unknown_instrument"
-            elif not reason and qty <= 0:
-                reason = "bad_qty"
-            elif ord_type == OrderType.LIMIT:
-                if o.price is None:
-                    reason = "missing_price"
-                elif Decimal(o.price) <= 0:
-                    reason = "bad_price"
-                else:
-                    ticks = ticks_of(o.price, inst.tick_size)
-                    reason = reason or ("off_tick" if ticks is None else "")
-        except InvalidOperation:
-            reason = reason or "bad_number"
+        px = msg.get(44) if ord_type == OrderType.LIMIT else None
+        reason, qty, ticks = check_order(msg.get(38), px, ord_type == OrderType.LIMIT, inst)
         if not reason and clordid in c.by_clordid:
             reason = "duplicate_order_id"
-        o.qty = qty
+        if inst is None:  # the reject echoes what the client sent
+            sid = msg.get(48) or "-1"
+            inst = Instrument(int(sid) if sid.lstrip("-").isdigit() else -1, msg.get(55) or "UNKNOWN")
+        o = ExchangeOrder(f"{c.comp_id}|{clordid}", clordid, inst, side, ord_type, qty, px, chain=[clordid])
         if reason:
             self.counters["rejects"] += 1
             self._report(c, o, "8", "8", text=reason, extra=[(103, ORD_REJ.get(reason, "99"))])
             return
-        assert inst is not None
         c.orders[o.sim_id] = o
         c.by_clordid[clordid] = o.sim_id
         tif = TIF_OF.get(msg.get(59) or "1", TimeInForce.GTC)
         post_only = "6" in (msg.get(18) or "").split()
-        self.venue.submit(Order(o.sim_id, inst.instrument_id, side, qty, ticks, ord_type, tif,
-                                post_only=post_only), time.time_ns())
+        self.venue.submit(
+            Order(o.sim_id, inst.instrument_id, side, qty, ticks, ord_type, tif, post_only=post_only),
+            time.time_ns(),
+        )
 
     def _cancel_replace(self, c: _Client, msg: FixMessage, replace: bool) -> None:
         clordid, orig = msg.get(11) or "", msg.get(41) or ""
@@ -311,24 +297,12 @@ class FixExchange:
         if not replace:
             self.venue.cancel(order, time.time_ns())
             return
-        reason, qty, ticks = "", o.qty, None
-        try:
-            dq = Decimal(msg.get(38) or str(o.qty))
-            qty = int(dq)
-            px = msg.get(44) or o.price
-            if dq != dq.to_integral_value():
-                reason = "fractional_qty"
-            elif qty <= 0:
-                reason = "bad_qty"
-            elif o.ord_type != OrderType.LIMIT or px is None:
-                reason = "not_a_limit_order"
-            else:
-                ticks = ticks_of(px, o.inst.tick_size)
-                reason = "off_tick" if ticks is None else ""
-        except InvalidOperation:
-            reason = "bad_number"
+        limit = o.ord_type == OrderType.LIMIT
+        reason, qty, ticks = check_order(msg.get(38) or str(o.qty), msg.get(44) or o.price, limit, o.inst)
+        reason = reason or ("" if limit else "not_a_limit_order")
         if reason or ticks is None:
             del c.pending[o.sim_id]
+            c.by_clordid.pop(clordid, None)
             self._cancel_reject(c, o, clordid, orig, True, reason, "99")
             return
         self.venue.amend(order, qty, ticks, time.time_ns())
@@ -343,7 +317,7 @@ class FixExchange:
                 if c is not None and o is not None:
                     self._on_event(c, o, ev)
 
-    def _on_event(self, c: _Client, o: _Ord, ev: VenueEvent) -> None:
+    def _on_event(self, c: _Client, o: ExchangeOrder, ev: VenueEvent) -> None:
         if ev.venue_order_id:
             o.order_id = f"{self.run_id}-{ev.venue_order_id.rsplit('-', 1)[-1]}"
         kind = ev.kind
@@ -358,8 +332,13 @@ class FixExchange:
             px = price_text(ev.price_ticks, o.inst.tick_size)
             o.cum = ev.cum_qty
             o.notional += Decimal(px) * ev.qty
-            extra = [(31, px), (32, ev.qty), (851, "1" if ev.liquidity == "M" else "2"),
-                     (12, format(Decimal(str(round(ev.fee, 10))).normalize(), "f")), (13, "3")]
+            extra = [
+                (31, px),
+                (32, ev.qty),
+                (851, "1" if ev.liquidity == "M" else "2"),
+                (12, format(Decimal(str(round(ev.fee, 10))).normalize(), "f")),
+                (13, "3"),
+            ]
             self._report(c, o, "F", "2" if ev.leaves_qty == 0 else "1", leaves=ev.leaves_qty, extra=extra)
             if ev.leaves_qty == 0:
                 self._forget(c, o)
@@ -386,38 +365,30 @@ class FixExchange:
             code = "1" if ev.reason == "unknown_order" else "99"
             self._cancel_reject(c, o, new, orig, kind == K.REPLACE_REJECT, ev.reason, code)
 
-    def _forget(self, c: _Client, o: _Ord) -> None:
+    def _forget(self, c: _Client, o: ExchangeOrder) -> None:
         c.orders.pop(o.sim_id, None)
         c.pending.pop(o.sim_id, None)
 
-    def _report(self, c: _Client, o: _Ord, exec_type: str, status: str, *, leaves: int = 0, text: str = "",
-                clordid: str | None = None, orig: str | None = None,
-                extra: Sequence[tuple[int, Any]] = ()) -> None:
-        """Send one ExecutionReport for ``o``."""
+    def _report(self, c: _Client, o: ExchangeOrder, exec_type: str, status: str, **kw: Any) -> None:
+        """Send one ExecutionReport for ``o`` (``kw``: see :func:`~greekfire.trading.fixwire.exec_report`)."""
         self._exec_seq += 1
-        m = FixMessage([(35, "8"), (37, o.order_id), (11, clordid or o.clordid)])
-        if orig:
-            m.append(41, orig)
-        m.append(17, f"{self.run_id}-{self._exec_seq}").append(150, exec_type).append(39, status)
-        _instrument_fields(m, o.inst)
-        m.append(54, FIX_SIDE[o.side]).append(38, o.qty).append(40, "1" if o.ord_type == OrderType.MARKET else "2")
-        if o.price is not None:
-            m.append(44, o.price)
-        for t, v in extra:
-            m.append(t, v)
-        avg = o.notional / o.cum if o.cum else Decimal(0)
-        m.append(151, leaves).append(14, o.cum).append(6, format(avg.normalize(), "f"))
-        m.append(60, utc_timestamp())
-        if text:
-            m.append(58, text)
-        c.session.send(m)
+        c.session.send(exec_report(o, f"{self.run_id}-{self._exec_seq}", exec_type, status, **kw))
 
-    def _cancel_reject(self, c: _Client, o: _Ord | None, clordid: str, orig: str, replace: bool, reason: str,
-                       code: str) -> None:
+    def _cancel_reject(
+        self,
+        c: _Client,
+        o: ExchangeOrder | None,
+        clordid: str,
+        orig: str,
+        replace: bool,
+        reason: str,
+        code: str,
+    ) -> None:
         self.counters["rejects"] += 1
         status = ("1" if o.cum else "0") if o is not None else "8"
-        m = FixMessage([(35, "9"), (37, o.order_id if o is not None else "NONE"), (11, clordid), (41, orig),
-                        (39, status), (434, "2" if replace else "1"), (102, code), (58, reason or "rejected")])
+        order_id = o.order_id if o is not None else "NONE"
+        m = FixMessage([(35, "9"), (37, order_id), (11, clordid), (41, orig), (39, status)])
+        m.append(434, "2" if replace else "1").append(102, code).append(58, reason or "rejected")
         c.session.send(m)
 
     # ---------------------------------------------------------------- market data
@@ -442,13 +413,7 @@ class FixExchange:
                     self._snapshot(c, self.by_id[iid], top, "auto")
 
     def _snapshot(self, c: _Client, inst: Instrument, top: tuple[int, int, int, int], req_id: str) -> None:
-        m = FixMessage([(35, "W"), (262, req_id)])
-        _instrument_fields(m, inst)
-        entries = [(k, p, q) for k, p, q in (("0", top[0], top[1]), ("1", top[2], top[3])) if q > 0]
-        m.append(268, len(entries))
-        for k, p, q in entries:
-            m.append(269, k).append(270, price_text(p, inst.tick_size)).append(271, q)
-        c.session.send(m)
+        c.session.send(md_snapshot(inst, top, req_id))
         self.counters["snapshots"] += 1
 
     def _md_request(self, c: _Client, msg: FixMessage) -> None:
@@ -463,43 +428,3 @@ class FixExchange:
         for inst in wanted or self.instruments:
             c.tops[inst.instrument_id] = tops[inst.instrument_id]
             self._snapshot(c, inst, tops[inst.instrument_id], req_id)
-
-    # ---------------------------------------------------------------- restart
-    def _open_at_crash(self, session: Session) -> list[FixMessage]:
-        """Canceled reports for the orders this session's sent ExecutionReports leave open (the books of a
-        restarted exchange are empty)."""
-        last: dict[str, FixMessage] = {}
-        end = session.store.next_sender_seq() - 1
-        for begin in range(1, end + 1, 5000):
-            for _, raw in session.store.sent(begin, min(end, begin + 4999)):
-                try:
-                    m = parse(raw)
-                except GarbledMessage:
-                    continue
-                if m.msg_type == "8" and m.get(37, "NONE") != "NONE":
-                    last[m.get(37) or ""] = m
-        out = []
-        for m in last.values():
-            if (m.get(39) or "") not in OPEN_STATUS:
-                continue
-            keep = {37, 11, 55, 48, 22, 54, 38, 40, 44, 14, 6}
-            r = FixMessage([(35, "8")] + [(t, v) for t, v in m.fields if t in keep and t != 17])
-            r.set(150, "4").set(39, "4").set(151, 0).set(58, "exchange restarted")
-            out.append(r)
-        if out:
-            log.info("FIX %s: %d orders open at the last stop will be reported canceled", session.config.session_id,
-                     len(out))
-        return out
-
-
-def _instrument_fields(m: FixMessage, inst: Instrument) -> None:
-    m.append(55, inst.symbol).append(48, inst.instrument_id).append(22, "8")
-
-
-def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while n:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-    return out or "0"

@@ -30,11 +30,11 @@ from greekfire.fix.message import FixMessage
 from greekfire.fix.session import Application, Session, utc_timestamp
 from greekfire.fix.setup import client_ssl, initiator_config, load_dictionary, session_store
 from greekfire.fix.transport import FixInitiator, FixThread
+from greekfire.trading.fixwire import FIX_SIDE, instrument_fields, nearest_ticks, ticks_text
 from greekfire.trading.model import (
     Instrument,
     OrderType,
     Quote,
-    Side,
     TimeInForce,
     VenueEvent,
     VenueEventKind,
@@ -46,21 +46,14 @@ from greekfire.trading.venues import Venue
 log = logging.getLogger("greekfire.fix.venue")
 
 K = VenueEventKind
-_SIDE = {Side.BUY: "1", Side.SELL: "2"}
-_TIF = {TimeInForce.DAY: "0", TimeInForce.GTC: "1", TimeInForce.IOC: "3", TimeInForce.FOK: "4",
-        TimeInForce.GTD: "1"}  # GTD rests as GTC: the engine cancels it at its expiry
+_TIF = {
+    TimeInForce.DAY: "0",
+    TimeInForce.GTC: "1",
+    TimeInForce.IOC: "3",
+    TimeInForce.FOK: "4",
+    TimeInForce.GTD: "1",
+}  # GTD rests as GTC: the engine cancels it at its expiry
 _EXEC = {"0": K.ACCEPTED, "8": K.REJECTED, "F": K.FILL, "4": K.CANCELED, "5": K.REPLACED, "C": K.EXPIRED}
-
-
-def ticks_text(ticks: float, tick_size: float) -> str:
-    """Ticks (an int; a non-whole float goes out as it is, for the exchange to refuse) -> decimal price text."""
-    d = Decimal(repr(ticks) if isinstance(ticks, float) else ticks) * Decimal(str(tick_size))
-    return format(d.normalize(), "f")
-
-
-def price_ticks(text: str, tick_size: float) -> int:
-    """Decimal price text -> integer ticks (rounded to the nearest tick; a FIX exchange prices on its grid)."""
-    return int((Decimal(text) / Decimal(str(tick_size))).to_integral_value())
 
 
 class _App(Application):
@@ -89,8 +82,15 @@ class FixVenue(Venue):
     (``trading.maker_fee``/``trading.taker_fee`` per contract) where a report carries no Commission (12).
     """
 
-    def __init__(self, settings: Settings, instruments: list[Instrument], *, name: str = "FIX",
-                 host: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        instruments: list[Instrument],
+        *,
+        name: str = "FIX",
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
         fs = settings.fix
         self.name = name
         self.settings = settings
@@ -99,10 +99,17 @@ class FixVenue(Venue):
         self.instruments = {i.instrument_id: i for i in instruments}
         self.maker_fee, self.taker_fee = settings.trading.maker_fee, settings.trading.taker_fee
         self.config = initiator_config(fs)
-        self.session = Session(self.config, _App(self), session_store(settings, self.config),
-                               load_dictionary(settings))
-        self.initiator = FixInitiator(self.session, self.host, self.port, ssl=client_ssl(fs),
-                                      reconnect_s=fs.reconnect_s, max_reconnect_s=fs.max_reconnect_s)
+        self.session = Session(
+            self.config, _App(self), session_store(settings, self.config), load_dictionary(settings)
+        )
+        self.initiator = FixInitiator(
+            self.session,
+            self.host,
+            self.port,
+            ssl=client_ssl(fs),
+            reconnect_s=fs.reconnect_s,
+            max_reconnect_s=fs.max_reconnect_s,
+        )
         self.thread: FixThread | None = None
         self._logged_on = threading.Event()
         self.logons = 0
@@ -110,8 +117,8 @@ class FixVenue(Venue):
         self._lock = threading.Lock()
         self._boot = format(time.time_ns() // 1_000_000 % 36**6, "x")
         self._n = 0
-        self._cid_of: dict[str, str] = {}          # any ClOrdID we sent -> engine client id
-        self._current: dict[str, str] = {}         # engine client id -> ClOrdID the exchange knows it by
+        self._cid_of: dict[str, str] = {}  # any ClOrdID we sent -> engine client id
+        self._current: dict[str, str] = {}  # engine client id -> ClOrdID the exchange knows it by
         self._orders: dict[str, VenueOrderState] = {}  # engine client id -> last known state
         self._by_seq: dict[int, tuple[str, str]] = {}  # our MsgSeqNum -> (client id, MsgType)
         self._fills: list[VenueEvent] = []
@@ -182,7 +189,8 @@ class FixVenue(Venue):
         inst = self.instruments[order.instrument_id]
         cid = order.client_id
         m = FixMessage([(35, "D"), (11, cid)])
-        m.append(55, inst.symbol).append(48, inst.instrument_id).append(22, "8").append(54, _SIDE[order.side])
+        instrument_fields(m, inst)
+        m.append(54, FIX_SIDE[order.side])
         m.append(60, utc_timestamp()).append(38, order.qty)
         if order.ord_type == OrderType.MARKET:
             m.append(40, "1")
@@ -194,8 +202,9 @@ class FixVenue(Venue):
         with self._lock:
             self._cid_of[cid] = cid
             self._current[cid] = cid
-            self._orders[cid] = VenueOrderState(cid, "", inst.instrument_id, int(order.side), order.qty,
-                                                order.price_ticks or 0, 0, True)
+            self._orders[cid] = VenueOrderState(
+                cid, "", inst.instrument_id, int(order.side), order.qty, order.price_ticks or 0, 0, True
+            )
         self._send(cid, m)
 
     def _change(self, order: Order, msg_type: str) -> FixMessage:
@@ -206,7 +215,8 @@ class FixVenue(Venue):
             orig = self._current.get(cid, cid)
             self._cid_of[new] = cid
         m = FixMessage([(35, msg_type), (11, new), (41, orig)])
-        m.append(55, inst.symbol).append(48, inst.instrument_id).append(22, "8").append(54, _SIDE[order.side])
+        instrument_fields(m, inst)
+        m.append(54, FIX_SIDE[order.side])
         m.append(60, utc_timestamp())
         return m
 
@@ -230,6 +240,7 @@ class FixVenue(Venue):
     # ---------------------------------------------------------------- reports (FIX thread)
     def _on_message(self, msg: FixMessage) -> None:
         mt = msg.msg_type
+        ev: VenueEvent | Quote | None
         try:
             if mt == "8":
                 ev = self._exec_report(msg)
@@ -261,7 +272,7 @@ class FixVenue(Venue):
         side = 1 if msg.get(54) == "1" else -1
         qty = int(Decimal(msg.get(38) or "0"))
         px = msg.get(44)
-        limit = price_ticks(px, tick) if px else 0
+        limit = nearest_ticks(px, tick) if px else 0
         leaves, cum = int(Decimal(msg.get(151) or "0")), int(Decimal(msg.get(14) or "0"))
         oid = msg.get(37) or ""
         now = time.time_ns()
@@ -279,18 +290,41 @@ class FixVenue(Venue):
             last_qty = int(Decimal(msg.get(32) or "0"))
             liq = "M" if msg.get(851) == "1" else "T"
             fee_text = msg.get(12)
-            fee = float(fee_text) if fee_text else (self.maker_fee if liq == "M" else self.taker_fee) * last_qty
-            ev = VenueEvent(K.FILL, self.name, cid, oid, last_qty, price_ticks(msg.get(31) or "0", tick), leaves,
-                            cum, exec_id, fee, liq, "", now, iid, side)
+            fee = (
+                float(fee_text) if fee_text else (self.maker_fee if liq == "M" else self.taker_fee) * last_qty
+            )
+            ev = VenueEvent(
+                K.FILL,
+                self.name,
+                cid,
+                oid,
+                last_qty,
+                nearest_ticks(msg.get(31) or "0", tick),
+                leaves,
+                cum,
+                exec_id,
+                fee,
+                liq,
+                "",
+                now,
+                iid,
+                side,
+            )
             with self._lock:
                 self._fills.append(ev)
             return ev
         reason = msg.get(58) or (f"OrdRejReason {msg.get(103)}" if kind == K.REJECTED else "")
-        return VenueEvent(kind, self.name, cid, oid, qty, limit, leaves, cum, "", 0.0, "", reason, now, iid, side)
+        return VenueEvent(
+            kind, self.name, cid, oid, qty, limit, leaves, cum, "", 0.0, "", reason, now, iid, side
+        )
 
     def _cancel_reject(self, msg: FixMessage) -> VenueEvent:
         with self._lock:
-            cid = self._cid_of.get(msg.get(11) or "") or self._cid_of.get(msg.get(41) or "") or (msg.get(41) or "")
+            cid = (
+                self._cid_of.get(msg.get(11) or "")
+                or self._cid_of.get(msg.get(41) or "")
+                or (msg.get(41) or "")
+            )
         kind = K.REPLACE_REJECT if msg.get(434) == "2" else K.CANCEL_REJECT
         reason = msg.get(58) or f"CxlRejReason {msg.get(102)}"
         return VenueEvent(kind, self.name, cid, msg.get(37) or "", reason=reason, ts_ns=time.time_ns())
@@ -308,8 +342,16 @@ class FixVenue(Venue):
             with self._lock:
                 st = self._orders.get(cid)
                 if st is not None:
-                    self._orders[cid] = VenueOrderState(st.client_id, st.venue_order_id, st.instrument_id,
-                                                        st.side, st.qty, st.price_ticks, st.cum_qty, False)
+                    self._orders[cid] = VenueOrderState(
+                        st.client_id,
+                        st.venue_order_id,
+                        st.instrument_id,
+                        st.side,
+                        st.qty,
+                        st.price_ticks,
+                        st.cum_qty,
+                        False,
+                    )
         reason = msg.get(58) or ("business_reject" if msg.msg_type == "j" else "session_reject")
         return VenueEvent(kind, self.name, cid, reason=reason, ts_ns=time.time_ns())
 

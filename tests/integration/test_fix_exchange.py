@@ -128,6 +128,14 @@ def test_orders_fills_amend_cancel_rejects_quotes(rig: Any) -> None:
         assert f.fee == pytest.approx(settings.trading.taker_fee * f.qty)
         assert f.fill_id and f.instrument_id == 1 and f.side == 1
 
+    # the same ExecutionReport sent again (PossResend) does not fill twice: fills are deduplicated by ExecID
+    dup = next(m for m in thread.call_wait(sent_reports, ex) if m.get(150) == "F")
+    dup.set(97, "Y")
+    thread.call_wait(next(iter(ex.clients.values())).session.send, dup)
+    n_fills = len([e for e in col.events if e.kind == K.FILL])
+    col.wait(lambda: venue.counters()["duplicate_reports"] == 1)
+    assert len([e for e in col.events if e.kind == K.FILL]) == n_fills
+
     # a resting order far from the market is amended (REPLACED) then canceled
     bid, _ask = best(ex, thread, 1)
     rest = Order("t.2", 1, Side.BUY, 3, bid - 200)

@@ -258,3 +258,39 @@ def test_paper_run_over_fix(tmp_path: Path, shared_data: Path) -> None:
     finally:
         thread.run(ex.stop())
         thread.stop()
+
+
+def test_two_clients_get_only_their_own_reports(tmp_path: Path, shared_data: Path) -> None:
+    settings = make_settings(tmp_path, shared_data, **{"fix.clients": ["GREEKFIRE", "DESK2"]})
+    insts = default_instruments()
+    thread = FixThread("test-exchange")
+    ex = FixExchange(settings, insts)
+    port = thread.run(ex.start())
+    a = FixVenue(settings, insts, port=port)
+    b = FixVenue(make_settings(tmp_path, shared_data, **{"fix.sender_comp_id": "DESK2"}), insts, port=port)
+    try:
+        a.start(timeout_s=10)
+        b.start(timeout_s=10)
+        ca, cb = Collector(a), Collector(b)
+        ca.wait(lambda: ex.sessions_logged_on == 2)
+        bid, _ask = best(ex, thread, 1)
+        # the same ClOrdID from both clients: two different orders on the exchange
+        oa, ob = Order("x.1", 1, Side.BUY, 1, bid - 300), Order("x.1", 1, Side.BUY, 2, bid - 301)
+        a.submit(oa, time.time_ns())
+        b.submit(ob, time.time_ns())
+        ca.wait(lambda: bool(ca.of("x.1", K.ACCEPTED)))
+        cb.wait(lambda: bool(cb.of("x.1", K.ACCEPTED)))
+        assert ca.of("x.1", K.ACCEPTED)[0].qty == 1 and cb.of("x.1", K.ACCEPTED)[0].qty == 2
+        a.cancel(oa, time.time_ns())
+        ca.wait(lambda: bool(ca.of("x.1", K.CANCELED)))
+        time.sleep(0.3)
+        cb.pump()
+        assert not cb.of("x.1", K.CANCELED)
+        assert [s.qty for s in b.report()[0]] == [2]
+        b.cancel(ob, time.time_ns())
+        cb.wait(lambda: bool(cb.of("x.1", K.CANCELED)))
+    finally:
+        a.stop()
+        b.stop()
+        thread.run(ex.stop())
+        thread.stop()

@@ -115,7 +115,9 @@ class FixVenue(Venue):
         self.logons = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._boot = format(time.time_ns() // 1_000_000 % 36**6, "x")
+        self._boot = format(
+            time.time_ns() // 1_000_000 % 16**8, "x"
+        )  # amend/cancel ClOrdIDs: <client id>~<boot>.<n>
         self._n = 0
         self._cid_of: dict[str, str] = {}  # any ClOrdID we sent -> engine client id
         self._current: dict[str, str] = {}  # engine client id -> ClOrdID the exchange knows it by
@@ -173,7 +175,7 @@ class FixVenue(Venue):
     def _clordid(self, client_id: str) -> str:
         with self._lock:
             self._n += 1
-            return f"{client_id}.{self._boot}{self._n}"
+            return f"{client_id}~{self._boot}.{self._n}"
 
     def _send(self, client_id: str, msg: FixMessage) -> None:
         if self.thread is None:
@@ -264,7 +266,7 @@ class FixVenue(Venue):
             return None
         clordid = msg.get(11) or ""
         with self._lock:
-            cid = self._cid_of.get(clordid) or self._cid_of.get(msg.get(41) or "") or clordid
+            cid = self._cid_of.get(clordid) or self._cid_of.get(msg.get(41) or "") or clordid.split("~", 1)[0]
         iid = int(msg.get(48) or -1)
         inst = self.instruments.get(iid)
         tick = inst.tick_size if inst is not None else 0.01
@@ -323,7 +325,7 @@ class FixVenue(Venue):
             cid = (
                 self._cid_of.get(msg.get(11) or "")
                 or self._cid_of.get(msg.get(41) or "")
-                or (msg.get(41) or "")
+                or (msg.get(41) or "").split("~", 1)[0]
             )
         kind = K.REPLACE_REJECT if msg.get(434) == "2" else K.CANCEL_REJECT
         reason = msg.get(58) or f"CxlRejReason {msg.get(102)}"

@@ -359,7 +359,7 @@ class FixVenue(Venue):
 
     def _quote(self, msg: FixMessage) -> Quote | None:
         iid = int(msg.get(48) or -1)
-        if iid not in self.instruments:
+        if iid not in self.instruments or msg.get(43) == "Y":  # a resent snapshot is stale: drop it
             return None
         bid = ask = math.nan
         bid_size = ask_size = 0

@@ -13,7 +13,8 @@ from greekfire.core.db import resolve_url
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings
 from greekfire.strategies import load_strategy
-from greekfire.trading.build import build_engine
+from greekfire.trading.build import build_engine, default_instruments
+from greekfire.trading.fixvenue import fix_venues
 from greekfire.trading.store import SnapshotStore
 
 StatusHook = Callable[[dict[str, Any]], None]
@@ -77,7 +78,7 @@ def run_paper(
     settings: Settings,
     duration_s: float | None = None,
     strategy: str | None = None,
-    venues: int | None = None,
+    venues: int | str | None = None,
     *,
     fresh: bool = True,
     database_url: str | None = None,
@@ -87,12 +88,20 @@ def run_paper(
     """Run ``strategy`` (default ``settings.trading.strategy``) for ``duration_s`` seconds on ``venues``
     simulated venues and return the engine summary (orders, fills, denials, P&L, Greeks, latency).
 
+    ``venues="fix"`` trades through one FIX venue against a ``greekfire fix exchange`` at ``fix.host:fix.port``
+    instead (no synthetic market in the trader: quotes come over FIX); the summary then has a ``"fix"`` entry
+    with the session's counters (sent, received, resent, gaps). UnavailableError when the exchange does not
+    answer.
+
     ``fresh`` clears this paper engine's previous state in the database first (a paper run starts flat).
     ``status``, when given, is called every ``status_interval_s`` seconds with :func:`live_status` (the
     command line draws it as a status line).
     """
     ts = settings.trading
-    if venues is not None:
+    use_fix = isinstance(venues, str)
+    if use_fix and str(venues).strip().lower() != "fix":
+        raise ConfigError("venues", venues, 'a number of simulated venues, or "fix"')
+    if venues is not None and not use_fix:
         settings = settings.model_copy(update={"trading": ts.model_copy(update={"venues": venues})})
     duration = float(duration_s if duration_s is not None else ts.duration_s)
     if not (math.isfinite(duration) and duration > 0):  # a negative or NaN run length would end at once
@@ -101,14 +110,32 @@ def run_paper(
     store = SnapshotStore(resolve_url(database_url or settings.database.url.get_secret_value(), settings.home), "paper")
     if fresh:
         store.clear()
-    engine = build_engine(settings, strategies=[strat], store=store, restore=True)
+    fix_venue: Any = None
+    if use_fix:
+        instruments = default_instruments()
+        (fix_venue,) = fix_venues(settings, instruments)
+        try:
+            engine = build_engine(settings, instruments=instruments, venues=[fix_venue], strategies=[strat],
+                                  store=store, restore=True)
+        except BaseException:
+            fix_venue.stop()
+            raise
+    else:
+        engine = build_engine(settings, strategies=[strat], store=store, restore=True)
     t0 = time.perf_counter()
-    asyncio.run(_run_with_status(engine, duration, status, status_interval_s))
+    try:
+        asyncio.run(_run_with_status(engine, duration, status, status_interval_s))
+    finally:
+        if fix_venue is not None:
+            fix_venue.stop()
     out = engine.summary()
     out["strategy"] = strat.name
     out["duration_s"] = round(time.perf_counter() - t0, 2)
     out["database"] = engine.store.url.split("://", 1)[0] if engine.store else None
     out["snapshots"] = engine.store.snapshots if engine.store else 0
+    if fix_venue is not None:
+        counters = fix_venue.counters()
+        out["fix"] = {k: counters[k] for k in ("sent", "received", "resent", "gaps", "rejected", "logons")}
     if engine.market is not None:
         out["underlying_spot"] = round(engine.market.spot, 4)
     if engine.store is not None:

@@ -556,7 +556,7 @@ def trade(
     paper: Annotated[bool, typer.Option("--paper", help="trade against simulated venues (the only mode so far)")] = False,
     duration: Annotated[float | None, typer.Option("--duration", help="seconds to run (default trading.duration_s)")] = None,
     strategy: Annotated[str | None, typer.Option("--strategy", help="strategy name or module:Class")] = None,
-    venues: Annotated[int | None, typer.Option("--venues", min=1, max=16, help="simulated venues")] = None,
+    venues: Annotated[str | None, typer.Option("--venues", help="simulated venues (1-16), or `fix`: trade over FIX 4.4 with a `greekfire fix exchange` at fix.host:fix.port")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Run the trading engine and print orders, fills, denials, P&L, Greeks and internal latency."""
@@ -564,16 +564,21 @@ def trade(
         raise UsageProblem(f"--duration {duration!r}: must be a positive number of seconds")
     if not paper:
         raise UsageProblem("only paper trading is available: run `greekfire trade --paper`")
+    where: int | str | None = venues
+    if venues is not None and venues != "fix":
+        if not venues.isdigit() or not 1 <= int(venues) <= 16:
+            raise UsageProblem(f"--venues {venues!r}: a number of simulated venues (1-16), or `fix`")
+        where = int(venues)
     from greekfire.strategies.paper import format_status, run_paper
 
     s = settings()
     try:
         with status_line(console, "paper: starting", not as_json) as line:
             # on a terminal a status line refreshed once a second; piped or --json, a log line on stderr every 10 s
-            out = run_paper(s, duration, strategy, venues,
+            out = run_paper(s, duration, strategy, where,
                             status=lambda st: line(format_status(st)) if line else log.info("%s", format_status(st)),
                             status_interval_s=1.0 if line else 10.0)
-    except (ConfigError, ConfigErrors) as exc:
+    except (ConfigError, ConfigErrors, GreekfireError) as exc:
         raise fail("trade", exc) from None
     if as_json:
         print_json(out)
@@ -607,6 +612,44 @@ def fix_conformance(
         print_conformance(console, out)
     if out["failed"]:
         raise typer.Exit(1)
+
+
+@fix_app.command("exchange")
+def fix_exchange(
+    port: Annotated[int | None, typer.Option("--port", min=0, max=65535, help="default: fix.port (0: any free port)")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="default: fix.host")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="seconds to run (default: until Ctrl-C or SIGTERM)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the counters as JSON when it stops")] = False,
+) -> None:
+    """The built-in exchange simulator over FIX 4.4: a FIX acceptor in front of the matching engine, one
+    session per CompID in fix.clients; `greekfire trade --paper --venues fix` trades with it."""
+    import signal
+    import threading
+
+    from greekfire.cli_fix import print_exchange
+    from greekfire.trading.fixexchange import FixExchange
+
+    if duration is not None and not duration > 0:
+        raise UsageProblem(f"--duration {duration!r}: must be a positive number of seconds")
+    s = settings()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if duration is not None:
+        threading.Timer(duration, stop.set).start()
+    clients = ", ".join(s.fix.clients)
+
+    def listening(bound: int) -> None:
+        err_console.print(f"greekfire fix exchange: listening on {host or s.fix.host}:{bound} "
+                          f"({s.fix.exchange_comp_id} <- {clients}, FIX 4.4)", soft_wrap=True, highlight=False)
+
+    try:
+        out = FixExchange(s, host=host, port=port).serve(stop, on_listening=listening)
+    except (ConfigError, ConfigErrors, GreekfireError, OSError) as exc:
+        raise fail("fix exchange", exc) from None
+    if as_json:
+        print_json(out)
+    else:
+        print_exchange(console, out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -173,14 +173,16 @@ class Session:
     def next_target_seq(self) -> int:
         return self.store.next_target_seq()
 
-    def send(self, msg: FixMessage) -> int:
+    def send(self, msg: FixMessage, resend: bool = True) -> int:
         """Send an application message (header filled in here); returns its MsgSeqNum. Stored for resend
-        even when not logged on (it then goes out on the counterparty's ResendRequest)."""
+        even when not logged on (it then goes out on the counterparty's ResendRequest). ``resend=False``
+        (market data, whose old values nobody wants again) keeps only its sequence number: a ResendRequest
+        covering it gets a SequenceReset-GapFill instead."""
         for t in (8, 9, 10, 34, 43, 49, 52, 56, 122):
             msg.remove(t)
-        return self._send_raw(msg)
+        return self._send_raw(msg, resend=resend)
 
-    def _send_raw(self, msg: FixMessage, seq: int | None = None) -> int:
+    def _send_raw(self, msg: FixMessage, seq: int | None = None, resend: bool = True) -> int:
         now = self.clock()
         number = self.store.next_sender_seq() if seq is None else seq
         mt = msg.msg_type
@@ -191,7 +193,7 @@ class Session:
         out = FixMessage([(35, mt), *sorted(header.items())] + body, self.config.begin_string)
         raw = out.encode()
         if seq is None:
-            self.store.save_sent(number, raw)
+            self.store.save_sent(number, raw if resend else b"")
         if self._write is not None and (mt in _ALWAYS_SENT or self.is_logged_on):
             self.last_sent = now
             self.counters["sent"] += 1
@@ -479,9 +481,9 @@ class Session:
         for seq, raw in self.store.sent(begin, end):
             if seq != current and not gap_from:
                 gap_from = current
-            old = parse(raw)
             last_seq = seq
-            if old.msg_type in ADMIN_TYPES:
+            old = parse(raw) if raw else None  # empty: sent with resend=False
+            if old is None or old.msg_type in ADMIN_TYPES:
                 if not gap_from:
                     gap_from = seq
             else:
@@ -489,7 +491,7 @@ class Session:
                     self._gap_fill(gap_from, seq)
                     gap_from = 0
                 old.set(43, "Y")
-                old.set(122, old.get(52))
+                old.set(122, old.get(52) or "")
                 self.counters["resent"] += 1
                 self._send_raw(old, seq=seq)
             current = seq + 1

@@ -15,7 +15,9 @@ from greekfire.core.settings import Settings
 from greekfire.strategies import load_strategy
 from greekfire.trading.build import build_engine, default_instruments
 from greekfire.trading.fixvenue import fix_venues
+from greekfire.trading.model import VenueEvent
 from greekfire.trading.store import SnapshotStore
+from greekfire.trading.venues import Venue
 
 StatusHook = Callable[[dict[str, Any]], None]
 """Called with :func:`live_status` while a paper run goes on."""
@@ -74,6 +76,27 @@ async def _run_with_status(engine: Any, duration: float, status: StatusHook | No
             await ticker
 
 
+def wind_down(engine: Any, venue: Venue, timeout_s: float = 3.0) -> int:
+    """End a run on a real venue with nothing resting there: cancel every open order, apply what the venue
+    answers (fills that raced the cancels included) until the venue holds none of ours or ``timeout_s``
+    passes, and snapshot again. Returns the orders still open at the venue (0 normally). A simulated venue
+    ends with the process, so its runs skip this."""
+    engine.cancel_all()
+    t_end = time.monotonic() + timeout_s
+    while True:
+        events = [e for e in venue.poll(time.time_ns()) if type(e) is VenueEvent]
+        for ev in events:
+            engine.on_venue_event(ev)
+        if events:
+            engine.end_batch()
+        still_open = sum(1 for o in venue.report()[0] if o.open)
+        if not still_open or time.monotonic() >= t_end:
+            break
+        time.sleep(0.005)
+    engine.snapshot()
+    return still_open
+
+
 def run_paper(
     settings: Settings,
     duration_s: float | None = None,
@@ -125,6 +148,8 @@ def run_paper(
     t0 = time.perf_counter()
     try:
         asyncio.run(_run_with_status(engine, duration, status, status_interval_s))
+        if fix_venue is not None:
+            wind_down(engine, fix_venue)
     finally:
         if fix_venue is not None:
             fix_venue.stop()

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -172,8 +173,7 @@ class FixExchange:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for c in self.clients.values():
-            # drop the connection through the session first: FixAcceptor.stop() marks a connection closed
-            # before it closes it, and so leaves the socket open (the client would not notice the stop)
+            # drop each connection through its session (logout or not, the client sees the socket close)
             if c.session.is_connected:
                 c.session.disconnect("exchange stopping")
         if self.acceptor is not None:
@@ -181,15 +181,19 @@ class FixExchange:
         for c in self.clients.values():
             c.session.store.close()
 
-    def serve(self, stop: threading.Event | float | None = None) -> dict[str, int]:
+    def serve(
+        self, stop: threading.Event | float | None = None, on_listening: Callable[[int], None] | None = None,
+    ) -> dict[str, int]:
         """Run until ``stop`` (an Event that gets set, or a duration in seconds; None: until interrupted);
-        returns the counters."""
+        returns the counters. ``on_listening(port)`` is called once the socket listens."""
 
         async def main() -> None:
             port = await self.start()
             log.info(
                 "FIX exchange %s listening on %s:%d", self.settings.fix.exchange_comp_id, self.host, port
             )
+            if on_listening is not None:
+                on_listening(port)
             t_end = time.monotonic() + stop if isinstance(stop, int | float) else None
             try:
                 while not (isinstance(stop, threading.Event) and stop.is_set()):
@@ -413,7 +417,7 @@ class FixExchange:
                     self._snapshot(c, self.by_id[iid], top, "auto")
 
     def _snapshot(self, c: _Client, inst: Instrument, top: tuple[int, int, int, int], req_id: str) -> None:
-        c.session.send(md_snapshot(inst, top, req_id))
+        c.session.send(md_snapshot(inst, top, req_id), resend=False)
         self.counters["snapshots"] += 1
 
     def _md_request(self, c: _Client, msg: FixMessage) -> None:

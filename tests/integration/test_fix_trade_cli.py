@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from conftest import command_env, free_port
-
 from greekfire.fix.message import parse
 
 CLI = [sys.executable, "-c", "from greekfire.cli import app; app()"]

@@ -151,10 +151,45 @@ def quickfix_encode(fix: Any, dictionary: Any) -> Callable[[], None]:
     return run
 
 
+def ours_validated() -> Callable[[], None]:
+    """Per message: parse + DataDictionary.validate (what a session does with each message it reads)."""
+    from greekfire.fix.dictionary import DataDictionary
+
+    dd = DataDictionary.load(DICTIONARY)
+
+    def run() -> None:
+        for _ in range(N_MESSAGES):
+            dd.validate(parse(NOS))
+
+    return run
+
+
+def ours_batched() -> Callable[[], None]:
+    """A feed's buffer of N_MESSAGES orders, framed, checksummed and validated in one BatchParser call."""
+    from greekfire.fix.batch import BatchParser
+    from greekfire.fix.dictionary import DataDictionary
+
+    parser = BatchParser(DataDictionary.load(DICTIONARY))
+    buf = b"".join(
+        FixMessage([(t, str(18_000 + k) if t == 34 else v) for t, v in NOS_FIELDS]).encode()
+        for k in range(N_MESSAGES)
+    )
+
+    def run() -> None:
+        batch = parser.parse(buf)
+        if len(batch) != N_MESSAGES or int((batch.error >= 0).sum()):
+            raise AssertionError("the batch parser rejected a valid order")
+
+    run()  # compiles (or loads the cached kernel) before the clock starts
+    return run
+
+
 def codec_rows(notes: list[str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     ours_p = rate(ours_parse)
     ours_e = rate(ours_encode)
+    ours_v = rate(ours_validated()) if DICTIONARY.is_file() else None
+    ours_b = rate(ours_batched()) if DICTIONARY.is_file() else None
     rows.append(
         row(
             "parse NewOrderSingle vs naive split+checksum (reference)",
@@ -201,15 +236,23 @@ def codec_rows(notes: list[str]) -> list[dict[str, Any]]:
                 "msgs/s",
             )
         )
+        qf_validated = rate(quickfix_parse(fix, dictionary, True))
         rows.append(
             row(
                 "parse NewOrderSingle (peer also DataDictionary.validate)",
                 ours_p,
                 "QuickFIX C++ + dd.validate",
-                rate(quickfix_parse(fix, dictionary, True)),
+                qf_validated,
                 "msgs/s",
             )
         )
+        qf_parse = next(r["peer_value"] for r in rows if r["peer"] == "QuickFIX C++ Message(raw, dd, validate)")
+        rows.append(row("parse + dictionary validation, per message", ours_v, "QuickFIX C++ + dd.validate",
+                        qf_validated, "msgs/s"))
+        rows.append(row("parse + dictionary validation, batched (20,000 per buffer)", ours_b,
+                        "QuickFIX C++ Message(raw, dd, validate)", qf_parse, "msgs/s"))
+        rows.append(row("parse + dictionary validation, batched (20,000 per buffer)", ours_b,
+                        "QuickFIX C++ + dd.validate", qf_validated, "msgs/s"))
         rows.append(
             row(
                 "encode NewOrderSingle",
@@ -276,7 +319,96 @@ def quickfix_round_trips(port: int, dictionary: Path, n: int) -> list[int]:
     return out
 
 
-ROUNDTRIP_CLIENTS: dict[str, RoundTripClient] = {"quickfix": quickfix_round_trips}
+def greekfire_round_trips(port: int, dictionary: Path, n: int, sender: str = "GF", target: str = "QFX") -> list[int]:
+    """Round trips (ns) of ``n`` orders sent by greekfire's FIX initiator (SQLite session store, as in
+    production), timed inside its asyncio loop: the send call to the ExecutionReport handed to the app."""
+    import asyncio
+    import tempfile
+
+    from greekfire.fix.dictionary import DataDictionary
+    from greekfire.fix.session import Application, Session, SessionConfig
+    from greekfire.fix.store import SqlStore
+    from greekfire.fix.transport import FixInitiator, FixThread
+
+    class Client(Application):
+        def __init__(self) -> None:
+            self.waiting = ""
+            self.got: asyncio.Event | None = None
+            self.stamp = 0
+
+        def on_message(self, session: Session, msg: FixMessage) -> None:
+            if msg.msg_type == "8" and msg.get(11) == self.waiting and self.got is not None:
+                self.stamp = time.perf_counter_ns()
+                self.got.set()
+
+    app = Client()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqlStore(f"sqlite:///{tmp}/client.db", "client")
+        session = Session(SessionConfig(sender, target, initiator=True, heartbeat_s=30), app, store,
+                          DataDictionary.load(dictionary))
+        thread = FixThread()
+        initiator = FixInitiator(session, "127.0.0.1", port)
+
+        async def orders() -> list[int]:
+            task = asyncio.get_running_loop().create_task(initiator.run())
+            for _ in range(1500):
+                if session.is_logged_on:
+                    break
+                await asyncio.sleep(0.01)
+            out = []
+            for k in range(n):
+                app.waiting, app.got = f"RT{k}", asyncio.Event()
+                t0 = time.perf_counter_ns()
+                session.send(FixMessage([(35, "D"), (11, app.waiting), (21, "1"), (38, "100"), (40, "2"),
+                                         (44, "99"), (54, "1"), (55, "AAPL"), (59, "0"),
+                                         (60, "20261206-14:30:01.122")]))
+                await asyncio.wait_for(app.got.wait(), 5)
+                out.append(app.stamp - t0)
+            await initiator.stop()
+            task.cancel()
+            return out
+
+        try:
+            return thread.run(orders(), timeout_s=600)
+        finally:
+            thread.stop()
+            store.close()
+
+
+ROUNDTRIP_CLIENTS: dict[str, RoundTripClient] = {"quickfix": quickfix_round_trips, "greekfire": greekfire_round_trips}
+
+
+class _OurExchange:
+    """greekfire's acceptor (SQLite store) answering each NewOrderSingle with an ExecutionReport New, as the
+    QuickFIX exchange of tests/fixpeer does for an order that rests: the same work on the other side."""
+
+    def __init__(self, dictionary: Path, tmp: Path) -> None:
+        from greekfire.fix.dictionary import DataDictionary
+        from greekfire.fix.session import Application, Session, SessionConfig
+        from greekfire.fix.store import SqlStore
+        from greekfire.fix.transport import FixAcceptor, FixThread
+
+        class Exchange(Application):
+            n = 0
+
+            def on_message(self, session: Session, msg: FixMessage) -> None:
+                Exchange.n += 1
+                session.send(FixMessage([
+                    (35, "8"), (6, "0"), (11, msg.get(11)), (14, "0"), (17, f"E{Exchange.n}"),
+                    (37, f"O{Exchange.n}"), (38, msg.get(38)), (39, "0"), (40, msg.get(40)), (44, msg.get(44)),
+                    (54, msg.get(54)), (55, msg.get(55)), (150, "0"), (151, msg.get(38)),
+                ]))
+
+        self.store = SqlStore(f"sqlite:///{tmp}/exchange.db", "exchange")
+        self.session = Session(SessionConfig("QFX", "GF"), Exchange(), self.store, DataDictionary.load(dictionary))
+        self.thread = FixThread()
+        self.acceptor = FixAcceptor([self.session])
+        self.port = self.thread.run(self.acceptor.start())
+
+    def close(self) -> None:
+        self.thread.run(self.acceptor.stop())
+        self.thread.stop()
+        self.store.close()
 
 
 def percentiles_us(samples_ns: list[int]) -> dict[str, float]:
@@ -299,6 +431,8 @@ def roundtrip_rows(notes: list[str]) -> list[dict[str, Any]]:
     if fix is None:
         notes.append(f"round-trip rows not run: {why}")
         return []
+    import tempfile
+
     from fixpeer import QuickfixAcceptor
 
     result: dict[str, dict[str, float]] = {}
@@ -313,12 +447,29 @@ def roundtrip_rows(notes: list[str]) -> list[dict[str, Any]]:
             if exchange.errors:
                 raise RuntimeError(f"the QuickFIX exchange failed during {name}'s run: {exchange.errors}")
         result[name] = percentiles_us(samples)
+    # the same two clients against greekfire's acceptor
+    for name, client in ROUNDTRIP_CLIENTS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            ours_ex = _OurExchange(DICTIONARY, Path(tmp))
+            try:
+                gc.collect()
+                samples = client(ours_ex.port, DICTIONARY, WARMUP_ROUND_TRIPS + N_ROUND_TRIPS)[WARMUP_ROUND_TRIPS:]
+            finally:
+                ours_ex.close()
+        result[f"{name}@greekfire"] = percentiles_us(samples)
+    against_ours = [
+        row(f"round trip NOS -> ER {q}, greekfire acceptor", result["greekfire@greekfire"][q],
+            "QuickFIX initiator -> greekfire acceptor", result["quickfix@greekfire"][q], "us")
+        for q in ("p50", "p99", "p99.9")
+    ]
     ours = result.get("greekfire")
     peer = result["quickfix"]
     notes.append(
         f"round trip: {N_ROUND_TRIPS:,} NewOrderSingle -> ExecutionReport New over loopback after "
         f"{WARMUP_ROUND_TRIPS} warm-up, one in flight; the exchange is QuickFIX (C++ session, Python matching) "
-        "with a FileStore, no message log; client and exchange share this process and its GIL"
+        "with a FileStore, no message log; greekfire's client and acceptor keep SQLite session stores; "
+        "client and exchange share this process and its GIL; the rows 'greekfire acceptor' run both clients "
+        "against greekfire's acceptor instead"
         + (
             ""
             if ours
@@ -327,14 +478,14 @@ def roundtrip_rows(notes: list[str]) -> list[dict[str, Any]]:
     )
     return [
         row(
-            f"round trip NOS -> ER {q}",
+            f"round trip NOS -> ER {q}, QuickFIX acceptor",
             ours[q] if ours else None,
             "QuickFIX initiator (C++ via wheel)",
             peer[q],
             "us",
         )
         for q in ("p50", "p99", "p99.9")
-    ]
+    ] + against_ours
 
 
 def main() -> int:

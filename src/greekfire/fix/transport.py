@@ -233,6 +233,16 @@ class FixThread:
         return self.run(_c(), timeout_s)
 
     def stop(self) -> None:
+        """Cancel what still runs on the loop (a reconnect wait, a timer), then end the thread."""
         if self.loop.is_running():
+            async def _cancel_all() -> None:
+                me = asyncio.current_task()
+                tasks = [t for t in asyncio.all_tasks() if t is not me]
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            with contextlib.suppress(Exception):
+                self.run(_cancel_all(), timeout_s=5)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)

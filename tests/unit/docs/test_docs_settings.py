@@ -25,6 +25,7 @@ OWNER = {
     "quant": "docs/quant.md",
     "market": "docs/market.md",
     "trading": "docs/trading.md",
+    "fix": "docs/fix.md",
     "training": "docs/pricing-model.md",
 }
 

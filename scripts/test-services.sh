@@ -42,4 +42,15 @@ if command -v psql >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -q 2>/dev/null; th
   psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='greekfire_test'" 2>/dev/null | grep -q 1 \
     || psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE greekfire_test" >/dev/null 2>&1 || true
 fi
+# Redis on 127.0.0.1:6379 (the trading API's shared rate limits).
+redis_up() { command -v redis-cli >/dev/null 2>&1 && redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+if ! redis_up; then
+  need_pkg redis-server redis-server
+  if command -v redis-server >/dev/null 2>&1; then
+    redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save "" --appendonly no >/dev/null 2>&1 || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do redis_up && break; sleep 0.5; done
+  fi
+fi
+redis_up || echo "test-services: Redis is not answering on 127.0.0.1:6379"
+
 echo "test-services: ready"

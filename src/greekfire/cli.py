@@ -35,6 +35,7 @@ from greekfire.cli_errors import (
     say_error,
     set_debug,
 )
+from greekfire.cli_fix import fix_app
 from greekfire.cli_output import (
     print_gpu_status,
     print_itch,
@@ -73,7 +74,6 @@ serve_app = typer.Typer(help="Serve models over HTTP: the pricing inference serv
 app.add_typer(serve_app, name="serve")
 market_app = typer.Typer(help="Market core: ITCH files, LOBSTER checks, books.", no_args_is_help=True)
 app.add_typer(market_app, name="market")
-fix_app = typer.Typer(help="FIX 4.4: the exchange gateway, QuickFIX's acceptance scripts.", no_args_is_help=True)
 app.add_typer(fix_app, name="fix")
 
 console = Console()
@@ -578,78 +578,12 @@ def trade(
             out = run_paper(s, duration, strategy, where,
                             status=lambda st: line(format_status(st)) if line else log.info("%s", format_status(st)),
                             status_interval_s=1.0 if line else 10.0)
-    except (ConfigError, ConfigErrors, GreekfireError) as exc:
+    except (ConfigError, ConfigErrors) as exc:
         raise fail("trade", exc) from None
     if as_json:
         print_json(out)
         return
     print_trade(console, out)
-
-
-# --------------------------------------------------------------------------------------------------------
-# fix: the FIX exchange gateway and QuickFIX's acceptance scripts (greekfire.fix, greekfire.trading)
-@fix_app.command("conformance")
-def fix_conformance(
-    folder: Annotated[Path, typer.Argument(help="folder of QuickFIX's .def scripts (or the folder above it)")],
-    dictionary: Annotated[Path | None, typer.Option("--dictionary", help="FIX44.xml (default: beside the scripts, else fix.data_dictionary)")] = None,
-    only: Annotated[str | None, typer.Option("--only", help="run only the scripts whose name contains this")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", min=1, max=16, help="acceptors running scripts side by side")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
-) -> None:
-    """Play QuickFIX's acceptance scripts against greekfire's FIX acceptor; exit 1 when any fails."""
-    from greekfire.cli_fix import find_dictionary, print_conformance, run_conformance, script_folder
-
-    scripts = script_folder(folder)
-    path = find_dictionary(scripts, dictionary, settings())
-    try:
-        with terminal_bars(err_console, not as_json) as progress:
-            out = run_conformance(scripts, path, only, jobs, progress)
-    except GreekfireError as exc:
-        raise fail("fix conformance", exc) from None
-    if as_json:
-        print_json(out)
-    else:
-        print_conformance(console, out)
-    if out["failed"]:
-        raise typer.Exit(1)
-
-
-@fix_app.command("exchange")
-def fix_exchange(
-    port: Annotated[int | None, typer.Option("--port", min=0, max=65535, help="default: fix.port (0: any free port)")] = None,
-    host: Annotated[str | None, typer.Option("--host", help="default: fix.host")] = None,
-    duration: Annotated[float | None, typer.Option("--duration", help="seconds to run (default: until Ctrl-C or SIGTERM)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the counters as JSON when it stops")] = False,
-) -> None:
-    """The built-in exchange simulator over FIX 4.4: a FIX acceptor in front of the matching engine, one
-    session per CompID in fix.clients; `greekfire trade --paper --venues fix` trades with it."""
-    import signal
-    import threading
-
-    from greekfire.cli_fix import print_exchange
-    from greekfire.trading.fixexchange import FixExchange
-
-    if duration is not None and not duration > 0:
-        raise UsageProblem(f"--duration {duration!r}: must be a positive number of seconds")
-    s = settings()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if duration is not None:
-        threading.Timer(duration, stop.set).start()
-    clients = ", ".join(s.fix.clients)
-
-    def listening(bound: int) -> None:
-        err_console.print(f"greekfire fix exchange: listening on {host or s.fix.host}:{bound} "
-                          f"({s.fix.exchange_comp_id} <- {clients}, FIX 4.4)", soft_wrap=True, highlight=False)
-
-    try:
-        out = FixExchange(s, host=host, port=port).serve(stop, on_listening=listening)
-    except (ConfigError, ConfigErrors, GreekfireError, OSError) as exc:
-        raise fail("fix exchange", exc) from None
-    if as_json:
-        print_json(out)
-    else:
-        print_exchange(console, out)
 
 
 if __name__ == "__main__":  # pragma: no cover

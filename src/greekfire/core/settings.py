@@ -254,6 +254,19 @@ class ApiSettings(Section):
 
     host: str = Field("127.0.0.1", description="address `greekfire serve pricing` listens on")
     port: int = Field(8000, ge=1, le=65535, description="port of `greekfire serve pricing`")
+    trading_port: int = Field(8010, ge=1, le=65535, description="port of `greekfire serve trading`")
+    redis_url: str | None = Field(
+        None, description="Redis shared by the servers' rate limits (redis://host:6379/0); none: in memory"
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 key of the bearer tokens; none: a random key per process"
+    )
+    jwt_ttl_s: int = Field(900, ge=10, le=86_400, description="bearer token lifetime, seconds")
+    rate_limit_per_s: float = Field(20.0, gt=0, description="requests per second per API key and route")
+    rate_limit_burst: int = Field(40, ge=1, description="requests a key may send at once (token bucket size)")
+    ws_queue_size: int = Field(
+        1000, ge=1, description="messages a WebSocket client may fall behind before it is dropped"
+    )
 
 
 _yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("greekfire_yaml_data", default=None)

@@ -10,6 +10,10 @@ tags defined for the MsgType, required fields, empty values, data formats and en
 it does not model (one carrying a repeating-group count tag, a tag or number Python's ``int`` would read
 differently, an unusual BodyLength) is marked and handed to the Python path, for just that message.
 
+Why one module of some 800 lines: the lookup tables built from the dictionary, the numba kernels that read
+them and :class:`FixBatch` share one array layout (type classes, section codes, packed enum words); split up,
+each half would have to restate it.
+
 Example::
 
     parser = BatchParser(DataDictionary.load("FIX44.xml"))

@@ -100,20 +100,25 @@ def _reason(exc: BaseException) -> str:
 
 class SessionStore(ABC):
     """Sequence numbers and sent messages of ONE FIX session (identified by a session_id string such as
-    'FIX.4.4:ISLD->TW44'). Sequence numbers start at 1."""
+    'FIX.4.4:ISLD->TW44'). Sequence numbers start at 1. Every store keeps both numbers and the creation time
+    in memory (reads never touch its storage); the writes are its own."""
+
+    _creation_time: datetime
+    _sender: int
+    _target: int
 
     @property
-    @abstractmethod
     def creation_time(self) -> datetime:
         """When this session's sequence numbers started (UTC): set at creation and at :meth:`reset`."""
+        return self._creation_time
 
-    @abstractmethod
     def next_sender_seq(self) -> int:
         """The next MsgSeqNum (34) we send."""
+        return self._sender
 
-    @abstractmethod
     def next_target_seq(self) -> int:
         """The next MsgSeqNum (34) we expect from the counterparty."""
+        return self._target
 
     @abstractmethod
     def set_next_sender_seq(self, n: int) -> None:
@@ -149,16 +154,6 @@ class MemoryStore(SessionStore):
         self._sender = 1
         self._target = 1
         self._messages: dict[int, bytes] = {}
-
-    @property
-    def creation_time(self) -> datetime:
-        return self._creation_time
-
-    def next_sender_seq(self) -> int:
-        return self._sender
-
-    def next_target_seq(self) -> int:
-        return self._target
 
     def set_next_sender_seq(self, n: int) -> None:
         self._sender = _check_seq("next_sender_seq", n)
@@ -262,16 +257,6 @@ class SqlStore(SessionStore):
             masked_url(self.url),
             f"the FIX session store (session {self.session_id!r}) cannot {what}: {_reason(exc)}",
         )
-
-    @property
-    def creation_time(self) -> datetime:
-        return self._creation_time
-
-    def next_sender_seq(self) -> int:
-        return self._sender
-
-    def next_target_seq(self) -> int:
-        return self._target
 
     def _set_seq(self, stmt: Any, what: str, n: int) -> None:
         try:

@@ -42,11 +42,13 @@ from typing import Any
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from greekfire.core.db import masked_url
 from greekfire.core.errors import ConfigError, DataError, UnavailableError
@@ -382,6 +384,13 @@ EXPIRED = "bearer token expired; get a new one from POST /token"
 REVOKED = "the bearer token's API key is revoked or unknown"
 
 
+# OpenAPI security schemes (the "Authorize" button of /docs); the dependencies read the headers themselves
+API_KEY_SCHEME = APIKeyHeader(name="X-API-Key", scheme_name="ApiKey", auto_error=False,
+                              description="an API key, gfk_<key_id>_<secret> (`greekfire api-key create`)")
+BEARER_SCHEME = HTTPBearer(scheme_name="BearerToken", bearerFormat="JWT", auto_error=False,
+                           description="a token from POST /token")
+
+
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     v = headers.get(name)
     if v is None and not hasattr(headers, "getlist"):  # a plain dict: look case-insensitively
@@ -512,9 +521,20 @@ class Authenticator:
         except _AuthFailure:
             return None
 
-    async def authenticate(self, request: Request) -> Principal:
+    async def authenticate_headers(self, headers: Mapping[str, str], query_token: str | None = None) -> Principal | None:
+        """:meth:`principal_from_headers` for async code (a WebSocket endpoint): memory first, then the
+        blocking part (argon2, the database) in a worker thread. None when not authenticated."""
+        try:
+            kind, cred = self._credentials(headers, query_token)
+            p = self._fast(kind, cred)
+            return p if p is not None else await run_in_threadpool(self._slow, kind, cred)
+        except (_AuthFailure, UnavailableError):
+            return None
+
+    async def authenticate(self, request: HTTPConnection) -> Principal:
         """:meth:`principal` for async code: memory first, then the blocking part in a worker thread. The
-        result is kept on the request, so several dependencies of one request authenticate it once."""
+        result is kept on the request, so several dependencies of one request authenticate it once.
+        HTTPException 401 (or 503 when the key database cannot be read)."""
         cached = getattr(request.state, "greekfire_principal", None)
         if isinstance(cached, Principal):
             return cached
@@ -537,7 +557,11 @@ class Authenticator:
         if scope not in SCOPES:
             raise DataError("scope", scope, f"unknown scope; one of {', '.join(SCOPES)}")
 
-        async def require_scope(request: Request) -> Principal:
+        async def require_scope(
+            request: Request,
+            _key: str | None = Security(API_KEY_SCHEME),
+            _bearer: HTTPAuthorizationCredentials | None = Security(BEARER_SCHEME),
+        ) -> Principal:
             p = await self.authenticate(request)
             if scope not in p.scopes:
                 raise HTTPException(403, f"API key {p.key_id} lacks scope {scope!r} "

@@ -20,9 +20,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 
-from greekfire.api.auth import Authenticator, Principal
+from greekfire.api.auth import API_KEY_SCHEME, BEARER_SCHEME, Authenticator, Principal
 from greekfire.core.errors import ConfigError, UnavailableError
 
 if TYPE_CHECKING:
@@ -192,7 +193,11 @@ def rate_limited(limiter: RateLimiter, auth: Authenticator) -> Callable[..., Awa
     token of the bucket of (its API key, its route's path template) and returns the principal. Over the
     limit: HTTPException 429 with ``Retry-After``. Redis not answering: 503."""
 
-    async def rate_limit(request: Request) -> Principal:
+    async def rate_limit(
+        request: Request,
+        _key: str | None = Security(API_KEY_SCHEME),
+        _bearer: HTTPAuthorizationCredentials | None = Security(BEARER_SCHEME),
+    ) -> Principal:
         principal = await auth.authenticate(request)
         bucket = f"{principal.key_id}:{route_template(request)}"
         try:

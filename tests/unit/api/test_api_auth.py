@@ -371,3 +371,28 @@ def test_no_secret_in_logs_reprs_exceptions_or_responses(store: ApiKeyStore, cap
         assert s not in seen  # ... and never holds a secret
     assert "$argon2" not in seen
     assert [r.status_code for r in others] == [401, 200, 401, 403, 401, 401, 403]
+
+
+def test_openapi_lists_both_ways_to_authenticate(store: ApiKeyStore) -> None:
+    schema = tiny_app(Authenticator(store, None, 60)).openapi()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                                 "description": schemes["ApiKey"]["description"]}
+    assert schemes["BearerToken"]["scheme"] == "bearer" and schemes["BearerToken"]["bearerFormat"] == "JWT"
+    assert {"ApiKey": []} in schema["paths"]["/trade"]["get"]["security"]
+    assert "security" not in schema["paths"]["/token"]["post"]
+
+
+def test_websocket_style_authentication_off_the_event_loop(store: ApiKeyStore) -> None:
+    key_id, api_key = store.create("ws", ["read"])
+    auth = Authenticator(store, JWT_SECRET, 60)
+    token = auth.issue_token(api_key)["access_token"]
+
+    async def go() -> list[Principal | None]:
+        return [await auth.authenticate_headers({"X-API-Key": api_key}),
+                await auth.authenticate_headers({}, token),
+                await auth.authenticate_headers({}, token + "x"),
+                await auth.authenticate_headers({}, None)]
+
+    got = asyncio.run(go())
+    assert [p.key_id if p else None for p in got] == [key_id, key_id, None, None]

@@ -173,3 +173,9 @@ def test_unreachable_redis_is_503_not_a_free_pass(keys: tuple[Authenticator, str
     lim2 = RedisRateLimiter(url, 1.0, 5)
     (r,) = send(limited_app(lim2, auth), [("GET", "/v1/orders/x", a)])
     assert r.status_code == 503 and r.json()["detail"] == "the rate limiter is unavailable; try again later"
+
+
+def test_bad_redis_url_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"bad setting api.redis_url='http://u:\*\*\*@127.0.0.1:6379/0'") as e:
+        RedisRateLimiter("http://u:topsecret@127.0.0.1:6379/0", 1.0, 5)
+    assert "topsecret" not in str(e.value)

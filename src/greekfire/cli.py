@@ -24,6 +24,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from greekfire import __version__
+from greekfire.cli_api import api_key_app
 from greekfire.cli_errors import (
     EXIT_DATA,
     EXIT_USAGE,
@@ -75,6 +76,7 @@ app.add_typer(serve_app, name="serve")
 market_app = typer.Typer(help="Market core: ITCH files, LOBSTER checks, books.", no_args_is_help=True)
 app.add_typer(market_app, name="market")
 app.add_typer(fix_app, name="fix")
+app.add_typer(api_key_app, name="api-key")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -364,22 +364,22 @@ class _SqliteWriter:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0"):
             self.conn.execute(f"PRAGMA {pragma}")
+        # storing a sent message moves the session's next sender number in the same statement (one call,
+        # atomic), instead of BEGIN, INSERT, UPDATE, COMMIT: four calls on every message sent
+        for change in ("INSERT", "UPDATE OF raw"):
+            name = "fix_messages_next_sender_" + change.split()[0].lower()
+            self.conn.execute(
+                f"CREATE TRIGGER IF NOT EXISTS {name} AFTER {change} ON fix_messages BEGIN "
+                "UPDATE fix_sessions SET next_sender_seq = NEW.seq + 1 WHERE session_id = NEW.session_id; END"
+            )
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoints, args=(path,), daemon=True,
                                               name="fix-store-checkpoint")
         self._checkpointer.start()
 
     def save_sent(self, seq: int, raw: bytes) -> None:
-        c = self.conn
-        c.execute("BEGIN")
-        try:
-            c.execute("INSERT INTO fix_messages (session_id, seq, raw) VALUES (?, ?, ?) "
-                      "ON CONFLICT (session_id, seq) DO UPDATE SET raw = excluded.raw", (self.session_id, seq, raw))
-            c.execute("UPDATE fix_sessions SET next_sender_seq = ? WHERE session_id = ?", (seq + 1, self.session_id))
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        self.conn.execute("INSERT INTO fix_messages (session_id, seq, raw) VALUES (?, ?, ?) "
+                          "ON CONFLICT (session_id, seq) DO UPDATE SET raw = excluded.raw", (self.session_id, seq, raw))
 
     def set_sender(self, n: int) -> None:
         self.conn.execute("UPDATE fix_sessions SET next_sender_seq = ? WHERE session_id = ?", (n, self.session_id))

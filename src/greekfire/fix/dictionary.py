@@ -125,6 +125,9 @@ class DataDictionary:
     trailer: MessageDef
     messages: dict[str, MessageDef]
     by_name: dict[str, int]
+    # per MsgType: tag -> (format, enums, several values) of every field allowed at the top level
+    _specs: dict[str, dict[int, tuple[re.Pattern[str] | None, frozenset[str] | None, bool]]] = field(
+        default_factory=dict, repr=False)
 
     @staticmethod
     def load(path: str | Path) -> DataDictionary:
@@ -206,12 +209,38 @@ class DataDictionary:
         for t in mdef.required:
             if t not in seen:
                 raise FieldProblem(REQUIRED_TAG_MISSING, t)
+        specs = self._specs.get(mdef.msg_type) or self._build_specs(mdef)
         for tag, value in fields:
-            if tag in seen:
+            if tag not in seen:
+                continue
+            spec = specs.get(tag)
+            if spec is None or value == "":  # the slow path says which problem it is
                 self._check_field(tag, value, mdef)
+                continue
+            fmt, enums, several = spec
+            if fmt is not None and not fmt.match(value):
+                raise FieldProblem(INCORRECT_DATA_FORMAT, tag)
+            if enums is not None and (
+                any(v not in enums for v in value.split(" ")) if several else value not in enums
+            ):
+                raise FieldProblem(VALUE_INCORRECT, tag)
         for tag, _g, declared, found in counts:
             if declared != found:
                 raise FieldProblem(GROUP_COUNT, tag)
+
+    def _build_specs(
+        self, mdef: MessageDef,
+    ) -> dict[int, tuple[re.Pattern[str] | None, frozenset[str] | None, bool]]:
+        """What :meth:`validate` checks of each field allowed at the top level of ``mdef`` (one dict lookup a
+        field instead of four)."""
+        specs = {}
+        for tag in mdef.fields | self.header.fields | self.trailer.fields:
+            fdef = self.fields.get(tag)
+            if fdef is not None:
+                several = fdef.type in ("MULTIPLEVALUESTRING", "MULTIPLECHARVALUE")
+                specs[tag] = (_FORMATS.get(fdef.type), fdef.enums, several)
+        self._specs[mdef.msg_type] = specs
+        return specs
 
     def _check_field(self, tag: int, value: str, mdef: MessageDef | None) -> None:
         if value == "":

@@ -29,7 +29,8 @@ class TradingServer:
     """The trading app over a fresh paper engine, served by uvicorn in a thread on a free loopback port; keys
     for each scope in ``keys`` (read, trade, admin)."""
 
-    def __init__(self, tmp: Path, *, strategy: bool = True, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, tmp: Path, *, strategy: bool = True, overrides: dict[str, Any] | None = None,
+                 uvicorn_kw: dict[str, Any] | None = None) -> None:
         self.settings: Settings = load_settings(overrides={
             "home": str(tmp), "database.url": f"sqlite:///{tmp / 'api.db'}", "trading.venues": 2,
             "trading.snapshot_interval_s": 5.0, **(overrides or {}),
@@ -41,7 +42,8 @@ class TradingServer:
         self.app = build_app(self.settings, self.engine, store=self.store)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    **(uvicorn_kw or {})))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> TradingServer:

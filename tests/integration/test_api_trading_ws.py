@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+from test_api_trading import TradingServer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from conftest import poll_until
-from test_api_trading import TradingServer
 
 pytestmark = pytest.mark.integration
 

@@ -42,7 +42,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 from urllib.parse import parse_qs
 
 import torch
@@ -282,9 +282,11 @@ class InstrumentOut(BaseModel):
 
 
 _RISK_FIELDS = RiskSettings.model_fields
-RiskLimitsPatch = create_model(  # every limit optional: a PUT names only what it changes
+_OPTIONAL_LIMITS: dict[str, Any] = {k: (Optional[f.annotation], Field(None, description=f.description))  # noqa: UP045
+                                    for k, f in _RISK_FIELDS.items()}
+RiskLimitsPatch = create_model(  # type: ignore[call-overload]  # every limit optional: a PUT names only what changes
     "RiskLimitsPatch", __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [{"max_order_qty": 200}]}),
-    **{k: (f.annotation | None, Field(None, description=f.description)) for k, f in _RISK_FIELDS.items()},
+    **_OPTIONAL_LIMITS,
 )
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -607,7 +609,7 @@ def build_app(
             raise HTTPException(404, f"no order {client_id!r}")
         return o
 
-    conflict = {409: {"model": ConflictOut, "description": "a risk denial, or an order that cannot change"}}
+    conflict: dict[int | str, dict[str, Any]] = {409: {"model": ConflictOut, "description": "a risk denial, or an order that cannot change"}}
 
     @app.post("/v1/orders", status_code=201, response_model=OrderOut, responses={**ERRORS, **conflict})
     async def submit(body: OrderRequest, request: Request, p: Principal = Depends(need["trade"])) -> OrderOut:  # noqa: B008
@@ -828,7 +830,7 @@ def build_app(
         return await risk_state(p)
 
     # ------------------------------------------------------------------ strategies
-    not_found = {404: {"description": "unknown strategy"}}
+    not_found: dict[int | str, dict[str, Any]] = {404: {"description": "unknown strategy"}}
 
     @app.get("/v1/strategies", response_model=list[StrategyOut], responses=ERRORS)
     async def list_strategies(_: Principal = Depends(need["read"])) -> list[dict[str, Any]]:  # noqa: B008
@@ -908,7 +910,7 @@ def build_trading_engine(settings: Settings, venues: int | str | None = None) ->
     if not use_fix:
         return build_engine(settings, strategies=strats, store=store, engine_id="serve"), None
     instruments = default_instruments()
-    (fix_venue,) = fix_venues(settings, instruments)
+    fix_venue: Any = fix_venues(settings, instruments)[0]
     try:
         engine = build_engine(settings, instruments=instruments, venues=[fix_venue], strategies=strats, store=store,
                               engine_id="serve")

@@ -4,6 +4,9 @@ limits, the kill switch, strategies, the book views and the audit log."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,13 +17,15 @@ import httpx
 import pytest
 import uvicorn
 
-from conftest import free_port, poll_until, port_open
+from conftest import command_env, free_port, poll_until, port_open
 from greekfire.api.auth import ApiKeyStore
 from greekfire.api.trading import API_STRATEGY, build_app
+from greekfire.core.db import resolve_url
 from greekfire.core.settings import Settings, load_settings
 from greekfire.strategies import load_strategy
 from greekfire.trading.build import build_engine
 from greekfire.trading.engine import TradingEngine
+from greekfire.trading.store import SnapshotStore
 
 pytestmark = pytest.mark.integration
 
@@ -341,3 +346,33 @@ def test_mutating_calls_are_audited_without_secrets(srv: TradingServer) -> None:
         assert key not in text and key.rsplit("_", 1)[-1] not in text
     put = [e for e in entries if e[4].get("route") == "/v1/risk/limits"][-1]
     assert put[4]["key_id"] and put[4]["method"] == "PUT" and "max_order_qty" in put[4]["body"]
+
+
+def test_serve_trading_says_where_it_listens_serves_and_stops_on_sigint(tmp_path: Path) -> None:
+    port = free_port()
+    code = ("from greekfire.api.trading import serve_trading; from greekfire.core.settings import load_settings; "
+            f"serve_trading(load_settings(overrides={{'home': {str(tmp_path)!r}}}), host='127.0.0.1', port={port})")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, env=command_env())
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        while line and "listening on" not in line:
+            line = proc.stderr.readline()
+        assert f"greekfire serve trading: listening on http://127.0.0.1:{port} (" in line, line
+        r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert r.status_code == 200 and r.json()["engine_running"] is True
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/orders", timeout=10).status_code == 401
+        proc.send_signal(signal.SIGINT)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught
+        assert proc.wait(timeout=30) in (0, -signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # the lifespan's shutdown stopped the engine, which wrote its last snapshot under the engine id "serve"
+    settings = load_settings(overrides={"home": str(tmp_path)})
+    store = SnapshotStore(resolve_url(settings.database.url.get_secret_value(), settings.home), "serve")
+    try:
+        assert store.load() is not None
+    finally:
+        store.close()

@@ -14,7 +14,6 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
-
 from test_api_trading import TradingServer
 
 pytestmark = pytest.mark.integration

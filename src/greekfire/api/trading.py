@@ -39,32 +39,60 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
-import torch
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import ValidationError
 
 from greekfire.api.auth import SCOPES, ApiKeyStore, Authenticator, Principal
 from greekfire.api.ratelimit import RateLimiter, make_limiter, rate_limited
 from greekfire.api.server import ListeningServer
 from greekfire.api.streams import CLOSE_POLICY, StreamHub
+from greekfire.api.trading_control import StrategyControl
+from greekfire.api.trading_models import (
+    AMENDABLE,
+    ERRORS,
+    TIFS,
+    AmendRequest,
+    CancelAllOut,
+    ConflictOut,
+    Health,
+    InstrumentOut,
+    KillRequest,
+    OrderOut,
+    OrderRequest,
+    ParametersOut,
+    ParametersRequest,
+    PnlOut,
+    PositionOut,
+    RiskLimitsPatch,
+    RiskStateOut,
+    ScenariosOut,
+    StrategyOut,
+    TokenRequest,
+    TokenResponse,
+    clean,
+    conflict_error,
+    finite_or_none,
+    instrument_out,
+    order_out,
+    redact,
+    scenarios,
+    unprocessable,
+)
 from greekfire.core.db import resolve_url
 from greekfire.core.errors import ConfigError, DataError
 from greekfire.core.metrics import counter, mount_metrics
 from greekfire.core.settings import RiskSettings, Settings
-from greekfire.quant import scenario_grid
 from greekfire.trading.engine import TradingEngine
-from greekfire.trading.model import Instrument, OrderType, Side, TimeInForce
-from greekfire.trading.orders import TRANSITIONS, Order, OrderStatus
-from greekfire.trading.strategy import Strategy
+from greekfire.trading.model import Instrument, OrderType, Side
+from greekfire.trading.orders import Order, OrderStatus
 
 log = logging.getLogger(__name__)
 
@@ -73,394 +101,6 @@ API_STRATEGY = "api"
 
 REQUESTS = counter("greekfire_api_trading_requests", "trading API answers by route and status", ["route", "status"])
 
-_SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password", "authorization")
-_AMENDABLE = frozenset(s for s, nxt in TRANSITIONS.items() if OrderStatus.PENDING_REPLACE in nxt)
-_TIFS = {"GTC": TimeInForce.GTC, "DAY": TimeInForce.DAY, "IOC": TimeInForce.IOC, "FOK": TimeInForce.FOK}
-_MAX_QTY = 1_000_000_000
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None (JSON has no NaN), tuples lists, enums their value."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple | set | frozenset):
-        return [_clean(v) for v in x]
-    if isinstance(x, bool | int | str) or x is None:
-        return x
-    return str(x)
-
-
-def _redact(x: Any) -> Any:
-    """A copy of a request body with every secret-looking field replaced by ``"***"``."""
-    if isinstance(x, dict):
-        return {k: ("***" if any(w in str(k).lower() for w in _SECRET_WORDS) else _redact(v)) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_redact(v) for v in x]
-    return x
-
-
-def _unprocessable(where: str, field: str, value: Any, msg: str) -> RequestValidationError:
-    """A 422 like FastAPI's own, naming ``where`` (body, query, path), the field and the value."""
-    return RequestValidationError([{"type": "value_error", "loc": (where, *field.split(".")), "msg": msg,
-                                    "input": _clean(value)}])
-
-
-def _conflict(reason: str, values: dict[str, Any], message: str) -> HTTPException:
-    return HTTPException(409, {"reason": reason, "values": _clean(values), "message": message})
-
-
-def _fnum(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-# ---------------------------------------------------------------------------------------------- models
-class Health(BaseModel):
-    status: str = Field(description="ok")
-    engine_running: bool
-    trading_state: str = Field(description="ACTIVE, REDUCING or HALTED")
-    events: int = Field(description="events the engine has handled")
-    stream_clients: int = Field(description="WebSocket clients connected")
-
-
-class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"api_key": "gfk_1a2b3c_..."}]})
-    api_key: str = Field(min_length=1, max_length=512, description="an API key (gfk_<key id>_<secret>)")
-
-
-class TokenResponse(BaseModel):
-    access_token: str
-    token_type: str = Field(description="bearer")
-    expires_in: int = Field(description="seconds")
-
-
-class OrderRequest(BaseModel):
-    """A new order. ``instrument_id`` or ``symbol``; a limit ``price`` in currency (on the tick grid), or
-    ``market: true`` for a market order."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"symbol": "GFX", "side": "buy", "qty": 10, "price": 100.05, "tif": "GTC"},
-        {"instrument_id": 4, "side": "sell", "qty": 1, "market": True, "tif": "IOC"},
-    ]})
-    instrument_id: int | None = Field(None, ge=0, le=2**31, description="see GET /v1/instruments")
-    symbol: str | None = Field(None, min_length=1, max_length=64, description="instead of instrument_id")
-    side: Literal["buy", "sell"]
-    qty: int = Field(gt=0, le=_MAX_QTY, description="contracts or shares (a multiple of the lot size)")
-    price: float | None = Field(None, gt=0, allow_inf_nan=False, description="limit price, currency")
-    market: bool = Field(False, description="a market order (no price)")
-    tif: Literal["GTC", "DAY", "IOC", "FOK"] = Field("GTC", description="time in force")
-
-
-class AmendRequest(BaseModel):
-    """New total quantity and/or limit price (currency) of a working order."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"qty": 20, "price": 100.1}]})
-    qty: int | None = Field(None, gt=0, le=_MAX_QTY, description="new total quantity")
-    price: float | None = Field(None, gt=0, allow_inf_nan=False, description="new limit price, currency")
-
-
-class OrderOut(BaseModel):
-    """An order as the engine holds it (prices in currency)."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "client_id": "serve.1.7", "instrument_id": 1, "symbol": "GFX", "side": "buy", "qty": 10, "price": 100.05,
-        "ord_type": "LIMIT", "tif": "GTC", "status": "ACCEPTED", "filled_qty": 0, "leaves_qty": 10, "avg_px": 0.0,
-        "fees": 0.0, "venue": "SIM1", "strategy_id": "api", "parent_id": "", "reason": "", "ts_init_ns": 0,
-        "ts_last_ns": 0, "children": []}]})
-    client_id: str
-    instrument_id: int
-    symbol: str | None
-    side: Literal["buy", "sell"]
-    qty: int
-    price: float | None = Field(description="limit, currency (None: market)")
-    ord_type: str
-    tif: str
-    status: str = Field(description="an order status; SWEPT: the order was split into `children` over venues")
-    filled_qty: int
-    leaves_qty: int
-    avg_px: float | None = Field(description="average fill price, currency")
-    fees: float | None = Field(description="currency, negative is a rebate")
-    venue: str
-    strategy_id: str
-    parent_id: str
-    reason: str
-    ts_init_ns: int
-    ts_last_ns: int
-    children: list[OrderOut] = Field(default_factory=list, description="orders a sweep sent in this one's place")
-
-
-class DenialOut(BaseModel):
-    reason: str = Field(description="a risk reason code (greekfire.trading.denials.Reason), or NOT_AMENDABLE, "
-                                    "NOT_CANCELABLE, NO_CHANGE")
-    values: dict[str, Any]
-    message: str
-
-
-class ConflictOut(BaseModel):
-    detail: DenialOut
-
-
-class CancelAllOut(BaseModel):
-    canceled: int = Field(description="cancel requests sent")
-
-
-class PositionOut(BaseModel):
-    instrument_id: int
-    symbol: str
-    qty: int
-    avg_cost: float | None = Field(description="currency per unit")
-    mark: float | None = Field(description="currency per unit")
-    realized_pnl: float | None
-    unrealized_pnl: float | None
-    fees: float | None
-    fill_count: int
-
-
-class PnlOut(BaseModel):
-    realized: float | None
-    unrealized: float | None
-    fees: float | None
-    total: float | None = Field(description="realized + unrealized - fees, currency")
-    cash: float | None
-    equity: float | None
-    starting_cash: float | None
-
-
-class ScenariosOut(BaseModel):
-    spot_shocks: list[float] = Field(description="relative spot moves (0.05 = +5%)")
-    vol_shocks: list[float] = Field(description="absolute vol moves (0.02 = +2 vol points)")
-    pnl: dict[str, list[list[float | None]]] = Field(description="per underlying [spot][vol] P&L, currency")
-    total: list[list[float | None]]
-
-
-class RiskStateOut(BaseModel):
-    trading_state: str
-    killed: bool
-    kill_reason: str
-    var_1d: float | None
-    denials: dict[str, int]
-
-
-class KillRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "desk halt"}]})
-    reason: str = Field("api", min_length=1, max_length=200)
-
-
-class StrategyOut(BaseModel):
-    name: str
-    cls: str = Field(description="module:Class")
-    running: bool
-    parameters: dict[str, Any]
-
-
-class ParametersRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"parameters": {"half_width_ticks": 6}}]})
-    parameters: dict[str, Any] = Field(description="parameter -> new value (see GET .../parameters)")
-
-
-class ParametersOut(BaseModel):
-    name: str
-    parameters: dict[str, Any]
-
-
-class InstrumentOut(BaseModel):
-    instrument_id: int
-    symbol: str
-    kind: Literal["equity", "option"]
-    underlying: str
-    strike: float | None
-    expiry: str | None = Field(description="ISO 8601, UTC")
-    right: Literal["C", "P"] | None
-    multiplier: float
-    tick_size: float
-    lot_size: int
-    bid: float | None
-    ask: float | None
-    mark: float | None
-
-
-_RISK_FIELDS = RiskSettings.model_fields
-_OPTIONAL_LIMITS: dict[str, Any] = {k: (Optional[f.annotation], Field(None, description=f.description))  # noqa: UP045
-                                    for k, f in _RISK_FIELDS.items()}
-RiskLimitsPatch = create_model(  # type: ignore[call-overload]  # every limit optional: a PUT names only what changes
-    "RiskLimitsPatch", __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [{"max_order_qty": 200}]}),
-    **_OPTIONAL_LIMITS,
-)
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no or bad credentials"}, 403: {"description": "the key lacks the scope"},
-    429: {"description": "over the rate limit (Retry-After)"},
-}
-
-
-# ---------------------------------------------------------------------------------------------- views
-def _order_out(engine: TradingEngine, o: Order, status: str | None = None,
-               children: Iterable[Order] = ()) -> OrderOut:
-    inst = engine.instruments.get(o.instrument_id)
-    price = None
-    if o.price_ticks is not None:
-        price = inst.from_ticks(o.price_ticks) if inst else None
-    return OrderOut(
-        client_id=o.client_id, instrument_id=o.instrument_id, symbol=inst.symbol if inst else None,
-        side="buy" if o.side > 0 else "sell", qty=o.qty, price=_fnum(price), ord_type=o.ord_type.name,
-        tif=o.tif.name, status=status or o.status.value, filled_qty=o.filled_qty, leaves_qty=o.leaves_qty,
-        avg_px=_fnum(o.avg_px), fees=_fnum(o.fees), venue=o.venue, strategy_id=o.strategy_id, parent_id=o.parent_id,
-        reason=o.reason, ts_init_ns=o.ts_init_ns, ts_last_ns=o.ts_last_ns,
-        children=[_order_out(engine, c) for c in children],
-    )
-
-
-def _instrument_out(engine: TradingEngine, i: Instrument) -> InstrumentOut:
-    q = engine.last_quotes.get(i.instrument_id)
-    expiry = datetime.fromtimestamp(i.expiry_ns / 1e9, UTC).isoformat() if i.is_option else None
-    return InstrumentOut(
-        instrument_id=i.instrument_id, symbol=i.symbol, kind="option" if i.is_option else "equity",
-        underlying=i.underlying, strike=i.strike if i.is_option else None, expiry=expiry,
-        right=("C" if i.right > 0 else "P") if i.is_option else None, multiplier=i.multiplier, tick_size=i.tick_size,
-        lot_size=i.lot_size, bid=_fnum(q.bid) if q else None, ask=_fnum(q.ask) if q else None,
-        mark=_fnum(engine.ref_price(i.instrument_id)),
-    )
-
-
-def scenarios(engine: TradingEngine, spot_shocks: list[float], vol_shocks: list[float]) -> dict[str, Any]:
-    """Full-revaluation P&L (currency) of the engine's book over a grid of relative spot moves and absolute vol
-    moves, per underlying and in total (Black-Scholes-Merton at the engine's pricing inputs)."""
-    pf, pricing = engine.portfolio, engine.pricing
-    now = engine.clock_ns()
-    ns, nv = len(spot_shocks), len(vol_shocks)
-    by_und: dict[str, torch.Tensor] = {}
-    ds = torch.tensor(spot_shocks, dtype=torch.float64)
-    for und in pf.totals:
-        grid = torch.zeros(ns, nv, dtype=torch.float64)
-        spot = pf.spots.get(und)
-        held = [(engine.instruments[i], p.qty) for i, p in pf.positions.items()
-                if p.qty and engine.instruments[i].underlying == und]
-        if spot and spot > 0 and held:
-            opts = [(i, q) for i, q in held if i.is_option]
-            for i, q in held:
-                if not i.is_option:  # linear: qty x multiplier x spot x move, whatever the vol
-                    grid += (q * i.multiplier * spot * ds).reshape(-1, 1)
-            if opts:
-                grid += scenario_grid(
-                    [i.right for i, _ in opts], float(spot), [i.strike for i, _ in opts],
-                    [max(i.ttm(now), 1.0 / (365 * 24 * 60)) for i, _ in opts], pricing.rate, pricing.div_yield,
-                    [pricing.vol(i.instrument_id) for i, _ in opts], [float(q) for _, q in opts],
-                    [i.multiplier for i, _ in opts], spot_shocks, vol_shocks,
-                ).to(torch.float64).cpu()
-        by_und[und] = grid
-    total = sum(by_und.values(), torch.zeros(ns, nv, dtype=torch.float64))
-    return {"spot_shocks": spot_shocks, "vol_shocks": vol_shocks,
-            "pnl": {u: _clean(g.tolist()) for u, g in by_und.items()}, "total": _clean(total.tolist())}
-
-
-# ---------------------------------------------------------------------------------------------- strategies
-_HOOKS = (("quotes.*", "on_quote"), ("trades.*", "on_trade"), ("books.*", "on_book"), ("timers", "on_timer"))
-
-
-class StrategyControl:
-    """Start, stop and re-parameterise the engine's strategies while it runs.
-
-    Stopping a strategy leaves the bus (its hooks no longer hear anything), cancels its timers and its open
-    orders and calls its ``on_stop``. Starting one attaches a fresh instance built from its class and
-    parameters (so it starts from a clean state) and calls its ``on_start``. Parameters are the strategy's
-    public scalar attributes (int, float, bool, str); a change is checked by building a new instance with it
-    (its constructor's checks apply) and then set on the running one.
-    """
-
-    def __init__(self, engine: TradingEngine) -> None:
-        self.engine = engine
-        self.running: dict[str, bool] = {s.name: True for s in engine.strategies}  # they start with the engine
-
-    def get(self, name: str) -> Strategy:
-        """The strategy called ``name``; HTTP 404 when there is none."""
-        for s in self.engine.strategies:
-            if s.name == name:
-                return s
-        raise HTTPException(404, f"no strategy {name!r} (have: {', '.join(self.running) or 'none'})")
-
-    @staticmethod
-    def parameters(s: Strategy) -> dict[str, Any]:
-        """Public scalar attributes of a strategy: what GET/PUT .../parameters show and change."""
-        return {k: v for k, v in vars(s).items()
-                if not k.startswith("_") and k not in ("name", "ctx", "params")
-                and isinstance(v, bool | int | float | str) and not (isinstance(v, float) and not math.isfinite(v))}
-
-    def describe(self, s: Strategy) -> dict[str, Any]:
-        cls = type(s)
-        return {"name": s.name, "cls": f"{cls.__module__}:{cls.__qualname__}", "running": self.running.get(s.name, False),
-                "parameters": self.parameters(s)}
-
-    def _isolated(self, s: Strategy, hook: str) -> None:
-        try:
-            getattr(s, hook)()
-        except Exception:  # a strategy's own bug must not fail the request that stopped or started it
-            self.engine.bus.errors[f"strategy:{s.name}"] += 1
-            log.exception("strategy %s failed in %s", s.name, hook)
-
-    def stop(self, name: str) -> dict[str, Any]:
-        """Detach ``name`` from the engine (idempotent); returns its description plus ``canceled`` orders."""
-        s = self.get(name)
-        n = 0
-        if self.running.get(name):
-            eng, owner = self.engine, f"strategy:{name}"
-            for topic, hook in (*_HOOKS, (f"fills.{name}", "on_fill")):
-                eng.bus.unsubscribe(topic, getattr(s, hook))
-            for _due, tid, who, _fn, _every in list(eng.timers.heap):
-                if who == owner:
-                    eng.timers.cancel(tid)
-            n = eng.cancel_all(strategy_id=name)
-            self._isolated(s, "on_stop")
-            self.running[name] = False
-        return {**self.describe(s), "canceled": n}
-
-    def start(self, name: str) -> dict[str, Any]:
-        """Attach a fresh instance of ``name`` (idempotent: a running one is left as it is)."""
-        s = self.get(name)
-        if not self.running.get(name):
-            fresh = type(s)(name=s.name, **s.params)
-            idx = self.engine.strategies.index(s)
-            self.engine.strategies.pop(idx)
-            self.engine.add_strategy(fresh)  # appended, subscribed, given its context
-            self.engine.strategies.insert(idx, self.engine.strategies.pop())
-            self.running[name] = True
-            self._isolated(fresh, "on_start")
-            s = fresh
-        return {**self.describe(s), "canceled": 0}
-
-    def set_parameters(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """Check and apply parameter changes; HTTP 422 naming ``parameters.<name>`` and the value when bad."""
-        s = self.get(name)
-        current = self.parameters(s)
-        for k, v in changes.items():
-            if k not in current:
-                raise _unprocessable("body", f"parameters.{k}", v, f"not a parameter of {name} "
-                                     f"(one of {', '.join(sorted(current))})")
-            old = current[k]
-            ok = (type(v) is bool) if type(old) is bool else (
-                isinstance(v, int) and not isinstance(v, bool) if type(old) is int else
-                (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)) if type(old) is float
-                else isinstance(v, str))
-            if not ok:
-                raise _unprocessable("body", f"parameters.{k}", v, f"must be a {type(old).__name__} like {old!r}")
-        merged = {**s.params, **changes}
-        try:
-            trial = type(s)(name=s.name, **merged)
-        except (ConfigError, DataError) as exc:
-            field = getattr(exc, "field", "parameters").rsplit(".", 1)[-1]
-            raise _unprocessable("body", f"parameters.{field}", getattr(exc, "value", None), str(exc)) from None
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise _unprocessable("body", "parameters", changes, str(exc)) from None
-        trial_params = self.parameters(trial)
-        for k in changes:
-            if k in trial_params and trial_params[k] != changes[k] and k not in s.params:
-                # the constructor ignores this one as a keyword: it is derived state, not a parameter
-                raise _unprocessable("body", f"parameters.{k}", changes[k], f"{name} does not take {k} as a parameter")
-        for k, v in changes.items():
-            setattr(s, k, trial_params.get(k, v))
-        s.params.update(changes)  # a restart builds the fresh instance with them
-        return {"name": name, "parameters": self.parameters(s)}
 
 
 # ---------------------------------------------------------------------------------------------- the app
@@ -539,13 +179,13 @@ def build_app(
         path = getattr(route, "path", request.url.path)
         engine.audit.append(engine.clock_ns(), "api", p.key_id, {
             "key_id": p.key_id, "name": p.name, "method": request.method, "route": path,
-            "path_params": dict(request.path_params), "body": _clean(_redact(body)), "status": status,
+            "path_params": dict(request.path_params), "body": clean(redact(body)), "status": status,
         })
         REQUESTS.labels(path, str(status)).inc()
 
     @app.exception_handler(DataError)
     async def _data_error(_: Request, exc: DataError) -> JSONResponse:
-        err = {"type": "value_error", "loc": ["body", *exc.field.split(".")], "msg": exc.reason, "input": _clean(exc.value)}
+        err = {"type": "value_error", "loc": ["body", *exc.field.split(".")], "msg": exc.reason, "input": clean(exc.value)}
         return JSONResponse({"detail": [err]}, status_code=422)
 
     # ------------------------------------------------------------------ public
@@ -576,12 +216,12 @@ def build_app(
             else:
                 data = json.loads(raw or b"null")
         except ValueError:
-            raise _unprocessable("body", "body", None, "not JSON (send {\"api_key\": ...} or a form)") from None
+            raise unprocessable("body", "body", None, "not JSON (send {\"api_key\": ...} or a form)") from None
         try:
             req = TokenRequest.model_validate(data)
         except ValidationError as exc:
             raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"]), "input": _clean(_redact(e.get("input")))}
+                [{**e, "loc": ("body", *e["loc"]), "input": clean(redact(e.get("input")))}
                  for e in exc.errors(include_url=False, include_context=False)]) from None
         out = auth.issue_token(req.api_key)
         parts = req.api_key.split("_")
@@ -592,15 +232,15 @@ def build_app(
     # ------------------------------------------------------------------ orders
     def _instrument(body: OrderRequest) -> Instrument:
         if (body.instrument_id is None) == (body.symbol is None):
-            raise _unprocessable("body", "instrument_id", body.instrument_id, "send exactly one of instrument_id or symbol")
+            raise unprocessable("body", "instrument_id", body.instrument_id, "send exactly one of instrument_id or symbol")
         if body.symbol is not None:
             inst = engine.by_symbol.get(body.symbol)
             if inst is None:
-                raise _unprocessable("body", "symbol", body.symbol, "unknown symbol (see GET /v1/instruments)")
+                raise unprocessable("body", "symbol", body.symbol, "unknown symbol (see GET /v1/instruments)")
             return inst
         inst = engine.instruments.get(int(body.instrument_id or 0))
         if inst is None:
-            raise _unprocessable("body", "instrument_id", body.instrument_id, "unknown instrument (see GET /v1/instruments)")
+            raise unprocessable("body", "instrument_id", body.instrument_id, "unknown instrument (see GET /v1/instruments)")
         return inst
 
     def _find(client_id: str) -> Order:
@@ -617,24 +257,24 @@ def build_app(
         the child orders), 409 ``{reason, values, message}`` when risk denies it."""
         inst = _instrument(body)
         if body.market and body.price is not None:
-            raise _unprocessable("body", "price", body.price, "a market order has no price")
+            raise unprocessable("body", "price", body.price, "a market order has no price")
         if not body.market and body.price is None:
-            raise _unprocessable("body", "price", None, "a limit order needs a price (or market: true)")
+            raise unprocessable("body", "price", None, "a limit order needs a price (or market: true)")
         ticks = None if body.market else inst.ticks(float(body.price or 0.0), "price")
         order = engine.new_order(inst.instrument_id, Side.BUY if body.side == "buy" else Side.SELL, body.qty, ticks,
-                                 OrderType.MARKET if body.market else OrderType.LIMIT, _TIFS[body.tif],
+                                 OrderType.MARKET if body.market else OrderType.LIMIT, TIFS[body.tif],
                                  strategy_id=API_STRATEGY)
         created = engine.submit(order)
         first = created[0]
         if first.status == OrderStatus.DENIED:
             d = last_denial.pop(order.client_id, None) or {}
             audit(p, request, body.model_dump(), 409)
-            raise _conflict(first.reason, d.get("values", {}), d.get("message", f"denied: {first.reason}"))
+            raise conflict_error(first.reason, d.get("values", {}), d.get("message", f"denied: {first.reason}"))
         audit(p, request, body.model_dump(), 201)
         if len(created) == 1 and first is order:
-            return _order_out(engine, order)
+            return order_out(engine, order)
         swept[order.client_id] = [c.client_id for c in created]
-        return _order_out(engine, order, status="SWEPT", children=created)
+        return order_out(engine, order, status="SWEPT", children=created)
 
     @app.get("/v1/orders", response_model=list[OrderOut], responses=ERRORS)
     async def list_orders(
@@ -650,7 +290,7 @@ def build_app(
         if symbol is not None:
             inst = engine.by_symbol.get(symbol)
             if inst is None:
-                raise _unprocessable("query", "symbol", symbol, "unknown symbol (see GET /v1/instruments)")
+                raise unprocessable("query", "symbol", symbol, "unknown symbol (see GET /v1/instruments)")
             iid = inst.instrument_id
         out: list[OrderOut] = []
         for o in reversed(engine.oms.orders.values()):
@@ -663,7 +303,7 @@ def build_app(
                     continue
             elif status is not None and o.status != status:
                 continue
-            out.append(_order_out(engine, o))
+            out.append(order_out(engine, o))
             if len(out) >= limit:
                 break
         return out
@@ -678,8 +318,8 @@ def build_app(
                            kids[0].price_ticks, kids[0].ord_type, kids[0].tif, strategy_id=kids[0].strategy_id) \
                 if kids else None
             if parent is not None:
-                return _order_out(engine, parent, status="SWEPT", children=kids)
-        return _order_out(engine, _find(client_id))
+                return order_out(engine, parent, status="SWEPT", children=kids)
+        return order_out(engine, _find(client_id))
 
     @app.patch("/v1/orders/{client_id:path}", response_model=OrderOut,
                responses={**ERRORS, **conflict, 404: {"description": "unknown order"}})
@@ -689,21 +329,21 @@ def build_app(
         the order is no longer working (closed, or a cancel/replace pending)."""
         o = _find(client_id)
         if body.qty is None and body.price is None:
-            raise _unprocessable("body", "qty", None, "send qty and/or price")
+            raise unprocessable("body", "qty", None, "send qty and/or price")
         inst = engine.instruments[o.instrument_id]
         ticks = o.price_ticks if body.price is None else inst.ticks(body.price, "price")
         if ticks is None:
-            raise _unprocessable("body", "price", None, "a market order has no price to keep: send one")
+            raise unprocessable("body", "price", None, "a market order has no price to keep: send one")
         qty = o.qty if body.qty is None else body.qty
-        if o.status not in _AMENDABLE:
+        if o.status not in AMENDABLE:
             audit(p, request, body.model_dump(), 409)
-            raise _conflict("NOT_AMENDABLE", {"status": o.status.value}, f"order {client_id} is {o.status.value}")
+            raise conflict_error("NOT_AMENDABLE", {"status": o.status.value}, f"order {client_id} is {o.status.value}")
         denial = engine.amend(client_id, qty, ticks)
         if denial is not None:
             audit(p, request, body.model_dump(), 409)
-            raise _conflict(denial.reason.value, denial.values, denial.message)
+            raise conflict_error(denial.reason.value, denial.values, denial.message)
         audit(p, request, body.model_dump(), 200)
-        return _order_out(engine, o)
+        return order_out(engine, o)
 
     @app.delete("/v1/orders/{client_id:path}", response_model=OrderOut,
                 responses={**ERRORS, **conflict, 404: {"description": "unknown order"}})
@@ -714,9 +354,9 @@ def build_app(
         o = _find(client_id)
         if not engine.cancel(client_id):
             audit(p, request, None, 409)
-            raise _conflict("NOT_CANCELABLE", {"status": o.status.value}, f"order {client_id} is {o.status.value}")
+            raise conflict_error("NOT_CANCELABLE", {"status": o.status.value}, f"order {client_id} is {o.status.value}")
         audit(p, request, None, 200)
-        return _order_out(engine, o)
+        return order_out(engine, o)
 
     @app.delete("/v1/orders", response_model=CancelAllOut, responses=ERRORS)
     async def cancel_all(
@@ -739,24 +379,24 @@ def build_app(
             inst = engine.instruments[iid]
             mark = pf.marks.get(iid)
             out.append(PositionOut(
-                instrument_id=iid, symbol=inst.symbol, qty=pos.qty, avg_cost=_fnum(pos.avg_cost), mark=_fnum(mark),
-                realized_pnl=_fnum(pos.realized_pnl),
-                unrealized_pnl=_fnum(pos.unrealized(mark if mark is not None else pos.avg_cost, inst.multiplier)),
-                fees=_fnum(pos.fees), fill_count=pos.fill_count))
+                instrument_id=iid, symbol=inst.symbol, qty=pos.qty, avg_cost=finite_or_none(pos.avg_cost), mark=finite_or_none(mark),
+                realized_pnl=finite_or_none(pos.realized_pnl),
+                unrealized_pnl=finite_or_none(pos.unrealized(mark if mark is not None else pos.avg_cost, inst.multiplier)),
+                fees=finite_or_none(pos.fees), fill_count=pos.fill_count))
         return out
 
     @app.get("/v1/pnl", response_model=PnlOut, responses=ERRORS)
     async def pnl(_: Principal = Depends(need["read"])) -> PnlOut:  # noqa: B008
         """P&L since the start, cash and equity (currency)."""
         pf = engine.portfolio
-        return PnlOut(**{k: _fnum(v) for k, v in pf.pnl().items()}, cash=_fnum(pf.cash), equity=_fnum(pf.equity()),
-                      starting_cash=_fnum(pf.starting_cash))
+        return PnlOut(**{k: finite_or_none(v) for k, v in pf.pnl().items()}, cash=finite_or_none(pf.cash), equity=finite_or_none(pf.equity()),
+                      starting_cash=finite_or_none(pf.starting_cash))
 
     @app.get("/v1/greeks", response_model=dict[str, dict[str, float | None]], responses=ERRORS)
     async def greeks(_: Principal = Depends(need["read"])) -> Any:  # noqa: B008
         """Greek totals per underlying (delta in shares, gamma per 1.00 spot, vega per 1.00 vol, theta per
         year, delta_cash and gamma_cash in currency) and a TOTAL row of the cash forms."""
-        return _clean(engine.portfolio.greeks())
+        return clean(engine.portfolio.greeks())
 
     @app.get("/v1/greeks/scenarios", response_model=ScenariosOut, responses=ERRORS)
     async def greek_scenarios(
@@ -767,16 +407,16 @@ def build_app(
         """P&L of the book, fully revalued, over a spot x vol shock grid (at most 41 x 41)."""
         for name, vals, lo, hi in (("spot_shocks", spot_shocks, -0.99, 1.0), ("vol_shocks", vol_shocks, -1.0, 1.0)):
             if not 1 <= len(vals) <= 41:
-                raise _unprocessable("query", name, len(vals), "between 1 and 41 values")
+                raise unprocessable("query", name, len(vals), "between 1 and 41 values")
             for v in vals:
                 if not (math.isfinite(v) and lo <= v <= hi):
-                    raise _unprocessable("query", name, v, f"each value finite, {lo} to {hi}")
+                    raise unprocessable("query", name, v, f"each value finite, {lo} to {hi}")
         return scenarios(engine, spot_shocks, vol_shocks)
 
     @app.get("/v1/instruments", response_model=list[InstrumentOut], responses=ERRORS)
     async def instruments(_: Principal = Depends(need["read"])) -> list[InstrumentOut]:  # noqa: B008
         """Every tradable instrument with its last quote and mark (currency)."""
-        return [_instrument_out(engine, i) for i in engine.instruments.values()]
+        return [instrument_out(engine, i) for i in engine.instruments.values()]
 
     # ------------------------------------------------------------------ risk
     @app.get("/v1/risk", response_model=RiskStateOut, responses=ERRORS)
@@ -784,7 +424,7 @@ def build_app(
         """Trading state, the kill switch, 1-day VaR (currency) and denials by reason so far."""
         r = engine.risk
         return RiskStateOut(trading_state=r.state.value, killed=r.killed, kill_reason=r.kill_reason,
-                            var_1d=_fnum(r.var), denials=dict(r.denials))
+                            var_1d=finite_or_none(r.var), denials=dict(r.denials))
 
     @app.get("/v1/risk/limits", response_model=RiskSettings, responses=ERRORS)
     async def get_limits(_: Principal = Depends(need["admin"])) -> RiskSettings:  # noqa: B008
@@ -799,7 +439,7 @@ def build_app(
         changes = {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None}  # type: ignore[attr-defined]
         for k, v in changes.items():
             if isinstance(v, float) and not math.isfinite(v):
-                raise _unprocessable("body", k, v, "must be finite")
+                raise unprocessable("body", k, v, "must be finite")
         try:
             RiskSettings.model_validate({**engine.risk.limits.model_dump(), **changes})
         except ValidationError as exc:
@@ -809,7 +449,7 @@ def build_app(
         try:
             engine.risk.set_limits(**changes)
         except ConfigError as exc:
-            raise _unprocessable("body", exc.field.rsplit(".", 1)[-1], exc.value, exc.allowed) from None
+            raise unprocessable("body", exc.field.rsplit(".", 1)[-1], exc.value, exc.allowed) from None
         audit(p, request, changes, 200)
         return engine.risk.limits
 

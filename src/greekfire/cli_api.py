@@ -85,3 +85,26 @@ def api_key_revoke(
     cli.console.print(f"revoked {key_id}" if done else f"{key_id}: no such active key (unknown or already revoked)")
     if not done:
         raise typer.Exit(1)
+
+
+def serve_trading_cmd(
+    host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="default: api.trading_port")] = None,
+    venues: Annotated[str | None, typer.Option("--venues", help="simulated venues (1-16), or `fix`: the engine trades over FIX with a `greekfire fix exchange` at fix.host:fix.port")] = None,
+) -> None:
+    """Serve the trading API over a running engine: REST /v1 (orders, positions, P&L, Greeks, risk, the kill
+    switch, strategies), WebSocket /v1/stream, POST /token, /health, /metrics, /docs. Needs API keys
+    (`greekfire api-key create`)."""
+    from greekfire.api.trading import serve_trading
+    from greekfire.cli_errors import UsageProblem
+
+    where: int | str | None = venues
+    if venues is not None and venues != "fix":
+        if not venues.isdigit() or not 1 <= int(venues) <= 16:
+            raise UsageProblem(f"--venues {venues!r}: a number of simulated venues (1-16), or `fix`")
+        where = int(venues)
+    cli = _cli()
+    try:
+        serve_trading(cli.settings(), host=host, port=port, venues=where)
+    except (ConfigError, ConfigErrors) as exc:  # a service that does not answer: exit 1 (the group)
+        raise fail("serve trading", exc) from None

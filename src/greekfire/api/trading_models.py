@@ -57,7 +57,9 @@ def conflict_error(reason: str, values: dict[str, Any], message: str) -> HTTPExc
 
 
 def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
+    """``x`` for JSON: None when missing or not finite; rounded to 10 decimals (a mid of 100.04 and 100.06 is
+    100.05, not 100.05000000000001)."""
+    return None if x is None or not math.isfinite(x) else round(float(x), 10)
 
 
 # ---------------------------------------------------------------------------------------------- models

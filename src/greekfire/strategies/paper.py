@@ -16,6 +16,7 @@ from greekfire.strategies import load_strategy
 from greekfire.trading.build import build_engine, default_instruments
 from greekfire.trading.fixvenue import fix_venues
 from greekfire.trading.model import VenueEvent
+from greekfire.trading.report import pnl as engine_pnl
 from greekfire.trading.store import SnapshotStore
 from greekfire.trading.venues import Venue
 
@@ -29,7 +30,7 @@ def live_status(engine: Any, elapsed_s: float, duration_s: float) -> dict[str, A
     ``duration_s`` (seconds), ``events``, ``orders_out``, ``fills``, ``pnl_total`` and ``fees`` (currency;
     fees are net of rebates, negative = rebates received), ``latency_p50_us`` and ``latency_p99_us``
     (market event in -> order out, microseconds; absent before the first order)."""
-    pnl = engine.portfolio.pnl()
+    pnl = engine_pnl(engine)
     lat = engine.latency_us()
     out: dict[str, Any] = {
         "elapsed_s": round(elapsed_s, 1), "duration_s": duration_s, "events": engine.events,

@@ -18,6 +18,12 @@ INTERNAL_LATENCY = gauge(
 )
 
 
+def pnl(eng: TradingEngine) -> dict[str, float]:
+    """The P&L now, in currency: ``realized``, ``unrealized``, ``fees`` (net of rebates) and ``total`` (cheap
+    enough for a status line once a second)."""
+    return eng.portfolio.pnl()
+
+
 def summary(eng: TradingEngine) -> dict[str, Any]:
     """What happened: orders, fills, denials by reason, P&L, Greeks, latency, errors.
 

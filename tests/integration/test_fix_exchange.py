@@ -294,3 +294,28 @@ def test_two_clients_get_only_their_own_reports(tmp_path: Path, shared_data: Pat
         b.stop()
         thread.run(ex.stop())
         thread.stop()
+
+
+def test_a_restarted_trader_learns_its_open_orders_from_the_exchange(rig: Any) -> None:
+    """OrderMassStatusRequest: a new FixVenue on the same session (the trader process restarted) asks the
+    exchange for our open orders, so report() (what the engine reconciles against) holds the one still
+    resting; with none open, the exchange says so and the request ends at once."""
+    settings, thread, ex, venue, insts = rig
+    assert venue.request_status(timeout_s=5), "no open orders: answered by a BusinessMessageReject"
+    assert venue.report()[0] == []
+    col = Collector(venue)
+    bid, _ask = best(ex, thread, 1)
+    rest = Order("r.1", 1, Side.BUY, 3, bid - 40, OrderType.LIMIT, TimeInForce.GTC)
+    venue.submit(rest, time.time_ns())
+    col.wait(lambda: bool(col.of("r.1", K.ACCEPTED)))
+    venue.stop(logout=True)  # the trader goes away without cancelling
+
+    again = FixVenue(settings, insts, port=ex.port)
+    again.start(timeout_s=10)  # logs on and asks for the status of our orders
+    try:
+        [state] = again.report()[0]
+        assert (state.client_id, state.instrument_id, state.side, state.qty, state.price_ticks, state.open) == (
+            "r.1", 1, 1, 3, bid - 40, True)
+        assert state.venue_order_id and state.cum_qty == 0
+    finally:
+        again.stop()

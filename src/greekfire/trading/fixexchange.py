@@ -247,6 +247,8 @@ class FixExchange:
             self._cancel_replace(c, msg, mt == "G")
         elif mt == "V":
             self._md_request(c, msg)
+        elif mt == "AF":
+            self._mass_status(c, msg.get(584) or "")
         else:
             raise UnsupportedMessageType(mt)
         self._pump(time.time_ns())
@@ -379,6 +381,16 @@ class FixExchange:
         """Send one ExecutionReport for ``o`` (``kw``: see :func:`~greekfire.trading.fixwire.exec_report`)."""
         self._exec_seq += 1
         c.session.send(exec_report(o, f"{self.run_id}-{self._exec_seq}", exec_type, status, **kw))
+
+    def _mass_status(self, c: _Client, req_id: str) -> None:
+        """OrderMassStatusRequest (AF): an ExecutionReport Order Status (150=I) per open order of the client,
+        the last with LastRptRequested (912=Y); none open: a BusinessMessageReject naming the request."""
+        open_orders = list(c.orders.values())
+        if not open_orders:
+            c.session.send(FixMessage([(35, "j"), (58, "no open orders"), (372, "AF"), (379, req_id), (380, "0")]))
+        for k, o in enumerate(open_orders, 1):
+            tail = [(584, req_id), (911, len(open_orders)), (912, "Y" if k == len(open_orders) else "N")]
+            self._report(c, o, "I", "1" if o.cum else "0", leaves=o.qty - o.cum, extra=tail)
 
     def _cancel_reject(
         self,

@@ -30,7 +30,7 @@ from greekfire.fix.message import FixMessage
 from greekfire.fix.session import Application, Session, utc_timestamp
 from greekfire.fix.setup import client_ssl, initiator_config, load_dictionary, session_store
 from greekfire.fix.transport import FixInitiator, FixThread
-from greekfire.trading.fixwire import FIX_SIDE, instrument_fields, nearest_ticks, ticks_text
+from greekfire.trading.fixwire import FIX_SIDE, OPEN_STATUS, instrument_fields, nearest_ticks, ticks_text
 from greekfire.trading.model import (
     Instrument,
     OrderType,
@@ -126,6 +126,8 @@ class FixVenue(Venue):
         self._fills: list[VenueEvent] = []
         self._exec_ids: set[str] = set()
         self.duplicates = 0
+        self._status_req = ""
+        self._status_done = threading.Event()
 
     # ---------------------------------------------------------------- lifecycle
     def start(self, timeout_s: float = 10.0) -> None:
@@ -141,6 +143,18 @@ class FixVenue(Venue):
                 f"no logon within {timeout_s:g} s as {self.config.sender_comp_id} -> {self.config.target_comp_id}"
                 " (is `greekfire fix exchange` running there?)",
             )
+        self.request_status()
+
+    def request_status(self, timeout_s: float = 3.0) -> bool:
+        """Ask the exchange for every open order of ours (OrderMassStatusRequest, AF) and wait up to
+        ``timeout_s`` seconds for the answers, which :meth:`report` then holds: after a restart of this
+        process the engine's reconcile sees the orders still working there. False when no answer came."""
+        self._status_done.clear()
+        self._status_req = f"status-{self._boot}.{time.monotonic_ns()}"
+        req = FixMessage([(35, "AF"), (584, self._status_req), (585, "7")])  # 7: all orders
+        if self.thread is not None:
+            self.thread.call(self.session.send, req)
+        return self._status_done.wait(timeout_s)
 
     @property
     def logged_on(self) -> bool:
@@ -261,6 +275,9 @@ class FixVenue(Venue):
             self._queue.put(ev)
 
     def _exec_report(self, msg: FixMessage) -> VenueEvent | None:
+        if msg.get(150) == "I":
+            self._status_report(msg)
+            return None
         kind = _EXEC.get(msg.get(150) or "")
         if kind is None:
             return None
@@ -331,7 +348,29 @@ class FixVenue(Venue):
         reason = msg.get(58) or f"CxlRejReason {msg.get(102)}"
         return VenueEvent(kind, self.name, cid, msg.get(37) or "", reason=reason, ts_ns=time.time_ns())
 
+    def _status_report(self, msg: FixMessage) -> None:
+        """An Order Status report (150=I) answering our OrderMassStatusRequest: the exchange's view of one of
+        our open orders, for :meth:`report` (and so for the engine's reconcile after we restarted)."""
+        clordid = msg.get(11) or ""
+        cid = clordid.split("~", 1)[0]
+        iid = int(msg.get(48) or -1)
+        inst = self.instruments.get(iid)
+        px = msg.get(44)
+        limit = nearest_ticks(px, inst.tick_size if inst is not None else 0.01) if px else 0
+        with self._lock:
+            self._cid_of.setdefault(clordid, cid)
+            self._current.setdefault(cid, clordid)
+            self._orders[cid] = VenueOrderState(
+                cid, msg.get(37) or "", iid, 1 if msg.get(54) == "1" else -1, int(Decimal(msg.get(38) or "0")),
+                limit, int(Decimal(msg.get(14) or "0")), (msg.get(39) or "") in OPEN_STATUS,
+            )
+        if msg.get(584) == self._status_req and msg.get(912) == "Y":
+            self._status_done.set()
+
     def _msg_reject(self, msg: FixMessage) -> VenueEvent | None:
+        if msg.msg_type == "j" and msg.get(372) == "AF" and msg.get(379) == self._status_req:
+            self._status_done.set()  # no open orders
+            return None
         with self._lock:
             ref = self._by_seq.get(int(msg.get(45) or 0))
         if ref is None:

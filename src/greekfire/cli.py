@@ -35,6 +35,7 @@ from greekfire.cli_errors import (
     require_file,
     say_error,
     set_debug,
+    venues_option,
 )
 from greekfire.cli_fix import fix_app
 from greekfire.cli_output import (
@@ -567,11 +568,7 @@ def trade(
         raise UsageProblem(f"--duration {duration!r}: must be a positive number of seconds")
     if not paper:
         raise UsageProblem("only paper trading is available: run `greekfire trade --paper`")
-    where: int | str | None = venues
-    if venues is not None and venues != "fix":
-        if not venues.isdigit() or not 1 <= int(venues) <= 16:
-            raise UsageProblem(f"--venues {venues!r}: a number of simulated venues (1-16), or `fix`")
-        where = int(venues)
+    where = venues_option(venues)
     from greekfire.strategies.paper import format_status, run_paper
 
     s = settings()

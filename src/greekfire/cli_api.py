@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from greekfire.cli_errors import fail
+from greekfire.cli_errors import fail, venues_option
 from greekfire.core.errors import ConfigError, ConfigErrors, DataError
 
 api_key_app = typer.Typer(help="API keys of the trading API server: create, list, revoke.", no_args_is_help=True)
@@ -96,13 +96,8 @@ def serve_trading_cmd(
     switch, strategies), WebSocket /v1/stream, POST /token, /health, /metrics, /docs. Needs API keys
     (`greekfire api-key create`)."""
     from greekfire.api.trading import serve_trading
-    from greekfire.cli_errors import UsageProblem
 
-    where: int | str | None = venues
-    if venues is not None and venues != "fix":
-        if not venues.isdigit() or not 1 <= int(venues) <= 16:
-            raise UsageProblem(f"--venues {venues!r}: a number of simulated venues (1-16), or `fix`")
-        where = int(venues)
+    where = venues_option(venues)
     cli = _cli()
     try:
         serve_trading(cli.settings(), host=host, port=port, venues=where)

@@ -93,6 +93,15 @@ class UsageProblem(Exception):
     """A bad option or argument found by a command itself (exit 2, one line)."""
 
 
+def venues_option(value: str | None) -> int | str | None:
+    """``--venues``: a number of simulated venues (1-16), or ``fix``; UsageProblem for anything else."""
+    if value is None or value == "fix":
+        return value
+    if not value.isdigit() or not 1 <= int(value) <= 16:
+        raise UsageProblem(f"--venues {value!r}: a number of simulated venues (1-16), or `fix`")
+    return int(value)
+
+
 def command_name(tb: Any, root: str) -> str:
     """The sub-command an error came from (``market itch``): the innermost click context on the way."""
     name = ""

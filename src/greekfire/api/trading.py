@@ -533,30 +533,14 @@ def build_trading_engine(settings: Settings, venues: int | str | None = None) ->
     ``trading.strategy`` (``none`` or empty: no strategy); its state kept in ``database.url`` under the engine id
     ``serve`` and resumed at start. Returns the engine and the FIX venue (None for simulated venues)."""
     from greekfire.strategies import load_strategy
-    from greekfire.trading.build import build_engine, default_instruments
-    from greekfire.trading.fixvenue import fix_venues
+    from greekfire.strategies.paper import engine_on_venues
     from greekfire.trading.store import SnapshotStore
 
-    ts = settings.trading
-    use_fix = isinstance(venues, str)
-    if use_fix and str(venues).strip().lower() != "fix":
-        raise ConfigError("venues", venues, 'a number of simulated venues, or "fix"')
-    if venues is not None and not use_fix:
-        settings = settings.model_copy(update={"trading": ts.model_copy(update={"venues": venues})})
-    name = (ts.strategy or "").strip()
+    name = (settings.trading.strategy or "").strip()
     strats = [] if name.lower() in ("", "none") else [load_strategy(name)]
     store = SnapshotStore(resolve_url(settings.database.url.get_secret_value(), settings.home), "serve",
                           echo=settings.database.echo)
-    if not use_fix:
-        return build_engine(settings, strategies=strats, store=store, engine_id="serve"), None
-    instruments = default_instruments()
-    fix_venue: Any = fix_venues(settings, instruments)[0]
-    try:
-        engine = build_engine(settings, instruments=instruments, venues=[fix_venue], strategies=strats, store=store,
-                              engine_id="serve")
-    except BaseException:
-        fix_venue.stop()
-        raise
+    engine, fix_venue = engine_on_venues(settings, strats, store, venues, engine_id="serve")
     return engine, fix_venue
 
 

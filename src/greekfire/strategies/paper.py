@@ -98,6 +98,34 @@ def wind_down(engine: Any, venue: Venue, timeout_s: float = 3.0) -> int:
     return still_open
 
 
+def engine_on_venues(
+    settings: Settings, strategies: list[Any], store: SnapshotStore, venues: int | str | None = None,
+    engine_id: str = "paper",
+) -> tuple[Any, Any]:
+    """The engine with ``strategies`` on ``venues`` simulated venues (default ``trading.venues``) and their
+    synthetic market, or on the FIX venue of ``fix.host:fix.port`` for ``venues="fix"`` (logged on; no
+    synthetic market: quotes come over FIX). State in ``store``, resumed. Returns ``(engine, fix venue or
+    None)``; ConfigError naming ``venues`` for anything else, UnavailableError when the exchange does not
+    answer."""
+    use_fix = isinstance(venues, str)
+    if use_fix and str(venues).strip().lower() != "fix":
+        raise ConfigError("venues", venues, 'a number of simulated venues, or "fix"')
+    if venues is not None and not use_fix:
+        ts = settings.trading
+        settings = settings.model_copy(update={"trading": ts.model_copy(update={"venues": venues})})
+    if not use_fix:
+        return build_engine(settings, strategies=strategies, store=store, restore=True, engine_id=engine_id), None
+    instruments = default_instruments()
+    fix_venue: Any = fix_venues(settings, instruments)[0]
+    try:
+        engine = build_engine(settings, instruments=instruments, venues=[fix_venue], strategies=strategies,
+                              store=store, restore=True, engine_id=engine_id)
+    except BaseException:
+        fix_venue.stop()
+        raise
+    return engine, fix_venue
+
+
 def run_paper(
     settings: Settings,
     duration_s: float | None = None,
@@ -122,11 +150,6 @@ def run_paper(
     command line draws it as a status line).
     """
     ts = settings.trading
-    use_fix = isinstance(venues, str)
-    if use_fix and str(venues).strip().lower() != "fix":
-        raise ConfigError("venues", venues, 'a number of simulated venues, or "fix"')
-    if venues is not None and not use_fix:
-        settings = settings.model_copy(update={"trading": ts.model_copy(update={"venues": venues})})
     duration = float(duration_s if duration_s is not None else ts.duration_s)
     if not (math.isfinite(duration) and duration > 0):  # a negative or NaN run length would end at once
         raise ConfigError("duration_s", duration_s, "a positive number of seconds (--duration)")
@@ -134,18 +157,7 @@ def run_paper(
     store = SnapshotStore(resolve_url(database_url or settings.database.url.get_secret_value(), settings.home), "paper")
     if fresh:
         store.clear()
-    fix_venue: Any = None
-    if use_fix:
-        instruments = default_instruments()
-        (fix_venue,) = fix_venues(settings, instruments)
-        try:
-            engine = build_engine(settings, instruments=instruments, venues=[fix_venue], strategies=[strat],
-                                  store=store, restore=True)
-        except BaseException:
-            fix_venue.stop()
-            raise
-    else:
-        engine = build_engine(settings, strategies=[strat], store=store, restore=True)
+    engine, fix_venue = engine_on_venues(settings, [strat], store, venues)
     t0 = time.perf_counter()
     try:
         asyncio.run(_run_with_status(engine, duration, status, status_interval_s))

@@ -50,7 +50,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from greekfire.core.db import masked_url
+from greekfire.core.db import db_error_reason, masked_url
 from greekfire.core.errors import ConfigError, DataError, UnavailableError
 
 log = logging.getLogger("greekfire.api.auth")
@@ -151,7 +151,7 @@ class ApiKeyStore:
             self.db: Engine = create_engine(url, echo=echo, future=True)
             metadata.create_all(self.db)
         except (SQLAlchemyError, ImportError) as exc:  # no server, bad URL, or its driver not installed
-            raise UnavailableError(masked_url(url), f"the database (database.url) cannot be opened: {_reason(exc)}") from None
+            raise UnavailableError(masked_url(url), f"the database (database.url) cannot be opened: {db_error_reason(exc)}") from None
         self._hasher = PasswordHasher()
         self._lock = threading.Lock()
         # sha256(key) -> (monotonic expiry, principal): successful argon2 verifications
@@ -187,7 +187,7 @@ class ApiKeyStore:
                         continue
                     conn.execute(insert(api_keys_table), [row])
             except SQLAlchemyError as exc:
-                raise UnavailableError(masked_url(self.url), f"cannot write the API key: {_reason(exc)}") from None
+                raise UnavailableError(masked_url(self.url), f"cannot write the API key: {db_error_reason(exc)}") from None
             log.info("API key %s created (name %r, scopes %s)", key_id, row["name"], stored)
             return key_id, api_key
         raise RuntimeError("could not draw an unused API key id")  # pragma: no cover
@@ -201,7 +201,7 @@ class ApiKeyStore:
                 rows = conn.execute(select(t.c.key_id, t.c.name, t.c.scopes, t.c.created_at, t.c.revoked_at,
                                            t.c.last_used_at).order_by(t.c.created_at, t.c.key_id)).all()
         except SQLAlchemyError as exc:
-            raise UnavailableError(masked_url(self.url), f"cannot read the API keys: {_reason(exc)}") from None
+            raise UnavailableError(masked_url(self.url), f"cannot read the API keys: {db_error_reason(exc)}") from None
         return [{"key_id": r.key_id, "name": r.name, "scopes": r.scopes.split(), "created_at": _aware(r.created_at),
                  "revoked_at": _aware(r.revoked_at), "last_used_at": _aware(r.last_used_at)} for r in rows]
 
@@ -219,7 +219,7 @@ class ApiKeyStore:
                 n = conn.execute(update(t).where(t.c.key_id == key_id, t.c.revoked_at.is_(None))
                                  .values(revoked_at=_utcnow())).rowcount
         except SQLAlchemyError as exc:
-            raise UnavailableError(masked_url(self.url), f"cannot revoke the API key: {_reason(exc)}") from None
+            raise UnavailableError(masked_url(self.url), f"cannot revoke the API key: {db_error_reason(exc)}") from None
         self._forget(key_id)
         if n:
             log.info("API key %s revoked", key_id)
@@ -322,7 +322,7 @@ class ApiKeyStore:
                 return conn.execute(select(t.c.name, t.c.scopes, t.c.secret_hash, t.c.revoked_at)
                                     .where(t.c.key_id == key_id)).first()
         except SQLAlchemyError as exc:
-            raise UnavailableError(masked_url(self.url), f"cannot read the API keys: {_reason(exc)}") from None
+            raise UnavailableError(masked_url(self.url), f"cannot read the API keys: {db_error_reason(exc)}") from None
 
     def _burn(self, api_key: str) -> None:
         """Spend one argon2 verify on a dummy hash, so an unknown key id takes as long as a wrong secret."""
@@ -342,7 +342,7 @@ class ApiKeyStore:
             with self.db.begin() as conn:
                 conn.execute(update(t).where(t.c.key_id == key_id).values(last_used_at=_utcnow()))
         except SQLAlchemyError as exc:  # bookkeeping only: the request goes on
-            log.warning("cannot record the use of API key %s in %s: %s", key_id, masked_url(self.url), _reason(exc))
+            log.warning("cannot record the use of API key %s in %s: %s", key_id, masked_url(self.url), db_error_reason(exc))
 
     def _prune(self, now: float) -> None:
         """Drop expired cache entries once the caches grow (called with the lock held)."""
@@ -354,11 +354,6 @@ class ApiKeyStore:
     def close(self) -> None:
         """Close the database connections."""
         self.db.dispose()
-
-
-def _reason(exc: BaseException) -> str:
-    cause = getattr(exc, "orig", None) or exc
-    return " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
 
 
 class _AuthFailure(Exception):

@@ -25,3 +25,10 @@ def masked_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL has no password we could find; show only its scheme
         return url.split("://", 1)[0] + "://..."
+
+
+def db_error_reason(exc: BaseException) -> str:
+    """A database error as one short line (the driver's own error where SQLAlchemy wraps one), for messages
+    that say why a store cannot be used."""
+    cause = getattr(exc, "orig", None) or exc
+    return " ".join(f"{type(cause).__name__}: {cause}".split())[:300]

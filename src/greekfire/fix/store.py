@@ -51,7 +51,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from greekfire.core.db import masked_url, resolve_url
+from greekfire.core.db import db_error_reason, masked_url, resolve_url
 from greekfire.core.errors import UnavailableError
 
 SESSION_ID_MAX = 255
@@ -91,11 +91,6 @@ def _check_session_id(session_id: str) -> str:
             f"session_id must be a non-empty string of at most {SESSION_ID_MAX} characters, got {session_id!r}"
         )
     return session_id
-
-
-def _reason(exc: BaseException) -> str:
-    cause = getattr(exc, "orig", None) or exc
-    return " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
 
 
 class SessionStore(ABC):
@@ -199,7 +194,7 @@ class SqlStore(SessionStore):
                 self.db.dispose()
             raise UnavailableError(
                 masked_url(url),
-                f"the FIX session store (session {session_id!r}) cannot be opened: {_reason(exc)}",
+                f"the FIX session store (session {session_id!r}) cannot be opened: {db_error_reason(exc)}",
             ) from None
         self._creation_time = _as_utc(row.creation_time)
         self._sender = int(row.next_sender_seq)
@@ -255,7 +250,7 @@ class SqlStore(SessionStore):
     def _failed(self, what: str, exc: BaseException) -> UnavailableError:
         return UnavailableError(
             masked_url(self.url),
-            f"the FIX session store (session {self.session_id!r}) cannot {what}: {_reason(exc)}",
+            f"the FIX session store (session {self.session_id!r}) cannot {what}: {db_error_reason(exc)}",
         )
 
     def _set_seq(self, stmt: Any, what: str, n: int) -> None:
@@ -266,22 +261,22 @@ class SqlStore(SessionStore):
             raise self._failed(f"write {what}", exc) from None
 
     def set_next_sender_seq(self, n: int) -> None:
-        _check_seq("next_sender_seq", n)
-        with self._lock:
-            if self._fast is not None:
-                self._fast_write(self._fast.set_sender, "write next_sender_seq", n)
-            else:
-                self._set_seq(self._set_sender, "next_sender_seq", n)
-            self._sender = n
+        self._write_seq("next_sender_seq", n)
+        self._sender = n
 
     def set_next_target_seq(self, n: int) -> None:
-        _check_seq("next_target_seq", n)
+        self._write_seq("next_target_seq", n)
+        self._target = n
+
+    def _write_seq(self, what: str, n: int) -> None:
+        """Write one of the two sequence numbers (``what``: its column) before the cache takes it."""
+        _check_seq(what, n)
+        sender = what == "next_sender_seq"
         with self._lock:
             if self._fast is not None:
-                self._fast_write(self._fast.set_target, "write next_target_seq", n)
+                self._fast_write(self._fast.set_sender if sender else self._fast.set_target, f"write {what}", n)
             else:
-                self._set_seq(self._set_target, "next_target_seq", n)
-            self._target = n
+                self._set_seq(self._set_sender if sender else self._set_target, what, n)
 
     def _fast_write(self, fn: Any, what: str, *args: Any) -> None:
         try:

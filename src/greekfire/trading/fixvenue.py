@@ -30,7 +30,14 @@ from greekfire.fix.message import FixMessage
 from greekfire.fix.session import Application, Session, utc_timestamp
 from greekfire.fix.setup import client_ssl, initiator_config, load_dictionary, session_store
 from greekfire.fix.transport import FixInitiator, FixThread
-from greekfire.trading.fixwire import FIX_SIDE, OPEN_STATUS, instrument_fields, nearest_ticks, ticks_text
+from greekfire.trading.fixwire import (
+    FIX_SIDE,
+    FIX_TIF,
+    OPEN_STATUS,
+    instrument_fields,
+    nearest_ticks,
+    ticks_text,
+)
 from greekfire.trading.model import (
     Instrument,
     OrderType,
@@ -46,13 +53,8 @@ from greekfire.trading.venues import Venue
 log = logging.getLogger("greekfire.fix.venue")
 
 K = VenueEventKind
-_TIF = {
-    TimeInForce.DAY: "0",
-    TimeInForce.GTC: "1",
-    TimeInForce.IOC: "3",
-    TimeInForce.FOK: "4",
-    TimeInForce.GTD: "1",
-}  # GTD rests as GTC: the engine cancels it at its expiry
+# GTD goes out as GTC: the engine cancels it at its expiry itself
+_TIF = {**FIX_TIF, TimeInForce.GTD: FIX_TIF[TimeInForce.GTC]}
 _EXEC = {"0": K.ACCEPTED, "8": K.REJECTED, "F": K.FILL, "4": K.CANCELED, "5": K.REPLACED, "C": K.EXPIRED}
 
 

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from greekfire.core.db import masked_url
+from greekfire.core.db import db_error_reason, masked_url
 from greekfire.core.errors import UnavailableError
 
 metadata = MetaData()
@@ -82,8 +82,7 @@ class SnapshotStore:
             self.db: Engine = create_engine(url, echo=echo, future=True)
             metadata.create_all(self.db)
         except (SQLAlchemyError, ImportError) as exc:  # no server, bad URL, or its driver not installed
-            cause = getattr(exc, "orig", None) or exc
-            reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+            reason = db_error_reason(exc)
             raise UnavailableError(masked_url(url), f"the database (database.url) cannot be opened: {reason}") from None
         self.snapshots = 0
 

@@ -31,13 +31,20 @@ def test_two_trading_servers_share_one_rate_limit_through_redis(tmp_path: Path) 
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)["api_key"]
     ports = [free_port(), free_port()]
-    servers = [subprocess.Popen(CLI + ["serve", "trading", "--port", str(p)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True) for p in ports]
+    servers: list[subprocess.Popen[str]] = []  # started one after the other (see below)
     try:
         urls = [f"http://127.0.0.1:{p}" for p in ports]
-        for url in urls:
-            assert poll_until(lambda u=url: httpx.get(f"{u}/health", timeout=2).status_code == 200, 60, 0.2,
-                              ignore=(httpx.HTTPError,)), servers[0].stderr
+        # one after the other: both use the same database (the keys, and the engine state), which the first
+        # creates; two processes creating the same SQLite tables at once can find it locked
+        for port, url in zip(ports, urls, strict=True):
+            log = tmp_path / f"server-{port}.log"
+            with log.open("w") as err:  # a file, not a pipe: a server's log never blocks it
+                server = subprocess.Popen(CLI + ["serve", "trading", "--port", str(port)], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=err, text=True)
+            servers.append(server)
+            if not poll_until(lambda u=url: httpx.get(f"{u}/health", timeout=2).status_code == 200, 60, 0.2,
+                              ignore=(httpx.HTTPError,)):
+                raise AssertionError(f"{url} did not answer /health: {log.read_text()[-3000:]}")
         answers = []
         for k in range(burst + 2):  # alternate between the two servers
             r = httpx.get(f"{urls[k % 2]}/v1/instruments", headers={"X-API-Key": key}, timeout=10)

@@ -37,6 +37,7 @@ class EngineContext(StrategyContext):
         self.spots = MappingProxyType(pf.spots)
         self.marks = MappingProxyType(pf.marks)
         self.quotes = MappingProxyType(engine.last_quotes)
+        self.stats = MappingProxyType(engine.instrument_stats)
         self._owner = sid
 
     # ---------------------------------------------------------------- commands
@@ -120,7 +121,7 @@ class EngineContext(StrategyContext):
 
 def attach(engine: TradingEngine, strategy: Strategy) -> EngineContext:
     """Give ``strategy`` its context on ``engine`` and subscribe the hooks it overrides on the engine's bus
-    (quotes, trades, books, its own fills, timers), under the owner ``strategy:<name>`` so a hook that
+    (quotes, trades, books, its own fills, settlements, timers), under the owner ``strategy:<name>`` so a hook that
     raises is isolated and counted. Returns the context."""
     strategy.ctx = ctx = EngineContext(engine, strategy)
     bus, owner, cls = engine.bus, f"strategy:{strategy.name}", type(strategy)
@@ -132,6 +133,8 @@ def attach(engine: TradingEngine, strategy: Strategy) -> EngineContext:
         bus.subscribe("books.*", strategy.on_book, owner)
     if cls.on_fill is not Strategy.on_fill:
         bus.subscribe(f"fills.{strategy.name}", strategy.on_fill, owner)
+    if cls.on_settlement is not Strategy.on_settlement:
+        bus.subscribe("settlements", strategy.on_settlement, owner)
     if cls.on_timer is not Strategy.on_timer:
         bus.subscribe("timers", strategy.on_timer, owner)
     return ctx

@@ -36,6 +36,7 @@ from greekfire.trading.latency import LatencyRecorder
 from greekfire.trading.model import (
     BookUpdate,
     Instrument,
+    InstrumentStats,
     OrderType,
     Quote,
     Side,
@@ -82,9 +83,9 @@ class TradingEngine:
         self.instruments: dict[int, Instrument] = {}
         self.by_symbol: dict[str, Instrument] = {}
         self.last_quotes: dict[int, Quote] = {}
+        self.instrument_stats: dict[int, InstrumentStats] = {}  # open interest / volume, where a source reports them
         self._spot_of: dict[int, str] = {}  # instrument id of an underlying -> its name
-        self._quote_topic: dict[int, str] = {}
-        self._trade_topic: dict[int, str] = {}
+        self._quote_topic: dict[int, str] = {}; self._trade_topic: dict[int, str] = {}  # noqa: E702
         self._book_topic: dict[int, str] = {}
         self.venues: dict[str, Venue] = {}
         self._venue_tops: dict[str, dict[int, tuple[float, int, float, int]]] = {}

@@ -21,8 +21,9 @@ from greekfire.core.errors import DataError
 from greekfire.market.matching import OrderType, Side, TimeInForce
 
 __all__ = [
-    "SECONDS_PER_YEAR", "BookUpdate", "Fill", "Instrument", "InstrumentKind", "OrderEvent", "OrderType", "Quote",
-    "Side", "TimeInForce", "TradeTick", "VenueEvent", "VenueEventKind", "VenueOrderState", "option",
+    "SECONDS_PER_YEAR", "BookUpdate", "Fill", "Instrument", "InstrumentKind", "InstrumentStats", "OrderEvent",
+    "OrderType", "Quote", "Settlement", "SettlementKind", "Side", "TimeInForce", "TradeTick", "VenueEvent",
+    "VenueEventKind", "VenueOrderState", "option",
 ]
 
 SECONDS_PER_YEAR = 365.0 * 86400.0  # ACT/365, the pricing core's convention
@@ -194,6 +195,48 @@ class BookUpdate:
     asks: tuple[tuple[float, int], ...]
     ts_ns: int = 0
     venue: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class InstrumentStats:
+    """Liquidity of one option or stock as its data source reports it: open interest (contracts) and the
+    day's volume (units). Sources that have none leave the view empty."""
+
+    instrument_id: int
+    open_interest: int = 0
+    volume: int = 0
+
+
+class SettlementKind(StrEnum):
+    """How an option position ended without a trade (stable names: logs, databases, metrics)."""
+
+    EXPIRED = "expired"  # out of the money at expiry: the option goes, nothing else moves
+    ASSIGNED = "assigned"  # a short option exercised against us: shares and cash move at the strike
+    EXERCISED = "exercised"  # a long option we exercised (or auto-exercised in the money at expiry)
+
+
+@dataclass(slots=True, frozen=True)
+class Settlement:
+    """An option position closed by expiry, assignment or exercise.
+
+    ``qty``: the option position that was closed (signed contracts: -2 = two short contracts);
+    ``underlying_qty``: the signed change in the underlying position (shares: a short put assigned gives
+    +100 per contract, a short call assigned -100); ``price``: the strike (currency per share);
+    ``cash``: the signed cash change (currency; -strike x shares bought); ``early``: before expiry
+    (American assignment); ``reason``: a short sentence (``"deep ITM before ex-dividend 2024-05-10"``).
+    """
+
+    instrument_id: int
+    kind: SettlementKind
+    qty: int
+    underlying: str
+    underlying_id: int
+    underlying_qty: int
+    price: float
+    cash: float
+    ts_ns: int = 0
+    early: bool = False
+    reason: str = ""
 
 
 @dataclass(slots=True)

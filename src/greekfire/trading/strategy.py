@@ -34,8 +34,11 @@ from greekfire.trading.model import (
     BookUpdate,
     Fill,
     Instrument,
+    InstrumentStats,
     OrderType,
     Quote,
+    Settlement,
+    SettlementKind,
     Side,
     TimeInForce,
     TradeTick,
@@ -44,9 +47,9 @@ from greekfire.trading.orders import OrderStatus
 
 # a strategy needs this module alone: the records it handles are re-exported here
 __all__ = [
-    "BookUpdate", "Denial", "Fill", "GreekRow", "Instrument", "OrderStatus", "OrderType", "OrderView",
-    "PositionView", "Quote", "Reason", "Side", "Strategy", "StrategyContext", "TimeInForce", "TradeTick",
-    "TradingState",
+    "BookUpdate", "Denial", "Fill", "GreekRow", "Instrument", "InstrumentStats", "OrderStatus", "OrderType",
+    "OrderView", "PositionView", "Quote", "Reason", "Settlement", "SettlementKind", "Side", "Strategy",
+    "StrategyContext", "TimeInForce", "TradeTick", "TradingState",
 ]
 
 GreekRow = tuple[float, float, float, float]  # (delta, gamma, vega, theta)
@@ -115,7 +118,9 @@ class StrategyContext(ABC):
       per 1.00 of spot, vega per 1.00 vol, theta per year;
     - ``unit_greeks``: instrument id -> (delta, gamma, vega, theta) of one unit (before the multiplier);
     - ``spots``: underlying -> its last mid; ``marks``: instrument id -> last mid;
-    - ``quotes``: instrument id -> the last :class:`Quote` seen (any venue).
+    - ``quotes``: instrument id -> the last :class:`Quote` seen (any venue);
+    - ``stats``: instrument id -> :class:`InstrumentStats` (open interest, volume) where the data source
+      reports them (empty otherwise).
     """
 
     strategy_id: str
@@ -128,6 +133,7 @@ class StrategyContext(ABC):
     spots: Mapping[str, float]
     marks: Mapping[int, float]
     quotes: Mapping[int, Quote]
+    stats: Mapping[int, InstrumentStats]
 
     # ---------------------------------------------------------------- commands
     @abstractmethod
@@ -260,6 +266,10 @@ class Strategy:
 
     def on_fill(self, fill: Fill) -> None:
         """A fill of one of its orders, after positions and cash have moved."""
+
+    def on_settlement(self, settlement: Settlement) -> None:
+        """An option position of the account ended by expiry, assignment or exercise, after positions and cash
+        have moved (shares and cash follow the strike)."""
 
     def on_timer(self, now_ns: int) -> None:
         """The engine's timer (every ``trading.timer_interval_s``)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -269,6 +269,62 @@ class ApiSettings(Section):
     )
 
 
+class HftRiskSettings(Section):
+    """Pre-trade checks in the HFT gateway's fast path (greekfire.hft.risk)."""
+
+    max_order_qty: int = Field(1000, gt=0, description="shares per order")
+    max_notional: float = Field(1_000_000.0, gt=0, description="per order, in dollars (price ticks of 1e-4 dollars)")
+    max_position: int = Field(5000, gt=0, description="absolute position per instrument, shares")
+    max_orders_per_s: int = Field(100_000, gt=0, description="orders per second through the gateway")
+
+
+class HftSettings(Section):
+    """The HFT engine (greekfire.hft): processes pinned to cores, shared-memory rings, multicast feed."""
+
+    cpus: list[int] = Field(
+        [], description="CPUs for the stages in order feed, feature workers..., strategy, gateway, exchange "
+        "(index into this process's allowed CPUs); empty: no pinning"
+    )
+    ring_capacity: int = Field(65_536, ge=64, le=1 << 24, description="records per ring (a power of 2)")
+    batch: int = Field(256, ge=1, le=65_536, description="most records a stage takes off a ring at once")
+    wait: Literal["busy", "yield", "block"] = Field("yield", description="how a stage waits on an empty ring")
+    feed_group: str = Field("239.192.0.1", description="multicast group of the ITCH feed")
+    feed_port: int = Field(31_001, ge=1, le=65535, description="UDP port of the ITCH feed")
+    feed_iface: str = Field("127.0.0.1", description="interface address the feed is joined on")
+    feed_session: str = Field("GREEKFIRE", min_length=1, max_length=10, description="MoldUDP64 session")
+    rerequest_port: int = Field(0, ge=0, le=65535, description="MoldUDP64 re-request server port (0: any free port)")
+    workers: int = Field(1, ge=1, le=64, description="book/feature worker processes (instruments split among them)")
+    device: str = Field("cpu", description="feature device per worker: cpu, auto (GPUs when present), cuda:N")
+    feature_backend: Literal["numba", "torch"] = Field("numba", description="numba loop or torch batches")
+    n_locates: int = Field(8192, ge=1, le=65_536, description="book slots (ITCH stock locate codes)")
+    max_orders: int = Field(1 << 20, ge=1024, description="resting orders the books hold, per worker")
+    decide_every: int = Field(16, ge=1, description="a strategy decision on every book message whose sequence "
+                              "number is a multiple of this")
+    levels: int = Field(5, ge=1, le=64, description="depth levels in the imbalance")
+    enter: float = Field(0.6, gt=0, le=1, description="|imbalance| that gives a signal")
+    max_spread: float = Field(50.0, gt=0, description="no signal on a spread wider than this, ticks")
+    order_qty: int = Field(100, gt=0, description="shares per order of the imbalance taker")
+    max_position: int = Field(1000, gt=0, description="the strategy's own position cap per instrument, shares")
+    gateway: Literal["sim", "ouch", "fix"] = Field(
+        "sim", description="sim: the exchange simulator as a process on rings; ouch / fix: a venue over TCP"
+    )
+    venue_host: str = Field("127.0.0.1", description="address of the OUCH or FIX venue")
+    venue_port: int = Field(15_000, ge=0, le=65535, description="port of the OUCH or FIX venue")
+    risk: HftRiskSettings = HftRiskSettings()
+    killswitch_file: Path | None = Field(None, description="the kill switch trips when this file exists")
+    killswitch_port: int | None = Field(None, ge=0, le=65535, description="HTTP port of the kill switch (none: off)")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics of `hft run` (none: off)")
+    status_file: Path = Field(Path(".greekfire/hft-status.json"), description="what `greekfire hft status` reads")
+    status_interval_s: float = Field(1.0, gt=0, description="how often the running pipeline writes its status")
+
+    @field_validator("ring_capacity")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of 2 (e.g. {1 << v.bit_length()})")
+        return v
+
+
 _yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("greekfire_yaml_data", default=None)
 
 
@@ -305,6 +361,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     fix: FixSettings = FixSettings()
     api: ApiSettings = ApiSettings()
+    hft: HftSettings = HftSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -302,7 +302,7 @@ class HftSettings(Section):
                               "number is a multiple of this")
     levels: int = Field(5, ge=1, le=64, description="depth levels in the imbalance")
     enter: float = Field(0.6, gt=0, le=1, description="|imbalance| that gives a signal")
-    max_spread: float = Field(50.0, gt=0, description="no signal on a spread wider than this, ticks")
+    max_spread: float = Field(500.0, gt=0, description="no signal on a spread wider than this, ticks (1e-4 dollars)")
     order_qty: int = Field(100, gt=0, description="shares per order of the imbalance taker")
     max_position: int = Field(1000, gt=0, description="the strategy's own position cap per instrument, shares")
     gateway: Literal["sim", "ouch", "fix"] = Field(

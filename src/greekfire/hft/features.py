@@ -57,7 +57,7 @@ class FeatureParams:
     decay: float = 0.5  # weight of level i: decay**i
     vol_halflife: float = 50.0  # snapshots
     enter: float = 0.6  # |imbalance| that gives a signal
-    max_spread: float = 50.0  # ticks: no signal on a wider spread
+    max_spread: float = 500.0  # ticks (1e-4 dollars): no signal on a wider spread
 
     def check(self) -> None:
         """DataError naming the first bad parameter."""

@@ -5,8 +5,9 @@ No care for memory ordering beyond x86's store order; enough for the pipeline's 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 
 import numpy as np
 
@@ -15,10 +16,6 @@ _HDR = 1024  # counters: [0] head, [1] capacity, [2] consumers, [8 + 8 * i] tail
 
 def _open(name: str) -> shared_memory.SharedMemory:
     shm = shared_memory.SharedMemory(name=name)
-    try:  # the creator owns the segment; an attaching process must not unlink it at exit
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001
-        pass
     return shm
 
 
@@ -94,16 +91,12 @@ class _Base:
     def close(self) -> None:
         self._ctr = None  # type: ignore[assignment]
         self._data = None  # type: ignore[assignment]
-        try:
+        with contextlib.suppress(BufferError):
             self._shm.close()
-        except BufferError:
-            pass
 
     def unlink(self) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._shm.unlink()
-        except FileNotFoundError:
-            pass
 
 
 class Ring(_Base):

@@ -38,6 +38,7 @@ from greekfire.cli_errors import (
     venues_option,
 )
 from greekfire.cli_fix import fix_app
+from greekfire.cli_hft import hft_app
 from greekfire.cli_output import (
     print_gpu_status,
     print_itch,
@@ -77,6 +78,7 @@ app.add_typer(serve_app, name="serve")
 market_app = typer.Typer(help="Market core: ITCH files, LOBSTER checks, books.", no_args_is_help=True)
 app.add_typer(market_app, name="market")
 app.add_typer(fix_app, name="fix")
+app.add_typer(hft_app, name="hft")
 app.add_typer(api_key_app, name="api-key")
 serve_app.command("trading")(serve_trading_cmd)
 

@@ -359,6 +359,8 @@ def worker_main(k: int, cfg: Any, names: dict[str, str], device: str, cpu: int |
     sig_ring = Ring.attach(names[f"sig{k}"], SIG_DTYPE)
     ctl = ClusterControl.attach(names["control"])
     log = ReplayLog.attach(names["log"])
+    stats_shm = _attach_shm(names["stats"])
+    stats = np.ndarray((8,), np.int64, stats_shm.buf, (1 + k) * 64)  # the pipeline's counters of this stage
     bf = BookFeatures(ctl.n_instruments, cfg.max_orders, feature_params(cfg), decide_every=cfg.decide_every,
                       backend=cfg.feature_backend, device=device, worker=k)
     mine = ctl.owner == k
@@ -416,7 +418,10 @@ def worker_main(k: int, cfg: Any, names: dict[str, str], device: str, cpu: int |
             ticks = view[sel]  # a copy: the slots go back at once
             ticks_ring.release(n)
             if len(ticks):
+                bad0 = bf.bad_events
                 publish(bf.process(ticks))
+                stats[0] += len(ticks)
+                stats[2] += bf.bad_events - bad0
             ctl.acked[k] = last_seq
     # the end: the final books of this worker's instruments, the feature state aggregated over the group
     owned = np.flatnonzero(mine)
@@ -434,6 +439,9 @@ def worker_main(k: int, cfg: Any, names: dict[str, str], device: str, cpu: int |
         r.close()
     ctl.close()
     log.close()
+    del stats
+    with contextlib.suppress(BufferError):
+        stats_shm.close()
 
 
 def aggregate_state(k: int, ctl: ClusterControl, state: np.ndarray, mine: np.ndarray, names: dict[str, str],

@@ -618,6 +618,7 @@ class Pipeline:
             self._server = FeedServer(self.itch, cfg.feed_group, cfg.feed_port, rate=self.rate,
                                       session=cfg.feed_session, framing=self.framing)
         self.ctl.head[GO] = 1
+        self.t_go = time.perf_counter()
         if self._server is not None:
             self._server.start()
 
@@ -720,6 +721,8 @@ class Pipeline:
                 self._reports.append(body)
                 self.latency.record(body)
                 done = bool(end.any())
+                if done:
+                    self.t_end = time.perf_counter()
                 continue
             self._check_stages()
             self._coordinate()
@@ -793,3 +796,39 @@ class Pipeline:
             d.close()
         self._drains = []
         self._release()
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+def bench_tick_to_order(cfg: HftSettings, *, rate: float, messages: int = 200_000, n_stocks: int = 64,
+                        source: str = "multicast", timeout_s: float = 600.0) -> dict[str, Any]:
+    """Tick-to-order latency (feed receive -> order handed to the venue) through the whole pipeline on a
+    synthetic ITCH day of ``messages`` messages replayed at ``rate`` msgs/s. The strategy is made to trade
+    often (a decision every 4 messages, a low threshold, no position cap) so that there are many samples.
+    Returns the rate asked and achieved, orders, p50/p99/p99.9 (µs), and what overload cost: feed drops and
+    gaps (the socket's), ring stalls (a stage waiting for room)."""
+    import socket
+
+    from greekfire.market import synth
+
+    with tempfile.TemporaryDirectory(prefix="greekfire-hft-bench-") as d:
+        path = Path(d) / "bench.itch"
+        path.write_bytes(synth.synthetic_stream(messages, n_stocks, seed=11))
+        with socket.socket() as s:  # a free port, so that two benches never share a feed
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        run_cfg = cfg.model_copy(update={
+            "n_locates": n_stocks + 1, "max_orders": 1 << 18, "decide_every": 4, "enter": 0.1,
+            "max_position": 1 << 40, "order_qty": 1, "feed_port": port, "status_file": Path(d) / "status.json",
+            "risk": cfg.risk.model_copy(update={"max_position": 1 << 40}),
+        })
+        pipe = Pipeline(run_cfg, itch=path, source=source, rate=rate)
+        res = pipe.run(timeout_s)
+        elapsed = max(getattr(pipe, "t_end", 0.0) - getattr(pipe, "t_go", 0.0), 1e-9)
+    lat = res.latency_us.get("tick->order", {"count": 0})
+    stages = res.stats["stages"]
+    return {"rate": rate, "messages": messages, "workers": pipe.n_workers, "wait": cfg.wait, "source": source,
+            "achieved_rate": round(stages["feed"]["messages"] / elapsed), "orders": int(lat.get("count", 0)),
+            "p50_us": lat.get("p50", float("nan")), "p99_us": lat.get("p99", float("nan")),
+            "p99.9_us": lat.get("p99.9", float("nan")), "feed_drops": stages["feed"]["drops"],
+            "feed_gaps": stages["feed"].get("gaps", 0), "stalls": sum(v["stalls"] for v in stages.values()),
+            "stages_us": {k: v.get("p99") for k, v in res.latency_us.items()}}

@@ -799,11 +799,18 @@ class Pipeline:
 
 
 # ------------------------------------------------------------------------------------------- benchmark
+def bench_settings(cfg: HftSettings, n_stocks: int) -> HftSettings:
+    """The benchmark's strategy: a decision every 16 messages, a low threshold and no position cap, so that
+    the run sends orders all along (about one per 60 messages on the synthetic day)."""
+    return cfg.model_copy(update={
+        "n_locates": n_stocks + 1, "max_orders": 1 << 18, "decide_every": 16, "enter": 0.2, "max_position": 1 << 40,
+        "order_qty": 1, "risk": cfg.risk.model_copy(update={"max_position": 1 << 40})})
+
+
 def bench_tick_to_order(cfg: HftSettings, *, rate: float, messages: int = 200_000, n_stocks: int = 64,
                         source: str = "multicast", timeout_s: float = 600.0) -> dict[str, Any]:
     """Tick-to-order latency (feed receive -> order handed to the venue) through the whole pipeline on a
-    synthetic ITCH day of ``messages`` messages replayed at ``rate`` msgs/s. The strategy is made to trade
-    often (a decision every 4 messages, a low threshold, no position cap) so that there are many samples.
+    synthetic ITCH day of ``messages`` messages replayed at ``rate`` msgs/s, with :func:`bench_settings`.
     Returns the rate asked and achieved, orders, p50/p99/p99.9 (µs), and what overload cost: feed drops and
     gaps (the socket's), ring stalls (a stage waiting for room)."""
     import socket
@@ -816,11 +823,8 @@ def bench_tick_to_order(cfg: HftSettings, *, rate: float, messages: int = 200_00
         with socket.socket() as s:  # a free port, so that two benches never share a feed
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        run_cfg = cfg.model_copy(update={
-            "n_locates": n_stocks + 1, "max_orders": 1 << 18, "decide_every": 4, "enter": 0.1,
-            "max_position": 1 << 40, "order_qty": 1, "feed_port": port, "status_file": Path(d) / "status.json",
-            "risk": cfg.risk.model_copy(update={"max_position": 1 << 40}),
-        })
+        run_cfg = bench_settings(cfg, n_stocks).model_copy(update={
+            "feed_port": port, "status_file": Path(d) / "status.json"})
         pipe = Pipeline(run_cfg, itch=path, source=source, rate=rate)
         res = pipe.run(timeout_s)
         elapsed = max(getattr(pipe, "t_end", 0.0) - getattr(pipe, "t_go", 0.0), 1e-9)

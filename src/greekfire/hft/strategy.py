@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import numba as nb
 import numpy as np
 
 from greekfire.core.errors import DataError
@@ -50,29 +51,43 @@ class ImbalanceTaker:
         """Orders (:data:`ORD_DTYPE`) for a batch of decision records (:data:`~greekfire.hft.cluster.SIG_DTYPE`)."""
         if sig.dtype != SIG_DTYPE:
             raise DataError("sig.dtype", str(sig.dtype), "greekfire.hft.cluster.SIG_DTYPE")
-        out = np.zeros(len(sig), ORD_DTYPE)
-        n = 0
-        q, cap = self.order_qty, self.max_position
-        inst_a, seq_a, sgn_a = sig["instrument"], sig["seq"], sig["f"][:, F_SIGNAL]
-        for i in range(len(sig)):
-            b, s = int(inst_a[i]), int(seq_a[i])
-            if s <= self.last_seq[b]:
-                self.duplicates += 1
-                continue
-            self.last_seq[b] = s
-            self.decisions += 1
-            side = int(sgn_a[i])
-            if side == 0:
-                continue
-            r = sig[i]
-            px, avail = (int(r["ask_px"]), int(r["ask_qty"])) if side > 0 else (int(r["bid_px"]), int(r["bid_qty"]))
-            if avail <= 0 or abs(int(self.sent[b]) + side * q) > cap:
-                continue
-            self.sent[b] += side * q
-            o = out[n]
-            o["order_id"], o["seq"], o["instrument"], o["side"], o["qty"], o["price"] = s, s, b, side, q, px
-            o["t_rx"], o["t_book"], o["t_feat"] = r["t_rx"], r["t_book"], r["t_feat"]
-            n += 1
-        out = out[:n]
+        n = len(sig)
+        pick = np.empty(n, np.int64)
+        side = np.empty(n, np.int64)
+        px = np.empty(n, np.int64)
+        counts = np.zeros(2, np.int64)
+        k = _decide(sig["instrument"].astype(np.int64), sig["seq"], sig["f"][:, F_SIGNAL], sig["bid_px"],
+                    sig["bid_qty"], sig["ask_px"], sig["ask_qty"], self.order_qty, self.max_position, self.sent,
+                    self.last_seq, pick, side, px, counts)
+        self.decisions += int(counts[0])
+        self.duplicates += int(counts[1])
+        out = np.zeros(k, ORD_DTYPE)
+        rows = sig[pick[:k]]
+        out["order_id"] = out["seq"] = rows["seq"]
+        out["instrument"] = rows["instrument"]
+        out["side"], out["price"], out["qty"] = side[:k], px[:k], self.order_qty
+        out["t_rx"], out["t_book"], out["t_feat"] = rows["t_rx"], rows["t_book"], rows["t_feat"]
         out["t_signal"] = time.perf_counter_ns()
         return out
+
+
+@nb.njit(cache=True)
+def _decide(inst, seq, signal, bid_px, bid_qty, ask_px, ask_qty, q, cap, sent, last_seq, pick, side, px, counts):
+    k = 0
+    for i in range(inst.shape[0]):
+        b, s = inst[i], seq[i]
+        if s <= last_seq[b]:
+            counts[1] += 1
+            continue
+        last_seq[b] = s
+        counts[0] += 1
+        d = int(signal[i])
+        if d == 0:
+            continue
+        p, avail = (ask_px[i], ask_qty[i]) if d > 0 else (bid_px[i], bid_qty[i])
+        if avail <= 0 or abs(sent[b] + d * q) > cap:
+            continue
+        sent[b] += d * q
+        pick[k], side[k], px[k] = i, d, p
+        k += 1
+    return k

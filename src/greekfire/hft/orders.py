@@ -9,3 +9,14 @@ ORDER_DTYPE = np.dtype([
     ("filled", "i4"), ("reason", "u1"), ("t_signal_ns", "i8"), ("t_risk_ns", "i8"), ("t_sent_ns", "i8"),
     ("t_ack_ns", "i8"), ("t_fill_ns", "i8"),
 ])
+
+_REASONS = tuple(__import__("greekfire.trading.denials", fromlist=["Reason"]).Reason)
+VENUE_REJECT = 255
+
+
+def reason_code(reason: object) -> int:
+    return _REASONS.index(reason) + 1  # type: ignore[arg-type]
+
+
+def reason_of(code: int) -> object:
+    return _REASONS[code - 1] if 0 < code <= len(_REASONS) else None

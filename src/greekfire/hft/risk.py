@@ -43,9 +43,7 @@ class FastRisk:
                 codes[k] = reason_code(Reason.MAX_QTY)
             elif q * float(o["price_ticks"]) * lim.tick_size * lim.multiplier > lim.max_notional:
                 codes[k] = reason_code(Reason.MAX_NOTIONAL)
-            elif s > 0 and self.position[i] + self.pending_buy[i] + q > lim.max_position:
-                codes[k] = reason_code(Reason.POSITION_LIMIT)
-            elif s < 0 and self.position[i] - self.pending_sell[i] - q < -lim.max_position:
+            elif s > 0 and self.position[i] + self.pending_buy[i] + q > lim.max_position or s < 0 and self.position[i] - self.pending_sell[i] - q < -lim.max_position:
                 codes[k] = reason_code(Reason.POSITION_LIMIT)
             elif s > 0:
                 self.pending_buy[i] += q

@@ -53,12 +53,15 @@ def test_pipeline_on_loopback_equals_a_single_process_replay(itch_file: Path, tm
     cfg = load_hft(overrides={
         "workers": 2, "n_locates": 64, "max_orders": 1 << 17, "decide_every": 8, "enter": 0.12,
         "ring_capacity": 16384, "wait": "block", "feed_group": group, "feed_port": port,
-        "max_position": 1000, "risk": {"max_position": 600}, "status_file": str(tmp_path / "status.json"),
+        # risk denies the orders above $15,000 (100 shares of the dearer stocks): a denial that does not depend
+        # on when fills come back, unlike a position limit that counts them
+        "max_position": 1000, "risk": {"max_notional": 15_000.0, "max_position": 1 << 30},
+        "status_file": str(tmp_path / "status.json"),
     })
     ref = reference_run(itch_file, cfg)
     result = Pipeline(cfg, itch=itch_file, source="multicast", rate=200_000).run(timeout_s=300)
 
-    # the run did trade: fills, partial fills and risk rejections (position cap 600 < the strategy's 1000)
+    # the run did trade: fills, partial fills and risk denials (notional)
     status = result.orders["status"]
     assert np.count_nonzero(status == FILLED) > 10
     assert np.count_nonzero(status == REJECTED) > 0

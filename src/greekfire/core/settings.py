@@ -276,6 +276,7 @@ class HftRiskSettings(Section):
     max_notional: float = Field(1_000_000.0, gt=0, description="per order, in dollars (price ticks of 1e-4 dollars)")
     max_position: int = Field(5000, gt=0, description="absolute position per instrument, shares")
     max_orders_per_s: int = Field(100_000, gt=0, description="orders per second through the gateway")
+    tick_size: float = Field(1e-4, gt=0, description="dollars per price tick (ITCH prices: 1e-4 dollars)")
 
 
 class HftSettings(Section):
@@ -292,7 +293,9 @@ class HftSettings(Section):
     feed_port: int = Field(31_001, ge=1, le=65535, description="UDP port of the ITCH feed")
     feed_iface: str = Field("127.0.0.1", description="interface address the feed is joined on")
     feed_session: str = Field("GREEKFIRE", min_length=1, max_length=10, description="MoldUDP64 session")
-    rerequest_port: int = Field(0, ge=0, le=65535, description="MoldUDP64 re-request server port (0: any free port)")
+    rerequest_host: str = Field("127.0.0.1", description="address of the MoldUDP64 re-request server")
+    rerequest_port: int = Field(0, ge=0, le=65535, description="port of the MoldUDP64 re-request server (`hft "
+                                "feed-server` listens there; 0: any free port there, and `hft run` recovers no gap)")
     workers: int = Field(1, ge=1, le=64, description="book/feature worker processes (instruments split among them)")
     device: str = Field("cpu", description="feature device per worker: cpu, auto (GPUs when present), cuda:N")
     feature_backend: Literal["numba", "torch"] = Field("numba", description="numba loop or torch batches")

@@ -71,6 +71,7 @@ from greekfire.market.book import OrderBooks
 # per-stage counters in shared memory: messages handled, drops, errors, stalls (waits on a full ring)
 C_MSGS, C_DROPS, C_ERRS, C_STALLS, C_GAPS, C_RECOVERED = range(6)
 DEPTH_LEVELS = 10
+VENUE_REJECT = 255  # reason code of an order the venue refused (greekfire.hft.orders.VENUE_REJECT)
 
 
 # ------------------------------------------------------------------------------------------- ticks
@@ -132,7 +133,7 @@ class ExchangeSim:
             o = out[i]
             b = int(o["instrument"])
             if not 0 <= b < self.n_instruments:
-                o["status"], o["reason"] = REJECTED, 255
+                o["status"], o["reason"] = REJECTED, VENUE_REJECT
                 continue
             self._advance(b, int(o["seq"]))
             side = int(o["side"])
@@ -175,11 +176,23 @@ class RunResult:
 
 
 def _risk(cfg: HftSettings) -> Any:
-    from greekfire.hft.risk import FastRisk, Limits
+    """The gateway's fast pre-trade checks (greekfire.hft.risk) with the ``hft.risk`` limits."""
+    from greekfire.hft.risk import FastLimits, FastRisk
 
     r = cfg.risk
-    return FastRisk(Limits(max_order_qty=r.max_order_qty, max_notional=r.max_notional, max_position=r.max_position),
+    return FastRisk(FastLimits(max_order_qty=r.max_order_qty, max_notional=r.max_notional, max_position=r.max_position,
+                               max_orders_per_s=r.max_orders_per_s, tick_size=r.tick_size, multiplier=1.0),
                     cfg.n_locates)
+
+
+def _settle(risk: Any, done: np.ndarray) -> None:
+    """Executions back into the risk state: fills move pending into the position, the rest is released."""
+    for o in done:
+        inst, side, qty, filled = int(o["instrument"]), int(o["side"]), int(o["qty"]), int(o["filled"])
+        if filled:
+            risk.on_fill(inst, side, filled, int(o["fill_px"]))
+        if qty > filled:
+            risk.release(inst, side, qty - filled)
 
 
 def _as_order_records(orders: np.ndarray) -> np.ndarray:
@@ -201,11 +214,14 @@ def reference_run(data: Any, cfg: HftSettings, framing: str = "length") -> RunRe
                       backend=cfg.feature_backend, device="cpu")
     sig = bf.process(ticks)
     orders = ImbalanceTaker(cfg.n_locates, cfg.order_qty, cfg.max_position).on_signals(sig)
-    codes = _risk(cfg).check(_as_order_records(orders))
+    risk = _risk(cfg)
+    codes = risk.check(_as_order_records(orders))
     orders["reason"] = codes
     orders["status"][codes != 0] = REJECTED
     passed = codes == 0
-    orders[passed] = ExchangeSim(data, cfg.n_locates, framing).execute(orders[passed])
+    done = ExchangeSim(data, cfg.n_locates, framing).execute(orders[passed])
+    _settle(risk, done)
+    orders[passed] = done
     return RunResult(bf.books.depth_array(DEPTH_LEVELS), np.sort(orders, order="order_id"), bf.engine.state,
                      stats={"decisions": len(sig), "ticks": len(ticks)})
 
@@ -321,6 +337,9 @@ def feed_main(cfg: HftSettings, names: dict[str, str], source: dict[str, Any], c
                 if msgs:
                     last = time.monotonic()
                     now = time.perf_counter_ns()
+                    nxt = handler.stats.get("next_seq")  # MoldUDP64 numbers messages from 1, as the file does
+                    if nxt:
+                        seq = int(nxt) - len(msgs)
                     ticks = messages_to_ticks(msgs, seq)
                     rx_a = np.asarray(rx, np.int64)
                     idx = (ticks["seq"] - seq).astype(np.int64)
@@ -335,7 +354,8 @@ def feed_main(cfg: HftSettings, names: dict[str, str], source: dict[str, Any], c
                 stats[C_GAPS] = int(hs.get("gaps", 0))
                 stats[C_RECOVERED] = int(hs.get("recovered", 0))
                 stats[C_DROPS] = int(hs.get("unrecovered", 0)) + int(hs.get("drops", 0))
-                done = bool(getattr(handler, "ended", False)) or (expect and seq - 1 >= expect)
+                done = bool(getattr(handler, "complete", getattr(handler, "ended", False))) or \
+                    bool(expect and seq - 1 >= expect)
                 if done or (seq > 1 and time.monotonic() - last > idle_s):
                     break
             feed_stats = dict(handler.stats)
@@ -456,6 +476,7 @@ def gateway_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot:
                 from_ex.release(n)
                 acks["t_ack"] = time.perf_counter_ns()
                 _publish_all(reports, acks, stats)
+                _settle(risk, acks[acks["end"] == 0])
                 if (acks["end"] != 0).any():
                     break
             if idle:
@@ -584,8 +605,16 @@ class Pipeline:
         if self.source == "file":
             src: dict[str, Any] = {"kind": "file", "path": str(self.itch), "rate": self.rate, "framing": self.framing}
         else:
+            rereq = (cfg.rerequest_host, cfg.rerequest_port) if cfg.rerequest_port else None
+            if self.serve:  # our own feed server: its re-request socket is bound now, it sends after go
+                from greekfire.hft.feed import FeedServer
+
+                self._server = FeedServer(self.itch, cfg.feed_group, cfg.feed_port, rate=self.rate,
+                                          session=cfg.feed_session, rerequest_port=cfg.rerequest_port,
+                                          framing=self.framing)
+                rereq = tuple(self._server.rerequest_address)
             src = {"kind": "multicast", "group": cfg.feed_group, "port": cfg.feed_port, "iface": cfg.feed_iface,
-                   "session": cfg.feed_session, "expect": self.n_messages}
+                   "session": cfg.feed_session, "expect": self.n_messages, "rerequest": rereq}
         specs: list[tuple[str, Any, tuple[Any, ...]]] = [("exchange", exchange_main,
                                                           (cfg, names, str(self.itch), self.framing, self.cpus["exchange"], n - 1, n, self.q))]
         specs += [(f"worker{k}", worker_main, (k, cfg, names, self.devices[k], self.cpus[f"worker{k}"], self.q))
@@ -612,11 +641,6 @@ class Pipeline:
                 ready.add(msg[1])
             else:
                 self._res.append(msg)
-        if self.source == "multicast" and self.serve:
-            from greekfire.hft.feed import FeedServer
-
-            self._server = FeedServer(self.itch, cfg.feed_group, cfg.feed_port, rate=self.rate,
-                                      session=cfg.feed_session, framing=self.framing)
         self.ctl.head[GO] = 1
         self.t_go = time.perf_counter()
         if self._server is not None:

@@ -31,6 +31,7 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -622,10 +623,18 @@ class Pipeline:
         specs += [("strategy", strategy_main, (cfg, names, self.cpus["strategy"], n - 3, n, self.q)),
                   ("gateway", gateway_main, (cfg, names, self.cpus["gateway"], n - 2, n, self.q)),
                   ("feed", feed_main, (cfg, names, src, self.cpus["feed"], 0, n, self.q))]
-        for name, fn, args in specs:
-            p = ctx.Process(target=fn, args=args, name=f"greekfire-hft-{name}", daemon=True)
-            p.start()
-            self.procs[name] = p
+        # the fork server would run the main script again to rebuild __main__ (a launcher without a main guard
+        # would start a second pipeline): every stage lives in a greekfire module, so it needs no __main__
+        main = sys.modules.get("__main__")
+        main_file = main.__dict__.pop("__file__", None) if main is not None else None
+        try:
+            for name, fn, args in specs:
+                p = ctx.Process(target=fn, args=args, name=f"greekfire-hft-{name}", daemon=True)
+                p.start()
+                self.procs[name] = p
+        finally:
+            if main is not None and main_file is not None:
+                main.__file__ = main_file
         self._started = time.time()
         ready: set[str] = set()
         deadline = time.monotonic() + 120

@@ -175,8 +175,8 @@ def hft_doctor(
         cli.print_json([asdict(c) for c in found])
         return
     t = Table(title="greekfire hft doctor")
-    for c in ("check", "value", "recommended", "ok", "fix"):
-        t.add_column(c)
+    for col in ("check", "value", "recommended", "ok", "fix"):
+        t.add_column(col)
     for c in found:
         t.add_row(c.name, str(c.value), str(c.recommended), "[green]ok[/green]" if c.ok else "[yellow]no[/yellow]",
                   "" if c.ok else c.fix)

@@ -797,7 +797,7 @@ class Pipeline:
             self._server.stop()
         orders = np.concatenate(self._reports) if self._reports else np.zeros(0, ORD_DTYPE)
         final = self._write_status("done")
-        stats = {"stages": final["stages"], "workers": {k: {x: v for x, v in got[k].items()
+        stats: dict[str, Any] = {"stages": final["stages"], "workers": {k: {x: v for x, v in got[k].items()
                                                               if x in ("messages", "bad_events", "replayed")}
                                                           for k in got if k.startswith("worker")},
                  **{k: got[k] for k in ("feed", "strategy", "gateway") if k in got}}

@@ -24,7 +24,9 @@ class FastLimits:
 
 
 class FastRisk:
-    def __init__(self, limits: FastLimits | None = None, n_instruments: int = 1024, **_: object) -> None:
+    def __init__(self, limits: FastLimits | None = None, n_instruments: int = 1024, *, kill: object = None,
+                 **_: object) -> None:
+        self.kill = kill
         self.limits = limits or FastLimits()
         self.position = np.zeros(n_instruments, np.int64)
         self.pending_buy = np.zeros(n_instruments, np.int64)
@@ -35,6 +37,9 @@ class FastRisk:
         codes = np.zeros(orders.shape[0], np.uint8)
         lim = self.limits
         for k in range(orders.shape[0]):
+            if self.kill is not None and getattr(self.kill, "tripped", False):
+                codes[k] = reason_code(Reason.KILL_SWITCH)
+                continue
             o = orders[k]
             i, q, s = int(o["instrument"]), int(o["qty"]), int(o["side"])
             if q <= 0 or s not in (1, -1):

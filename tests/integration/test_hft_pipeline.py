@@ -84,3 +84,44 @@ def test_pipeline_on_loopback_equals_a_single_process_replay(itch_file: Path, tm
     assert lat["tick->order"]["p50"] > 0
     saved = json.loads((tmp_path / "status.json").read_text())
     assert saved["state"] == "done" and saved["orders"]["rejected"] == int(np.count_nonzero(status == REJECTED))
+
+
+@pytest.mark.parametrize("how", ["file", "signal"])
+def test_kill_switch_stops_every_order_from_the_next_loop(how: str, itch_file: Path, tmp_path: Path) -> None:
+    """The gateway's kill switch, tripped by its file or by SIGUSR1 to the coordinator mid-stream: from the
+    loop that sees it on, every order is denied with KILL_SWITCH and none reaches the exchange."""
+    import os
+    import signal
+
+    from conftest import poll_until
+    from greekfire.hft.orders import reason_code
+    from greekfire.trading.denials import Reason
+
+    kill_file = tmp_path / "KILL"
+    cfg = load_hft(overrides={
+        "workers": 1, "n_locates": 64, "max_orders": 1 << 17, "decide_every": 8, "enter": 0.12, "wait": "block",
+        "ring_capacity": 8192, "max_position": 1 << 30, "killswitch_file": str(kill_file),
+        "status_file": str(tmp_path / "status.json"),
+    })
+    pipe = Pipeline(cfg, itch=itch_file, source="file", rate=30_000)
+    try:
+        pipe.start()
+        gw = pipe.stage_names.index("gateway")
+        assert poll_until(lambda: pipe.stats.arr[gw, 0] >= 30, timeout_s=120, step_s=0.002)
+        if how == "file":
+            kill_file.touch()
+        else:
+            os.kill(os.getpid(), signal.SIGUSR1)  # the coordinator forwards it to the gateway
+        result = pipe.wait(timeout_s=300)
+    finally:
+        pipe.stop()
+    gw_stats = result.stats["gateway"]
+    assert gw_stats["killed"] and gw_stats["kill_reason"]
+    t_kill = gw_stats["killed_ns"]
+    o = result.orders
+    after = o[o["t_risk"] >= t_kill]
+    before = o[(o["t_risk"] > 0) & (o["t_risk"] < t_kill)]
+    assert len(before) >= 30 and len(after) > 0
+    assert (after["reason"] == reason_code(Reason.KILL_SWITCH)).all()
+    assert (after["t_sent"] == 0).all() and (after["filled"] == 0).all()
+    assert result.stats["stages"]["gateway"]["kill_switch_tripped"]

@@ -70,7 +70,7 @@ from greekfire.market import itch
 from greekfire.market.book import OrderBooks
 
 # per-stage counters in shared memory: messages handled, drops, errors, stalls (waits on a full ring)
-C_MSGS, C_DROPS, C_ERRS, C_STALLS, C_GAPS, C_RECOVERED = range(6)
+C_MSGS, C_DROPS, C_ERRS, C_STALLS, C_GAPS, C_RECOVERED, C_KILLED = range(7)
 DEPTH_LEVELS = 10
 VENUE_REJECT = 255  # reason code of an order the venue refused (greekfire.hft.orders.VENUE_REJECT)
 
@@ -176,14 +176,15 @@ class RunResult:
                 "latency_us": self.latency_us, "stats": self.stats}
 
 
-def _risk(cfg: HftSettings) -> Any:
-    """The gateway's fast pre-trade checks (greekfire.hft.risk) with the ``hft.risk`` limits."""
+def _risk(cfg: HftSettings, kill: Any = None) -> Any:
+    """The gateway's fast pre-trade checks (greekfire.hft.risk) with the ``hft.risk`` limits; ``kill``: a kill
+    switch whose trip denies every order (KILL_SWITCH)."""
     from greekfire.hft.risk import FastLimits, FastRisk
 
     r = cfg.risk
     return FastRisk(FastLimits(max_order_qty=r.max_order_qty, max_notional=r.max_notional, max_position=r.max_position,
                                max_orders_per_s=r.max_orders_per_s, tick_size=r.tick_size, multiplier=1.0),
-                    cfg.n_locates)
+                    cfg.n_locates, kill=kill)
 
 
 def _settle(risk: Any, done: np.ndarray) -> None:
@@ -435,15 +436,25 @@ def gateway_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot:
     reports = Ring.attach(names["reports"], ORD_DTYPE)
     st = _Stats.attach(names["stats"], n_stages)
     stats = st.arr[slot]
-    risk = _risk(cfg)
+    from greekfire.hft.killswitch import KillSwitch
+
+    # the kill switch: SIGUSR1 to this process (the coordinator forwards its own), the file, the HTTP port
+    kill = KillSwitch(cfg.killswitch_file, cfg.killswitch_port).start()
+    risk = _risk(cfg, kill)
     rejected = 0
     sent_end = False
+    killed = False
     wait = Idle(cfg.wait)
     risk.check(_as_order_records(np.zeros(0, ORD_DTYPE)))
     out_q.put(("ready", "gateway"))
     with gc_frozen():
         while True:
             idle = True
+            if not killed and kill.poll():  # one access() a loop; once tripped every order is denied
+                killed = True
+                stats[C_KILLED] = time.perf_counter_ns()
+                logging.getLogger("greekfire.hft").warning("hft kill switch tripped (%s): the gateway denies "
+                                                           "every order from now on", kill.reason)
             view = orders_ring.consume(cfg.batch) if not sent_end else orders_ring.consume(0)
             n = len(view)
             if n:
@@ -484,7 +495,9 @@ def gateway_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot:
                 wait()
             else:
                 wait.reset()
-    out_q.put(("stage", "gateway", {"risk_rejected": rejected}))
+    kill.stop()
+    out_q.put(("stage", "gateway", {"risk_rejected": rejected, "killed": killed, "kill_reason": kill.reason,
+                                    "killed_ns": int(stats[C_KILLED])}))
     for r in (orders_ring, to_ex, from_ex, reports):
         r.close()
     st.close()
@@ -650,10 +663,26 @@ class Pipeline:
                 ready.add(msg[1])
             else:
                 self._res.append(msg)
+        self._forward_kill_signal()
         self.ctl.head[GO] = 1
         self.t_go = time.perf_counter()
         if self._server is not None:
             self._server.start()
+
+    def _forward_kill_signal(self) -> None:
+        """SIGUSR1 to the coordinator (the process a user knows) trips the gateway's kill switch too."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        gw = self.procs["gateway"].pid
+
+        def forward(signum: int, _frame: Any) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(gw, signum)
+
+        self._old_usr1 = signal.signal(signal.SIGUSR1, forward)
 
     @property
     def pids(self) -> dict[str, int]:
@@ -711,6 +740,7 @@ class Pipeline:
                             "messages": int(st[i, C_MSGS]), "drops": int(st[i, C_DROPS]),
                             "errors": int(st[i, C_ERRS]), "stalls": int(st[i, C_STALLS])}
         stages["feed"].update(gaps=int(st[0, C_GAPS]), recovered=int(st[0, C_RECOVERED]))
+        stages["gateway"]["kill_switch_tripped"] = bool(st[self.stage_names.index("gateway"), C_KILLED])
         rep = np.concatenate(self._reports) if self._reports else np.zeros(0, ORD_DTYPE)
         orders = {STATUS_NAMES[k]: int(np.count_nonzero(rep["status"] == k)) for k in STATUS_NAMES}
         rings = {k: round(r.available() / r.capacity, 4) for k, r in self.rings.items() if k != "ticks"}
@@ -828,6 +858,12 @@ class Pipeline:
         for d in getattr(self, "_drains", []):
             d.close()
         self._drains = []
+        if getattr(self, "_old_usr1", None) is not None:
+            import signal
+
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signal.SIGUSR1, self._old_usr1)
+            self._old_usr1 = None
         self._release()
 
 

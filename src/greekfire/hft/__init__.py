@@ -1,0 +1,5 @@
+"""The HFT engine: processes pinned to cores joined by shared-memory rings (:mod:`greekfire.hft.ring`),
+CPU placement (:mod:`greekfire.hft.cpu`) and the machine check (:mod:`greekfire.hft.doctor`).
+
+See docs/hft.md.
+"""

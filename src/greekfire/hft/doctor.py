@@ -67,7 +67,7 @@ def _unknown(name: str, recommended: str, fix: str, reason: str) -> Check:
 def governor(sys_root: Path = SYS) -> Check:
     """CPU frequency governor of every CPU (``performance`` recommended)."""
     rec, fix = "performance", "cpupower frequency-set -g performance  # and disable deep C-states: idle=poll or intel_idle.max_cstate=1"
-    found = {}
+    found: dict[str, list[int]] = {}
     for f in sorted((sys_root / "devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_governor")):
         g = _read(f)
         if g:

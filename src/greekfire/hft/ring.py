@@ -28,6 +28,7 @@ sleeps, and a wake-up of some microseconds to tens of microseconds; see docs/hft
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
 import threading
@@ -70,6 +71,12 @@ def _open_shm(name: str) -> shared_memory.SharedMemory:
             resource_tracker.register = register  # type: ignore[assignment]
 
 
+def _buf(shm: shared_memory.SharedMemory) -> memoryview:
+    buf = shm.buf
+    assert buf is not None  # None only after close()
+    return buf
+
+
 class _Base:
     """What both rings share: the segment, the header, the record array and the producer side."""
 
@@ -80,21 +87,23 @@ class _Base:
 
     def __init__(self, shm: shared_memory.SharedMemory, dtype: np.dtype, owner: bool) -> None:
         self._lib = _native.lib()
-        self._shm = shm
+        self._shm: shared_memory.SharedMemory | None = shm
+        self._segment = shm  # kept after close() for unlink()
         self._owner = owner
+        buf = _buf(shm)
         self.name = shm.name
         self.dtype = np.dtype(dtype)
-        meta = np.frombuffer(shm.buf, dtype=np.uint64, count=8)
+        meta = np.frombuffer(buf, dtype=np.uint64, count=8)
         self.capacity = int(meta[2])
         self.consumers = int(meta[4])
         self._hdr_bytes = int(meta[5])
         self._meta = meta
         self._mask = self.capacity - 1
-        self._data = np.frombuffer(shm.buf, dtype=self.dtype, count=self.capacity, offset=self._hdr_bytes)
+        self._data = np.frombuffer(buf, dtype=self.dtype, count=self.capacity, offset=self._hdr_bytes)
         # the same slots as opaque records: copying a structured record field by field costs 4-7x a raw copy
         self._void = np.dtype(f"V{self.dtype.itemsize}")
         self._raw = self._data.view(self._void)
-        self._anchor = ctypes.c_char.from_buffer(shm.buf)  # holds the address (released in close())
+        self._anchor = ctypes.c_char.from_buffer(buf)  # holds the address (released in close())
         self._base = ctypes.addressof(self._anchor)
         self._head = int(self._lib.gf_load(self._base + HEAD))
         self._limit = 0  # producer: head may grow to this before the tails are loaded again
@@ -111,7 +120,7 @@ class _Base:
             raise ConfigError("consumers", consumers, "at least 1")
         hdr = _header_bytes(consumers)
         shm = shared_memory.SharedMemory(name=name, create=True, size=hdr + capacity * dtype.itemsize)
-        meta = np.frombuffer(shm.buf, dtype=np.uint64, count=8)
+        meta = np.frombuffer(_buf(shm), dtype=np.uint64, count=8)
         meta[1:] = [dtype.itemsize, capacity, _dtype_hash(dtype), consumers, hdr, 0, 0]
         meta[0] = MAGIC  # last: an attach that sees the magic sees the rest
         del meta
@@ -123,7 +132,7 @@ class _Base:
             shm = _open_shm(name)
         except FileNotFoundError as exc:
             raise ConfigError("name", name, f"an existing {kind} (none by that name)") from exc
-        meta = np.frombuffer(shm.buf, dtype=np.uint64, count=8)
+        meta = np.frombuffer(_buf(shm), dtype=np.uint64, count=8)
         magic, dhash = int(meta[0]), int(meta[3])
         del meta
         if magic != MAGIC:
@@ -203,10 +212,8 @@ class _Base:
 
     def unlink(self) -> None:
         """Remove the segment's name (the creator calls this once every process has attached or is gone)."""
-        try:
-            shared_memory.SharedMemory(self.name).unlink() if self._shm is None else self._shm.unlink()
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(FileNotFoundError):
+            self._segment.unlink()
 
     def __enter__(self) -> _Base:
         return self

@@ -2,7 +2,7 @@
 
 :func:`ring_bench` is what ``greekfire hft bench --json`` and ``benchmarks/bench_hft.py`` run. Each row is
 one producer process and one consumer process (forked), pinned to two different CPUs when this process may
-use at least two:
+use at least four:
 
 - throughput, single records: the producer sends one 64-byte event record per call as fast as it can;
   the consumer takes one per call; records per second at the consumer, first to last record;
@@ -38,9 +38,10 @@ def _pin(which: int | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the ring
-def _ring_producer(name: str, seconds: float, batch: int, rate: float, core: int | None) -> None:
+def _ring_producer(name: str, seconds: float, batch: int, rate: float, core: int | None, ready: Any) -> None:
     _pin(core)
     ring = Ring.attach(name, EVENT_DTYPE)
+    ready.wait(60)  # the consumer is attached and polling
     recs = np.zeros(batch, EVENT_DTYPE)
     recs["kind"] = 1
     one = recs[0]
@@ -74,9 +75,11 @@ def _ring_producer(name: str, seconds: float, batch: int, rate: float, core: int
     ring.close()
 
 
-def _ring_consumer(name: str, batch: int, strategy: str, latency: bool, core: int | None, out: Any) -> None:
+def _ring_consumer(name: str, batch: int, strategy: str, latency: bool, core: int | None, out: Any,
+                   ready: Any) -> None:
     _pin(core)
     ring = Ring.attach(name, EVENT_DTYPE)
+    ready.set()
     n, t0, lats = 0, 0, []
     done = False
     while not done:
@@ -102,8 +105,8 @@ def _ring_consumer(name: str, batch: int, strategy: str, latency: bool, core: in
 def _run_ring(seconds: float, batch: int, rate: float, strategy: str, cores: list[int | None]) -> tuple:
     ring = Ring.create(EVENT_DTYPE, 1 << 14)
     try:
-        return _pair(lambda out: (_ring_producer, (ring.name, seconds, batch, rate, cores[0])),
-                     lambda out: (_ring_consumer, (ring.name, batch, strategy, bool(rate), cores[1], out)),
+        return _pair(lambda out, ready: (_ring_producer, (ring.name, seconds, batch, rate, cores[0], ready)),
+                     lambda out, ready: (_ring_consumer, (ring.name, batch, strategy, bool(rate), cores[1], out, ready)),
                      seconds)
     finally:
         ring.close()
@@ -119,8 +122,9 @@ def _make_queue(kind: str) -> Any:
     return Queue(max_size_bytes=64 << 20)
 
 
-def _queue_producer(q: Any, seconds: float, batch: int, rate: float, core: int | None) -> None:
+def _queue_producer(q: Any, seconds: float, batch: int, rate: float, core: int | None, ready: Any) -> None:
     _pin(core)
+    ready.wait(60)
     recs = np.zeros(batch, EVENT_DTYPE)
     recs["kind"] = 1
     end = time.perf_counter() + seconds
@@ -144,8 +148,9 @@ def _queue_producer(q: Any, seconds: float, batch: int, rate: float, core: int |
     q.put(None)
 
 
-def _queue_consumer(q: Any, batch: int, latency: bool, core: int | None, out: Any) -> None:
+def _queue_consumer(q: Any, batch: int, latency: bool, core: int | None, out: Any, ready: Any) -> None:
     _pin(core)
+    ready.set()
     n, t0, lats = 0, 0, []
     while True:
         msg = q.get()
@@ -162,16 +167,17 @@ def _queue_consumer(q: Any, batch: int, latency: bool, core: int | None, out: An
 
 def _run_queue(kind: str, seconds: float, batch: int, rate: float, cores: list[int | None]) -> tuple:
     q = _make_queue(kind)
-    return _pair(lambda out: (_queue_producer, (q, seconds, batch, rate, cores[0])),
-                 lambda out: (_queue_consumer, (q, batch, bool(rate), cores[1], out)), seconds)
+    return _pair(lambda out, ready: (_queue_producer, (q, seconds, batch, rate, cores[0], ready)),
+                 lambda out, ready: (_queue_consumer, (q, batch, bool(rate), cores[1], out, ready)), seconds)
 
 
 # ------------------------------------------------------------------------------------------- driving
-def _pair(producer: Callable[[Any], tuple], consumer: Callable[[Any], tuple], seconds: float) -> tuple:
+def _pair(producer: Callable[[Any, Any], tuple], consumer: Callable[[Any, Any], tuple], seconds: float) -> tuple:
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    fc, ac = consumer(send)
-    fp, ap = producer(send)
+    ready = ctx.Event()
+    fc, ac = consumer(send, ready)
+    fp, ap = producer(send, ready)
     c = ctx.Process(target=fc, args=ac, daemon=True)
     p = ctx.Process(target=fp, args=ap, daemon=True)
     c.start()
@@ -189,7 +195,7 @@ def _pair(producer: Callable[[Any], tuple], consumer: Callable[[Any], tuple], se
 
 
 def _percentiles(lats: list[int]) -> dict[str, float]:
-    a = np.asarray(lats, dtype=np.float64) / 1e3
+    a = np.asarray(lats, dtype=np.float64)[len(lats) // 20 :] / 1e3  # the first 5%: warm-up
     if not len(a):
         return {"n": 0}
     p50, p99, p999 = np.percentile(a, [50, 99, 99.9])
@@ -198,9 +204,10 @@ def _percentiles(lats: list[int]) -> dict[str, float]:
 
 def choose_cores() -> list[int | None]:
     """Two CPUs for the producer and the consumer: the last two this process may use (CPU 0 usually takes
-    the most interrupts); none when only one is allowed."""
+    the most interrupts); none (the scheduler places them) with fewer than 4 CPUs, where pinning both
+    busy processes would leave the rest of the machine nowhere to run but under them."""
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    return [allowed[-2], allowed[-1]] if len(allowed) >= 2 else [None, None]
+    return [allowed[-2], allowed[-1]] if len(allowed) >= 4 else [None, None]
 
 
 def ring_bench(seconds: float = 1.0, *, latency_rate: float = LATENCY_RATE) -> dict[str, Any]:

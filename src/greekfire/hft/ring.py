@@ -107,7 +107,7 @@ class _Base:
         self._base = ctypes.addressof(self._anchor)
         self._head = int(self._lib.gf_load(self._base + HEAD))
         self._limit = 0  # producer: head may grow to this before the tails are loaded again
-        self.full = 0  # producer: publishes refused because the ring was full (this process)
+        self.full = int(self._lib.gf_load(self._base + FULL))  # refused publishes, kept in the segment
 
     @classmethod
     def _create(cls, dtype: Any, capacity: int, consumers: int, name: str | None) -> shared_memory.SharedMemory:
@@ -154,7 +154,7 @@ class _Base:
         free."""
         h = self._head
         if h >= self._limit and self._space() <= 0:
-            self.full += 1
+            self._refused()
             return False
         if type(rec) is np.void and rec.dtype == self.dtype:
             self._raw[h & self._mask] = rec  # the bytes as they are
@@ -174,7 +174,7 @@ class _Base:
         if h + n > self._limit:
             n = min(n, self._space())
             if n < len(recs):
-                self.full += 1
+                self._refused()
             if n <= 0:
                 return 0
         i = h & self._mask
@@ -186,6 +186,15 @@ class _Base:
         self._head = h + n
         self._lib.gf_commit(self._base, h + n)
         return n
+
+    def _refused(self) -> None:
+        self.full += 1
+        self._lib.gf_store(self._base + FULL, self.full)
+
+    def refused(self) -> int:
+        """Publishes refused (or cut short) because the ring was full, since it was created; any process
+        attached to the ring may read it (monitoring)."""
+        return int(self._lib.gf_load(self._base + FULL))
 
     def space(self) -> int:
         """Slots the producer may write now."""

@@ -110,6 +110,9 @@ def test_full_ring_refuses_and_counts() -> None:
         ring.release(2)
         assert ring.publish_batch(_records(4, 3)) == 2  # a prefix: two slots were free
         assert ring.full == 3
+        other = Ring.attach(ring.name, EVENT_DTYPE)  # another process's view of the count (monitoring)
+        assert other.refused() == 3 and other.full == 3
+        other.close()
         rest = []
         while ring.available():
             v = ring.consume(4)

@@ -156,7 +156,7 @@ class _Base:
         if h >= self._limit and self._space() <= 0:
             self._refused()
             return False
-        if type(rec) is np.void and rec.dtype == self.dtype:
+        if type(rec) is np.void and (rec.dtype is self.dtype or rec.dtype == self.dtype):
             self._raw[h & self._mask] = rec  # the bytes as they are
         else:
             self._data[h & self._mask] = rec  # a tuple: numpy fills the fields

@@ -1,6 +1,7 @@
 """The rings' compiled helper: ``_sync.c`` built with the system C compiler through cffi at first use.
 
-The build is cached in the user's cache home (``$XDG_CACHE_HOME/greekfire/hft``, else ``~/.cache/...``),
+The build is cached in the user's cache home (``$XDG_CACHE_HOME/greekfire/hft``, else ``~/.cache/...``;
+a folder in the temp dir where that cannot be written),
 keyed by a hash of the source, the Python ABI and the machine, so each machine compiles once (about a
 second). Concurrent first uses each build in a private folder and move the result into place atomically.
 
@@ -76,6 +77,10 @@ def lib() -> Any:
         src = SOURCE.read_text()
         name = _module_name(src)
         out = cache_dir()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home (some containers): a private folder in the temp dir
+            out = Path(tempfile.gettempdir()) / f"greekfire-hft-{os.getuid() if hasattr(os, 'getuid') else 0}"
         suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
         target = out / f"{name}{suffix}"
         if not target.exists():

@@ -10,7 +10,8 @@ use at least four:
   ``get``/``put`` block there), so neither spins against the other on a shared machine;
 - throughput, batches of 64: one call sends or takes 64 records (for the queues: one message holding a
   numpy array of 64 records, pickled, the way those queues carry a batch);
-- hop latency: the producer sends one record every ``1/rate`` seconds stamped with
+- hop latency: the producer sends one record every ``1/rate`` seconds (sleeping most of the gap, so it
+  does not hold a core), stamped with
   ``time.perf_counter_ns()`` (CLOCK_MONOTONIC, one clock for all processes of a machine); the consumer
   takes the difference on arrival; p50/p99/p99.9 in microseconds. The ring's consumer busy-polls (and,
   in a second row, blocks on the futex); the queues' ``get`` blocks, as they are used.
@@ -32,7 +33,17 @@ from greekfire.market.book import EVENT_DTYPE
 
 yield_cpu = getattr(os, "sched_yield", lambda: time.sleep(0))
 STOP = 255  # the kind of the record that ends a run
-LATENCY_RATE = 20_000  # records per second in the latency rows (no queue is saturated at this rate)
+LATENCY_RATE = 5_000  # records per second in the latency rows (no queue is saturated at this rate)
+SPIN_NS = 100_000  # the producer sleeps until this close to its next send, then spins
+
+
+def _pace(nxt: int) -> None:
+    """Return at ``nxt`` (perf_counter_ns): sleep most of the way, spin the rest."""
+    left = nxt - time.perf_counter_ns()
+    if left > SPIN_NS + 50_000:
+        time.sleep((left - SPIN_NS) / 1e9)
+    while time.perf_counter_ns() < nxt:
+        pass
 
 
 def _pin(which: int | None) -> None:
@@ -54,8 +65,7 @@ def _ring_producer(name: str, seconds: float, batch: int, rate: float, core: int
         nxt = time.perf_counter_ns()
         while nxt < end * 1e9:
             nxt += period
-            while time.perf_counter_ns() < nxt:
-                pass
+            _pace(nxt)
             one["ts"] = time.perf_counter_ns()
             while not ring.publish(one):
                 yield_cpu()
@@ -138,8 +148,7 @@ def _queue_producer(q: Any, seconds: float, batch: int, rate: float, core: int |
         nxt = time.perf_counter_ns()
         while nxt < end * 1e9:
             nxt += period
-            while time.perf_counter_ns() < nxt:
-                pass
+            _pace(nxt)
             q.put((1, time.perf_counter_ns()))
     elif batch == 1:
         rec = tuple(recs[0].tolist())

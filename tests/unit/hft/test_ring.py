@@ -152,10 +152,10 @@ def test_any_record_dtype() -> None:
         assert out.tolist() == recs.tolist() + [recs[1].tolist()]
 
 
-def _broadcast_consumer(name: str, index: int, total: int, out) -> None:
+def _broadcast_consumer(name: str, index: int, total: int, out, go) -> None:
     ring = BroadcastRing.attach(name, EVENT_DTYPE, consumer=index)
     if index == 2:
-        time.sleep(0.3)  # a slow consumer: the producer must wait for it, not overwrite
+        go.wait(60)  # a slow consumer: it starts once the ring has filled up behind it
     got, check, in_order = 0, 0, True
     while got < total:
         if ring.wait(1, "block", timeout_s=30) < 1:
@@ -173,7 +173,8 @@ def test_broadcast_three_consumers_each_see_everything() -> None:
     total = 100_000
     ring = BroadcastRing.create(EVENT_DTYPE, 256, consumers=3)
     recv, send = CTX.Pipe(duplex=False)
-    procs = [CTX.Process(target=_broadcast_consumer, args=(ring.name, i, total, send)) for i in range(3)]
+    go = CTX.Event()
+    procs = [CTX.Process(target=_broadcast_consumer, args=(ring.name, i, total, send, go)) for i in range(3)]
     for p in procs:
         p.start()
     try:
@@ -183,9 +184,12 @@ def test_broadcast_three_consumers_each_see_everything() -> None:
             k = ring.publish_batch(recs)
             check += _checksum(recs[:k])
             sent += k
+            if k < len(recs) and not go.is_set():
+                assert sent == 256  # full: consumer 2 has released nothing, so nothing was overwritten
+                go.set()
         results = sorted(recv.recv() for _ in range(3))
         assert results == [(i, total, check, True) for i in range(3)]
-        assert ring.full > 0  # the slow consumer held the producer back at least once
+        assert go.is_set() and ring.full > 0
         with pytest.raises(ConfigError):
             ring.consume(1)  # the producer's object has no cursor of its own
     finally:

@@ -394,11 +394,21 @@ class DeviceStager:
         pin = self.device.type == "cuda"
         self._host = torch.empty((max_n, self.dtype.itemsize), dtype=torch.uint8, pin_memory=pin)
         self._view = self._host.numpy().view(self.dtype).reshape(max_n)
+        self._raw = self._view.view(np.dtype(f"V{self.dtype.itemsize}"))
+        self._done: Any = None  # CUDA: the event after the last copy out of the pinned buffer
 
     def stage(self, batch: np.ndarray) -> Any:
         """Copy ``batch`` (at most ``max_n`` records of ``dtype``) to the device; see the class doc."""
         n = len(batch)
         if n > len(self._view):
             raise DataError("batch", n, f"at most {len(self._view)} records (max_n)")
-        self._view[:n] = batch
-        return self._host[:n].to(self.device, non_blocking=True)
+        if self._done is not None:
+            self._done.synchronize()  # the previous transfer has left the buffer before it is overwritten
+        self._raw[:n] = np.ascontiguousarray(batch).view(self._raw.dtype)  # raw bytes: one memcpy
+        out = self._host[:n].to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            import torch
+
+            self._done = torch.cuda.Event()
+            self._done.record()
+        return out

@@ -34,7 +34,7 @@ import sys
 import threading
 import zlib
 from multiprocessing import resource_tracker, shared_memory
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -224,7 +224,7 @@ class _Base:
         with contextlib.suppress(FileNotFoundError):
             self._segment.unlink()
 
-    def __enter__(self) -> _Base:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -293,7 +293,12 @@ class Ring(_Base):
     @classmethod
     def attach(cls, name: str, dtype: Any) -> Ring:
         """The ring another process created under ``name``; ``dtype`` must be the one it was created with."""
-        return cls(cls._attach(name, dtype, "ring"), dtype, owner=False)
+        ring = cls(cls._attach(name, dtype, "ring"), dtype, owner=False)
+        if ring.consumers != 1:
+            ring.close()
+            raise ConfigError("name", name, f"a ring (this is a broadcast ring for {ring.consumers} consumers: "
+                              "BroadcastRing.attach)")
+        return ring
 
     def __init__(self, shm: shared_memory.SharedMemory, dtype: Any, owner: bool) -> None:
         super().__init__(shm, dtype, owner)

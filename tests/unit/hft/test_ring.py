@@ -224,13 +224,11 @@ def test_attach_by_name_and_its_errors() -> None:
         Ring.attach(ring.name, EVENT_DTYPE)  # unlinked on leaving the block
     with pytest.raises(ConfigError, match="capacity"):
         Ring.create(EVENT_DTYPE, 12)
-    with pytest.raises(ConfigError, match="consumer"):
-        b = BroadcastRing.create(EVENT_DTYPE, 8, consumers=2)
-        try:
+    with BroadcastRing.create(EVENT_DTYPE, 8, consumers=2) as b:
+        with pytest.raises(ConfigError, match="consumer"):
             BroadcastRing.attach(b.name, EVENT_DTYPE, consumer=2)
-        finally:
-            b.close()
-            b.unlink()
+        with pytest.raises(ConfigError, match="broadcast ring for 2 consumers"):
+            Ring.attach(b.name, EVENT_DTYPE)
 
 
 def _publish_later(name: str, delay: float, n: int) -> None:

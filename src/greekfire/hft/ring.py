@@ -196,6 +196,16 @@ class _Base:
         attached to the ring may read it (monitoring)."""
         return int(self._lib.gf_load(self._base + FULL))
 
+    def stats(self) -> dict[str, Any]:
+        """The ring's counters as any attached process sees them (for monitoring): ``published`` records,
+        ``refused`` publishes, ``released`` per consumer, ``backlog`` (published, not yet released by the
+        slowest consumer), ``capacity``."""
+        lib, base = self._lib, self._base
+        head = int(lib.gf_load(base + HEAD))
+        tails = [int(lib.gf_load(base + TAIL0 + STRIDE * i)) for i in range(self.consumers)]
+        return {"name": self.name, "capacity": self.capacity, "published": head,
+                "refused": int(lib.gf_load(base + FULL)), "released": tails, "backlog": head - min(tails)}
+
     def space(self) -> int:
         """Slots the producer may write now."""
         return self._space()

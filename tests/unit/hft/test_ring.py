@@ -112,6 +112,8 @@ def test_full_ring_refuses_and_counts() -> None:
         assert ring.full == 3
         other = Ring.attach(ring.name, EVENT_DTYPE)  # another process's view of the count (monitoring)
         assert other.refused() == 3 and other.full == 3
+        assert other.stats() == {"name": ring.name, "capacity": 4, "published": 6, "refused": 3,
+                                 "released": [2], "backlog": 4}
         other.close()
         rest = []
         while ring.available():

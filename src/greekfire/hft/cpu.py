@@ -113,14 +113,25 @@ def numa_node_of_gpu(index: int, devices: list[Any] | None = None, sys_root: Pat
 
 
 def cpus_near_gpu(index: int, devices: list[Any] | None = None, sys_root: Path = SYS) -> list[int]:
-    """The CPUs this process may use on the GPU's NUMA node (all allowed CPUs when the node is unknown);
-    the HFT worker of a GPU pins to one of these."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    """The CPUs this process may use near GPU ``index``: NVML's CPU affinity of the device
+    (:func:`greekfire.gpu.topology.cpu_affinity`), else the CPUs of its NUMA node from sysfs, else all
+    allowed CPUs. The HFT worker of a GPU pins to one of these."""
+    from greekfire.gpu.topology import allowed_cpus, cpu_affinity
+
+    if devices is None:
+        from greekfire.gpu.discovery import discover
+
+        devices = discover().devices
+    allowed = allowed_cpus()
+    dev = next((d for d in devices if getattr(d, "kind", "cpu") != "cpu" and d.index == index), None)
+    if dev is not None:
+        near = cpu_affinity(dev)
+        if near and near != allowed:
+            return sorted(near)
     node = numa_node_of_gpu(index, devices, sys_root)
     if node is None:
-        return allowed
-    near = [c for c in numa_nodes(sys_root).get(node, []) if c in allowed]
-    return near or allowed
+        return sorted(allowed)
+    return sorted(set(numa_nodes(sys_root).get(node, [])) & allowed) or sorted(allowed)
 
 
 def set_realtime(priority: int = 50) -> tuple[bool, str]:

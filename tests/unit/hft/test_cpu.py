@@ -161,3 +161,19 @@ def test_irq_report_on_this_machine() -> None:
 def test_pin_to_a_cpu_we_may_not_use() -> None:
     status, msg = _in_child(cpu.pin, -1)
     assert status == "err" and ("ValueError" in msg or "OSError" in msg)
+
+
+def test_cpus_near_a_gpu_from_its_numa_node(tmp_path: Path) -> None:
+    mine = min(os.sched_getaffinity(0))
+    sysfs = tmp_path / "sys"
+    for node, cpus in ((0, "1000-1001"), (1, str(mine))):
+        d = sysfs / f"devices/system/node/node{node}"
+        d.mkdir(parents=True)
+        (d / "cpulist").write_text(cpus + "\n")
+    pci = sysfs / "bus/pci/devices/0000:3b:00.0"
+    pci.mkdir(parents=True)
+    (pci / "numa_node").write_text("1\n")
+    # index 7: no such GPU for NVML here, so the answer comes from the NUMA node in sysfs
+    gpus = [DeviceInfo(kind="nvidia", index=7, name="A", pci_bus_id="00000000:3B:00.0")]
+    assert cpu.cpus_near_gpu(7, gpus, sysfs) == [mine]
+    assert cpu.cpus_near_gpu(8, gpus, sysfs) == sorted(os.sched_getaffinity(0))  # unknown GPU: all we may use

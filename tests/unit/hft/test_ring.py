@@ -274,3 +274,18 @@ def test_device_stager_moves_a_batch_in_one_copy() -> None:
         assert cols[:, 3].tolist() == batch["price"].tolist()
         with pytest.raises(DataError):
             stager.stage(np.zeros(33, EVENT_DTYPE))
+
+
+def test_ring_bench_reports_every_row() -> None:
+    from greekfire.hft.ringbench import ring_bench
+
+    res = ring_bench(0.1, latency_rate=2_000)  # what `greekfire hft bench --json` prints, short rows
+    assert set(res["throughput"]) == {"ring", "mp_queue", "faster_fifo"}
+    for name, tp in res["throughput"].items():
+        if "error" in tp:  # a peer that is not installed says why
+            assert name == "faster_fifo" and tp["error"]
+            continue
+        assert tp["single"] > 0 and tp["batch64"] > 0, name
+    for name in ("ring_busy", "ring_block", "mp_queue"):
+        lat = res["latency_us"][name]
+        assert lat["n"] > 0 and 0 < lat["p50_us"] <= lat["p99_us"] <= lat["p999_us"], name

@@ -137,16 +137,59 @@ def irq_affinity(sys_root: Path = SYS, proc_root: Path = PROC) -> Check:
         return _unknown("irq_affinity", rec, fix, "no network interface interrupts found in /proc/interrupts "
                         "(a NIC without its own IRQs here, e.g. a container's veth)")
     iso = set(isolated_cpus(sys_root, proc_root) or [])
-    parts, bad = [], False
+    balancer = irqbalance_running(proc_root)
+    parts, bad = [], balancer
     for r in rows:
         aff = cpu.parse_cpu_list(r["affinity"]) if r["affinity"] else r["cpus"]
         bad |= bool(iso & set(aff)) or bool(iso & set(r["cpus"]))
         parts.append(f"{r['iface'] or r['name'].split()[-1]} irq {r['irq']}: affinity {_ranges(aff)}, "
                      f"taken on {_ranges(r['cpus'])}")
+    if balancer:
+        parts.append("irqbalance is running (it moves them)")
     if not iso:
         return Check("irq_affinity", "; ".join(parts), rec, False, fix,
                      "no isolated cores: every core takes interrupts and runs other work")
     return Check("irq_affinity", "; ".join(parts), rec, not bad, fix)
+
+
+def irqbalance_running(proc_root: Path = PROC) -> bool:
+    """Whether an ``irqbalance`` process is running (it rewrites IRQ affinities every few seconds)."""
+    return any(_read(comm) == "irqbalance" for comm in proc_root.glob("[0-9]*/comm"))
+
+
+CAP_SYS_NICE = 23
+
+
+def realtime(proc_root: Path = PROC) -> list[Check]:
+    """Whether this process may use SCHED_FIFO (``CAP_SYS_NICE`` or an ``rtprio`` limit), and the kernel's
+    real-time throttling (``kernel.sched_rt_runtime_us``: -1 lets a FIFO process keep its isolated core)."""
+    out = []
+    rec = "permitted (CAP_SYS_NICE or an rtprio limit)"
+    fix = ("setcap cap_sys_nice+ep $(readlink -f .venv/bin/python), or '<user> - rtprio 99' in "
+           "/etc/security/limits.conf, or --cap-add SYS_NICE for a container")
+    status = _read(proc_root / "self/status")
+    cap = next((ln.split()[1] for ln in (status or "").splitlines() if ln.startswith("CapEff:")), None)
+    limits = _read(proc_root / "self/limits") or ""
+    rtprio = next((ln.split()[3] for ln in limits.splitlines() if ln.startswith("Max realtime priority")), "0")
+    if cap is None:
+        out.append(_unknown("realtime_priority", rec, fix, "/proc/self/status has no CapEff line"))
+    else:
+        has_cap = bool(int(cap, 16) >> CAP_SYS_NICE & 1)
+        limit = int(rtprio) if rtprio.isdigit() else 0
+        value = ("permitted: CAP_SYS_NICE" if has_cap else
+                 f"permitted: rtprio limit {limit}" if limit > 0 else "not permitted (no CAP_SYS_NICE, rtprio 0)")
+        out.append(Check("realtime_priority", value, rec, has_cap or limit > 0, fix))
+    rec = "-1 (no throttling of real-time processes; only with isolated cores)"
+    fix = f"sysctl -w kernel.sched_rt_runtime_us=-1  # persist in {SYSCTL_FILE}"
+    text = _read(proc_root / "sys/kernel/sched_rt_runtime_us")
+    if text is None:
+        out.append(_unknown("kernel.sched_rt_runtime_us", rec, fix, "/proc/sys/kernel/sched_rt_runtime_us "
+                            "cannot be read"))
+    else:
+        out.append(Check("kernel.sched_rt_runtime_us", text, rec, text == "-1", fix,
+                         "" if text == "-1" else "a FIFO process is paused for 50 ms of every second"
+                         if text == "950000" else ""))
+    return out
 
 
 def sysctls(proc_root: Path = PROC) -> list[Check]:
@@ -230,4 +273,5 @@ def clocksource(sys_root: Path = SYS) -> Check:
 def checks(sys_root: Path = SYS, proc_root: Path = PROC) -> list[Check]:
     """Every check, in a fixed order; reads only."""
     return [governor(sys_root), isolation(sys_root, proc_root), irq_affinity(sys_root, proc_root),
-            *sysctls(proc_root), *huge_pages(sys_root, proc_root), numa(sys_root), clocksource(sys_root)]
+            *realtime(proc_root), *sysctls(proc_root), *huge_pages(sys_root, proc_root), numa(sys_root),
+            clocksource(sys_root)]

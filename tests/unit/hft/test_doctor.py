@@ -7,7 +7,8 @@ from pathlib import Path
 
 from greekfire.hft import doctor
 
-NAMES = ["cpu_governor", "isolated_cores", "irq_affinity", "net.core.rmem_max", "net.core.wmem_max",
+NAMES = ["cpu_governor", "isolated_cores", "irq_affinity", "realtime_priority", "kernel.sched_rt_runtime_us",
+         "net.core.rmem_max", "net.core.wmem_max",
          "net.core.rmem_default", "net.core.netdev_max_backlog", "net.core.busy_poll", "net.core.busy_read",
          "huge_pages", "transparent_huge_pages", "numa_layout", "clock_source"]
 
@@ -51,6 +52,9 @@ def _tuned(root: Path) -> tuple[Path, Path]:
     put(proc / "interrupts", "      CPU0 CPU1 CPU2 CPU3\n 90: 100 5 0 0 IR-PCI-MSI 1-edge ens1-TxRx-0")
     put(proc / "irq/90/smp_affinity_list", "0-1")
     put(proc / "meminfo", "MemTotal: 1000 kB\nHugePages_Total:    2048\n")
+    put(proc / "self/status", "Name: python\nCapEff:\t0000000000800000")  # CAP_SYS_NICE only
+    put(proc / "sys/kernel/sched_rt_runtime_us", "-1")
+    put(proc / "42/comm", "sshd")
     for key, (minimum, _) in doctor.SYSCTL_MIN.items():
         put(proc / "sys" / key.replace(".", "/"), str(minimum * 2))
     return sysfs, proc
@@ -72,7 +76,16 @@ def test_what_fails_and_the_fix_names_the_setting(tmp_path: Path) -> None:
     (proc / "sys/net/core/busy_poll").write_text("0\n")
     (proc / "irq/90/smp_affinity_list").write_text("0-3\n")  # reaches the isolated cores
     (sysfs / "devices/system/cpu/cpu1/cpufreq/scaling_governor").write_text("powersave\n")
+    (proc / "self/status").write_text("CapEff:\t0000000000000000\n")
+    (proc / "self/limits").write_text("Limit  Soft Limit  Hard Limit  Units\nMax realtime priority  0  0\n")
+    (proc / "sys/kernel/sched_rt_runtime_us").write_text("950000\n")
     by = {c.name: c for c in doctor.checks(sysfs, proc)}
+    assert not by["realtime_priority"].ok and "not permitted" in by["realtime_priority"].value
+    assert not by["kernel.sched_rt_runtime_us"].ok and "50 ms" in by["kernel.sched_rt_runtime_us"].reason
+    (proc / "99").mkdir()
+    (proc / "99/comm").write_text("irqbalance\n")
+    (proc / "irq/90/smp_affinity_list").write_text("0-1\n")
+    assert "irqbalance is running" in {c.name: c for c in doctor.checks(sysfs, proc)}["irq_affinity"].value
     assert not by["net.core.busy_poll"].ok and "sysctl -w net.core.busy_poll=50" in by["net.core.busy_poll"].fix
     assert not by["irq_affinity"].ok and "smp_affinity_list" in by["irq_affinity"].fix
     assert not by["cpu_governor"].ok and "powersave (CPUs 1)" in by["cpu_governor"].value

@@ -44,9 +44,11 @@ uint64_t gf_load(uintptr_t p) { return gf_ld(p); }
 
 void gf_store(uintptr_t p, uint64_t v) { __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE); }
 
+/* The slowest consumer's cursor; a retired consumer (cursor >= 2^63) holds nothing back. UINT64_MAX when
+ * every consumer is retired. */
 uint64_t gf_min_tail(uintptr_t base, uint32_t consumers) {
-    uint64_t m = gf_ld(base + GF_TAIL0);
-    for (uint32_t i = 1; i < consumers; i++) {
+    uint64_t m = UINT64_MAX;
+    for (uint32_t i = 0; i < consumers; i++) {
         uint64_t t = gf_ld(base + GF_TAIL0 + (uintptr_t)i * GF_STRIDE);
         if (t < m) m = t;
     }

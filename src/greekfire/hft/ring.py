@@ -44,6 +44,7 @@ from greekfire.hft import _native
 MAGIC = 0x47465249_4E470001  # "GFRING" + layout version
 HEAD, FULL, FUTEX, TAIL0, STRIDE = 128, 136, 256, 384, 128
 MODES = {"busy": 0, "yield": 1, "block": 2}
+RETIRED = 1 << 63  # a consumer cursor at or above this holds the producer back no more
 _CHUNK_NS = 100_000_000  # an unbounded wait returns to Python every 0.1 s so Ctrl-C is seen
 _attach_lock = threading.Lock()
 
@@ -146,7 +147,8 @@ class _Base:
     # ---------------------------------------------------------------------------------- producer side
     def _space(self) -> int:
         """Free slots (loads the consumers' cursors)."""
-        self._limit = int(self._lib.gf_min_tail(self._base, self.consumers)) + self.capacity
+        slowest = int(self._lib.gf_min_tail(self._base, self.consumers))
+        self._limit = min(slowest, self._head) + self.capacity  # every consumer retired: reload after a lap
         return self._limit - self._head
 
     def publish(self, rec: Any) -> bool:
@@ -203,8 +205,10 @@ class _Base:
         lib, base = self._lib, self._base
         head = int(lib.gf_load(base + HEAD))
         tails = [int(lib.gf_load(base + TAIL0 + STRIDE * i)) for i in range(self.consumers)]
+        live = [t for t in tails if t < RETIRED]
         return {"name": self.name, "capacity": self.capacity, "published": head,
-                "refused": int(lib.gf_load(base + FULL)), "released": tails, "backlog": head - min(tails)}
+                "refused": int(lib.gf_load(base + FULL)), "released": [t if t < RETIRED else None for t in tails],
+                "backlog": head - min(live) if live else 0}
 
     def space(self) -> int:
         """Slots the producer may write now."""
@@ -253,6 +257,9 @@ class _Cursor:
         self._ring = ring
         self._addr = ring._base + TAIL0 + STRIDE * index
         self._tail = int(ring._lib.gf_load(self._addr))
+        if self._tail >= RETIRED:  # a retired consumer comes back: from the next record published
+            self._tail = int(ring._lib.gf_load(ring._base + HEAD))
+            ring._lib.gf_store(self._addr, self._tail)
         self._seen = self._tail  # head as last loaded
 
     def available(self) -> int:
@@ -361,14 +368,22 @@ class BroadcastRing(_Base):
             self.close()
             raise ConfigError("consumer", consumer, f"0 .. {self.consumers - 1}")
         self.consumer = consumer
-        self._cur = _Cursor(self, consumer if consumer is not None else 0)
+        self._cur: _Cursor | None = None
         if consumer is not None:
+            self._cur = _Cursor(self, consumer)
             self.consume = self._cur.consume  # type: ignore[method-assign]
             self.release = self._cur.release  # type: ignore[method-assign]
             self.available = self._cur.available  # type: ignore[method-assign]
 
+    def retire(self, consumer: int) -> None:
+        """Stop consumer ``consumer`` holding the producer back (it died or left; any attached process may
+        call this, e.g. the supervisor). Attaching as that consumer again starts from the next record."""
+        if not 0 <= consumer < self.consumers:
+            raise ConfigError("consumer", consumer, f"0 .. {self.consumers - 1}")
+        self._lib.gf_store(self._base + TAIL0 + STRIDE * consumer, RETIRED)
+
     def _mine(self) -> _Cursor:
-        if self.consumer is None:
+        if self._cur is None:
             raise ConfigError("consumer", None, "a consumer index: attach(name, dtype, consumer=i) to consume")
         return self._cur
 

@@ -201,6 +201,40 @@ def test_broadcast_three_consumers_each_see_everything() -> None:
         ring.unlink()
 
 
+def test_broadcast_retired_consumer_stops_holding_the_producer_back() -> None:
+    with BroadcastRing.create(EVENT_DTYPE, 8, consumers=2) as ring:
+        fast = BroadcastRing.attach(ring.name, EVENT_DTYPE, consumer=0)
+        dead = BroadcastRing.attach(ring.name, EVENT_DTYPE, consumer=1)  # reads nothing, then "dies"
+        got: list[int] = []
+
+        def drain() -> None:
+            while fast.available():
+                v = fast.consume(8)
+                got.extend(v["order_id"].tolist())
+                fast.release(len(v))
+
+        assert ring.publish_batch(_records(0, 8)) == 8
+        drain()
+        assert ring.publish_batch(_records(8, 1)) == 0  # consumer 1 holds all 8 slots
+        assert ring.stats()["backlog"] == 8
+        ring.retire(1)
+        assert ring.stats()["released"] == [8, None]
+        sent = 8
+        for _ in range(5):  # laps of the ring with only consumer 0 reading
+            sent += ring.publish_batch(_records(sent, 8))
+            drain()
+        assert sent == 48 and got == list(range(48))
+        dead.close()
+        back = BroadcastRing.attach(ring.name, EVENT_DTYPE, consumer=1)  # rejoins from the next record
+        assert back.available() == 0 and ring.stats()["released"] == [48, 48]
+        ring.publish_batch(_records(48, 2))
+        assert back.consume(8)["order_id"].tolist() == [48, 49]
+        with pytest.raises(ConfigError):
+            ring.retire(2)
+        back.close()
+        fast.close()
+
+
 def test_attach_by_name_and_its_errors() -> None:
     with Ring.create(EVENT_DTYPE, 16, name=f"gf-test-{time.monotonic_ns()}") as ring:
         ring.publish_batch(_records(0, 3))

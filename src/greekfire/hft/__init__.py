@@ -1,0 +1,1 @@
+"""The HFT engine: market data feed, shared-memory rings, tick processing, order management, risk."""

@@ -266,3 +266,17 @@ def test_serve_feed_runs_for_its_duration_and_rejects_a_bad_file(group, tmp_path
     assert "\n" not in str(err.value)
     with pytest.raises(InputFileError, match="no such file"):
         serve_feed(tmp_path / "absent.itch", g, port, duration=1)
+
+
+def test_slow_feed_heartbeats_while_idle_and_gaps_still_recovered(group):
+    g, port = group
+    msgs = [itch.encode_message("D", order_ref=i) for i in range(1, 31)]
+    stream = itch.frame(msgs)
+    server = FeedServer(stream, g, port, rate=100, heartbeat_s=0.005, drop={10, 11, 30})  # 100 msg/s: idle between
+    handler = FeedHandler(UdpMulticast(g, port), server.rerequest_address)
+    with server:
+        got, _ = _collect(handler, timeout_s=30)
+        handler.close()
+        sst = dict(server.stats)
+    assert got == msgs and handler.stats["recovered"] == 3 and handler.stats["unrecovered"] == 0
+    assert sst["heartbeats"] > 0 and sst["packets_sent"] == 27  # one message a packet at this rate

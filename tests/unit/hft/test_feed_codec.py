@@ -179,3 +179,14 @@ def test_parse_ancillary_timestamps():
     assert feed._parse_anc([(socket.SOL_SOCKET, feed.SO_TIMESTAMPING, hw),
                             (socket.SOL_SOCKET, feed.SO_RXQ_OVFL, struct.pack("I", 41))]) == (99_000_000_007, True, 41)
     assert feed._parse_anc([]) == (0, False, -1)
+
+
+def test_hold_mode_heartbeat_reveals_a_lost_packet_before_the_next_one():
+    msgs, pkts = _packets()
+    rx = moldudp.MoldReceiver(hold=True)
+    rx.feed(pkts[0])  # 1..3; 4..6 lost, and the server is idle
+    rx.feed(moldudp.heartbeat("H", 7))
+    assert rx.pending() == [(4, 6)] and not rx.ended and rx.gaps == []
+    rx.feed(moldudp.heartbeat("H", 7))  # the same heartbeat again: nothing new
+    assert rx.pending() == [(4, 6)] and rx.duplicates == 0
+    assert rx.feed(pkts[1]) == 3 and rx.pending() == []

@@ -99,7 +99,7 @@ def test_lossless_replay_books_equal_the_file(group):
     stream = synth.synthetic_stream(4_000, n_stocks=4, seed=21)
     n = len(itch.scan(stream))
     t_start = time.time_ns()
-    server = FeedServer(stream, g, port, heartbeat_s=0.1)
+    server = FeedServer(stream, g, port, rate=100_000, heartbeat_s=0.1)
     handler = FeedHandler(UdpMulticast(g, port), server.rerequest_address)
     with server:
         live = itch.StreamBooks(n_locates=8, max_orders=1 << 14)
@@ -108,7 +108,8 @@ def test_lossless_replay_books_equal_the_file(group):
     st = handler.stats
     assert st["ended"] and st["messages"] == n and len(msgs) == n == server.sent
     assert itch.frame(msgs) == stream  # every message, in order
-    assert st["unrecovered"] == 0 and st["unrecovered_ranges"] == [] and st["gaps"] == 0
+    assert st["unrecovered"] == 0 and st["unrecovered_ranges"] == []
+    assert st["gaps"] == 0 or st["drops"] > 0  # a gap only ever comes from a counted kernel drop
     assert len(stamps) == n and all(t_start <= t <= time.time_ns() for t in stamps)  # kernel stamps of this run
     _assert_books_equal(stream, live)
 
@@ -229,12 +230,16 @@ def test_af_packet_transport_receives_and_recovers(group):
 
 
 def test_af_packet_without_cap_net_raw_says_so():
-    setpriv = shutil.which("setpriv")
-    need(setpriv is not None and os.geteuid() == 0, "needs root and setpriv to drop CAP_NET_RAW for the check")
     code = ("from greekfire.hft.feed import AfPacket\n"
             "try:\n    AfPacket('239.192.9.9', 26400)\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
-    out = subprocess.run([setpriv, "--inh-caps=-net_raw", "--bounding-set=-net_raw", sys.executable, "-c", code],
-                         capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    argv = [sys.executable, "-c", code]
+    if os.geteuid() == 0:  # root has the capability: drop it for the child
+        setpriv = shutil.which("setpriv")
+        need(setpriv is not None, "`setpriv` (util-linux) is needed to drop CAP_NET_RAW for this check")
+        argv = [str(setpriv), "--inh-caps=-net_raw", "--bounding-set=-net_raw", *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    if os.geteuid() != 0 and "UnavailableError" not in out.stdout:
+        pytest.skip("this user holds CAP_NET_RAW (file capabilities on the interpreter): nothing to check")
     assert "UnavailableError" in out.stdout and "CAP_NET_RAW" in out.stdout, out.stdout + out.stderr
 
 

@@ -111,6 +111,8 @@ def test_lossless_replay_books_equal_the_file(group):
     assert st["unrecovered"] == 0 and st["unrecovered_ranges"] == []
     assert st["gaps"] == 0 or st["drops"] > 0  # a gap only ever comes from a counted kernel drop
     assert len(stamps) == n and all(t_start <= t <= time.time_ns() for t in stamps)  # kernel stamps of this run
+    assert handler.transport.timestamp_caps["interface"] == "lo" and not handler.transport.timestamp_caps["hardware_rx"]
+    assert handler.transport.hardware_packets == 0  # loopback never stamps in hardware
     _assert_books_equal(stream, live)
 
 

@@ -204,6 +204,10 @@ class UdpMulticast:
         self.drops = 0
         self.truncated = 0
         self.hardware_packets = 0
+        name = interface_name(iface)
+        #: what the interface can stamp (``hardware_rx``: the NIC does; see docs/hft.md to turn it on)
+        self.timestamp_caps = timestamp_caps(name) if name else {"interface": None, "software_rx": True,
+                                                                  "hardware_rx": False, "phc_index": -1}
 
     def recv(self, buf: memoryview) -> tuple[int, int]:
         """One packet into ``buf``: (bytes, receive time ns); (0, 0) when none waits."""
@@ -294,6 +298,7 @@ class AfPacket:
         self.fragments = 0
         self.hardware_packets = 0
         self._drops = 0
+        self.timestamp_caps = timestamp_caps(name)
 
     @property
     def drops(self) -> int:

@@ -43,7 +43,6 @@ from greekfire.market.moldudp import (
     _session_bytes,
     end_of_session,
     heartbeat,
-    packetize,
     parse_request,
     request,
 )
@@ -381,14 +380,25 @@ def load_itch(data: bytes | str | Path, framing: str = "length") -> tuple[bytes,
     sizes = itch._SIZE_BY_BYTE[msgs.types]
     lens = sizes + 2
     ends = np.cumsum(lens)
-    starts_out = ends - lens
-    # every framed message is copied from the input (its 2 framing bytes rewritten as the length)
-    src = np.repeat(msgs.offsets - 2 - starts_out, lens) + np.arange(int(ends[-1]))
-    out = msgs.buffer[src]
-    out[starts_out] = sizes >> 8
-    out[starts_out + 1] = sizes & 0xFF
     offsets = np.concatenate([[0], ends]).astype(np.int64)
-    return out.tobytes(), offsets, int(msgs.n_errors)
+    buf = msgs.buffer
+    if msgs.offsets[0] == 2 and int(ends[-1]) == buf.shape[0]:  # every byte is a framed message: rewrite in place
+        out = buf.copy()
+        out[msgs.offsets - 2] = sizes >> 8
+        out[msgs.offsets - 1] = sizes & 0xFF
+        return out.tobytes(), offsets, int(msgs.n_errors)
+    # bad input was skipped: copy the good messages, a piece at a time (the index array stays small)
+    parts = []
+    for a in range(0, n, 1 << 16):
+        b = min(a + (1 << 16), n)
+        ln = lens[a:b]
+        rel = ends[a:b] - ln - offsets[a]
+        src = np.repeat(msgs.offsets[a:b] - 2 - rel, ln) + np.arange(int(offsets[b] - offsets[a]))
+        piece = buf[src]
+        piece[rel] = sizes[a:b] >> 8
+        piece[rel + 1] = sizes[a:b] & 0xFF
+        parts.append(piece.tobytes())
+    return b"".join(parts), offsets, int(msgs.n_errors)
 
 
 class RetransmissionBuffer:
@@ -405,18 +415,23 @@ class RetransmissionBuffer:
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
 
+    def packet(self, seq: int, last: int) -> bytes:
+        """One packet from message ``seq``: as many messages up to ``last`` as fit in ``max_payload`` bytes
+        (at least one)."""
+        off = self.offsets
+        j = int(np.searchsorted(off, off[seq - 1] + self.max_payload, side="right")) - 1
+        j = min(max(j, seq), last, seq + END_OF_SESSION - 2)
+        return HEADER.pack(self.session, seq, j - seq + 1) + self.stream[off[seq - 1] : off[j]]
+
     def packets(self, seq: int, count: int, max_packets: int = 64) -> list[bytes]:
         """Packets carrying messages ``seq``..``seq+count-1`` (only those published; at most ``max_packets``
         packets of ``max_payload`` bytes: the requester asks again for the rest)."""
-        off = self.offsets
         last = min(seq + count - 1, self.published)
         out: list[bytes] = []
         a = max(seq, 1)
         while a <= last and len(out) < max_packets:
-            j = int(np.searchsorted(off, off[a - 1] + self.max_payload, side="right")) - 1
-            j = min(max(j, a), last, a + END_OF_SESSION - 2)
-            out.append(HEADER.pack(self.session, a, j - a + 1) + self.stream[off[a - 1] : off[j]])
-            a = j + 1
+            out.append(self.packet(a, last))
+            a += HEADER.unpack_from(out[-1])[2]
         return out
 
 
@@ -461,11 +476,9 @@ class FeedServer:
         self.buffer = RetransmissionBuffer(stream, offsets, self.session, max_payload)
         n = len(self.buffer)
         self.drop = {s for s in drop if 1 <= s <= n}
-        runs = _runs(self.drop)
-        breaks = {a for a, _ in runs} | {b + 1 for _, b in runs}
-        per_packet = 65534 if rate == 0 else max(1, min(65534, int(rate / 1000)))  # a packet per ms at most
-        self._packets = packetize(stream, self.session, 1, max_payload, end=False, max_messages=per_packet,
-                                  breaks=breaks)
+        # a dropped run travels in packets of its own, so the gaps are exactly the runs
+        self._breaks = sorted({a for a, _ in _runs(self.drop)} | {b + 1 for _, b in _runs(self.drop)} | {n + 1})
+        self.per_packet = 65534 if rate == 0 else max(1, min(65534, int(rate / 1000)))  # a packet per ms at most
         self._rr = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self._rr.bind((rerequest_host, rerequest_port))
@@ -479,7 +492,7 @@ class FeedServer:
         self._threads: list[threading.Thread] = []
         self.sent = 0
         self.stats: dict[str, Any] = {
-            "messages": n, "packets": len(self._packets), "sent": 0, "packets_sent": 0, "dropped": 0,
+            "messages": n, "sent": 0, "packets_sent": 0, "dropped": 0, "dropped_packets": 0,
             "heartbeats": 0, "end_of_session": 0, "send_errors": 0, "requests": 0, "resent": 0,
             "resent_packets": 0, "bad_requests": 0, "unanswerable_requests": 0, "input_errors": self.input_errors,
         }
@@ -542,8 +555,12 @@ class FeedServer:
         st, buf, stop = self.stats, self.buffer, self._stop
         t0 = time.perf_counter()
         last = t0
-        for pkt in self._packets:
-            _, seq, count = HEADER.unpack_from(pkt)
+        n, seq, brk = len(buf), 1, 0
+        while seq <= n:
+            while self._breaks[brk] <= seq:
+                brk += 1
+            pkt = buf.packet(seq, min(self._breaks[brk] - 1, seq + self.per_packet - 1))
+            count = HEADER.unpack_from(pkt)[2]
             if self.rate > 0:
                 due = t0 + (seq - 1) / self.rate
                 while not stop.is_set():
@@ -560,12 +577,14 @@ class FeedServer:
             buf.published = seq + count - 1  # before the send: a request right after it can be answered
             if seq in self.drop:
                 st["dropped"] += count
+                st["dropped_packets"] += 1
             elif self._send(pkt):
                 self.sent += count
                 st["sent"] = self.sent
                 st["packets_sent"] += 1
             last = time.perf_counter()
-        eos = end_of_session(self.session, len(buf) + 1)
+            seq += count
+        eos = end_of_session(self.session, n + 1)
         while not stop.is_set():
             self._send(eos)
             st["end_of_session"] += 1

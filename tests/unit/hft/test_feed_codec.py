@@ -93,6 +93,7 @@ def test_load_itch_zero_prefix_becomes_length_framing(tmp_path: Path):
     bad[first[10]] = ord("?")  # an unknown type with a valid length: skipped by its length
     s2, off2, errors2 = feed.load_itch(bytes(bad))
     assert errors2 == 1 and off2.shape[0] == off.shape[0] - 1
+    assert s2 == length[: int(off[10])] + length[int(off[11]) :]  # the stream without message 11
     empty = tmp_path / "empty.itch"
     empty.write_bytes(b"")
     with pytest.raises(InputFileError, match="empty"):

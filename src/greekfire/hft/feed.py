@@ -691,7 +691,7 @@ class FeedHandler:
         self._asks: dict[int, list[float]] = {}  # first missing seq -> [tries, last ask, first seen]
         self._counted_upto = 0  # highest sequence number already counted in a gap
         self.unrecovered_ranges: list[tuple[int, int]] = []
-        self._n = {"packets": 0, "retransmitted": 0, "gaps": 0, "recovered": 0, "unrecovered": 0,
+        self._n = {"packets": 0, "retransmitted": 0, "gaps": 0, "unrecovered": 0,
                    "requests": 0, "request_errors": 0}
         self.stats: dict[str, Any] = {}
         self._refresh()
@@ -759,16 +759,8 @@ class FeedHandler:
             except OSError:  # ICMP port unreachable from an earlier request: the server is down
                 n["request_errors"] += 1
                 continue
-            ts = time.time_ns()
             n["retransmitted"] += 1
-            if size < HEADER.size:
-                rx.feed(bytes(view[:size]), ts)  # counted as a bad packet
-                continue
-            _, seq, count = HEADER.unpack_from(view)
-            before = rx.next_seq
-            rx.feed(bytes(view[:size]), ts)
-            if count not in (0, END_OF_SESSION):
-                n["recovered"] += max(0, min(seq + count, rx.next_seq) - max(seq, before))
+            rx.feed(bytes(view[:size]), time.time_ns(), resent=True)
 
     def _recover(self) -> None:
         rx = self._rx
@@ -822,7 +814,8 @@ class FeedHandler:
         rx = self._rx
         self.stats.update(self._n)
         self.stats.update({
-            "messages": rx.messages, "duplicates": rx.duplicates, "drops": int(getattr(self.transport, "drops", 0)),
+            "messages": rx.messages, "recovered": rx.resent_messages, "duplicates": rx.duplicates,
+            "drops": int(getattr(self.transport, "drops", 0)),
             "bad_packets": len(rx.bad_packets), "held": rx.held, "ended": rx.ended, "next_seq": rx.next_seq,
             "unrecovered_ranges": list(self.unrecovered_ranges),
         })

@@ -139,11 +139,13 @@ class MoldReceiver:
     _chunks: list[bytes] = field(default_factory=list)
     _chunk_ts: list[int] = field(default_factory=list)
     _drained: int = 0
-    _held: dict[int, tuple[bytes, int, int, int]] = field(default_factory=dict)  # seq -> (pkt, count, ts, index)
+    resent_messages: int = 0  # delivered from packets fed as retransmissions
+    _held: dict[int, tuple[bytes, int, int, int, bool]] = field(default_factory=dict)  # seq -> pkt, count, ts, index, resent
     _heap: list[int] = field(default_factory=list)
 
-    def feed(self, pkt: bytes, ts: int = 0) -> int:
-        """Take one packet (``ts``: its receive time, ns); returns the number of new in-order messages it
+    def feed(self, pkt: bytes, ts: int = 0, resent: bool = False) -> int:
+        """Take one packet (``ts``: its receive time, ns; ``resent``: a retransmission, whose messages are
+        counted in ``resent_messages`` when delivered); returns the number of new in-order messages it
         delivered (in hold mode, with the held packets it released)."""
         index = self.packets
         self.packets += 1
@@ -170,16 +172,16 @@ class MoldReceiver:
             return 0
         if seq > self.next_seq:
             if self.hold:
-                self._hold(pkt, seq, count, ts, index)
+                self._hold(pkt, seq, count, ts, index, resent)
                 return 0
             self.gaps.append((self.next_seq, seq - 1))
             self.next_seq = seq
-        delivered = self._deliver(pkt, seq, count, ts, index)
+        delivered = self._deliver(pkt, seq, count, ts, index, resent)
         if self.hold and self._held:
             delivered += self._release()
         return delivered
 
-    def _deliver(self, pkt: bytes, seq: int, count: int, ts: int, index: int) -> int:
+    def _deliver(self, pkt: bytes, seq: int, count: int, ts: int, index: int, resent: bool = False) -> int:
         # walk the blocks, skipping those already delivered (an overlapping retransmission)
         pos, skip, end = HEADER.size, self.next_seq - seq, len(pkt)
         start = pos
@@ -197,17 +199,19 @@ class MoldReceiver:
             self._chunk_ts.append(ts)
             self.next_seq += delivered
             self.messages += delivered
+            if resent:
+                self.resent_messages += delivered
         self.high_seq = max(self.high_seq, self.next_seq)
         return delivered
 
-    def _hold(self, pkt: bytes, seq: int, count: int, ts: int, index: int) -> None:
+    def _hold(self, pkt: bytes, seq: int, count: int, ts: int, index: int, resent: bool) -> None:
         old = self._held.get(seq)
         if old is not None and old[1] >= count:
             self.duplicates += 1
             return
         if old is None:
             heapq.heappush(self._heap, seq)
-        self._held[seq] = (pkt, count, ts, index)
+        self._held[seq] = (pkt, count, ts, index, resent)
         self.high_seq = max(self.high_seq, seq + count)
         if len(self._held) > self.max_held:  # no room left: the oldest gap is given up (and recorded)
             self.skip(self._heap[0] - 1)
@@ -217,11 +221,11 @@ class MoldReceiver:
         out = 0
         while self._heap and self._heap[0] <= self.next_seq:
             seq = heapq.heappop(self._heap)
-            pkt, count, ts, index = self._held.pop(seq)
+            pkt, count, ts, index, resent = self._held.pop(seq)
             if seq + count <= self.next_seq:
                 self.duplicates += 1  # a retransmission got there first
                 continue
-            out += self._deliver(pkt, seq, count, ts, index)
+            out += self._deliver(pkt, seq, count, ts, index, resent)
         return out
 
     @property

@@ -191,3 +191,14 @@ def test_hold_mode_heartbeat_reveals_a_lost_packet_before_the_next_one():
     rx.feed(moldudp.heartbeat("H", 7))  # the same heartbeat again: nothing new
     assert rx.pending() == [(4, 6)] and rx.duplicates == 0
     assert rx.feed(pkts[1]) == 3 and rx.pending() == []
+
+
+def test_hold_mode_counts_resent_messages_when_they_are_delivered():
+    msgs, pkts = _packets()
+    rx = moldudp.MoldReceiver(hold=True)
+    rx.feed(pkts[0])
+    rx.feed(pkts[4])  # 13..15 held; 4..12 missing
+    assert rx.feed(pkts[3], resent=True) == 0  # 10..12 resent, held until 4..9 come
+    assert rx.resent_messages == 0
+    assert rx.feed(moldudp.packet("H", 4, msgs[3:9]), resent=True) == 12
+    assert rx.resent_messages == 9 and rx.messages == 15

@@ -690,9 +690,7 @@ class FeedHandler:
             self._req.setblocking(False)
         self._asks: dict[int, list[float]] = {}  # first missing seq -> [tries, last ask, first seen]
         self._counted_upto = 0  # highest sequence number already counted in a gap
-        self.unrecovered_ranges: list[tuple[int, int]] = []
-        self._n = {"packets": 0, "retransmitted": 0, "gaps": 0, "unrecovered": 0,
-                   "requests": 0, "request_errors": 0}
+        self._n = {"packets": 0, "retransmitted": 0, "gaps": 0, "requests": 0, "request_errors": 0}
         self.stats: dict[str, Any] = {}
         self._refresh()
 
@@ -806,9 +804,7 @@ class FeedHandler:
                 return
 
     def _give_up(self, a: int, b: int) -> None:
-        self._rx.skip(b)
-        self._n["unrecovered"] += b - a + 1
-        self.unrecovered_ranges.append((a, b))
+        self._rx.skip(b)  # recorded in the receiver's gaps, with those it gave up itself (max_held)
 
     def _refresh(self) -> None:
         rx = self._rx
@@ -817,5 +813,6 @@ class FeedHandler:
             "messages": rx.messages, "recovered": rx.resent_messages, "duplicates": rx.duplicates,
             "drops": int(getattr(self.transport, "drops", 0)),
             "bad_packets": len(rx.bad_packets), "held": rx.held, "ended": rx.ended, "next_seq": rx.next_seq,
-            "unrecovered_ranges": list(self.unrecovered_ranges),
+            "unrecovered": rx.missing(), "unrecovered_ranges": list(rx.gaps),
         })
+        self.stats["gaps"] = max(self._n["gaps"], len(rx.gaps))

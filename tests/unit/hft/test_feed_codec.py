@@ -202,3 +202,35 @@ def test_hold_mode_counts_resent_messages_when_they_are_delivered():
     assert rx.resent_messages == 0
     assert rx.feed(moldudp.packet("H", 4, msgs[3:9]), resent=True) == 12
     assert rx.resent_messages == 9 and rx.messages == 15
+
+
+class _Memory:
+    """An in-memory transport (no descriptor: the handler busy-polls)."""
+
+    def __init__(self, packets: list[bytes]) -> None:
+        self.packets = list(packets)
+
+    def recv(self, buf: memoryview) -> tuple[int, int]:
+        if not self.packets:
+            return 0, 0
+        pkt = self.packets.pop(0)
+        buf[: len(pkt)] = pkt
+        return len(pkt), 7
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        self.packets.clear()
+
+
+def test_handler_without_rerequest_reports_every_gap_even_past_max_held():
+    msgs, pkts = _packets(60, 3)
+    assert isinstance(_Memory([]), feed.Transport)
+    lossy = moldudp.drop(pkts, [2, 12])  # 7..9 and 37..39 lost
+    # a gap that may wait 10 s for a late packet, but only 3 packets may wait behind it: given up early
+    h = feed.FeedHandler(_Memory(lossy), None, reorder_s=10.0, max_held=3)
+    got, stamps = h.collect(timeout_s=30)
+    assert h.complete and h.stats["unrecovered_ranges"] == [(7, 9), (37, 39)] and h.stats["unrecovered"] == 6
+    assert got == msgs[:6] + msgs[9:36] + msgs[39:] and set(stamps) == {7}
+    assert h.stats["gaps"] == 2 and h.stats["recovered"] == 0 and h.stats["messages"] == 54

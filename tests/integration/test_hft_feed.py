@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, free_port, need
+from conftest import SHARED_DATA, free_port, need, poll_until
 from greekfire.core.errors import UnavailableError
 from greekfire.hft.feed import AfPacket, FeedHandler, FeedServer, UdpMulticast, load_itch, serve_feed
-from greekfire.market import itch, synth
+from greekfire.market import itch, moldudp, synth
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -287,3 +287,32 @@ def test_slow_feed_heartbeats_while_idle_and_gaps_still_recovered(group):
         sst = dict(server.stats)
     assert got == msgs and handler.stats["recovered"] == 3 and handler.stats["unrecovered"] == 0
     assert sst["heartbeats"] > 0 and sst["packets_sent"] == 27  # one message a packet at this rate
+
+
+def test_rerequest_server_on_the_wire(group):
+    """The re-request server as any MoldUDP64 client sees it: a plain UDP socket asks, packets come back;
+    malformed requests, another session and sequence numbers past the end are counted, not answered."""
+    g, port = group
+    msgs = [itch.encode_message("D", order_ref=i) for i in range(1, 501)]
+    server = FeedServer(itch.frame(msgs), g, port, session="WIRE", heartbeat_s=0.05, max_payload=200)
+    with server, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        assert server.wait_done(10)
+        client.settimeout(5)
+        client.sendto(moldudp.request("WIRE", 100, 30), server.rerequest_address)
+        got = []
+        while len(got) < 30:
+            pkt = client.recv(2048)
+            sess, seq, count = moldudp.HEADER.unpack_from(pkt)
+            assert sess == b"WIRE      " and len(pkt) - 20 <= 200 and seq == 100 + len(got)
+            rx = moldudp.MoldReceiver(next_seq=seq)
+            rx.feed(pkt)
+            got += rx.take()[0]
+        assert got == msgs[99:129]
+        client.sendto(b"garbage", server.rerequest_address)
+        client.sendto(moldudp.request("OTHER", 1, 1), server.rerequest_address)
+        client.sendto(moldudp.request("WIRE", 501, 5), server.rerequest_address)
+        assert poll_until(lambda: server.stats["bad_requests"] == 2 and server.stats["unanswerable_requests"] == 1)
+        client.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            client.recv(2048)  # none of them was answered
+    assert server.stats["requests"] == 2 and server.stats["resent"] == 30

@@ -224,9 +224,11 @@ class UdpMulticast:
         return n, ts or time.time_ns()
 
     def fileno(self) -> int:
+        """The socket's descriptor (readable when a packet waits)."""
         return self._sock.fileno()
 
     def close(self) -> None:
+        """Close the socket (leaves the group)."""
         self._sock.close()
 
 
@@ -344,9 +346,11 @@ class AfPacket:
             return size, ts or time.time_ns()
 
     def fileno(self) -> int:
+        """The socket's descriptor (readable when a packet waits)."""
         return self._sock.fileno()
 
     def close(self) -> None:
+        """Close the socket (leaves the group)."""
         self._sock.close()
         self._join.close()
 
@@ -734,6 +738,7 @@ class FeedHandler:
         return msgs + m, stamps + t
 
     def close(self) -> None:
+        """Close the transport and the re-request socket."""
         self.transport.close()
         if self._req is not None:
             self._req.close()

@@ -77,7 +77,8 @@ def _run(stream: bytes, rate: float, receiver: str, timeout_s: float, rcvbuf: in
             handler.close()
             st = handler.stats
             out.update(messages=n, seconds=elapsed, complete=handler.complete, drops=st["drops"], gaps=st["gaps"],
-                       recovered=st["recovered"], unrecovered=st["unrecovered"], requests=st["requests"])
+                       recovered=st["recovered"], unrecovered=st["unrecovered"], requests=st["requests"],
+                       retransmit_drops=st["retransmit_drops"])
         else:
             buf = memoryview(bytearray(65536))
             here.send("go")
@@ -154,6 +155,7 @@ def main() -> None:
          "ratio": small["messages_per_s"] / small_peer["messages_per_s"] if small_peer["messages_per_s"] else None,
          "messages": small["messages"], "complete": small["complete"], "kernel_drops": small["drops"],
          "gaps": small["gaps"], "recovered": small["recovered"], "unrecovered": small["unrecovered"],
+         "retransmit_drops": small["retransmit_drops"],
          "peer_messages": small_peer["messages"], "peer_lost": res["session_messages"] - small_peer["messages"],
          "peer_kernel_drops": small_peer["drops"]},
         {"benchmark": f"feed handler, paced at {paced['rate']:,.0f} msg/s", "ours": paced["messages_per_s"],

@@ -665,7 +665,8 @@ class FeedHandler:
     at ``rerequest`` (host, port; None: no recovery) for every gap, and delivers ITCH messages in
     sequence order with their receive timestamps (ns) through :meth:`poll`.
 
-    A gap is asked for at once and again every ``retry_s`` seconds, ``retries`` times; then (or, without
+    A gap is asked for at once and again every ``retry_s`` seconds, ``retries`` times (counted afresh
+    whenever a retransmission fills part of it; the first ``max_inflight`` gaps at a time); then (or, without
     a re-request server, after ``reorder_s``) it is given up: counted in ``stats["unrecovered"]`` with
     its range in ``stats["unrecovered_ranges"]``, and delivery goes on after it. At most ``max_held``
     packets wait behind a gap (past that the oldest gap is given up, and counted). ``session`` (None: the
@@ -673,28 +674,32 @@ class FeedHandler:
 
     ``stats``: packets (multicast packets read), retransmitted (packets from the re-request server),
     messages (delivered), gaps (missing ranges seen), recovered / unrecovered (messages), duplicates,
-    drops (packets the transport or kernel dropped: the consumer fell behind), requests, request_errors,
+    drops (packets the transport or kernel dropped: the consumer fell behind), retransmit_drops (answers
+    dropped at the re-request socket), requests, request_errors,
     bad_packets, held, ended (the end-of-session packet was seen), next_seq.
     """
 
     def __init__(self, transport: Transport, rerequest: tuple[str, int] | None, session: str | None = None, *,
-                 retry_s: float = 0.02, retries: int = 10, reorder_s: float = 0.002, max_held: int = 1 << 16,
-                 batch: int = 1024) -> None:
+                 retry_s: float = 0.05, retries: int = 20, reorder_s: float = 0.002, max_held: int = 1 << 16,
+                 batch: int = 1024, max_inflight: int = 8) -> None:
         self.transport = transport
         self._rx = MoldReceiver(session=_session_bytes(session) if session else None, hold=True,
                                 max_held=max_held, keep=False)
         self.retry_s, self.retries, self.reorder_s, self.batch = retry_s, retries, reorder_s, batch
+        self.max_inflight = max_inflight
         self._buf = bytearray(65536)
         self._view = memoryview(self._buf)
         self._req: socket.socket | None = None
         if rerequest is not None:
             self._req = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            _big_rcvbuf(self._req, 8 << 20)
+            _big_rcvbuf(self._req, 16 << 20)
+            self._req.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             self._req.connect(rerequest)
             self._req.setblocking(False)
         self._asks: dict[int, list[float]] = {}  # first missing seq -> [tries, last ask, first seen]
         self._counted_upto = 0  # highest sequence number already counted in a gap
-        self._n = {"packets": 0, "retransmitted": 0, "gaps": 0, "requests": 0, "request_errors": 0}
+        self._n = {"packets": 0, "retransmitted": 0, "gaps": 0, "requests": 0, "request_errors": 0,
+                   "retransmit_drops": 0}
         self.stats: dict[str, Any] = {}
         self._refresh()
 
@@ -756,12 +761,15 @@ class FeedHandler:
             return
         for _ in range(self.batch):
             try:
-                size = self._req.recv_into(view)
+                size, anc, _, _ = self._req.recvmsg_into([view], _ANC)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # ICMP port unreachable from an earlier request: the server is down
                 n["request_errors"] += 1
                 continue
+            drops = _parse_anc(anc)[2]
+            if drops >= 0:
+                n["retransmit_drops"] = drops
             n["retransmitted"] += 1
             rx.feed(bytes(view[:size]), time.time_ns(), resent=True)
 
@@ -782,7 +790,7 @@ class FeedHandler:
                 asks[a] = self._asks.get(a) or [0, -1e18, now]
             self._asks = asks
             gave_up = False
-            for a, b in ranges:
+            for a, b in ranges[: self.max_inflight]:  # the earliest first: they hold delivery up
                 st = asks[a]
                 if self._req is None:
                     if a == rx.next_seq and now - st[2] >= self.reorder_s:

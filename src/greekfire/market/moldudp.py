@@ -186,13 +186,14 @@ class MoldReceiver:
         pos, skip, end = HEADER.size, self.next_seq - seq, len(pkt)
         start = pos
         for i in range(count):
-            if pos + 2 > end or pos + 2 + int.from_bytes(pkt[pos : pos + 2], "big") > end:
+            nxt = pos + 2 + ((pkt[pos] << 8) | pkt[pos + 1]) if pos + 2 <= end else end + 1
+            if nxt > end:
                 self.bad_packets.append((index, f"truncated_block_{i}"))
                 count = i
                 break
             if i == skip:
                 start = pos
-            pos += 2 + int.from_bytes(pkt[pos : pos + 2], "big")
+            pos = nxt
         delivered = max(count - skip, 0)
         if delivered:
             self._chunks.append(pkt[start:pos])

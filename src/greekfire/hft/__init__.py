@@ -1,2 +1,6 @@
-"""The HFT engine: processes pinned to cores and joined by shared-memory rings, a MoldUDP64 multicast feed,
-books and features on tensors, pre-allocated order management, fast risk and kill switches."""
+"""The HFT engine: a market data feed over UDP multicast with gap recovery (:mod:`greekfire.hft.feed`),
+processes pinned to cores joined by shared-memory rings (:mod:`greekfire.hft.ring`), CPU placement
+(:mod:`greekfire.hft.cpu`) and the machine check (:mod:`greekfire.hft.doctor`).
+
+See docs/hft.md.
+"""

@@ -145,18 +145,27 @@ def hft_feed_server(
     rate: Annotated[float, typer.Option("--rate", min=0, help="messages per second (0: as fast as possible)")] = 100_000,
     group: Annotated[str | None, typer.Option("--group", help="multicast group (default: hft.feed_group)")] = None,
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="UDP port (default: hft.feed_port)")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", min=0.001, help="seconds to serve (default: until Ctrl-C)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the server's counters as JSON at the end")] = False,
 ) -> None:
-    """Replay a file as an ITCH 5.0 / MoldUDP64 multicast feed with a re-request server (blocks until sent)."""
+    """Replay a file as an ITCH 5.0 / MoldUDP64 multicast feed, answering re-requests on
+    hft.rerequest_host:hft.rerequest_port, until --duration or Ctrl-C."""
     from greekfire.hft.feed import serve_feed
 
     cfg = _hft_settings({})
     path = _itch_file(itch_file)
-    g, p = group or cfg.feed_group, port or cfg.feed_port
-    _cli().err_console.print(f"greekfire hft feed-server: {path.name} -> {g}:{p} at {rate:,.0f} msgs/s")
+    err = _cli().err_console
+
+    def log(line: str) -> None:
+        err.print(f"greekfire hft feed-server: {line}", soft_wrap=True, highlight=False)
+
     try:
-        serve_feed(path, g, p, rate)
+        out = serve_feed(path, group or cfg.feed_group, port or cfg.feed_port, rate, cfg.rerequest_port, duration,
+                         session=cfg.feed_session, iface=cfg.feed_iface, rerequest_host=cfg.rerequest_host, log=log)
     except (GreekfireError, OSError) as exc:
         raise fail("hft feed-server", exc) from None
+    if as_json:
+        _cli().print_json(out)
 
 
 @hft_app.command("doctor")
@@ -223,6 +232,28 @@ def hft_status(
                             "losses": data.get("losses", [])})
 
 
+def _peer_bench(name: str) -> dict[str, Any]:
+    """The ring figures (greekfire.hft.ringbench.ring_bench) or the feed figures (feed_bench of
+    benchmarks/bench_hft_feed.py, present in a source checkout); ``{"skipped": why}`` where absent."""
+    if name == "ring_bench":
+        from greekfire.hft.ringbench import ring_bench
+
+        return ring_bench()
+    import importlib.util
+
+    import greekfire
+
+    script = Path(greekfire.__file__).resolve().parents[2] / "benchmarks" / "bench_hft_feed.py"
+    if not script.is_file():
+        return {"skipped": "benchmarks/bench_hft_feed.py is not here (a source checkout has it)"}
+    spec = importlib.util.spec_from_file_location("bench_hft_feed", script)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    result: dict[str, Any] = mod.feed_bench()
+    return result
+
+
 @hft_app.command("bench")
 def hft_bench(
     messages: Annotated[int, typer.Option("--messages", min=10_000, help="synthetic ITCH messages per run")] = 200_000,
@@ -240,12 +271,7 @@ def hft_bench(
     except ValueError:
         raise UsageProblem(f"--rates {rates!r}: numbers separated by commas, e.g. 100000,1000000") from None
     _overrides(None, wait)
-    out: dict[str, Any] = {}
-    for mod, fn in (("greekfire.hft.ring", "ring_bench"), ("greekfire.hft.feed", "feed_bench")):
-        import importlib
-
-        f = getattr(importlib.import_module(mod), fn, None)
-        out[fn] = f() if f is not None else {"skipped": f"{mod}.{fn} is not in this build"}
+    out: dict[str, Any] = {"ring_bench": _peer_bench("ring_bench"), "feed_bench": _peer_bench("feed_bench")}
     cfg = _hft_settings({"workers": workers, "wait": wait})
     out["tick_to_order"] = [bench_tick_to_order(cfg, rate=r, messages=messages) for r in rate_list]
     cli = _cli()

@@ -26,8 +26,9 @@ def stage_names(workers: int) -> list[str]:
 
 
 def stage_cpus(cfg: HftSettings) -> dict[str, int | None]:
-    """CPU of each stage from ``hft.cpus`` (positions into this process's allowed CPUs; stages beyond the
-    list are not pinned). ConfigError when a position is outside the allowed CPUs."""
+    """CPU id of each stage from ``hft.cpus`` (positions into this process's allowed CPUs, so that a
+    configuration means the same under taskset or a cgroup; stages beyond the list are not pinned).
+    ConfigError when a position is outside the allowed CPUs."""
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     names = stage_names(cfg.workers)
     out: dict[str, int | None] = dict.fromkeys(names)
@@ -35,7 +36,7 @@ def stage_cpus(cfg: HftSettings) -> dict[str, int | None]:
         if not 0 <= pos < len(allowed):
             raise ConfigError("hft.cpus", cfg.cpus, f"positions in 0..{len(allowed) - 1} (this process may use "
                               f"{len(allowed)} CPUs)")
-        out[name] = pos
+        out[name] = allowed[pos]
     return out
 
 

@@ -705,10 +705,7 @@ class Pipeline:
         living = self.ctl.living()
         moved = reassign(self.ctl.owner, k, living)
         self.ctl.head[ClusterControl.GEN] += 1
-        from greekfire.hft.ring import BroadcastRing
-
-        self._drains = getattr(self, "_drains", [])
-        self._drains.append(BroadcastRing.attach(self.names["ticks"], TICK_DTYPE, k))
+        self.rings["ticks"].retire(k)  # its cursor must not hold the feed back
         loss = {"worker": k, "pid": p.pid, "exit_code": p.exitcode, "acked_seq": int(self.ctl.acked[k]),
                 "moved_to": {f"worker{w}": n for w, n in moved.items()}, "generation": self.ctl.generation,
                 "at": time.time()}
@@ -719,12 +716,6 @@ class Pipeline:
             ", ".join(f"worker{w}" for w in moved), loss["acked_seq"])
 
     def _coordinate(self) -> None:
-        for d in getattr(self, "_drains", []):  # a dead worker's cursor must not hold the feed back
-            n = d.available()
-            while n:
-                v = d.consume(n)
-                d.release(len(v))
-                n = d.available()
         living = self.ctl.living()
         if not self.ctl.final and living and all(self.ctl.reached_end[k] for k in living) and \
                 all(self.ctl.seen_gen[k] == self.ctl.generation for k in living):
@@ -855,9 +846,6 @@ class Pipeline:
             if p.is_alive():
                 p.kill()
                 p.join(2)
-        for d in getattr(self, "_drains", []):
-            d.close()
-        self._drains = []
         if getattr(self, "_old_usr1", None) is not None:
             import signal
 

@@ -9,7 +9,9 @@ messages; no rings, no processes, no sockets). It is the floor the pipeline's in
 Under overload (the rate the pipeline cannot keep up with) latency grows with the queue; what is lost is
 counted, never silent: feed drops and gaps (the socket's), ring stalls (a stage waiting for room).
 
-``python benchmarks/bench_hft_pipeline.py [MESSAGES]`` (default 200,000 per rate).
+``python benchmarks/bench_hft_pipeline.py [MESSAGES] [WAIT]`` (default 200,000 per rate; the wait strategy
+of the stages: ``busy`` or ``yield`` where each stage has a core of its own, ``block`` -- the default on a
+machine with fewer than 8 CPUs -- where they share a few).
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def single_process(cfg, rate: float, messages: int) -> dict:
 
 def main(argv: list[str]) -> None:
     messages = int(argv[0]) if argv else 200_000
-    cfg = load_hft(overrides={"workers": 1, "wait": "yield"})
+    wait = argv[1] if len(argv) > 1 else ("yield" if (os.cpu_count() or 1) >= 8 else "block")
+    cfg = load_hft(overrides={"workers": 1, "wait": wait})
     rows, notes = [], []
     for rate in RATES:
         ours = bench_tick_to_order(cfg, rate=rate, messages=messages, n_stocks=N_STOCKS)
@@ -98,7 +101,7 @@ def main(argv: list[str]) -> None:
                      f"{peer['achieved_rate']:,}), feed drops {ours['feed_drops']}, gaps {ours['feed_gaps']}, ring "
                      f"stalls {ours['stalls']}; p99 per stage µs {ours['stages_us']}")
     notes.append(f"{messages:,} synthetic ITCH messages per rate, {N_STOCKS} stocks; 1 feature worker (numba back "
-                 f"end, torch not used on the hot path: 1 thread); wait strategy yield; {os.cpu_count()} CPUs; "
+                 f"end, torch not used on the hot path: 1 thread); wait strategy {wait}; {os.cpu_count()} CPUs; "
                  "numpy preallocated pools, no allocator switch")
     report("hft_pipeline", rows, notes)
 

@@ -64,3 +64,18 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path) -> None:
     assert result.fills() == ref.fills()
     assert len(result.orders) > 10
     assert result.stats["strategy"]["decisions"] == ref.stats["decisions"]
+
+
+def test_torch_feature_workers_equal_the_numba_reference(tmp_path: Path) -> None:
+    """Two workers computing the features as torch batches (CPU tensors here; the GPU where a worker gets
+    one) end with the feature state of the single-process numba reference."""
+    itch = tmp_path / "synthetic.itch"
+    itch.write_bytes(synth.synthetic_stream(40_000, n_stocks=8, seed=9))
+    base = {"workers": 2, "n_locates": 32, "max_orders": 1 << 16, "decide_every": 4, "enter": 0.12,
+            "ring_capacity": 4096, "wait": "block", "status_file": str(tmp_path / "status.json")}
+    ref = reference_run(itch, load_hft(overrides=base))
+    result = Pipeline(load_hft(overrides={**base, "feature_backend": "torch"}), itch=itch, source="file",
+                      rate=50_000).run(timeout_s=300)
+    np.testing.assert_allclose(result.state, ref.state, rtol=1e-12, atol=1e-9, equal_nan=True)
+    assert np.array_equal(result.depth, ref.depth)
+    assert result.fills() == ref.fills() and len(result.orders) > 0

@@ -159,13 +159,12 @@ def occurrence_rank(instr: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _torch_rows(instr: np.ndarray, depth: np.ndarray, p: FeatureParams, state: Any, device: Any) -> Any:
+def _torch_rows(instr: np.ndarray, depth: Any, p: FeatureParams, state: Any, device: Any) -> Any:
+    """``depth``: a numpy array (CPU: the tensor shares its memory) or a tensor already on ``device``."""
     import torch
 
     f64 = torch.float64
-    d = torch.as_tensor(depth)
-    if device.type == "cuda":  # one transfer from pinned host memory
-        d = d.pin_memory().to(device, non_blocking=True)
+    d = depth if isinstance(depth, torch.Tensor) else torch.as_tensor(depth)
     d = d.to(device=device, dtype=f64)
     k = d.shape[0]
     out = torch.empty((k, len(FEATURES)), dtype=f64, device=device)
@@ -247,6 +246,8 @@ class FeatureEngine:
         self.device: Any = None
         self._state_np = new_state(self.n_instruments)
         self._state_t: Any = None
+        self._stager: Any = None
+        self._stager_n = self._stager_row = 0
         if backend == "torch":
             import torch
 
@@ -291,7 +292,24 @@ class FeatureEngine:
             _rows(instr, np.ascontiguousarray(depth, np.int64), p.levels, p.decay, p.alpha, p.enter, p.max_spread,
                   self._state_np, out)
             return out
-        return _torch_rows(instr, depth, p, self._state_t, self.device).cpu().numpy()
+        return _torch_rows(instr, self._to_device(depth), p, self._state_t, self.device).cpu().numpy()
+
+    def _to_device(self, depth: np.ndarray) -> Any:
+        """The snapshots on this engine's device: on a GPU one copy into a reused pinned buffer and one
+        non-blocking transfer (greekfire.hft.ring.DeviceStager); on the CPU the array itself."""
+        if self.device is None or self.device.type != "cuda":
+            return depth
+        import torch
+
+        from greekfire.hft.ring import DeviceStager
+
+        k = depth.shape[0]
+        row = int(np.prod(depth.shape[1:])) * 8
+        if self._stager is None or self._stager_row != row or self._stager_n < k:
+            self._stager_n, self._stager_row = max(k, 4096), row
+            self._stager = DeviceStager(np.dtype(f"V{row}"), self._stager_n, self.device)
+        raw = np.ascontiguousarray(depth, np.int64).reshape(k, -1).view(np.dtype(f"V{row}")).reshape(k)
+        return self._stager.stage(raw).view(torch.int64).reshape(depth.shape)
 
     def snapshot(self, depth_all: np.ndarray) -> dict[str, Any]:
         """Stateless level features of every instrument at once (``depth_all``: ``[B, 2, L, 2]``, from

@@ -651,7 +651,7 @@ class Pipeline:
         self._started = time.time()
         ready: set[str] = set()
         deadline = time.monotonic() + 120
-        while ready != set(self.stage_names):
+        while ready | {f"worker{loss['worker']}" for loss in self.losses} != set(self.stage_names):
             self._check_stages()
             try:
                 msg = self.q.get(timeout=0.2)

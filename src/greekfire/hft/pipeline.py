@@ -328,6 +328,8 @@ def feed_main(cfg: HftSettings, names: dict[str, str], source: dict[str, Any], c
 
             transport = UdpMulticast(source["group"], int(source["port"]), source.get("iface", "127.0.0.1"))
             handler = FeedHandler(transport, source.get("rerequest"), source.get("session"))
+            # the decoder's compiled kernels, loaded now rather than with the first packet (~0.5 s)
+            messages_to_ticks([itch.encode_message("A", stock_locate=1, order_ref=1, side=b"B", shares=1, price=1)], 1)
             out_q.put(("ready", "feed"))
             expect = int(source.get("expect", 0))
             idle_s = float(source.get("idle_s", 5.0))

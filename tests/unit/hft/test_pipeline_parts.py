@@ -131,3 +131,27 @@ def test_status_command_reads_the_status_file(tmp_path: Path, monkeypatch: pytes
     STATE._settings = None
     r = runner.invoke(app, ["hft", "replay", str(tmp_path / "none.itch")])
     assert r.exit_code == 2 and "no such file" in r.output
+
+
+def test_replay_log_and_control_table_are_shared_between_handles() -> None:
+    from greekfire.hft.cluster import TICK_DTYPE, ClusterControl, ReplayLog
+
+    log = ReplayLog.create(8)
+    ctl = ClusterControl.create(3, 10)
+    try:
+        t = np.zeros(6, TICK_DTYPE)
+        t["seq"] = np.arange(1, 7)
+        log.append(t)
+        log.append(t)  # 12 ticks into 8 slots: 4 counted as overflow, never silently dropped
+        other = ReplayLog.attach(log.name)
+        assert other.count == 8 and other.overflow == 4 and other.view()["seq"].tolist() == [1, 2, 3, 4, 5, 6, 1, 2]
+        other.close()
+        peer = ClusterControl.attach(ctl.name)
+        assert peer.n_workers == 3 and peer.owner.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+        ctl.acked[1] = 42
+        ctl.alive[2] = 0
+        assert peer.acked[1] == 42 and peer.living() == [0, 1]
+        peer.close()
+    finally:
+        log.close()
+        ctl.close()

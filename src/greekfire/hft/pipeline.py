@@ -149,6 +149,55 @@ class ExchangeSim:
         return out
 
 
+def symbol_of(instrument: int) -> str:
+    """The OUCH symbol of an instrument (its ITCH stock locate): ``L00042``."""
+    return f"L{instrument:05d}"
+
+
+def seed_liquidity(data: Any, n_instruments: int, framing: str = "length", levels: int = 64
+                   ) -> dict[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]]:
+    """The resting orders of the OUCH exchange simulator: each instrument's book at the end of the file,
+    ``levels`` levels a side, (price ticks, qty) -- liquidity the strategy's orders trade against."""
+    ex = ExchangeSim(data, n_instruments, framing)
+    out = {}
+    for b in range(n_instruments):
+        ex._advance(b, np.iinfo(np.int64).max)
+        bids, asks = ex.books.depth(b, levels)
+        if bids or asks:
+            out[b] = (bids, asks)
+    return out
+
+
+def match_against(orders: np.ndarray, seed: dict[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]]
+                  ) -> np.ndarray:
+    """What the OUCH exchange simulator does with ``orders`` (each instrument's in sequence order): one
+    matching engine per instrument (greekfire.market.matching, as the OUCH server runs) holding ``seed``,
+    immediate-or-cancel limit orders; returns the orders with status, filled and the average fill price."""
+    from greekfire.market.matching import MatchingEngine, Side, TimeInForce
+
+    books: dict[int, Any] = {}
+    out = orders.copy()
+    next_id = 1
+    for i in range(len(out)):
+        o = out[i]
+        b = int(o["instrument"])
+        if b not in books:
+            eng = books[b] = MatchingEngine(b)
+            for side, levels in ((Side.BUY, seed.get(b, ([], []))[0]), (Side.SELL, seed.get(b, ([], []))[1])):
+                for px, q in levels:
+                    eng.submit(next_id, 0, side, q, px)
+                    next_id += 1
+        reports = books[b].submit(next_id, 1, Side(int(o["side"])), int(o["qty"]), int(o["price"]),
+                                  tif=TimeInForce.IOC)
+        mine = [r for r in reports if r.order_id == next_id and r.kind.name == "TRADE"]
+        next_id += 1
+        filled = sum(r.qty for r in mine)
+        o["filled"] = filled
+        o["fill_px"] = round(sum(r.qty * r.price for r in mine) / filled) if filled else 0
+        o["status"] = FILLED if filled == int(o["qty"]) else PARTIAL if filled else CANCELED
+    return out
+
+
 # ------------------------------------------------------------------------------------------- results
 @dataclass
 class RunResult:
@@ -208,7 +257,8 @@ def _as_order_records(orders: np.ndarray) -> np.ndarray:
 
 
 def reference_run(data: Any, cfg: HftSettings, framing: str = "length") -> RunResult:
-    """The whole pipeline in one process, in sequence order: books, features, strategy, risk, exchange. What
+    """The whole pipeline in one process, in sequence order: books, features, strategy, risk, the venue of
+    ``hft.gateway`` (``sim``: :class:`ExchangeSim`; ``ouch``: :func:`match_against` the seeded books). What
     the multi-process run must equal."""
     ticks, _ = itch_ticks(data, framing)
     ticks = ticks[ticks["ev"]["book"] < cfg.n_locates]
@@ -221,7 +271,10 @@ def reference_run(data: Any, cfg: HftSettings, framing: str = "length") -> RunRe
     orders["reason"] = codes
     orders["status"][codes != 0] = REJECTED
     passed = codes == 0
-    done = ExchangeSim(data, cfg.n_locates, framing).execute(orders[passed])
+    if cfg.gateway == "ouch":
+        done = match_against(orders[passed], seed_liquidity(data, cfg.n_locates, framing))
+    else:
+        done = ExchangeSim(data, cfg.n_locates, framing).execute(orders[passed])
     _settle(risk, done)
     orders[passed] = done
     return RunResult(bf.books.depth_array(DEPTH_LEVELS), np.sort(orders, order="order_id"), bf.engine.state,
@@ -277,6 +330,8 @@ def _stage_setup(cpu: int | None) -> None:
 
 
 GO = 4  # ClusterControl header word: every stage is ready, the feed may start
+VENUE = 5  # ClusterControl header word: port of the OUCH exchange simulator once it listens
+DONE = 6  # ClusterControl header word: the run is over (the OUCH exchange simulator may stop)
 
 
 def _wait_go(names: dict[str, str]) -> None:
@@ -436,6 +491,15 @@ def gateway_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot:
     to_ex = Ring.attach(names["to_exchange"], ORD_DTYPE)
     from_ex = Ring.attach(names["from_exchange"], ORD_DTYPE)
     reports = Ring.attach(names["reports"], ORD_DTYPE)
+    venue: _OuchVenue | None = None
+    if cfg.gateway == "ouch":  # our own OUCH exchange simulator (its port in the control table) or hft.venue_*
+        ctl = ClusterControl.attach(names["control"])
+        deadline = time.monotonic() + 60
+        while names.get("venue") == "own" and not ctl.head[VENUE] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        port = int(ctl.head[VENUE]) if names.get("venue") == "own" else cfg.venue_port
+        ctl.close()
+        venue = _OuchVenue(cfg, cfg.venue_host if names.get("venue") != "own" else "127.0.0.1", port)
     st = _Stats.attach(names["stats"], n_stages)
     stats = st.arr[slot]
     from greekfire.hft.killswitch import KillSwitch
@@ -476,12 +540,33 @@ def gateway_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot:
                         rejected += len(r)
                         _publish_all(reports, r, stats)
                     ok = body[~bad]
-                    ok["t_sent"] = time.perf_counter_ns()
-                    _publish_all(to_ex, ok, stats)
+                    if venue is not None:
+                        venue.send(ok)
+                    else:
+                        ok["t_sent"] = time.perf_counter_ns()
+                        _publish_all(to_ex, ok, stats)
                     stats[C_MSGS] += len(body)
                 if end.any():
-                    _publish_all(to_ex, o[end][:1])
+                    if venue is None:
+                        _publish_all(to_ex, o[end][:1])
                     sent_end = True
+            if venue is not None:
+                acks = venue.poll()
+                if len(acks):
+                    idle = False
+                    acks["t_ack"] = time.perf_counter_ns()
+                    _publish_all(reports, acks, stats)
+                    _settle(risk, acks)
+                if sent_end and not venue.live:
+                    end_rec = np.zeros(1, ORD_DTYPE)
+                    end_rec["end"] = 1
+                    _publish_all(reports, end_rec)
+                    break
+                if idle:
+                    wait()
+                else:
+                    wait.reset()
+                continue
             view = from_ex.consume(cfg.batch)
             n = len(view)
             if n:
@@ -498,6 +583,8 @@ def gateway_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot:
             else:
                 wait.reset()
     kill.stop()
+    if venue is not None:
+        venue.close()
     out_q.put(("stage", "gateway", {"risk_rejected": rejected, "killed": killed, "kill_reason": kill.reason,
                                     "killed_ns": int(stats[C_KILLED])}))
     for r in (orders_ring, to_ex, from_ex, reports):
@@ -542,6 +629,90 @@ def exchange_main(cfg: HftSettings, names: dict[str, str], itch_path: str, frami
     st.close()
 
 
+def ouch_exchange_main(cfg: HftSettings, names: dict[str, str], itch_path: str, framing: str, cpu: int | None,
+                       slot: int, n_stages: int, out_q: Any) -> None:
+    """The exchange simulator over OUCH 4.2 (greekfire.hft.ouch.OuchServer, the market core's matching engine
+    per symbol) holding :func:`seed_liquidity`; its port goes into the control table for the gateway."""
+    from greekfire.hft.ouch import OuchServer
+    from greekfire.market.matching import Side
+
+    _stage_setup(cpu)
+    ctl = ClusterControl.attach(names["control"])
+    seed = seed_liquidity(Path(itch_path), cfg.n_locates, framing)
+    srv = OuchServer("127.0.0.1", 0, tick_size=cfg.risk.tick_size)
+    port = srv.start()
+    for b, (bids, asks) in seed.items():
+        for side, levels in ((Side.BUY, bids), (Side.SELL, asks)):
+            for px, q in levels:
+                srv.rest(symbol_of(b), side, q, px)
+    ctl.head[VENUE] = port
+    out_q.put(("ready", "exchange"))
+    while not ctl.head[DONE]:
+        time.sleep(0.01)
+    counters = dict(srv.counters)
+    srv.stop()
+    out_q.put(("stage", "exchange", counters))
+    ctl.close()
+
+
+def _ouch_outcome(pool: Any, slot: int, rec: np.void) -> bool:
+    """Fill ``rec`` from pool order ``slot`` when that order is closed; True then."""
+    from greekfire.hft.orders import STATUS
+    from greekfire.trading.orders import OrderStatus
+
+    st = STATUS[int(pool.orders[slot]["status"])]
+    if st not in (OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED,
+                  OrderStatus.DENIED):
+        return False
+    filled = int(pool.orders[slot]["filled"])
+    rec["filled"] = filled
+    rec["fill_px"] = round(float(pool.orders[slot]["avg_px"])) if filled else 0
+    if st == OrderStatus.REJECTED or st == OrderStatus.DENIED:
+        rec["status"], rec["reason"] = REJECTED, int(pool.orders[slot]["reason"]) or VENUE_REJECT
+    else:
+        rec["status"] = FILLED if filled == int(rec["qty"]) else PARTIAL if filled else CANCELED
+    return True
+
+
+class _OuchVenue:
+    """The gateway's side of OUCH: pool orders through greekfire.hft.gateway's OUCH gateway, outcomes back as
+    order records."""
+
+    def __init__(self, cfg: HftSettings, host: str, port: int) -> None:
+        from greekfire.hft.gateway import open_gateway
+        from greekfire.hft.orders import OrderPool
+
+        self.pool = OrderPool(1 << 16)
+        self.gw = open_gateway("ouch", self.pool, host=host, port=port,
+                               symbols={i: symbol_of(i) for i in range(cfg.n_locates)}, tick_size=cfg.risk.tick_size)
+        self.meta = np.zeros(self.pool.capacity, ORD_DTYPE)
+        self.live: set[int] = set()
+
+    def send(self, orders: np.ndarray) -> None:
+        for o in orders:
+            slot = self.pool.alloc(int(o["instrument"]), int(o["side"]), int(o["qty"]), int(o["price"]),
+                                   int(o["t_signal"]), 2)  # immediate or cancel
+            now = time.perf_counter_ns()
+            self.meta[slot] = o
+            self.meta[slot]["t_sent"] = now
+            self.gw.enter(slot, now)
+            self.live.add(slot)
+
+    def poll(self) -> np.ndarray:
+        events = self.gw.poll(0.0)
+        done = []
+        for slot in {e.slot for e in events if e.slot >= 0} & self.live:
+            rec = self.meta[slot].copy()
+            if _ouch_outcome(self.pool, slot, rec):
+                done.append(rec)
+                self.live.discard(slot)
+                self.pool.free(slot)
+        return np.array(done, ORD_DTYPE) if done else np.zeros(0, ORD_DTYPE)
+
+    def close(self) -> None:
+        self.gw.stop()
+
+
 # ------------------------------------------------------------------------------------------- coordinator
 class Pipeline:
     """Starts the stages, watches them, and collects the outcome.
@@ -560,8 +731,8 @@ class Pipeline:
 
     def __init__(self, cfg: HftSettings, *, itch: Path, source: str = "multicast", rate: float = 0.0,
                  serve: bool = True, framing: str = "length", on_status: Any = None) -> None:
-        if cfg.gateway != "sim":
-            raise ConfigError("hft.gateway", cfg.gateway, "sim (the OUCH and FIX venues are not wired yet)")
+        if cfg.gateway not in ("sim", "ouch"):
+            raise ConfigError("hft.gateway", cfg.gateway, "sim or ouch (the FIX venue is not wired into the pipeline)")
         if source not in ("multicast", "file"):
             raise ConfigError("source", source, "multicast or file")
         if not Path(itch).is_file():
@@ -631,7 +802,9 @@ class Pipeline:
                 rereq = tuple(self._server.rerequest_address)
             src = {"kind": "multicast", "group": cfg.feed_group, "port": cfg.feed_port, "iface": cfg.feed_iface,
                    "session": cfg.feed_session, "expect": self.n_messages, "rerequest": rereq}
-        specs: list[tuple[str, Any, tuple[Any, ...]]] = [("exchange", exchange_main,
+        names["venue"] = "own"
+        exchange_fn = ouch_exchange_main if cfg.gateway == "ouch" else exchange_main
+        specs: list[tuple[str, Any, tuple[Any, ...]]] = [("exchange", exchange_fn,
                                                           (cfg, names, str(self.itch), self.framing, self.cpus["exchange"], n - 1, n, self.q))]
         specs += [(f"worker{k}", worker_main, (k, cfg, names, self.devices[k], self.cpus[f"worker{k}"], self.q))
                   for k in range(self.n_workers)]
@@ -792,6 +965,7 @@ class Pipeline:
         return self._collect(deadline)
 
     def _collect(self, deadline: float) -> RunResult:
+        self.ctl.head[DONE] = 1  # the stream is over: an exchange that serves until told stops now
         want = {f"worker{k}" for k in self.ctl.living()} | {"feed", "strategy", "gateway", "exchange"}
         got: dict[str, Any] = {}
         for msg in self._res:

@@ -39,7 +39,7 @@ class Gateway(Protocol):
     def replace(self, slot: int, qty: int, price_ticks: int) -> None: ...
     def cancel(self, slot: int) -> None: ...
     def cancel_all(self) -> int: ...
-    def poll(self) -> list[OuchEvent]: ...
+    def poll(self, timeout_s: float = 0.0) -> list[OuchEvent]: ...
     def stop(self, drain_s: float = 1.0) -> None: ...
 
 
@@ -108,12 +108,18 @@ class FixGateway:
                 n += 1
         return n
 
-    def poll(self) -> list[OuchEvent]:
-        """The venue's reports for our orders, applied to the pool (market data is dropped here)."""
+    def poll(self, timeout_s: float = 0.0) -> list[OuchEvent]:
+        """The venue's reports for our orders, applied to the pool (market data is dropped here); with none,
+        one more look after sleeping ``timeout_s`` seconds (0: never block)."""
         out: list[OuchEvent] = []
         for ev in self.venue.poll(time.time_ns()):
             if type(ev) is VenueEvent:
                 self._apply(ev, out)
+        if not out and timeout_s > 0:
+            time.sleep(timeout_s)
+            for ev in self.venue.poll(time.time_ns()):
+                if type(ev) is VenueEvent:
+                    self._apply(ev, out)
         return out
 
     def _apply(self, ev: VenueEvent, out: list[OuchEvent]) -> None:

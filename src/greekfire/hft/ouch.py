@@ -1010,12 +1010,16 @@ class OuchGateway:
         return len(out)
 
     # ---------------------------------------------------------------- replies
-    def poll(self) -> list[OuchEvent]:
-        """Read what has arrived (never blocks), apply it to the pool, return the events. Sends a Client
-        Heartbeat when nothing was sent for ``heartbeat_s``."""
+    def poll(self, timeout_s: float = 0.0) -> list[OuchEvent]:
+        """Read what has arrived, apply it to the pool, return the events. With nothing there, wait up to
+        ``timeout_s`` seconds for something (0: never block; a loop that shares its cores waits rather than
+        spins). Sends a Client Heartbeat when nothing was sent for ``heartbeat_s``."""
         if not self.connected:
             return []
         events = self._read()
+        if not events and timeout_s > 0 and self.connected and not self._reader.buf:
+            select.select([self.sock], [], [], timeout_s)
+            events = self._read()
         if self.connected and time.monotonic() - self._last_tx >= self.heartbeat_s:
             with contextlib.suppress(OSError):
                 self._send(soup_packet(Soup.CLIENT_HEARTBEAT))

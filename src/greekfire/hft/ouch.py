@@ -1017,7 +1017,7 @@ class OuchGateway:
         if not self.connected:
             return []
         events = self._read()
-        if not events and timeout_s > 0 and self.connected and not self._reader.buf:
+        if not events and timeout_s > 0 and self.sock is not None and self.connected and not self._reader.buf:
             select.select([self.sock], [], [], timeout_s)
             events = self._read()
         if self.connected and time.monotonic() - self._last_tx >= self.heartbeat_s:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from conftest import poll_until
 from greekfire.core.errors import UnavailableError
 from greekfire.hft.orders import OrderPool
 from greekfire.hft.ouch import OuchEvent, OuchGateway, OuchServer
@@ -162,3 +163,25 @@ def test_heartbeats_keep_an_idle_session(server: OuchServer) -> None:
         time.sleep(0.02)
     assert gw.connected and gw.counters["heartbeats"] >= 3
     gw.stop()
+
+
+def test_cancel_on_disconnect_and_bad_messages() -> None:
+    from greekfire.hft.ouch import Soup, soup_packet
+
+    with OuchServer("127.0.0.1", 0, symbols=SYMBOLS, cancel_on_disconnect=True) as srv:
+        gw = gateway(srv, "CAROL")
+        p = gw.pool
+        slots = [p.alloc(0, 1, 5, 10_000 - k) for k in range(3)]
+        for s in slots:
+            gw.enter(s)
+        pump(gw, lambda ev: kinds(ev).count("accepted") == 3)
+        # a message that is not OUCH is counted and skipped; the session goes on
+        assert gw.sock is not None
+        gw.sock.sendall(soup_packet(Soup.UNSEQUENCED, b"Q" + bytes(30)))
+        s4 = p.alloc(0, 1, 5, 9_000)
+        gw.enter(s4)
+        pump(gw, lambda ev: "accepted" in kinds(ev))
+        assert srv.counters["bad_messages"] == 1 and srv.open_orders("CAROL") == 4
+        gw.sock.close()  # the connection drops without a logout
+        assert poll_until(lambda: srv.open_orders() == 0)
+        assert srv.counters["cancels"] == 4

@@ -429,6 +429,7 @@ class _Conn:
     user: _User | None = None
     last_rx: float = 0.0
     last_tx: float = 0.0
+    out: list[bytes] = field(default_factory=list)  # packets waiting for the next flush
 
 
 class OuchServer:
@@ -468,6 +469,7 @@ class OuchServer:
         self.users_allowed = dict(users) if users is not None else None
         self._users: dict[str, _User] = {}
         self._live: dict[int, _Live] = {}
+        self._dirty: list[_Conn] = []  # connections with packets to flush
         self._next_id = 1
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -531,6 +533,7 @@ class OuchServer:
             eid = self._next_id
             self._next_id += 1
             self._dispatch(book.submit(eid, 0, side, qty, price_ticks, ts_ns=time.time_ns()))
+            self._flush()
             return eid
 
     def _book(self, symbol: str) -> MatchingEngine | None:
@@ -593,10 +596,23 @@ class OuchServer:
                 with self._lock:
                     for eid in list(u.tokens.values()):
                         self._cancel_id(eid)
+                    self._flush()
 
     def _send(self, conn: _Conn, data: bytes) -> None:
         conn.sock.sendall(data)
         conn.last_tx = time.monotonic()
+
+    def _flush(self) -> None:
+        """Send every connection's waiting packets, one write each (under the lock)."""
+        dirty = self._dirty
+        while dirty:
+            conn = dirty.pop()
+            data = b"".join(conn.out)
+            conn.out.clear()
+            try:
+                self._send(conn, data)
+            except OSError:
+                self._close(conn)
 
     def _heartbeats(self) -> None:
         assert self._sel is not None
@@ -609,10 +625,11 @@ class OuchServer:
                 log.warning("OUCH client silent for %.1f s: dropped", now - conn.last_rx)
                 self._close(conn)
             elif conn.user is not None and now - conn.last_tx >= self.heartbeat_s:
-                try:
-                    self._send(conn, soup_packet(Soup.SERVER_HEARTBEAT))
-                except OSError:
-                    self._close(conn)
+                with self._lock:
+                    try:
+                        self._send(conn, soup_packet(Soup.SERVER_HEARTBEAT))
+                    except OSError:
+                        self._close(conn)
 
     def _readable(self, conn: _Conn) -> None:
         try:
@@ -657,6 +674,7 @@ class OuchServer:
                 return True
             with self._lock:
                 self._order_message(conn.user, msg)
+                self._flush()
         elif ptype == Soup.LOGOUT_REQUEST:
             self.counters["logouts"] += 1
             self._close(conn)
@@ -692,20 +710,21 @@ class OuchServer:
             start = nxt if seq <= 0 else min(seq, nxt)
             conn.user, u.conn = u, conn
             self.counters["logins"] += 1
-            out = [login_accepted(self.session, start)]
-            out.extend(soup_packet(Soup.SEQUENCED, m) for m in u.log[start - 1 :])
-        self._send(conn, b"".join(out))
+            conn.out.append(login_accepted(self.session, start))
+            conn.out.extend(soup_packet(Soup.SEQUENCED, m) for m in u.log[start - 1 :])
+            self._dirty.append(conn)
+            self._flush()
         return True
 
     # ---------------------------------------------------------------- orders (under the lock)
     def _emit(self, user: _User, msg: OuchMessage) -> None:
         data = encode(msg)
         user.log.append(data)
-        if user.conn is not None:
-            try:
-                self._send(user.conn, soup_packet(Soup.SEQUENCED, data))
-            except OSError:
-                self._close(user.conn)
+        conn = user.conn
+        if conn is not None:
+            if not conn.out:
+                self._dirty.append(conn)
+            conn.out.append(soup_packet(Soup.SEQUENCED, data))
 
     def _order_message(self, user: _User, msg: OuchMessage) -> None:
         if type(msg) is EnterOrder:
@@ -935,10 +954,18 @@ class OuchGateway:
         self.connected, self.stopped = True, False
         self._last_tx = time.monotonic()
 
-    def _send(self, data: bytes) -> None:
+    def _check_connected(self) -> None:
         if self.sock is None or not self.connected:
             raise UnavailableError(f"OUCH exchange {self.host}:{self.port}", "the gateway is not connected")
-        self.sock.sendall(data)
+
+    def _send(self, data: bytes) -> None:
+        self._check_connected()
+        assert self.sock is not None
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            self.connected = False
+            raise UnavailableError(f"OUCH exchange {self.host}:{self.port}", f"send failed: {e}") from None
         self._last_tx = time.monotonic()
         self.counters["sent"] += 1
 
@@ -977,6 +1004,7 @@ class OuchGateway:
             TIF_IOC if int(p._tif[slot]) in (2, 3) else TIF_SYSTEM_HOURS, self.firm,
         )
         data = soup_packet(Soup.UNSEQUENCED, encode(msg))
+        self._check_connected()
         p.on_sent(slot, time.perf_counter_ns() if t_ns is None else t_ns)
         self._send(data)
 
@@ -988,17 +1016,20 @@ class OuchGateway:
             raise DataError("replace", v, "at most 255 replaces per order (the token's version)")
         msg = ReplaceOrder(self.token(slot, v), self.token(slot, v + 1), qty, price_ticks * self.units_per_tick,
                            TIF_IOC if int(self.pool._tif[slot]) in (2, 3) else TIF_SYSTEM_HOURS)
+        self._check_connected()
         self.pool.on_replace_request(slot)
         self._send(soup_packet(Soup.UNSEQUENCED, encode(msg)))
 
     def cancel(self, slot: int) -> None:
         """Cancel the working order (PENDING_CANCEL until the exchange answers)."""
+        self._check_connected()
         self.pool.on_cancel_request(slot)
         self._send(soup_packet(Soup.UNSEQUENCED, encode(CancelOrder(self.token(slot), 0))))
 
     def cancel_all(self) -> int:
         """Cancel every working order of the pool in one write; returns how many cancels were sent."""
         p = self.pool
+        self._check_connected()
         out = []
         for slot in p.open_slots().tolist():
             if int(p._st[slot]) == _PENDING[0]:

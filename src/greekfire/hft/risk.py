@@ -44,7 +44,7 @@ import numpy as np
 from greekfire.core.errors import ConfigError
 from greekfire.core.metrics import counter
 from greekfire.core.settings import RiskSettings
-from greekfire.hft.orders import reason_code, reason_of
+from greekfire.hft.orders import OrderPool, reason_code, reason_of
 from greekfire.trading.denials import Reason
 
 __all__ = ["ErrorRateBreaker", "FastLimits", "FastRisk", "LossBreaker", "LuldBands"]
@@ -278,6 +278,20 @@ class FastRisk:
         self.checked += n
         if denied:
             self._count(codes)
+        return codes
+
+    def screen(self, pool: OrderPool, slots: np.ndarray | list[int], now_ns: int | None = None) -> np.ndarray:
+        """Check the pool's orders in ``slots`` (INITIALIZED): a denied one moves to DENIED with its code, a
+        passing one gets its risk stamp (``time.perf_counter_ns``). Returns the codes. Gathers the rows into a
+        copy: for the allocation-free path call :meth:`check` on rows the caller keeps."""
+        idx = np.asarray(slots, dtype=np.int64)
+        codes = self.check(pool.orders[idx], now_ns)
+        t = time.perf_counter_ns()
+        for s, c in zip(idx.tolist(), codes.tolist(), strict=True):
+            if c:
+                pool.deny(s, c, t)
+            else:
+                pool.stamp_risk(s, t)
         return codes
 
     def _count(self, codes: np.ndarray) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from greekfire.core.settings import RiskSettings
-from greekfire.hft.orders import ORDER_DTYPE, reason_code, reason_of
+from greekfire.hft.orders import ORDER_DTYPE, OrderPool, reason_code, reason_of
 from greekfire.hft.risk import ErrorRateBreaker, FastLimits, FastRisk, LossBreaker, LuldBands
 from greekfire.trading.denials import Reason
 
@@ -171,3 +171,14 @@ def test_codes_are_the_pool_codes() -> None:
     r = risk()
     codes = r.check(rows((0, 1, 1000, 10_000)), NOW)
     assert int(codes[0]) == reason_code(Reason.MAX_QTY)
+
+
+def test_screen_moves_the_pool() -> None:
+    r = risk()
+    pool = OrderPool(8)
+    ok = pool.alloc(0, 1, 10, 10_000, t_signal_ns=1)
+    big = pool.alloc(0, 1, 500, 10_000, t_signal_ns=1)
+    codes = r.screen(pool, [ok, big], NOW)
+    assert reasons(codes) == [None, Reason.MAX_QTY]
+    assert pool.status(ok).value == "INITIALIZED" and pool.orders[ok]["t_risk_ns"] > 0
+    assert pool.status(big).value == "DENIED" and reason_of(int(pool.orders[big]["reason"])) is Reason.MAX_QTY

@@ -214,8 +214,8 @@ class _Codec:
     cls: type
     kind: bytes
     st: struct.Struct
-    alpha: tuple[bool, ...]
-    widths: tuple[int, ...]
+    alpha: tuple[tuple[int, int], ...]  # (field index, width) of the alpha fields
+    numeric: tuple[tuple[int, int], ...]  # (field index, width in bytes) of the integers
     dtype: np.dtype
 
     @property
@@ -224,14 +224,15 @@ class _Codec:
 
 
 def _codec(cls: type, kind: bytes, layout: str) -> _Codec:
-    fmt, alpha, widths, dt = ">c", [], [], [("type", "S1")]
-    for name, spec in zip(cls._fields, layout.split(), strict=True):  # type: ignore[attr-defined]
+    fmt, dt = ">c", [("type", "S1")]
+    alpha: list[tuple[int, int]] = []
+    numeric: list[tuple[int, int]] = []
+    for i, (name, spec) in enumerate(zip(cls._fields, layout.split(), strict=True)):  # type: ignore[attr-defined]
         k, w = spec[0], int(spec[1:])
-        alpha.append(k == "a")
-        widths.append(w)
+        (alpha if k == "a" else numeric).append((i, w))
         fmt += f"{w}s" if k == "a" else {4: "I", 8: "Q"}[w]
         dt.append((name, f"S{w}" if k == "a" else f">u{w}"))
-    return _Codec(cls, kind, struct.Struct(fmt), tuple(alpha), tuple(widths), np.dtype(dt))
+    return _Codec(cls, kind, struct.Struct(fmt), tuple(alpha), tuple(numeric), np.dtype(dt))
 
 
 _CODECS: dict[type, _Codec] = {cls: _codec(cls, k, lay) for cls, (k, lay) in _LAYOUT.items()}
@@ -244,19 +245,26 @@ OUTBOUND_DTYPES: dict[bytes, np.dtype] = {k: c.dtype for k, c in OUTBOUND.items(
 def encode(msg: OuchMessage) -> bytes:
     """One OUCH message (its type byte first). DataError naming the field when a value does not fit."""
     c = _CODECS[type(msg)]
-    vals: list[Any] = [c.kind]
-    v: Any
-    for name, v, is_alpha, w in zip(msg._fields, msg, c.alpha, c.widths, strict=True):
-        if is_alpha:
-            b = str(v).encode("ascii")
+    vals: list[Any] = [c.kind, *msg]
+    try:
+        for i, w in c.alpha:
+            b = vals[i + 1].encode("ascii")
             if len(b) > w:
-                raise DataError(name, v, f"at most {w} ASCII characters")
-            vals.append(b.ljust(w))
-        else:
-            if not 0 <= int(v) < 1 << (8 * w):
-                raise DataError(name, v, f"an unsigned {8 * w}-bit integer")
-            vals.append(int(v))
-    return c.st.pack(*vals)
+                raise ValueError
+            vals[i + 1] = b.ljust(w)
+        return c.st.pack(*vals)
+    except (ValueError, AttributeError, struct.error):
+        pass
+    # the slow path: name the field that does not fit
+    for i, w in c.alpha:
+        v = msg[i]
+        if not isinstance(v, str) or not v.isascii() or len(v) > w:
+            raise DataError(msg._fields[i], v, f"at most {w} ASCII characters")
+    for i, w in c.numeric:
+        v = msg[i]
+        if not isinstance(v, int) or not 0 <= v < 1 << (8 * w):
+            raise DataError(msg._fields[i], v, f"an unsigned {8 * w}-bit integer")
+    raise DataError(type(msg).__name__, msg, "packable values")  # pragma: no cover
 
 
 def _decode(table: dict[bytes, _Codec], data: bytes | memoryview) -> OuchMessage:
@@ -265,9 +273,13 @@ def _decode(table: dict[bytes, _Codec], data: bytes | memoryview) -> OuchMessage
         raise DataError("message_type", bytes(data[:1]), f"one of {sorted(table)}")
     if len(data) != c.size:
         raise DataError("length", len(data), f"{c.size} bytes for {c.cls.__name__}")
-    raw = c.st.unpack(data)
-    vals = [v.decode("ascii").rstrip(" ") if a else v for v, a in zip(raw[1:], c.alpha, strict=True)]
-    return c.cls(*vals)  # type: ignore[no-any-return]
+    vals: list[Any] = list(c.st.unpack(data))
+    try:
+        for i, _ in c.alpha:
+            vals[i + 1] = vals[i + 1].decode("ascii").rstrip(" ")
+    except UnicodeDecodeError:
+        raise DataError(c.cls._fields[i], vals[i + 1], "ASCII") from None  # type: ignore[attr-defined]
+    return c.cls(*vals[1:])  # type: ignore[no-any-return]
 
 
 def decode_inbound(data: bytes | memoryview) -> OuchMessage:

@@ -156,12 +156,14 @@ def test_login_refused_and_relogin_replays(server: OuchServer) -> None:
 
 def test_heartbeats_keep_an_idle_session(server: OuchServer) -> None:
     gw = gateway(server)
-    gw.heartbeat_s = 0.1
-    t_end = time.monotonic() + 0.8
-    while time.monotonic() < t_end:
+    gw.heartbeat_s = 0.05
+
+    def idle() -> bool:
         gw.poll()
-        time.sleep(0.02)
-    assert gw.connected and gw.counters["heartbeats"] >= 3
+        return gw.counters["heartbeats"] >= 3
+
+    assert poll_until(idle, timeout_s=10.0, step_s=0.01)
+    assert gw.connected and server.counters["logins"] == 1
     gw.stop()
 
 
@@ -185,3 +187,22 @@ def test_cancel_on_disconnect_and_bad_messages() -> None:
         gw.sock.close()  # the connection drops without a logout
         assert poll_until(lambda: srv.open_orders() == 0)
         assert srv.counters["cancels"] == 4
+
+
+def test_serve_for_a_duration() -> None:
+    import threading
+
+    srv = OuchServer("127.0.0.1", 0, symbols=SYMBOLS)
+    ports: list[int] = []
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: srv.serve(stop, on_listening=ports.append))
+    t.start()
+    try:
+        assert poll_until(lambda: ports)
+        gw = OuchGateway("127.0.0.1", ports[0], OrderPool(4), symbols=SYMBOLS, username="DAVE")
+        gw.connect()
+        gw.stop()
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive() and srv.counters["logins"] == 1

@@ -34,7 +34,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -523,6 +523,26 @@ class OuchServer:
     def __enter__(self) -> OuchServer:
         self.start()
         return self
+
+    def serve(self, stop: threading.Event | float | None = None, on_listening: Callable[[int], None] | None = None,
+              ) -> dict[str, int]:
+        """Run until ``stop`` (an Event that gets set, or a duration in seconds; None: until interrupted);
+        returns the counters. ``on_listening(port)`` is called once the socket listens."""
+        port = self.start()
+        log.info("OUCH exchange %s listening on %s:%d", self.session, self.host, port)
+        if on_listening is not None:
+            on_listening(port)
+        t_end = time.monotonic() + stop if isinstance(stop, int | float) else None
+        try:
+            while not (isinstance(stop, threading.Event) and stop.is_set()):
+                if t_end is not None and time.monotonic() >= t_end:
+                    break
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+        return dict(self.counters)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

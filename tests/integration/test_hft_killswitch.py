@@ -133,3 +133,59 @@ def test_signal_outside_the_main_thread_is_reported() -> None:
     t.start()
     t.join()
     assert out and "SIGUSR1" in out[0][0]
+
+
+CHILD = r"""
+import json, sys, time
+from greekfire.hft.killswitch import KillSwitch, guard_loop
+from greekfire.hft.orders import OrderPool
+from greekfire.hft.ouch import OuchGateway, OuchServer
+
+srv = OuchServer("127.0.0.1", 0, symbols=["AAPL"])
+pool = OrderPool(16)
+gw = OuchGateway("127.0.0.1", srv.start(), pool, symbols=["AAPL"], username="HFT")
+gw.connect()
+for k in range(5):
+    gw.enter(pool.alloc(0, 1, 1, 10_000 - k))
+kill = KillSwitch().start()
+ended_tripped = []  # per step: was the switch tripped when the step ended?
+started_after_trip = 0
+
+def step():
+    global started_after_trip
+    if ended_tripped and ended_tripped[-1]:
+        started_after_trip += 1
+    gw.poll(0.001)
+    if len(ended_tripped) == 50:
+        print("READY", flush=True)
+    ended_tripped.append(kill.tripped)
+
+def on_kill():
+    gw.cancel_all()
+    gw.stop()
+
+n = guard_loop(step, kill, on_kill, max_iterations=200_000)
+print(json.dumps({"steps": n, "started_after_trip": started_after_trip, "open": srv.open_orders(),
+                  "stopped": gw.stopped, "reason": kill.reason,
+                  "statuses": [pool.status(s).value for s in range(5)]}), flush=True)
+srv.stop()
+"""
+
+
+def test_signal_from_another_process_stops_the_loop_within_one_iteration() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "READY"
+        os.kill(proc.pid, signal.SIGUSR1)  # from outside, at any point of the loop
+        out = json.loads(proc.stdout.readline())
+    finally:
+        proc.wait(30)
+    assert out["started_after_trip"] == 0  # no step began once a step had ended with the switch tripped
+    assert out["reason"] == "signal SIGUSR1" and out["stopped"] and out["open"] == 0
+    assert out["statuses"] == ["CANCELED"] * 5

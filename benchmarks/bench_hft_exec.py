@@ -6,10 +6,13 @@ the pool's own stamps (sent -> ack). Peers measured in the same run: a bare TCP 
 (the floor any Python protocol over this loopback reaches) and the same pool orders through the FIX path
 (:class:`~greekfire.hft.gateway.FixGateway` -> FIX exchange simulator, NewOrderSingle -> ExecutionReport New).
 
+Order management: :class:`~greekfire.hft.orders.OrderPool` order lifecycles per second beside the trading
+core's ``Order`` objects doing the same moves.
+
 Risk: :class:`~greekfire.hft.risk.FastRisk` checks per second over batches of 1, 64 and 1024 orders, beside
 the trading core's :class:`~greekfire.trading.risk.RiskEngine` checking one order per call.
 
-The row functions (``ouch_rows``, ``risk_rows``) are what ``bench_hft`` calls; run alone this script reports
+The row functions (``pool_rows``, ``ouch_rows``, ``risk_rows``) are what ``bench_hft`` calls; run alone this script reports
 subject ``hft_exec``.
 """
 
@@ -282,11 +285,55 @@ def risk_rows(notes: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def pool_cycle_rate(seconds: float = 0.5) -> float:
+    """OrderPool order lifecycles per second: alloc, risk stamp, sent, ack, two fills, free."""
+    pool = OrderPool(64)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for i in range(1000):
+            s = pool.alloc(3, 1, 10, 10_000, i)
+            pool.stamp_risk(s, i + 1)
+            pool.on_sent(s, i + 2)
+            pool.on_ack(s, i + 3)
+            pool.on_fill(s, 4, 10_000, i + 4)
+            pool.on_fill(s, 6, 10_001, i + 5)
+            pool.free(s)
+        n += 1000
+    return n / (time.perf_counter() - t0)
+
+
+def trading_order_cycle_rate(seconds: float = 0.5) -> float:
+    """The same lifecycle with the trading core's Order objects (one per order, two Fill records)."""
+    from greekfire.trading.model import Fill, Side
+    from greekfire.trading.orders import Order, OrderStatus
+
+    sub, acc = OrderStatus.SUBMITTED, OrderStatus.ACCEPTED
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for i in range(1000):
+            o = Order("c", 3, Side.BUY, 10, 10_000, ts_ns=i)
+            o.transition(sub, i + 2)
+            o.transition(acc, i + 3)
+            o.apply_fill(Fill("f1", "c", 3, Side.BUY, 4, 100.0, ts_ns=i + 4))
+            o.apply_fill(Fill("f2", "c", 3, Side.BUY, 6, 100.01, ts_ns=i + 5))
+        n += 1000
+    return n / (time.perf_counter() - t0)
+
+
+def pool_rows(notes: list[str]) -> list[dict[str, Any]]:
+    """Row: order lifecycles per second, the pool beside the trading core's Order objects."""
+    notes.append("order lifecycle: alloc (or a new Order), sent, ack, two fills, free; the pool writes a "
+                 "preallocated structured array and allocates nothing, the trading core builds an Order and "
+                 "two Fill records per order")
+    return [row("order lifecycles (pool)", pool_cycle_rate(), "trading-core Order + Fill objects",
+                trading_order_cycle_rate(), "orders/s")]
+
+
 def main() -> int:
     notes = ["single process, no torch; default allocator; wall clock on a shared machine",
              "ratio = ours / peer (round trips: below 1 is faster; checks/s: above 1 is more)"]
     t0 = time.perf_counter()
-    rows = ouch_rows(notes) + risk_rows(notes)
+    rows = pool_rows(notes) + ouch_rows(notes) + risk_rows(notes)
     notes.append(f"whole run {time.perf_counter() - t0:.1f} s")
     report("hft_exec", rows, notes)
     return 0

@@ -145,8 +145,9 @@ class FixGateway:
                 p.on_fill(slot, ev.qty, ev.price_ticks, t)
                 out.append(OuchEvent("executed", slot, oid, ev.qty, ev.price_ticks, ev.liquidity, 0))
             elif k in (K.CANCELED, K.EXPIRED):
+                leaves = p.leaves(slot)
                 (p.on_cancel if k == K.CANCELED else p.on_expire)(slot)
-                out.append(OuchEvent("canceled", slot, oid, ev.leaves_qty, 0, ev.reason, 0))
+                out.append(OuchEvent("canceled", slot, oid, leaves, 0, ev.reason, 0))
             elif k == K.REPLACED:
                 p.on_replaced(slot, ev.qty, ev.price_ticks)
                 if o is not None:

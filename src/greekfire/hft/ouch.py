@@ -1164,8 +1164,11 @@ class OuchGateway:
                 p.on_replaced(slot, int(p._filled[slot]) + m.shares, m.price // upt)
                 events.append(OuchEvent("replaced", slot, oid, m.shares, m.price // upt, "", seq))
             elif type(m) is Rejected:
-                if version == 0 and int(p._st[slot]) == _SUBMITTED:
+                st = int(p._st[slot])
+                if version == 0 and st == _SUBMITTED:
                     p.on_reject(slot, t_ns=t)
+                elif version == 0 and p._t_ack[slot] == 0:  # refused before it was accepted, a cancel pending
+                    p.on_cancel(slot, t)
                 else:  # a refused replace: the order works on as it was
                     p.on_cancel_reject(slot)
                 events.append(OuchEvent("rejected", slot, oid, 0, 0, m.reason, seq))

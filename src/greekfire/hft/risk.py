@@ -35,6 +35,7 @@ reset).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,7 +46,9 @@ from greekfire.core.errors import ConfigError
 from greekfire.core.metrics import counter
 from greekfire.core.settings import RiskSettings
 from greekfire.hft.orders import OrderPool, reason_code, reason_of
+from greekfire.hft.ouch import OuchEvent
 from greekfire.trading.denials import Reason
+from greekfire.trading.orders import OrderStatus
 
 __all__ = ["ErrorRateBreaker", "FastLimits", "FastRisk", "LossBreaker", "LuldBands"]
 
@@ -293,6 +296,28 @@ class FastRisk:
             else:
                 pool.stamp_risk(s, t)
         return codes
+
+    def apply_events(self, events: Iterable[OuchEvent], pool: OrderPool, now_ns: int | None = None) -> None:
+        """Keep positions and pending quantities in step with a gateway's events: an execution fills, a cancel
+        gives back what it took off, a reject gives back the order's quantity and counts for every
+        :class:`ErrorRateBreaker` (``now_ns`` default ``time.monotonic_ns()``). Replaces are not reserved
+        again: check a replace that adds size as a new order."""
+        o = pool.orders
+        for ev in events:
+            slot = ev.slot
+            if slot < 0:
+                continue
+            inst, side = int(o["instrument"][slot]), int(o["side"][slot])
+            if ev.kind == "executed":
+                self.on_fill(inst, side, ev.qty, ev.price_ticks)
+            elif ev.kind == "canceled":
+                self.release(inst, side, ev.qty)
+            elif ev.kind == "rejected" and pool.status(slot) is OrderStatus.REJECTED:
+                self.release(inst, side, int(o["qty"][slot]) - int(o["filled"][slot]))
+                now = time.monotonic_ns() if now_ns is None else now_ns
+                for b in self.breakers:
+                    if isinstance(b, ErrorRateBreaker):
+                        b.record(now)
 
     def _count(self, codes: np.ndarray) -> None:
         for c, k in enumerate(np.bincount(codes, minlength=256).tolist()):

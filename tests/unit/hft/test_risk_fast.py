@@ -182,3 +182,31 @@ def test_screen_moves_the_pool() -> None:
     assert reasons(codes) == [None, Reason.MAX_QTY]
     assert pool.status(ok).value == "INITIALIZED" and pool.orders[ok]["t_risk_ns"] > 0
     assert pool.status(big).value == "DENIED" and reason_of(int(pool.orders[big]["reason"])) is Reason.MAX_QTY
+
+
+def test_apply_events_keeps_pending_and_positions_in_step() -> None:
+    from greekfire.hft.ouch import OuchEvent
+
+    err = ErrorRateBreaker(max_per_s=1)
+    r = risk(breakers=(err,))
+    pool = OrderPool(8)
+    a, b, c = (pool.alloc(0, 1, 50, 10_000) for _ in range(3))
+    assert not r.screen(pool, [a, b, c], NOW).any()
+    assert r.pending_buy[0] == 150
+    for s in (a, b, c):
+        pool.on_sent(s, 1)
+    pool.on_ack(a, 2)
+    pool.on_fill(a, 20, 10_000, 3)
+    pool.on_ack(b, 2)
+    pool.on_cancel(b)
+    pool.on_reject(c)
+    oid = lambda s: int(pool.orders[s]["order_id"])  # noqa: E731
+    r.apply_events([
+        OuchEvent("executed", a, oid(a), 20, 10_000, "R", 1),
+        OuchEvent("canceled", b, oid(b), 50, 0, "U", 2),
+        OuchEvent("rejected", c, oid(c), 0, 0, "O", 3),
+    ], pool, NOW)
+    assert r.position[0] == 20 and r.pending_buy[0] == 30  # a's 30 still working
+    assert r.cash[0] == -20 * 100.0
+    r.apply_events([OuchEvent("rejected", c, oid(c), 0, 0, "O", 4)] * 2, pool, NOW + 1)
+    assert err.is_tripped(NOW + 2)  # three rejects within a second, limit 1

@@ -37,7 +37,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numba as nb
 import numpy as np
@@ -46,9 +46,11 @@ from greekfire.core.errors import ConfigError
 from greekfire.core.metrics import counter
 from greekfire.core.settings import RiskSettings
 from greekfire.hft.orders import OrderPool, reason_code, reason_of
-from greekfire.hft.ouch import OuchEvent
 from greekfire.trading.denials import Reason
 from greekfire.trading.orders import OrderStatus
+
+if TYPE_CHECKING:
+    from greekfire.hft.ouch import OuchEvent
 
 __all__ = ["ErrorRateBreaker", "FastLimits", "FastRisk", "LossBreaker", "LuldBands"]
 

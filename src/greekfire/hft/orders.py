@@ -146,21 +146,9 @@ class OrderPool:
         self._top = top
         slot = int(self._free[top])
         self._seq += 1
-        self._oid[slot] = self._seq * self.capacity + slot
-        self._inst[slot] = instrument
-        self._side[slot] = side
-        self._qty[slot] = qty
-        self._px[slot] = price_ticks
-        self._st[slot] = _INIT
-        self._filled[slot] = 0
-        self._reason[slot] = 0
-        self._t_sig[slot] = t_signal_ns
-        self._t_risk[slot] = 0
-        self._t_sent[slot] = 0
-        self._t_ack[slot] = 0
-        self._t_fill[slot] = 0
-        self._avg[slot] = 0.0
-        self._tif[slot] = tif
+        # the whole row in one write (the fields in ORDER_DTYPE's order)
+        self.orders[slot] = (self._seq * self.capacity + slot, instrument, side, qty, price_ticks, _INIT, 0, 0,
+                             t_signal_ns, 0, 0, 0, 0, 0.0, tif)
         return slot
 
     def free(self, slot: int) -> None:
@@ -183,8 +171,9 @@ class OrderPool:
         return slot if self._oid[slot] == order_id else -1
 
     # ---------------------------------------------------------------- state machine
-    def _move(self, slot: int, new: int) -> None:
-        old = int(self._st[slot])
+    def _move(self, slot: int, new: int, old: int = -1) -> None:
+        if old < 0:
+            old = int(self._st[slot])
         if not _LEGAL[old][new]:
             raise IllegalTransition(str(int(self._oid[slot])), STATUS[old], STATUS[new])
         self._st[slot] = new
@@ -212,7 +201,7 @@ class OrderPool:
         pending; the stamp is taken either way)."""
         st = int(self._st[slot])
         if st != _PCANCEL and st != _PREPLACE:
-            self._move(slot, _ACCEPTED)
+            self._move(slot, _ACCEPTED, st)
         self._t_ack[slot] = t_ns
 
     def on_fill(self, slot: int, qty: int, price_ticks: int, t_ns: int) -> int:
@@ -229,7 +218,7 @@ class OrderPool:
         new_filled = filled + qty
         new = _FILLED if new_filled == total else _PARTIAL
         if new == _FILLED or (st != _PCANCEL and st != _PREPLACE):
-            self._move(slot, new)
+            self._move(slot, new, st)
         self._avg[slot] = (self._avg[slot] * filled + price_ticks * qty) / new_filled
         self._filled[slot] = new_filled
         if filled == 0:
@@ -275,7 +264,7 @@ class OrderPool:
         (an order that closed meanwhile stays closed)."""
         st = int(self._st[slot])
         if st in (_PCANCEL, _PREPLACE):
-            self._move(slot, self._resting(slot))
+            self._move(slot, self._resting(slot), st)
 
     def on_expire(self, slot: int) -> None:
         """The venue expired it: -> EXPIRED."""

@@ -93,7 +93,12 @@ def test_every_move_follows_the_trading_table(start: OrderStatus, target: OrderS
 
 def test_partial_fills_average_price_and_stamps() -> None:
     pool = OrderPool(8)
-    s = pool.alloc(instrument=7, side=-1, qty=100, price_ticks=10_000, t_signal_ns=1_000)
+    s = pool.alloc(instrument=7, side=-1, qty=100, price_ticks=10_000, t_signal_ns=1_000, tif=1)
+    row = pool.row(s)
+    assert row == {"order_id": row["order_id"], "instrument": 7, "side": -1, "qty": 100, "price_ticks": 10_000,
+                   "status": "INITIALIZED", "filled": 0, "reason": 0, "t_signal_ns": 1_000, "t_risk_ns": 0,
+                   "t_sent_ns": 0, "t_ack_ns": 0, "t_fill_ns": 0, "avg_px": 0.0, "tif": 1}
+    assert pool.slot_of(row["order_id"]) == s
     pool.stamp_risk(s, 1_500)
     pool.on_sent(s, 2_000)
     pool.on_ack(s, 5_000)

@@ -178,14 +178,15 @@ def test_signal_from_another_process_stops_the_loop_within_one_iteration() -> No
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "READY"
-        os.kill(proc.pid, signal.SIGUSR1)  # from outside, at any point of the loop
-        out = json.loads(proc.stdout.readline())
-    finally:
-        proc.wait(30)
+    with subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "READY"
+            os.kill(proc.pid, signal.SIGUSR1)  # from outside, at any point of the loop
+            out = json.loads(proc.stdout.readline())
+        finally:
+            if proc.wait(30) is None:
+                proc.kill()
     assert out["started_after_trip"] == 0  # no step began once a step had ended with the switch tripped
     assert out["reason"] == "signal SIGUSR1" and out["stopped"] and out["open"] == 0
     assert out["statuses"] == ["CANCELED"] * 5

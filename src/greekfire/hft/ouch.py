@@ -519,6 +519,8 @@ class OuchServer:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
 
     def __enter__(self) -> OuchServer:
         self.start()

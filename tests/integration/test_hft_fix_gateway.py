@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from greekfire.core.errors import ConfigError
+from greekfire.core.errors import ConfigError, DataError
 from greekfire.core.settings import load_settings
 from greekfire.fix.transport import FixThread
 from greekfire.hft.gateway import FixGateway, open_gateway
@@ -79,6 +79,11 @@ def test_pool_orders_over_fix(fix_rig: Any) -> None:
         pump(gw, lambda ev: "replaced" in [e.kind for e in ev])
         assert pool.status(rest[0]) is S.ACCEPTED and pool.orders[rest[0]]["qty"] == 5
         assert pool.orders[rest[0]]["price_ticks"] == bid[0] - 190
+        odd = pool.alloc(999, 1, 1, bid[0])
+        with pytest.raises(DataError):
+            gw.enter(odd)
+        assert pool.status(odd) is S.INITIALIZED
+        pool.free(odd)
         assert gw.cancel_all() == 3
         pump(gw, lambda ev: all(pool.status(s) is S.CANCELED for s in rest))
         assert len(pool.open_slots()) == 0

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conftest import poll_until
-from greekfire.core.errors import UnavailableError
+from greekfire.core.errors import DataError, UnavailableError
 from greekfire.hft.orders import OrderPool
 from greekfire.hft.ouch import OuchEvent, OuchGateway, OuchServer
 from greekfire.market.matching import Side
@@ -120,6 +120,14 @@ def test_cancel_all_and_rejects(server: OuchServer) -> None:
         gw.units_per_tick = upt
         pump(gw, lambda ev: "rejected" in kinds(ev))
         assert p.status(slots[0]) is S.ACCEPTED
+
+        # what the gateway cannot send is refused before the pool moves
+        for inst, side in ((5, 1), (0, 0)):
+            odd = p.alloc(inst, side, 1, 10_000)
+            with pytest.raises(DataError):
+                gw.enter(odd)
+            assert p.status(odd) is S.INITIALIZED
+            p.free(odd)
 
         assert gw.cancel_all() == 6
         assert all(p.status(s) is S.PENDING_CANCEL for s in slots)

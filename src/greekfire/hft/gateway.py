@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from greekfire.core.errors import ConfigError
+from greekfire.core.errors import ConfigError, DataError
 from greekfire.core.settings import Settings
 from greekfire.hft.orders import OrderPool
 from greekfire.hft.ouch import OuchEvent, OuchGateway
@@ -70,7 +70,10 @@ class FixGateway:
         o = self._orders.get(oid)
         if o is None:
             inst = int(p._inst[slot])
-            iid = self.instruments[inst] if self.instruments is not None else inst
+            iid = self.instruments.get(inst, -1) if self.instruments is not None else inst
+            known = getattr(self.venue, "instruments", None)
+            if iid < 0 or (isinstance(known, Mapping) and iid not in known):
+                raise DataError("instrument", inst, "an instrument the venue trades", slot)
             price = int(p._px[slot])
             tif = int(p._tif[slot])
             o = Order(str(oid), iid, Side(int(p._side[slot])), int(p._qty[slot]), price if price > 0 else None,

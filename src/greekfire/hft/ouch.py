@@ -1030,10 +1030,17 @@ class OuchGateway:
         """Send the pool order in ``slot`` (Enter Order) and mark it SUBMITTED, stamped ``t_ns``
         (default ``time.perf_counter_ns()``)."""
         p = self.pool
+        inst = int(p._inst[slot])
+        symbol = self.symbols.get(inst)
+        if symbol is None:
+            raise DataError("instrument", inst, "an instrument number the gateway has a symbol for", slot)
+        side = _SIDE_CODE.get(int(p._side[slot]))
+        if side is None:
+            raise DataError("side", int(p._side[slot]), "+1 (buy) or -1 (sell)", slot)
         self._version[slot] = 0
         price = int(p._px[slot])
         msg = EnterOrder(
-            self.token(slot, 0), _SIDE_CODE[int(p._side[slot])], int(p._qty[slot]), self.symbols[int(p._inst[slot])],
+            self.token(slot, 0), side, int(p._qty[slot]), symbol,
             price * self.units_per_tick if price > 0 else MARKET_PRICE,
             TIF_IOC if int(p._tif[slot]) in (2, 3) else TIF_SYSTEM_HOURS, self.firm,
         )

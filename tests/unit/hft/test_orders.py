@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def test_reason_codes_map_one_to_one() -> None:
 
 def _to(pool: OrderPool, slot: int, target: OrderStatus) -> None:
     """Drive a fresh slot to ``target`` through the pool's own methods."""
-    path = {
+    paths: dict[OrderStatus, list[Callable[[], object]]] = {
         S.INITIALIZED: [],
         S.DENIED: [lambda: pool.deny(slot, reason_code(Reason.MAX_QTY))],
         S.SUBMITTED: [lambda: pool.on_sent(slot, 1)],
@@ -56,8 +57,8 @@ def _to(pool: OrderPool, slot: int, target: OrderStatus) -> None:
         S.PENDING_REPLACE: [lambda: pool.on_sent(slot, 1), lambda: pool.on_ack(slot, 2),
                             lambda: pool.on_replace_request(slot)],
         S.EXPIRED: [lambda: pool.on_sent(slot, 1), lambda: pool.on_ack(slot, 2), lambda: pool.on_expire(slot)],
-    }[target]
-    for step in path:
+    }
+    for step in paths[target]:
         step()
     assert pool.status(slot) is target
 

@@ -19,6 +19,7 @@ from greekfire.hft.ouch import (
     CancelReject,
     EnterOrder,
     Executed,
+    OuchMessage,
     Rejected,
     Replaced,
     ReplaceOrder,
@@ -36,14 +37,14 @@ from greekfire.hft.ouch import (
     soup_packet,
 )
 
-INBOUND = [
+INBOUND: list[tuple[OuchMessage, int]] = [
     (EnterOrder("000000000001A0", "B", 100, "AAPL", 1_902_500, TIF_IOC, "GFIR", "Y", "A", "N", 0, "N", "R"), 49),
     (EnterOrder("T2", "S", 1, "MSFT", MARKET_PRICE), 49),
     (ReplaceOrder("000000000001A0", "000000000001A1", 250, 1_903_000, 99_999, "Y", "N", 0), 47),
     (CancelOrder("000000000001A1", 0), 19),
     (CancelOrder("X9", 40), 19),
 ]
-OUTBOUND = [
+OUTBOUND: list[tuple[OuchMessage, int]] = [
     (SystemEvent(34_200_000_000_000, "S"), 10),
     (Accepted(1, "TOK1", "B", 100, "AAPL", 1_902_500, 99_999, "GFIR", "Y", 987_654_321, "A", "N", 0, "N", "L", ""), 66),
     (Replaced(2, "TOK2", "S", 50, "AAPL", 1_903_000, 0, "", "Y", 5, "A", "N", 0, "N", "L", "TOK1", ""), 80),
@@ -55,16 +56,16 @@ OUTBOUND = [
 
 
 @pytest.mark.parametrize(("msg", "size"), INBOUND)
-def test_inbound_round_trip(msg: object, size: int) -> None:
-    data = encode(msg)  # type: ignore[arg-type]
+def test_inbound_round_trip(msg: OuchMessage, size: int) -> None:
+    data = encode(msg)
     assert len(data) == size
     assert data[:1] in (b"O", b"U", b"X")
     assert decode_inbound(data) == msg
 
 
 @pytest.mark.parametrize(("msg", "size"), OUTBOUND)
-def test_outbound_round_trip(msg: object, size: int) -> None:
-    data = encode(msg)  # type: ignore[arg-type]
+def test_outbound_round_trip(msg: OuchMessage, size: int) -> None:
+    data = encode(msg)
     assert len(data) == size
     assert decode_outbound(data) == msg
 
@@ -109,7 +110,7 @@ def test_soup_reader_reassembles_any_cut() -> None:
     stream = b"".join(packets)
     for cut in (1, 2, 3, 7, 40, len(stream) - 1):
         r = SoupReader()
-        got = []
+        got: list[tuple[bytes, bytes]] = []
         for chunk in (stream[:cut], stream[cut:]):
             r.feed(chunk)
             got.extend(r)
@@ -124,7 +125,7 @@ def test_soup_reader_reassembles_any_cut() -> None:
 
 def test_decode_batch_matches_single_decode() -> None:
     rng = np.random.default_rng(7)
-    msgs: list[object] = []
+    msgs: list[OuchMessage] = []
     for i in range(300):
         k = rng.integers(0, 3)
         if k == 0:

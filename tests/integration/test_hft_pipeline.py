@@ -125,3 +125,24 @@ def test_kill_switch_stops_every_order_from_the_next_loop(how: str, itch_file: P
     assert (after["reason"] == reason_code(Reason.KILL_SWITCH)).all()
     assert (after["t_sent"] == 0).all() and (after["filled"] == 0).all()
     assert result.stats["stages"]["gateway"]["kill_switch_tripped"]
+
+
+def test_pipeline_through_ouch_equals_the_same_orders_matched_in_one_process(itch_file: Path, tmp_path: Path) -> None:
+    """hft.gateway ouch: orders leave the gateway as OUCH 4.2 Enter Orders over SoupBinTCP to the OUCH exchange
+    simulator (one matching engine per symbol holding the file's closing book); the outcomes equal the same
+    orders matched against the same books in one process."""
+    group, port = "239.192.7.12", free_port()
+    need(multicast_works(group, port), "UDP multicast on the loopback interface does not come back here")
+    cfg = load_hft(overrides={
+        "workers": 1, "n_locates": 64, "max_orders": 1 << 17, "decide_every": 8, "enter": 0.12, "wait": "block",
+        "ring_capacity": 8192, "gateway": "ouch", "feed_group": group, "feed_port": port,
+        "risk": {"max_position": 1 << 30}, "status_file": str(tmp_path / "status.json"),
+    })
+    ref = reference_run(itch_file, cfg)
+    result = Pipeline(cfg, itch=itch_file, source="multicast", rate=100_000).run(timeout_s=300)
+    assert result.fills() == ref.fills()
+    filled = int(np.count_nonzero(result.orders["filled"] > 0))
+    assert filled > 10
+    ex = result.stats["exchange"]
+    assert ex["orders"] == len(result.orders) and ex["executions"] >= filled
+    assert result.latency_us["order->ack"]["count"] == len(result.orders)

@@ -997,7 +997,7 @@ class Pipeline:
         stats: dict[str, Any] = {"stages": final["stages"], "workers": {k: {x: v for x, v in got[k].items()
                                                               if x in ("messages", "bad_events", "replayed")}
                                                           for k in got if k.startswith("worker")},
-                 **{k: got[k] for k in ("feed", "strategy", "gateway") if k in got}}
+                 **{k: got[k] for k in ("feed", "strategy", "gateway", "exchange") if k in got}}
         return RunResult(depth, np.sort(orders, order="order_id"), state, list(self.losses),
                          self.latency.percentiles_us(), stats)
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import greekfire.hft.metrics as metrics
 from greekfire.core.errors import ConfigErrors
 from greekfire.core.metrics import sample_value
-from greekfire.hft import metrics
 from greekfire.hft.cluster import SIG_DTYPE
 from greekfire.hft.config import load_hft, stage_cpus, stage_names
 from greekfire.hft.features import F_SIGNAL
@@ -102,10 +102,11 @@ def test_hft_settings_and_cpus(tmp_path: Path) -> None:
 
 
 def test_metrics_count_what_grew() -> None:
-    status = {"stages": {"feedX": {"messages": 10, "drops": 2, "errors": 0}}, "orders": {"filled": 3},
+    feed: dict[str, int] = {"messages": 10, "drops": 2, "errors": 0}
+    status = {"stages": {"feedX": feed}, "orders": {"filled": 3},
               "latency_us": {"tick->order": {"count": 1, "p50": 7.0, "p99": 9.0, "p99.9": 9.5}}, "losses": []}
     metrics.publish(status)
-    status["stages"]["feedX"]["messages"] = 25
+    feed["messages"] = 25
     metrics.publish(status)
     assert sample_value("greekfire_hft_messages_total", {"stage": "feedX"}) == 25
     assert sample_value("greekfire_hft_drops_total", {"stage": "feedX"}) == 2

@@ -30,15 +30,10 @@ from common import report  # noqa: E402
 
 from greekfire.hft.cluster import BookFeatures, max_orders_for  # noqa: E402
 from greekfire.hft.config import feature_params, load_hft  # noqa: E402
-from greekfire.hft.pipeline import (  # noqa: E402
-    ExchangeSim,
-    _as_order_records,
-    _risk,
-    bench_settings,
-    bench_tick_to_order,
-    itch_ticks,
-)
+from greekfire.hft.pipeline import bench_settings, bench_tick_to_order  # noqa: E402
+from greekfire.hft.stages import as_order_records, make_risk  # noqa: E402
 from greekfire.hft.strategy import ImbalanceTaker  # noqa: E402
+from greekfire.hft.venues import ExchangeSim, itch_ticks  # noqa: E402
 from greekfire.market import synth  # noqa: E402
 
 RATES = (100_000, 1_000_000)
@@ -56,7 +51,7 @@ def single_process(cfg, rate: float, messages: int) -> dict:
         ex = ExchangeSim(path, cfg.n_locates)
     bf = BookFeatures(cfg.n_locates, max_orders_for(ticks), feature_params(cfg), decide_every=cfg.decide_every)
     taker = ImbalanceTaker(cfg.n_locates, cfg.order_qty, cfg.max_position)
-    risk = _risk(cfg)
+    risk = make_risk(cfg)
     hist = HdrHistogram(1, 60_000_000_000, 3)
     seq = ticks["seq"]
     t0 = time.perf_counter_ns() + 1_000_000
@@ -72,7 +67,7 @@ def single_process(cfg, rate: float, messages: int) -> dict:
         batch["t_rx"] = arrival[pos:end]
         orders = taker.on_signals(bf.process(batch))
         if len(orders):
-            ok = risk.check(_as_order_records(orders)) == 0
+            ok = risk.check(as_order_records(orders)) == 0
             sent = time.perf_counter_ns()
             for v in (sent - orders["t_rx"][ok]).tolist():
                 hist.record_value(max(v, 1))

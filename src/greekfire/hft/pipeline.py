@@ -5,14 +5,16 @@
     feed handler --ticks (broadcast)--> book/feature workers --sig{k}--> strategy --orders--> gateway (risk)
         --> exchange simulator --> gateway --reports--> coordinator (latency, fills, status)
 
-* **feed** (:func:`feed_main`): ITCH 5.0 over MoldUDP64 multicast (greekfire.hft.feed's FeedHandler), or the
-  file itself (``source="file"``); each book message becomes a :data:`~greekfire.hft.cluster.TICK_DTYPE`
-  record with its sequence number and receive stamp, logged in the replay log and published to every worker.
+* **feed** (greekfire.hft.stages.feed_main): ITCH 5.0 over MoldUDP64 multicast (greekfire.hft.feed's
+  FeedHandler), or the file itself (``source="file"``); each book message becomes a
+  :data:`~greekfire.hft.cluster.TICK_DTYPE` record with its sequence number and receive stamp, logged in the
+  replay log and published to every worker.
 * **workers** (greekfire.hft.cluster): books and features of their instruments, a decision record per
   decision point.
-* **strategy** (:func:`strategy_main`): :class:`~greekfire.hft.strategy.ImbalanceTaker`.
-* **gateway** (:func:`gateway_main`): fast pre-trade risk (greekfire.hft.risk), then the venue: ``sim`` is the
-  exchange simulator process on rings (:class:`ExchangeSim`).
+* **strategy** (greekfire.hft.stages.strategy_main): :class:`~greekfire.hft.strategy.ImbalanceTaker`.
+* **gateway** (greekfire.hft.stages.gateway_main): fast pre-trade risk (greekfire.hft.risk) and the kill
+  switch, then the venue: ``sim`` is the exchange simulator process on rings
+  (:class:`~greekfire.hft.venues.ExchangeSim`), ``ouch`` the OUCH 4.2 gateway to the OUCH exchange simulator.
 * **coordinator** (:class:`Pipeline`, the calling process): starts and watches the stages, moves a dead
   worker's instruments, folds the stamps into HDR histograms, writes the status file and the metrics.
 
@@ -43,12 +45,10 @@ import numpy as np
 from greekfire.core.errors import ConfigError, DataError, UnavailableError
 from greekfire.core.settings import HftSettings
 from greekfire.hft.cluster import (
-    END_KIND,
     SIG_DTYPE,
     TICK_DTYPE,
     BookFeatures,
     ClusterControl,
-    Idle,
     ReplayLog,
     max_orders_for,
     plan_devices,
@@ -57,145 +57,36 @@ from greekfire.hft.cluster import (
 )
 from greekfire.hft.config import feature_params, stage_cpus
 from greekfire.hft.latency import StageLatency
+from greekfire.hft.stages import (
+    C_DROPS,
+    C_ERRS,
+    C_GAPS,
+    C_KILLED,
+    C_MSGS,
+    C_RECOVERED,
+    C_STALLS,
+    DONE,
+    GO,
+    StageStats,
+    as_order_records,
+    exchange_main,
+    feed_main,
+    gateway_main,
+    make_risk,
+    ouch_exchange_main,
+    settle,
+    strategy_main,
+)
 from greekfire.hft.strategy import (
-    CANCELED,
-    FILLED,
     ORD_DTYPE,
-    PARTIAL,
     REJECTED,
     STATUS_NAMES,
     ImbalanceTaker,
 )
+from greekfire.hft.venues import ExchangeSim, itch_ticks, match_against, seed_liquidity
 from greekfire.market import itch
-from greekfire.market.book import OrderBooks
 
-# per-stage counters in shared memory: messages handled, drops, errors, stalls (waits on a full ring)
-C_MSGS, C_DROPS, C_ERRS, C_STALLS, C_GAPS, C_RECOVERED, C_KILLED = range(7)
 DEPTH_LEVELS = 10
-VENUE_REJECT = 255  # reason code of an order the venue refused (greekfire.hft.orders.VENUE_REJECT)
-
-
-# ------------------------------------------------------------------------------------------- ticks
-def itch_ticks(data: Any, framing: str = "length") -> tuple[np.ndarray, int]:
-    """The book messages of an ITCH buffer or file as ticks (sequence number = the message's 1-based
-    position in the stream), and the number of messages in the stream."""
-    msgs = itch.scan(data, framing)
-    ev, idx = itch.book_events(msgs)
-    t = np.zeros(len(ev), TICK_DTYPE)
-    t["ev"] = ev
-    t["seq"] = idx + 1
-    return t, len(msgs)
-
-
-def messages_to_ticks(msgs: list[bytes], first_seq: int) -> np.ndarray:
-    """Raw ITCH messages (in sequence order, the first numbered ``first_seq``) as ticks."""
-    scanned = itch.scan(np.frombuffer(itch.frame(msgs), np.uint8), sniff=False)
-    ev, idx = itch.book_events(scanned)
-    t = np.zeros(len(ev), TICK_DTYPE)
-    t["ev"] = ev
-    t["seq"] = idx + first_seq
-    return t
-
-
-# ------------------------------------------------------------------------------------------- exchange
-class ExchangeSim:
-    """The exchange simulator: it publishes the feed, so it knows every book at every sequence number. An
-    order decided at sequence number ``seq`` is an immediate-or-cancel limit order against the book of its
-    instrument as of ``seq``: a buy at or above the best ask fills min(qty, ask size) at the ask, a sell
-    likewise at the bid; the rest is canceled. Our fills do not change the public book (the feed's)."""
-
-    def __init__(self, data: Any, n_instruments: int, framing: str = "length") -> None:
-        ticks, _ = itch_ticks(data, framing)
-        ok = ticks["ev"]["book"] < n_instruments
-        ticks = ticks[ok]
-        self.events = np.ascontiguousarray(ticks["ev"])
-        self.seq = ticks["seq"]
-        order = np.argsort(self.events["book"], kind="stable")
-        self._order = order
-        self._starts = np.searchsorted(self.events["book"][order], np.arange(n_instruments + 1))
-        self._ptr = self._starts[:-1].copy()
-        self.books = OrderBooks(n_instruments, max_orders_for(self.events), 256)
-        self._status = np.zeros(len(self.events), np.int8)
-        self.n_instruments = n_instruments
-
-    def _advance(self, b: int, seq: int) -> None:
-        lo, hi = int(self._ptr[b]), int(self._starts[b + 1])
-        idx = self._order[lo:hi]
-        upto = lo + int(np.searchsorted(self.seq[idx], seq, side="right"))
-        if upto > lo:
-            self.books.apply_fast(self.events[self._order[lo:upto]], self._status[: upto - lo])
-            self._ptr[b] = upto
-
-    def execute(self, orders: np.ndarray) -> np.ndarray:
-        """Fill ``orders`` (:data:`ORD_DTYPE`, each instrument's in sequence order); returns them with
-        status, filled and fill_px set."""
-        out = orders.copy()
-        for i in range(len(out)):
-            o = out[i]
-            b = int(o["instrument"])
-            if not 0 <= b < self.n_instruments:
-                o["status"], o["reason"] = REJECTED, VENUE_REJECT
-                continue
-            self._advance(b, int(o["seq"]))
-            side = int(o["side"])
-            top = self.books.best_ask(b) if side > 0 else self.books.best_bid(b)
-            px = int(o["price"])
-            if top is not None and (px >= top[0] if side > 0 else px <= top[0]):
-                q = min(int(o["qty"]), int(top[1]))
-                o["filled"], o["fill_px"] = q, top[0]
-                o["status"] = FILLED if q == int(o["qty"]) else PARTIAL
-            else:
-                o["status"] = CANCELED
-        return out
-
-
-def symbol_of(instrument: int) -> str:
-    """The OUCH symbol of an instrument (its ITCH stock locate): ``L00042``."""
-    return f"L{instrument:05d}"
-
-
-def seed_liquidity(data: Any, n_instruments: int, framing: str = "length", levels: int = 64
-                   ) -> dict[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]]:
-    """The resting orders of the OUCH exchange simulator: each instrument's book at the end of the file,
-    ``levels`` levels a side, (price ticks, qty) -- liquidity the strategy's orders trade against."""
-    ex = ExchangeSim(data, n_instruments, framing)
-    out = {}
-    for b in range(n_instruments):
-        ex._advance(b, np.iinfo(np.int64).max)
-        bids, asks = ex.books.depth(b, levels)
-        if bids or asks:
-            out[b] = (bids, asks)
-    return out
-
-
-def match_against(orders: np.ndarray, seed: dict[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]]
-                  ) -> np.ndarray:
-    """What the OUCH exchange simulator does with ``orders`` (each instrument's in sequence order): one
-    matching engine per instrument (greekfire.market.matching, as the OUCH server runs) holding ``seed``,
-    immediate-or-cancel limit orders; returns the orders with status, filled and the average fill price."""
-    from greekfire.market.matching import MatchingEngine, Side, TimeInForce
-
-    books: dict[int, Any] = {}
-    out = orders.copy()
-    next_id = 1
-    for i in range(len(out)):
-        o = out[i]
-        b = int(o["instrument"])
-        if b not in books:
-            eng = books[b] = MatchingEngine(b)
-            for side, levels in ((Side.BUY, seed.get(b, ([], []))[0]), (Side.SELL, seed.get(b, ([], []))[1])):
-                for px, q in levels:
-                    eng.submit(next_id, 0, side, q, px)
-                    next_id += 1
-        reports = books[b].submit(next_id, 1, Side(int(o["side"])), int(o["qty"]), int(o["price"]),
-                                  tif=TimeInForce.IOC)
-        mine = [r for r in reports if r.order_id == next_id and r.kind.name == "TRADE"]
-        next_id += 1
-        filled = sum(r.qty for r in mine)
-        o["filled"] = filled
-        o["fill_px"] = round(sum(r.qty * r.price for r in mine) / filled) if filled else 0
-        o["status"] = FILLED if filled == int(o["qty"]) else PARTIAL if filled else CANCELED
-    return out
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -225,36 +116,6 @@ class RunResult:
                 "latency_us": self.latency_us, "stats": self.stats}
 
 
-def _risk(cfg: HftSettings, kill: Any = None) -> Any:
-    """The gateway's fast pre-trade checks (greekfire.hft.risk) with the ``hft.risk`` limits; ``kill``: a kill
-    switch whose trip denies every order (KILL_SWITCH)."""
-    from greekfire.hft.risk import FastLimits, FastRisk
-
-    r = cfg.risk
-    return FastRisk(FastLimits(max_order_qty=r.max_order_qty, max_notional=r.max_notional, max_position=r.max_position,
-                               max_orders_per_s=r.max_orders_per_s, tick_size=r.tick_size, multiplier=1.0),
-                    cfg.n_locates, kill=kill)
-
-
-def _settle(risk: Any, done: np.ndarray) -> None:
-    """Executions back into the risk state: fills move pending into the position, the rest is released."""
-    for o in done:
-        inst, side, qty, filled = int(o["instrument"]), int(o["side"]), int(o["qty"]), int(o["filled"])
-        if filled:
-            risk.on_fill(inst, side, filled, int(o["fill_px"]))
-        if qty > filled:
-            risk.release(inst, side, qty - filled)
-
-
-def _as_order_records(orders: np.ndarray) -> np.ndarray:
-    from greekfire.hft.orders import ORDER_DTYPE
-
-    rec = np.zeros(len(orders), ORDER_DTYPE)
-    for name, src in (("order_id", "order_id"), ("instrument", "instrument"), ("side", "side"), ("qty", "qty"),
-                      ("price_ticks", "price"), ("t_signal_ns", "t_signal")):
-        rec[name] = orders[src]
-    return rec
-
 
 def reference_run(data: Any, cfg: HftSettings, framing: str = "length") -> RunResult:
     """The whole pipeline in one process, in sequence order: books, features, strategy, risk, the venue of
@@ -266,8 +127,8 @@ def reference_run(data: Any, cfg: HftSettings, framing: str = "length") -> RunRe
                       backend=cfg.feature_backend, device="cpu")
     sig = bf.process(ticks)
     orders = ImbalanceTaker(cfg.n_locates, cfg.order_qty, cfg.max_position).on_signals(sig)
-    risk = _risk(cfg)
-    codes = risk.check(_as_order_records(orders))
+    risk = make_risk(cfg)
+    codes = risk.check(as_order_records(orders))
     orders["reason"] = codes
     orders["status"][codes != 0] = REJECTED
     passed = codes == 0
@@ -275,442 +136,11 @@ def reference_run(data: Any, cfg: HftSettings, framing: str = "length") -> RunRe
         done = match_against(orders[passed], seed_liquidity(data, cfg.n_locates, framing))
     else:
         done = ExchangeSim(data, cfg.n_locates, framing).execute(orders[passed])
-    _settle(risk, done)
+    settle(risk, done)
     orders[passed] = done
     return RunResult(bf.books.depth_array(DEPTH_LEVELS), np.sort(orders, order="order_id"), bf.engine.state,
                      stats={"decisions": len(sig), "ticks": len(ticks)})
 
-
-# ------------------------------------------------------------------------------------------- stage helpers
-def _publish_all(ring: Any, recs: np.ndarray, stats: np.ndarray | None = None) -> None:
-    """Publish every record, waiting while the ring is full (counted as stalls)."""
-    pos = 0
-    while pos < len(recs):
-        pos += ring.publish_batch(recs[pos:])
-        if pos < len(recs):
-            if stats is not None:
-                stats[C_STALLS] += 1
-            os.sched_yield()
-
-
-class _Stats:
-    """Per-stage counters in shared memory ``[n_stages, 8]`` int64."""
-
-    def __init__(self, shm: Any, n: int, owner: bool) -> None:
-        self._shm, self.name, self._owner = shm, shm.name, owner
-        self.arr = np.ndarray((n, 8), np.int64, shm.buf, 0)
-
-    @classmethod
-    def create(cls, n: int) -> _Stats:
-        from multiprocessing import shared_memory
-
-        s = cls(shared_memory.SharedMemory(create=True, size=n * 64), n, True)
-        s.arr[:] = 0
-        return s
-
-    @classmethod
-    def attach(cls, name: str, n: int) -> _Stats:
-        from greekfire.hft.cluster import _attach_shm
-
-        return cls(_attach_shm(name), n, False)
-
-    def close(self) -> None:
-        self.arr = None  # type: ignore[assignment]
-        with contextlib.suppress(BufferError):
-            self._shm.close()
-        if self._owner:
-            with contextlib.suppress(FileNotFoundError):
-                self._shm.unlink()
-
-
-def _stage_setup(cpu: int | None) -> None:
-    from greekfire.hft.cpu import pin
-
-    pin(cpu)
-
-
-GO = 4  # ClusterControl header word: every stage is ready, the feed may start
-VENUE = 5  # ClusterControl header word: port of the OUCH exchange simulator once it listens
-DONE = 6  # ClusterControl header word: the run is over (the OUCH exchange simulator may stop)
-
-
-def _wait_go(names: dict[str, str]) -> None:
-    ctl = ClusterControl.attach(names["control"])
-    while not ctl.head[GO]:
-        time.sleep(0.001)
-    ctl.close()
-
-
-# ------------------------------------------------------------------------------------------- feed stage
-def feed_main(cfg: HftSettings, names: dict[str, str], source: dict[str, Any], cpu: int | None, slot: int,
-              n_stages: int, out_q: Any) -> None:
-    """The feed stage: ITCH messages in (multicast or file), ticks out to the broadcast ring and the log."""
-    from greekfire.hft.cpu import gc_frozen
-    from greekfire.hft.ring import BroadcastRing
-
-    _stage_setup(cpu)
-    ring = BroadcastRing.attach(names["ticks"], TICK_DTYPE, 0)
-    log = ReplayLog.attach(names["log"])
-    st = _Stats.attach(names["stats"], n_stages)
-    stats = st.arr[slot]
-    end_tick = np.zeros(1, TICK_DTYPE)
-    end_tick["ev"]["kind"] = END_KIND
-    feed_stats: dict[str, Any] = {}
-    with gc_frozen():
-        if source["kind"] == "file":
-            ticks, _ = itch_ticks(Path(source["path"]), source.get("framing", "length"))
-            out_q.put(("ready", "feed"))
-            _wait_go(names)
-            rate = float(source.get("rate", 0.0))
-            batch = cfg.batch
-            t0 = time.perf_counter()
-            for a in range(0, len(ticks), batch):
-                if rate > 0:
-                    due = t0 + int(ticks["seq"][a]) / rate
-                    ahead = due - time.perf_counter()
-                    if ahead > 200e-6:
-                        time.sleep(ahead - 100e-6)
-                    while time.perf_counter() < due:
-                        pass
-                chunk = ticks[a : a + batch].copy()
-                chunk["t_rx"] = time.perf_counter_ns()
-                log.append(chunk)
-                chunk["t_pub"] = time.perf_counter_ns()
-                _publish_all(ring, chunk, stats)
-                stats[C_MSGS] += len(chunk)
-        else:
-            from greekfire.hft.feed import FeedHandler, UdpMulticast
-
-            transport = UdpMulticast(source["group"], int(source["port"]), source.get("iface", "127.0.0.1"))
-            handler = FeedHandler(transport, source.get("rerequest"), source.get("session"))
-            # the decoder's compiled kernels, loaded now rather than with the first packet (~0.5 s)
-            messages_to_ticks([itch.encode_message("A", stock_locate=1, order_ref=1, side=b"B", shares=1, price=1)], 1)
-            out_q.put(("ready", "feed"))
-            expect = int(source.get("expect", 0))
-            idle_s = float(source.get("idle_s", 5.0))
-            seq = 1
-            last = time.monotonic()
-            offset = time.time_ns() - time.perf_counter_ns()  # receive stamps (wall clock) -> perf clock
-            while True:
-                msgs, rx = handler.poll(0.005)
-                if msgs:
-                    last = time.monotonic()
-                    now = time.perf_counter_ns()
-                    nxt = handler.stats.get("next_seq")  # MoldUDP64 numbers messages from 1, as the file does
-                    if nxt:
-                        seq = int(nxt) - len(msgs)
-                    ticks = messages_to_ticks(msgs, seq)
-                    rx_a = np.asarray(rx, np.int64)
-                    idx = (ticks["seq"] - seq).astype(np.int64)
-                    stamp = rx_a[idx] - offset if len(rx_a) else np.full(len(idx), now)
-                    ticks["t_rx"] = np.where((stamp > 0) & (stamp <= now), stamp, now)
-                    seq += len(msgs)
-                    log.append(ticks)
-                    ticks["t_pub"] = time.perf_counter_ns()
-                    _publish_all(ring, ticks, stats)
-                    stats[C_MSGS] += len(msgs)
-                hs = handler.stats
-                stats[C_GAPS] = int(hs.get("gaps", 0))
-                stats[C_RECOVERED] = int(hs.get("recovered", 0))
-                stats[C_DROPS] = int(hs.get("unrecovered", 0)) + int(hs.get("drops", 0))
-                done = bool(getattr(handler, "complete", getattr(handler, "ended", False))) or \
-                    bool(expect and seq - 1 >= expect)
-                if done or (seq > 1 and time.monotonic() - last > idle_s):
-                    break
-            feed_stats = dict(handler.stats)
-            handler.close()
-    _publish_all(ring, end_tick)
-    out_q.put(("stage", "feed", {"log_overflow": log.overflow, "feed": feed_stats}))
-    ring.close()
-    log.close()
-    st.close()
-
-
-# ------------------------------------------------------------------------------------------- strategy stage
-def strategy_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot: int, n_stages: int,
-                  out_q: Any) -> None:
-    """The strategy stage: decision records from every worker in, orders out."""
-    from greekfire.hft.cpu import gc_frozen
-    from greekfire.hft.ring import Ring
-
-    _stage_setup(cpu)
-    ctl = ClusterControl.attach(names["control"])
-    sigs = [Ring.attach(names[f"sig{k}"], SIG_DTYPE) for k in range(ctl.n_workers)]
-    orders_ring = Ring.attach(names["orders"], ORD_DTYPE)
-    st = _Stats.attach(names["stats"], n_stages)
-    stats = st.arr[slot]
-    taker = ImbalanceTaker(ctl.n_instruments, cfg.order_qty, cfg.max_position)
-    ended: set[int] = set()
-    idle = Idle(cfg.wait)
-    ImbalanceTaker(2, 1, 1).on_signals(np.zeros(1, SIG_DTYPE))
-    out_q.put(("ready", "strategy"))
-    with gc_frozen():
-        while True:
-            got = 0
-            for k, r in enumerate(sigs):
-                view = r.consume(cfg.batch)
-                n = len(view)
-                if not n:
-                    continue
-                got += n
-                recs = view.copy()
-                r.release(n)
-                ends = recs["end"] != 0
-                if ends.any():
-                    ended.add(k)
-                    recs = recs[~ends]
-                stats[C_MSGS] += len(recs)
-                orders = taker.on_signals(recs)
-                if len(orders):
-                    _publish_all(orders_ring, orders, stats)
-            if not got:
-                if ended and set(ctl.living()) <= ended:
-                    break
-                idle()
-            else:
-                idle.reset()
-    end = np.zeros(1, ORD_DTYPE)
-    end["end"] = 1
-    _publish_all(orders_ring, end)
-    out_q.put(("stage", "strategy", {"decisions": taker.decisions, "duplicates_skipped": taker.duplicates}))
-    for r in (*sigs, orders_ring):
-        r.close()
-    ctl.close()
-    st.close()
-
-
-# ------------------------------------------------------------------------------------------- gateway stage
-def gateway_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot: int, n_stages: int,
-                 out_q: Any) -> None:
-    """The gateway stage: orders in, fast risk, the venue, outcomes out to the coordinator."""
-    from greekfire.hft.cpu import gc_frozen
-    from greekfire.hft.ring import Ring
-
-    _stage_setup(cpu)
-    orders_ring = Ring.attach(names["orders"], ORD_DTYPE)
-    to_ex = Ring.attach(names["to_exchange"], ORD_DTYPE)
-    from_ex = Ring.attach(names["from_exchange"], ORD_DTYPE)
-    reports = Ring.attach(names["reports"], ORD_DTYPE)
-    venue: _OuchVenue | None = None
-    if cfg.gateway == "ouch":  # our own OUCH exchange simulator (its port in the control table) or hft.venue_*
-        ctl = ClusterControl.attach(names["control"])
-        deadline = time.monotonic() + 60
-        while names.get("venue") == "own" and not ctl.head[VENUE] and time.monotonic() < deadline:
-            time.sleep(0.005)
-        port = int(ctl.head[VENUE]) if names.get("venue") == "own" else cfg.venue_port
-        ctl.close()
-        venue = _OuchVenue(cfg, cfg.venue_host if names.get("venue") != "own" else "127.0.0.1", port)
-    st = _Stats.attach(names["stats"], n_stages)
-    stats = st.arr[slot]
-    from greekfire.hft.killswitch import KillSwitch
-
-    # the kill switch: SIGUSR1 to this process (the coordinator forwards its own), the file, the HTTP port
-    kill = KillSwitch(cfg.killswitch_file, cfg.killswitch_port).start()
-    risk = _risk(cfg, kill)
-    rejected = 0
-    sent_end = False
-    killed = False
-    wait = Idle(cfg.wait)
-    risk.check(_as_order_records(np.zeros(0, ORD_DTYPE)))
-    out_q.put(("ready", "gateway"))
-    with gc_frozen():
-        while True:
-            idle = True
-            if not killed and kill.poll():  # one access() a loop; once tripped every order is denied
-                killed = True
-                stats[C_KILLED] = time.perf_counter_ns()
-                logging.getLogger("greekfire.hft").warning("hft kill switch tripped (%s): the gateway denies "
-                                                           "every order from now on", kill.reason)
-            view = orders_ring.consume(cfg.batch) if not sent_end else orders_ring.consume(0)
-            n = len(view)
-            if n:
-                idle = False
-                o = view.copy()
-                orders_ring.release(n)
-                end = o["end"] != 0
-                body = o[~end]
-                if len(body):
-                    codes = risk.check(_as_order_records(body))
-                    now = time.perf_counter_ns()
-                    body["t_risk"] = now
-                    bad = codes != 0
-                    if bad.any():
-                        r = body[bad]
-                        r["reason"], r["status"] = codes[bad], REJECTED
-                        rejected += len(r)
-                        _publish_all(reports, r, stats)
-                    ok = body[~bad]
-                    if venue is not None:
-                        venue.send(ok)
-                    else:
-                        ok["t_sent"] = time.perf_counter_ns()
-                        _publish_all(to_ex, ok, stats)
-                    stats[C_MSGS] += len(body)
-                if end.any():
-                    if venue is None:
-                        _publish_all(to_ex, o[end][:1])
-                    sent_end = True
-            if venue is not None:
-                acks = venue.poll()
-                if len(acks):
-                    idle = False
-                    acks["t_ack"] = time.perf_counter_ns()
-                    _publish_all(reports, acks, stats)
-                    _settle(risk, acks)
-                if sent_end and not venue.live:
-                    end_rec = np.zeros(1, ORD_DTYPE)
-                    end_rec["end"] = 1
-                    _publish_all(reports, end_rec)
-                    break
-                if idle:
-                    wait()
-                else:
-                    wait.reset()
-                continue
-            view = from_ex.consume(cfg.batch)
-            n = len(view)
-            if n:
-                idle = False
-                acks = view.copy()
-                from_ex.release(n)
-                acks["t_ack"] = time.perf_counter_ns()
-                _publish_all(reports, acks, stats)
-                _settle(risk, acks[acks["end"] == 0])
-                if (acks["end"] != 0).any():
-                    break
-            if idle:
-                wait()
-            else:
-                wait.reset()
-    kill.stop()
-    if venue is not None:
-        venue.close()
-    out_q.put(("stage", "gateway", {"risk_rejected": rejected, "killed": killed, "kill_reason": kill.reason,
-                                    "killed_ns": int(stats[C_KILLED])}))
-    for r in (orders_ring, to_ex, from_ex, reports):
-        r.close()
-    st.close()
-
-
-def exchange_main(cfg: HftSettings, names: dict[str, str], itch_path: str, framing: str, cpu: int | None,
-                  slot: int, n_stages: int, out_q: Any) -> None:
-    """The exchange simulator stage (:class:`ExchangeSim`): orders in, executions out."""
-    from greekfire.hft.ring import Ring
-
-    _stage_setup(cpu)
-    sim = ExchangeSim(Path(itch_path), cfg.n_locates, framing)
-    to_ex = Ring.attach(names["to_exchange"], ORD_DTYPE)
-    from_ex = Ring.attach(names["from_exchange"], ORD_DTYPE)
-    st = _Stats.attach(names["stats"], n_stages)
-    stats = st.arr[slot]
-    sim.books.apply_fast(sim.events[:1], np.zeros(1, np.int8))  # the kernels, loaded before the first order
-    sim.books = OrderBooks(sim.n_instruments, sim.books.max_orders, 256)
-    out_q.put(("ready", "exchange"))
-    idle = Idle(cfg.wait)
-    while True:
-        view = to_ex.consume(cfg.batch)
-        n = len(view)
-        if not n:
-            idle()
-            continue
-        idle.reset()
-        o = view.copy()
-        to_ex.release(n)
-        end = o["end"] != 0
-        done = sim.execute(o[~end])
-        _publish_all(from_ex, done, stats)
-        stats[C_MSGS] += len(done)
-        if end.any():
-            _publish_all(from_ex, o[end][:1])
-            break
-    out_q.put(("stage", "exchange", {}))
-    for r in (to_ex, from_ex):
-        r.close()
-    st.close()
-
-
-def ouch_exchange_main(cfg: HftSettings, names: dict[str, str], itch_path: str, framing: str, cpu: int | None,
-                       slot: int, n_stages: int, out_q: Any) -> None:
-    """The exchange simulator over OUCH 4.2 (greekfire.hft.ouch.OuchServer, the market core's matching engine
-    per symbol) holding :func:`seed_liquidity`; its port goes into the control table for the gateway."""
-    from greekfire.hft.ouch import OuchServer
-    from greekfire.market.matching import Side
-
-    _stage_setup(cpu)
-    ctl = ClusterControl.attach(names["control"])
-    seed = seed_liquidity(Path(itch_path), cfg.n_locates, framing)
-    srv = OuchServer("127.0.0.1", 0, tick_size=cfg.risk.tick_size)
-    port = srv.start()
-    for b, (bids, asks) in seed.items():
-        for side, levels in ((Side.BUY, bids), (Side.SELL, asks)):
-            for px, q in levels:
-                srv.rest(symbol_of(b), side, q, px)
-    ctl.head[VENUE] = port
-    out_q.put(("ready", "exchange"))
-    while not ctl.head[DONE]:
-        time.sleep(0.01)
-    counters = dict(srv.counters)
-    srv.stop()
-    out_q.put(("stage", "exchange", counters))
-    ctl.close()
-
-
-def _ouch_outcome(pool: Any, slot: int, rec: np.void) -> bool:
-    """Fill ``rec`` from pool order ``slot`` when that order is closed; True then."""
-    from greekfire.hft.orders import STATUS
-    from greekfire.trading.orders import OrderStatus
-
-    st = STATUS[int(pool.orders[slot]["status"])]
-    if st not in (OrderStatus.FILLED, OrderStatus.CANCELED, OrderStatus.REJECTED, OrderStatus.EXPIRED,
-                  OrderStatus.DENIED):
-        return False
-    filled = int(pool.orders[slot]["filled"])
-    rec["filled"] = filled
-    rec["fill_px"] = round(float(pool.orders[slot]["avg_px"])) if filled else 0
-    if st == OrderStatus.REJECTED or st == OrderStatus.DENIED:
-        rec["status"], rec["reason"] = REJECTED, int(pool.orders[slot]["reason"]) or VENUE_REJECT
-    else:
-        rec["status"] = FILLED if filled == int(rec["qty"]) else PARTIAL if filled else CANCELED
-    return True
-
-
-class _OuchVenue:
-    """The gateway's side of OUCH: pool orders through greekfire.hft.gateway's OUCH gateway, outcomes back as
-    order records."""
-
-    def __init__(self, cfg: HftSettings, host: str, port: int) -> None:
-        from greekfire.hft.gateway import open_gateway
-        from greekfire.hft.orders import OrderPool
-
-        self.pool = OrderPool(1 << 16)
-        self.gw = open_gateway("ouch", self.pool, host=host, port=port,
-                               symbols={i: symbol_of(i) for i in range(cfg.n_locates)}, tick_size=cfg.risk.tick_size)
-        self.meta = np.zeros(self.pool.capacity, ORD_DTYPE)
-        self.live: set[int] = set()
-
-    def send(self, orders: np.ndarray) -> None:
-        for o in orders:
-            slot = self.pool.alloc(int(o["instrument"]), int(o["side"]), int(o["qty"]), int(o["price"]),
-                                   int(o["t_signal"]), 2)  # immediate or cancel
-            now = time.perf_counter_ns()
-            self.meta[slot] = o
-            self.meta[slot]["t_sent"] = now
-            self.gw.enter(slot, now)
-            self.live.add(slot)
-
-    def poll(self) -> np.ndarray:
-        events = self.gw.poll(0.0)
-        done = []
-        for slot in {e.slot for e in events if e.slot >= 0} & self.live:
-            rec = self.meta[slot].copy()
-            if _ouch_outcome(self.pool, slot, rec):
-                done.append(rec)
-                self.live.discard(slot)
-                self.pool.free(slot)
-        return np.array(done, ORD_DTYPE) if done else np.zeros(0, ORD_DTYPE)
-
-    def close(self) -> None:
-        self.gw.stop()
 
 
 # ------------------------------------------------------------------------------------------- coordinator
@@ -765,7 +195,7 @@ class Pipeline:
         self.n_messages = len(n_msgs)
         self.log = ReplayLog.create(max(self.n_messages + 16, 1024))
         self.stage_names = ["feed", *[f"worker{k}" for k in range(w)], "strategy", "gateway", "exchange"]
-        self.stats = _Stats.create(len(self.stage_names))
+        self.stats = StageStats.create(len(self.stage_names))
         self.store = tempfile.mkdtemp(prefix="greekfire-hft-")
         self.names = {k: r.name for k, r in self.rings.items()}
         self.names.update(control=self.ctl.name, log=self.log.name, stats=self.stats.name, store=self.store)
@@ -786,7 +216,7 @@ class Pipeline:
         self._create()
         ctx = mp.get_context("forkserver")
         with contextlib.suppress(ValueError):
-            ctx.set_forkserver_preload(["greekfire.hft.pipeline", "greekfire.hft.risk"])
+            ctx.set_forkserver_preload(["greekfire.hft.pipeline", "greekfire.hft.stages", "greekfire.hft.risk"])
         self.q = ctx.Queue()
         n, cfg, names = len(self.stage_names), self.cfg, self.names
         if self.source == "file":
@@ -1031,6 +461,7 @@ class Pipeline:
         self._release()
 
 
+
 # ------------------------------------------------------------------------------------------- benchmark
 def bench_settings(cfg: HftSettings, n_stocks: int) -> HftSettings:
     """The benchmark's strategy: a decision every 16 messages, a low threshold and no position cap, so that
@@ -1069,3 +500,4 @@ def bench_tick_to_order(cfg: HftSettings, *, rate: float, messages: int = 200_00
             "p99.9_us": lat.get("p99.9", float("nan")), "feed_drops": stages["feed"]["drops"],
             "feed_gaps": stages["feed"].get("gaps", 0), "stalls": sum(v["stalls"] for v in stages.values()),
             "stages_us": {k: v.get("p99") for k, v in res.latency_us.items()}}
+

@@ -18,8 +18,8 @@ from greekfire.hft.cluster import SIG_DTYPE
 from greekfire.hft.config import load_hft, stage_cpus, stage_names
 from greekfire.hft.features import F_SIGNAL
 from greekfire.hft.latency import StageLatency
-from greekfire.hft.pipeline import ExchangeSim, itch_ticks
 from greekfire.hft.strategy import CANCELED, FILLED, ORD_DTYPE, PARTIAL, ImbalanceTaker
+from greekfire.hft.venues import ExchangeSim, itch_ticks
 from greekfire.market.itch import encode_message, frame
 
 runner = CliRunner()

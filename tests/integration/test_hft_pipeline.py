@@ -146,3 +146,22 @@ def test_pipeline_through_ouch_equals_the_same_orders_matched_in_one_process(itc
     ex = result.stats["exchange"]
     assert ex["orders"] == len(result.orders) and ex["executions"] >= filled
     assert result.latency_us["order->ack"]["count"] == len(result.orders)
+
+
+def test_packets_lost_on_the_wire_are_recovered_and_change_nothing(itch_file: Path, tmp_path: Path) -> None:
+    """Messages the feed server never multicasts reach the books through the re-request server: the run ends
+    with the books and fills of the replay, every gap recovered, none given up."""
+    group, port = "239.192.7.13", free_port()
+    need(multicast_works(group, port), "UDP multicast on the loopback interface does not come back here")
+    cfg = load_hft(overrides={
+        "workers": 2, "n_locates": 64, "max_orders": 1 << 17, "decide_every": 8, "enter": 0.12, "wait": "block",
+        "ring_capacity": 8192, "feed_group": group, "feed_port": port, "status_file": str(tmp_path / "status.json"),
+    })
+    lost = tuple(range(5_000, 120_000, 9_973)) + (60_001, 60_002, 60_003)
+    ref = reference_run(itch_file, cfg)
+    result = Pipeline(cfg, itch=itch_file, source="multicast", rate=100_000, drop=lost).run(timeout_s=300)
+    feed = result.stats["feed"]["feed"]
+    assert feed["gaps"] >= 10 and feed["recovered"] >= len(lost) and feed["unrecovered"] == 0
+    assert result.stats["stages"]["feed"]["recovered"] >= len(lost)
+    assert np.array_equal(result.depth, ref.depth)
+    assert result.fills() == ref.fills() and len(result.orders) > 10

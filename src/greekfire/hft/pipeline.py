@@ -150,7 +150,8 @@ class Pipeline:
     ``itch``: the file the exchange simulator knows (and the feed replays with ``source="file"``);
     ``source``: ``multicast`` (the feed handler joins ``hft.feed_group:feed_port``; ``serve=True`` starts a
     FeedServer replaying ``itch`` at ``rate`` msgs/s once the handler listens) or ``file`` (the feed stage
-    reads ``itch`` itself at ``rate``).
+    reads ``itch`` itself at ``rate``). ``drop``: sequence numbers our feed server never multicasts (the
+    handler gets them from the re-request server: loss on purpose, for tests and demos).
 
     Example::
 
@@ -160,7 +161,8 @@ class Pipeline:
     """
 
     def __init__(self, cfg: HftSettings, *, itch: Path, source: str = "multicast", rate: float = 0.0,
-                 serve: bool = True, framing: str = "length", on_status: Any = None) -> None:
+                 serve: bool = True, framing: str = "length", on_status: Any = None, drop: tuple[int, ...] = ()
+                 ) -> None:
         if cfg.gateway not in ("sim", "ouch"):
             raise ConfigError("hft.gateway", cfg.gateway, "sim or ouch (the FIX venue is not wired into the pipeline)")
         if source not in ("multicast", "file"):
@@ -169,6 +171,7 @@ class Pipeline:
             raise DataError("itch", str(itch), "an existing ITCH 5.0 file")
         self.cfg, self.itch, self.source, self.rate, self.serve, self.framing = cfg, Path(itch), source, rate, serve, framing
         self.on_status = on_status
+        self.drop = tuple(drop)  # sequence numbers our feed server never multicasts (re-sent on request): tests
         self.devices = plan_devices(cfg.workers, cfg.device)
         self.n_workers = len(self.devices)
         self.cpus = stage_cpus(cfg.model_copy(update={"workers": self.n_workers}))
@@ -228,7 +231,7 @@ class Pipeline:
 
                 self._server = FeedServer(self.itch, cfg.feed_group, cfg.feed_port, rate=self.rate,
                                           session=cfg.feed_session, rerequest_port=cfg.rerequest_port,
-                                          framing=self.framing)
+                                          framing=self.framing, drop=self.drop)
                 rereq = tuple(self._server.rerequest_address)
             src = {"kind": "multicast", "group": cfg.feed_group, "port": cfg.feed_port, "iface": cfg.feed_iface,
                    "session": cfg.feed_session, "expect": self.n_messages, "rerequest": rereq}

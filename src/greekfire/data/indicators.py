@@ -128,12 +128,13 @@ def rsi_tensor(close: torch.Tensor, n: int = RSI_LENGTH) -> torch.Tensor:
     d = torch.diff(x, dim=-1)
     gain, loss = d.clamp(min=0.0), (-d).clamp(min=0.0)
     avg_g, avg_l = gain[..., :n].mean(dim=-1), loss[..., :n].mean(dim=-1)
-    vals = [_rsi_of(avg_g, avg_l)]
+    gs, ls = [avg_g], [avg_l]
     for i in range(n, t - 1):  # Wilder's smoothing, every row at once
         avg_g = (avg_g * (n - 1) + gain[..., i]) / n
         avg_l = (avg_l * (n - 1) + loss[..., i]) / n
-        vals.append(_rsi_of(avg_g, avg_l))
-    out[..., n:] = torch.stack(vals, dim=-1)
+        gs.append(avg_g)
+        ls.append(avg_l)
+    out[..., n:] = _rsi_of(torch.stack(gs, dim=-1), torch.stack(ls, dim=-1))
     return out
 
 

@@ -97,11 +97,13 @@ class Candidates:
 
     def to(self, device: torch.device | str) -> Candidates:
         """The same rows on ``device``."""
-        return replace(self, **{k: v.to(device) for k, v in self._tensors().items()})
+        changes: dict[str, Any] = {k: v.to(device) for k, v in self._tensors().items()}
+        return replace(self, **changes)
 
     def rows(self, index: torch.Tensor | slice) -> Candidates:
         """A subset of the rows (a slice or an index tensor)."""
-        return replace(self, **{k: v[index] for k, v in self._tensors().items()})
+        changes: dict[str, Any] = {k: v[index] for k, v in self._tensors().items()}
+        return replace(self, **changes)
 
     @classmethod
     def from_columns(cls, symbols: Sequence[str], columns: Mapping[str, Any],

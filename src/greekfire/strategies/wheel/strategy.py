@@ -282,9 +282,7 @@ class WheelStrategy(Strategy):
             for right, when in ((-1.0, cfg.put_write_when), (1.0, cfg.call_write_when)):
                 why = ""
                 if math.isfinite(mv):
-                    if when == "green" and mv <= 0:
-                        why = f"{when} days only: the close moved {mv:+.2%}"
-                    elif when == "red" and mv >= 0:
+                    if when == "green" and mv <= 0 or when == "red" and mv >= 0:
                         why = f"{when} days only: the close moved {mv:+.2%}"
                     elif cfg.write_threshold_sigma > 0 and math.isfinite(sd):
                         if abs(math.log1p(mv)) < cfg.write_threshold_sigma * sd:

@@ -131,8 +131,18 @@ class Candidates:
         :data:`COLUMNS`."""
         cols: dict[str, Any] = {c: frame[c] for c in frame.columns}
         if "sym" not in cols:
-            names = list(symbols) if symbols is not None else sorted(frame["symbol"].unique())
-            cols["sym"] = frame["symbol"].map({s: i for i, s in enumerate(names)}).to_numpy()
+            col = frame["symbol"]
+            if symbols is not None:
+                names = list(symbols)
+                codes = pd.Index(names).get_indexer(col)
+                if (codes < 0).any():
+                    raise KeyError(f"symbols {sorted(set(col[codes < 0]))} are not among {names}")
+            elif isinstance(col.dtype, pd.CategoricalDtype):  # chain data: codes are already there
+                names, codes = [str(x) for x in col.cat.categories], col.cat.codes.to_numpy()
+            else:
+                codes, uniques = pd.factorize(col, sort=True)
+                names = [str(x) for x in uniques]
+            cols["sym"] = np.asarray(codes, dtype=np.int64)
             symbols = names
         if symbols is None:
             raise KeyError("a frame with a sym column needs its symbols")
@@ -195,9 +205,10 @@ def _components(c: Candidates, config: WheelConfig) -> tuple[torch.Tensor, torch
     return mid, spread, yld, liq
 
 
-def _filters(c: Candidates, config: WheelConfig) -> torch.Tensor:
+def _filters(c: Candidates, config: WheelConfig,
+             comps: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Every filter but the delta one (bool per row)."""
-    mid, spread, yld, _ = _components(c, config)
+    mid, spread, yld, _ = comps if comps is not None else _components(c, config)
     return ((c.bid > 0) & (c.ask >= c.bid) & (c.open_interest >= config.min_open_interest)
             & (c.volume >= config.min_volume) & (spread <= config.max_spread) & (mid >= config.min_premium)
             & (yld >= config.min_annual_yield) & (c.dte >= c.dte_target) & (c.dte <= c.max_dte)
@@ -207,11 +218,12 @@ def _filters(c: Candidates, config: WheelConfig) -> torch.Tensor:
 
 def score_rows(c: Candidates, delta: torch.Tensor, config: WheelConfig) -> torch.Tensor:
     """Per row ``(score, mask, yield, liquidity)`` stacked as a (rows, 4) float64 tensor (mask as 0/1)."""
-    _, _, yld, liq = _components(c, config)
+    comps = _components(c, config)
+    _, _, yld, liq = comps
     dist = (delta.abs() - c.target_delta).abs()
     score = (-dist - config.score_dte_weight * (c.dte - c.dte_target) / 365.0
              + config.score_yield_weight * yld + config.score_liquidity_weight * liq)
-    mask = _filters(c, config) & (delta.abs() <= c.target_delta + 1e-12) & torch.isfinite(delta)
+    mask = _filters(c, config, comps) & (delta.abs() <= c.target_delta + 1e-12) & torch.isfinite(delta)
     return torch.stack([score, mask.to(_F64), yld, liq], dim=1)
 
 
@@ -325,7 +337,7 @@ def select_pandas(frame: pd.DataFrame, config: WheelConfig) -> dict[tuple[str, f
     keys = frame["symbol"] if "symbol" in frame.columns else frame["sym"]
     table = pd.DataFrame({"key": keys.to_numpy(), "right": frame["right"].to_numpy(),
                           "score": scores.to_numpy(), "pos": np.arange(len(frame))}).dropna(subset=["score"])
-    best = table.loc[table.groupby(["key", "right"], sort=False)["score"].idxmax()]
+    best = table.loc[table.groupby(["key", "right"], sort=False, observed=True)["score"].idxmax()]
     return {(k, float(rt)): int(p) for k, rt, p in zip(best["key"], best["right"], best["pos"], strict=True)}
 
 
@@ -350,7 +362,7 @@ def synthetic_candidates(n: int, n_symbols: int = 10, seed: int = 0, config: Whe
     bid = np.maximum(np.round(value - half, 2), 0.0)
     ask = np.round(value + half, 2) + 0.01
     return pd.DataFrame({
-        "symbol": np.array(names)[sym], "right": right, "strike": strike, "dte": dte, "bid": bid, "ask": ask,
+        "symbol": pd.Categorical.from_codes(sym, names), "right": right, "strike": strike, "dte": dte, "bid": bid, "ask": ask,
         "open_interest": rng.integers(0, 5000, n).astype(np.float64),
         "volume": rng.integers(0, 500, n).astype(np.float64), "iv": iv, "spot": spot,
         "target_delta": np.where(right > 0, cfg.call_delta, cfg.put_delta), "dte_target": float(cfg.dte),

@@ -348,6 +348,10 @@ class WheelSettings(Section):
     score_yield_weight: float = Field(0.0, ge=0, description="score weight of the annualised yield")
     score_liquidity_weight: float = Field(0.01, ge=0, description="score weight of the liquidity score (0..1)")
     limit_fraction: float = Field(0.5, ge=0, le=1, description="limit price: bid + this fraction of the spread")
+    cycle_time: str = Field(
+        "15:30", pattern=r"^\d{2}:\d{2}$", description="on the engine: the daily cycle runs at the first timer "
+        "tick at or after this New York time (HH:MM)"
+    )
     device: str = Field("auto", description="strike-scoring device: auto, cpu, cuda or cuda:N")
     batch_rows: int = Field(1_000_000, ge=1, description="candidate rows scored per batch (halved on OOM)")
 

@@ -119,7 +119,9 @@ class WheelStrategy(Strategy):
         self.reconcile()
 
     def on_timer(self, now_ns: int) -> None:
-        if _ny_date(now_ns) != self._day:
+        """The engine's timer: the day's cycle at the first tick at or after ``wheel.cycle_time`` (New York)."""
+        local = datetime.fromtimestamp(now_ns / 1e9, UTC).astimezone(NY)
+        if local.date() != self._day and local.strftime("%H:%M") >= self.config.cycle_time:
             self.cycle(now_ns)
 
     def on_fill(self, fill: Fill) -> None:

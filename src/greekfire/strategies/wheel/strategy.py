@@ -517,14 +517,14 @@ class WheelStrategy(Strategy):
         inst = self.ctx.instruments[iid]
         px = q.bid + self.config.limit_fraction * (q.ask - q.bid)
         ticks = math.floor(px / inst.tick_size + 1e-9)
-        return ticks if ticks >= 1 else None
+        return self.ctx.ticks(iid, inst.from_ticks(ticks)) if ticks >= 1 else None
 
     def _buy_limit(self, iid: int, ask: float) -> int:
         q = self.ctx.quotes[iid]
         inst = self.ctx.instruments[iid]
         bid = q.bid if q.bid > 0 else 0.0
         px = ask - self.config.limit_fraction * (ask - bid)
-        return max(1, math.ceil(px / inst.tick_size - 1e-9))
+        return self.ctx.ticks(iid, inst.from_ticks(max(1, math.ceil(px / inst.tick_size - 1e-9))))
 
     def _open(self, w: _Want, iid: int) -> None:
         inst = self.ctx.instruments[iid]
@@ -588,7 +588,7 @@ class WheelStrategy(Strategy):
         q = self.ctx.quotes.get(und.instrument_id)
         spot = self.ctx.spots[sym]
         px = q.bid if q is not None and q.bid > 0 else spot
-        ticks = max(1, math.floor(px / und.tick_size + 1e-9))
+        ticks = self.ctx.ticks(und.instrument_id, und.from_ticks(max(1, math.floor(px / und.tick_size + 1e-9))))
         self._send(sym, und.instrument_id, Side.SELL, n, ticks, _Order(sym, "shares", E.SHARES_SOLD, why, {"spot": spot}))
 
     def _send(self, sym: str, iid: int, side: Side, qty: int, ticks: int, rec: _Order) -> bool:

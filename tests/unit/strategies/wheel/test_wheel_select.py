@@ -114,3 +114,25 @@ def test_american_deltas_come_from_the_american_engine_near_the_target() -> None
     # given deltas are taken as they are (the pandas twin reads the same column)
     given = f.assign(delta=sel.delta.numpy())
     assert select(Candidates.from_frame(given), cfg, "cpu").best == select_pandas(given, cfg)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    import greekfire.strategies.wheel.select as sel_mod
+
+    f = synthetic_candidates(3000, n_symbols=5, seed=9, config=CFG)
+    c = Candidates.from_frame(f)
+    want = select(c, CFG, "cpu")
+    real = sel_mod.score_rows
+    sizes: list[int] = []
+
+    def tight(rows: Candidates, delta: torch.Tensor, config: WheelConfig) -> torch.Tensor:
+        sizes.append(len(rows))
+        if len(rows) > 700:  # a device that holds at most 700 rows at once
+            raise MemoryError("simulated: out of memory")
+        return real(rows, delta, config)
+
+    monkeypatch.setattr(sel_mod, "score_rows", tight)
+    got = select(c, CFG, "cpu")
+    assert got.best == want.best and torch.equal(got.score, want.score)
+    scored = [n for n in sizes if n <= 700]  # the batches that went through, after the halvings
+    assert sizes[0] == 3000 and sum(scored) == 3000 and sizes[len(sizes) - len(scored):] == scored

@@ -96,6 +96,7 @@ class BacktestContext(StrategyContext):
         self.strategy_id = strategy_id
         self.params = dict(params or {})
         self.instruments: dict[int, Instrument] = {}
+        self.known: dict[int, Instrument] = {}  # every instrument ever listed (for the trade list)
         self.by_symbol: dict[str, Instrument] = {}
         self.positions: dict[int, int] = {}
         self.greeks: dict[str, GreekRow] = {}
@@ -125,12 +126,15 @@ class BacktestContext(StrategyContext):
 
     # ---------------------------------------------------------------- the day
     def set_day(self, day: MarketDay) -> None:
-        """Take the day's market: instruments listed (held ones stay known), quotes, marks, vols, stats."""
+        """Take the day's market: the instruments listed today (and those held or with an open order), quotes,
+        marks, vols, stats."""
         self.day = day
         self._now = day.now_ns
-        for inst in day.instruments:
-            self.instruments[inst.instrument_id] = inst
-            self.by_symbol[inst.symbol] = inst
+        held = {iid: self.instruments[iid] for iid in self.positions}  # known until they are gone
+        held |= {o.instrument_id: self.instruments[o.instrument_id] for o in self.open_orders()}
+        self.instruments = {**held, **{inst.instrument_id: inst for inst in day.instruments}}
+        self.by_symbol = {inst.symbol: inst for inst in self.instruments.values()}
+        self.known.update(self.instruments)
         self.quotes = dict(day.quotes)
         self.stats = dict(day.stats)
         self.vols = dict(day.vols)
@@ -431,11 +435,11 @@ def run_backtest(
         if progress is not None:
             progress(i + 1, n)
     trades = [{"date": pd.Timestamp(f.ts_ns, unit="ns", tz="UTC").tz_convert("America/New_York").date(),
-               "ts_ns": f.ts_ns, "symbol": ctx.instruments[f.instrument_id].underlying,
-               "instrument": ctx.instruments[f.instrument_id].symbol, "side": int(f.side), "qty": f.qty,
+               "ts_ns": f.ts_ns, "symbol": ctx.known[f.instrument_id].underlying,
+               "instrument": ctx.known[f.instrument_id].symbol, "side": int(f.side), "qty": f.qty,
                "price": f.price, "fee": f.fee, "kind": "fill"} for f in ctx.fills]
     trades += [{"date": pd.Timestamp(s.ts_ns, unit="ns", tz="UTC").tz_convert("America/New_York").date(),
-                "ts_ns": s.ts_ns, "symbol": s.underlying, "instrument": ctx.instruments[s.instrument_id].symbol,
+                "ts_ns": s.ts_ns, "symbol": s.underlying, "instrument": ctx.known[s.instrument_id].symbol,
                 "side": 1 if s.qty < 0 else -1, "qty": abs(s.qty), "price": s.price, "fee": 0.0,
                 "kind": s.kind.value + ("_early" if s.early else "")} for s in ctx.settlements]
     cols = ["date", "ts_ns", "symbol", "instrument", "side", "qty", "price", "fee", "kind"]

@@ -206,7 +206,7 @@ class WheelStrategy(Strategy):
                 ctx.cancel(order)
                 self._orders.pop(order.client_id, None)
         self.reconcile()
-        allowed = self._entry_filters()
+        allowed = self.entry_filters()
         wants: list[_Want] = []
         for sym in self.config.symbols:
             if ctx.spots.get(sym) is None:
@@ -262,8 +262,10 @@ class WheelStrategy(Strategy):
                 if i.is_option and i.underlying == sym and i.expiry_ns > self._now]
 
     # ---------------------------------------------------------------- entry filters (tensors)
-    def _entry_filters(self) -> dict[tuple[str, float], str]:
-        """(symbol, right) -> '' when a new leg may be written, else the reason it may not."""
+    def entry_filters(self) -> dict[tuple[str, float], str]:
+        """(symbol, right) -> '' when a new leg may be written, else the reason it may not. The day-move
+        filters need the previous close; the SMA, RSI and IV-rank filters let a leg be written until they have
+        the history they need. Computed on tensors for all symbols at once."""
         cfg = self.config
         syms = [s for s in cfg.symbols if self.closes[s]]
         out: dict[tuple[str, float], str] = {}
@@ -283,7 +285,10 @@ class WheelStrategy(Strategy):
             mv, sd = float(move[k]), float(sigma[k])
             for right, when in ((-1.0, cfg.put_write_when), (1.0, cfg.call_write_when)):
                 why = ""
-                if math.isfinite(mv):
+                moves = when != "always" or cfg.write_threshold > 0 or cfg.write_threshold_sigma > 0
+                if moves and not math.isfinite(mv):
+                    why = "no previous close yet for the day-move filters"
+                elif math.isfinite(mv):
                     if when == "green" and mv <= 0 or when == "red" and mv >= 0:
                         why = f"{when} days only: the close moved {mv:+.2%}"
                     elif cfg.write_threshold_sigma > 0 and math.isfinite(sd):

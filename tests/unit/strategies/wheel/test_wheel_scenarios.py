@@ -182,3 +182,49 @@ def test_restart_resumes_state_and_premium_from_the_journal() -> None:
     s.cycle(ctx.now_ns())
     ctx.deliver(s)
     assert s.transitions[-1].event == "put_rolled" and s.transitions[-1].data["premium"] == pytest.approx(1.05)
+
+
+def put_days(closes: list[float]) -> list:
+    """Days with the same put listed and the given closes (the put's quote unchanged)."""
+    return [make_day(day(i), c, [Listed(P95, 1.00, 1.10)]) for i, c in enumerate(closes)]
+
+
+def test_puts_only_on_red_days() -> None:
+    r, _ = run(put_days([100.0, 101.0, 102.0, 101.5]), cfg(put_write_when="red"))
+    assert events(r) == ["put_sold"] and r.transitions[0].ts_ns == make_day(day(3), 1.0).now_ns
+    r2, _ = run(put_days([100.0, 101.0, 102.0, 101.5]), cfg(put_write_when="green"))
+    assert r2.transitions[0].ts_ns == make_day(day(1), 1.0).now_ns  # day 0 has no previous close: it waits
+
+
+def test_move_threshold() -> None:
+    closes = [100.0, 100.2, 100.1, 99.0, 98.0, 97.0]
+    r, _ = run(put_days(closes), cfg(write_threshold=0.005, put_write_when="red"))
+    assert r.transitions[0].ts_ns == make_day(day(3), 1.0).now_ns  # -1.1%: the first red day past 0.5%
+    r2, _ = run(put_days(closes), cfg(write_threshold_sigma=1.5))
+    assert r2.transitions[0].ts_ns == make_day(day(1), 1.0).now_ns  # one return: no sigma yet, so no sigma rule
+
+
+def filters_after(closes: list[float], config: WheelConfig) -> dict[tuple[str, float], str]:
+    """The entry filters once the strategy has seen ``closes`` (no options listed: nothing is written)."""
+    ctx = BacktestContext(starting_cash=CASH)
+    s = WheelStrategy(config, capital=CASH)
+    s.ctx = ctx
+    for i, c in enumerate(closes):
+        d = make_day(day(i), c)
+        ctx.set_day(d)
+        s.cycle(d.now_ns)
+    assert not ctx.orders
+    return s.entry_filters()
+
+
+def test_sma_and_rsi_filters_on_tensors() -> None:
+    rising, falling = [100.0 + i for i in range(12)], [100.0 - i for i in range(12)]
+    assert filters_after(falling[:2], cfg(sma_days=5))[("SPY", -1.0)] == ""  # no SMA yet: allowed
+    assert "below its 5-day SMA" in filters_after(falling, cfg(sma_days=5))[("SPY", -1.0)]
+    assert filters_after(rising, cfg(sma_days=5))[("SPY", -1.0)] == ""
+    hot = filters_after(rising, cfg(put_rsi_max=70.0, call_rsi_min=30.0, rsi_days=5))
+    assert "RSI 100.0 above 70" in hot[("SPY", -1.0)] and hot[("SPY", 1.0)] == ""
+    cold = filters_after(falling, cfg(put_rsi_max=70.0, call_rsi_min=30.0, rsi_days=5))
+    assert cold[("SPY", -1.0)] == "" and "RSI 0.0 below 30" in cold[("SPY", 1.0)]
+    green = filters_after(rising[:3], cfg(put_write_when="red", call_write_when="green"))
+    assert "red days only" in green[("SPY", -1.0)] and green[("SPY", 1.0)] == ""

@@ -201,6 +201,10 @@ class WheelStrategy(Strategy):
         day = _ny_date(now_ns)
         self._record(day)
         self._day = day
+        for cid in list(self._orders):  # orders that ended unfilled (canceled, expired, rejected)
+            seen = ctx.order(cid)
+            if seen is None or not seen.is_open:
+                self._orders.pop(cid)
         for order in ctx.open_orders():  # yesterday's orders: re-decided (and re-priced) today
             if order.client_id in self._orders:
                 ctx.cancel(order)

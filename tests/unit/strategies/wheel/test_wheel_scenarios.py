@@ -228,3 +228,24 @@ def test_sma_and_rsi_filters_on_tensors() -> None:
     assert cold[("SPY", -1.0)] == "" and "RSI 0.0 below 30" in cold[("SPY", 1.0)]
     green = filters_after(rising[:3], cfg(put_write_when="red", call_write_when="green"))
     assert "red days only" in green[("SPY", -1.0)] and green[("SPY", 1.0)] == ""
+
+
+def test_an_unfilled_order_is_dropped_at_the_close_and_sent_again_next_cycle() -> None:
+    ctx = BacktestContext(starting_cash=CASH, fill_fraction=0.0)  # a sell fills only at the bid
+    s = WheelStrategy(cfg(), capital=CASH)
+    s.ctx = ctx
+    for i in range(2):
+        d = make_day(day(i), 100.0, [Listed(P95, 1.00, 1.10)])
+        ctx.set_day(d)
+        s.cycle(d.now_ns)
+        ctx.deliver(s)
+        ctx.end_day()
+    sent = list(ctx.orders.values())
+    assert [(o.price_ticks, o.status.value) for o in sent] == [(21, "CANCELED"), (21, "CANCELED")]
+    assert s.state["SPY"] == WheelState.CASH and not s._orders
+    s.config = cfg(limit_fraction=0.0)  # at the bid: fills
+    d = make_day(day(2), 100.0, [Listed(P95, 1.00, 1.10)])
+    ctx.set_day(d)
+    s.cycle(d.now_ns)
+    ctx.deliver(s)
+    assert s.state["SPY"] == WheelState.SHORT_PUT and ctx.positions[P95.instrument_id] == -10

@@ -242,7 +242,7 @@ def test_an_unfilled_order_is_dropped_at_the_close_and_sent_again_next_cycle() -
         ctx.end_day()
     sent = list(ctx.orders.values())
     assert [(o.price_ticks, o.status.value) for o in sent] == [(21, "CANCELED"), (21, "CANCELED")]
-    assert s.state["SPY"] == WheelState.CASH and not s._orders
+    assert s.state["SPY"] == WheelState.CASH and list(s._orders) == [sent[-1].client_id]  # day 0 record dropped
     s.config = cfg(limit_fraction=0.0)  # at the bid: fills
     d = make_day(day(2), 100.0, [Listed(P95, 1.00, 1.10)])
     ctx.set_day(d)

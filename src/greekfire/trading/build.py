@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from greekfire.core.db import resolve_url
-from greekfire.core.errors import ConfigError
+from greekfire.core.errors import ConfigError, DataError
 from greekfire.core.settings import Settings
 from greekfire.trading.engine import TradingEngine
 from greekfire.trading.model import Instrument, InstrumentKind, option
@@ -34,6 +34,41 @@ def default_instruments(
         for right in ("C", "P"):
             out.append(option(iid, underlying, float(k), expiry, right, multiplier=100.0, tick_size=0.01))
             iid += 1
+    return out
+
+
+CHAIN_BASE_DAY = 10957  # 2000-01-01 in days since the epoch: stable option ids count days from here
+
+
+def chain_id(expiry: datetime, strike: float, right: str) -> int:
+    """A stable instrument id for one listed option: the same contract (expiry day, strike, right) gets the
+    same id in every run that lists it, so positions saved by one run are found by the next. Strikes on a
+    0.5 grid below 5000 (DataError otherwise)."""
+    half = strike * 2.0
+    if not (0 < strike < 5000 and abs(half - round(half)) < 1e-9):
+        raise DataError("strike", strike, "a stable option id needs a strike on a 0.5 grid, 0 < strike < 5000")
+    day = int(expiry.timestamp() // 86400) - CHAIN_BASE_DAY
+    if day < 0:
+        raise DataError("expiry", expiry.isoformat(), "a stable option id needs an expiry after 2000-01-01")
+    return 10 + day * 20_000 + int(round(half)) * 2 + (1 if right.upper().startswith("C") else 0)
+
+
+def option_chain(
+    underlying: str, expiries: Iterable[datetime], strikes: Iterable[float], *, underlying_id: int = 1,
+    multiplier: float = 100.0, tick_size: float = 0.01,
+) -> list[Instrument]:
+    """An underlying (id ``underlying_id``) and a put and a call per strike (currency) and expiry (aware
+    datetimes), with stable ids (:func:`chain_id`): what a wheel needs (weekly expiries, strikes around the
+    spot) and what a restarted run lists again identically."""
+    out = [Instrument(underlying_id, underlying, InstrumentKind.EQUITY, underlying, tick_size=tick_size, lot_size=1)]
+    seen: set[int] = set()
+    for exp in sorted(set(expiries)):
+        for k in sorted({float(k) for k in strikes}):
+            for right in ("P", "C"):
+                iid = chain_id(exp, k, right)
+                if iid not in seen:
+                    seen.add(iid)
+                    out.append(option(iid, underlying, k, exp, right, multiplier=multiplier, tick_size=tick_size))
     return out
 
 

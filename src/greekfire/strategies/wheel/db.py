@@ -13,6 +13,7 @@ for the dashboard. Money in currency, prices per share, times in ns since the ep
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from datetime import date
@@ -113,6 +114,7 @@ class WheelDB:
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (Alembic ``upgrade head``; nothing when it is there)."""
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines say each step of every open
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.set_main_option("version_table", VERSION_TABLE)
@@ -162,6 +164,22 @@ class WheelDB:
         with self.db.begin() as conn:
             conn.execute(update(runs).where(runs.c.run_id == run_id)
                          .values(status=status, ended_ns=time.time_ns(), summary=_json(summary or {})))
+
+    def interrupt_runs(self) -> list[str]:
+        """Mark the account's runs still recorded as running (a process killed before it could say) as
+        ``interrupted``; returns their ids. Call before starting a new run of the account."""
+        with self.db.begin() as conn:
+            ids = list(conn.execute(select(runs.c.run_id).where(runs.c.account == self.account,
+                                                                runs.c.status == "running")).scalars())
+            if ids:
+                conn.execute(update(runs).where(runs.c.run_id.in_(ids)).values(status="interrupted"))
+        return ids
+
+    def clear(self) -> None:
+        """Delete every row of this account (a fresh start)."""
+        with self.db.begin() as conn:
+            for t in (snapshots, transitions, legs, trades, lots, positions, runs, accounts):
+                conn.execute(delete(t).where(t.c.account == self.account))
 
     def journal(self, run_id: str, *, multiplier: float = 100.0) -> SqlJournal:
         """The strategy's journal for ``run_id`` (option premiums counted at ``multiplier`` shares a contract)."""

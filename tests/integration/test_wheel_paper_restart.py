@@ -17,8 +17,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import command_env, poll_until
 from sqlalchemy import create_engine, text
+
+from conftest import command_env, poll_until
 
 pytestmark = pytest.mark.integration
 

@@ -59,8 +59,11 @@ class Sessions:
         out: list[datetime] = []
         if len(sessions) == 0:
             return out
-        by_week = pd.Series(sessions, index=sessions).groupby(sessions.to_period("W")).max()
-        for label in by_week:
+        last_of_week: dict[tuple[int, int], pd.Timestamp] = {}
+        for label in sessions:
+            iso = label.isocalendar()
+            last_of_week[(iso[0], iso[1])] = label  # sessions come in order: the last one stays
+        for label in last_of_week.values():
             close = self.cal.session_close(label)
             out.append(datetime.fromtimestamp(close.value / 1e9, UTC))
         return out

@@ -124,6 +124,8 @@ class WheelRunner:
         self.repairs: list[str] = []
         self.db_repairs: list[str] = []
         self.errors = 0
+        self._in_cycle = False
+        self._retry_after_cycle: str | None = None
         engine.bus.subscribe("orders", self._on_order, "wheel-runner")
 
     # ---------------------------------------------------------------- schedule
@@ -157,7 +159,9 @@ class WheelRunner:
         inst = self.engine.instruments.get(o.instrument_id)
         msg = f"order {ev.client_id} ({inst.symbol if inst else o.instrument_id}) {str(ev.new).lower()}: {o.reason or '?'}"
         self.rejections.append(msg)
-        if self.next_cycle > ev.ts_ns + self._retry_ns:  # not already retrying sooner
+        if self._in_cycle:
+            self._retry_after_cycle = msg  # the cycle under way schedules the retry when it ends
+        elif self.next_cycle > ev.ts_ns + self._retry_ns:  # a venue's late reject: retry unless one comes sooner
             self._retry(ev.ts_ns, msg)
 
     # ---------------------------------------------------------------- the poll hook
@@ -198,6 +202,7 @@ class WheelRunner:
         if repaired:
             log.warning("wheel: reconcile repaired %s", repaired)
             self.repairs.extend(repaired)
+        self._in_cycle, self._retry_after_cycle = True, None
         try:
             self.strategy.cycle(now_ns)
         except Exception as exc:
@@ -205,9 +210,14 @@ class WheelRunner:
             log.exception("wheel: cycle failed")
             self._retry(now_ns, f"cycle failed: {type(exc).__name__}: {exc}")
             return
+        finally:
+            self._in_cycle = False
         self.cycles += 1
         self.engine.end_batch()
-        self.schedule(self.session_close + 1)
+        if self._retry_after_cycle is not None:
+            self._retry(now_ns, self._retry_after_cycle)
+        else:
+            self.schedule(self.session_close + 1)
 
     def close_session(self, now_ns: int) -> None:
         """The session closed: cancel what is unfilled, end the day on the engine, copy, snapshot the day."""

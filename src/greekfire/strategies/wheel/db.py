@@ -22,6 +22,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -111,6 +112,9 @@ class WheelDB:
         except (SQLAlchemyError, ImportError, OSError) as exc:
             raise UnavailableError(masked_url(self.url),
                                    f"the wheel database cannot be opened: {db_error_reason(exc)}") from None
+        except CommandError as exc:  # a schema newer than this version's migrations (or a broken history)
+            raise UnavailableError(masked_url(self.url), f"the wheel database's schema is not one this version "
+                                   f"knows ({exc}): upgrade greekfire, or use another database") from None
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (Alembic ``upgrade head``; nothing when it is there)."""

@@ -128,6 +128,15 @@ def test_positions_legs_snapshots_and_performance(db: WheelDB) -> None:
     json.dumps([db.positions(), db.states(), db.transitions(), db.equity(), perf, db.runs()])  # JSON-ready
 
 
+def test_a_schema_newer_than_the_code_is_one_clear_error(tmp_path: Path) -> None:
+    d = WheelDB(f"sqlite:///{tmp_path / 'w.db'}")
+    with d.db.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {wdb.VERSION_TABLE} SET version_num = '9999'")
+    d.close()
+    with pytest.raises(UnavailableError, match="schema is not one this version knows"):
+        WheelDB(f"sqlite:///{tmp_path / 'w.db'}")
+
+
 def test_an_unreachable_database_is_one_clear_error() -> None:
     with pytest.raises(UnavailableError, match=r"postgresql\+psycopg://u:\*\*\*@127\.0\.0\.1:1/x.*cannot be opened"):
         WheelDB("postgresql+psycopg://u:secret@127.0.0.1:1/x?connect_timeout=2")

@@ -9,8 +9,8 @@ the account whose expiry has come, by the underlying's spot at that moment:
   at its intrinsic value;
 - otherwise it EXPIRED: the option goes, nothing else moves (a short keeps its premium as realized P&L).
 
-Before expiry, a short American option deep in the money may be assigned early, as
-:meth:`SettlementRules.early_reason` decides from its inputs (spot, strike, the option's mark, the next
+Before expiry, a short American option deep in the money may be assigned early (when the rules say the
+options are American: ``early=True``), as :meth:`SettlementRules.early_reason` decides from its inputs (spot, strike, the option's mark, the next
 ex-dividend date and amount): a call when the dividend going ex within ``call_dividend_days`` exceeds its
 time value, a put when its time value is gone (at most ``put_time_value``).
 
@@ -92,11 +92,15 @@ class SettlementRules:
 
 class ExpirySettler:
     """Settles the account's option positions on ``engine`` (see the module text). ``dividends``: underlying
-    -> ``[(ex_date_ns, cash per share), ...]`` for the early-assignment rule of calls."""
+    -> ``[(ex_date_ns, cash per share), ...]`` for the early-assignment rule of calls.
+
+    ``rules`` default to settlement at expiry only (``SettlementRules(early=False)``): an instrument does not
+    say whether it is American, so a run that trades American options (the wheel's paper run) sets
+    ``engine.expiry.rules`` with ``early=True``."""
 
     def __init__(self, engine: TradingEngine, rules: SettlementRules | None = None) -> None:
         self.engine = engine
-        self.rules = rules or SettlementRules()
+        self.rules = rules or SettlementRules(early=False)
         self.dividends: dict[str, list[tuple[int, float]]] = {}
         self.settlements: list[Settlement] = []
         self._closed_books: set[int] = set()  # expired options whose open orders were canceled

@@ -37,9 +37,11 @@ def _hold(eng: TradingEngine, inst: Instrument, qty: int, price: float) -> None:
     eng.portfolio.apply_fill(Fill(f"f{inst.instrument_id}", "c", inst.instrument_id, side, abs(qty), price))
 
 
-def _setup() -> tuple[TradingEngine, Listener]:
+def _setup(american: bool = False) -> tuple[TradingEngine, Listener]:
     s = Listener()
     eng, _, _ = one_venue_engine(s, start=True)
+    if american:
+        eng.expiry.rules = SettlementRules(early=True)
     return eng, s
 
 
@@ -90,7 +92,7 @@ def test_assigned_shares_carry_the_strike_as_cost() -> None:
 
 
 def test_a_deep_itm_put_without_time_value_is_assigned_early() -> None:
-    eng, listener = _setup()
+    eng, listener = _setup(american=True)
     put = _by(eng, 110, "P")
     _hold(eng, put, -1, 4.00)
     eng.portfolio.mark(1, 100.0)
@@ -104,7 +106,7 @@ def test_a_deep_itm_put_without_time_value_is_assigned_early() -> None:
 
 
 def test_a_long_option_is_never_assigned_early() -> None:
-    eng, _ = _setup()
+    eng, _ = _setup(american=True)
     put = _by(eng, 110, "P")
     _hold(eng, put, 1, 4.00)
     eng.portfolio.mark(1, 100.0)
@@ -113,7 +115,7 @@ def test_a_long_option_is_never_assigned_early() -> None:
 
 
 def test_a_deep_itm_call_is_assigned_before_an_ex_dividend_worth_more_than_its_time_value() -> None:
-    eng, _ = _setup()
+    eng, _ = _setup(american=True)
     call = _by(eng, 90, "C")
     _hold(eng, call, -2, 8.00)
     eng.portfolio.mark(1, 100.0)
@@ -127,6 +129,16 @@ def test_a_deep_itm_call_is_assigned_before_an_ex_dividend_worth_more_than_its_t
     (s,) = eng.expiry.settle_due(now)
     day = datetime.fromtimestamp((now + NS_PER_DAY // 2) / 1e9, UTC).date().isoformat()
     assert s.early and s.underlying_qty == -200 and f"ex-dividend {day}" in s.reason
+
+
+def test_by_default_options_settle_at_expiry_only() -> None:
+    eng, _ = _setup()  # an instrument does not say it is American: no early assignment unless asked
+    put = _by(eng, 110, "P")
+    _hold(eng, put, -1, 4.00)
+    eng.portfolio.mark(1, 100.0)
+    eng.portfolio.mark(put.instrument_id, 9.0)  # below intrinsic
+    assert eng.expiry.settle_due(put.expiry_ns - NS_PER_DAY) == []
+    assert [s.kind for s in eng.expiry.settle_due(put.expiry_ns)] == [SettlementKind.ASSIGNED]
 
 
 def test_rules_decide_from_their_inputs() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -362,6 +363,7 @@ def run_wheel_paper(
                                    "calendar": calendar, "resumed_after": interrupted})
     engine, fix_venue = engine_on_venues(tsettings, [strategy], store, venues, engine_id=f"wheel-{account}",
                                          instruments=instruments, market=market, clock_ns=clock_ns)
+    engine.expiry.rules = dataclasses.replace(engine.expiry.rules, early=True)  # equity options are American
     runner = WheelRunner(engine, strategy, db, journal, sessions, run_id, cycle_offset_s=1800.0)
     now = engine.clock_ns()
     start_diffs = runner.check_db(now)  # what the last run had not copied (a kill between snapshot and copy)

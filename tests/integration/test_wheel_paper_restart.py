@@ -1,5 +1,5 @@
 """`greekfire wheel run --paper` as a user runs it, on SQLite and on the PostgreSQL server on loopback: killed
-(SIGKILL) in the middle of a run and started again, it resumes from the database with nothing lost and
+(SIGKILL) in the middle of a run, after an option has expired or been assigned, and started again, it resumes from the database with nothing lost and
 nothing doubled: every fill the engine stored is a trade of the wheel's database exactly once (by id), the
 trades stored before the kill are all still there, the database's positions equal the engine's at the end
 and equal the sum of the stored trades (fills, and settlements with the shares they delivered)."""
@@ -46,10 +46,12 @@ def kill_and_resume(url: str, tmp_path: Path, account: str) -> None:
     first = subprocess.Popen(CLI + args + ["--duration", "60"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
-        started = poll_until(lambda: len(_trades(url, account)) >= 2, timeout_s=90, step_s=0.5, ignore=(Exception,))
+        # kill it once an option has been settled (an expired contract the restarted run must list again)
+        settled = poll_until(lambda: {"fill", "settlement"} <= {r[1] for r in _trades(url, account)}, timeout_s=120,
+                             step_s=0.5, ignore=(Exception,))
         assert first.poll() is None, first.communicate()[1][-3000:]
-        assert started, "the first run stored no trade"
-        time.sleep(3.0)  # a few market days more: orders in flight, fills not yet copied
+        assert settled, "the first run stored no fill and settlement"
+        time.sleep(2.0)  # a few market days more: orders in flight, fills not yet copied
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from greekfire.core.db import resolve_url
 from greekfire.core.errors import ConfigError, DataError
@@ -51,6 +51,17 @@ def chain_id(expiry: datetime, strike: float, right: str) -> int:
     if day < 0:
         raise DataError("expiry", expiry.isoformat(), "a stable option id needs an expiry after 2000-01-01")
     return 10 + day * 20_000 + int(round(half)) * 2 + (1 if right.upper().startswith("C") else 0)
+
+
+def chain_key(instrument_id: int) -> tuple[date, float, str] | None:
+    """What a :func:`chain_id` encodes: ``(expiry date (UTC), strike, "P" or "C")``; None for an id below the
+    chain's range (an underlying's)."""
+    n = int(instrument_id) - 10
+    if n < 0:
+        return None
+    day, rest = divmod(n, 20_000)
+    half, call = divmod(rest, 2)
+    return (datetime.fromtimestamp((CHAIN_BASE_DAY + day) * 86400, UTC).date(), half / 2.0, "C" if call else "P")
 
 
 def option_chain(

@@ -5,7 +5,7 @@ Friday holiday). Times are ns since the epoch (UTC)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import exchange_calendars as xcals
 import pandas as pd
@@ -67,6 +67,14 @@ class Sessions:
             close = self.cal.session_close(label)
             out.append(datetime.fromtimestamp(close.value / 1e9, UTC))
         return out
+
+    def close_of(self, day: date) -> datetime:
+        """The close of the session on ``day`` (aware UTC); 16:00 New York for a day without a session."""
+        label = pd.Timestamp(day)
+        if self.cal.is_session(label):
+            return datetime.fromtimestamp(self.cal.session_close(label).value / 1e9, UTC)
+        ny = pd.Timestamp(datetime.combine(day, datetime.min.time())).tz_localize("America/New_York")
+        return (ny + pd.Timedelta(hours=16)).tz_convert("UTC").to_pydatetime()
 
     def is_session(self, day: pd.Timestamp) -> bool:
         """True when ``day`` (a date) is a trading day."""

@@ -32,18 +32,19 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from greekfire.core.db import resolve_url
-from greekfire.core.errors import ConfigError
+from greekfire.core.errors import ConfigError, DataError
 from greekfire.core.settings import Settings
 from greekfire.strategies.paper import StatusHook, _run_with_status, engine_on_venues, wind_down
 from greekfire.strategies.wheel.calendar import Sessions
 from greekfire.strategies.wheel.config import WheelConfig
 from greekfire.strategies.wheel.db import DEFAULT_URL, SqlJournal, WheelDB
 from greekfire.strategies.wheel.strategy import WheelStrategy
-from greekfire.trading.build import option_chain
+from greekfire.trading.build import chain_id, chain_key, option_chain
 from greekfire.trading.model import Instrument, option
 from greekfire.trading.store import SnapshotStore
 from greekfire.trading.synthetic import SyntheticMarket
@@ -71,21 +72,35 @@ def strike_grid(spot: float, width: float = 0.20, step: float = 5.0) -> list[flo
 
 
 def wheel_chain(symbol: str, spot: float, sessions: Sessions, now_ns: int, weeks: int,
-                held: list[dict[str, Any]] | None = None) -> list[Instrument]:
+                held: Iterable[int] = ()) -> list[Instrument]:
     """The instruments of a paper run: ``symbol`` (id 1), puts and calls around ``spot`` for the weekly
-    expiries of ``weeks`` weeks from ``now_ns``, and every option still ``held`` (database position rows)
-    with its saved id, so a restarted run finds each position again."""
+    expiries of ``weeks`` weeks from ``now_ns``, and every option id in ``held`` (the ones the saved engine
+    state and the database refer to, expired ones included), rebuilt from its stable id, so a restarted run
+    finds each position and order again."""
     expiries = [e for e in sessions.weekly_expiries(now_ns, weeks + 1) if e.timestamp() * NS > now_ns][:weeks]
     chain = option_chain(symbol, expiries, strike_grid(spot))
     have = {i.instrument_id for i in chain}
-    for r in held or []:
-        if r["kind"] in ("put", "call") and r["instrument_id"] not in have:
-            exp = datetime.fromtimestamp(r["expiry_ns"] / 1e9, UTC)
-            inst = option(r["instrument_id"], symbol, r["strike"], exp, r["kind"], multiplier=r["multiplier"],
-                          tick_size=0.01)
-            chain.append(inst)
-            have.add(inst.instrument_id)
+    for iid in sorted(set(held) - have):
+        key = chain_key(iid)
+        if key is None:
+            continue
+        day, strike, right = key
+        inst = option(iid, symbol, strike, sessions.close_of(day), right, multiplier=100.0, tick_size=0.01)
+        if chain_id(datetime.fromtimestamp(inst.expiry_ns / 1e9, UTC), strike, right) != iid:
+            raise DataError("instrument_id", iid, "a saved option id this chain cannot list again")
+        chain.append(inst)
     return chain
+
+
+def saved_instrument_ids(store: SnapshotStore, db: WheelDB) -> set[int]:
+    """Every instrument the engine's saved state (positions, closed ones included, and orders) and the
+    database's positions refer to."""
+    ids = {int(r["instrument_id"]) for r in db.positions()}
+    snap = store.load()
+    if snap is not None:
+        ids |= {int(p["instrument_id"]) for p in snap["state"].get("portfolio", {}).get("positions", [])}
+        ids |= {int(o["instrument_id"]) for o in snap["orders"]}
+    return ids
 
 
 def _position_rows(engine: Any) -> list[dict[str, Any]]:
@@ -355,7 +370,7 @@ def run_wheel_paper(
         clock = MarketClock(start, scale)
         clock_ns = clock.now_ns
         s0 = float(saved.get("spot") or spot)
-        instruments = wheel_chain(symbol, s0, sessions, start, weeks, db.positions())
+        instruments = wheel_chain(symbol, s0, sessions, start, weeks, saved_instrument_ids(store, db))
         tsettings = _paper_settings(settings, scale)
         market = SyntheticMarket(instruments, spot=s0, time_scale=1.0, step_ms=20.0 * scale,
                                  seed=settings.trading.seed + len(interrupted) + len(db.runs()), now_ns=start)

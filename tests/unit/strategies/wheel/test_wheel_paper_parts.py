@@ -5,7 +5,7 @@ order denied by risk is logged with its reason and retried."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +20,7 @@ from greekfire.strategies.wheel.db import WheelDB
 from greekfire.strategies.wheel.paper import NS, WheelRunner, strike_grid, wheel_chain
 from greekfire.strategies.wheel.strategy import WheelStrategy
 from greekfire.trading import build_engine
-from greekfire.trading.build import chain_id, option_chain
+from greekfire.trading.build import chain_id, chain_key, option_chain
 from greekfire.trading.strategy import OrderStatus, Side
 
 
@@ -69,11 +69,14 @@ def test_a_restarted_chain_lists_the_options_still_held() -> None:
     assert {i.expiry_ns for i in chain if i.is_option} == {ns("2026-12-11T21:00Z"), ns("2026-12-18T21:00Z")}
     assert sorted({i.strike for i in chain if i.is_option}) == strike_grid(100.0) == [80, 85, 90, 95, 100, 105, 110, 115, 120]
     held = next(i for i in chain if i.is_option and i.strike == 80 and i.right < 0)
-    row = {"instrument_id": held.instrument_id, "kind": "put", "strike": 80.0, "expiry_ns": held.expiry_ns,
-           "multiplier": 100.0}
-    later = wheel_chain("GFX", 130.0, s, ns("2026-12-14T14:30Z"), 2, [row])  # spot moved, a week later
-    again = next(i for i in later if i.instrument_id == held.instrument_id)
-    assert (again.symbol, again.strike, again.expiry_ns) == (held.symbol, 80.0, held.expiry_ns)
+    gone = next(i for i in chain if i.is_option and i.strike == 120 and i.right > 0 and i.expiry_ns < ns("2026-12-12T00:00Z"))
+    # a week later, the spot moved: the option still held and the expired one the saved state refers to are
+    # listed again, the same contracts under the same ids
+    later = wheel_chain("GFX", 130.0, s, ns("2026-12-14T14:30Z"), 2, [held.instrument_id, gone.instrument_id, 1])
+    for old in (held, gone):
+        again = next(i for i in later if i.instrument_id == old.instrument_id)
+        assert again == old
+    assert chain_key(held.instrument_id) == (date(2026, 12, 11), 80.0, "P") and chain_key(1) is None
 
 
 @pytest.fixture

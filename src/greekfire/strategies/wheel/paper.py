@@ -131,7 +131,8 @@ class WheelRunner:
         self.sync_interval_s = sync_interval_s
         self.backoff_ns = int(backoff_s * NS)
         self.next_cycle = 0
-        self.session_close = 0
+        self.cycle_close = 0  # the close of the session the next cycle belongs to (retries stop there)
+        self.close_at = 0  # the next session close to process (snapshot of the day)
         self._retry_ns = self.backoff_ns
         self._last_sync = 0.0
         self.cycles = 0
@@ -146,19 +147,22 @@ class WheelRunner:
 
     # ---------------------------------------------------------------- schedule
     def schedule(self, now_ns: int) -> None:
-        """The next cycle: this session's open + offset if still ahead (or under way), else the next session's."""
+        """The next cycle: this session's open + offset if still ahead (or under way), else the next session's.
+        The first call also sets the first session close to process."""
         _, o, c = self.sessions.current_or_next(now_ns)
+        if not self.close_at:
+            self.close_at = c
         if now_ns >= c - self.cycle_offset_ns // 4:
             _, o, c = self.sessions.current_or_next(self.sessions.next_open(now_ns))
         self.next_cycle = max(o + self.cycle_offset_ns, now_ns)
-        self.session_close = c
+        self.cycle_close = c
         self._retry_ns = self.backoff_ns
 
     def _retry(self, now_ns: int, why: str) -> None:
         at = now_ns + self._retry_ns
-        if at >= self.session_close:
+        if at >= self.cycle_close:
             msg = f"{why}: no retry before the close, next session decides"
-            self.schedule(self.session_close + 1)
+            self.schedule(self.cycle_close + 1)
         else:
             msg = f"{why}: retry in {self._retry_ns / NS / 60:.0f} market minutes"
             self.next_cycle = at
@@ -184,7 +188,7 @@ class WheelRunner:
     def on_poll(self, now_ns: int) -> None:
         """Called by the engine before each poll with its clock (ns)."""
         try:
-            if self.session_close and now_ns >= self.session_close:
+            if self.close_at and now_ns >= self.close_at:
                 self.close_session(now_ns)
             if self.next_cycle and now_ns >= self.next_cycle:
                 self.cycle(now_ns)
@@ -233,7 +237,7 @@ class WheelRunner:
         if self._retry_after_cycle is not None:
             self._retry(now_ns, self._retry_after_cycle)
         else:
-            self.schedule(self.session_close + 1)
+            self.schedule(self.cycle_close + 1)
 
     def close_session(self, now_ns: int) -> None:
         """The session closed: cancel what is unfilled, end the day on the engine, copy, snapshot the day."""
@@ -246,14 +250,14 @@ class WheelRunner:
         eng.cancel_all(self.strategy.name)
         eng.end_of_day()
         self.sync(now_ns)
-        day = datetime.fromtimestamp(self.session_close / 1e9, UTC).date()
+        day = datetime.fromtimestamp(self.close_at / 1e9, UTC).date()
         pf = eng.portfolio
         self.journal.snapshot(day, pf.equity(), pf.cash, {r["instrument"]: r["qty"] for r in _position_rows(eng)})
-        if self.next_cycle <= self.session_close:  # the cycle never ran this session (retries ran out)
+        self.close_at = self.sessions.current_or_next(now_ns)[2]  # after a close: the next session's
+        if self.close_at <= now_ns:
+            self.close_at = self.sessions.current_or_next(self.sessions.next_open(now_ns))[2]
+        if self.next_cycle <= now_ns:  # a cycle due in a closed market (it never ran): the next session's
             self.schedule(now_ns)
-        else:
-            _, _, c = self.sessions.current_or_next(self.next_cycle)
-            self.session_close = c
 
     # ---------------------------------------------------------------- the database
     def sync(self, now_ns: int) -> None:

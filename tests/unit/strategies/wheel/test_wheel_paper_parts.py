@@ -21,6 +21,7 @@ from greekfire.strategies.wheel.paper import NS, WheelRunner, strike_grid, wheel
 from greekfire.strategies.wheel.strategy import WheelStrategy
 from greekfire.trading import build_engine
 from greekfire.trading.build import chain_id, chain_key, option_chain
+from greekfire.trading.store import SnapshotStore
 from greekfire.trading.strategy import OrderStatus, Side
 
 
@@ -99,7 +100,7 @@ def runner(tmp_path: Path) -> tuple[WheelRunner, ManualClock]:
 def test_a_data_gap_is_retried_with_back_off_then_left_to_the_next_session(runner: tuple[WheelRunner, ManualClock]) -> None:
     r, _ = runner
     first = ns("2026-12-07T15:00Z")
-    assert r.next_cycle == first and r.session_close == ns("2026-12-07T21:00Z")
+    assert r.next_cycle == first and r.cycle_close == r.close_at == ns("2026-12-07T21:00Z")
     r.cycle(first)  # no quote has come: nothing is decided
     assert r.next_cycle == first + 600 * NS and "no spot of GFX" in r.retries[-1]
     r.cycle(r.next_cycle)
@@ -107,13 +108,24 @@ def test_a_data_gap_is_retried_with_back_off_then_left_to_the_next_session(runne
     r.cycle(ns("2026-12-07T20:55Z"))
     assert r.next_cycle == ns("2026-12-08T15:00Z") and "next session decides" in r.retries[-1]
     assert r.cycles == 0
+    assert r.close_at == ns("2026-12-07T21:00Z")  # today's close is still processed: the day's snapshot
+
+
+def test_each_session_close_snapshots_the_day_once(runner: tuple[WheelRunner, ManualClock], tmp_path: Path) -> None:
+    r, clock = runner
+    r.engine.store = SnapshotStore(f"sqlite:///{tmp_path / 'w.db'}", "wheel-paper")
+    for t in ("2026-12-07T21:00Z", "2026-12-07T21:01Z", "2026-12-08T21:00Z", "2026-12-09T13:00Z"):
+        clock.advance(ns(t) - clock.now_ns())
+        r.on_poll(ns(t))
+    assert [d["date"] for d in r.db.equity()] == ["2026-12-07", "2026-12-08"]
+    assert r.close_at == ns("2026-12-09T21:00Z") and r.errors == 0
 
 
 def test_a_denied_order_is_logged_with_its_reason_and_retried(runner: tuple[WheelRunner, ManualClock]) -> None:
     r, clock = runner
     now = ns("2026-12-07T15:00Z")
     clock.advance(now - clock.now_ns())
-    r.schedule(r.session_close + 1)  # today's cycle has run: the next one is tomorrow's
+    r.schedule(r.cycle_close + 1)  # today's cycle has run: the next one is tomorrow's
     put = next(i for i in r.engine.instruments.values() if i.is_option)
     (o,) = r.strategy.ctx.submit(put.instrument_id, Side.SELL, 1_000_000, 100)
     assert o.status == OrderStatus.DENIED

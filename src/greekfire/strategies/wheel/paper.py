@@ -385,6 +385,7 @@ def run_wheel_paper(
     engine.expiry.rules = dataclasses.replace(engine.expiry.rules, early=True)  # equity options are American
     runner = WheelRunner(engine, strategy, db, journal, sessions, run_id, cycle_offset_s=1800.0)
     now = engine.clock_ns()
+    start = start if start is not None else now
     start_diffs = runner.check_db(now)  # what the last run had not copied (a kill between snapshot and copy)
     repaired = strategy.reconcile()
     runner.repairs.extend(repaired)
@@ -406,6 +407,9 @@ def run_wheel_paper(
             wind_down(engine, fix_venue)
         runner.sync(engine.clock_ns())
         summary = _summary(engine, runner, journal, start, run_id, start_diffs, t0)
+        if fix_venue is not None:
+            counters = fix_venue.counters()
+            summary["fix"] = {k: counters[k] for k in ("sent", "received", "resent", "gaps", "rejected", "logons")}
         db.end_run(run_id, "finished", {k: summary[k] for k in ("fills", "pnl", "equity", "wheel")})
         ok = True
     finally:

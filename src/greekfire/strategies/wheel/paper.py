@@ -45,7 +45,7 @@ from greekfire.strategies.wheel.config import WheelConfig
 from greekfire.strategies.wheel.db import DEFAULT_URL, SqlJournal, WheelDB
 from greekfire.strategies.wheel.strategy import WheelStrategy
 from greekfire.trading.build import chain_id, chain_key, option_chain
-from greekfire.trading.model import Instrument, option
+from greekfire.trading.model import Instrument, InstrumentStats, option
 from greekfire.trading.store import SnapshotStore
 from greekfire.trading.synthetic import SyntheticMarket
 
@@ -90,6 +90,19 @@ def wheel_chain(symbol: str, spot: float, sessions: Sessions, now_ns: int, weeks
             raise DataError("instrument_id", iid, "a saved option id this chain cannot list again")
         chain.append(inst)
     return chain
+
+
+def model_open_interest(instruments: Iterable[Instrument], spot: float, peak: int = 5_000, floor: int = 100,
+                        width: float = 0.10) -> dict[int, InstrumentStats]:
+    """Open interest of a synthetic chain (contracts): ``peak`` at the money, falling as a Gaussian in
+    log-moneyness of ``width`` to ``floor`` far out, so a wheel's liquidity filters see the synthetic market as
+    a real chain looks (the volume comes from the prints the engine sees)."""
+    out = {}
+    for i in instruments:
+        if i.is_option:
+            x = math.log(i.strike / spot) / width
+            out[i.instrument_id] = InstrumentStats(i.instrument_id, floor + int(round((peak - floor) * math.exp(-x * x))))
+    return out
 
 
 def saved_instrument_ids(store: SnapshotStore, db: WheelDB) -> set[int]:
@@ -383,6 +396,8 @@ def run_wheel_paper(
     engine, fix_venue = engine_on_venues(tsettings, [strategy], store, venues, engine_id=f"wheel-{account}",
                                          instruments=instruments, market=market, clock_ns=clock_ns)
     engine.expiry.rules = dataclasses.replace(engine.expiry.rules, early=True)  # equity options are American
+    if market is not None:
+        engine.instrument_stats.update(model_open_interest(instruments or (), market.spot))
     runner = WheelRunner(engine, strategy, db, journal, sessions, run_id, cycle_offset_s=1800.0)
     now = engine.clock_ns()
     start = start if start is not None else now

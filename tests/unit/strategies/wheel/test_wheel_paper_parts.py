@@ -17,7 +17,7 @@ from greekfire.core.settings import load_settings
 from greekfire.strategies.wheel.calendar import Sessions
 from greekfire.strategies.wheel.config import WheelConfig
 from greekfire.strategies.wheel.db import WheelDB
-from greekfire.strategies.wheel.paper import NS, WheelRunner, strike_grid, wheel_chain
+from greekfire.strategies.wheel.paper import NS, WheelRunner, model_open_interest, strike_grid, wheel_chain
 from greekfire.strategies.wheel.strategy import WheelStrategy
 from greekfire.trading import build_engine
 from greekfire.trading.build import chain_id, chain_key, option_chain
@@ -78,6 +78,14 @@ def test_a_restarted_chain_lists_the_options_still_held() -> None:
         again = next(i for i in later if i.instrument_id == old.instrument_id)
         assert again == old
     assert chain_key(held.instrument_id) == (date(2026, 12, 11), 80.0, "P") and chain_key(1) is None
+
+
+def test_the_synthetic_chain_has_open_interest_peaking_at_the_money() -> None:
+    chain = wheel_chain("GFX", 100.0, Sessions("XNYS"), ns("2026-12-07T14:30Z"), 1)
+    oi = model_open_interest(chain, 100.0)
+    by_strike = {chain_key(i)[1]: s.open_interest for i, s in oi.items() if chain_key(i)[2] == "P"}
+    assert set(oi) == {i.instrument_id for i in chain if i.is_option}
+    assert by_strike[100.0] == 5000 and by_strike[90.0] < by_strike[95.0] < 5000 and by_strike[80.0] >= 100
 
 
 @pytest.fixture

@@ -136,9 +136,10 @@ class WheelRunner:
     the copy into the database, retries. ``engine`` is typed ``Any``: strategies do not import the engine."""
 
     def __init__(self, engine: Any, strategy: WheelStrategy, db: WheelDB, journal: SqlJournal, sessions: Sessions,
-                 run_id: str, *, cycle_offset_s: float = 1800.0, sync_interval_s: float = 1.0,
-                 backoff_s: float = 600.0) -> None:
+                 run_id: str, *, symbols: Iterable[str] | None = None, cycle_offset_s: float = 1800.0,
+                 sync_interval_s: float = 1.0, backoff_s: float = 600.0) -> None:
         self.engine, self.strategy, self.db, self.journal, self.sessions = engine, strategy, db, journal, sessions
+        self.symbols = list(symbols) if symbols is not None else list(strategy.config.symbols)
         self.run_id = run_id
         self.cycle_offset_ns = int(cycle_offset_s * NS)
         self.sync_interval_s = sync_interval_s
@@ -214,7 +215,7 @@ class WheelRunner:
     def data_gap(self) -> str | None:
         """Why the strategy cannot decide now (no spot, no two-sided option quote), or None."""
         eng = self.engine
-        for sym in self.strategy.config.symbols:
+        for sym in self.symbols:
             if sym not in eng.portfolio.spots:
                 return f"data gap: no spot of {sym} yet"
             quoted = any(q.bid == q.bid and q.bid > 0 and q.ask == q.ask for iid, q in eng.last_quotes.items()
@@ -398,7 +399,7 @@ def run_wheel_paper(
     engine.expiry.rules = dataclasses.replace(engine.expiry.rules, early=True)  # equity options are American
     if market is not None:
         engine.instrument_stats.update(model_open_interest(instruments or (), market.spot))
-    runner = WheelRunner(engine, strategy, db, journal, sessions, run_id, cycle_offset_s=1800.0)
+    runner = WheelRunner(engine, strategy, db, journal, sessions, run_id, symbols=config.symbols, cycle_offset_s=1800.0)
     now = engine.clock_ns()
     start = start if start is not None else now
     start_diffs = runner.check_db(now)  # what the last run had not copied (a kill between snapshot and copy)

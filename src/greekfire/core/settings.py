@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -328,6 +336,117 @@ class HftSettings(Section):
         if v & (v - 1):
             raise ValueError(f"must be a power of 2 (e.g. {1 << v.bit_length()})")
         return v
+ItmRule = Literal["hold", "roll", "always_roll", "close"]
+WriteWhen = Literal["always", "green", "red"]
+
+
+class WheelSymbolSettings(Section):
+    """Per-symbol overrides of the wheel's targets (unset keys take the section's value)."""
+
+    put_delta: float | None = Field(None, gt=0, lt=1, description="target |delta| of puts written on this symbol")
+    call_delta: float | None = Field(None, gt=0, lt=1, description="target delta of calls written on this symbol")
+    dte: int | None = Field(None, ge=1, le=3650, description="target days to expiry for this symbol")
+    max_dte: int | None = Field(None, ge=1, le=3650, description="longest days to expiry for this symbol")
+    put_strike_limit: float | None = Field(None, gt=0, description="never write a put above this strike")
+    call_strike_limit: float | None = Field(None, gt=0, description="never write a call below this strike")
+
+
+class WheelSettings(Section):
+    """The wheel strategy (owned by greekfire.strategies.wheel): cash-secured puts, then covered calls on
+    assigned shares. Fractions are of the account value unless said otherwise; prices in currency per share."""
+
+    symbols: dict[str, float] = Field(
+        {"SPY": 1.0}, description="underlyings and their target weights (normalised to sum 1)"
+    )
+    symbol_overrides: dict[str, WheelSymbolSettings] = Field(
+        {}, description="per-symbol put_delta, call_delta, dte, max_dte, put_strike_limit, call_strike_limit"
+    )
+    buying_power: float = Field(1.0, gt=0, le=4, description="fraction of the account value the wheel may commit")
+    max_symbol_fraction: float = Field(1.0, gt=0, le=1, description="cap on one symbol's share of the buying power")
+    max_contracts: int = Field(100, ge=1, description="most contracts written per symbol and order")
+    cash_reserve: float = Field(0.0, ge=0, lt=1, description="fraction of the account value never committed")
+    put_delta: float = Field(0.30, gt=0, lt=1, description="target |delta| of puts written")
+    call_delta: float = Field(0.30, gt=0, lt=1, description="target delta of calls written")
+    dte: int = Field(45, ge=1, le=3650, description="target days to expiry: the nearest expiry at or after it")
+    max_dte: int = Field(180, ge=1, le=3650, description="longest days to expiry written")
+    min_open_interest: int = Field(10, ge=0, description="least open interest of a contract written, contracts")
+    min_volume: int = Field(0, ge=0, description="least day's volume of a contract written, contracts")
+    max_spread: float = Field(0.5, gt=0, description="widest bid/ask spread as a fraction of the mid")
+    min_premium: float = Field(0.05, ge=0, description="least mid price of a contract written (currency/share)")
+    min_annual_yield: float = Field(0.0, ge=0, description="least premium / collateral per year (fraction)")
+    put_write_when: WriteWhen = Field("always", description="write puts only on green/red days (close vs previous)")
+    call_write_when: WriteWhen = Field("always", description="write calls only on green/red days")
+    write_threshold: float = Field(0.0, ge=0, lt=1, description="least |daily move| to write (fraction; 0: off)")
+    write_threshold_sigma: float = Field(
+        0.0, ge=0, description="least |daily log move| in daily sigmas to write (0: off; beats write_threshold)"
+    )
+    sigma_days: int = Field(30, ge=2, le=1000, description="days of log returns behind the daily sigma")
+    iv_rank_min: float = Field(0.0, ge=0, le=1, description="least IV rank (0..1 over iv_rank_days) to write")
+    iv_rank_days: int = Field(252, ge=2, le=5000, description="days of at-the-money IV behind the IV rank")
+    sma_days: int = Field(0, ge=0, le=1000, description="write puts only with the close >= its SMA (0: off)")
+    exit_below_sma: bool = Field(False, description="close a short put when the close falls below the SMA")
+    rsi_days: int = Field(14, ge=2, le=1000, description="Wilder RSI length, days")
+    put_rsi_max: float = Field(100.0, ge=0, le=100, description="write puts only with RSI <= this")
+    call_rsi_min: float = Field(0.0, ge=0, le=100, description="write calls only with RSI >= this")
+    roll_pnl: float = Field(0.9, gt=0, le=1, description="roll when P&L >= this fraction of the premium")
+    roll_dte: int = Field(15, ge=0, description="roll at or under this many days to expiry ...")
+    roll_min_pnl: float = Field(0.0, description="... when P&L >= this fraction of the premium")
+    roll_max_dte: int | None = Field(None, ge=1, description="never roll a leg with more days to expiry than this")
+    put_itm: ItmRule = Field("hold", description="an ITM short put: hold to assignment, roll, always_roll or close")
+    call_itm: ItmRule = Field("roll", description="an ITM short call: hold to assignment, roll, always_roll or close")
+    roll_credit_only: bool = Field(False, description="roll only for a net credit")
+    close_if_unable_to_roll: bool = Field(False, description="close a leg due a roll when no contract qualifies")
+    close_at_pnl: float | None = Field(None, gt=0, le=1, description="close (not roll) at this P&L fraction")
+    stop_underlying_drawdown: float | None = Field(
+        None, gt=0, lt=1, description="close everything when the underlying falls this fraction below the cycle's entry"
+    )
+    stop_option_loss: float | None = Field(
+        None, gt=0, description="buy back a short option whose loss reaches this multiple of its premium"
+    )
+    call_below_cost_basis: bool = Field(False, description="allow call strikes below the shares' cost basis")
+    call_cap_factor: float = Field(1.0, gt=0, le=1, description="fraction of the shares covered by calls")
+    maintain_high_water_mark: bool = Field(False, description="a rolled call's strike never goes down")
+    exercise: Literal["american", "european"] = Field("american", description="exercise style the Greeks assume")
+    american_engine: str = Field("baw", description="pricing engine of American Greeks (registry name)")
+    european_engine: str = Field("bsm", description="pricing engine of European Greeks (registry name)")
+    rate: float = Field(0.02, ge=-0.1, le=1, description="risk-free rate for the Greeks (continuous)")
+    dividend_yield: float = Field(0.0, ge=0, le=1, description="dividend yield for the Greeks (continuous)")
+    score_dte_weight: float = Field(1.0, ge=0, description="score penalty per year of DTE beyond the target")
+    score_yield_weight: float = Field(0.0, ge=0, description="score weight of the annualised yield")
+    score_liquidity_weight: float = Field(0.01, ge=0, description="score weight of the liquidity score (0..1)")
+    limit_fraction: float = Field(0.5, ge=0, le=1, description="limit price: bid + this fraction of the spread")
+    cycle_time: str = Field(
+        "15:30", pattern=r"^\d{2}:\d{2}$", description="on the engine: the daily cycle runs at the first timer "
+        "tick at or after this New York time (HH:MM)"
+    )
+    device: str = Field("auto", description="strike-scoring device: auto, cpu, cuda or cuda:N")
+    batch_rows: int = Field(1_000_000, ge=1, description="candidate rows scored per batch (halved on OOM)")
+
+    @model_validator(mode="after")
+    def _check(self) -> WheelSettings:
+        if not self.symbols:
+            raise ValueError("symbols: at least one underlying")
+        bad = {k: v for k, v in self.symbols.items() if not v > 0}
+        if bad:
+            raise ValueError(f"symbols: weights must be > 0, got {bad}")
+        if self.dte > self.max_dte:
+            raise ValueError(f"dte={self.dte} exceeds max_dte={self.max_dte}")
+        unknown = sorted(set(self.symbol_overrides) - set(self.symbols))
+        if unknown:
+            raise ValueError(f"symbol_overrides: {unknown} not among symbols {sorted(self.symbols)}")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> WheelSettings:
+        """The wheel configuration in a YAML file: the section's keys at the top level, or under ``wheel:``
+        (a whole settings file). A bad or unknown key raises ConfigErrors naming ``wheel.<key>``."""
+        data = _read_yaml(Path(path))
+        if set(data) == {"wheel"} and isinstance(data["wheel"], dict):
+            data = data["wheel"]
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigErrors(_explain(exc, str(path), prefix=("wheel",)).errors) from None
 
 
 _yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("greekfire_yaml_data", default=None)
@@ -367,6 +486,7 @@ class Settings(BaseSettings):
     fix: FixSettings = FixSettings()
     api: ApiSettings = ApiSettings()
     hft: HftSettings = HftSettings()
+    wheel: WheelSettings = WheelSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -444,10 +564,10 @@ def _keys_at(loc: tuple[Any, ...]) -> list[str]:
     return sorted({f.alias or k for k, f in model.model_fields.items()} | set(model.model_fields))
 
 
-def _explain(exc: ValidationError, source: str) -> ConfigErrors:
+def _explain(exc: ValidationError, source: str, prefix: tuple[str, ...] = ()) -> ConfigErrors:
     errors = []
     for err in exc.errors():
-        loc = tuple(err.get("loc", ()))
+        loc = prefix + tuple(err.get("loc", ()))
         field = ".".join(str(p) for p in loc)
         value = err.get("input")
         allowed = err.get("msg", "invalid")

@@ -1,16 +1,21 @@
 """Indicators of a daily close series: moving averages, RSI, log returns and realized volatility.
 
 numpy in, numpy out, one value per day (NaN until enough days are known); each value uses only that day
-and earlier ones. Vols are annualised with sqrt(252) trading days; returns are log returns.
+and earlier ones. :func:`sma_tensor` and :func:`rsi_tensor` compute the same on torch tensors, many series
+at once (one per row). Vols are annualised with sqrt(252) trading days; returns are log returns.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from greekfire.core.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 TRADING_DAYS = 252.0
 RSI_LENGTH = 14
@@ -90,3 +95,52 @@ def realized_vol(close: np.ndarray, n: int) -> np.ndarray:
         win = np.lib.stride_tricks.sliding_window_view(r[1:], n)
         out[n:] = win.std(axis=1, ddof=1) * math.sqrt(TRADING_DAYS)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# the same indicators on torch tensors: one row per series (symbols x days), the last axis is time; the
+# values equal the numpy functions above row by row. torch is imported when they are first called.
+def sma_tensor(x: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`sma` along the last axis of ``x`` (NaN for the first ``n-1`` values of each row)."""
+    import torch
+
+    if n <= 0:
+        raise DataError("n", n, "a moving-average length must be >= 1")
+    x = torch.as_tensor(x, dtype=torch.float64)
+    out = torch.full_like(x, math.nan)
+    t = x.shape[-1]
+    if t >= n:
+        c = torch.nn.functional.pad(torch.cumsum(x, dim=-1), (1, 0))
+        out[..., n - 1 :] = (c[..., n:] - c[..., :-n]) / n
+    return out
+
+
+def rsi_tensor(close: torch.Tensor, n: int = RSI_LENGTH) -> torch.Tensor:
+    """:func:`rsi` (Wilder, 0..100) along the last axis of ``close``, all rows at once (NaN until ``n``
+    changes are known)."""
+    import torch
+
+    x = torch.as_tensor(close, dtype=torch.float64)
+    out = torch.full_like(x, math.nan)
+    t = x.shape[-1]
+    if t <= n:
+        return out
+    d = torch.diff(x, dim=-1)
+    gain, loss = d.clamp(min=0.0), (-d).clamp(min=0.0)
+    avg_g, avg_l = gain[..., :n].mean(dim=-1), loss[..., :n].mean(dim=-1)
+    gs, ls = [avg_g], [avg_l]
+    for i in range(n, t - 1):  # Wilder's smoothing, every row at once
+        avg_g = (avg_g * (n - 1) + gain[..., i]) / n
+        avg_l = (avg_l * (n - 1) + loss[..., i]) / n
+        gs.append(avg_g)
+        ls.append(avg_l)
+    out[..., n:] = _rsi_of(torch.stack(gs, dim=-1), torch.stack(ls, dim=-1))
+    return out
+
+
+def _rsi_of(avg_g: torch.Tensor, avg_l: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    val = 100.0 - 100.0 / (1.0 + avg_g / avg_l)
+    flat = torch.where(avg_g == 0.0, torch.full_like(val, 50.0), torch.full_like(val, 100.0))
+    return torch.where(avg_l == 0.0, flat, val)

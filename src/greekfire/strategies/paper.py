@@ -100,11 +100,14 @@ def wind_down(engine: Any, venue: Venue, timeout_s: float = 3.0) -> int:
 
 def engine_on_venues(
     settings: Settings, strategies: list[Any], store: SnapshotStore, venues: int | str | None = None,
-    engine_id: str = "paper",
+    engine_id: str = "paper", *, instruments: list[Any] | None = None, market: Any = None,
+    clock_ns: Callable[[], int] | None = None,
 ) -> tuple[Any, Any]:
     """The engine with ``strategies`` on ``venues`` simulated venues (default ``trading.venues``) and their
     synthetic market, or on the FIX venue of ``fix.host:fix.port`` for ``venues="fix"`` (logged on; no
-    synthetic market: quotes come over FIX). State in ``store``, resumed. Returns ``(engine, fix venue or
+    synthetic market: quotes come over FIX). State in ``store``, resumed. ``instruments`` (default
+    :func:`default_instruments`), ``market`` (a :class:`SyntheticMarket` on them; simulated venues only) and
+    ``clock_ns`` (default the wall clock) go to :func:`build_engine`. Returns ``(engine, fix venue or
     None)``; ConfigError naming ``venues`` for anything else, UnavailableError when the exchange does not
     answer."""
     use_fix = isinstance(venues, str)
@@ -114,12 +117,13 @@ def engine_on_venues(
         ts = settings.trading
         settings = settings.model_copy(update={"trading": ts.model_copy(update={"venues": venues})})
     if not use_fix:
-        return build_engine(settings, strategies=strategies, store=store, restore=True, engine_id=engine_id), None
-    instruments = default_instruments()
+        return build_engine(settings, instruments=instruments, strategies=strategies, store=store, restore=True,
+                            engine_id=engine_id, market=market, clock_ns=clock_ns), None
+    instruments = instruments or default_instruments()
     fix_venue: Any = fix_venues(settings, instruments)[0]
     try:
         engine = build_engine(settings, instruments=instruments, venues=[fix_venue], strategies=strategies,
-                              store=store, restore=True, engine_id=engine_id)
+                              store=store, restore=True, engine_id=engine_id, clock_ns=clock_ns)
     except BaseException:
         fix_venue.stop()
         raise

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from greekfire.core.db import resolve_url
-from greekfire.core.errors import ConfigError
+from greekfire.core.errors import ConfigError, DataError
 from greekfire.core.settings import Settings
 from greekfire.trading.engine import TradingEngine
 from greekfire.trading.model import Instrument, InstrumentKind, option
@@ -34,6 +34,52 @@ def default_instruments(
         for right in ("C", "P"):
             out.append(option(iid, underlying, float(k), expiry, right, multiplier=100.0, tick_size=0.01))
             iid += 1
+    return out
+
+
+CHAIN_BASE_DAY = 10957  # 2000-01-01 in days since the epoch: stable option ids count days from here
+
+
+def chain_id(expiry: datetime, strike: float, right: str) -> int:
+    """A stable instrument id for one listed option: the same contract (expiry day, strike, right) gets the
+    same id in every run that lists it, so positions saved by one run are found by the next. Strikes on a
+    0.5 grid below 5000 (DataError otherwise)."""
+    half = strike * 2.0
+    if not (0 < strike < 5000 and abs(half - round(half)) < 1e-9):
+        raise DataError("strike", strike, "a stable option id needs a strike on a 0.5 grid, 0 < strike < 5000")
+    day = int(expiry.timestamp() // 86400) - CHAIN_BASE_DAY
+    if day < 0:
+        raise DataError("expiry", expiry.isoformat(), "a stable option id needs an expiry after 2000-01-01")
+    return 10 + day * 20_000 + int(round(half)) * 2 + (1 if right.upper().startswith("C") else 0)
+
+
+def chain_key(instrument_id: int) -> tuple[date, float, str] | None:
+    """What a :func:`chain_id` encodes: ``(expiry date (UTC), strike, "P" or "C")``; None for an id below the
+    chain's range (an underlying's)."""
+    n = int(instrument_id) - 10
+    if n < 0:
+        return None
+    day, rest = divmod(n, 20_000)
+    half, call = divmod(rest, 2)
+    return (datetime.fromtimestamp((CHAIN_BASE_DAY + day) * 86400, UTC).date(), half / 2.0, "C" if call else "P")
+
+
+def option_chain(
+    underlying: str, expiries: Iterable[datetime], strikes: Iterable[float], *, underlying_id: int = 1,
+    multiplier: float = 100.0, tick_size: float = 0.01,
+) -> list[Instrument]:
+    """An underlying (id ``underlying_id``) and a put and a call per strike (currency) and expiry (aware
+    datetimes), with stable ids (:func:`chain_id`): what a wheel needs (weekly expiries, strikes around the
+    spot) and what a restarted run lists again identically."""
+    out = [Instrument(underlying_id, underlying, InstrumentKind.EQUITY, underlying, tick_size=tick_size, lot_size=1)]
+    seen: set[int] = set()
+    for exp in sorted(set(expiries)):
+        for k in sorted({float(k) for k in strikes}):
+            for right in ("P", "C"):
+                iid = chain_id(exp, k, right)
+                if iid not in seen:
+                    seen.add(iid)
+                    out.append(option(iid, underlying, k, exp, right, multiplier=multiplier, tick_size=tick_size))
     return out
 
 

@@ -3,9 +3,10 @@ router -> venue -> fills -> positions, P&L and Greeks.
 
 This module is the loop; each other job is a part of its own: order entry and mass quotes (``entry``), held
 stops (``stops``), venue events (``executions``), latency (``latency``), recovery (``recovery``), limits the
-engine enforces itself (``guard``), reports (``report``), the strategies' contexts (``context``) and timers
-(``timers``). Strategies hear the bus (``quotes.<symbol>``, ``trades.<symbol>``, ``books.<symbol>``,
-``fills.<strategy>``, ``timers``) and act through their context. Dispatch is synchronous inside the loop, so
+engine enforces itself (``guard``), option expiry and assignment (``expiry``), reports (``report``), the
+strategies' contexts (``context``) and timers (``timers``). Strategies hear the bus (``quotes.<symbol>``,
+``trades.<symbol>``, ``books.<symbol>``, ``fills.<strategy>``, ``settlements``, ``timers``) and act through
+their context. Dispatch is synchronous inside the loop, so
 the latency of the internal path (market event in -> order handed to the venue) is measured exactly.
 Build it with :func:`greekfire.trading.build_engine` so tests run what production runs.
 """
@@ -32,6 +33,7 @@ from greekfire.trading.context import attach
 from greekfire.trading.denials import Denial
 from greekfire.trading.entry import OrderEntry
 from greekfire.trading.executions import ExecutionHandler
+from greekfire.trading.expiry import ExpirySettler
 from greekfire.trading.latency import LatencyRecorder
 from greekfire.trading.model import (
     BookUpdate,
@@ -102,6 +104,7 @@ class TradingEngine:
         )
         self.oms.on_change = self.executions.track_order
         self.timers = Timers(self._call_timer)
+        self.expiry = ExpirySettler(self)  # options expire, are exercised or assigned (before strategies hear timers)
         for inst in instruments:
             self.add_instrument(inst)
         for v in venues:
@@ -318,11 +321,7 @@ class TradingEngine:
             self.risk.refresh(self.clock_ns())
             ex.risk_dirty = False
         if (moved or filled) and self.bus.has_subscribers("portfolio"):
-            # a copy: subscribers must not see (or change) the live totals
-            self.bus.publish("portfolio", {
-                "greeks": {u: list(t) for u, t in pf.totals.items()}, "cash": pf.cash, "var": self.risk.var,
-                "positions": {i: p.qty for i, p in pf.positions.items() if p.qty},
-            })
+            report.publish_portfolio(self)
 
     # ---------------------------------------------------------------- timers, end of day, persistence
     def on_timer(self, now_ns: int | None = None) -> None:

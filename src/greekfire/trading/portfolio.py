@@ -184,6 +184,36 @@ class Portfolio:
         self._swap_contribution(inst, pos.qty)
         return realized
 
+    def settle(
+        self, instrument_id: int, *, close_price: float = 0.0, underlying_id: int | None = None,
+        underlying_qty: int = 0, price: float = 0.0,
+    ) -> float:
+        """Close an option position without a trade (expiry, exercise, assignment): the whole position goes
+        at ``close_price`` (currency per unit: 0 for an expiry or a physical delivery, the intrinsic value for
+        a cash settlement) and ``underlying_qty`` units of ``underlying_id`` (signed) move at ``price`` (the
+        strike, currency per unit), cash following: ``-underlying_qty x price``. No fee. Returns the option
+        leg's realized P&L (currency)."""
+        pos = self.positions.get(instrument_id)
+        if pos is None or not pos.qty:
+            return 0.0
+        inst = self.instruments[instrument_id]
+        side, qty = (-1 if pos.qty > 0 else 1), abs(pos.qty)
+        realized = pos.apply(side, qty, close_price, inst.multiplier, 0.0)
+        self.net[instrument_id] = pos.qty
+        self.cash -= side * qty * close_price * inst.multiplier
+        self._swap_contribution(inst, pos.qty)
+        if underlying_qty and underlying_id is not None:
+            und = self.instruments[underlying_id]
+            upos = self.positions.get(underlying_id)
+            if upos is None:
+                upos = self.positions[underlying_id] = Position(underlying_id)
+            upos.apply(1 if underlying_qty > 0 else -1, abs(underlying_qty), price, und.multiplier, 0.0)
+            self.net[underlying_id] = upos.qty
+            self.cash -= underlying_qty * price * und.multiplier
+            self._swap_contribution(und, upos.qty)
+        self._dirty.add(inst.underlying)
+        return realized
+
     def _swap_contribution(self, inst: Instrument, qty: int) -> None:
         u = self.unit[inst.instrument_id]
         m = qty * inst.multiplier

@@ -57,6 +57,16 @@ def summary(eng: TradingEngine) -> dict[str, Any]:
     }
 
 
+def publish_portfolio(eng: TradingEngine) -> None:
+    """Greeks, cash, VaR and positions on the bus topic ``portfolio`` (a copy: subscribers must not see, or
+    change, the live totals)."""
+    pf = eng.portfolio
+    eng.bus.publish("portfolio", {
+        "greeks": {u: list(t) for u, t in pf.totals.items()}, "cash": pf.cash, "var": eng.risk.var,
+        "positions": {i: p.qty for i, p in pf.positions.items() if p.qty},
+    })
+
+
 def publish_metrics(eng: TradingEngine) -> None:
     """P&L, Greeks per underlying, router and OMS counts, and latency percentiles to Prometheus."""
     for k, v in eng.portfolio.pnl().items():

@@ -135,6 +135,14 @@ class SnapshotStore:
             return [dict(r._mapping) for r in conn.execute(
                 select(fills_table).where(fills_table.c.engine_id == self.engine_id).order_by(fills_table.c.ts_ns))]
 
+    def audit_entries(self, kind: str) -> list[dict[str, Any]]:
+        """Stored audit entries of one ``kind`` (e.g. ``settlement``), oldest first: seq, ts_ns, ref, data."""
+        with self.db.connect() as conn:
+            rows = conn.execute(select(audit_table.c.seq, audit_table.c.ts_ns, audit_table.c.ref, audit_table.c.data)
+                                .where(audit_table.c.engine_id == self.engine_id, audit_table.c.kind == kind)
+                                .order_by(audit_table.c.seq))
+            return [dict(r._mapping) for r in rows]
+
     def audit_count(self) -> int:
         with self.db.connect() as conn:
             return len(conn.execute(select(audit_table.c.seq).where(audit_table.c.engine_id == self.engine_id)).all())

@@ -1,0 +1,78 @@
+"""The same WheelStrategy on the trading engine: its cycle sends a put sale through risk and the router to a
+venue, the fill comes back as an event, and the state machine and the journal follow, as in the backtest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wheel_days import D0, SPY, close_ns, day, opt
+
+from greekfire.core.clock import ManualClock
+from greekfire.core.settings import load_settings
+from greekfire.strategies.wheel.config import WheelConfig
+from greekfire.strategies.wheel.journal import MemoryJournal
+from greekfire.strategies.wheel.state import WheelState
+from greekfire.strategies.wheel.strategy import WheelStrategy
+from greekfire.trading import Quote, build_engine
+from greekfire.trading.model import VenueEvent, VenueEventKind, VenueOrderState
+from greekfire.trading.orders import Order
+from greekfire.trading.venues import Venue
+
+
+class FillingVenue(Venue):
+    """Accepts and fills every new order in full at its limit at the next poll."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[tuple[int, int, int, int]] = []  # (instrument id, side, qty, limit ticks)
+        self._out: list[VenueEvent] = []
+
+    def submit(self, order: Order, now_ns: int) -> None:
+        self.sent.append((order.instrument_id, int(order.side), order.qty, order.price_ticks or 0))
+        self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, "v1", ts_ns=now_ns))
+        self._out.append(VenueEvent(VenueEventKind.FILL, self.name, order.client_id, "v1", qty=order.qty,
+                                    price_ticks=order.price_ticks or 0, leaves_qty=0, cum_qty=order.qty,
+                                    fill_id=f"f{len(self.sent)}", ts_ns=now_ns, instrument_id=order.instrument_id,
+                                    side=int(order.side)))
+
+    def amend(self, order: Order, new_qty: int, new_price_ticks: int, now_ns: int) -> None:
+        pass
+
+    def cancel(self, order: Order, now_ns: int) -> None:
+        self._out.append(VenueEvent(VenueEventKind.CANCELED, self.name, order.client_id, ts_ns=now_ns))
+
+    def poll(self, now_ns: int) -> list[Any]:
+        out, self._out = self._out, []
+        return out
+
+    def report(self) -> tuple[list[VenueOrderState], list[VenueEvent]]:
+        return [], []
+
+
+def test_the_strategy_runs_unchanged_on_the_engine() -> None:
+    put = opt(day(35), 95.0, "P")
+    now = close_ns(D0)
+    clock = ManualClock(now)
+    venue = FillingVenue("V1")
+    journal = MemoryJournal()
+    cfg = WheelConfig(symbols={"SPY": 1.0}, exercise="european", dte=20, max_dte=60, min_open_interest=0,
+                      max_contracts=2)
+    wheel = WheelStrategy(cfg, journal, capital=1_000_000)
+    eng = build_engine(load_settings(), instruments=[SPY, put], venues=[venue], strategies=[wheel], store=False,
+                       clock_ns=clock.now_ns)
+    eng.start()
+    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 100, 100, now, "V1"),
+                 Quote(put.instrument_id, 1.00, 1.10, 10, 10, now, "V1")])
+    assert put.instrument_id not in wheel.ctx.stats  # no liquidity source here: the minimums let it pass
+    wheel.on_timer(now - 3_600 * 10**9)  # 15:00 New York: before the cycle time (15:30)
+    assert venue.sent == []
+    wheel.on_timer(now)  # 16:00: the first timer at or after the cycle time runs the day's cycle
+    assert venue.sent == [(put.instrument_id, -1, 2, 21)]  # 2 contracts (max_contracts) at 1.05 = 21 ticks
+    eng.poll_once()
+    assert wheel.state["SPY"] == WheelState.SHORT_PUT and wheel.ctx.positions[put.instrument_id] == -2
+    assert [t.event for t in journal.transitions] == ["put_sold"]
+    assert 200.0 < journal.premium("SPY") <= 210.0  # 2 x 100 x 1.05, less the venue's fees
+    assert journal.open_legs("SPY")[0]["premium"] == 1.05
+    wheel.on_timer(now + 3_600 * 10**9)  # same New York day: no second cycle
+    assert len(venue.sent) == 1
+    assert wheel.reconcile() == []

@@ -101,6 +101,7 @@ def test_kill_switch_stops_every_order_from_the_next_loop(how: str, itch_file: P
     cfg = load_hft(overrides={
         "workers": 1, "n_locates": 64, "max_orders": 1 << 17, "decide_every": 8, "enter": 0.12, "wait": "block",
         "ring_capacity": 8192, "max_position": 1 << 30, "killswitch_file": str(kill_file),
+        "cpus": [0, 0, 0, 0, 0],  # every stage pinned (to the first CPU this process may use)
         "status_file": str(tmp_path / "status.json"),
     })
     pipe = Pipeline(cfg, itch=itch_file, source="file", rate=30_000)
@@ -112,9 +113,12 @@ def test_kill_switch_stops_every_order_from_the_next_loop(how: str, itch_file: P
             kill_file.touch()
         else:
             os.kill(os.getpid(), signal.SIGUSR1)  # the coordinator forwards it to the gateway
+        pinned = {name: os.sched_getaffinity(pid) for name, pid in pipe.pids.items()}
         result = pipe.wait(timeout_s=300)
     finally:
         pipe.stop()
+    first_cpu = min(os.sched_getaffinity(0))
+    assert all(cpus == {first_cpu} for cpus in pinned.values()), pinned
     gw_stats = result.stats["gateway"]
     assert gw_stats["killed"] and gw_stats["kill_reason"]
     t_kill = gw_stats["killed_ns"]

@@ -85,6 +85,11 @@ def _run_pipeline(itch: Path, source: str, rate: float, serve: bool, workers: in
     from greekfire.hft.pipeline import Pipeline, reference_run
 
     cfg = _hft_settings(_overrides(workers, wait))
+    if cfg.metrics_port is not None:
+        from greekfire.hft.metrics import serve as serve_metrics
+
+        bound = serve_metrics(cfg.metrics_port)
+        _cli().err_console.print(f"greekfire hft: metrics on http://127.0.0.1:{bound}/metrics")
     # a stage that dies or a feed that never ends: one line and exit 1 (the greekfire group)
     result = Pipeline(cfg, itch=itch, source=source, rate=rate, serve=serve).run(timeout_s=timeout)
     out = result.summary()
@@ -128,11 +133,6 @@ def hft_run(
     """Run the pipeline on the feed at hft.feed_group:hft.feed_port (start `greekfire hft feed-server` for it)
     until the feed's session ends; status in hft.status_file, metrics on hft.metrics_port."""
     cfg = _hft_settings(_overrides(workers, wait))
-    if cfg.metrics_port is not None:
-        from greekfire.hft.metrics import serve
-
-        port = serve(cfg.metrics_port)
-        _cli().err_console.print(f"greekfire hft run: metrics on http://127.0.0.1:{port}/metrics")
     _cli().err_console.print(f"greekfire hft run: listening to {cfg.feed_group}:{cfg.feed_port} on {cfg.feed_iface}")
     out = _run_pipeline(_itch_file(itch, "--itch"), "multicast", 0.0, False, workers, wait, timeout, False)
     cli = _cli()

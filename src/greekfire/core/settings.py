@@ -326,7 +326,9 @@ class HftSettings(Section):
     risk: HftRiskSettings = HftRiskSettings()
     killswitch_file: Path | None = Field(None, description="the kill switch trips when this file exists")
     killswitch_port: int | None = Field(None, ge=0, le=65535, description="HTTP port of the kill switch (none: off)")
-    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics of `hft run` (none: off)")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics of `hft run` and `hft replay` (none: off)"
+    )
     status_file: Path = Field(Path(".greekfire/hft-status.json"), description="what `greekfire hft status` reads")
     status_interval_s: float = Field(1.0, gt=0, description="how often the running pipeline writes its status")
 

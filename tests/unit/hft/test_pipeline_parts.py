@@ -111,6 +111,11 @@ def test_metrics_count_what_grew() -> None:
     assert sample_value("greekfire_hft_messages_total", {"stage": "feedX"}) == 25
     assert sample_value("greekfire_hft_drops_total", {"stage": "feedX"}) == 2
     assert sample_value("greekfire_hft_stage_latency_us", {"stage": "tick->order", "quantile": "p99"}) == 9.0
+    import urllib.request
+
+    port = metrics.serve(0)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'greekfire_hft_messages_total{stage="feedX"} 25.0' in body
 
 
 def test_status_command_reads_the_status_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

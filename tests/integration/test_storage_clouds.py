@@ -149,7 +149,7 @@ def test_check_storage_read_and_write_ok(cloud: Cloud) -> None:
     assert not [p for p in (fs.find(root) if fs.exists(root) else []) if ".greekfire-check-" in p]  # probe removed
 
 
-def _fake_samples(n: int, window: int = 8, f_seq: int = 3, f_c: int = 4) -> Samples:
+def _fake_samples(n: int, window: int = 20, f_seq: int = 16, f_c: int = 20) -> Samples:
     rng = np.random.default_rng(1)
     return Samples(
         seq=rng.normal(size=(n, window, f_seq)).astype(np.float32),
@@ -168,12 +168,16 @@ def test_pricing_samples_stream_by_rank(cloud: Cloud) -> None:
     url = cloud.url(f"samples-{uuid.uuid4().hex[:8]}")
     samples = _fake_samples(600)
     write_samples(samples, url, st, row_group_size=50, rows_per_file=200)
+    fs, root = open_fs(url, st)
+    total = sum(fs.size(p) for p in fs.find(root))
     per_rank = []
     for rank in range(2):
         ds = StreamingOptionsDataset(url, st, rank=rank, world_size=2)
         got = [int(t) for item in ds for t in np.atleast_1d(item["target"].numpy())]
         assert len(got) == len(ds) == 300
         assert ds.stats.row_groups_read == 6  # 3 files x 4 row groups, half of them
+        # ranged reads of its own row groups (plus the footers), not whole objects
+        assert ds.stats.bytes_read < 0.75 * total, (ds.stats, total)
         per_rank.append(got)
     assert not set(per_rank[0]) & set(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == list(range(600))

@@ -15,6 +15,7 @@ caller's back. Nothing here hard-codes an endpoint or a key.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import socket
@@ -131,19 +132,36 @@ def _azure_secret(st: StorageSettings, key: str) -> str | None:
 
 def _gcs_credentials(path: Path) -> tuple[Any, str | None]:
     """(google.auth credentials, their project) from a service-account, authorized-user or external-account
-    JSON file; a ConfigError naming the file when it cannot be used."""
-    import google.auth  # installed with gcsfs
-    from google.auth.exceptions import DefaultCredentialsError
-
-    if not Path(path).is_file():
-        raise ConfigError("storage.gcs_credentials_file", str(path), "an existing JSON key file; there is none")
+    (workload identity federation) JSON file; a ConfigError naming the file when it cannot be used."""
+    field_name = "storage.gcs_credentials_file"
     try:
-        creds, project = google.auth.load_credentials_from_file(str(path), scopes=[GCS_SCOPE])
-    except (DefaultCredentialsError, ValueError, KeyError) as exc:
-        raise ConfigError(
-            "storage.gcs_credentials_file", str(path), f"a service-account or authorized-user JSON key file: {exc}"
-        ) from exc
-    return creds, project
+        info = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(field_name, str(path), f"a readable JSON key file ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise ConfigError(field_name, str(path), f"a JSON key file; this is not JSON ({exc})") from exc
+    kind = info.get("type") if isinstance(info, dict) else None
+    try:
+        if kind == "service_account":
+            from google.oauth2 import service_account
+
+            creds: Any = service_account.Credentials.from_service_account_info(info, scopes=[GCS_SCOPE])
+            return creds, info.get("project_id")
+        if kind == "authorized_user":
+            from google.oauth2.credentials import Credentials
+
+            return Credentials.from_authorized_user_info(info, scopes=[GCS_SCOPE]), info.get("quota_project_id")
+        if kind == "external_account":
+            from google.auth import aws, identity_pool
+
+            source = info.get("credential_source") or {}
+            module: Any = aws if "environment_id" in source else identity_pool
+            return module.Credentials.from_info(info, scopes=[GCS_SCOPE]), info.get("quota_project_id")
+    except (ValueError, KeyError, TypeError) as exc:  # google.auth's MalformedError is a ValueError
+        raise ConfigError(field_name, str(path), f"a valid {kind} key file: {type(exc).__name__}: {exc}") from exc
+    raise ConfigError(
+        field_name, str(path), f"a JSON key file of type service_account, authorized_user or external_account, not {kind!r}"
+    )
 
 
 def gcs_options(settings: StorageLike) -> dict[str, Any]:
@@ -243,6 +261,12 @@ def _construction_error(proto: str, exc: Exception) -> Exception:
     return exc
 
 
+def is_object_store(fs: Any) -> bool:
+    """True for an S3, GCS or Azure filesystem (each read a request: worth opening files without read-ahead)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(p in _S3 | _GCS | _AZURE for p in protocols)
+
+
 def open_fs(url: str, settings: StorageLike = None, *, fresh: bool = False) -> tuple[Any, str]:
     """An fsspec filesystem for ``url`` and the path inside it, configured from the storage settings.
 
@@ -262,7 +286,7 @@ def open_fs(url: str, settings: StorageLike = None, *, fresh: bool = False) -> t
     except ImportError as exc:
         pkg = _PACKAGE_FOR.get(proto, proto)
         raise ConfigError(
-            "storage.url", url, f"the {proto}:// scheme needs the package {pkg!r} (pip install {pkg})"
+            "storage.url", url, f"the {proto}:// scheme needs the package {pkg!r} (pip install {pkg}, or the greekfire[cloud] extra)"
         ) from exc
     except ValueError as exc:
         raise ConfigError("storage.url", url, f"unknown storage scheme {proto!r}: {exc}") from exc

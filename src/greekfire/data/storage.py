@@ -15,6 +15,7 @@ caller's back. Nothing here hard-codes an endpoint or a key.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -164,6 +165,21 @@ def _gcs_credentials(path: Path) -> tuple[Any, str | None]:
     )
 
 
+def _file_stamp(path: Path) -> tuple[str, int, int]:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return str(path), 0, 0
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=16)
+def _gcs_credentials_cached(path: str, mtime_ns: int, size: int) -> tuple[Any, str | None]:
+    """One credentials object per version of a key file: fsspec's instance cache keys on the arguments, so
+    a fresh object per call would build a new client (and fetch a new token) every time."""
+    return _gcs_credentials(Path(path))
+
+
 def gcs_options(settings: StorageLike) -> dict[str, Any]:
     """Keyword arguments for ``gcsfs.GCSFileSystem`` from the storage settings.
 
@@ -179,7 +195,7 @@ def gcs_options(settings: StorageLike) -> dict[str, Any]:
     if st.gcs_anon:
         opts["token"] = "anon"
     elif st.gcs_credentials_file is not None:
-        opts["token"], file_project = _gcs_credentials(st.gcs_credentials_file)
+        opts["token"], file_project = _gcs_credentials_cached(*_file_stamp(st.gcs_credentials_file))
         project = project or file_project
     else:
         opts["token"] = "google_default"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import need_module
 from greekfire.core.errors import ConfigError, ConfigErrors
 from greekfire.core.settings import load_settings, settings_dict
 from greekfire.data.storage import azure_options, check_storage, gcs_options, open_fs, s3_options
@@ -116,6 +117,10 @@ def test_gcs_key_file_gives_credentials_and_project(tmp_path: Path) -> None:
     # the settings' project beats the file's
     opts = gcs_options(load_settings(overrides={"storage.gcs_credentials_file": str(path), "storage.gcs_project": "p2"}))
     assert opts["project"] == "p2"
+    # one client per key file version: fsspec's instance cache sees the same credentials object again
+    need_module("gcsfs")
+    st = load_settings(overrides={"storage.gcs_credentials_file": str(path)})
+    assert open_fs("gs://bucket/a", st)[0] is open_fs("gs://bucket/b", st)[0]
 
 
 @pytest.mark.parametrize("content,reason", [

@@ -304,3 +304,23 @@ def test_cli_credentials_from_the_environment(cloud: Cloud, tmp_path: Path) -> N
         key_file.write_text(base64_key())
         rc, data = _cli_check(cloud.url("cli"), env)
         assert rc == 1 and data["problem"] == "bad_credentials", data
+
+
+@pytest.mark.parametrize("cloud", ["az"], indirect=True)
+def test_azure_anonymous_reads_a_public_container(cloud: Cloud) -> None:
+    """``azure_anon``: no credentials; a public container is readable, writing and private containers are not."""
+    from azure.storage.blob import BlobServiceClient
+
+    srv = cloud.server
+    conn = f"BlobEndpoint={srv['endpoint']};AccountName={srv['account']};AccountKey={srv['key']};"
+    container = BlobServiceClient.from_connection_string(conn).create_container("public-data", public_access="container")
+    container.upload_blob("prices/a.bin", b"open to all")
+    st = cloud.settings(azure_account_key=None, azure_anon=True)
+    r = check_storage("az://public-data/prices", st)
+    assert r.ok and r.details["objects_seen"] == 1, r
+    fs, _ = open_fs("az://public-data/prices", st)
+    assert fs.cat_file("public-data/prices/a.bin") == b"open to all"
+    w = check_storage("az://public-data/prices", st, write=True)
+    assert not w.ok and w.problem == "bad_credentials", w  # writing needs credentials, and none were given
+    private = check_storage(cloud.url(), st)
+    assert not private.ok and private.problem == "bad_credentials", private  # a private container stays closed

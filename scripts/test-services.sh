@@ -53,4 +53,25 @@ if ! redis_up; then
 fi
 redis_up || echo "test-services: Redis is not answering on 127.0.0.1:6379"
 
+# Object stores. The tests start each server once per session on a free loopback port (tests/object_stores.py);
+# here we only install what they run. moto's S3 server and gcp-storage-emulator come with the dev extra
+# (`make dev`); Azurite (Azure Blob) comes from the npm registry into .tools/azurite, never globally.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+AZURITE_VERSION=3.35.0  # the newest release that supports node 18 (Debian 12) as well as 20 and 22
+AZURITE_BIN="$ROOT/.tools/azurite/node_modules/.bin/azurite-blob"
+if [ ! -x "$AZURITE_BIN" ] || ! "$AZURITE_BIN" --version 2>/dev/null | grep -qx "$AZURITE_VERSION"; then
+  need_pkg node nodejs
+  need_pkg npm npm
+  if command -v npm >/dev/null 2>&1; then
+    echo "test-services: installing azurite@$AZURITE_VERSION into .tools/azurite"
+    npm install --prefix "$ROOT/.tools/azurite" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null \
+      || echo "test-services: could not install azurite"
+  fi
+fi
+[ -x "$AZURITE_BIN" ] || echo "test-services: Azurite is missing (needs node and npm); the Azure storage tests skip"
+for tool in moto_server gcp-storage-emulator; do
+  [ -x "$ROOT/.venv/bin/$tool" ] || command -v "$tool" >/dev/null 2>&1 \
+    || echo "test-services: $tool is missing: install the dev extra (make dev)"
+done
+
 echo "test-services: ready"

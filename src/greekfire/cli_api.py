@@ -103,3 +103,21 @@ def serve_trading_cmd(
         serve_trading(cli.settings(), host=host, port=port, venues=where)
     except (ConfigError, ConfigErrors) as exc:  # a service that does not answer: exit 1 (the group)
         raise fail("serve trading", exc) from None
+
+
+def serve_wheel_cmd(
+    db: Annotated[str | None, typer.Option("--db", help="URL of the wheel's position database (default: database.url)")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="default: api.wheel_port")] = None,
+    poll_s: Annotated[float, typer.Option("--poll", min=0.05, max=3600, help="seconds between reads of the database")] = 1.0,
+) -> None:
+    """Serve the wheel dashboard: the page /wheel (positions, states, P&L and equity, performance, transitions,
+    live over WebSocket), JSON /v1/wheel/*, POST /token, /health, /metrics. Reads the database a wheel run
+    writes; needs API keys with the read scope (`greekfire api-key create --scope read`)."""
+    from greekfire.api.wheel import serve_wheel
+
+    cli = _cli()
+    try:
+        serve_wheel(cli.settings(), db_url=db, host=host, port=port, poll_s=poll_s)
+    except (ConfigError, ConfigErrors) as exc:
+        raise fail("serve wheel", exc) from None

@@ -91,6 +91,7 @@ def serve_trading_cmd(
     host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="default: api.trading_port")] = None,
     venues: Annotated[str | None, typer.Option("--venues", help="simulated venues (1-16), or `fix`: the engine trades over FIX with a `greekfire fix exchange` at fix.host:fix.port")] = None,
+    wheel_db: Annotated[str | None, typer.Option("--wheel-db", help="also serve the wheel dashboard (/wheel) over this wheel position database URL")] = None,
 ) -> None:
     """Serve the trading API over a running engine: REST /v1 (orders, positions, P&L, Greeks, risk, the kill
     switch, strategies), WebSocket /v1/stream, POST /token, /health, /metrics, /docs. Needs API keys
@@ -100,7 +101,7 @@ def serve_trading_cmd(
     where = venues_option(venues)
     cli = _cli()
     try:
-        serve_trading(cli.settings(), host=host, port=port, venues=where)
+        serve_trading(cli.settings(), host=host, port=port, venues=where, wheel_db_url=wheel_db)
     except (ConfigError, ConfigErrors) as exc:  # a service that does not answer: exit 1 (the group)
         raise fail("serve trading", exc) from None
 

@@ -124,3 +124,22 @@ def test_routes_need_the_read_scope_and_validate_the_limit(client: Any) -> None:
     assert c.post("/token", json={"api_key": "gfk_nope"}).status_code == 401
     assert c.get("/health").json()["status"] == "ok"
     assert c.get("/", follow_redirects=False).headers["location"] == "/wheel"
+
+
+def test_the_trading_server_serves_the_dashboard_too(db: Any, tmp_path: Path) -> None:
+    from greekfire.api.trading import build_app
+    from greekfire.trading.build import build_engine
+
+    settings = load_settings(overrides={"home": str(tmp_path / "home"), "trading.venues": 1})
+    store = ApiKeyStore(f"sqlite:///{tmp_path / 'keys.db'}")
+    _, key = store.create("t", ["read"])
+    app = build_app(settings, build_engine(settings, strategies=[], store=False), store=store, wheel_db=db)
+    with TestClient(app) as c:
+        assert "wheel.js" in c.get("/wheel").text
+        states = c.get("/v1/wheel/states", headers={"X-API-Key": key}).json()
+        assert [(s["symbol"], s["state"]) for s in states] == [("SPY", "SHORT_PUT")]
+        assert c.get("/v1/wheel/states").status_code == 401
+        with c.websocket_connect("/v1/wheel/stream", headers={"X-API-Key": key}) as ws:
+            ws.send_json({"op": "subscribe", "topics": ["wheel"]})
+            assert ws.receive_json()["data"]["kind"] == "snapshot"
+    store.close()

@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from greekfire.cli_errors import fail, venues_option
-from greekfire.core.errors import ConfigError, ConfigErrors, DataError
+from greekfire.cli_errors import fail, say_error, venues_option
+from greekfire.core.errors import ConfigError, ConfigErrors, DataError, UnavailableError
 
 api_key_app = typer.Typer(help="API keys of the trading API server: create, list, revoke.", no_args_is_help=True)
 
@@ -122,3 +122,6 @@ def serve_wheel_cmd(
         serve_wheel(cli.settings(), db_url=db, host=host, port=port, poll_s=poll_s)
     except (ConfigError, ConfigErrors) as exc:
         raise fail("serve wheel", exc) from None
+    except UnavailableError as exc:  # the database does not answer: exit 1
+        say_error("serve wheel", str(exc))
+        raise typer.Exit(1) from None

@@ -568,9 +568,9 @@ def serve_trading(settings: Settings, host: str | None = None, port: int | None 
     engine, fix_venue = build_trading_engine(settings, venues)
     wheel_db = None
     if wheel_db_url:
-        from greekfire.strategies.wheel.db import WheelDB
+        from greekfire.api.wheel import open_wheel_db
 
-        wheel_db = WheelDB(resolve_url(wheel_db_url, settings.home))
+        wheel_db = open_wheel_db(resolve_url(wheel_db_url, settings.home))
 
     def shutdown() -> None:
         if fix_venue is not None:

@@ -54,8 +54,8 @@ from greekfire.api.ratelimit import RateLimiter, make_limiter, rate_limited
 from greekfire.api.server import ListeningServer
 from greekfire.api.streams import CLOSE_POLICY, Client, TopicHub
 from greekfire.api.trading_models import clean
-from greekfire.core.db import resolve_url
-from greekfire.core.errors import ConfigError
+from greekfire.core.db import db_error_reason, masked_url, resolve_url
+from greekfire.core.errors import ConfigError, UnavailableError
 from greekfire.core.metrics import counter, mount_metrics
 from greekfire.core.settings import Settings
 from greekfire.strategies.wheel import metrics as wheel_metrics
@@ -311,15 +311,27 @@ def build_wheel_app(settings: Settings, db: Any, *, store: ApiKeyStore | None = 
     return app
 
 
+def open_wheel_db(url: str) -> Any:
+    """The ``WheelDB`` at ``url``. ConfigError (field ``--db``) for a URL SQLAlchemy cannot use,
+    UnavailableError when the database does not answer; the URL's password is masked in both."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    from greekfire.strategies.wheel.db import WheelDB
+
+    try:
+        return WheelDB(url)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigError("--db", masked_url(url), f"a SQLAlchemy database URL ({db_error_reason(exc)})") from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise UnavailableError(masked_url(url), db_error_reason(exc)) from None
+
+
 def serve_wheel(settings: Settings, db_url: str | None = None, host: str | None = None, port: int | None = None,
                 poll_s: float = 1.0) -> None:
     """Serve the wheel dashboard over the ``WheelDB`` at ``db_url`` (default ``database.url``) until stopped;
     once it listens, say where on stderr: ``greekfire serve wheel: listening on http://HOST:PORT (/wheel,
     ...)``. ``host`` defaults to ``api.host``, ``port`` to ``api.wheel_port``."""
-    from greekfire.strategies.wheel.db import WheelDB
-
-    url = resolve_url(db_url or settings.database.url.get_secret_value(), settings.home)
-    db = WheelDB(url)
+    db = open_wheel_db(resolve_url(db_url or settings.database.url.get_secret_value(), settings.home))
     app = build_wheel_app(settings, db, poll_s=poll_s)
     config = uvicorn.Config(app, host=host or settings.api.host, port=port or settings.api.wheel_port,
                             log_level="warning")

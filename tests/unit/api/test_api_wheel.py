@@ -143,3 +143,18 @@ def test_the_trading_server_serves_the_dashboard_too(db: Any, tmp_path: Path) ->
             ws.send_json({"op": "subscribe", "topics": ["wheel"]})
             assert ws.receive_json()["data"]["kind"] == "snapshot"
     store.close()
+
+
+@pytest.mark.parametrize("url,code,says", [
+    ("nosuch://x", 2, "bad setting --db='nosuch://x'"),
+    ("sqlite:////nonexistent-folder/x/wheel.db", 1, "cannot use sqlite:////nonexistent-folder/x/wheel.db"),
+])
+def test_serve_wheel_on_a_bad_database_ends_in_one_line(tmp_settings_env: Path, url: str, code: int, says: str) -> None:
+    from typer.testing import CliRunner
+
+    from greekfire.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "wheel", "--db", url, "--port", "1"])
+    assert r.exit_code == code, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in r.output

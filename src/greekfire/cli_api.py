@@ -115,6 +115,9 @@ def serve_wheel_cmd(
     """Serve the wheel dashboard: the page /wheel (positions, states, P&L and equity, performance, transitions,
     live over WebSocket), JSON /v1/wheel/*, POST /token, /health, /metrics. Reads the database a wheel run
     writes; needs API keys with the read scope (`greekfire api-key create --scope read`)."""
+    from greekfire.core.extras import require_extra
+
+    require_extra("serve", "greekfire serve wheel")  # one line naming the extra, not a bare ModuleNotFoundError
     from greekfire.api.wheel import serve_wheel
 
     cli = _cli()

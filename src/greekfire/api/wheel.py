@@ -23,7 +23,8 @@ transitions by id and the states on every poll, and positions, equity and perfor
 arrived or every ``full_every_s`` seconds (marks and snapshots change without a transition). A change is
 one message ``{"topic": "wheel", "seq": n, "pub_ns": t, "data": {"kind": "update", "transitions": [new,
 oldest first], "states": [...], "positions": [...], "equity": [rows newer than the last sent],
-"performance": {...}}}``; a client that subscribes first gets ``"kind": "snapshot"`` with everything. Polling
+"performance": {...}}}``; a client that subscribes first gets ``"kind": "snapshot"`` with everything, numbered
+with the ``seq`` of the last update it includes. Polling
 needs nothing from the writer (any process, any version) and costs two small queries a second; a writer in
 the same process may call :meth:`WheelFeed.poke` to publish at once. Back-pressure as on ``/v1/stream``: a
 client whose bounded queue fills is dropped (close code 1013). Each poll also refreshes the wheel's
@@ -91,60 +92,74 @@ class WheelFeed(TopicHub):
         self.last: dict[str, Any] = {"transitions": [], "states": [], "positions": [], "equity": [], "performance": {}}
         self._last_key: tuple[int, int] | None = None
         self._last_full = -math.inf
-        self._sent_equity_len = 0
         self._wake = asyncio.Event()
         self.polls = 0
 
-    # -------------------------------------------------------------- the database side (a worker thread)
-    def poll(self) -> dict[str, Any] | None:
-        """Read what changed since the last poll (blocking): the ``update`` message's data, or None."""
+    # -------------------------------------------------------------- the database side
+    def _read(self) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Read the database and compare with :attr:`last` without changing anything (safe in a worker
+        thread while the event loop reads :attr:`last`): the message to publish (or None) and the new state
+        for :meth:`_commit`."""
+        last = self.last
         recent = [clean(r) for r in self.db.transitions(50)]
         states = clean(self.db.states())
         newest = max((_key(r) for r in recent), default=None)
         first = self._last_key is None
-        fresh = [] if first else [r for r in recent if _key(r) > self._last_key]  # type: ignore[operator]
+        fresh = [] if self._last_key is None else [r for r in recent if _key(r) > self._last_key]
         now = time.monotonic()
-        full = first or bool(fresh) or states != self.last["states"] or now - self._last_full >= self.full_every_s
+        full = first or bool(fresh) or states != last["states"] or now - self._last_full >= self.full_every_s
+        new = {**last, "states": states, "transitions": recent}
         out: dict[str, Any] = {}
         if full:
-            self._last_full = now
             positions, equity, perf = clean(self.db.positions()), clean(self.db.equity()), clean(self.db.performance())
-            if positions != self.last["positions"]:
+            if positions != last["positions"]:
                 out["positions"] = positions
-            if equity != self.last["equity"]:
-                start = self._sent_equity_len if equity[:self._sent_equity_len] == self.last["equity"] else 0
-                out["equity"] = equity[start:]
-                out["equity_reset"] = start == 0
-            if perf != self.last["performance"]:
+            if equity != last["equity"]:
+                n = len(last["equity"])
+                start = n if equity[:n] == last["equity"] else 0
+                out["equity"], out["equity_reset"] = equity[start:], start == 0
+            if perf != last["performance"]:
                 out["performance"] = perf
-            self.last.update(positions=positions, equity=equity, performance=perf)
-            self._sent_equity_len = len(equity)
+            new.update(positions=positions, equity=equity, performance=perf)
             wheel_metrics.set_book(positions, states, equity, perf)
-        if states != self.last["states"]:
+        if states != last["states"]:
             out["states"] = states
         if fresh:
             out["transitions"] = sorted(fresh, key=_key)
-        if newest is not None:
-            self._last_key = max(newest, self._last_key or newest)
-        self.last["states"] = states
-        self.last["transitions"] = recent
-        self.polls += 1
+        key = self._last_key if newest is None else max(newest, self._last_key or newest)
+        state = {"last": new, "key": key, "full_at": now if full else self._last_full}
         if first:
-            return self.snapshot()
-        return {"kind": "update", **out} if out else None
+            return {**self._snapshot_of(new)}, state
+        return ({"kind": "update", **out} if out else None), state
+
+    def _commit(self, state: dict[str, Any]) -> None:
+        self.last, self._last_key, self._last_full = state["last"], state["key"], state["full_at"]
+        self.polls += 1
+
+    def poll(self) -> dict[str, Any] | None:
+        """Read what changed since the last poll and remember it (blocking): the message's data, or None
+        when nothing changed (the first poll gives the snapshot)."""
+        msg, state = self._read()
+        self._commit(state)
+        return msg
 
     def snapshot(self) -> dict[str, Any]:
         """Everything known, as the first message a new subscriber gets."""
-        return {"kind": "snapshot", "transitions": sorted(self.last["transitions"], key=_key),
-                "states": self.last["states"], "positions": self.last["positions"],
-                "equity": self.last["equity"], "equity_reset": True, "performance": self.last["performance"]}
+        return self._snapshot_of(self.last)
+
+    @staticmethod
+    def _snapshot_of(last: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "snapshot", "transitions": sorted(last["transitions"], key=_key), "states": last["states"],
+                "positions": last["positions"], "equity": last["equity"], "equity_reset": True,
+                "performance": last["performance"]}
 
     # -------------------------------------------------------------- the event loop side
     def subscribe(self, client: Client, topic: str) -> None:
         """Subscribe ``client`` and queue it the current snapshot (so nothing between its page load and
         its subscription is missed)."""
         super().subscribe(client, topic)
-        self.seq[topic] += 1
+        # the seq of the last update the snapshot includes: the topic's numbering stays the same for every
+        # client, without gaps (the next update is seq + 1)
         client.offer(json.dumps({"topic": topic, "seq": self.seq[topic], "pub_ns": time.time_ns(),
                                  "data": self.snapshot()}, default=str))
 
@@ -156,13 +171,14 @@ class WheelFeed(TopicHub):
         """Poll until cancelled; a failing poll is logged and counted, and the next one tries again."""
         while True:
             try:
-                data = await asyncio.to_thread(self.poll)
+                data, state = await asyncio.to_thread(self._read)
             except Exception as exc:  # a database that went away: keep the server up, try again
                 POLL_ERRORS.inc()
                 log.warning("wheel dashboard: cannot read the wheel database: %s", exc)
-                data = None
-            if data is not None:
-                self._fan_out(TOPIC, data)
+            else:  # on the loop: what a new subscriber's snapshot holds and the seq move together
+                self._commit(state)
+                if data is not None:
+                    self._fan_out(TOPIC, data)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)

@@ -155,7 +155,7 @@ function renderStates() {
       el("div", { class: "sym" }, s.symbol),
       el("span", { class: "state " + s.state }, s.state),
       el("div", { class: "why" }, [s.event, s.reason].filter(Boolean).join(": ")),
-      el("div", { class: "why" }, s.since_ns ? "since " + fmtTime(s.since_ns) : "")));
+      el("div", { class: "why" }, (s.since_ns ?? s.ts_ns) ? "since " + fmtTime(s.since_ns ?? s.ts_ns) : "")));
   }
   if (!model.states.length) box.append(el("p", { class: "dim" }, "No underlying has a state yet."));
 }

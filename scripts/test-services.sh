@@ -25,6 +25,11 @@ need_pkg promtool prometheus
 # Stop the Debian service's own Prometheus if the package started one: tests run their own on loopback.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 
+# Headless Chromium and its WebDriver (the wheel dashboard's browser test drives Debian's build through
+# Selenium; nothing downloads a browser of its own). apt runs only when /usr/bin/chromium is absent.
+need_pkg chromium chromium chromium-driver
+need_pkg chromedriver chromium-driver
+
 # PostgreSQL on 127.0.0.1:5432 (trust auth on this kind of machine).
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then

@@ -288,6 +288,7 @@ class ApiSettings(Section):
     host: str = Field("127.0.0.1", description="address `greekfire serve pricing` listens on")
     port: int = Field(8000, ge=1, le=65535, description="port of `greekfire serve pricing`")
     trading_port: int = Field(8010, ge=1, le=65535, description="port of `greekfire serve trading`")
+    wheel_port: int = Field(8020, ge=1, le=65535, description="port of `greekfire serve wheel` (the wheel dashboard)")
     redis_url: str | None = Field(
         None, description="Redis shared by the servers' rate limits (redis://host:6379/0); none: in memory"
     )

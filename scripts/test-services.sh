@@ -25,6 +25,11 @@ need_pkg promtool prometheus
 # Stop the Debian service's own Prometheus if the package started one: tests run their own on loopback.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 
+# Headless Chromium and its WebDriver (the wheel dashboard's browser test drives Debian's build through
+# Selenium; nothing downloads a browser of its own). apt runs only when /usr/bin/chromium is absent.
+need_pkg chromium chromium chromium-driver
+need_pkg chromedriver chromium-driver
+
 # PostgreSQL on 127.0.0.1:5432 (trust auth on this kind of machine).
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
@@ -52,5 +57,26 @@ if ! redis_up; then
   fi
 fi
 redis_up || echo "test-services: Redis is not answering on 127.0.0.1:6379"
+
+# Object stores. The tests start each server once per session on a free loopback port (tests/object_stores.py);
+# here we only install what they run. moto's S3 server and gcp-storage-emulator come with the dev extra
+# (`make dev`); Azurite (Azure Blob) comes from the npm registry into .tools/azurite, never globally.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+AZURITE_VERSION=3.35.0  # the newest release that supports node 18 (Debian 12) as well as 20 and 22
+AZURITE_BIN="$ROOT/.tools/azurite/node_modules/.bin/azurite-blob"
+if [ ! -x "$AZURITE_BIN" ] || ! "$AZURITE_BIN" --version 2>/dev/null | grep -qx "$AZURITE_VERSION"; then
+  need_pkg node nodejs
+  need_pkg npm npm
+  if command -v npm >/dev/null 2>&1; then
+    echo "test-services: installing azurite@$AZURITE_VERSION into .tools/azurite"
+    npm install --prefix "$ROOT/.tools/azurite" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null \
+      || echo "test-services: could not install azurite"
+  fi
+fi
+[ -x "$AZURITE_BIN" ] || echo "test-services: Azurite is missing (needs node and npm); the Azure storage tests skip"
+for tool in moto_server gcp-storage-emulator; do
+  [ -x "$ROOT/.venv/bin/$tool" ] || command -v "$tool" >/dev/null 2>&1 \
+    || echo "test-services: $tool is missing: install the dev extra (make dev)"
+done
 
 echo "test-services: ready"

@@ -213,3 +213,31 @@ def dev() -> Any:
     name = cuda_test_device()
     assert name is not None, "tests/cuda is collected only where a CUDA device (or an override) is present"
     return torch.device(name)
+
+
+# The three object-store servers (tests/object_stores.py), each started once per session on a free port.
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """moto's S3 server with IAM auth on (users ``admin`` and ``outsider``); skip (fail in CI) where absent."""
+    from object_stores import moto_s3 as start
+
+    with start(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """gcp-storage-emulator (GCS JSON API, no auth); skip (fail in CI) where absent."""
+    from object_stores import gcs_emulator as start
+
+    with start(tmp_path_factory.mktemp("gcs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Azurite's Blob service (Shared Key and SAS checked); skip (fail in CI) where absent."""
+    from object_stores import azurite as start
+
+    with start(tmp_path_factory.mktemp("azurite")) as server:
+        yield server

@@ -24,7 +24,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from greekfire import __version__
-from greekfire.cli_api import api_key_app, serve_trading_cmd
+from greekfire.cli_api import api_key_app, serve_trading_cmd, serve_wheel_cmd
 from greekfire.cli_errors import (
     EXIT_DATA,
     EXIT_USAGE,
@@ -73,7 +73,7 @@ data_app = typer.Typer(help="Options data: storage checks, synthetic market, rea
 app.add_typer(data_app, name="data")
 train_app = typer.Typer(help="Train models: the options pricing network (Lightning).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
-serve_app = typer.Typer(help="HTTP servers: the pricing inference server, the trading API.", no_args_is_help=True)
+serve_app = typer.Typer(help="HTTP servers: the pricing inference server, the trading API, the wheel dashboard.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 market_app = typer.Typer(help="Market core: ITCH files, LOBSTER checks, books.", no_args_is_help=True)
 app.add_typer(market_app, name="market")
@@ -81,6 +81,7 @@ app.add_typer(fix_app, name="fix")
 app.add_typer(hft_app, name="hft")
 app.add_typer(api_key_app, name="api-key")
 serve_app.command("trading")(serve_trading_cmd)
+serve_app.command("wheel")(serve_wheel_cmd)
 
 console = Console()
 err_console = Console(stderr=True)

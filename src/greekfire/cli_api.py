@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from greekfire.cli_errors import fail, venues_option
-from greekfire.core.errors import ConfigError, ConfigErrors, DataError
+from greekfire.cli_errors import fail, say_error, venues_option
+from greekfire.core.errors import ConfigError, ConfigErrors, DataError, UnavailableError
 
 api_key_app = typer.Typer(help="API keys of the trading API server: create, list, revoke.", no_args_is_help=True)
 
@@ -91,6 +91,7 @@ def serve_trading_cmd(
     host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="default: api.trading_port")] = None,
     venues: Annotated[str | None, typer.Option("--venues", help="simulated venues (1-16), or `fix`: the engine trades over FIX with a `greekfire fix exchange` at fix.host:fix.port")] = None,
+    wheel_db: Annotated[str | None, typer.Option("--wheel-db", help="also serve the wheel dashboard (/wheel) over this wheel position database URL")] = None,
 ) -> None:
     """Serve the trading API over a running engine: REST /v1 (orders, positions, P&L, Greeks, risk, the kill
     switch, strategies), WebSocket /v1/stream, POST /token, /health, /metrics, /docs. Needs API keys
@@ -100,6 +101,30 @@ def serve_trading_cmd(
     where = venues_option(venues)
     cli = _cli()
     try:
-        serve_trading(cli.settings(), host=host, port=port, venues=where)
+        serve_trading(cli.settings(), host=host, port=port, venues=where, wheel_db_url=wheel_db)
     except (ConfigError, ConfigErrors) as exc:  # a service that does not answer: exit 1 (the group)
         raise fail("serve trading", exc) from None
+
+
+def serve_wheel_cmd(
+    db: Annotated[str | None, typer.Option("--db", help="URL of the wheel's position database (default: database.url)")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="default: api.wheel_port")] = None,
+    poll_s: Annotated[float, typer.Option("--poll", min=0.05, max=3600, help="seconds between reads of the database")] = 1.0,
+) -> None:
+    """Serve the wheel dashboard: the page /wheel (positions, states, P&L and equity, performance, transitions,
+    live over WebSocket), JSON /v1/wheel/*, POST /token, /health, /metrics. Reads the database a wheel run
+    writes; needs API keys with the read scope (`greekfire api-key create --scope read`)."""
+    from greekfire.core.extras import require_extra
+
+    require_extra("serve", "greekfire serve wheel")  # one line naming the extra, not a bare ModuleNotFoundError
+    from greekfire.api.wheel import serve_wheel
+
+    cli = _cli()
+    try:
+        serve_wheel(cli.settings(), db_url=db, host=host, port=port, poll_s=poll_s)
+    except (ConfigError, ConfigErrors) as exc:
+        raise fail("serve wheel", exc) from None
+    except UnavailableError as exc:  # the database does not answer: exit 1
+        say_error("serve wheel", str(exc))
+        raise typer.Exit(1) from None

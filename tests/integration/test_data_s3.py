@@ -1,8 +1,9 @@
 """Object storage against a real S3-compatible server on loopback (moto's server, with IAM auth on).
 
-The server starts with ``INITIAL_NO_AUTH_ACTION_COUNT=6``: the first six requests (creating two IAM users,
-their keys and policies) pass unauthenticated, every later one is checked against moto's IAM. So bad
-keys, bad secrets and missing permissions are rejected as AWS or MinIO would.
+The server (the session fixture ``moto_s3``, tests/object_stores.py) starts with
+``INITIAL_NO_AUTH_ACTION_COUNT=6``: the first six requests (creating two IAM users, their keys and policies)
+pass unauthenticated, every later one is checked against moto's IAM. So bad keys, bad secrets and missing
+permissions are rejected as AWS or MinIO would.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from torch.utils.data import DataLoader
 
-from conftest import free_port, need, poll_until, port_open
+from conftest import free_port, need, port_open
 from greekfire.core.settings import Settings, load_settings
 from greekfire.data.dataset import (
     StreamingOptionsDataset,
@@ -36,70 +36,16 @@ from greekfire.data.synthetic import generate_market, read_partitions, write_par
 from greekfire.ml.config import compose_experiment
 from greekfire.ml.data import load_pricing_data
 from greekfire.ml.train import train_pricing
+from object_stores import S3_BUCKET as BUCKET
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-BUCKET = "greekfire-data"
-SETUP_REQUESTS = 6  # unauthenticated IAM calls before auth is enforced (see module doc)
-
-
-def _policy(resources: list[str]) -> str:
-    return json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": resources}]}
-    )
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[dict[str, Any]]:
-    binary = Path(sys.executable).parent / "moto_server"
-    need(binary.exists(), "moto_server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GREEKFIRE_"))}
-    env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(SETUP_REQUESTS)
-    proc = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        started = poll_until(lambda: port_open("127.0.0.1", port) or proc.poll() is not None, 30, 0.1)
-        assert proc.poll() is None, "moto_server exited at start"
-        assert started, "moto_server did not open its port in 30 s"
-        import boto3
-
-        endpoint = f"http://127.0.0.1:{port}"
-        iam = boto3.client(
-            "iam",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="setup",
-            aws_secret_access_key="setup",
-        )
-        keys = {}
-        for user, resources in (
-            ("admin", ["*"]),
-            ("outsider", ["arn:aws:s3:::elsewhere", "arn:aws:s3:::elsewhere/*"]),
-        ):
-            iam.create_user(UserName=user)
-            k = iam.create_access_key(UserName=user)["AccessKey"]
-            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=_policy(resources))
-            keys[user] = (k["AccessKeyId"], k["SecretAccessKey"])
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=keys["admin"][0],
-            aws_secret_access_key=keys["admin"][1],
-        )
-        s3.create_bucket(Bucket=BUCKET)
-        yield {"endpoint": endpoint, "port": port, "keys": keys, "s3": s3}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def moto(moto_s3: dict[str, Any]) -> dict[str, Any]:
+    """The session's moto server (tests/object_stores.py: IAM users admin and outsider, bucket BUCKET)."""
+    return moto_s3
 
 
 def settings_for(moto: dict[str, Any], user: str = "admin", *, key: str | None = None, secret: str | None = None,

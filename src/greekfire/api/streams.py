@@ -57,7 +57,7 @@ def _num(x: float) -> float | None:
 class Client:
     """One connected WebSocket: its topics, its bounded queue and the task that sends from it."""
 
-    def __init__(self, hub: StreamHub, ws: WebSocket, queue_size: int, key_id: str) -> None:
+    def __init__(self, hub: TopicHub, ws: WebSocket, queue_size: int, key_id: str) -> None:
         self.hub, self.ws, self.key_id = hub, ws, key_id
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self.topics: set[str] = set()
@@ -109,12 +109,13 @@ class Client:
         if op not in ("subscribe", "unsubscribe"):
             self.reply_error("op", op, "subscribe or unsubscribe")
             return
+        known = self.hub.topics
         if not isinstance(topics, list) or not topics:
-            self.reply_error("topics", topics, f"a non-empty list of {', '.join(TOPICS)}")
+            self.reply_error("topics", topics, f"a non-empty list of {', '.join(known)}")
             return
-        bad = [t for t in topics if t not in TOPICS]
+        bad = [t for t in topics if t not in known]
         if bad:
-            self.reply_error("topics", bad[0], f"one of {', '.join(TOPICS)}")
+            self.reply_error("topics", bad[0], f"one of {', '.join(known)}")
             return
         for t in topics:
             (self.hub.subscribe if op == "subscribe" else self.hub.unsubscribe)(self, t)
@@ -135,23 +136,19 @@ class Client:
                 await self.ws.close(code=code)
 
 
-class StreamHub:
-    """Engine bus -> WebSocket clients. Runs on the engine's event loop (no locks: one thread)."""
+class TopicHub:
+    """Clients of a set of WebSocket ``topics``, their bounded queues and the topics' sequence numbers: the
+    part every greekfire stream shares. Runs on one event loop (no locks). A subclass publishes with
+    :meth:`_fan_out` and may start and stop its source in :meth:`_first_subscriber` / :meth:`_last_unsubscribed`."""
 
-    def __init__(self, engine: TradingEngine, queue_size: int) -> None:
-        self.engine = engine
+    topics: tuple[str, ...] = ()
+
+    def __init__(self, queue_size: int) -> None:
         self.queue_size = queue_size
         self.clients: set[Client] = set()
-        self.subscribers: dict[str, set[Client]] = {t: set() for t in TOPICS}
-        self.seq: dict[str, int] = dict.fromkeys(TOPICS, 0)
+        self.subscribers: dict[str, set[Client]] = {t: set() for t in self.topics}
+        self.seq: dict[str, int] = dict.fromkeys(self.topics, 0)
         self.dropped = 0
-        self._symbols = {i: inst.symbol for i, inst in engine.instruments.items()}
-        self._handlers: dict[str, Callable[[Any], None]] = {
-            "quotes": self._on_quote, "orders": self._on_order, "fills": self._on_fill,
-            "pnl": self._on_portfolio, "risk": self._on_risk,
-        }
-        self._pnl_every_ns = int(1e9 / PNL_MAX_HZ)
-        self._pnl_last_ns = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- clients
@@ -163,7 +160,7 @@ class StreamHub:
         return c
 
     def disconnect(self, client: Client) -> None:
-        """Forget a client (its subscriptions go; a bus topic nobody wants is unsubscribed)."""
+        """Forget a client (its subscriptions go; a topic nobody wants is stopped)."""
         for t in list(client.topics):
             self.unsubscribe(client, t)
         self.clients.discard(client)
@@ -173,7 +170,7 @@ class StreamHub:
         """Send ``topic`` to ``client`` from now on."""
         subs = self.subscribers[topic]
         if not subs:
-            self.engine.bus.subscribe(BUS_TOPIC[topic], self._handlers[topic], "api:stream")
+            self._first_subscriber(topic)
         subs.add(client)
         client.topics.add(topic)
 
@@ -183,8 +180,14 @@ class StreamHub:
         if client in subs:
             subs.discard(client)
             if not subs:
-                self.engine.bus.unsubscribe(BUS_TOPIC[topic], self._handlers[topic])
+                self._last_unsubscribed(topic)
         client.topics.discard(topic)
+
+    def _first_subscriber(self, topic: str) -> None:
+        """``topic`` has its first subscriber (start building its messages)."""
+
+    def _last_unsubscribed(self, topic: str) -> None:
+        """``topic`` has no subscriber left (stop building its messages)."""
 
     def drop(self, client: Client) -> None:
         """A client whose queue is full: stop queuing to it, discard its backlog, close it with 1013 (the
@@ -205,13 +208,13 @@ class StreamHub:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Close every client (server shutdown) and leave the bus."""
+        """Close every client (server shutdown)."""
         for c in list(self.clients):
             await c.close(1001)
             self.disconnect(c)
 
-    # ---------------------------------------------------------------- bus -> clients
     def _fan_out(self, topic: str, data: dict[str, Any]) -> None:
+        """Encode one message of ``topic`` once and queue it to every subscriber (never waits)."""
         subs = self.subscribers[topic]
         if not subs:
             return
@@ -221,6 +224,30 @@ class StreamHub:
             c.offer(text)
         WS_SENT.labels(topic).inc(len(subs))
 
+
+class StreamHub(TopicHub):
+    """Engine bus -> WebSocket clients. Runs on the engine's event loop (no locks: one thread)."""
+
+    topics = TOPICS
+
+    def __init__(self, engine: TradingEngine, queue_size: int) -> None:
+        super().__init__(queue_size)
+        self.engine = engine
+        self._symbols = {i: inst.symbol for i, inst in engine.instruments.items()}
+        self._handlers: dict[str, Callable[[Any], None]] = {
+            "quotes": self._on_quote, "orders": self._on_order, "fills": self._on_fill,
+            "pnl": self._on_portfolio, "risk": self._on_risk,
+        }
+        self._pnl_every_ns = int(1e9 / PNL_MAX_HZ)
+        self._pnl_last_ns = 0
+
+    def _first_subscriber(self, topic: str) -> None:
+        self.engine.bus.subscribe(BUS_TOPIC[topic], self._handlers[topic], "api:stream")
+
+    def _last_unsubscribed(self, topic: str) -> None:
+        self.engine.bus.unsubscribe(BUS_TOPIC[topic], self._handlers[topic])
+
+    # ---------------------------------------------------------------- bus -> clients
     def _on_quote(self, q: Quote) -> None:
         self._fan_out("quotes", {
             "instrument_id": q.instrument_id, "symbol": self._symbols.get(q.instrument_id), "bid": _num(q.bid),

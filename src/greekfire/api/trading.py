@@ -107,7 +107,7 @@ REQUESTS = counter("greekfire_api_trading_requests", "trading API answers by rou
 def build_app(
     settings: Settings, engine: TradingEngine, *, store: ApiKeyStore | None = None,
     limiter: RateLimiter | None = None, run_engine: bool = True,
-    on_shutdown: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None, wheel_db: Any | None = None,
 ) -> FastAPI:
     """The trading API over ``engine``.
 
@@ -116,6 +116,8 @@ def build_app(
     With ``run_engine`` the app's lifespan runs the engine loop as a task on the server's event loop (the
     engine's strategies start with it) and stops it, with a last snapshot, at shutdown; ``on_shutdown`` runs
     after that (a FIX venue's wind-down). Without it the caller drives the engine on the same loop.
+    ``wheel_db``: a wheel position database (``WheelDB``) whose dashboard this server also serves (``/wheel``,
+    ``/v1/wheel/*``, ``/v1/wheel/stream``; see :mod:`greekfire.api.wheel`).
     """
     api = settings.api
     if store is None:
@@ -142,10 +144,16 @@ def build_app(
         if run_engine:
             task = asyncio.create_task(engine.run(math.inf))
             task.add_done_callback(_engine_done)
+        wheel_task = asyncio.create_task(wheel_feed.run()) if wheel_feed is not None else None
         try:
             yield
         finally:
             await hub.close()
+            if wheel_feed is not None and wheel_task is not None:
+                await wheel_feed.close()
+                wheel_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await wheel_task
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -173,6 +181,12 @@ def build_app(
             return p  # the scope is checked first (403), then the rate limit (429)
 
         need[scope] = guard
+
+    wheel_feed = None
+    if wheel_db is not None:
+        from greekfire.api.wheel import mount_wheel
+
+        wheel_feed = mount_wheel(app, wheel_db, auth, need["read"], queue_size=api.ws_queue_size)
 
     def audit(p: Principal, request: Request, body: Any, status: int) -> None:
         route = request.scope.get("route")
@@ -545,12 +559,18 @@ def build_trading_engine(settings: Settings, venues: int | str | None = None) ->
 
 
 def serve_trading(settings: Settings, host: str | None = None, port: int | None = None,
-                  venues: int | str | None = None) -> None:
+                  venues: int | str | None = None, wheel_db_url: str | None = None) -> None:
     """Build the engine (:func:`build_trading_engine`) and serve the trading API over it with uvicorn until
     stopped; once it listens, say where on stderr: ``greekfire serve trading: listening on http://HOST:PORT
     (/v1, /v1/stream, /token, /health, /metrics, /docs)``. ``host`` defaults to ``api.host``, ``port`` to
-    ``api.trading_port``. On a FIX venue, shutdown cancels what is open there first."""
+    ``api.trading_port``. On a FIX venue, shutdown cancels what is open there first. With ``wheel_db_url`` the
+    server also serves the wheel dashboard over that wheel position database."""
     engine, fix_venue = build_trading_engine(settings, venues)
+    wheel_db = None
+    if wheel_db_url:
+        from greekfire.api.wheel import open_wheel_db
+
+        wheel_db = open_wheel_db(resolve_url(wheel_db_url, settings.home))
 
     def shutdown() -> None:
         if fix_venue is not None:
@@ -562,10 +582,12 @@ def serve_trading(settings: Settings, host: str | None = None, port: int | None 
                 fix_venue.stop()
         if engine.store is not None:
             engine.store.close()
+        if wheel_db is not None and callable(getattr(wheel_db, "close", None)):
+            wheel_db.close()
 
-    app = build_app(settings, engine, on_shutdown=shutdown)
+    app = build_app(settings, engine, on_shutdown=shutdown, wheel_db=wheel_db)
     config = uvicorn.Config(app, host=host or settings.api.host, port=port or settings.api.trading_port,
                             log_level="warning")
     ListeningServer(config, name="greekfire serve trading",
-                    paths="/v1, /v1/stream, /token, /health, /metrics, /docs").run()
+                    paths="/v1, /v1/stream, /token, /health, /metrics, /docs" + (", /wheel" if wheel_db else "")).run()
 

@@ -16,6 +16,7 @@ from greekfire.core.errors import GreekfireError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("lightning", "tensorboard", "mlflow", "hydra", "omegaconf"),
     "serve": ("fastapi", "uvicorn"),
+    "cloud": ("gcsfs", "adlfs"),  # gs:// and az:// storage (greekfire.data.storage imports them per URL)
 }
 
 

@@ -91,9 +91,42 @@ class StorageSettings(Section):
     s3_access_key_id: SecretStr | None = Field(None, description="S3 key id; none: the default credential chain")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (masked when shown)")
     s3_anon: bool = Field(False, description="anonymous S3 access (public buckets), no credentials")
+    gcs_endpoint_url: str | None = Field(
+        None, description="GCS endpoint with scheme and port, e.g. http://127.0.0.1:9023 for an emulator; none: Google's"
+    )
+    gcs_project: str | None = Field(None, description="GCS project id (bucket creation, listing); none: the credentials'")
+    gcs_credentials_file: Path | None = Field(
+        None,
+        description="service-account or authorized-user JSON key file (a mounted secret); none: Google's default "
+        "chain (GOOGLE_APPLICATION_CREDENTIALS, gcloud's file, the metadata server)",
+    )
+    gcs_anon: bool = Field(False, description="anonymous GCS access (public buckets, emulators), no credentials")
+    azure_account_name: str | None = Field(None, description="Azure storage account; none: AZURE_STORAGE_ACCOUNT_NAME")
+    azure_endpoint_url: str | None = Field(
+        None,
+        description="Blob endpoint with scheme, e.g. http://127.0.0.1:10000/devstoreaccount1 for Azurite; "
+        "none: https://<account>.blob.core.windows.net",
+    )
+    azure_account_key: SecretStr | None = Field(None, description="Azure account key (masked when shown)")
+    azure_account_key_file: Path | None = Field(None, description="file holding the account key (a mounted secret)")
+    azure_connection_string: SecretStr | None = Field(
+        None, description="Azure connection string; beats the account settings (masked when shown)"
+    )
+    azure_connection_string_file: Path | None = Field(
+        None, description="file holding the connection string (a mounted secret)"
+    )
+    azure_sas_token: SecretStr | None = Field(None, description="Azure SAS token (masked when shown)")
+    azure_anon: bool = Field(False, description="anonymous Azure access (public containers), no credentials")
     connect_timeout_s: float = Field(5.0, gt=0, le=300, description="object-store connect timeout, seconds")
     max_attempts: int = Field(3, ge=1, le=20, description="tries per object-store request (1: no retry)")
     row_group_rows: int = Field(65_536, ge=1, description="rows per Parquet row group when writing")
+
+    @model_validator(mode="after")
+    def _one_source_per_secret(self) -> StorageSettings:
+        for key in ("azure_account_key", "azure_connection_string"):
+            if getattr(self, key) is not None and getattr(self, f"{key}_file") is not None:
+                raise ValueError(f"set storage.{key} or storage.{key}_file, not both")
+        return self
 
 
 class GpuAlertSettings(Section):
@@ -263,6 +296,7 @@ class ApiSettings(Section):
     host: str = Field("127.0.0.1", description="address `greekfire serve pricing` listens on")
     port: int = Field(8000, ge=1, le=65535, description="port of `greekfire serve pricing`")
     trading_port: int = Field(8010, ge=1, le=65535, description="port of `greekfire serve trading`")
+    wheel_port: int = Field(8020, ge=1, le=65535, description="port of `greekfire serve wheel` (the wheel dashboard)")
     redis_url: str | None = Field(
         None, description="Redis shared by the servers' rate limits (redis://host:6379/0); none: in memory"
     )

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from greekfire.core.errors import DataError
 from greekfire.core.metrics import counter
 from greekfire.data.features import Samples
-from greekfire.data.storage import StorageLike, open_fs
+from greekfire.data.storage import StorageLike, is_object_store, open_fs
 
 META_KEY = b"greekfire.samples"
 ROW_GROUPS_READ = counter("greekfire_data_stream_row_groups", "Parquet row groups read by streaming datasets")
@@ -317,7 +317,7 @@ class StreamingOptionsDataset(IterableDataset):
         # no read-ahead cache: each read is one ranged GET of exactly what pyarrow asks for
         fh = (
             fs.open(path, "rb", block_size=self.block_size, cache_type="none")
-            if "s3" in str(fs.protocol)
+            if is_object_store(fs)
             else (fs.open(path, "rb"))
         )
         self.stats.files_opened += 1

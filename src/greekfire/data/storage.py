@@ -1,20 +1,29 @@
-"""Storage through fsspec: local paths, ``s3://`` (AWS, MinIO, any S3-compatible), ``gs://``, ``az://``.
+"""Storage through fsspec: local paths, ``s3://`` (AWS, MinIO, any S3-compatible), ``gs://`` (Google Cloud
+Storage, emulators), ``az://`` (Azure Blob Storage, Azurite).
 
-Endpoints, region and credentials come from the storage settings the caller passes (``settings`` or
-``settings.storage``, loaded from YAML or ``GREEKFIRE_STORAGE__*`` variables by the caller); where they
-leave keys empty, the standard AWS chain (``AWS_ACCESS_KEY_ID``..., ``~/.aws``) applies. Passing none means
-the defaults of :class:`~greekfire.core.settings.StorageSettings`: this module never loads the process's
-settings behind the caller's back. Nothing here hard-codes an endpoint or a key.
+Endpoints, regions and credentials come from the storage settings the caller passes (``settings`` or
+``settings.storage``, loaded from YAML or ``GREEKFIRE_STORAGE__*`` variables by the caller); where they leave
+credentials empty, each cloud's standard chain applies: AWS (``AWS_ACCESS_KEY_ID``..., ``~/.aws``, web
+identity, instance role), Google (``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's default credentials file, the
+metadata server), Azure (``AZURE_STORAGE_*`` variables, then ``DefaultAzureCredential``: environment,
+workload identity, managed identity, Azure CLI). Passing none means the defaults of
+:class:`~greekfire.core.settings.StorageSettings`: this module never loads the process's settings behind the
+caller's back. Nothing here hard-codes an endpoint or a key.
 
 :func:`check_storage` tests a URL before a job relies on it and says plainly what is wrong.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import re
 import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -94,12 +103,193 @@ def s3_options(settings: StorageLike) -> dict[str, Any]:
     return opts
 
 
+# settings whose ConfigError means "these credentials cannot be used" rather than "this URL is wrong"
+_CREDENTIAL_FIELDS = {
+    "storage.gcs_credentials_file",
+    "storage.azure_account_key_file",
+    "storage.azure_connection_string_file",
+    "storage.azure_endpoint_url",
+    "storage.azure_account_name",
+}
+GCS_SCOPE = "https://www.googleapis.com/auth/devstorage.full_control"
+
+
+def _secret_file(path: Path, key: str) -> str:
+    """The secret held in ``path`` (a mounted Kubernetes secret, say), stripped of surrounding whitespace."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"storage.{key}", str(path), f"a readable file holding the secret ({exc.strerror or exc})") from exc
+    if not text:
+        raise ConfigError(f"storage.{key}", str(path), "a file holding the secret; this one is empty")
+    return text
+
+
+def _azure_secret(st: StorageSettings, key: str) -> str | None:
+    value = _secret(getattr(st, key))
+    path = getattr(st, f"{key}_file")
+    return value if value or path is None else _secret_file(path, f"{key}_file")
+
+
+def _gcs_credentials(path: Path) -> tuple[Any, str | None]:
+    """(google.auth credentials, their project) from a service-account, authorized-user or external-account
+    (workload identity federation) JSON file; a ConfigError naming the file when it cannot be used."""
+    field_name = "storage.gcs_credentials_file"
+    try:
+        info = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(field_name, str(path), f"a readable JSON key file ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise ConfigError(field_name, str(path), f"a JSON key file; this is not JSON ({exc})") from exc
+    kind = info.get("type") if isinstance(info, dict) else None
+    try:
+        if kind == "service_account":
+            from google.oauth2 import service_account
+
+            creds: Any = service_account.Credentials.from_service_account_info(info, scopes=[GCS_SCOPE])
+            return creds, info.get("project_id")
+        if kind == "authorized_user":
+            from google.oauth2.credentials import Credentials
+
+            return Credentials.from_authorized_user_info(info, scopes=[GCS_SCOPE]), info.get("quota_project_id")
+        if kind == "external_account":
+            from google.auth import aws, identity_pool
+
+            source = info.get("credential_source") or {}
+            module: Any = aws if "environment_id" in source else identity_pool
+            return module.Credentials.from_info(info, scopes=[GCS_SCOPE]), info.get("quota_project_id")
+    except (ValueError, KeyError, TypeError) as exc:  # google.auth's MalformedError is a ValueError
+        raise ConfigError(field_name, str(path), f"a valid {kind} key file: {type(exc).__name__}: {exc}") from exc
+    raise ConfigError(
+        field_name, str(path), f"a JSON key file of type service_account, authorized_user or external_account, not {kind!r}"
+    )
+
+
+def _file_stamp(path: Path) -> tuple[str, int, int]:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return str(path), 0, 0
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=16)
+def _gcs_credentials_cached(path: str, mtime_ns: int, size: int) -> tuple[Any, str | None]:
+    """One credentials object per version of a key file: fsspec's instance cache keys on the arguments, so
+    a fresh object per call would build a new client (and fetch a new token) every time."""
+    return _gcs_credentials(Path(path))
+
+
+def gcs_options(settings: StorageLike) -> dict[str, Any]:
+    """Keyword arguments for ``gcsfs.GCSFileSystem`` from the storage settings.
+
+    Credentials: ``gcs_anon`` (none), else ``gcs_credentials_file``, else Google's default chain
+    (``token="google_default"``: ``GOOGLE_APPLICATION_CREDENTIALS``, gcloud's file, the metadata server), which
+    fails plainly where it finds nothing instead of falling back to anonymous access. Reads the key file.
+    """
+    st = storage_settings(settings)
+    opts: dict[str, Any] = {"requests_timeout": max(30.0, st.connect_timeout_s)}
+    if st.gcs_endpoint_url:
+        opts["endpoint_url"] = st.gcs_endpoint_url.rstrip("/")
+    project = st.gcs_project
+    if st.gcs_anon:
+        opts["token"] = "anon"
+    elif st.gcs_credentials_file is not None:
+        opts["token"], file_project = _gcs_credentials_cached(*_file_stamp(st.gcs_credentials_file))
+        project = project or file_project
+    else:
+        opts["token"] = "google_default"
+    if project:
+        opts["project"] = project
+    return opts
+
+
+def _connection_string_parts(conn: str) -> dict[str, str]:
+    return {k.strip(): v for k, _, v in (p.partition("=") for p in conn.split(";") if "=" in p)}
+
+
+def azure_options(settings: StorageLike) -> dict[str, Any]:
+    """Keyword arguments for ``adlfs.AzureBlobFileSystem`` from the storage settings.
+
+    A connection string (``azure_connection_string`` or its ``_file``) wins. Otherwise the account name with,
+    in order, its key, a SAS token, anonymous access or (none of them) ``DefaultAzureCredential``. An
+    ``azure_endpoint_url`` (Azurite, a private endpoint) with a key or SAS becomes a connection string with
+    that ``BlobEndpoint``; with token credentials it must be https. Reads secret files.
+    """
+    st = storage_settings(settings)
+    timeout = max(1, math.ceil(st.connect_timeout_s))
+    opts: dict[str, Any] = {"connection_timeout": timeout, "read_timeout": max(30, timeout)}
+    conn = _azure_secret(st, "azure_connection_string")
+    if conn:
+        opts["connection_string"] = conn
+        return opts
+    key = _azure_secret(st, "azure_account_key")
+    sas = _secret(st.azure_sas_token)
+    account = st.azure_account_name
+    endpoint = st.azure_endpoint_url.rstrip("/") if st.azure_endpoint_url else None
+    if endpoint and (key or sas or st.azure_anon):
+        parts = [f"BlobEndpoint={endpoint}"]
+        if account:
+            parts.append(f"AccountName={account}")
+        if key:
+            parts.append(f"AccountKey={key}")
+        elif sas:
+            parts.append(f"SharedAccessSignature={sas.lstrip('?')}")
+        opts["connection_string"] = ";".join(parts) + ";"
+        return opts
+    if endpoint:
+        parsed = urlparse(endpoint)
+        if parsed.scheme != "https" or not parsed.netloc:
+            raise ConfigError(
+                "storage.azure_endpoint_url", endpoint,
+                "an https:// endpoint for token credentials; over http (Azurite) give an account key or SAS token",
+            )
+        opts["account_host"] = parsed.netloc + parsed.path
+    if account:
+        opts["account_name"] = account
+    if key:
+        opts["account_key"] = key
+    elif sas:
+        opts["sas_token"] = sas
+    elif st.azure_anon:
+        opts["anon"] = True
+    return opts
+
+
+def _construction_error(proto: str, exc: Exception) -> Exception:
+    """A ConfigError naming the settings to fix when a cloud client cannot be built for want of
+    credentials; any other exception unchanged."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if proto in _GCS and type(exc).__name__ == "DefaultCredentialsError":
+        return ConfigError(
+            "storage.gcs_credentials_file", None,
+            "credentials: Google's default chain found none (GOOGLE_APPLICATION_CREDENTIALS, gcloud's file, the "
+            "metadata server); set storage.gcs_credentials_file, or storage.gcs_anon for public buckets and "
+            f"emulators ({exc})",
+        )
+    if proto in _AZURE and "account_name" in str(exc):
+        return ConfigError(
+            "storage.azure_account_name", None,
+            "an account name or a connection string (storage.azure_account_name / azure_connection_string, or "
+            f"AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_CONNECTION_STRING) ({exc})",
+        )
+    return exc
+
+
+def is_object_store(fs: Any) -> bool:
+    """True for an S3, GCS or Azure filesystem (each read a request: worth opening files without read-ahead)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(p in _S3 | _GCS | _AZURE for p in protocols)
+
+
 def open_fs(url: str, settings: StorageLike = None, *, fresh: bool = False) -> tuple[Any, str]:
     """An fsspec filesystem for ``url`` and the path inside it, configured from the storage settings.
 
     ``url``: a local path, ``file://``, ``memory://``, ``s3://bucket/prefix``, ``gs://...`` or
     ``az://...``. ``fresh`` skips fsspec's instance cache (use it in forked DataLoader workers). Raises
-    :class:`ConfigError` (field ``storage.url``) for an unknown scheme or a missing optional package.
+    :class:`ConfigError` (field ``storage.url``) for an unknown scheme or a missing optional package, and
+    (field of the setting) for a credentials file or secret file that cannot be used.
     """
     if not isinstance(url, str) or not url.strip():
         raise ConfigError("storage.url", url, "a path or URL such as s3://bucket/prefix")
@@ -107,23 +297,36 @@ def open_fs(url: str, settings: StorageLike = None, *, fresh: bool = False) -> t
     if proto in _LOCAL:
         fs = LocalFileSystem(auto_mkdir=True)
         return fs, fs._strip_protocol(url)
+    try:
+        cls: Any = fsspec.get_filesystem_class("s3" if proto in _S3 else proto)
+    except ImportError as exc:
+        pkg = _PACKAGE_FOR.get(proto, proto)
+        raise ConfigError(
+            "storage.url", url, f"the {proto}:// scheme needs the package {pkg!r} (pip install {pkg}, or the greekfire[cloud] extra)"
+        ) from exc
+    except ValueError as exc:
+        raise ConfigError("storage.url", url, f"unknown storage scheme {proto!r}: {exc}") from exc
     kwargs: dict[str, Any] = {}
     retries = None
     if proto in _S3:
         kwargs = s3_options(settings)
         retries = storage_settings(settings).max_attempts
-        proto = "s3"
+    elif proto in _GCS:
+        kwargs = gcs_options(settings)
+        if "endpoint_url" in kwargs:
+            # gcsfs's default class asks the gRPC Storage Control API for each bucket's layout, which
+            # emulators and private endpoints do not serve (a 60 s wait per bucket); its core class does not
+            from gcsfs.core import GCSFileSystem
+
+            cls = GCSFileSystem
+    elif proto in _AZURE:
+        kwargs = azure_options(settings)
     if fresh:
         kwargs["skip_instance_cache"] = True
     try:
-        fs = fsspec.filesystem(proto, **kwargs)
-    except ImportError as exc:
-        pkg = _PACKAGE_FOR.get(proto, proto)
-        raise ConfigError(
-            "storage.url", url, f"the {proto}:// scheme needs the package {pkg!r} (pip install {pkg})"
-        ) from exc
-    except ValueError as exc:
-        raise ConfigError("storage.url", url, f"unknown storage scheme {proto!r}: {exc}") from exc
+        fs = cls(**kwargs)
+    except Exception as exc:
+        raise _construction_error(proto, exc) from exc
     if retries is not None:
         fs.retries = retries  # s3fs retries on its own as well as botocore; both follow the one setting
     return fs, fs._strip_protocol(url)
@@ -185,8 +388,18 @@ _NO_PERMISSION = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbid
 _MISSING_BUCKET = {"NoSuchBucket"}
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes (clients wrap the server's answer in their own exceptions)."""
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen and len(seen) < 8:
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return seen
+
+
 def _classify_s3_error(exc: Exception) -> tuple[str, str]:
-    """(problem, detail) for a botocore exception."""
+    """(problem, detail) for a botocore exception, or one s3fs made of it (its cause is kept)."""
     # botocore is imported only by S3 checks: it costs about 0.15 s that local storage never needs
     from botocore.exceptions import (
         ClientError,
@@ -196,21 +409,26 @@ def _classify_s3_error(exc: Exception) -> tuple[str, str]:
         PartialCredentialsError,
     )
 
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return "bad_credentials", "no usable credentials were found"
-    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
-        return "endpoint_unreachable", str(exc)
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        msg = str(err.get("Message", "")) or code
-        if code in _BAD_CREDENTIALS:
-            return "bad_credentials", f"{code}: {msg}"
-        if code in _MISSING_BUCKET or code == "404":
-            return "missing_bucket", f"{code}: {msg}"
-        if code in _NO_PERMISSION:
-            return "no_permission", f"{code}: {msg}"
-        return "error", f"{code}: {msg}"
+    for e in _chain(exc):
+        if isinstance(e, NoCredentialsError | PartialCredentialsError):
+            return "bad_credentials", "no usable credentials were found"
+        if isinstance(e, EndpointConnectionError | ConnectTimeoutError):
+            return "endpoint_unreachable", str(e)
+        if isinstance(e, ClientError):
+            err = e.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            msg = str(err.get("Message", "")) or code
+            if code in _BAD_CREDENTIALS:
+                return "bad_credentials", f"{code}: {msg}"
+            if code in _MISSING_BUCKET or code == "404":
+                return "missing_bucket", f"{code}: {msg}"
+            if code in _NO_PERMISSION:
+                return "no_permission", f"{code}: {msg}"
+            return "error", f"{code}: {msg}"
+    if isinstance(exc, PermissionError):
+        return "no_permission", str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return "missing_path", f"not found: {exc}"
     return "error", f"{type(exc).__name__}: {exc}"
 
 
@@ -225,6 +443,88 @@ _HINTS = {
     "missing_path": "Nothing is stored under this path yet: write the data first or fix the path.",
     "corrupt_file": "Rewrite or remove that file: readers stop at it.",
 }
+_GCS_HINTS = {
+    "endpoint_unreachable": "Check storage.gcs_endpoint_url (GREEKFIRE_STORAGE__GCS_ENDPOINT_URL; an emulator "
+    "needs http://host:port), that the server runs, and the network between here and there.",
+    "bad_credentials": "Check storage.gcs_credentials_file (a service-account or authorized-user JSON key) or "
+    "Google's chain (GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth application-default login`, the metadata "
+    "server); set storage.gcs_anon for public buckets and emulators.",
+    "missing_bucket": "Create the bucket (gcloud storage buckets create gs://NAME) or fix its name in the URL.",
+    "no_permission": "The credentials are valid but lack a role on this bucket; grant roles/storage.objectViewer "
+    "(reading) or roles/storage.objectUser (writing).",
+}
+_AZURE_HINTS = {
+    "endpoint_unreachable": "Check storage.azure_endpoint_url (Azurite: http://127.0.0.1:10000/<account>) or the "
+    "account name, that the server runs, and the network between here and there.",
+    "bad_credentials": "Check storage.azure_account_key / azure_connection_string / azure_sas_token (or their "
+    "_file keys, GREEKFIRE_STORAGE__AZURE_*) or Azure's chain (AZURE_STORAGE_* variables, then "
+    "DefaultAzureCredential: AZURE_CLIENT_ID..., workload or managed identity, `az login`).",
+    "missing_bucket": "Create the container (az storage container create -n NAME) or fix its name in the URL.",
+    "no_permission": "The credentials are valid but do not allow this: give the SAS token the r/l (reading) or "
+    "w/c/d (writing) permissions, or the identity the Storage Blob Data Reader / Contributor role.",
+}
+
+
+def _hint(proto: str, problem: str) -> str:
+    """What to do about ``problem`` on storage of protocol ``proto``."""
+    special = _GCS_HINTS if proto in _GCS else _AZURE_HINTS if proto in _AZURE else {}
+    return special.get(problem) or _HINTS.get(problem, "")
+
+
+_GCS_BUCKET_REQUEST = re.compile(r"(^|/)b/[^/]+/o/?$")
+_AZURE_BAD_CREDENTIALS = {"AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation"}
+_AZURE_NO_PERMISSION = {
+    "AuthorizationFailure",
+    "AuthorizationPermissionMismatch",
+    "AuthorizationResourceTypeMismatch",
+    "AuthorizationServiceMismatch",
+    "AuthorizationSourceIPMismatch",
+    "AuthorizationProtocolMismatch",
+    "InsufficientAccountPermissions",
+}
+
+
+def _classify_cloud_error(proto: str, exc: Exception) -> tuple[str, str]:
+    """(problem, detail) for an exception from gcsfs, adlfs or their SDKs (and plain OS errors)."""
+    for e in _chain(exc):
+        name = type(e).__name__
+        if isinstance(e, ConfigError):
+            return ("bad_credentials" if e.field in _CREDENTIAL_FIELDS else "bad_url"), str(e)
+        code = getattr(e, "error_code", None) or ""  # azure.core HttpResponseError: a str or StorageErrorCode
+        code = str(getattr(code, "value", code))
+        if code:
+            detail = f"{code}: {str(e).splitlines()[0] if str(e) else name}"
+            # Azure answers a wrong key with 403 AuthenticationFailed; Azurite with AuthorizationFailure and
+            # "Server failed to authenticate the request"
+            if code in _AZURE_BAD_CREDENTIALS or (code == "AuthorizationFailure" and "authenticate" in str(e)):
+                return "bad_credentials", detail
+            if code in _AZURE_NO_PERMISSION:
+                return "no_permission", detail
+            if code == "ContainerNotFound":
+                return "missing_bucket", detail
+            if code == "BlobNotFound":
+                return "missing_path", detail
+            return "error", detail
+        if name in {"ClientAuthenticationError", "CredentialUnavailableError", "DefaultCredentialsError", "RefreshError"}:
+            return "bad_credentials", f"{name}: {e}"
+        status = getattr(e, "code", None) if name == "HttpError" else None  # gcsfs.retry.HttpError
+        if status == 401:
+            return "bad_credentials", f"HTTP 401: {e}"
+        if status == 403 or (isinstance(e, OSError) and str(e).startswith("Forbidden")):
+            return "no_permission", f"{name}: {e}"
+        if name in {"ClientConnectorError", "ServerTimeoutError", "ServiceRequestError", "ConnectionTimeoutError"} or (
+            isinstance(e, ConnectionError | TimeoutError)
+        ):
+            return "endpoint_unreachable", f"{name}: {e}"
+        if isinstance(e, PermissionError):
+            return "no_permission", str(e)
+        if isinstance(e, FileNotFoundError):
+            # gcsfs names the request that answered 404; ".../b/<bucket>/o" (an object listing or an upload,
+            # no object name in it) can only be missing for want of the bucket
+            if proto in _GCS and _GCS_BUCKET_REQUEST.search(str(e)):
+                return "missing_bucket", f"not found: {e}"
+            return "missing_path", f"not found: {e}"
+    return "error", f"{type(exc).__name__}: {exc}"
 
 
 def _check_footers(url: str, settings: StorageLike) -> tuple[str, str]:
@@ -245,13 +545,16 @@ def _check_footers(url: str, settings: StorageLike) -> tuple[str, str]:
 
 def storage_error(url: str, exc: Exception) -> UnavailableError:
     """The error for a failed read or write under ``url``: the cause in plain words and what to fix."""
-    if _protocol(url) in _S3:
+    proto = _protocol(url)
+    if proto in _S3:
         problem, detail = _classify_s3_error(exc)
+    elif proto in _GCS | _AZURE:
+        problem, detail = _classify_cloud_error(proto, exc)
     elif isinstance(exc, PermissionError):
         problem, detail = "no_permission", str(exc)
     else:
         problem, detail = "error", f"{type(exc).__name__}: {exc}"
-    hint = _HINTS.get(problem, "")
+    hint = _hint(proto, problem)
     return UnavailableError(url, f"{problem}: {detail}. {hint}".strip())
 
 
@@ -317,6 +620,95 @@ def _check_s3(url: str, settings: StorageLike, write: bool) -> tuple[str, str, d
     )
 
 
+def _cloud_endpoint(proto: str, st: StorageSettings) -> str | None:
+    """The endpoint a gs:// or az:// URL talks to (for the reachability probe); None where only the
+    client's own chain knows it (an Azure connection string in the environment)."""
+    if proto in _GCS:
+        return st.gcs_endpoint_url or "https://storage.googleapis.com"
+    conn = _secret(st.azure_connection_string)
+    if conn is None and st.azure_connection_string_file is not None:
+        try:
+            conn = _secret_file(st.azure_connection_string_file, "azure_connection_string_file")
+        except ConfigError:
+            conn = None  # reported when the client is built
+    if conn:
+        parts = _connection_string_parts(conn)
+        if parts.get("BlobEndpoint"):
+            return parts["BlobEndpoint"]
+        if parts.get("AccountName"):
+            scheme = parts.get("DefaultEndpointsProtocol", "https")
+            return f"{scheme}://{parts['AccountName']}.blob.{parts.get('EndpointSuffix', 'core.windows.net')}"
+        return None
+    if st.azure_endpoint_url:
+        return st.azure_endpoint_url
+    return f"https://{st.azure_account_name}.blob.core.windows.net" if st.azure_account_name else None
+
+
+def _check_cloud(url: str, settings: StorageLike, write: bool) -> tuple[str, str, dict[str, Any]]:
+    """check_storage for gs:// and az://: endpoint reachable, client built, then something listed under the
+    prefix (read) or a probe object written and deleted (write); on a miss, the bucket (container) is
+    listed to tell a missing bucket from a missing path."""
+    proto = _protocol(url)
+    kind = "container" if proto in _AZURE else "bucket"
+    st = storage_settings(settings)
+    parsed = urlparse(url)
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    if not bucket:
+        return "bad_url", f"{url!r} names no {kind} (expected {proto}://{kind}/prefix)", {}
+    details: dict[str, Any] = {kind: bucket, "prefix": prefix}
+    endpoint = _cloud_endpoint(proto, st)
+    if endpoint:
+        details["endpoint"] = endpoint
+        ep = urlparse(endpoint)
+        if not ep.hostname:
+            return "bad_url", f"the endpoint {endpoint!r} is not a URL (http://host:port)", details
+        why = _tcp_reachable(ep.hostname, ep.port or (443 if ep.scheme == "https" else 80), st.connect_timeout_s)
+        if why:
+            return "endpoint_unreachable", f"cannot reach the endpoint {endpoint}: {why}", details
+    where = f"{proto}://{bucket}"
+    try:
+        fs, _ = open_fs(url, settings, fresh=True)
+    except ConfigError as exc:
+        if "needs the package" in str(exc):
+            return "missing_package", str(exc), details
+        problem, detail = _classify_cloud_error(proto, exc)
+        return problem, detail, details
+    except Exception as exc:
+        problem, detail = _classify_cloud_error(proto, exc)
+        return problem, f"connecting to {where} failed: {detail}", details
+    path = f"{bucket}/{prefix}".rstrip("/")
+    # only listing and object rights are needed: reading the bucket's own metadata needs more (a container
+    # SAS token or GCS's objectViewer role cannot), so the bucket is looked at only when the prefix fails
+    try:
+        if write:
+            probe = f"{path}/.greekfire-check-{uuid.uuid4().hex}"
+            fs.pipe_file(probe, b"greekfire storage check")
+            fs.rm_file(probe)
+            details["write"] = "ok"
+        else:
+            seen = fs.ls(path, detail=False)
+            details["objects_seen"] = len(seen)
+            if prefix and not seen:
+                raise FileNotFoundError(path)
+    except Exception as exc:
+        problem, detail = _classify_cloud_error(proto, exc)
+        if problem == "missing_path":
+            try:
+                fs.ls(bucket, detail=False)
+            except Exception as bucket_exc:
+                bucket_problem, bucket_detail = _classify_cloud_error(proto, bucket_exc)
+                if bucket_problem in {"missing_path", "missing_bucket"}:  # the bucket itself is not there
+                    problem, detail = "missing_bucket", bucket_detail
+        if problem == "missing_bucket":
+            return problem, f"the {kind} {bucket!r} does not exist" + (f" at {endpoint}" if endpoint else ""), details
+        if problem == "missing_path":
+            return problem, f"the {kind} {bucket!r} exists but nothing is stored under {prefix!r}", details
+        action = "writing a probe object under" if write else "listing"
+        return problem, f"{action} {where}/{prefix} failed: {detail}", details
+    return "", f"{kind} {bucket!r} reachable" + (f" at {endpoint}" if endpoint else "") + (
+        ", read and write work" if write else ", listing works"), details
+
+
 def _check_generic(url: str, settings: StorageLike, write: bool) -> tuple[str, str, dict[str, Any]]:
     try:
         fs, path = open_fs(url, settings, fresh=True)
@@ -363,6 +755,11 @@ def check_storage(url: str, settings: StorageLike = None, *, write: bool = False
             problem, message, details = _check_s3(url, settings, write)
         except Exception as exc:  # a check must report, never crash the caller
             problem, message, details = "error", f"{type(exc).__name__}: {exc}", {}
+    elif proto in _GCS | _AZURE:
+        try:
+            problem, message, details = _check_cloud(url, settings, write)
+        except Exception as exc:  # a check must report, never crash the caller
+            problem, message, details = "error", f"{type(exc).__name__}: {exc}", {}
     else:
         problem, message, details = _check_generic(url, settings, write)
     if not problem and not write:
@@ -377,7 +774,7 @@ def check_storage(url: str, settings: StorageLike = None, *, write: bool = False
         url=str(url),
         problem=problem,
         message=message,
-        hint=_HINTS.get(problem, ""),
+        hint=_hint(proto, problem),
         seconds=round(time.perf_counter() - t0, 3),
         details=details,
     )

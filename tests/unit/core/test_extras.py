@@ -58,6 +58,8 @@ def _third_party_imports(path: Path) -> set[str]:
 # imports inside a function that only a server runs (the function's own import, so the module itself
 # loads without the extra): which extra they need
 LAZY_FOR_SERVERS = {("cli.py", "uvicorn"): "serve", ("core/metrics.py", "starlette"): "serve"}
+# imports inside a function that only gs:// URLs run: the cloud extra's (gcsfs brings google-auth)
+LAZY_FOR_CLOUD = {("data/storage.py", "gcsfs"): "cloud", ("data/storage.py", "google"): "cloud"}
 # optional at run time by design: vendor GPU libraries and other frameworks' allocators, probed with a guard
 OPTIONAL = {"amdsmi", "cupy", "tensorflow"}
 
@@ -74,7 +76,7 @@ def test_every_import_is_declared_where_the_code_lives() -> None:
             allowed |= extras["train"]
         rel = str(path.relative_to(SRC))
         for mod in _third_party_imports(path) - OPTIONAL:
-            extra = LAZY_FOR_SERVERS.get((rel, mod))
+            extra = LAZY_FOR_SERVERS.get((rel, mod)) or LAZY_FOR_CLOUD.get((rel, mod))
             if not dists.get(mod, set()) & (allowed | (extras[extra] if extra else set())):
                 undeclared.append(f"{path.relative_to(ROOT)}: {mod}")
     assert not undeclared, f"imports not declared for that part of the package: {undeclared}"
@@ -117,5 +119,5 @@ def test_installed_extras_pass_and_an_unknown_extra_is_refused() -> None:
     for extra in EXTRAS:  # the test environment installs dev, which brings every extra
         assert missing_modules(extra) == []
         require_extra(extra, "a test")
-    with pytest.raises(ValueError, match=r"unknown extra 'gpu': allowed \['serve', 'train'\]"):
+    with pytest.raises(ValueError, match=r"unknown extra 'gpu': allowed \['cloud', 'serve', 'train'\]"):
         missing_modules("gpu")

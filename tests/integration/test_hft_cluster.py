@@ -76,6 +76,7 @@ def test_torch_feature_workers_equal_the_numba_reference(tmp_path: Path) -> None
     ref = reference_run(itch, load_hft(overrides=base))
     result = Pipeline(load_hft(overrides={**base, "feature_backend": "torch"}), itch=itch, source="file",
                       rate=50_000).run(timeout_s=300)
+    assert result.state is not None and ref.state is not None
     np.testing.assert_allclose(result.state, ref.state, rtol=1e-12, atol=1e-9, equal_nan=True)
     assert np.array_equal(result.depth, ref.depth)
     assert result.fills() == ref.fills() and len(result.orders) > 0

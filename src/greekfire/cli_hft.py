@@ -79,7 +79,7 @@ def print_run(console: Console, out: dict[str, Any]) -> None:
 
 
 def _run_pipeline(itch: Path, source: str, rate: float, serve: bool, workers: int | None,
-                  wait: str | None, timeout: float, check: bool) -> dict[str, Any]:
+                  wait: str | None, timeout: float, check: bool, external_venue: bool = False) -> dict[str, Any]:
     import numpy as np
 
     from greekfire.hft.pipeline import Pipeline, reference_run
@@ -91,7 +91,8 @@ def _run_pipeline(itch: Path, source: str, rate: float, serve: bool, workers: in
         bound = serve_metrics(cfg.metrics_port)
         _cli().err_console.print(f"greekfire hft: metrics on http://127.0.0.1:{bound}/metrics")
     # a stage that dies or a feed that never ends: one line and exit 1 (the greekfire group)
-    result = Pipeline(cfg, itch=itch, source=source, rate=rate, serve=serve).run(timeout_s=timeout)
+    venue = (cfg.venue_host, cfg.venue_port) if external_venue and cfg.gateway == "ouch" else None
+    result = Pipeline(cfg, itch=itch, source=source, rate=rate, serve=serve, venue=venue).run(timeout_s=timeout)
     out = result.summary()
     if check:
         ref = reference_run(itch, cfg)
@@ -131,10 +132,12 @@ def hft_run(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Run the pipeline on the feed at hft.feed_group:hft.feed_port (start `greekfire hft feed-server` for it)
-    until the feed's session ends; status in hft.status_file, metrics on hft.metrics_port."""
+    until the feed's session ends, trading with the exchange simulator (hft.gateway sim) or the OUCH venue at
+    hft.venue_host:hft.venue_port (ouch); status in hft.status_file, metrics on hft.metrics_port."""
     cfg = _hft_settings(_overrides(workers, wait))
     _cli().err_console.print(f"greekfire hft run: listening to {cfg.feed_group}:{cfg.feed_port} on {cfg.feed_iface}")
-    out = _run_pipeline(_itch_file(itch, "--itch"), "multicast", 0.0, False, workers, wait, timeout, False)
+    out = _run_pipeline(_itch_file(itch, "--itch"), "multicast", 0.0, False, workers, wait, timeout, False,
+                        external_venue=True)
     cli = _cli()
     cli.print_json(out) if as_json else print_run(cli.console, out)
 

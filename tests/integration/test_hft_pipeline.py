@@ -170,3 +170,32 @@ def test_packets_lost_on_the_wire_are_recovered_and_change_nothing(itch_file: Pa
     assert result.stats["stages"]["feed"]["recovered"] >= len(lost)
     assert np.array_equal(result.depth, ref.depth)
     assert result.fills() == ref.fills() and len(result.orders) > 10
+
+
+def test_pipeline_trades_with_an_ouch_venue_it_did_not_start(itch_file: Path, tmp_path: Path) -> None:
+    """``venue=(host, port)``: the gateway logs in to an OUCH exchange running elsewhere (here in this
+    process, holding the closing book) and the outcomes equal the one-process match of the same orders."""
+    from greekfire.hft.ouch import OuchServer
+    from greekfire.hft.venues import seed_liquidity, symbol_of
+    from greekfire.market.matching import Side
+
+    cfg = load_hft(overrides={
+        "workers": 1, "n_locates": 64, "max_orders": 1 << 17, "decide_every": 8, "enter": 0.12, "wait": "block",
+        "ring_capacity": 8192, "gateway": "ouch", "risk": {"max_position": 1 << 30},
+        "status_file": str(tmp_path / "status.json"),
+    })
+    server = OuchServer("127.0.0.1", 0, tick_size=cfg.risk.tick_size)
+    port = server.start()
+    try:
+        for b, (bids, asks) in seed_liquidity(itch_file, cfg.n_locates).items():
+            for side, levels in ((Side.BUY, bids), (Side.SELL, asks)):
+                for px, q in levels:
+                    server.rest(symbol_of(b), side, q, px)
+        result = Pipeline(cfg, itch=itch_file, source="file", rate=100_000,
+                          venue=("127.0.0.1", port)).run(timeout_s=300)
+        sent = int(np.count_nonzero(result.orders["t_sent"] > 0))
+        assert server.counters["orders"] == sent > 10
+    finally:
+        server.stop()
+    assert "exchange" not in result.stats["stages"]
+    assert result.fills() == reference_run(itch_file, cfg).fills()

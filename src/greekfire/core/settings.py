@@ -351,12 +351,13 @@ class HftSettings(Section):
     order_qty: int = Field(100, gt=0, description="shares per order of the imbalance taker")
     max_position: int = Field(1000, gt=0, description="the strategy's own position cap per instrument, shares")
     gateway: Literal["sim", "ouch", "fix"] = Field(
-        "sim", description="sim: the exchange simulator as a process on rings; ouch: OUCH 4.2 over SoupBinTCP to "
-        "the OUCH exchange simulator (a process holding the file's closing book); fix: not driven by the pipeline yet"
+        "sim", description="sim: the exchange simulator as a process on rings; ouch: OUCH 4.2 over SoupBinTCP (to "
+        "the OUCH exchange simulator holding the file's closing book, or to hft.venue_*); fix: not driven by the "
+        "pipeline yet"
     )
-    venue_host: str = Field("127.0.0.1", description="not read yet: address of an external OUCH venue (the "
-                            "pipeline runs its own OUCH exchange simulator)")
-    venue_port: int = Field(15_000, ge=0, le=65535, description="not read yet: port of an external OUCH venue")
+    venue_host: str = Field("127.0.0.1", description="address of the OUCH venue `hft run` trades with (hft.gateway "
+                            "ouch; `hft replay` runs its own OUCH exchange simulator)")
+    venue_port: int = Field(15_000, ge=0, le=65535, description="port of the OUCH venue `hft run` trades with")
     risk: HftRiskSettings = HftRiskSettings()
     killswitch_file: Path | None = Field(None, description="the kill switch trips when this file exists")
     killswitch_port: int | None = Field(None, ge=0, le=65535, description="HTTP port of the kill switch (none: off)")

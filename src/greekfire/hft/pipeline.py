@@ -150,7 +150,8 @@ class Pipeline:
     ``itch``: the file the exchange simulator knows (and the feed replays with ``source="file"``);
     ``source``: ``multicast`` (the feed handler joins ``hft.feed_group:feed_port``; ``serve=True`` starts a
     FeedServer replaying ``itch`` at ``rate`` msgs/s once the handler listens) or ``file`` (the feed stage
-    reads ``itch`` itself at ``rate``). ``drop``: sequence numbers our feed server never multicasts (the
+    reads ``itch`` itself at ``rate``). ``venue``: (host, port) of an OUCH venue to trade with (``hft.gateway``
+    ouch) instead of our own exchange simulator. ``drop``: sequence numbers our feed server never multicasts (the
     handler gets them from the re-request server: loss on purpose, for tests and demos).
 
     Example::
@@ -161,8 +162,8 @@ class Pipeline:
     """
 
     def __init__(self, cfg: HftSettings, *, itch: Path, source: str = "multicast", rate: float = 0.0,
-                 serve: bool = True, framing: str = "length", on_status: Any = None, drop: tuple[int, ...] = ()
-                 ) -> None:
+                 serve: bool = True, framing: str = "length", on_status: Any = None, drop: tuple[int, ...] = (),
+                 venue: tuple[str, int] | None = None) -> None:
         if cfg.gateway not in ("sim", "ouch"):
             raise ConfigError("hft.gateway", cfg.gateway, "sim or ouch (the FIX venue is not wired into the pipeline)")
         if source not in ("multicast", "file"):
@@ -172,6 +173,10 @@ class Pipeline:
         self.cfg, self.itch, self.source, self.rate, self.serve, self.framing = cfg, Path(itch), source, rate, serve, framing
         self.on_status = on_status
         self.drop = tuple(drop)  # sequence numbers our feed server never multicasts (re-sent on request): tests
+        if venue is not None and cfg.gateway != "ouch":
+            raise ConfigError("hft.gateway", cfg.gateway, "ouch, to trade with an OUCH venue at "
+                              f"{venue[0]}:{venue[1]}")
+        self.venue = venue
         self.devices = plan_devices(cfg.workers, cfg.device)
         self.n_workers = len(self.devices)
         self.cpus = stage_cpus(cfg.model_copy(update={"workers": self.n_workers}))
@@ -197,7 +202,9 @@ class Pipeline:
         n_msgs = itch.scan(self.itch, self.framing)
         self.n_messages = len(n_msgs)
         self.log = ReplayLog.create(max(self.n_messages + 16, 1024))
-        self.stage_names = ["feed", *[f"worker{k}" for k in range(w)], "strategy", "gateway", "exchange"]
+        self.stage_names = ["feed", *[f"worker{k}" for k in range(w)], "strategy", "gateway"]
+        if self.venue is None:
+            self.stage_names.append("exchange")
         self.stats = StageStats.create(len(self.stage_names))
         self.store = tempfile.mkdtemp(prefix="greekfire-hft-")
         self.names = {k: r.name for k, r in self.rings.items()}
@@ -235,14 +242,19 @@ class Pipeline:
                 rereq = tuple(self._server.rerequest_address)
             src = {"kind": "multicast", "group": cfg.feed_group, "port": cfg.feed_port, "iface": cfg.feed_iface,
                    "session": cfg.feed_session, "expect": self.n_messages, "rerequest": rereq}
-        names["venue"] = "own"
-        exchange_fn = ouch_exchange_main if cfg.gateway == "ouch" else exchange_main
-        specs: list[tuple[str, Any, tuple[Any, ...]]] = [("exchange", exchange_fn,
-                                                          (cfg, names, str(self.itch), self.framing, self.cpus["exchange"], n - 1, n, self.q))]
+        slot = self.stage_names.index
+        specs: list[tuple[str, Any, tuple[Any, ...]]] = []
+        if self.venue is None:  # our own exchange simulator
+            names["venue"] = "own"
+            exchange_fn = ouch_exchange_main if cfg.gateway == "ouch" else exchange_main
+            specs.append(("exchange", exchange_fn, (cfg, names, str(self.itch), self.framing, self.cpus["exchange"],
+                                                    slot("exchange"), n, self.q)))
+        else:  # an OUCH venue somewhere else
+            names["venue"] = f"{self.venue[0]}:{self.venue[1]}"
         specs += [(f"worker{k}", worker_main, (k, cfg, names, self.devices[k], self.cpus[f"worker{k}"], self.q))
                   for k in range(self.n_workers)]
-        specs += [("strategy", strategy_main, (cfg, names, self.cpus["strategy"], n - 3, n, self.q)),
-                  ("gateway", gateway_main, (cfg, names, self.cpus["gateway"], n - 2, n, self.q)),
+        specs += [("strategy", strategy_main, (cfg, names, self.cpus["strategy"], slot("strategy"), n, self.q)),
+                  ("gateway", gateway_main, (cfg, names, self.cpus["gateway"], slot("gateway"), n, self.q)),
                   ("feed", feed_main, (cfg, names, src, self.cpus["feed"], 0, n, self.q))]
         # the fork server would run the main script again to rebuild __main__ (a launcher without a main guard
         # would start a second pipeline): every stage lives in a greekfire module, so it needs no __main__
@@ -399,7 +411,9 @@ class Pipeline:
 
     def _collect(self, deadline: float) -> RunResult:
         self.ctl.head[DONE] = 1  # the stream is over: an exchange that serves until told stops now
-        want = {f"worker{k}" for k in self.ctl.living()} | {"feed", "strategy", "gateway", "exchange"}
+        want = {f"worker{k}" for k in self.ctl.living()} | {"feed", "strategy", "gateway"}
+        if self.venue is None:
+            want.add("exchange")
         got: dict[str, Any] = {}
         for msg in self._res:
             if msg[0] == "stage":

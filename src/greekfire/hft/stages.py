@@ -287,9 +287,13 @@ def gateway_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot:
         deadline = time.monotonic() + 60
         while names.get("venue") == "own" and not ctl.head[VENUE] and time.monotonic() < deadline:
             time.sleep(0.005)
-        port = int(ctl.head[VENUE]) if names.get("venue") == "own" else cfg.venue_port
+        if names.get("venue") == "own":
+            host, port = "127.0.0.1", int(ctl.head[VENUE])
+        else:
+            host, _, p = names["venue"].rpartition(":")
+            port = int(p)
         ctl.close()
-        venue = OuchVenue(cfg, cfg.venue_host if names.get("venue") != "own" else "127.0.0.1", port)
+        venue = OuchVenue(cfg, host, port)
     st = StageStats.attach(names["stats"], n_stages)
     stats = st.arr[slot]
     from greekfire.hft.killswitch import KillSwitch

@@ -176,8 +176,8 @@ def _clean(raw: pd.DataFrame, path: Path, what: str, value_col: str, ok: Any, pr
         bad = keep & ~(text.str.strip() == "") & ~(v.notna() & np.isfinite(v) & check(v))
         empty = keep & (text.str.strip() == "")
         fill = np.zeros(len(raw)) if fallback == "zero" else out[fallback].to_numpy()
-        for i in np.flatnonzero(bad.to_numpy()):
-            problems.append(RowProblem(name, i + 2, col, text.iat[i], why,
+        for j in np.flatnonzero(bad.to_numpy()).tolist():
+            problems.append(RowProblem(name, j + 2, col, text.iat[j], why,
                                        "filled with 0" if fallback == "zero" else f"filled with {fallback}"))
         v = v.where(~(bad | empty), fill)
         out[col] = v.to_numpy(dtype=float)

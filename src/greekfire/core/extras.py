@@ -16,6 +16,7 @@ from greekfire.core.errors import GreekfireError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("lightning", "tensorboard", "mlflow", "hydra", "omegaconf"),
     "serve": ("fastapi", "uvicorn"),
+    "wheel": ("matplotlib",),
 }
 
 

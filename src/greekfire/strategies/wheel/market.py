@@ -359,7 +359,7 @@ class ChainModel:
 
 def contract_id(symbol_index: int, expiry: date, strike: float, right: float) -> int:
     """The instrument id of a contract, the same on every day it is listed: symbol index, expiry day,
-    strike in cents and the right packed into one integer (>= 10^13, above the underlyings' ids)."""
+    strike in cents and the right packed into one integer (>= 2 x 10^12, far above the underlyings' ids)."""
     days = (expiry - date(1970, 1, 1)).days
     cents = int(round(strike * 100))
     if not (0 <= days < _ID_EXPIRY and 0 < cents < _ID_STRIKE):

@@ -16,8 +16,8 @@ Inputs (every loader reports each bad or missing row with its line number; see :
 :class:`ChainModel` turns the vol index into a surface: ATM vol = index x ``atm_ratio`` at 30 days, a
 term structure that reverts to ``long_vol`` at speed ``term_kappa``, a skew (``skew_slope`` per unit of
 log-moneyness at 30 days, steeper for shorter expiries, and ``smile_curvature``). Option values come from
-the pricing registry (Black-Scholes-Merton for European index options, the ``american`` engine for
-equity options), in one tensor call per day; bid/ask from the spread model, rounded out to the tick;
+the pricing registry (Black-Scholes-Merton; for American equity options the Bjerksund-Stensland 2002 value
+near and in the money), one tensor call per block of 64 days; bid/ask from the spread model, rounded out to the tick;
 open interest and volume fall away from the money and with time to expiry. Expiries: monthly (third
 Friday, the Thursday before when the Friday is not a trading day in the price file) out to ``max_dte``
 and weekly Fridays out to ``weekly_weeks`` weeks. Every contract keeps one instrument id over its life
@@ -54,6 +54,8 @@ BadRows = Literal["skip", "fill"]
 EUROPEAN_SYMBOLS = frozenset({"SPX", "SPXW", "XSP", "NDX", "RUT", "DJX", "OEX", "XEO", "VIX"})
 _ID_EXPIRY = 100_000  # days since 1970 < 100,000 (year 2243)
 _ID_STRIKE = 10_000_000  # strike in cents < 100,000.00
+#: days whose chains are priced together in one tensor call
+BLOCK_DAYS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +518,7 @@ class DailyMarket:
         self.underlyings = [Instrument(i, s) for i, s in enumerate(self.symbols)]
         self._expiries = self._expiry_calendar()
         self._expiry_dates = [e for e, _ in self._expiries]
+        self._blocks: dict[int, dict[int, dict[str, np.ndarray]]] = {}
         self._instruments: dict[int, Instrument] = {}
 
     # -- alignment ----------------------------------------------------------------------------------
@@ -624,84 +627,115 @@ class DailyMarket:
 
     def day(self, i: int, extra: Iterable[int] = ()) -> MarketDay:
         """Day ``i`` at the close: the listed chain, plus the contracts of ``extra`` (ids, e.g. held
-        positions whose strike has left today's grid) that have not expired."""
+        positions whose strike has left today's grid) that have not expired. Chains are priced
+        :data:`BLOCK_DAYS` days at a time (one tensor call per block), so a run walks the days in order
+        cheaply; any order works."""
         d = self.dates[i]
-        now = close_ns(d)
-        rate = self.rate(i)
-        parts: list[dict[str, np.ndarray]] = []
-        extra_ids = np.asarray(sorted(set(int(x) for x in extra if int(x) >= len(self.underlyings))), dtype=np.int64)
+        chain = self._chain(i)
+        wanted = {int(x) for x in extra if int(x) >= len(self.underlyings)}
+        if wanted:
+            absent = sorted(wanted - set(chain["id"].tolist()))
+            if absent:
+                rows = self._rows_of(i, absent)
+                if len(rows["id"]):
+                    self._price(rows)
+                    chain = {k: np.concatenate([chain[k], rows[k]]) for k in chain}
         spots, divs, dys = {}, {}, {}
-        for si, s in enumerate(self.symbols):
-            spot = self.spot(i, s)
-            spots[s] = spot
+        for s in self.symbols:
+            spots[s] = self.spot(i, s)
             dys[s] = self.div_yield_at(i, s)
             if self.has_dividends[s]:
                 divs[s] = float(self._px[s][i, 4])
             else:
                 gap = (d - self.dates[i - 1]).days if i > 0 else 1
-                divs[s] = spot * self.div_yield[s] * gap / 365.0
-            parts.append(self._listed(si, s, i, spot, extra_ids))
-        chain = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        self._price(chain, i, rate, dys)
+                divs[s] = spots[s] * self.div_yield[s] * gap / 365.0
         px = {s: self._px[s][i] for s in self.symbols}
         return MarketDay(
-            date=d, now_ns=now, spots=spots, opens={s: float(v[1]) for s, v in px.items()},
+            date=d, now_ns=close_ns(d), spots=spots, opens={s: float(v[1]) for s, v in px.items()},
             highs={s: float(v[2]) for s, v in px.items()}, lows={s: float(v[3]) for s, v in px.items()},
-            dividends=divs, rate=rate, div_yields=dys, styles=dict(self.styles), chain=chain,
+            dividends=divs, rate=self.rate(i), div_yields=dys, styles=dict(self.styles), chain=chain,
             underlyings=list(self.underlyings), vol_index={s: self.vol_index(i, s) for s in self.symbols},
             _market=self,
         )
 
-    def _listed(self, si: int, symbol: str, i: int, spot: float, extra_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def _chain(self, i: int) -> dict[str, np.ndarray]:
+        """Day ``i``'s priced chain, from the block of days it belongs to (priced once, the last two kept)."""
+        b = i // BLOCK_DAYS
+        block = self._blocks.get(b)
+        if block is None:
+            days = range(b * BLOCK_DAYS, min((b + 1) * BLOCK_DAYS, len(self.dates)))
+            parts = [self._listing(j) for j in days]
+            sizes = [len(p["id"]) for p in parts]
+            joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            self._price(joined)
+            cuts = np.cumsum(sizes)[:-1]
+            block = {j: {k: v for k, v in zip(joined, vals, strict=True)}
+                     for j, vals in zip(days, zip(*(np.split(joined[k], cuts) for k in joined), strict=True), strict=True)}
+            if len(self._blocks) >= 2:
+                self._blocks.pop(next(iter(self._blocks)))
+            self._blocks[b] = block
+        return block[i]
+
+    def _day_columns(self, i: int, si: int, n: int) -> dict[str, np.ndarray]:
+        s = self.symbols[si]
+        return {"symbol": np.full(n, si, dtype=np.int64), "spot": np.full(n, self.spot(i, s)),
+                "vol_index": np.full(n, self.vol_index(i, s)), "american": np.full(n, self.styles[s] == "american"),
+                "now_ns": np.full(n, close_ns(self.dates[i]), dtype=np.int64), "rate": np.full(n, self.rate(i)),
+                "q": np.full(n, self.div_yield_at(i, s))}
+
+    def _listing(self, i: int) -> dict[str, np.ndarray]:
+        """The contracts listed on day ``i`` (every symbol), unpriced."""
         m = self.model
-        step = m.strike_step(spot)
-        k_lo, k_hi = math.ceil(spot * m.strikes_pct[0] / step), math.floor(spot * m.strikes_pct[1] / step)
-        strikes = np.arange(k_lo, k_hi + 1, dtype=np.float64) * step
-        ids, rights, ks, exps, monthly = [], [], [], [], []
-        for e, is_monthly in self.expiries(i):
-            for r in (-1.0, 1.0):
-                ids.append(contract_ids(si, e, strikes, r))
-                rights.append(np.full(len(strikes), r))
-                ks.append(strikes)
-                exps.append(np.full(len(strikes), close_ns(e), dtype=np.int64))
-                monthly.append(np.full(len(strikes), is_monthly))
-        id_arr = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
-        out = {"id": id_arr, "right": np.concatenate(rights) if rights else np.zeros(0),
-               "strike": np.concatenate(ks) if ks else np.zeros(0),
-               "expiry_ns": np.concatenate(exps) if exps else np.zeros(0, np.int64),
-               "monthly": np.concatenate(monthly) if monthly else np.zeros(0, bool)}
-        if len(extra_ids):
-            mine = [x for x in extra_ids.tolist() if decode_id(x)[0] == si and x not in set(id_arr.tolist())]
-            today = self.dates[i]
-            add = [(x, *decode_id(x)[1:]) for x in mine]
-            add = [a for a in add if a[1] >= today]
-            if add:
-                monthlies = {e for e, is_m in self._expiries if is_m}
-                out["id"] = np.concatenate([out["id"], np.array([a[0] for a in add], np.int64)])
-                out["right"] = np.concatenate([out["right"], np.array([a[3] for a in add])])
-                out["strike"] = np.concatenate([out["strike"], np.array([a[2] for a in add])])
-                out["expiry_ns"] = np.concatenate([out["expiry_ns"], np.array([close_ns(a[1]) for a in add], np.int64)])
-                out["monthly"] = np.concatenate([out["monthly"], np.array([a[1] in monthlies for a in add])])
-        n = len(out["id"])
-        out["symbol"] = np.full(n, si, dtype=np.int64)
-        out["spot"] = np.full(n, spot)
-        out["vol_index"] = np.full(n, self.vol_index(i, symbol))
-        out["american"] = np.full(n, self.styles[symbol] == "american")
-        return out
+        exps = self.expiries(i)
+        e_ns = np.array([close_ns(e) for e, _ in exps], dtype=np.int64)
+        e_days = np.array([(e - date(1970, 1, 1)).days for e, _ in exps], dtype=np.int64)
+        e_monthly = np.array([is_m for _, is_m in exps], dtype=bool)
+        parts = []
+        for si, s in enumerate(self.symbols):
+            spot = self.spot(i, s)
+            step = m.strike_step(spot)
+            k_lo, k_hi = math.ceil(spot * m.strikes_pct[0] / step), math.floor(spot * m.strikes_pct[1] / step)
+            strikes = np.arange(k_lo, k_hi + 1, dtype=np.float64) * step
+            ne, nk = len(exps), len(strikes)
+            # every (expiry, right, strike): expiries outermost, puts before calls
+            ei = np.repeat(np.arange(ne), 2 * nk)
+            right = np.tile(np.repeat([-1.0, 1.0], nk), ne)
+            strike = np.tile(strikes, 2 * ne)
+            cents = np.rint(strike * 100).astype(np.int64)
+            ids = ((((si + 1) * _ID_EXPIRY + e_days[ei]) * _ID_STRIKE + cents) * 2) + (right > 0)
+            part = {"id": ids.astype(np.int64), "right": right, "strike": strike, "expiry_ns": e_ns[ei],
+                    "monthly": e_monthly[ei]}
+            part.update(self._day_columns(i, si, len(ids)))
+            parts.append(part)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _price(self, c: dict[str, np.ndarray], i: int, rate: float, dys: Mapping[str, float]) -> None:
-        """Fill value, vol, delta, bid, ask, open interest and volume of chain ``c`` (in place)."""
-        with _small_batch_threads():
-            self._price_unlocked(c, i, rate, dys)
+    def _rows_of(self, i: int, ids: list[int]) -> dict[str, np.ndarray]:
+        """Unpriced rows for contracts ``ids`` on day ``i`` (those not expired before today)."""
+        monthlies = set(self.monthly_expiries())
+        keep = [(x, *decode_id(x)) for x in ids]
+        keep = [r for r in keep if r[2] >= self.dates[i] and 0 <= r[1] < len(self.symbols)]
+        cols: dict[str, list[np.ndarray]] = {}
+        for x, si, exp, strike, right in keep:
+            row = {"id": np.array([x], np.int64), "right": np.array([right]), "strike": np.array([strike]),
+                   "expiry_ns": np.array([close_ns(exp)], np.int64), "monthly": np.array([exp in monthlies])}
+            row.update(self._day_columns(i, si, 1))
+            for k, v in row.items():
+                cols.setdefault(k, []).append(v)
+        if not cols:
+            return {"id": np.zeros(0, np.int64)}
+        return {k: np.concatenate(v) for k, v in cols.items()}
 
-    def _price_unlocked(self, c: dict[str, np.ndarray], i: int, rate: float, dys: Mapping[str, float]) -> None:
+    def _price(self, c: dict[str, np.ndarray]) -> None:
+        """Fill ttm, value, vol, delta, bid, ask, open interest and volume of rows ``c`` (in place)."""
+        with _small_batch_threads(len(c["id"])):
+            self._price_unlocked(c)
+
+    def _price_unlocked(self, c: dict[str, np.ndarray]) -> None:
         from greekfire.quant import MarketInputs, OptionBatch, get_engine
 
         m = self.model
-        now = close_ns(self.dates[i])
-        ttm = np.maximum(c["expiry_ns"] - now, 0) / 1e9 / (365.0 * 86400.0)
-        q = np.array([dys[s] for s in self.symbols])[c["symbol"]]
-        spot = c["spot"]
+        ttm = np.maximum(c["expiry_ns"] - c["now_ns"], 0) / 1e9 / (365.0 * 86400.0)
+        q, rate, spot = c["q"], c["rate"], c["spot"]
         fwd = spot * np.exp((rate - q) * ttm)
         k = np.log(c["strike"] / fwd)
         vol = m.implied_vol(torch.from_numpy(c["vol_index"]), torch.from_numpy(k), torch.from_numpy(ttm)).numpy()
@@ -709,17 +743,25 @@ class DailyMarket:
         delta = np.zeros(len(k))
         live = ttm > 0
         intrinsic = np.maximum(c["right"] * (spot - c["strike"]), 0.0)
-        for american in (False, True):
-            sel = live & (c["american"] == american)
-            if not sel.any():
-                continue
-            engine = get_engine("qdfp" if american else "bsm")
+
+        def run(engine: str, sel: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
             batch = OptionBatch(torch.from_numpy(c["right"][sel]), torch.from_numpy(c["strike"][sel]),
-                                torch.from_numpy(ttm[sel]), "american" if american else "european")
-            mkt = MarketInputs(torch.from_numpy(spot[sel]), rate, torch.from_numpy(q[sel]), torch.from_numpy(vol[sel]))
-            out = engine(batch, mkt, outputs=("value", "delta"))
-            value[sel] = out["value"].cpu().numpy()
-            delta[sel] = out["delta"].cpu().numpy()
+                                torch.from_numpy(ttm[sel]), "european" if engine == "bsm" else "american")
+            mkt = MarketInputs(torch.from_numpy(spot[sel]), torch.from_numpy(rate[sel]), torch.from_numpy(q[sel]),
+                               torch.from_numpy(vol[sel]))
+            out = get_engine(engine)(batch, mkt, outputs=outputs, compile=False)
+            return {k: v.cpu().numpy() for k, v in out.items()}
+
+        if live.any():
+            out = run("bsm", live, ("value", "delta"))
+            value[live], delta[live] = out["value"], out["delta"]
+        # American options: the Bjerksund-Stensland 2002 value (the registry's fastest American engine)
+        # where early exercise is worth something, in the money or within 10% of it; further out the European
+        # value stands (its early-exercise premium is small: 0.01 on a 100 stock's 80-strike 6-month put at
+        # 5% rates and 30% vol). Deltas are the European twin's (bump Greeks would cost 10x).
+        early = live & c["american"] & (c["right"] * (spot - c["strike"]) > -0.1 * spot)
+        if early.any():
+            value[early] = np.maximum(run("bs2002", early, ("value",))["value"], value[early])
         value[~live] = intrinsic[~live]
         itm = intrinsic > 0
         delta[~live] = np.where(itm[~live], c["right"][~live], 0.0)
@@ -735,12 +777,12 @@ class DailyMarket:
 
 
 @contextmanager
-def _small_batch_threads() -> Iterator[None]:
-    """One torch thread while a day's chain (a few thousand options) is priced: at that size worker threads
-    only add hand-offs, and on a busy machine they wait for cores (measured 1.5 ms a day on one thread,
-    60 ms on two with other jobs running)."""
+def _small_batch_threads(n: int) -> Iterator[None]:
+    """One torch thread while a block of chains (up to a few hundred thousand options) is priced: at that
+    size worker threads mostly add hand-offs, and on a busy machine they wait for cores (a day's chain:
+    1.5 ms on one thread, 60 ms on two with other jobs running)."""
     before = torch.get_num_threads()
-    if before == 1:
+    if before == 1 or n > 1_000_000:
         yield
         return
     torch.set_num_threads(1)

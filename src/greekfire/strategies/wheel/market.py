@@ -500,7 +500,10 @@ class DailyMarket:
         self._fill_notes(frames, vols, idx, keep, missing)
         idx = idx[keep]
         if len(idx) < 2:
-            raise DataError("dates", f"{start}..{end}", "fewer than two trading days with prices and vol")
+            spans = [f"prices[{s}] {f.index.min().date()}..{f.index.max().date()}" for s, f in frames.items()]
+            spans += [f"vol {v.index.min().date()}..{v.index.max().date()}" for v in list(vols.values())[:1] if len(v)]
+            window = f", within {start or '...'}..{end or '...'}" if start is not None or end is not None else ""
+            raise DataError("dates", "; ".join(spans), f"fewer than two trading days with both prices and vol{window}")
         self.index = idx
         self.dates: list[date] = [d.date() for d in idx]
         cols = ("close", "open", "high", "low", "dividend")

@@ -94,3 +94,17 @@ def test_errors_are_one_line_with_the_exit_code(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--start '2010-13-01': not a date" in r.stderr
     r = runner.invoke(app, ["wheel", "backtest", "--rates", "nope"])
     assert r.exit_code == 2 and "--rates 'nope'" in r.stderr
+
+
+def test_prices_per_symbol(tmp_path: Path) -> None:
+    from greekfire.cli_errors import UsageProblem
+    from greekfire.cli_wheel import parse_prices
+
+    f = tmp_path / "q.csv"
+    f.write_text("date,close\n")
+    assert parse_prices([str(f)], ["SPX"]) == {"SPX": f}
+    assert parse_prices([f"QQQ={f}"], ["SPX", "QQQ"]) == {"QQQ": f, "SPX": None}  # SPX: the default file
+    with pytest.raises(UsageProblem, match="no prices for 'QQQ'"):
+        parse_prices(None, ["SPX", "QQQ"])
+    with pytest.raises(UsageProblem, match="not a symbol of the wheel config"):
+        parse_prices([f"IWM={f}"], ["SPX"])

@@ -31,9 +31,8 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from functools import cached_property
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
@@ -398,43 +397,64 @@ def third_friday(year: int, month: int) -> date:
 
 # ------------------------------------------------------------------------------------------------------
 # one day of the market
-@dataclass
+CHAIN_COLUMNS = ("id", "symbol", "right", "strike", "expiry_ns", "monthly", "american", "spot", "vol_index",
+                 "now_ns", "rate", "q", "ttm", "value", "vol", "delta", "bid", "ask", "open_interest", "volume")
+"""The columns of :attr:`MarketDay.chain` (``q``: dividend yield; ``value``: model value per share)."""
+
+
 class MarketDay:
-    """One trading day at the close (16:00 New York). ``chain`` holds the listed options as numpy
-    columns (``id, symbol, right, strike, expiry_ns, ttm, value, bid, ask, vol, delta, open_interest,
-    volume``; one row per contract): the fast way to scan. ``instruments``, ``quotes``, ``vols`` and
-    ``stats`` are the same contracts as records (built on first use), plus the underlyings (ids
-    0..n-1). ``div_yields`` continuously compounded; ``styles`` symbol -> european|american."""
+    """One trading day at the close (16:00 New York): ``date``, ``now_ns`` (ns since the epoch), ``spots``,
+    ``opens``, ``highs``, ``lows`` (symbol -> currency), ``dividends`` (symbol -> cash per share going ex
+    today), ``rate`` (continuously compounded), and the listed options as ``instruments``, ``quotes``,
+    ``vols`` (model implied vol) and ``stats`` (model open interest and volume), the underlyings included
+    (ids 0..n-1). From :class:`DailyMarket` the records are built on first use from ``chain``: the same
+    contracts as numpy columns (:data:`CHAIN_COLUMNS`, one row per contract), the fast way to scan them.
+    ``div_yields`` symbol -> continuously compounded yield; ``styles`` symbol -> european|american;
+    ``vol_index`` symbol -> the vol index level (vol points). Built by hand (tests), give the records."""
 
-    date: date
-    now_ns: int
-    spots: dict[str, float]
-    opens: dict[str, float]
-    highs: dict[str, float]
-    lows: dict[str, float]
-    dividends: dict[str, float]
-    rate: float
-    div_yields: dict[str, float]
-    styles: dict[str, str]
-    chain: dict[str, np.ndarray]
-    underlyings: list[Instrument] = field(default_factory=list)
-    vol_index: dict[str, float] = field(default_factory=dict)
-    _market: DailyMarket | None = field(default=None, repr=False)
+    def __init__(self, date: date, now_ns: int, spots: dict[str, float], opens: dict[str, float] | None = None,
+                 highs: dict[str, float] | None = None, lows: dict[str, float] | None = None,
+                 dividends: dict[str, float] | None = None, rate: float = 0.0,
+                 instruments: list[Instrument] | None = None, quotes: dict[int, Quote] | None = None,
+                 vols: dict[int, float] | None = None, stats: dict[int, InstrumentStats] | None = None, *,
+                 div_yields: dict[str, float] | None = None, styles: dict[str, str] | None = None,
+                 chain: dict[str, np.ndarray] | None = None, underlyings: list[Instrument] | None = None,
+                 vol_index: dict[str, float] | None = None, market: DailyMarket | None = None) -> None:
+        self.date, self.now_ns, self.spots, self.rate = date, now_ns, spots, rate
+        self.opens = opens if opens is not None else dict(spots)
+        self.highs = highs if highs is not None else dict(spots)
+        self.lows = lows if lows is not None else dict(spots)
+        self.dividends = dividends if dividends is not None else dict.fromkeys(spots, 0.0)
+        self.div_yields = div_yields if div_yields is not None else dict.fromkeys(spots, 0.0)
+        self.styles = styles if styles is not None else {s: "european" if s.upper() in EUROPEAN_SYMBOLS else "american"
+                                                         for s in spots}
+        self.chain = chain if chain is not None else {c: np.zeros(0) for c in CHAIN_COLUMNS}
+        self.underlyings = underlyings or []
+        self.vol_index = vol_index or {}
+        self._market = market
+        self._instruments, self._quotes, self._vols, self._stats = instruments, quotes, vols, stats
 
-    @cached_property
+    def __repr__(self) -> str:
+        return f"MarketDay({self.date}, spots={self.spots}, rate={self.rate:.4f}, contracts={len(self.chain['id'])})"
+
+    @property
     def instruments(self) -> list[Instrument]:
-        m = self._market
-        assert m is not None
-        return list(self.underlyings) + [m.instrument(int(i)) for i in self.chain["id"]]
+        if self._instruments is None:
+            m = self._market
+            made = [m.instrument(int(i)) for i in self.chain["id"]] if m is not None else []
+            self._instruments = list(self.underlyings) + made
+        return self._instruments
 
-    @cached_property
+    @property
     def quotes(self) -> dict[int, Quote]:
-        c = self.chain
-        out = {u.instrument_id: self._underlying_quote(u) for u in self.underlyings}
-        sizes = np.maximum(1, c["open_interest"] // 100)
-        for i, b, a, s in zip(c["id"].tolist(), c["bid"].tolist(), c["ask"].tolist(), sizes.tolist(), strict=True):
-            out[i] = Quote(i, b, a, s if b > 0 else 0, s, self.now_ns, "model")
-        return out
+        if self._quotes is None:
+            c = self.chain
+            out = {u.instrument_id: self._underlying_quote(u) for u in self.underlyings}
+            sizes = np.maximum(1, c["open_interest"] // 100) if len(c["id"]) else np.zeros(0, np.int64)
+            for i, b, a, sz in zip(c["id"].tolist(), c["bid"].tolist(), c["ask"].tolist(), sizes.tolist(), strict=True):
+                out[int(i)] = Quote(int(i), b, a, int(sz) if b > 0 else 0, int(sz), self.now_ns, "model")
+            self._quotes = out
+        return self._quotes
 
     def _underlying_quote(self, u: Instrument) -> Quote:
         s = self.spots[u.symbol]
@@ -442,15 +462,20 @@ class MarketDay:
         mid = round(s / u.tick_size) * u.tick_size
         return Quote(u.instrument_id, round(mid - half, 6), round(mid + half, 6), 10_000, 10_000, self.now_ns, "model")
 
-    @cached_property
+    @property
     def vols(self) -> dict[int, float]:
-        return dict(zip(self.chain["id"].tolist(), self.chain["vol"].tolist(), strict=True))
+        if self._vols is None:
+            ids = [int(i) for i in self.chain["id"].tolist()]
+            self._vols = dict(zip(ids, self.chain["vol"].tolist(), strict=True))
+        return self._vols
 
-    @cached_property
+    @property
     def stats(self) -> dict[int, InstrumentStats]:
-        c = self.chain
-        return {i: InstrumentStats(i, oi, v) for i, oi, v in
-                zip(c["id"].tolist(), c["open_interest"].tolist(), c["volume"].tolist(), strict=True)}
+        if self._stats is None:
+            c = self.chain
+            self._stats = {i: InstrumentStats(i, oi, v) for i, oi, v in
+                           zip(c["id"].tolist(), c["open_interest"].tolist(), c["volume"].tolist(), strict=True)}
+        return self._stats
 
     def row(self, instrument_id: int) -> dict[str, Any] | None:
         """The chain row of one contract (or None when it is not in today's chain)."""
@@ -654,11 +679,11 @@ class DailyMarket:
                 divs[s] = spots[s] * self.div_yield[s] * gap / 365.0
         px = {s: self._px[s][i] for s in self.symbols}
         return MarketDay(
-            date=d, now_ns=close_ns(d), spots=spots, opens={s: float(v[1]) for s, v in px.items()},
+            d, close_ns(d), spots, opens={s: float(v[1]) for s, v in px.items()},
             highs={s: float(v[2]) for s, v in px.items()}, lows={s: float(v[3]) for s, v in px.items()},
             dividends=divs, rate=self.rate(i), div_yields=dys, styles=dict(self.styles), chain=chain,
             underlyings=list(self.underlyings), vol_index={s: self.vol_index(i, s) for s in self.symbols},
-            _market=self,
+            market=self,
         )
 
     def _chain(self, i: int) -> dict[str, np.ndarray]:

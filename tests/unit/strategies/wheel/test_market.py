@@ -194,3 +194,14 @@ def test_held_contract_off_the_grid_is_still_quoted() -> None:
     assert row is not None and row["value"] > 140  # deep in the money
     assert m.day(1).dividends["SPX"] == pytest.approx(100.0 * 0.02 * (days[1] - days[0]).days / 365)
     assert date.fromisoformat(str(days[0].date())) + timedelta(days=0) == m.dates[0]
+
+
+def test_a_day_built_by_hand_has_the_interface_fields() -> None:
+    from greekfire.strategies.wheel.market import MarketDay
+    from greekfire.trading.model import Instrument, InstrumentStats, Quote
+
+    spx = Instrument(0, "SPX")
+    day = MarketDay(date(2020, 1, 2), 1, {"SPX": 3000.0}, rate=0.01, instruments=[spx],
+                    quotes={0: Quote(0, 2999.0, 3001.0)}, vols={}, stats={0: InstrumentStats(0)})
+    assert day.instruments == [spx] and day.quotes[0].ask == 3001.0 and day.opens == {"SPX": 3000.0}
+    assert day.dividends == {"SPX": 0.0} and day.styles == {"SPX": "european"} and len(day.chain["id"]) == 0

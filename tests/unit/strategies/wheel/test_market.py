@@ -123,6 +123,8 @@ def test_chain_expiries_ids_quotes_and_liquidity() -> None:
     inst = m.instrument(int(common[0]))
     _, exp, strike, right = decode_id(int(common[0]))
     assert (inst.strike, inst.right, inst.underlying) == (strike, right, "SPX")
+    row = d1.row(int(common[0]))
+    assert row is not None and inst.expiry_ns == row["expiry_ns"]  # the record and the chain agree to the ns
     assert d0.instruments[0].instrument_id == 0 and d0.quotes[0].bid < d0.quotes[0].ask
     assert (c0["bid"] <= c0["value"] + 1e-9).all() and (c0["ask"] >= c0["value"]).all()
     assert np.allclose(np.round(c0["bid"] / 0.05), c0["bid"] / 0.05)

@@ -12,7 +12,7 @@ peak to the recovery (or to the last day when there was none).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ SUMMARY_UNITS = {
     "max_drawdown": "fraction, -0.3 = -30%", "max_dd_days": "calendar days, peak to recovery",
     "calmar": "cagr / |max drawdown|", "win_rate": "fraction of closed option positions with a profit",
     "premium_per_year": "currency per year", "premium_yield": "premium per year / mean equity",
-    "turnover": "traded premium and share value per year / mean equity",
+    "turnover": "traded option premium and share value per year / mean equity",
 }
 
 
@@ -81,24 +81,56 @@ def max_drawdown(equity: pd.Series) -> tuple[float, int]:
     return depth, int((e.index[end] - e.index[peak]).days)
 
 
+def _is_option(trades: pd.DataFrame) -> np.ndarray:
+    """Which trade rows are option trades: a ``right`` column (non-zero), else the instrument: an option
+    symbol (``SPX 20200320 2875P``, with spaces) or a contract id (>= 10^12); shares otherwise."""
+    if "right" in trades:
+        return (trades["right"].astype(float) != 0).to_numpy()
+    inst = trades["instrument"]
+    return np.array([(" " in x) if isinstance(x, str) else int(x) >= 10**12 for x in inst.tolist()], dtype=bool)
+
+
+def _multiplier(trades: pd.DataFrame, multiplier: float) -> np.ndarray:
+    if "multiplier" in trades:
+        return trades["multiplier"].astype(float).to_numpy()
+    return np.where(_is_option(trades), multiplier, 1.0)
+
+
+def _kinds(trades: pd.DataFrame) -> pd.Series:
+    return trades["kind"].astype(str).str.lower() if "kind" in trades else pd.Series("", index=trades.index)
+
+
 def win_rate(trades: pd.DataFrame, multiplier: float = 100.0) -> float:
-    """Share of closed option positions (an instrument whose traded quantity nets to zero) whose cash
-    flows sum to a profit after fees. ``trades`` columns: instrument, side (+1 buy / -1 sell), qty,
-    price (currency per unit), fee; a ``multiplier`` column overrides ``multiplier``. NaN when no
-    position closed."""
+    """Share of closed option positions that made money: the premium sold, less what closing cost and the
+    fees, is positive. ``trades`` columns: instrument, side (+1 buy / -1 sell), qty, price (currency per
+    share), fee, and optionally kind, multiplier (default 100 for options) and intrinsic. A row whose kind
+    says expired closes the position at 0; one that says assigned or exercised closes it at ``intrinsic``
+    (currency per share) when the trades carry that column, and otherwise counts as a loss (the option
+    ended in the money). A position is closed when its quantities net to zero. NaN when none closed."""
     need = {"instrument", "side", "qty", "price"}
     if trades is None or trades.empty or not need <= set(trades.columns):
         return float("nan")
-    t = trades
-    mult = t["multiplier"].astype(float) if "multiplier" in t else multiplier
-    fee = t["fee"].astype(float) if "fee" in t else 0.0
-    flow = -t["side"].astype(float) * t["qty"].astype(float).abs() * t["price"].astype(float) * mult - fee
-    signed = t["side"].astype(float) * t["qty"].astype(float).abs()
-    g = pd.DataFrame({"i": t["instrument"].astype(str), "flow": flow, "q": signed}).groupby("i").sum()
+    t = trades[_is_option(trades)]
+    if t.empty:
+        return float("nan")
+    kind = _kinds(t)
+    expired = kind.str.contains("expir").to_numpy()
+    assigned = (kind.str.contains("assign") | kind.str.contains("exercis")).to_numpy()
+    price = t["price"].astype(float).to_numpy().copy()
+    price[expired] = 0.0
+    if "intrinsic" in t:
+        price[assigned] = t["intrinsic"].astype(float).to_numpy()[assigned]
+    qty = t["qty"].astype(float).abs().to_numpy()
+    side = t["side"].astype(float).to_numpy()
+    fee = t["fee"].astype(float).to_numpy() if "fee" in t else 0.0
+    flow = -side * qty * price * _multiplier(t, multiplier) - fee
+    g = pd.DataFrame({"i": t["instrument"].astype(str).to_numpy(), "flow": flow, "q": side * qty,
+                      "lost": assigned & ("intrinsic" not in t)}).groupby("i").agg(flow=("flow", "sum"), q=("q", "sum"),
+                                                                                     lost=("lost", "any"))
     closed = g[np.isclose(g["q"], 0.0)]
     if closed.empty:
         return float("nan")
-    return float((closed["flow"] > 0).mean())
+    return float(((closed["flow"] > 0) & ~closed["lost"]).mean())
 
 
 def summary(equity: pd.Series, premium: pd.Series | None = None, trades: pd.DataFrame | None = None,
@@ -124,10 +156,10 @@ def summary(equity: pd.Series, premium: pd.Series | None = None, trades: pd.Data
     mean_eq = float(e.mean())
     prem_year = float(premium.sum()) / years if premium is not None else float("nan")
     turnover = float("nan")
-    if trades is not None and not trades.empty and {"qty", "price"} <= set(trades.columns):
-        mult = trades["multiplier"].astype(float) if "multiplier" in trades else _multipliers(trades)
-        traded = float((trades["qty"].astype(float).abs() * trades["price"].astype(float).abs() * mult).sum())
-        turnover = traded / years / mean_eq
+    if trades is not None and not trades.empty and {"instrument", "qty", "price"} <= set(trades.columns):
+        moved = ~_kinds(trades).str.contains("expir").to_numpy()  # an expiry trades nothing
+        value = trades["qty"].astype(float).abs() * trades["price"].astype(float).abs() * _multiplier(trades, 100.0)
+        turnover = float(value[moved].sum()) / years / mean_eq
     return {
         "start_value": float(e.iloc[0]), "end_value": float(e.iloc[-1]), "years": years, "cagr": float(cagr),
         "vol": sd * ann, "sharpe": sharpe, "sortino": sortino, "max_drawdown": mdd, "max_dd_days": float(mdd_days),
@@ -136,15 +168,6 @@ def summary(equity: pd.Series, premium: pd.Series | None = None, trades: pd.Data
         "premium_per_year": prem_year, "premium_yield": prem_year / mean_eq if premium is not None else float("nan"),
         "turnover": turnover,
     }
-
-
-def _multipliers(trades: pd.DataFrame) -> Any:
-    """100 for option trades, 1 for share trades (``kind`` or ``right`` tells them apart when present)."""
-    if "right" in trades:
-        return np.where(trades["right"].astype(float) != 0, 100.0, 1.0)
-    if "kind" in trades:
-        return np.where(trades["kind"].astype(str).isin(["assignment", "shares", "buy_shares", "sell_shares"]), 1.0, 100.0)
-    return 100.0
 
 
 def buy_and_hold(market: DailyMarket, symbol: str | None = None, starting_value: float = 1_000_000.0) -> pd.Series:

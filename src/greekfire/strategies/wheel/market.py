@@ -195,7 +195,7 @@ def _clean(raw: pd.DataFrame, path: Path, what: str, value_col: str, ok: Any, pr
 
 
 def load_prices(path: str | Path | None = None, *, bad_rows: BadRows = "skip") -> pd.DataFrame:
-    """Daily prices: columns ``date`` (datetime), ``close`` (currency) and ``open, high, low`` (a bad or
+    """Daily prices: columns ``date`` (``datetime.date``), ``close`` (currency) and ``open, high, low`` (a bad or
     empty one takes the close) and ``dividend`` (currency per share going ex that day; 0 where empty).
     Default file: arch's S&P 500 1999-2018. ``Close`` is read, never ``Adj Close`` (module doc). A row
     with a bad date, a repeated or earlier date is skipped; a close that is not a positive number is
@@ -212,6 +212,7 @@ def load_prices(path: str | Path | None = None, *, bad_rows: BadRows = "skip") -
             out[c] = out["close"]
     if "dividend" not in out:
         out["dividend"] = 0.0
+    out["date"] = out["date"].dt.date  # datetime.date, as MarketDay.date
     out.attrs["has_dividends"] = "dividend" in raw.columns
     return out
 
@@ -248,6 +249,15 @@ def load_rates(path_or_const: str | Path | float, *, bad_rows: BadRows = "skip")
     s = pd.Series(np.log1p(out["rate"].to_numpy() / 100.0), index=pd.DatetimeIndex(out["date"]), name="rate")
     s.attrs.update(out.attrs)
     return s
+
+
+def _dated(s: pd.Series) -> pd.Series:
+    """``s`` indexed by a DatetimeIndex (an index of ``datetime.date`` or strings is converted; attrs kept)."""
+    if isinstance(s.index, pd.DatetimeIndex):
+        return s
+    out = pd.Series(s.to_numpy(), index=pd.DatetimeIndex(pd.to_datetime(list(s.index))), name=s.name)
+    out.attrs.update(s.attrs)
+    return out
 
 
 def _is_number(x: Any) -> bool:
@@ -506,9 +516,11 @@ class DailyMarket:
         self.problems: list[RowProblem] = []
         for df in prices.values():
             self.problems += list(df.attrs.get("problems", []))
-        vols = vol if isinstance(vol, Mapping) else {s: vol for s in self.symbols}
-        for s in dict.fromkeys(id(v) for v in vols.values()):
-            self.problems += next(v for v in vols.values() if id(v) == s).attrs.get("problems", [])
+        given = dict(vol) if isinstance(vol, Mapping) else dict.fromkeys(self.symbols, vol)
+        for v in {id(v): v for v in given.values()}.values():
+            self.problems += list(v.attrs.get("problems", []))
+        converted = {id(v): _dated(v) for v in given.values()}
+        vols = {s: converted[id(v)] for s, v in given.items()}
         if isinstance(rates, pd.Series):
             self.problems += list(rates.attrs.get("problems", []))
         frames = {s: df.set_index(pd.DatetimeIndex(df["date"])).sort_index() for s, df in prices.items()}
@@ -535,7 +547,7 @@ class DailyMarket:
         self._px = {s: frames[s][list(cols)].reindex(idx).ffill().to_numpy(dtype=float) for s in self.symbols}
         self._vol = {s: vols[s].reindex(idx).ffill().to_numpy(dtype=float) for s in self.symbols}
         if isinstance(rates, pd.Series):
-            r = rates.sort_index()
+            r = _dated(rates).sort_index()
             self._rate = r.reindex(r.index.union(idx)).ffill().bfill().reindex(idx).to_numpy(dtype=float)
         else:
             self._rate = np.full(len(idx), float(rates))

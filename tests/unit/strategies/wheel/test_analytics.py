@@ -47,13 +47,29 @@ def test_excess_over_rf_and_premium_and_trades() -> None:
     assert s["sharpe"] == pytest.approx(excess.mean() / excess.std(ddof=1) * math.sqrt(252))
     premium = pd.Series([5.0, 0.0, 0.0, 1.0], index=DAYS)
     trades = pd.DataFrame([
-        {"instrument": "A", "side": -1, "qty": 1, "price": 2.0, "fee": 0.5},   # sold 200, bought back 100: win
-        {"instrument": "A", "side": 1, "qty": 1, "price": 1.0, "fee": 0.5},
-        {"instrument": "B", "side": -1, "qty": 2, "price": 1.0, "fee": 0.0},   # sold 200, bought back 600: loss
-        {"instrument": "B", "side": 1, "qty": 2, "price": 3.0, "fee": 0.0},
-        {"instrument": "C", "side": -1, "qty": 1, "price": 4.0, "fee": 0.0},   # still open: not counted
+        {"instrument": "A 20200117 10P", "side": -1, "qty": 1, "price": 2.0, "fee": 0.5},   # sold 200, bought back 100: win
+        {"instrument": "A 20200117 10P", "side": 1, "qty": 1, "price": 1.0, "fee": 0.5},
+        {"instrument": "B 20200117 10P", "side": -1, "qty": 2, "price": 1.0, "fee": 0.0},   # sold 200, bought back 600: loss
+        {"instrument": "B 20200117 10P", "side": 1, "qty": 2, "price": 3.0, "fee": 0.0},
+        {"instrument": "C 20200117 10P", "side": -1, "qty": 1, "price": 4.0, "fee": 0.0},   # still open: not counted
     ])
     assert win_rate(trades) == pytest.approx(0.5)
+    # settlements: an expiry closes at 0 whatever price it carries; an assignment without the intrinsic value
+    # is a loss, with it the premium decides; share rows (no space in the symbol) are not option positions
+    settled = pd.DataFrame([
+        {"instrument": "X 20200117 100P", "side": -1, "qty": 1, "price": 2.0, "fee": 0.0, "kind": "fill"},
+        {"instrument": "X 20200117 100P", "side": 1, "qty": 1, "price": 100.0, "fee": 0.0, "kind": "expired"},
+        {"instrument": "X 20200221 100P", "side": -1, "qty": 1, "price": 2.0, "fee": 0.0, "kind": "fill"},
+        {"instrument": "X 20200221 100P", "side": 1, "qty": 1, "price": 100.0, "fee": 0.0, "kind": "assigned"},
+        {"instrument": "X", "side": 1, "qty": 100, "price": 100.0, "fee": 0.0, "kind": "assigned"},
+    ])
+    assert win_rate(settled) == pytest.approx(0.5)
+    with_value = settled.assign(intrinsic=[0.0, 0.0, 0.0, 1.5, 0.0])  # assigned 1.5 in the money: 2.0 - 1.5 > 0
+    assert win_rate(with_value) == pytest.approx(1.0)
+    # turnover: the expiry trades nothing; the assignment delivers 100 shares at 100 (twice: the option's row
+    # at the strike x 100, and the share row)
+    s = summary(EQUITY, trades=settled)
+    assert s["turnover"] == pytest.approx((200 + 200 + 10_000 + 10_000) / (3 / 365.25) / EQUITY.mean())
     s = summary(EQUITY, premium, trades)
     years = 3 / 365.25
     assert s["premium_per_year"] == pytest.approx(6.0 / years)

@@ -47,7 +47,7 @@ def test_prices_bad_rows_are_reported_with_their_line_and_skipped(tmp_path: Path
     f = write(tmp_path / "p.csv", "date,close,open\n2020-01-02,100,99\n2020-01-03,-5,99\nnot-a-date,101,1\n"
                                   "2020-01-06,102,abc\n\n2020-01-06,103,1\n2020-01-07,104,104\n")
     df = load_prices(f)
-    assert list(df["date"].dt.date) == [date(2020, 1, 2), date(2020, 1, 6), date(2020, 1, 7)]
+    assert list(df["date"]) == [date(2020, 1, 2), date(2020, 1, 6), date(2020, 1, 7)]
     probs = {(p.line, p.field): p for p in df.attrs["problems"]}
     assert set(probs) == {(3, "close"), (4, "date"), (5, "open"), (6, "date"), (7, "date")}
     assert probs[(3, "close")].action == "skipped"
@@ -78,7 +78,7 @@ def test_default_prices_are_arch_sp500_close() -> None:
     with gzip.open(default_prices_path(), "rt") as fh:
         raw = pd.read_csv(fh)
     assert len(df) == len(raw) == 5031 and df.attrs["problems"] == []
-    assert df["date"].iloc[0] == pd.Timestamp("1999-01-04") and df["date"].iloc[-1] == pd.Timestamp("2018-12-31")
+    assert df["date"].iloc[0] == date(1999, 1, 4) and df["date"].iloc[-1] == date(2018, 12, 31)
     np.testing.assert_allclose(df["close"].to_numpy(), raw["Close"].to_numpy())
     assert (df["dividend"] == 0).all() and not df.attrs["has_dividends"]
 
@@ -170,6 +170,16 @@ def test_equity_options_are_american() -> None:
     aapl = (c["symbol"] == 1) & (c["right"] < 0) & (c["ttm"] > 0.1)
     # same strikes and expiries, same vol: the American put is worth at least the European one
     assert (c["value"][aapl] >= c["value"][spx] - 1e-9).all() and (c["value"][aapl] > c["value"][spx] + 1e-6).any()
+
+
+def test_plain_date_columns_and_indexes_are_accepted() -> None:
+    days = business_days("2020-01-02", "2020-02-28")
+    px, _ = synthetic(days)
+    px["date"] = [d.date() for d in days]
+    vol = pd.Series(25.0, index=px["date"])  # an index of datetime.date
+    m = DailyMarket({"SPX": px}, vol, 0.01)
+    assert len(m.dates) == len(days) and m.problems == [] and m.vol_index(5, "SPX") == 25.0
+    assert np.isfinite(m.day(5).chain["value"]).all()
 
 
 def test_missing_dates_filled_or_skipped_and_reported() -> None:

@@ -105,7 +105,7 @@ def run_wheel_backtest(*, prices: list[str] | None, vol: Path | None, rates: str
     from greekfire.strategies.wheel.analytics import evaluate
     from greekfire.strategies.wheel.backtest import run_backtest
     from greekfire.strategies.wheel.config import WheelConfig
-    from greekfire.strategies.wheel.market import DailyMarket, load_prices, load_vol
+    from greekfire.strategies.wheel.market import DailyMarket, load_prices, load_vol, one_torch_thread
 
     if bad_rows not in ("skip", "fill") or missing not in ("skip", "fill"):
         raise UsageProblem(f"--bad-rows {bad_rows!r} / --missing {missing!r}: each is skip or fill")
@@ -129,7 +129,8 @@ def run_wheel_backtest(*, prices: list[str] | None, vol: Path | None, rates: str
     rate_series = parse_rates(rates)
     market = DailyMarket(frames, vol_series, rate_series, div_yield=div_yield, start=lo, end=hi, missing=missing)  # type: ignore[arg-type]
     hook = (lambda done, total: progress("backtest", done, total, "days")) if progress else None
-    result = run_backtest(cfg, market, progress=hook, starting_cash=cash)
+    with one_torch_thread():  # the day's batches are small: worker threads would only wait (market.py)
+        result = run_backtest(cfg, market, progress=hook, starting_cash=cash)
     seconds = time.perf_counter() - t0
     figures = evaluate(result.equity, market, premium=result.premium, trades=result.trades, rf=rate_series)
     out: dict[str, Any] = {
@@ -145,11 +146,11 @@ def run_wheel_backtest(*, prices: list[str] | None, vol: Path | None, rates: str
         "years_per_second": round((market.index[-1] - market.index[0]).days / 365.25 / seconds, 2),
     }
     if report is not None:
-        from greekfire.strategies.wheel.analytics import buy_and_hold
+        from greekfire.strategies.wheel.analytics import buy_and_hold, dated
         from greekfire.strategies.wheel.putindex import put_replica
         from greekfire.strategies.wheel.report import write_report
 
-        e = result.equity
+        e = dated(result.equity)
         bh = buy_and_hold(market, starting_value=float(e.iloc[0]))
         benches = {"buy and hold": bh}
         with contextlib.suppress(GreekfireError):

@@ -35,10 +35,17 @@ SUMMARY_UNITS = {
 }
 
 
+def dated(series: pd.Series) -> pd.Series:
+    """``series`` as floats on a sorted DatetimeIndex (an index of ``datetime.date``, as a backtest's
+    results carry, or of strings is converted)."""
+    idx = series.index if isinstance(series.index, pd.DatetimeIndex) else pd.DatetimeIndex(pd.to_datetime(list(series.index)))
+    return pd.Series(series.to_numpy(dtype=float), index=idx, name=series.name).sort_index()
+
+
 def _check(equity: pd.Series) -> pd.Series:
     if not isinstance(equity, pd.Series) or len(equity) < 2:
         raise DataError("equity", type(equity).__name__, "needs a series of at least two days")
-    e = equity.astype(float)
+    e = dated(equity)
     if not np.isfinite(e.to_numpy()).all():
         bad = e.index[~np.isfinite(e.to_numpy())][0]
         raise DataError("equity", float(e.loc[bad]), "must be finite on every day", str(bad))
@@ -62,14 +69,14 @@ def rf_returns(index: pd.DatetimeIndex, rf: float | pd.Series) -> np.ndarray:
 
 def drawdown(equity: pd.Series) -> pd.Series:
     """Fraction below the running peak on each day (0 at a new high, negative below it)."""
-    e = equity.astype(float)
+    e = dated(equity)
     return e / e.cummax() - 1.0
 
 
 def max_drawdown(equity: pd.Series) -> tuple[float, int]:
     """The deepest drawdown (a fraction <= 0) and the calendar days from its peak to the recovery of that
     peak (or to the last day when it was not recovered)."""
-    e = equity.astype(float)
+    e = dated(equity)
     dd = drawdown(e)
     trough = int(np.argmin(dd.to_numpy()))
     depth = float(dd.iloc[trough])
@@ -154,7 +161,7 @@ def summary(equity: pd.Series, premium: pd.Series | None = None, trades: pd.Data
     sortino = float(np.mean(excess) / downside * ann) if downside > 0 else float("nan")
     mdd, mdd_days = max_drawdown(e)
     mean_eq = float(e.mean())
-    prem_year = float(premium.sum()) / years if premium is not None else float("nan")
+    prem_year = float(dated(premium).sum()) / years if premium is not None else float("nan")
     turnover = float("nan")
     if trades is not None and not trades.empty and {"instrument", "qty", "price"} <= set(trades.columns):
         moved = ~_kinds(trades).str.contains("expir").to_numpy()  # an expiry trades nothing
@@ -193,7 +200,7 @@ def evaluate(equity: pd.Series, market: DailyMarket, *, premium: pd.Series | Non
     from greekfire.strategies.wheel.putindex import put_replica
 
     rates = rf if rf is not None else pd.Series(market._rate, index=market.index)
-    e = equity.astype(float)
+    e = dated(equity)
     out = {"wheel": summary(e, premium, trades, rates)}
     bh = buy_and_hold(market, starting_value=float(e.iloc[0]))
     bh = bh[(bh.index >= e.index[0]) & (bh.index <= e.index[-1])]

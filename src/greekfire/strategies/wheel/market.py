@@ -451,7 +451,11 @@ class MarketDay:
     def instruments(self) -> list[Instrument]:
         if self._instruments is None:
             m = self._market
-            made = [m.instrument(int(i)) for i in self.chain["id"]] if m is not None else []
+            made: list[Instrument] = []
+            if m is not None:
+                cache = m._instruments
+                ids: list[int] = self.chain["id"].astype(np.int64).tolist()
+                made = [cache.get(i) or m.instrument(i) for i in ids]
             self._instruments = list(self.underlyings) + made
         return self._instruments
 
@@ -461,8 +465,11 @@ class MarketDay:
             c = self.chain
             out = {u.instrument_id: self._underlying_quote(u) for u in self.underlyings}
             sizes = np.maximum(1, c["open_interest"] // 100) if len(c["id"]) else np.zeros(0, np.int64)
-            for i, b, a, sz in zip(c["id"].tolist(), c["bid"].tolist(), c["ask"].tolist(), sizes.tolist(), strict=True):
-                out[int(i)] = Quote(int(i), b, a, int(sz) if b > 0 else 0, int(sz), self.now_ns, "model")
+            bid_sizes = np.where(c["bid"] > 0, sizes, 0) if len(c["id"]) else sizes
+            now = self.now_ns
+            out.update({i: Quote(i, b, a, bs, s, now, "model") for i, b, a, bs, s in
+                        zip(c["id"].tolist(), c["bid"].tolist(), c["ask"].tolist(), bid_sizes.tolist(), sizes.tolist(),
+                            strict=True)})
             self._quotes = out
         return self._quotes
 
@@ -817,10 +824,19 @@ class DailyMarket:
 
 
 @contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread inside the block, as it was after it. For a backtest's small daily batches (a
+    chain of a few thousand options, a strategy scoring them): worker threads there mostly add hand-offs,
+    and on a busy machine they wait for cores (a day's chain: 1.5 ms on one thread, 60 ms on two with
+    other jobs running)."""
+    with _small_batch_threads(0):
+        yield
+
+
+@contextmanager
 def _small_batch_threads(n: int) -> Iterator[None]:
-    """One torch thread while a block of chains (up to a few hundred thousand options) is priced: at that
-    size worker threads mostly add hand-offs, and on a busy machine they wait for cores (a day's chain:
-    1.5 ms on one thread, 60 ms on two with other jobs running)."""
+    """One torch thread while a block of chains (up to a few hundred thousand options) is priced (see
+    :func:`one_torch_thread`)."""
     before = torch.get_num_threads()
     if before == 1 or n > 1_000_000:
         yield

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from greekfire.core.errors import DataError
-from greekfire.strategies.wheel.analytics import buy_and_hold, drawdown, rf_returns
+from greekfire.strategies.wheel.analytics import buy_and_hold, dated, drawdown, rf_returns
 from greekfire.strategies.wheel.market import DailyMarket
 
 # Annual averages of the 3-month Treasury-bill secondary-market rate (percent; FRED series TB3MS, the
@@ -156,7 +156,7 @@ def monthly_figures(equity: pd.Series, rf: float | pd.Series = 0.0, start: Any =
     ``end``; ``cagr``; ``std`` of monthly returns x sqrt 12; ``sharpe`` (mean monthly excess return x 12
     / std); ``max_drawdown`` of month-end values; ``gross_premium`` (premium / account, summed per
     year, averaged over the years) when ``premium_pct`` is given. Fractions per year."""
-    e = equity.astype(float)
+    e = dated(equity)
     lo = pd.Timestamp(start) if start is not None else e.index[0]
     hi = pd.Timestamp(end) if end is not None else e.index[-1]
     month_end = e.groupby(e.index.to_period("M")).tail(1)
@@ -177,7 +177,8 @@ def monthly_figures(equity: pd.Series, rf: float | pd.Series = 0.0, start: Any =
         "daily_max_drawdown": float(drawdown(e[(e.index >= (m.index[0])) & (e.index <= hi)]).min()),
     }
     if premium_pct is not None:
-        p = premium_pct[(premium_pct.index >= lo) & (premium_pct.index <= hi)]
+        pp = dated(premium_pct)
+        p = pp[(pp.index >= lo) & (pp.index <= hi)]
         out["gross_premium"] = float(p.sum() / years)
     return out
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from greekfire.core.extras import require_extra
-from greekfire.strategies.wheel.analytics import SUMMARY_KEYS, SUMMARY_UNITS, drawdown
+from greekfire.strategies.wheel.analytics import SUMMARY_KEYS, SUMMARY_UNITS, dated, drawdown
 
 STATE_COLOURS = {"cash": "#9e9e9e", "short_put": "#1f77b4", "shares": "#2ca02c", "short_call": "#ff7f0e"}
 
@@ -52,7 +52,8 @@ def render_report(equity: pd.Series, *, benchmarks: Mapping[str, pd.Series] | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = {"wheel": equity.astype(float), **{k: v.astype(float) for k, v in (benchmarks or {}).items()}}
+    equity = dated(equity)
+    curves = {"wheel": equity, **{k: dated(v) for k, v in (benchmarks or {}).items()}}
     images: list[tuple[str, str]] = []
 
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -73,7 +74,8 @@ def render_report(equity: pd.Series, *, benchmarks: Mapping[str, pd.Series] | No
     images.append(("Drawdown from the running peak", _png(fig)))
 
     if premium is not None and len(premium):
-        monthly = premium.groupby(pd.DatetimeIndex(premium.index).to_period("M")).sum()
+        premium = dated(premium)
+        monthly = premium.groupby(premium.index.to_period("M")).sum()
         fig, ax = plt.subplots(figsize=(11, 3))
         ax.bar(monthly.index.to_timestamp(), monthly.to_numpy(), width=25, color="#1f77b4")
         ax.set_ylabel("premium collected per month")

@@ -102,3 +102,10 @@ def test_buy_and_hold_reinvests_the_yield_or_the_dividends() -> None:
     m = DailyMarket({"XYZ": prices}, vol, 0.0)
     bh = buy_and_hold(m, starting_value=1000.0)
     assert bh.iloc[-1] == pytest.approx(1000.0 * 1.1 * 1.02)
+
+
+def test_a_series_indexed_by_plain_dates_gives_the_same_figures() -> None:
+    plain = pd.Series(EQUITY.to_numpy(), index=[d.date() for d in DAYS])
+    a, b = summary(plain), summary(EQUITY)
+    assert a.keys() == b.keys()
+    assert all(a[k] == pytest.approx(b[k], nan_ok=True) for k in a)

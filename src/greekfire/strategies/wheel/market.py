@@ -251,6 +251,23 @@ def load_rates(path_or_const: str | Path | float, *, bad_rows: BadRows = "skip")
     return s
 
 
+def _price_frame(df: pd.DataFrame, symbol: str) -> pd.DataFrame:
+    """A prices frame on a sorted DatetimeIndex with every column the market reads: a frame built by hand
+    may give only ``date, close`` (open/high/low then take the close, dividends 0)."""
+    for col in ("date", "close"):
+        if col not in df:
+            raise DataError(f"prices[{symbol}]", list(df.columns), f"needs a {col!r} column")
+    out = df.set_index(pd.DatetimeIndex(pd.to_datetime(list(df["date"])))).sort_index()
+    for col in ("open", "high", "low"):
+        if col not in out:
+            out[col] = out["close"]
+    if "dividend" not in out:
+        out["dividend"] = 0.0
+    if not np.isfinite(out["close"].to_numpy(dtype=float)).all():
+        raise DataError(f"prices[{symbol}].close", "NaN", "every close must be a number (load_prices reports bad rows)")
+    return out
+
+
 def _dated(s: pd.Series) -> pd.Series:
     """``s`` indexed by a DatetimeIndex (an index of ``datetime.date`` or strings is converted; attrs kept)."""
     if isinstance(s.index, pd.DatetimeIndex):
@@ -530,7 +547,7 @@ class DailyMarket:
         vols = {s: converted[id(v)] for s, v in given.items()}
         if isinstance(rates, pd.Series):
             self.problems += list(rates.attrs.get("problems", []))
-        frames = {s: df.set_index(pd.DatetimeIndex(df["date"])).sort_index() for s, df in prices.items()}
+        frames = {s: _price_frame(df, s) for s, df in prices.items()}
         idx = frames[self.symbols[0]].index
         for f in frames.values():
             idx = idx.union(f.index)

@@ -217,3 +217,12 @@ def test_a_day_built_by_hand_has_the_interface_fields() -> None:
                     quotes={0: Quote(0, 2999.0, 3001.0)}, vols={}, stats={0: InstrumentStats(0)})
     assert day.instruments == [spx] and day.quotes[0].ask == 3001.0 and day.opens == {"SPX": 3000.0}
     assert day.dividends == {"SPX": 0.0} and day.styles == {"SPX": "european"} and len(day.chain["id"]) == 0
+
+
+def test_a_frame_with_only_date_and_close() -> None:
+    days = business_days("2020-01-02", "2020-02-28")
+    m = DailyMarket({"SPX": pd.DataFrame({"date": days, "close": 100.0})}, pd.Series(20.0, index=days), 0.01)
+    d = m.day(3)
+    assert d.opens == d.highs == d.lows == {"SPX": 100.0} and d.dividends["SPX"] > 0  # the 2% yield, paid daily
+    with pytest.raises(DataError, match="NaN"):
+        DailyMarket({"SPX": pd.DataFrame({"date": days, "close": np.nan})}, pd.Series(20.0, index=days), 0.01)

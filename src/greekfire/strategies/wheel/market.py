@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib.util import find_spec
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -483,10 +484,9 @@ class MarketDay:
             out = {u.instrument_id: self._underlying_quote(u) for u in self.underlyings}
             sizes = np.maximum(1, c["open_interest"] // 100) if len(c["id"]) else np.zeros(0, np.int64)
             bid_sizes = np.where(c["bid"] > 0, sizes, 0) if len(c["id"]) else sizes
-            now = self.now_ns
-            out.update({i: Quote(i, b, a, bs, s, now, "model") for i, b, a, bs, s in
-                        zip(c["id"].tolist(), c["bid"].tolist(), c["ask"].tolist(), bid_sizes.tolist(), sizes.tolist(),
-                            strict=True)})
+            ids: list[int] = c["id"].astype(np.int64).tolist()
+            out.update(zip(ids, map(Quote, ids, c["bid"].tolist(), c["ask"].tolist(), bid_sizes.tolist(), sizes.tolist(),
+                                    repeat(self.now_ns), repeat("model")), strict=True))
             self._quotes = out
         return self._quotes
 
@@ -507,8 +507,9 @@ class MarketDay:
     def stats(self) -> dict[int, InstrumentStats]:
         if self._stats is None:
             c = self.chain
-            self._stats = {i: InstrumentStats(i, oi, v) for i, oi, v in
-                           zip(c["id"].tolist(), c["open_interest"].tolist(), c["volume"].tolist(), strict=True)}
+            ids: list[int] = c["id"].astype(np.int64).tolist()
+            self._stats = dict(zip(ids, map(InstrumentStats, ids, c["open_interest"].tolist(), c["volume"].tolist()),
+                                   strict=True))
         return self._stats
 
     def row(self, instrument_id: int) -> dict[str, Any] | None:

@@ -49,6 +49,7 @@ from greekfire.cli_output import (
     spinner,
     status_line,
 )
+from greekfire.cli_wheel import wheel_app
 from greekfire.core.allocator import keep_freed_memory
 from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError
 from greekfire.core.extras import require_extra
@@ -78,6 +79,7 @@ market_app = typer.Typer(help="Market core: ITCH files, LOBSTER checks, books.",
 app.add_typer(market_app, name="market")
 app.add_typer(fix_app, name="fix")
 app.add_typer(api_key_app, name="api-key")
+app.add_typer(wheel_app, name="wheel")
 serve_app.command("trading")(serve_trading_cmd)
 serve_app.command("wheel")(serve_wheel_cmd)
 

@@ -50,6 +50,8 @@ from greekfire.cli_output import (
     spinner,
     status_line,
 )
+from greekfire.cli_wheel import wheel_app
+from greekfire.cli_wheel_run import register as register_wheel_run
 from greekfire.core.allocator import keep_freed_memory
 from greekfire.core.errors import ConfigError, ConfigErrors, GreekfireError
 from greekfire.core.extras import require_extra
@@ -80,6 +82,8 @@ app.add_typer(market_app, name="market")
 app.add_typer(fix_app, name="fix")
 app.add_typer(hft_app, name="hft")
 app.add_typer(api_key_app, name="api-key")
+app.add_typer(wheel_app, name="wheel")
+register_wheel_run(wheel_app)
 serve_app.command("trading")(serve_trading_cmd)
 serve_app.command("wheel")(serve_wheel_cmd)
 

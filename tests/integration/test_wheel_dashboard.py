@@ -49,6 +49,14 @@ def _fill(db: Any) -> None:
     j.trade("paper-1", _ns(d0 + timedelta(days=2)), "QQQ", "QQQ 2026-11-20 P 480", -1, 1, 9.10, 0.65, "open")
     j.trade("paper-1", _ns(d0 + timedelta(days=40)), "QQQ", "QQQ 2026-11-20 P 480", 1, 1, 0.0, 0.0, "assignment")
     j.add_lot("QQQ", 100, 480.0, _ns(d0 + timedelta(days=40)))
+    # the engine's positions, as the paper runner copies them into the database each second
+    spy_put = {"instrument_id": 1001, "instrument": "SPY 20261218 560P", "symbol": "SPY", "kind": "put",
+               "strike": 560.0, "expiry_ns": _ns(date(2026, 12, 18), 21), "multiplier": 100.0, "qty": -2,
+               "avg_cost": 7.85, "realized_pnl": 0.0, "fees": 1.3, "mark": 6.10}
+    qqq = {"instrument_id": 2, "instrument": "QQQ", "symbol": "QQQ", "kind": "stock", "strike": 0.0,
+           "expiry_ns": 0, "multiplier": 1.0, "qty": 100, "avg_cost": 480.0, "realized_pnl": 0.0, "fees": 0.0,
+           "mark": 486.20}
+    db.set_positions([spy_put, qqq], _ns(d0 + timedelta(days=40)))
     equity = 1_000_000.0
     for i in range(60):
         equity *= 1 + 0.0009 + 0.006 * math.sin(i / 4.0)

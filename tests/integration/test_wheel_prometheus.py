@@ -48,6 +48,9 @@ def wheel_app(tmp_path: Path) -> Iterator[int]:
     j = db.journal("scrape")
     j.transition(Transition("SPY", WheelState.CASH, WheelState.SHORT_PUT, "open_put", "sold 1 put", 1_000, {}))
     j.trade("scrape", 1_000, "SPY", "SPY 2026-12-18 P 560", -1, 1, 7.5, 0.65, "open")
+    db.set_positions([{"instrument_id": 1001, "instrument": "SPY 20261218 560P", "symbol": "SPY", "kind": "put",
+                       "strike": 560.0, "expiry_ns": 1_797_627_600_000_000_000, "multiplier": 100.0, "qty": -1,
+                       "avg_cost": 7.5, "realized_pnl": 0.0, "fees": 0.65, "mark": 7.5}], 1_000)  # as the runner does
     for i, eq in enumerate((100_000.0, 120_000.0, 84_000.0)):
         j.snapshot(date(2026, 9, 1) + timedelta(days=i), eq, eq / 2, {})
     store = ApiKeyStore(f"sqlite:///{tmp_path / 'keys.db'}")

@@ -330,11 +330,13 @@ def build_wheel_app(settings: Settings, db: Any, *, store: ApiKeyStore | None = 
 def open_wheel_db(url: str) -> Any:
     """The ``WheelDB`` at ``url``. ConfigError (field ``--db``) for a URL SQLAlchemy cannot use,
     UnavailableError when the database does not answer; the URL's password is masked in both."""
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
     from greekfire.strategies.wheel.db import WheelDB
 
     try:
+        make_url(url).get_dialect()  # a URL no dialect takes is the caller's setting, not an outage
         return WheelDB(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise ConfigError("--db", masked_url(url), f"a SQLAlchemy database URL ({db_error_reason(exc)})") from None

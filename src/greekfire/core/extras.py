@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("lightning", "tensorboard", "mlflow", "hydra", "omegaconf"),
     "serve": ("fastapi", "uvicorn"),
     "cloud": ("gcsfs", "adlfs"),  # gs:// and az:// storage (greekfire.data.storage imports them per URL)
+    "wheel": ("matplotlib",),
 }
 
 

@@ -57,7 +57,9 @@ def _third_party_imports(path: Path) -> set[str]:
 
 # imports inside a function that only a server runs (the function's own import, so the module itself
 # loads without the extra): which extra they need
-LAZY_FOR_SERVERS = {("cli.py", "uvicorn"): "serve", ("core/metrics.py", "starlette"): "serve"}
+LAZY_FOR_SERVERS = {("cli.py", "uvicorn"): "serve", ("core/metrics.py", "starlette"): "serve",
+                    # the backtest report's plots, imported when a report is written
+                    ("strategies/wheel/report.py", "matplotlib"): "wheel"}
 # imports inside a function that only gs:// URLs run: the cloud extra's (gcsfs brings google-auth)
 LAZY_FOR_CLOUD = {("data/storage.py", "gcsfs"): "cloud", ("data/storage.py", "google"): "cloud"}
 # optional at run time by design: vendor GPU libraries and other frameworks' allocators, probed with a guard
@@ -119,5 +121,5 @@ def test_installed_extras_pass_and_an_unknown_extra_is_refused() -> None:
     for extra in EXTRAS:  # the test environment installs dev, which brings every extra
         assert missing_modules(extra) == []
         require_extra(extra, "a test")
-    with pytest.raises(ValueError, match=r"unknown extra 'gpu': allowed \['cloud', 'serve', 'train'\]"):
+    with pytest.raises(ValueError, match=r"unknown extra 'gpu': allowed \['cloud', 'serve', 'train', 'wheel'\]"):
         missing_modules("gpu")

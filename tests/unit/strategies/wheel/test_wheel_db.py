@@ -61,7 +61,7 @@ def test_journal_transitions_and_states_round_trip(db: WheelDB) -> None:
     last = db.transitions(limit=2)
     assert [t["event"] for t in last] == ["open", "assigned"]  # newest first
     assert db.transitions()[-1]["data"] == {"k": 1} and db.transitions()[-1]["reason"] == "sold SPY 450P at 3.10"
-    assert [s["state"] for s in db.states()] == ["short_put", "shares"]
+    assert [s["state"] for s in db.states()] == ["SHORT_PUT", "SHARES"]
     assert db.runs()[0]["run_id"] == "r1" and db.runs()[0]["status"] == "running"
     db.end_run("r1", "finished", {"fills": 3})
     assert db.runs()[0]["status"] == "finished" and db.runs()[0]["summary"] == {"fills": 3}

@@ -1,7 +1,7 @@
 """HFT execution benchmarks: the OUCH order round trip over loopback, and fast-path risk checks per second.
 
-OUCH round trip: Enter Order -> Accepted between :class:`~greekfire.hft.ouch.OuchGateway` and
-:class:`~greekfire.hft.ouch.OuchServer` (the matching engine behind it), one order in flight, p50/p99/p99.9 of
+OUCH round trip: Enter Order -> Accepted between :class:`~greekfire.hft.ouch_gateway.OuchGateway` and
+:class:`~greekfire.hft.ouch_server.OuchServer` (the matching engine behind it), one order in flight, p50/p99/p99.9 of
 the pool's own stamps (sent -> ack). Peers measured in the same run: a bare TCP echo of the same packet sizes
 (the floor any Python protocol over this loopback reaches) and the same pool orders through the FIX path
 (:class:`~greekfire.hft.gateway.FixGateway` -> FIX exchange simulator, NewOrderSingle -> ExecutionReport New).
@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
 from greekfire.hft.orders import ORDER_DTYPE, OrderPool  # noqa: E402
-from greekfire.hft.ouch import OuchGateway, OuchServer  # noqa: E402
+from greekfire.hft.ouch_gateway import OuchGateway  # noqa: E402
+from greekfire.hft.ouch_server import OuchServer  # noqa: E402
 from greekfire.hft.risk import FastLimits, FastRisk  # noqa: E402
 
 N_ROUND_TRIPS = 3_000

@@ -15,7 +15,8 @@ from greekfire.core.settings import load_settings
 from greekfire.fix.transport import FixThread
 from greekfire.hft.gateway import FixGateway, open_gateway
 from greekfire.hft.orders import OrderPool
-from greekfire.hft.ouch import OuchEvent, OuchGateway, OuchServer
+from greekfire.hft.ouch_gateway import OuchEvent, OuchGateway
+from greekfire.hft.ouch_server import OuchServer
 from greekfire.trading.build import default_instruments
 from greekfire.trading.fixexchange import FixExchange
 from greekfire.trading.orders import OrderStatus

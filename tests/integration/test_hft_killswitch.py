@@ -17,7 +17,8 @@ import pytest
 
 from greekfire.hft.killswitch import KillSwitch, guard_loop
 from greekfire.hft.orders import OrderPool
-from greekfire.hft.ouch import OuchGateway, OuchServer
+from greekfire.hft.ouch_gateway import OuchGateway
+from greekfire.hft.ouch_server import OuchServer
 from greekfire.market.matching import Side
 from greekfire.trading.orders import OrderStatus
 
@@ -139,7 +140,8 @@ CHILD = r"""
 import json, sys, time
 from greekfire.hft.killswitch import KillSwitch, guard_loop
 from greekfire.hft.orders import OrderPool
-from greekfire.hft.ouch import OuchGateway, OuchServer
+from greekfire.hft.ouch_gateway import OuchGateway
+from greekfire.hft.ouch_server import OuchServer
 
 srv = OuchServer("127.0.0.1", 0, symbols=["AAPL"])
 pool = OrderPool(16)

@@ -12,7 +12,8 @@ import pytest
 from conftest import poll_until
 from greekfire.core.errors import DataError, UnavailableError
 from greekfire.hft.orders import OrderPool
-from greekfire.hft.ouch import OuchEvent, OuchGateway, OuchServer
+from greekfire.hft.ouch_gateway import OuchEvent, OuchGateway
+from greekfire.hft.ouch_server import OuchServer
 from greekfire.market.matching import Side
 from greekfire.trading.orders import OrderStatus
 

@@ -175,7 +175,7 @@ def test_packets_lost_on_the_wire_are_recovered_and_change_nothing(itch_file: Pa
 def test_pipeline_trades_with_an_ouch_venue_it_did_not_start(itch_file: Path, tmp_path: Path) -> None:
     """``venue=(host, port)``: the gateway logs in to an OUCH exchange running elsewhere (here in this
     process, holding the closing book) and the outcomes equal the one-process match of the same orders."""
-    from greekfire.hft.ouch import OuchServer
+    from greekfire.hft.ouch_server import OuchServer
     from greekfire.hft.venues import seed_liquidity, symbol_of
     from greekfire.market.matching import Side
 

@@ -10,6 +10,9 @@ Sources, strongest first:
 A bad value fails at start with :class:`~greekfire.core.errors.ConfigErrors`, naming the field path, the
 value and what is allowed. This is the only module that reads ``os.environ``: other modules call
 :func:`env_get` / :func:`env_set` so that every read of the process environment is visible here.
+
+It is one module on purpose: the whole tree (every section of every system, with its default and its
+check) is read in one place, and ``docs/configuration.md`` is generated from it.
 """
 
 from __future__ import annotations

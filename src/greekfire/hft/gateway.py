@@ -2,7 +2,7 @@
 
 :class:`Gateway` is what the pipeline calls: ``enter`` / ``replace`` / ``cancel`` / ``cancel_all`` an order of its
 :class:`~greekfire.hft.orders.OrderPool`, ``poll`` the replies (applied to the pool, returned as
-:class:`~greekfire.hft.ouch.OuchEvent`), ``stop``. :class:`~greekfire.hft.ouch.OuchGateway` is the binary path;
+:class:`~greekfire.hft.ouch_gateway.OuchEvent`), ``stop``. :class:`~greekfire.hft.ouch_gateway.OuchGateway` is the binary path;
 :class:`FixGateway` sends the same pool orders through any trading-core
 :class:`~greekfire.trading.venues.Venue` (the FIX engine's :class:`~greekfire.trading.fixvenue.FixVenue`, or a
 simulated venue), one trading :class:`~greekfire.trading.orders.Order` per pool order, its ``client_id`` the pool
@@ -19,7 +19,7 @@ from typing import Protocol
 from greekfire.core.errors import ConfigError, DataError
 from greekfire.core.settings import Settings
 from greekfire.hft.orders import OrderPool
-from greekfire.hft.ouch import OuchEvent, OuchGateway
+from greekfire.hft.ouch_gateway import OuchEvent, OuchGateway
 from greekfire.trading.model import Instrument, OrderType, Side, TimeInForce, VenueEvent, VenueEventKind
 from greekfire.trading.orders import FillProblem, IllegalTransition, Order, OrderStatus
 from greekfire.trading.venues import Venue

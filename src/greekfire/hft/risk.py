@@ -50,7 +50,7 @@ from greekfire.trading.denials import Reason
 from greekfire.trading.orders import OrderStatus
 
 if TYPE_CHECKING:
-    from greekfire.hft.ouch import OuchEvent
+    from greekfire.hft.ouch_gateway import OuchEvent
 
 __all__ = ["ErrorRateBreaker", "FastLimits", "FastRisk", "LossBreaker", "LuldBands"]
 

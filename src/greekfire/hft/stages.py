@@ -425,9 +425,9 @@ def exchange_main(cfg: HftSettings, names: dict[str, str], itch_path: str, frami
 
 def ouch_exchange_main(cfg: HftSettings, names: dict[str, str], itch_path: str, framing: str, cpu: int | None,
                        slot: int, n_stages: int, out_q: Any) -> None:
-    """The exchange simulator over OUCH 4.2 (greekfire.hft.ouch.OuchServer, the market core's matching engine
+    """The exchange simulator over OUCH 4.2 (greekfire.hft.ouch_server.OuchServer, the market core's matching engine
     per symbol) holding :func:`seed_liquidity`; its port goes into the control table for the gateway."""
-    from greekfire.hft.ouch import OuchServer
+    from greekfire.hft.ouch_server import OuchServer
     from greekfire.market.matching import Side
 
     _stage_setup(cpu)

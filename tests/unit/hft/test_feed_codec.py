@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from greekfire.core.errors import DataError, InputFileError
-from greekfire.hft import feed
+from greekfire.hft import feed, transport
 from greekfire.market import itch, moldudp, synth
 
 
@@ -159,7 +159,7 @@ def test_hold_mode_overlapping_retransmission_and_full_hold():
 
 
 def test_bpf_program_and_transport_protocol():
-    prog = feed._bpf_udp("239.1.2.3", 26400)
+    prog = transport._bpf_udp("239.1.2.3", 26400)
     ins = [struct.unpack_from("HBBI", prog, i) for i in range(0, len(prog), 8)]
     assert len(ins) == 13 and ins[3][3] == struct.unpack(">I", socket.inet_aton("239.1.2.3"))[0]
     assert ins[10][3] == 26400 and ins[-1] == (0x06, 0, 0, 0)
@@ -176,10 +176,10 @@ def test_bpf_program_and_transport_protocol():
 def test_parse_ancillary_timestamps():
     sw = struct.pack("6q", 12, 345, 0, 0, 0, 0)
     hw = struct.pack("6q", 12, 345, 0, 0, 99, 7)
-    assert feed._parse_anc([(socket.SOL_SOCKET, feed.SO_TIMESTAMPING, sw)]) == (12_000_000_345, False, -1)
-    assert feed._parse_anc([(socket.SOL_SOCKET, feed.SO_TIMESTAMPING, hw),
-                            (socket.SOL_SOCKET, feed.SO_RXQ_OVFL, struct.pack("I", 41))]) == (99_000_000_007, True, 41)
-    assert feed._parse_anc([]) == (0, False, -1)
+    assert transport.parse_ancillary([(socket.SOL_SOCKET, transport.SO_TIMESTAMPING, sw)]) == (12_000_000_345, False, -1)
+    assert transport.parse_ancillary([(socket.SOL_SOCKET, transport.SO_TIMESTAMPING, hw),
+                            (socket.SOL_SOCKET, transport.SO_RXQ_OVFL, struct.pack("I", 41))]) == (99_000_000_007, True, 41)
+    assert transport.parse_ancillary([]) == (0, False, -1)
 
 
 def test_hold_mode_heartbeat_reveals_a_lost_packet_before_the_next_one():

@@ -185,7 +185,7 @@ def test_screen_moves_the_pool() -> None:
 
 
 def test_apply_events_keeps_pending_and_positions_in_step() -> None:
-    from greekfire.hft.ouch import OuchEvent
+    from greekfire.hft.ouch_gateway import OuchEvent
 
     err = ErrorRateBreaker(max_per_s=1)
     r = risk(breakers=(err,))

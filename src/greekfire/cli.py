@@ -238,7 +238,7 @@ def data_check(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Test a storage location and say plainly what is wrong (exit 1 when it fails)."""
-    from greekfire.data.storage import check_storage
+    from greekfire.data.storage_check import check_storage
 
     result = check_storage(url, settings(), write=write)
     if as_json:

@@ -31,7 +31,8 @@ from greekfire.data.dataset import (
     write_splits,
 )
 from greekfire.data.features import Samples, build_samples, time_split
-from greekfire.data.storage import check_storage, open_fs
+from greekfire.data.storage import open_fs
+from greekfire.data.storage_check import check_storage
 from greekfire.data.synthetic import generate_market, read_partitions, write_partitions
 from greekfire.ml.config import compose_experiment
 from greekfire.ml.data import load_pricing_data

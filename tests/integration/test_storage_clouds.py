@@ -32,7 +32,8 @@ from conftest import ROOT, free_port, need, port_open
 from greekfire.core.settings import Settings, load_settings
 from greekfire.data.dataset import StreamingOptionsDataset, read_samples, write_samples
 from greekfire.data.features import Samples
-from greekfire.data.storage import check_storage, open_fs, storage_error
+from greekfire.data.storage import open_fs
+from greekfire.data.storage_check import check_storage, storage_error
 from object_stores import CLOUD_ENV_PREFIXES, clean_env
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """Options data: schema, storage (fsspec: local, S3/MinIO, GCS, Azure), sources, features and datasets.
 
 Kept light on purpose (no heavy imports here): import the modules you need, e.g.
-``from greekfire.data.features import build_samples`` or ``from greekfire.data.storage import check_storage``.
+``from greekfire.data.features import build_samples`` or ``from greekfire.data.storage_check import check_storage``.
 
 Modules: ``schema`` (Arrow schemas, cleaning, partitioned Parquet), ``storage`` (``open_fs``,
 ``check_storage``), ``synthetic`` (Heston market generator), ``spx`` (real SPXW quotes + S&P 500 history),

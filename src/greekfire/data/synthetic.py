@@ -29,7 +29,8 @@ from greekfire.data.schema import (
     write_bars,
     write_quotes,
 )
-from greekfire.data.storage import StorageLike, storage_error
+from greekfire.data.storage import StorageLike
+from greekfire.data.storage_check import storage_error
 
 TRADING_DAYS = 252
 

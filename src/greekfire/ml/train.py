@@ -37,7 +37,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings
-from greekfire.data.storage import check_storage
+from greekfire.data.storage_check import check_storage
 from greekfire.gpu.device import choose_device, cuda_usable
 from greekfire.gpu.memory import run_with_oom_backoff
 from greekfire.ml.callbacks import PrometheusTrainingMetrics, RngState, TrainingProgress

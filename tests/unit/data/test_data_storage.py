@@ -11,7 +11,8 @@ import pytest
 from conftest import need_module
 from greekfire.core.errors import ConfigError, ConfigErrors
 from greekfire.core.settings import load_settings, settings_dict
-from greekfire.data.storage import azure_options, check_storage, gcs_options, open_fs, s3_options
+from greekfire.data.storage import azure_options, gcs_options, open_fs, s3_options
+from greekfire.data.storage_check import check_storage
 
 
 def test_s3_options_come_from_settings() -> None:

@@ -25,6 +25,9 @@ need_pkg promtool prometheus
 # Stop the Debian service's own Prometheus if the package started one: tests run their own on loopback.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 
+# shellcheck: actionlint checks the workflows' run: scripts with it (tests/integration/test_training_deploy.py).
+need_pkg shellcheck shellcheck
+
 # PostgreSQL on 127.0.0.1:5432 (trust auth on this kind of machine).
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then

@@ -270,7 +270,8 @@ def test_models_workflow_runs_every_pipeline_step() -> None:
     runs = "\n".join(str(step.get("run", "")) for job in doc["jobs"].values() for step in job["steps"])
     for step in STEPS:
         assert f"greekfire models pipeline {step}" in runs, step
-    assert "kustomize edit set image" in runs
+    # the deploy step sets the image through kustomize (greekfire.training.pipeline.set_image)
+    assert 'pipeline deploy --image "$NEW_IMAGE"' in runs and "kustomize version" in runs
 
 
 def test_promtool_training_rule_tests_pass() -> None:

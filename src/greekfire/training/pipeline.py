@@ -12,16 +12,17 @@ JSON state file (so CI can run them one by one), stops at the first failure, and
   history).
 
 Registry steps (``validate``, ``register``, ``ab``, rollback in the registry) go through the small
-:class:`ModelRegistry` interface, adapted from :mod:`greekfire.training.registry`; with no registry given
-they fail saying so.
+:class:`ModelRegistry` interface; :func:`open_pipeline_registry` adapts :mod:`greekfire.training.registry`
+(:class:`MlflowRegistry`). With no registry given they fail saying so.
 
 Example (the whole pipeline, without a cluster: ``deploy`` only edits the kustomization)::
 
     from greekfire.core.settings import load_settings
-    from greekfire.training.pipeline import PipelineOptions, pipeline
+    from greekfire.training.pipeline import PipelineOptions, open_pipeline_registry, pipeline
 
-    opts = PipelineOptions(load_settings(), image="registry.example.com/greekfire/greekfire:abc123",
-                           registry=my_registry)
+    settings = load_settings()
+    opts = PipelineOptions(settings, image="registry.example.com/greekfire/greekfire:abc123",
+                           registry=open_pipeline_registry(settings))
     for r in pipeline(["test", "train", "validate", "register", "deploy", "ab"], opts):
         print(r.step, r.status, r.detail)
 """
@@ -72,6 +73,72 @@ class ModelRegistry(Protocol):
     def rollback(self, version: str, reason: str) -> None:
         """Withdraw the candidate ``version`` (its challenger alias), keeping the champion (audited)."""
         ...
+
+
+PIPELINE_ACTOR = "model-pipeline"
+
+
+class MlflowRegistry:
+    """:class:`ModelRegistry` over the MLflow-backed registry of :mod:`greekfire.training.registry` (its
+    gate rule and margin, aliases and audit history). ``registry`` is that module's ``ModelRegistry``."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def gate(self, scores: Mapping[str, float]) -> tuple[bool, str]:
+        """The registry's gate rule on the unregistered candidate's scores against the champion's."""
+        from greekfire.training.registry import CHAMPION, gate_decision
+
+        m = self.registry.settings.models
+        champion = self.registry.alias_version(CHAMPION)
+        champ = self.registry.info(champion).metrics.get(m.gate_metric) if champion is not None else None
+        res = gate_decision(m.gate_metric, m.gate_mode, m.gate_margin, "candidate", scores.get(m.gate_metric),
+                            champion, champ)
+        return bool(res.passed), str(res.reason)
+
+    def register(self, model_uri: str, run_id: str | None, scores: Mapping[str, float]) -> str:
+        """A new version from the MLflow run, with the alias ``challenger`` (audited)."""
+        from greekfire.training.registry import CHALLENGER
+
+        if run_id is None:
+            raise ConfigError("run", None, "the train step logged no MLflow run: train with tracking.mlflow=true")
+        version = str(self.registry.register(run_id))
+        self.registry.promote(version, alias=CHALLENGER, actor=PIPELINE_ACTOR, gate=False,
+                              reason="model pipeline: passed validation against the champion")
+        return version
+
+    def ab_verdict(self, version: str) -> Verdict:
+        """From the aliases the A/B test leaves: champion now (promote), still challenger (undecided), or
+        neither (withdrawn: rollback)."""
+        from greekfire.training.registry import CHALLENGER, CHAMPION
+
+        if self.registry.alias_version(CHAMPION) == version:
+            return "promote"
+        return "undecided" if self.registry.alias_version(CHALLENGER) == version else "rollback"
+
+    def promote(self, version: str, reason: str) -> None:
+        """Make ``version`` the champion unless the A/B test already did."""
+        from greekfire.training.registry import CHAMPION
+
+        if self.registry.alias_version(CHAMPION) != version:
+            self.registry.promote(version, alias=CHAMPION, actor=PIPELINE_ACTOR, gate=False, reason=reason)
+
+    def rollback(self, version: str, reason: str) -> None:
+        """Withdraw ``version`` if it is still the challenger (the A/B test may have withdrawn it already)."""
+        from greekfire.training.registry import CHALLENGER
+
+        if self.registry.alias_version(CHALLENGER) == version:
+            self.registry.rollback_challenger(actor=PIPELINE_ACTOR, reason=reason)
+
+
+def open_pipeline_registry(settings: Settings) -> ModelRegistry:
+    """The model registry for the pipeline (``models.*`` settings, MLflow at training.mlflow_tracking_uri);
+    UnavailableError where greekfire.training.registry is not in this build or MLflow cannot be reached."""
+    try:
+        from greekfire.training.registry import open_registry
+    except ImportError as exc:
+        raise UnavailableError("the model registry", f"greekfire.training.registry is not available ({exc})") from None
+    return MlflowRegistry(open_registry(settings))
 
 
 @dataclass

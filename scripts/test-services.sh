@@ -29,6 +29,8 @@ if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now prom
 # Selenium; nothing downloads a browser of its own). apt runs only when /usr/bin/chromium is absent.
 need_pkg chromium chromium chromium-driver
 need_pkg chromedriver chromium-driver
+# shellcheck: actionlint checks the workflows' run: scripts with it (tests/integration/test_training_deploy.py).
+need_pkg shellcheck shellcheck
 
 # PostgreSQL on 127.0.0.1:5432 (trust auth on this kind of machine).
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then

@@ -189,16 +189,19 @@ def train_pricing(
     data: PricingData | None = None,
     callbacks: Sequence[Any] = (),
     test: bool = True,
+    plugins: Sequence[Any] = (),
 ) -> TrainResult:
     """Train ``cfg``; ``resume`` continues from the run's ``last.ckpt`` (or ``ckpt_path``) exactly.
 
     Returns the checkpoints (absolute paths), the test scores (MSE/RMSE/R^2/MAPE in target units, price /
     strike) and the tracking ids. Raises ConfigError when ``resume`` finds no checkpoint. Progress follows
     ``trainer.enable_progress_bar`` (see :class:`~greekfire.ml.callbacks.TrainingProgress`); Lightning's
-    banners are silenced (:func:`quiet_lightning`).
+    banners are silenced (:func:`quiet_lightning`). ``plugins`` go to the Trainer (for example a checkpoint
+    IO that also publishes ``last.ckpt`` to shared storage: :mod:`greekfire.training.elastic`).
     """
     with quiet_lightning():
-        return _train(cfg, settings, resume=resume, ckpt_path=ckpt_path, data=data, callbacks=callbacks, test=test)
+        return _train(cfg, settings, resume=resume, ckpt_path=ckpt_path, data=data, callbacks=callbacks, test=test,
+                      plugins=plugins)
 
 
 def _train(
@@ -210,6 +213,7 @@ def _train(
     data: PricingData | None,
     callbacks: Sequence[Any],
     test: bool,
+    plugins: Sequence[Any] = (),
 ) -> TrainResult:
     t0 = time.perf_counter()
     seed = cfg.seed if cfg.seed is not None else settings.training.seed
@@ -281,6 +285,7 @@ def _train(
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,  # our sampler splits ranks itself and stays resumable
         num_sanity_val_steps=0,
+        plugins=list(plugins) or None,
     )
     log.info("training %s version %s in %s", cfg.name, version, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(start_from) if start_from else None)

@@ -5,7 +5,7 @@
   is one process on one batch of 256 rows (no process group). Samples/s over the timed steps after a
   warm-up, all processes together. One torch thread per process.
 - Streaming: ``StreamingOptionsDataset`` (row groups of 4096 rows, batches of 256) reading rank 0's half
-  of 65,536 samples, from moto's S3 server on loopback vs the same files on the local disk (the peer),
+  of 32,768 samples, from moto's S3 server on loopback vs the same files on the local disk (the peer),
   and the S3 stream behind ``prefetch`` (2 batches read ahead). Noise augmentation rows/s beside it.
 
 Bounded: about a minute on two CPUs. Allocator: torch's default CPU allocator (glibc malloc).
@@ -116,7 +116,7 @@ def main() -> None:
                  "peer_value": one, "unit": "samples/s", "ratio": two / one})
     moto = Path(sys.executable).parent / "moto_server"
     with tempfile.TemporaryDirectory() as tmp:
-        samples = fake_samples(65_536)
+        samples = fake_samples(32_768)
         local = f"{tmp}/local/train"
         write_samples(samples, local, row_group_size=4096, rows_per_file=16_384)
         local_rate = max(stream_rows_per_s(local, None) for _ in range(2))
@@ -168,7 +168,7 @@ def main() -> None:
     report("training_ddp", rows, notes=[
         f"torch {torch.__version__}, 1 torch thread per process, default CPU allocator; {os.cpu_count()} CPUs",
         f"DDP: MLP 3x64 on {FEATURES} features, batch {BATCH} per process, {STEPS} timed steps after {WARMUP}",
-        "streaming: 65,536 samples (window 20 x 4, 6 contract features), row groups 4096, batches 256",
+        "streaming: 32,768 samples (window 20 x 4, 6 contract features), row groups 4096, batches 256",
     ])
 
 

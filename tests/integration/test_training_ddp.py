@@ -156,3 +156,40 @@ def test_killed_worker_restarts_and_resumes_to_the_same_weights(tmp_path: Path) 
     assert a.keys() == b.keys() and a
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"resumed weights differ from the uninterrupted run in {different}"
+
+
+def test_last_checkpoint_is_published_to_s3(moto_s3: dict[str, Any], tmp_path: Path) -> None:
+    """The shared storage may be an object store: the moto S3 server on loopback (IAM on)."""
+    from object_stores import S3_BUCKET
+
+    from greekfire.core.settings import load_settings
+    from greekfire.training.elastic import SharedCheckpointIO, SharedCheckpoints
+
+    key, secret = moto_s3["keys"]["admin"]
+    storage = load_settings(overrides={
+        "storage.s3_endpoint_url": moto_s3["endpoint"], "storage.s3_region": "us-east-1",
+        "storage.s3_access_key_id": key, "storage.s3_secret_access_key": secret,
+    }).storage
+    shared = SharedCheckpoints(f"s3://{S3_BUCKET}/checkpoints", "job-s3", storage)
+    io = SharedCheckpointIO(shared)
+    assert shared.fetch(tmp_path / "none.ckpt") is None
+    for step in (10, 20):
+        io.save_checkpoint({"state_dict": {"w": torch.full((3,), float(step))}, "global_step": step},
+                           tmp_path / "run" / "last.ckpt")
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 20}, tmp_path / "run" / "best.ckpt")
+    assert io.published == 2  # last.ckpt twice; best.ckpt stays in the run folder
+    got = shared.fetch(tmp_path / "fetched" / "last.ckpt")
+    assert got is not None
+    loaded = torch.load(str(got), map_location="cpu", weights_only=True)
+    assert loaded["global_step"] == 20 and torch.equal(loaded["state_dict"]["w"], torch.full((3,), 20.0))
+    assert shared.exists() and shared.location == f"s3://{S3_BUCKET}/checkpoints/job-s3/last.ckpt"
+
+
+def test_horovod_backend_fails_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "greekfire.cli", "train", "run", "+experiment=smoke", "--backend", "horovod", *COMMON],
+        cwd=ROOT, env=_env(tmp_path / "runs"), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "horovod" in lines[0] and "Traceback" not in proc.stderr, proc.stderr

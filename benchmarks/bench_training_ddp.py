@@ -30,6 +30,7 @@ from common import report  # noqa: E402
 from greekfire.core.settings import load_settings  # noqa: E402
 from greekfire.data.dataset import StreamingOptionsDataset, write_samples  # noqa: E402
 from greekfire.data.features import Samples  # noqa: E402
+from greekfire.data.storage import StorageLike  # noqa: E402
 from greekfire.ml.config import ModelConfig  # noqa: E402
 from greekfire.ml.module import build_model  # noqa: E402
 from greekfire.training.augment import add_input_noise, prefetch  # noqa: E402
@@ -96,7 +97,7 @@ def fake_samples(n: int) -> Samples:
     )
 
 
-def stream_rows_per_s(url: str, storage: object, *, ahead: int = 0) -> float:
+def stream_rows_per_s(url: str, storage: StorageLike, *, ahead: int = 0) -> float:
     ds = StreamingOptionsDataset(url, storage, batch_size=BATCH, rank=0, world_size=2, shuffle=True, seed=1)
     ds.units()  # footers read once, outside the timing (as a training run does at start)
     t0 = time.perf_counter()

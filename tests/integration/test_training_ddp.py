@@ -160,10 +160,9 @@ def test_killed_worker_restarts_and_resumes_to_the_same_weights(tmp_path: Path) 
 
 def test_last_checkpoint_is_published_to_s3(moto_s3: dict[str, Any], tmp_path: Path) -> None:
     """The shared storage may be an object store: the moto S3 server on loopback (IAM on)."""
-    from object_stores import S3_BUCKET
-
     from greekfire.core.settings import load_settings
     from greekfire.training.elastic import SharedCheckpointIO, SharedCheckpoints
+    from object_stores import S3_BUCKET
 
     key, secret = moto_s3["keys"]["admin"]
     storage = load_settings(overrides={

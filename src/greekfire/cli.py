@@ -348,6 +348,8 @@ def train_run_cmd(
     checkpoint_url: Annotated[str | None, typer.Option("--checkpoint-url", help="shared storage for last.ckpt: "
                                                        "a folder or URL (default: <training.runs_dir>/elastic)")] = None,
     data: Annotated[str | None, typer.Option("--data", help="train on these quotes or samples (see train pricing)")] = None,
+    input_noise: Annotated[float, typer.Option("--input-noise", help="augmentation: multiplicative noise on the "
+                                               "inputs, a fraction (0.01: 1 %); 0: none")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Run an experiment: `+experiment=NAME` plus overrides; with --nproc/--nnodes under torchrun (DDP).
@@ -362,13 +364,7 @@ def train_run_cmd(
                          job_id=job_id, checkpoint_url=checkpoint_url)
     s = settings()
     try:
-        opts.validate()
-        if opts.distributed or backend != "auto":
-            summary = launch(s, opts, preset=name or "smoke", overrides=rest, data_path=data)
-        else:
-            from greekfire.ml.train import run_training
-
-            summary = run_training(s, preset=name or "smoke", overrides=rest, data_path=data).as_dict()
+        summary = launch(s, opts, preset=name or "smoke", overrides=rest, data_path=data, input_noise=input_noise)
     except (ConfigErrors, ConfigError, GreekfireError) as exc:
         raise fail("train run", exc) from None
     if summary is None:  # another node held rank 0 and reports

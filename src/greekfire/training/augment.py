@@ -71,15 +71,16 @@ def resample_chains(samples: Samples, seed: int = 0) -> Samples:
 class Augment(L.Callback):
     """Noise on each training batch (before the step), seeded by ``seed`` and the global step.
 
-    ``keys``: which inputs (``seq``: the history, ``contract``: the contract features); ``columns``: only
-    these features of the last axis. Resumable: step ``k`` draws the same noise in any run.
+    ``keys``: which inputs (``seq``: the history, ``contract``: the contract features; default: ``seq``
+    where the batch has it, else ``contract``); ``columns``: only these features of the last axis.
+    Resumable: step ``k`` draws the same noise in any run.
     """
 
-    def __init__(self, std: float, *, keys: Sequence[str] = ("seq",), columns: Sequence[int] | None = None,
+    def __init__(self, std: float, *, keys: Sequence[str] | None = None, columns: Sequence[int] | None = None,
                  seed: int = 0) -> None:
         if std < 0:
             raise DataError("std", std, "a fraction >= 0")
-        self.std, self.keys, self.columns, self.seed = float(std), tuple(keys), columns, int(seed)
+        self.std, self.keys, self.columns, self.seed = float(std), keys, columns, int(seed)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -87,7 +88,8 @@ class Augment(L.Callback):
             return
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(trainer.global_step) * 7919
                                             + int(trainer.global_rank))
-        keys = [k for k in self.keys if k in batch]
+        wanted = self.keys if self.keys is not None else (("seq",) if "seq" in batch else ("contract",))
+        keys = [k for k in wanted if k in batch]
         batch.update(add_input_noise(batch, self.std, keys=keys, columns=self.columns, generator=gen))
 
 

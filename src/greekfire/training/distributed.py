@@ -155,6 +155,7 @@ class WorkerSpec:
     config_file: str | None = None
     data_path: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    input_noise: float = 0.0
 
     def to_json(self) -> str:
         """The spec as one JSON string."""
@@ -186,8 +187,14 @@ def launch(
     overrides: Sequence[str] = (),
     config_file: str | Path | None = None,
     data_path: str | None = None,
+    input_noise: float = 0.0,
 ) -> dict[str, Any] | None:
     """Run this node's share of a distributed training job under torchrun's elastic agent.
+
+    Without torchrun options (:attr:`LaunchOptions.distributed` false, backend ``auto``) it trains in this
+    process instead, as ``greekfire train pricing`` does. ``input_noise``: the standard deviation (a
+    fraction) of the multiplicative noise :class:`~greekfire.training.augment.Augment` puts on each
+    training batch's inputs (0: none).
 
     Returns the run summary (:meth:`greekfire.ml.train.TrainResult.as_dict`, plus ``restarts``) on the node
     whose worker held global rank 0, None on the others. Raises ConfigError for bad options or config,
@@ -200,7 +207,11 @@ def launch(
 
     from greekfire.ml.config import compose_experiment
 
+    if input_noise < 0:
+        raise ConfigError("--input-noise", input_noise, "a fraction >= 0 (0.01: 1 % noise on the inputs)")
     cfg = compose_experiment(preset, overrides, config_file=config_file, settings=settings)  # fail before spawning
+    if not options.distributed and options.backend == "auto":
+        return _train_here(cfg, settings, data_path, input_noise)
     device = "cpu" if cfg.trainer.accelerator == "cpu" else "auto"
     backend = resolve_backend(options.backend, device, settings.gpu.min_free_mb)
     lo, hi = options.node_range()
@@ -211,7 +222,7 @@ def launch(
         spec = WorkerSpec(preset=preset, overrides=list(overrides), backend=backend, job_id=job_id,
                           checkpoint_url=checkpoint_url, result_file=str(Path(tmp) / "result.json"),
                           config_file=str(config_file) if config_file else None, data_path=data_path,
-                          settings=_worker_settings(settings))
+                          settings=_worker_settings(settings), input_noise=input_noise)
         config = LaunchConfig(
             min_nodes=lo, max_nodes=hi, nproc_per_node=options.nproc, run_id=job_id, rdzv_backend="c10d",
             rdzv_endpoint=rdzv, rdzv_configs={"timeout": int(options.rdzv_timeout_s)},
@@ -222,12 +233,29 @@ def launch(
         try:
             elastic_launch(config, sys.executable)("-m", "greekfire.training.distributed", spec.to_json())
         except ChildFailedError as exc:
-            first = next(iter(exc.failures.values()), None)
-            why = f"exit code {first.exitcode}" if first is not None else "no failure recorded"
+            rank, failure = exc.get_first_failure()
+            errors = sorted(Path(tmp).glob("error-rank*.txt"))
+            why = errors[0].read_text().strip() if errors else f"rank {rank} exited with code {failure.exitcode}"
             raise GreekfireError(f"training job {job_id} failed after {options.max_restarts} restart(s) allowed: "
-                                 f"{exc.get_first_failure()[1].message or why}") from None
+                                 f"{why}") from None
         result = Path(spec.result_file)
         return json.loads(result.read_text()) if result.is_file() else None
+
+
+def _callbacks(cfg: Any, settings: Settings, input_noise: float) -> list[Any]:
+    if not input_noise:
+        return []
+    from greekfire.training.augment import Augment
+
+    return [Augment(input_noise, seed=cfg.seed if cfg.seed is not None else settings.training.seed)]
+
+
+def _train_here(cfg: Any, settings: Settings, data_path: str | None, input_noise: float) -> dict[str, Any]:
+    from greekfire.ml.train import train_pricing, with_data
+
+    if data_path is not None:
+        cfg = with_data(cfg, data_path, settings)
+    return train_pricing(cfg, settings, callbacks=_callbacks(cfg, settings, input_noise)).as_dict()
 
 
 def _worker_settings(settings: Settings) -> dict[str, Any]:
@@ -264,7 +292,8 @@ def train_worker(spec: WorkerSpec, settings: Settings) -> dict[str, Any]:
         start_from = shared.fetch(Path(tmp) / "last.ckpt")
         if start_from is not None:
             log.info("rank %d resumes from %s (restart %d)", info.rank, shared.location, restarts)
-        result = train_pricing(cfg, settings, ckpt_path=start_from, plugins=[SharedCheckpointIO(shared)])
+        result = train_pricing(cfg, settings, ckpt_path=start_from, plugins=[SharedCheckpointIO(shared)],
+                               callbacks=_callbacks(cfg, settings, spec.input_noise))
     summary = result.as_dict()
     summary.update(restarts=restarts, resumed_from=shared.location if start_from is not None else None,
                    backend=spec.backend, job_id=spec.job_id)
@@ -287,7 +316,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     lg = settings.logging
     configure_logging(level=lg.level, json_format=lg.json_format, file=lg.file, max_bytes=lg.max_bytes,
                       backup_count=lg.backup_count)
-    train_worker(spec, settings)
+    try:
+        train_worker(spec, settings)
+    except Exception as exc:
+        # the launcher quotes the first error in its one-line message; the traceback stays in this log
+        rank = env_get("RANK") or "0"
+        line = " ".join(f"rank {rank}: {type(exc).__name__}: {exc}".split())
+        Path(spec.result_file).with_name(f"error-rank{rank}.txt").write_text(line[:2000])
+        raise
     return 0
 
 

@@ -58,3 +58,21 @@ def test_prefetch_keeps_order_and_raises_the_readers_error() -> None:
     assert next(it) == 1
     with pytest.raises(OSError, match="storage went away"):
         next(it)
+
+
+def test_augment_callback_noises_the_batch_by_step() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from greekfire.training.augment import Augment
+
+    cb = Augment(0.02, seed=5)
+
+    def at(step: int) -> Any:
+        batch = {"contract": torch.ones(64, 3), "target": torch.zeros(64)}  # no seq (an MLP): contract is noised
+        cb.on_train_batch_start(SimpleNamespace(global_step=step, global_rank=0), None, batch, 0)  # type: ignore[arg-type]
+        return batch
+
+    a, b, c = at(3), at(3), at(4)
+    assert torch.equal(a["contract"], b["contract"]) and not torch.equal(a["contract"], c["contract"])
+    assert not torch.equal(a["contract"], torch.ones(64, 3)) and torch.equal(a["target"], torch.zeros(64))

@@ -192,3 +192,42 @@ def test_horovod_backend_fails_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "horovod" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_two_ranks_stream_their_row_groups_from_s3(moto_s3: dict[str, Any], tmp_path: Path) -> None:
+    """DDP on streamed samples: each of 2 ranks reads its own row groups from the S3 server (moto)."""
+    import numpy as np
+
+    from greekfire.core.settings import load_settings
+    from greekfire.data.dataset import write_splits
+    from greekfire.data.features import Samples
+    from object_stores import S3_BUCKET
+
+    def fake(n: int) -> Samples:
+        rng = np.random.default_rng(n)
+        contract = rng.random((n, 4)).astype(np.float32)
+        return Samples(seq=rng.normal(size=(n, 5, 2)).astype(np.float32), contract=contract,
+                       target=contract.mean(1).astype(np.float32), bs_baseline=np.zeros(n, dtype=np.float32),
+                       quote_date=np.datetime64("2024-01-01") + np.arange(n) // 64,
+                       seq_names=["a", "b"], contract_names=["c0", "c1", "c2", "c3"])
+
+    key, secret = moto_s3["keys"]["admin"]
+    storage_env = {"GREEKFIRE_STORAGE__S3_ENDPOINT_URL": moto_s3["endpoint"],
+                   "GREEKFIRE_STORAGE__S3_REGION": "us-east-1", "GREEKFIRE_STORAGE__S3_ACCESS_KEY_ID": key,
+                   "GREEKFIRE_STORAGE__S3_SECRET_ACCESS_KEY": secret}
+    storage = load_settings(overrides={"storage." + k.removeprefix("GREEKFIRE_STORAGE__").lower(): v
+                                       for k, v in storage_env.items()}).storage
+    url = f"s3://{S3_BUCKET}/ddp-stream"
+    # 512 training rows in 8 row groups of 64: 4 groups per rank, 2 batches of 32 per group
+    write_splits({"train": fake(512), "val": fake(128)}, url, storage, row_group_size=64)
+    env = {**_env(tmp_path / "runs"), **storage_env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "greekfire.cli", "train", "run", "--json", "--nproc", "2", "+experiment=smoke",
+         *COMMON, "data.source=samples", f"data.url={url}", "data.streaming=true", "data.batch_size=32",
+         "trainer.max_epochs=1", "name=stream_ddp"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout[proc.stdout.index("{"): proc.stdout.rindex("}") + 1])
+    assert out["world_size"] == 2
+    assert out["global_step"] == 8  # each rank 4 row groups x 2 batches: half the data each, in step

@@ -327,6 +327,65 @@ def train_pricing_cmd(
     typer.echo(f"checkpoint: {result.best_checkpoint or result.last_checkpoint}")
 
 
+def _experiment_and_overrides(args: list[str]) -> tuple[str | None, list[str]]:
+    """``+experiment=NAME`` (or ``experiment=NAME``) picks the experiment; the rest are Hydra overrides."""
+    name, rest = None, []
+    for a in args:
+        key, _, value = a.lstrip("+").partition("=")
+        if key == "experiment" and value:
+            name = value
+        else:
+            rest.append(a)
+    return name, rest
+
+
+@train_app.command("run")
+def train_run_cmd(
+    overrides: Annotated[list[str] | None, typer.Argument(help="+experiment=NAME and Hydra overrides, e.g. "
+                                                          "+experiment=smoke optim.lr=1e-3")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", help="worker processes on this node (GPUs or CPU ranks)")] = 1,
+    nnodes: Annotated[str, typer.Option("--nnodes", help="nodes: M, or MIN:MAX for an elastic job")] = "1",
+    rdzv: Annotated[str | None, typer.Option("--rdzv", help="host:port of the c10d rendezvous, the same on every "
+                                             "node (default: a free loopback port, one node)")] = None,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", help="restarts of the group after a failure")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="auto, gloo, nccl or horovod (auto: nccl on GPUs, "
+                                         "else gloo)")] = "auto",
+    job_id: Annotated[str | None, typer.Option("--job-id", help="rendezvous id and key of the shared "
+                                               "checkpoints, the same on every node (default: from the config)")] = None,
+    checkpoint_url: Annotated[str | None, typer.Option("--checkpoint-url", help="shared storage for last.ckpt: "
+                                                       "a folder or URL (default: <training.runs_dir>/elastic)")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="train on these quotes or samples (see train pricing)")] = None,
+    input_noise: Annotated[float, typer.Option("--input-noise", help="augmentation: multiplicative noise on the "
+                                               "inputs, a fraction (0.01: 1 %); 0: none")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Run an experiment: `+experiment=NAME` plus overrides; with --nproc/--nnodes under torchrun (DDP).
+
+    One process and no rendezvous runs `train pricing`'s loop in this process. Otherwise this node starts
+    torchrun's elastic agent: every node runs the same command with the same --rdzv and --nnodes; a worker
+    that dies restarts the group (--max-restarts) from the last checkpoint on shared storage."""
+    name, rest = _experiment_and_overrides(overrides or [])
+    from greekfire.training.distributed import LaunchOptions, launch
+
+    opts = LaunchOptions(nproc=nproc, nnodes=nnodes, rdzv=rdzv, max_restarts=max_restarts, backend=backend,
+                         job_id=job_id, checkpoint_url=checkpoint_url)
+    s = settings()
+    try:
+        summary = launch(s, opts, preset=name or "smoke", overrides=rest, data_path=data, input_noise=input_noise)
+    except (ConfigErrors, ConfigError, GreekfireError) as exc:
+        raise fail("train run", exc) from None
+    if summary is None:  # another node held rank 0 and reports
+        typer.echo("this node's workers finished; the node with rank 0 reports the result")
+        return
+    if as_json:
+        print_json(summary)
+        return
+    print_training(console, summary["name"], summary["version"], summary, summary.get("scores", {}))
+    for key in ("resumed_from", "run_dir", "last_checkpoint", "best_checkpoint"):
+        if summary.get(key):
+            typer.echo(f"{key.replace('_', ' ')}: {summary[key]}")
+
+
 @serve_app.command("pricing")
 def serve_pricing_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="checkpoint path, run folder (its best, else last "

@@ -125,7 +125,8 @@ class TrainerConfig(_Strict):
     log_every_n_steps: int = Field(20, ge=1)
     checkpoint_every_n_steps: int = Field(0, ge=0, description="also save `last` every N steps (0: per epoch)")
     deterministic: bool = False
-    find_batch_size: bool = Field(False, description="halve the batch size on OOM (GPU manager) before training")
+    find_batch_size: bool = Field(False, description="halve the batch size on OOM (GPU manager) before training; "
+                                  "the rows per step stay data.batch_size (micro-batches, more accumulation)")
     enable_progress_bar: bool | None = Field(
         None, description="a Rich progress bar (true), a log line every progress_interval_s and at each epoch's "
         "end (false), or none: the bar when stdout is a terminal, else the log lines"

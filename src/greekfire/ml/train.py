@@ -180,6 +180,20 @@ def find_batch_size(
     return min(fitted) if fitted else batch_size
 
 
+def micro_batches(batch_size: int, fits: int) -> tuple[int, int]:
+    """(micro-batch, accumulation factor) that keep ``batch_size`` rows per optimizer step when only ``fits``
+    rows fit on the device: the largest divisor of ``batch_size`` not above ``fits``, and the quotient.
+
+    With the resumable sampler, consecutive micro-batches are the rows of one full batch, and Lightning
+    divides each micro-batch's loss by the factor, so a step sees the same mean gradient."""
+    if batch_size < 1 or fits < 1:
+        raise ConfigError("data.batch_size", batch_size, "batch size and fitting rows must be >= 1")
+    micro = min(batch_size, fits)
+    while batch_size % micro:
+        micro -= 1
+    return micro, batch_size // micro
+
+
 def train_pricing(
     cfg: ExperimentConfig,
     settings: Settings,
@@ -189,16 +203,19 @@ def train_pricing(
     data: PricingData | None = None,
     callbacks: Sequence[Any] = (),
     test: bool = True,
+    plugins: Sequence[Any] = (),
 ) -> TrainResult:
     """Train ``cfg``; ``resume`` continues from the run's ``last.ckpt`` (or ``ckpt_path``) exactly.
 
     Returns the checkpoints (absolute paths), the test scores (MSE/RMSE/R^2/MAPE in target units, price /
     strike) and the tracking ids. Raises ConfigError when ``resume`` finds no checkpoint. Progress follows
     ``trainer.enable_progress_bar`` (see :class:`~greekfire.ml.callbacks.TrainingProgress`); Lightning's
-    banners are silenced (:func:`quiet_lightning`).
+    banners are silenced (:func:`quiet_lightning`). ``plugins`` go to the Trainer (for example a checkpoint
+    IO that also publishes ``last.ckpt`` to shared storage: :mod:`greekfire.training.elastic`).
     """
     with quiet_lightning():
-        return _train(cfg, settings, resume=resume, ckpt_path=ckpt_path, data=data, callbacks=callbacks, test=test)
+        return _train(cfg, settings, resume=resume, ckpt_path=ckpt_path, data=data, callbacks=callbacks, test=test,
+                      plugins=plugins)
 
 
 def _train(
@@ -210,6 +227,7 @@ def _train(
     data: PricingData | None,
     callbacks: Sequence[Any],
     test: bool,
+    plugins: Sequence[Any] = (),
 ) -> TrainResult:
     t0 = time.perf_counter()
     seed = cfg.seed if cfg.seed is not None else settings.training.seed
@@ -234,9 +252,13 @@ def _train(
     module = module_for(cfg, data)
     module.time_budget_s = tc.max_time_s
     datamodule = PricingDataModule(data, cfg.data, seed)
+    accumulate = tc.accumulate_grad_batches
     if tc.find_batch_size and accelerator == "gpu":
         first_gpu = f"cuda:{devices[0]}" if isinstance(devices, list) else "cuda"
-        datamodule.batch_size = find_batch_size(module, data, cfg.data.batch_size, first_gpu)
+        fits = find_batch_size(module, data, cfg.data.batch_size, first_gpu)
+        # the same effective batch: micro-batches of what fits, more of them accumulated per step
+        datamodule.batch_size, factor = micro_batches(cfg.data.batch_size, fits)
+        accumulate *= factor
 
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                               enable_version_counter=False)
@@ -268,7 +290,7 @@ def _train(
         max_epochs=tc.max_epochs,
         max_steps=tc.max_steps,
         max_time=timedelta(seconds=tc.max_time_s) if tc.max_time_s else None,
-        accumulate_grad_batches=tc.accumulate_grad_batches,
+        accumulate_grad_batches=accumulate,
         gradient_clip_val=tc.gradient_clip_val,
         check_val_every_n_epoch=tc.check_val_every_n_epoch,
         val_check_interval=tc.val_check_interval,
@@ -281,6 +303,7 @@ def _train(
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,  # our sampler splits ranks itself and stays resumable
         num_sanity_val_steps=0,
+        plugins=list(plugins) or None,
     )
     log.info("training %s version %s in %s", cfg.name, version, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(start_from) if start_from else None)

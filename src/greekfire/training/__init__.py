@@ -1,1 +1,2 @@
-"""The production trainer: distributed runs, the model registry, HPO and the model pipeline."""
+"""The production trainer: distributed and elastic runs, the model registry, search and the model pipeline over
+greekfire.ml."""

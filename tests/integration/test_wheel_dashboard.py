@@ -5,6 +5,7 @@ the database arriving on the page live, the JSON endpoints, the metrics, and the
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -183,9 +184,12 @@ def test_dashboard_renders_and_updates_live_in_chromium(server: dict[str, Any], 
 
         height, chrome = js("[document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
         browser.set_window_size(1400, min(int(height) + int(chrome), 3000))  # the whole page, no scroll bar
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        assert browser.save_screenshot(str(SCREENSHOT))
-        assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and SCREENSHOT.stat().st_size > 20_000
+        # the screenshot the docs show is refreshed on request (GREEKFIRE_DOCS_SCREENSHOTS=1), so a test run
+        # leaves the checkout as it found it
+        shot = SCREENSHOT if os.environ.get("GREEKFIRE_DOCS_SCREENSHOTS") == "1" else tmp_path / SCREENSHOT.name
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     finally:
         browser.quit()
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[3]
 SRC = ROOT / "src" / "greekfire"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # parts of the package that need an extra, and which
-NEEDS = {"ml": "train", "api": "serve"}
+NEEDS = {"ml": "train", "training": "train", "hft": "hft", "api": "serve"}
 
 
 def _name(req: str) -> str:
@@ -62,8 +62,9 @@ LAZY_FOR_SERVERS = {("cli.py", "uvicorn"): "serve", ("core/metrics.py", "starlet
                     ("strategies/wheel/report.py", "matplotlib"): "wheel"}
 # imports inside a function that only gs:// URLs run: the cloud extra's (gcsfs brings google-auth)
 LAZY_FOR_CLOUD = {("data/storage.py", "gcsfs"): "cloud", ("data/storage.py", "google"): "cloud"}
-# optional at run time by design: vendor GPU libraries and other frameworks' allocators, probed with a guard
-OPTIONAL = {"amdsmi", "cupy", "tensorflow"}
+# optional at run time by design, probed with a guard: vendor GPU libraries, other frameworks' allocators,
+# a benchmark peer (faster_fifo) and Horovod (a training backend that may not build)
+OPTIONAL = {"amdsmi", "cupy", "tensorflow", "faster_fifo", "horovod"}
 
 
 def test_every_import_is_declared_where_the_code_lives() -> None:

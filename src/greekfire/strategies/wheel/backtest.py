@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from greekfire.strategies.wheel.config import WheelConfig
@@ -85,6 +86,75 @@ class _BtOrder:
         return self.status in (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED)
 
 
+class _Overlay(Mapping[int, Instrument]):
+    """``first`` (held instruments) over ``then`` (the day's listing), iterated in that order; read-only."""
+
+    def __init__(self, first: dict[int, Instrument], then: Mapping[int, Instrument]) -> None:
+        self._first, self._then = first, then
+
+    def __getitem__(self, key: int) -> Instrument:
+        if key in self._then:
+            return self._then[key]
+        return self._first[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._first or key in self._then
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._first
+        yield from (k for k in self._then if k not in self._first)
+
+    def __len__(self) -> int:
+        return len(self._first) + sum(1 for k in self._then if k not in self._first)
+
+
+class _BySymbol(Mapping[str, Instrument]):
+    """Symbol -> Instrument: the underlyings and held instruments at once; any other symbol by one scan of
+    ``instruments`` on first need (a restart's open legs)."""
+
+    def __init__(self, known: dict[str, Instrument], instruments: Mapping[int, Instrument]) -> None:
+        self._known, self._instruments = known, instruments
+        self._all: dict[str, Instrument] | None = None
+
+    def _full(self) -> dict[str, Instrument]:
+        if self._all is None:
+            self._all = {i.symbol: i for i in self._instruments.values()}
+        return self._all
+
+    def __getitem__(self, key: str) -> Instrument:
+        got = self._known.get(key)
+        return got if got is not None else self._full()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._known or key in self._full()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._full())
+
+    def __len__(self) -> int:
+        return len(self._full())
+
+
+class _Marks(Mapping[int, float]):
+    """Instrument id -> mid of its quote (the ask where there is no bid), computed on read."""
+
+    def __init__(self, quotes: Mapping[int, Quote]) -> None:
+        self._quotes = quotes
+
+    def __getitem__(self, key: int) -> float:
+        q = self._quotes[key]
+        return 0.5 * (q.bid + q.ask) if q.bid > 0 else q.ask
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._quotes
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._quotes)
+
+    def __len__(self) -> int:
+        return len(self._quotes)
+
+
 class BacktestContext(StrategyContext):
     """A :class:`StrategyContext` over a daily model market: positions, cash and fills kept here.
 
@@ -95,17 +165,17 @@ class BacktestContext(StrategyContext):
                  commission: float = 0.0, fee: float = 0.0, params: Mapping[str, Any] | None = None) -> None:
         self.strategy_id = strategy_id
         self.params = dict(params or {})
-        self.instruments: dict[int, Instrument] = {}
-        self.known: dict[int, Instrument] = {}  # every instrument ever listed (for the trade list)
-        self.by_symbol: dict[str, Instrument] = {}
+        self.instruments: Mapping[int, Instrument] = {}
+        self.known: dict[int, Instrument] = {}  # every instrument traded or settled (for the trade list)
+        self.by_symbol: Mapping[str, Instrument] = {}
         self.positions: dict[int, int] = {}
         self.greeks: dict[str, GreekRow] = {}
         self.unit_greeks: dict[int, GreekRow] = {}
         self.spots: dict[str, float] = {}
-        self.marks: dict[int, float] = {}
-        self.quotes: dict[int, Quote] = {}
-        self.stats: dict[int, InstrumentStats] = {}
-        self.vols: dict[int, float] = {}
+        self.marks: Mapping[int, float] = {}
+        self.quotes: Mapping[int, Quote] = {}
+        self.stats: Mapping[int, InstrumentStats] = {}
+        self.vols: Mapping[int, float] = {}
         self.cash = float(starting_cash)
         self.starting_cash = float(starting_cash)
         self.fill_fraction = float(fill_fraction)
@@ -122,25 +192,53 @@ class BacktestContext(StrategyContext):
         self._fill_ids = itertools.count(1)
         self._now = 0
         self._after: list[Callable[[], None]] = []
+        self._chains: dict[str, dict[str, np.ndarray]] = {}
         self.day: MarketDay | None = None
 
     # ---------------------------------------------------------------- the day
     def set_day(self, day: MarketDay) -> None:
         """Take the day's market: the instruments listed today (and those held or with an open order), quotes,
-        marks, vols, stats."""
+        marks, vols, stats. A :class:`DailyMarket` day's records are read lazily from its chain columns (one
+        record built per contract actually read); :meth:`option_chain` serves the columns themselves."""
         self.day = day
         self._now = day.now_ns
         held = {iid: self.instruments[iid] for iid in self.positions}  # known until they are gone
         held |= {o.instrument_id: self.instruments[o.instrument_id] for o in self.open_orders()}
+        self._chains = {}
+        self.spots = dict(day.spots)
+        self.premium_today = 0.0
+        if day.from_chain:
+            listed = day.instrument_map
+            self.instruments = _Overlay(held, listed)
+            self.by_symbol = _BySymbol({i.symbol: i for i in (*day.underlyings, *held.values())}, self.instruments)
+            self.quotes, self.stats, self.vols = day.quotes, day.stats, day.vols
+            self.marks = _Marks(self.quotes)
+            return
         self.instruments = {**held, **{inst.instrument_id: inst for inst in day.instruments}}
         self.by_symbol = {inst.symbol: inst for inst in self.instruments.values()}
-        self.known.update(self.instruments)
         self.quotes = dict(day.quotes)
         self.stats = dict(day.stats)
         self.vols = dict(day.vols)
-        self.spots = dict(day.spots)
         self.marks = {iid: 0.5 * (q.bid + q.ask) if q.bid > 0 else q.ask for iid, q in self.quotes.items()}
-        self.premium_today = 0.0
+
+    def option_chain(self, underlying: str) -> dict[str, np.ndarray]:
+        """The quoted options of ``underlying`` (see :meth:`StrategyContext.option_chain`), straight from the
+        day's chain columns when the day has them."""
+        day = self.day
+        if day is None or not day.from_chain:
+            return super().option_chain(underlying)
+        got = self._chains.get(underlying)
+        if got is None:
+            c = day.chain
+            si = next((u.instrument_id for u in day.underlyings if u.symbol == underlying), -1)
+            sel = c["symbol"] == si
+            got = {k: np.asarray(c[k][sel], dtype=np.int64 if k in ("id", "expiry_ns") else np.float64)
+                   for k in ("id", "right", "strike", "expiry_ns", "bid", "ask", "open_interest", "volume")}
+            got["vol"] = np.asarray(c["vol"][sel], dtype=np.float64)
+            for v in got.values():
+                v.flags.writeable = False
+            self._chains[underlying] = got
+        return got
 
     def mark(self, iid: int) -> float:
         """Mark of one unit (currency per share): the mid, or intrinsic value where there is no quote."""
@@ -215,6 +313,7 @@ class BacktestContext(StrategyContext):
 
     def _apply(self, inst: Instrument, signed: int, price: float, fee: float) -> None:
         iid = inst.instrument_id
+        self.known[iid] = inst
         old = self.positions.get(iid, 0)
         new = old + signed
         if old == 0 or (old > 0) == (signed > 0):
@@ -290,6 +389,7 @@ class BacktestContext(StrategyContext):
     def settle(self, inst: Instrument, kind: SettlementKind, reason: str = "", early: bool = False) -> Settlement:
         """Close the account's position in option ``inst`` by expiry or exercise at the strike."""
         iid = inst.instrument_id
+        self.known[iid] = inst
         q = self.positions.pop(iid, 0)
         self.avg_cost.pop(iid, None)
         und = self.by_symbol[inst.underlying]

@@ -11,7 +11,8 @@ Each day of the :class:`~.market.DailyMarket`, at the close:
    limit; commissions and fees per contract from the market's model; fills reach ``on_fill`` after the
    hook that sent them returns (as on the engine), and the orders those fills trigger (a roll's new leg)
    fill in turn;
-4. early assignment (American exercise only): a short call in the money whose underlying goes ex-dividend
+4. early assignment (American exercise only: each symbol's style comes from the market, see
+   :func:`exercise_styles`; SPX options are European, so never assigned early): a short call in the money whose underlying goes ex-dividend
    the next trading day by more than the call's time value (mid - intrinsic), and a short put in the money
    whose time value is gone (<= ``PUT_TIME_VALUE_EPS``), are assigned at today's close;
 5. unfilled day orders are canceled; the account is marked at the mids (intrinsic where no quote) and the
@@ -458,11 +459,11 @@ def _settle_expiries(ctx: BacktestContext, day: MarketDay) -> None:
             ctx.settle(inst, SettlementKind.EXPIRED, f"out of the money at expiry ({spot:g} vs strike {inst.strike:g})")
 
 
-def _early_assign(ctx: BacktestContext, day: MarketDay, nxt: MarketDay | None) -> None:
+def _early_assign(ctx: BacktestContext, day: MarketDay, nxt: MarketDay | None, american: set[str]) -> None:
     for iid in list(ctx.positions):
         q = ctx.positions[iid]
         inst = ctx.instruments[iid]
-        if not inst.is_option or q >= 0 or inst.expiry_ns <= day.now_ns:
+        if not inst.is_option or q >= 0 or inst.expiry_ns <= day.now_ns or inst.underlying not in american:
             continue
         spot = day.spots.get(inst.underlying, 0.0)
         intrinsic = inst.right * (spot - inst.strike)
@@ -476,6 +477,20 @@ def _early_assign(ctx: BacktestContext, day: MarketDay, nxt: MarketDay | None) -
                            f"time value {time_value:.3f}", early=True)
         elif inst.right < 0 and time_value <= PUT_TIME_VALUE_EPS:
             ctx.settle(inst, SettlementKind.ASSIGNED, f"deep ITM put with no time value ({time_value:.3f})", early=True)
+
+
+def exercise_styles(config: WheelConfig, market: DailyMarket) -> tuple[WheelConfig, set[str]]:
+    """The exercise style of each symbol's options, from the market (``market.styles``: european for cash-
+    settled index options such as SPX, american otherwise; ``config.exercise`` where the market does not
+    say): returns the config the strategy runs with (its ``exercise`` set to the symbols' style when they
+    all share one, so its Greeks match the market's; as given for a mix) and the symbols with American
+    exercise (the only ones assigned early)."""
+    styles = dict(getattr(market, "styles", {}) or {})
+    per = {s: styles.get(s, config.exercise) for s in config.symbols}
+    used = set(per.values())
+    if len(used) == 1 and config.exercise not in used:
+        config = config.model_copy(update={"exercise": used.pop()})
+    return config, {s for s, st in per.items() if st == "american"}
 
 
 def run_backtest(
@@ -496,6 +511,7 @@ def run_backtest(
                           commission=float(getattr(model, "commission_per_contract", 0.0)),
                           fee=float(getattr(model, "fee_per_contract", 0.0)))
     journal = journal if journal is not None else MemoryJournal()
+    config, american = exercise_styles(config, market)
     strategy = WheelStrategy(config, journal, capital=starting_cash)
     strategy.ctx = ctx
     n = len(market.dates)
@@ -503,12 +519,12 @@ def run_backtest(
     cash: dict[date, float] = {}
     prem: dict[date, float] = {}
     pos_rows: list[dict[str, Any]] = []
-    american = config.exercise == "american"
-    nxt: MarketDay | None = market.day(0) if n else None
     for i in range(n):
-        day = nxt
-        assert day is not None
-        nxt = market.day(i + 1) if i + 1 < n else None
+        # today's chain plus every contract held or with an open order (a held strike off today's grid keeps
+        # its quote); tomorrow's day only for its dividends (early assignment of calls)
+        held = [*ctx.positions, *(o.instrument_id for o in ctx.open_orders())]
+        day = market.day(i, extra=held)
+        nxt = market.day(i + 1) if american and i + 1 < n else None
         ctx.set_day(day)
         if i == 0:
             strategy.on_start()
@@ -521,7 +537,7 @@ def run_backtest(
         strategy.cycle(day.now_ns)
         ctx.deliver(strategy)
         if american:
-            _early_assign(ctx, day, nxt)
+            _early_assign(ctx, day, nxt, american)
             ctx.deliver(strategy)
         ctx.end_day()
         eq[day.date], cash[day.date], prem[day.date] = ctx.equity(), ctx.cash, ctx.premium_today

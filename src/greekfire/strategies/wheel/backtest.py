@@ -185,6 +185,7 @@ class BacktestContext(StrategyContext):
         self.fees = 0.0
         self.avg_cost: dict[int, float] = {}
         self.orders: dict[str, _BtOrder] = {}
+        self._live: dict[str, _BtOrder] = {}  # the orders that may still be open (pruned each day)
         self.fills: list[Fill] = []
         self.settlements: list[Settlement] = []
         self.premium_today = 0.0
@@ -263,6 +264,7 @@ class BacktestContext(StrategyContext):
         o = _BtOrder(f"bt-{next(self._ids)}", instrument_id, self.strategy_id, Side(side), int(qty), price_ticks,
                      stop_ticks, ord_type, tif)
         self.orders[o.client_id] = o
+        self._live[o.client_id] = o
         inst = self.instruments.get(instrument_id)
         reason = ""
         if inst is None:
@@ -365,7 +367,7 @@ class BacktestContext(StrategyContext):
         return self._now
 
     def open_orders(self, instrument_id: int | None = None) -> list[Any]:
-        return [o for o in self.orders.values() if o.is_open and (instrument_id is None or o.instrument_id == instrument_id)]
+        return [o for o in self._live.values() if o.is_open and (instrument_id is None or o.instrument_id == instrument_id)]
 
     def order(self, client_id: str) -> Any:
         return self.orders.get(client_id)
@@ -426,6 +428,7 @@ class BacktestContext(StrategyContext):
         for o in self.open_orders():
             if o.tif == TimeInForce.DAY:
                 o.status = OrderStatus.CANCELED
+        self._live = {k: o for k, o in self._live.items() if o.is_open}
 
 
 @dataclass

@@ -762,9 +762,9 @@ class DailyMarket:
         cheaply; any order works."""
         d = self.dates[i]
         chain = self._chain(i)
-        wanted = {int(x) for x in extra if int(x) >= len(self.underlyings)}
-        if wanted:
-            absent = sorted(wanted - set(chain["id"].tolist()))
+        wanted = np.array(sorted({int(x) for x in extra if int(x) >= len(self.underlyings)}), dtype=np.int64)
+        if len(wanted):
+            absent = wanted[~np.isin(wanted, chain["id"])].tolist()
             if absent:
                 rows = self._rows_of(i, absent)
                 if len(rows["id"]):

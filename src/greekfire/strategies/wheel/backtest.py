@@ -11,10 +11,10 @@ Each day of the :class:`~.market.DailyMarket`, at the close:
    limit; commissions and fees per contract from the market's model; fills reach ``on_fill`` after the
    hook that sent them returns (as on the engine), and the orders those fills trigger (a roll's new leg)
    fill in turn;
-4. early assignment (American exercise only: each symbol's style comes from the market, see
-   :func:`exercise_styles`; SPX options are European, so never assigned early): a short call in the money whose underlying goes ex-dividend
-   the next trading day by more than the call's time value (mid - intrinsic), and a short put in the money
-   whose time value is gone (<= ``PUT_TIME_VALUE_EPS``), are assigned at today's close;
+4. early assignment (American exercise only: European where the market says so, such as SPX, see
+   :func:`exercise_styles`): a short call in the money whose underlying goes ex-dividend the next trading
+   day by more than the call's time value (mid - intrinsic), and a short put in the money whose time value
+   is gone (<= ``PUT_TIME_VALUE_EPS``), are assigned at today's close;
 5. unfilled day orders are canceled; the account is marked at the mids (intrinsic where no quote) and the
    day's equity, cash, premium and positions are recorded (and snapshot to the journal).
 """
@@ -482,14 +482,14 @@ def _early_assign(ctx: BacktestContext, day: MarketDay, nxt: MarketDay | None, a
             ctx.settle(inst, SettlementKind.ASSIGNED, f"deep ITM put with no time value ({time_value:.3f})", early=True)
 
 
-def exercise_styles(config: WheelConfig, market: DailyMarket) -> tuple[WheelConfig, set[str]]:
-    """The exercise style of each symbol's options, from the market (``market.styles``: european for cash-
-    settled index options such as SPX, american otherwise; ``config.exercise`` where the market does not
-    say): returns the config the strategy runs with (its ``exercise`` set to the symbols' style when they
-    all share one, so its Greeks match the market's; as given for a mix) and the symbols with American
-    exercise (the only ones assigned early)."""
-    styles = dict(getattr(market, "styles", {}) or {})
-    per = {s: styles.get(s, config.exercise) for s in config.symbols}
+def exercise_styles(config: WheelConfig, market: Any) -> tuple[WheelConfig, set[str]]:
+    """The exercise style of each symbol's options: European where the market says so (``market.styles``:
+    cash-settled index options such as SPX, which no one can exercise early), ``config.exercise``
+    otherwise. Returns the config the strategy runs with (``exercise`` set to the symbols' style when they
+    all share one, so its deltas match the chain's prices; as given for a mix) and the symbols with
+    American exercise (the only ones assigned early)."""
+    styles = dict(getattr(market, "styles", None) or {})
+    per = {s: "european" if styles.get(s) == "european" else config.exercise for s in config.symbols}
     used = set(per.values())
     if len(used) == 1 and config.exercise not in used:
         config = config.model_copy(update={"exercise": used.pop()})

@@ -58,7 +58,8 @@ class _Recording:
     """A DailyMarket that records the ``extra`` ids the harness asks each day for."""
 
     def __init__(self, market: DailyMarket) -> None:
-        self.inner, self.asked = market, []
+        self.inner = market
+        self.asked: list[tuple[int, list[int]]] = []
         self.dates, self.model, self.styles = market.dates, market.model, market.styles
 
     def day(self, i: int, extra: tuple[int, ...] = ()) -> MarketDay:

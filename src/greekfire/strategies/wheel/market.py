@@ -467,8 +467,10 @@ class MarketDay:
     ``opens``, ``highs``, ``lows`` (symbol -> currency), ``dividends`` (symbol -> cash per share going ex
     today), ``rate`` (continuously compounded), and the listed options as ``instruments``, ``quotes``,
     ``vols`` (model implied vol) and ``stats`` (model open interest and volume), the underlyings included
-    (ids 0..n-1). From :class:`DailyMarket` the records are built on first use from ``chain``: the same
-    contracts as numpy columns (:data:`CHAIN_COLUMNS`, one row per contract), the fast way to scan them.
+    (ids 0..n-1). From :class:`DailyMarket`, ``quotes``, ``vols``, ``stats`` and ``instrument_map`` are
+    read-only mappings (:class:`ChainRecords`) that build a contract's record on its first read from
+    ``chain``: the same contracts as numpy columns (:data:`CHAIN_COLUMNS`, one row per contract), the fast
+    way to scan them (``instruments``, a list, builds them all).
     ``div_yields`` symbol -> continuously compounded yield; ``styles`` symbol -> european|american;
     ``vol_index`` symbol -> the vol index level (vol points). Built by hand (tests), give the records."""
 

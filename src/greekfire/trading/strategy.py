@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+import numpy as np
+
 from greekfire.trading.denials import Denial, Reason, TradingState
 from greekfire.trading.model import (
     BookUpdate,
@@ -47,12 +49,14 @@ from greekfire.trading.orders import OrderStatus
 
 # a strategy needs this module alone: the records it handles are re-exported here
 __all__ = [
-    "BookUpdate", "Denial", "Fill", "GreekRow", "Instrument", "InstrumentStats", "OrderStatus", "OrderType",
+    "CHAIN_VIEW_COLUMNS", "BookUpdate", "Denial", "Fill", "GreekRow", "Instrument", "InstrumentStats", "OrderStatus", "OrderType",
     "OrderView", "PositionView", "Quote", "Reason", "Settlement", "SettlementKind", "Side", "Strategy",
     "StrategyContext", "TimeInForce", "TradeTick", "TradingState",
 ]
 
 GreekRow = tuple[float, float, float, float]  # (delta, gamma, vega, theta)
+CHAIN_VIEW_COLUMNS = ("id", "right", "strike", "expiry_ns", "bid", "ask", "open_interest", "volume", "vol")
+"""The columns of :meth:`StrategyContext.option_chain`."""
 
 
 class OrderView(Protocol):
@@ -120,7 +124,10 @@ class StrategyContext(ABC):
     - ``spots``: underlying -> its last mid; ``marks``: instrument id -> last mid;
     - ``quotes``: instrument id -> the last :class:`Quote` seen (any venue);
     - ``stats``: instrument id -> :class:`InstrumentStats` (open interest, volume) where the data source
-      reports them (empty otherwise).
+      reports them (empty otherwise);
+    - :meth:`option_chain` (optional, a method): the quoted options of an underlying as numpy columns, for
+      a strategy that scans a whole chain; the default builds it from the views above, and a context that
+      holds the chain as columns (a backtest) may serve it without building a record per contract.
     """
 
     strategy_id: str
@@ -194,6 +201,32 @@ class StrategyContext(ABC):
     def price(self, instrument_id: int, ticks: int) -> float:
         """Integer ticks of the instrument as a price in currency (the nearest double to the decimal price)."""
         return self.instruments[instrument_id].from_ticks(ticks)
+
+    def option_chain(self, underlying: str) -> dict[str, np.ndarray]:
+        """The options of ``underlying`` that have a quote, one row each, as read-only numpy columns
+        (:data:`CHAIN_VIEW_COLUMNS`): ``id`` (int64), ``right`` (+1 call / -1 put), ``strike`` (currency),
+        ``expiry_ns`` (int64, ns since the epoch), ``bid``, ``ask`` (currency per unit), ``open_interest``,
+        ``volume`` (contracts; inf where not reported), ``vol`` (annualised; nan where unknown). Rows in
+        :attr:`instruments` order. The default reads ``instruments``, ``quotes``, ``stats`` and :meth:`vol`;
+        a context may override it with a faster view of the same data."""
+        rows = [(i, self.quotes[i.instrument_id]) for i in self.instruments.values()
+                if i.is_option and i.underlying == underlying and i.instrument_id in self.quotes]
+        ids = [i.instrument_id for i, _ in rows]
+        stats = [self.stats.get(x) for x in ids]
+        out = {
+            "id": np.array(ids, dtype=np.int64),
+            "right": np.array([i.right for i, _ in rows], dtype=np.float64),
+            "strike": np.array([i.strike for i, _ in rows], dtype=np.float64),
+            "expiry_ns": np.array([i.expiry_ns for i, _ in rows], dtype=np.int64),
+            "bid": np.array([q.bid for _, q in rows], dtype=np.float64),
+            "ask": np.array([q.ask for _, q in rows], dtype=np.float64),
+            "open_interest": np.array([np.inf if s is None else s.open_interest for s in stats], dtype=np.float64),
+            "volume": np.array([np.inf if s is None else s.volume for s in stats], dtype=np.float64),
+            "vol": np.array([self.vol(x) for x in ids], dtype=np.float64),
+        }
+        for v in out.values():
+            v.flags.writeable = False
+        return out
 
     @abstractmethod
     def now_ns(self) -> int:

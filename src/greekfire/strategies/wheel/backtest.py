@@ -11,9 +11,10 @@ Each day of the :class:`~.market.DailyMarket`, at the close:
    limit; commissions and fees per contract from the market's model; fills reach ``on_fill`` after the
    hook that sent them returns (as on the engine), and the orders those fills trigger (a roll's new leg)
    fill in turn;
-4. early assignment (American exercise only): a short call in the money whose underlying goes ex-dividend
-   the next trading day by more than the call's time value (mid - intrinsic), and a short put in the money
-   whose time value is gone (<= ``PUT_TIME_VALUE_EPS``), are assigned at today's close;
+4. early assignment (American exercise only: European where the market says so, such as SPX, see
+   :func:`exercise_styles`): a short call in the money whose underlying goes ex-dividend the next trading
+   day by more than the call's time value (mid - intrinsic), and a short put in the money whose time value
+   is gone (<= ``PUT_TIME_VALUE_EPS``), are assigned at today's close;
 5. unfilled day orders are canceled; the account is marked at the mids (intrinsic where no quote) and the
    day's equity, cash, premium and positions are recorded (and snapshot to the journal).
 """
@@ -22,11 +23,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from greekfire.strategies.wheel.config import WheelConfig
@@ -85,6 +87,75 @@ class _BtOrder:
         return self.status in (OrderStatus.ACCEPTED, OrderStatus.PARTIALLY_FILLED)
 
 
+class _Overlay(Mapping[int, Instrument]):
+    """``first`` (held instruments) over ``then`` (the day's listing), iterated in that order; read-only."""
+
+    def __init__(self, first: dict[int, Instrument], then: Mapping[int, Instrument]) -> None:
+        self._first, self._then = first, then
+
+    def __getitem__(self, key: int) -> Instrument:
+        if key in self._then:
+            return self._then[key]
+        return self._first[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._first or key in self._then
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._first
+        yield from (k for k in self._then if k not in self._first)
+
+    def __len__(self) -> int:
+        return len(self._first) + sum(1 for k in self._then if k not in self._first)
+
+
+class _BySymbol(Mapping[str, Instrument]):
+    """Symbol -> Instrument: the underlyings and held instruments at once; any other symbol by one scan of
+    ``instruments`` on first need (a restart's open legs)."""
+
+    def __init__(self, known: dict[str, Instrument], instruments: Mapping[int, Instrument]) -> None:
+        self._known, self._instruments = known, instruments
+        self._all: dict[str, Instrument] | None = None
+
+    def _full(self) -> dict[str, Instrument]:
+        if self._all is None:
+            self._all = {i.symbol: i for i in self._instruments.values()}
+        return self._all
+
+    def __getitem__(self, key: str) -> Instrument:
+        got = self._known.get(key)
+        return got if got is not None else self._full()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._known or key in self._full()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._full())
+
+    def __len__(self) -> int:
+        return len(self._full())
+
+
+class _Marks(Mapping[int, float]):
+    """Instrument id -> mid of its quote (the ask where there is no bid), computed on read."""
+
+    def __init__(self, quotes: Mapping[int, Quote]) -> None:
+        self._quotes = quotes
+
+    def __getitem__(self, key: int) -> float:
+        q = self._quotes[key]
+        return 0.5 * (q.bid + q.ask) if q.bid > 0 else q.ask
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._quotes
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._quotes)
+
+    def __len__(self) -> int:
+        return len(self._quotes)
+
+
 class BacktestContext(StrategyContext):
     """A :class:`StrategyContext` over a daily model market: positions, cash and fills kept here.
 
@@ -95,17 +166,17 @@ class BacktestContext(StrategyContext):
                  commission: float = 0.0, fee: float = 0.0, params: Mapping[str, Any] | None = None) -> None:
         self.strategy_id = strategy_id
         self.params = dict(params or {})
-        self.instruments: dict[int, Instrument] = {}
-        self.known: dict[int, Instrument] = {}  # every instrument ever listed (for the trade list)
-        self.by_symbol: dict[str, Instrument] = {}
+        self.instruments: Mapping[int, Instrument] = {}
+        self.known: dict[int, Instrument] = {}  # every instrument traded or settled (for the trade list)
+        self.by_symbol: Mapping[str, Instrument] = {}
         self.positions: dict[int, int] = {}
         self.greeks: dict[str, GreekRow] = {}
         self.unit_greeks: dict[int, GreekRow] = {}
         self.spots: dict[str, float] = {}
-        self.marks: dict[int, float] = {}
-        self.quotes: dict[int, Quote] = {}
-        self.stats: dict[int, InstrumentStats] = {}
-        self.vols: dict[int, float] = {}
+        self.marks: Mapping[int, float] = {}
+        self.quotes: Mapping[int, Quote] = {}
+        self.stats: Mapping[int, InstrumentStats] = {}
+        self.vols: Mapping[int, float] = {}
         self.cash = float(starting_cash)
         self.starting_cash = float(starting_cash)
         self.fill_fraction = float(fill_fraction)
@@ -114,6 +185,7 @@ class BacktestContext(StrategyContext):
         self.fees = 0.0
         self.avg_cost: dict[int, float] = {}
         self.orders: dict[str, _BtOrder] = {}
+        self._live: dict[str, _BtOrder] = {}  # the orders that may still be open (pruned each day)
         self.fills: list[Fill] = []
         self.settlements: list[Settlement] = []
         self.premium_today = 0.0
@@ -122,25 +194,53 @@ class BacktestContext(StrategyContext):
         self._fill_ids = itertools.count(1)
         self._now = 0
         self._after: list[Callable[[], None]] = []
+        self._chains: dict[str, dict[str, np.ndarray]] = {}
         self.day: MarketDay | None = None
 
     # ---------------------------------------------------------------- the day
     def set_day(self, day: MarketDay) -> None:
         """Take the day's market: the instruments listed today (and those held or with an open order), quotes,
-        marks, vols, stats."""
+        marks, vols, stats. A :class:`DailyMarket` day's records are read lazily from its chain columns (one
+        record built per contract actually read); :meth:`option_chain` serves the columns themselves."""
         self.day = day
         self._now = day.now_ns
         held = {iid: self.instruments[iid] for iid in self.positions}  # known until they are gone
         held |= {o.instrument_id: self.instruments[o.instrument_id] for o in self.open_orders()}
+        self._chains = {}
+        self.spots = dict(day.spots)
+        self.premium_today = 0.0
+        if day.from_chain:
+            listed = day.instrument_map
+            self.instruments = _Overlay(held, listed)
+            self.by_symbol = _BySymbol({i.symbol: i for i in (*day.underlyings, *held.values())}, self.instruments)
+            self.quotes, self.stats, self.vols = day.quotes, day.stats, day.vols
+            self.marks = _Marks(self.quotes)
+            return
         self.instruments = {**held, **{inst.instrument_id: inst for inst in day.instruments}}
         self.by_symbol = {inst.symbol: inst for inst in self.instruments.values()}
-        self.known.update(self.instruments)
         self.quotes = dict(day.quotes)
         self.stats = dict(day.stats)
         self.vols = dict(day.vols)
-        self.spots = dict(day.spots)
         self.marks = {iid: 0.5 * (q.bid + q.ask) if q.bid > 0 else q.ask for iid, q in self.quotes.items()}
-        self.premium_today = 0.0
+
+    def option_chain(self, underlying: str) -> dict[str, np.ndarray]:
+        """The quoted options of ``underlying`` (see :meth:`StrategyContext.option_chain`), straight from the
+        day's chain columns when the day has them."""
+        day = self.day
+        if day is None or not day.from_chain:
+            return super().option_chain(underlying)
+        got = self._chains.get(underlying)
+        if got is None:
+            c = day.chain
+            si = next((u.instrument_id for u in day.underlyings if u.symbol == underlying), -1)
+            sel = c["symbol"] == si
+            got = {k: np.asarray(c[k][sel], dtype=np.int64 if k in ("id", "expiry_ns") else np.float64)
+                   for k in ("id", "right", "strike", "expiry_ns", "bid", "ask", "open_interest", "volume")}
+            got["vol"] = np.asarray(c["vol"][sel], dtype=np.float64)
+            for v in got.values():
+                v.flags.writeable = False
+            self._chains[underlying] = got
+        return got
 
     def mark(self, iid: int) -> float:
         """Mark of one unit (currency per share): the mid, or intrinsic value where there is no quote."""
@@ -164,6 +264,7 @@ class BacktestContext(StrategyContext):
         o = _BtOrder(f"bt-{next(self._ids)}", instrument_id, self.strategy_id, Side(side), int(qty), price_ticks,
                      stop_ticks, ord_type, tif)
         self.orders[o.client_id] = o
+        self._live[o.client_id] = o
         inst = self.instruments.get(instrument_id)
         reason = ""
         if inst is None:
@@ -215,6 +316,7 @@ class BacktestContext(StrategyContext):
 
     def _apply(self, inst: Instrument, signed: int, price: float, fee: float) -> None:
         iid = inst.instrument_id
+        self.known[iid] = inst
         old = self.positions.get(iid, 0)
         new = old + signed
         if old == 0 or (old > 0) == (signed > 0):
@@ -265,7 +367,7 @@ class BacktestContext(StrategyContext):
         return self._now
 
     def open_orders(self, instrument_id: int | None = None) -> list[Any]:
-        return [o for o in self.orders.values() if o.is_open and (instrument_id is None or o.instrument_id == instrument_id)]
+        return [o for o in self._live.values() if o.is_open and (instrument_id is None or o.instrument_id == instrument_id)]
 
     def order(self, client_id: str) -> Any:
         return self.orders.get(client_id)
@@ -290,6 +392,7 @@ class BacktestContext(StrategyContext):
     def settle(self, inst: Instrument, kind: SettlementKind, reason: str = "", early: bool = False) -> Settlement:
         """Close the account's position in option ``inst`` by expiry or exercise at the strike."""
         iid = inst.instrument_id
+        self.known[iid] = inst
         q = self.positions.pop(iid, 0)
         self.avg_cost.pop(iid, None)
         und = self.by_symbol[inst.underlying]
@@ -325,6 +428,7 @@ class BacktestContext(StrategyContext):
         for o in self.open_orders():
             if o.tif == TimeInForce.DAY:
                 o.status = OrderStatus.CANCELED
+        self._live = {k: o for k, o in self._live.items() if o.is_open}
 
 
 @dataclass
@@ -358,11 +462,11 @@ def _settle_expiries(ctx: BacktestContext, day: MarketDay) -> None:
             ctx.settle(inst, SettlementKind.EXPIRED, f"out of the money at expiry ({spot:g} vs strike {inst.strike:g})")
 
 
-def _early_assign(ctx: BacktestContext, day: MarketDay, nxt: MarketDay | None) -> None:
+def _early_assign(ctx: BacktestContext, day: MarketDay, nxt: MarketDay | None, american: set[str]) -> None:
     for iid in list(ctx.positions):
         q = ctx.positions[iid]
         inst = ctx.instruments[iid]
-        if not inst.is_option or q >= 0 or inst.expiry_ns <= day.now_ns:
+        if not inst.is_option or q >= 0 or inst.expiry_ns <= day.now_ns or inst.underlying not in american:
             continue
         spot = day.spots.get(inst.underlying, 0.0)
         intrinsic = inst.right * (spot - inst.strike)
@@ -376,6 +480,20 @@ def _early_assign(ctx: BacktestContext, day: MarketDay, nxt: MarketDay | None) -
                            f"time value {time_value:.3f}", early=True)
         elif inst.right < 0 and time_value <= PUT_TIME_VALUE_EPS:
             ctx.settle(inst, SettlementKind.ASSIGNED, f"deep ITM put with no time value ({time_value:.3f})", early=True)
+
+
+def exercise_styles(config: WheelConfig, market: Any) -> tuple[WheelConfig, set[str]]:
+    """The exercise style of each symbol's options: European where the market says so (``market.styles``:
+    cash-settled index options such as SPX, which no one can exercise early), ``config.exercise``
+    otherwise. Returns the config the strategy runs with (``exercise`` set to the symbols' style when they
+    all share one, so its deltas match the chain's prices; as given for a mix) and the symbols with
+    American exercise (the only ones assigned early)."""
+    styles = dict(getattr(market, "styles", None) or {})
+    per = {s: "european" if styles.get(s) == "european" else config.exercise for s in config.symbols}
+    used = set(per.values())
+    if len(used) == 1 and config.exercise not in used:
+        config = config.model_copy(update={"exercise": used.pop()})
+    return config, {s for s, st in per.items() if st == "american"}
 
 
 def run_backtest(
@@ -396,6 +514,7 @@ def run_backtest(
                           commission=float(getattr(model, "commission_per_contract", 0.0)),
                           fee=float(getattr(model, "fee_per_contract", 0.0)))
     journal = journal if journal is not None else MemoryJournal()
+    config, american = exercise_styles(config, market)
     strategy = WheelStrategy(config, journal, capital=starting_cash)
     strategy.ctx = ctx
     n = len(market.dates)
@@ -403,12 +522,12 @@ def run_backtest(
     cash: dict[date, float] = {}
     prem: dict[date, float] = {}
     pos_rows: list[dict[str, Any]] = []
-    american = config.exercise == "american"
-    nxt: MarketDay | None = market.day(0) if n else None
     for i in range(n):
-        day = nxt
-        assert day is not None
-        nxt = market.day(i + 1) if i + 1 < n else None
+        # today's chain plus every contract held or with an open order (a held strike off today's grid keeps
+        # its quote); tomorrow's day only for its dividends (early assignment of calls)
+        held = [*ctx.positions, *(o.instrument_id for o in ctx.open_orders())]
+        day = market.day(i, extra=held)
+        nxt = market.day(i + 1) if american and i + 1 < n else None
         ctx.set_day(day)
         if i == 0:
             strategy.on_start()
@@ -421,7 +540,7 @@ def run_backtest(
         strategy.cycle(day.now_ns)
         ctx.deliver(strategy)
         if american:
-            _early_assign(ctx, day, nxt)
+            _early_assign(ctx, day, nxt, american)
             ctx.deliver(strategy)
         ctx.end_day()
         eq[day.date], cash[day.date], prem[day.date] = ctx.equity(), ctx.cash, ctx.premium_today

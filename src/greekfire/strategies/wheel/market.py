@@ -29,14 +29,13 @@ from __future__ import annotations
 import logging
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib.util import find_spec
-from itertools import repeat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -430,13 +429,48 @@ CHAIN_COLUMNS = ("id", "symbol", "right", "strike", "expiry_ns", "monthly", "ame
 """The columns of :attr:`MarketDay.chain` (``q``: dividend yield; ``value``: model value per share)."""
 
 
+_V = TypeVar("_V")
+
+
+class ChainRecords(Mapping[int, _V]):
+    """Instrument id -> a record of one contract of a day's chain, built on first read from its row (and
+    kept), after ``fixed`` (the underlyings' records). Iterates ``fixed`` then the chain in row order.
+    Read-only; reading one contract costs one dict lookup and, the first time, one record."""
+
+    __slots__ = ("_fixed", "_index", "_make", "_made")
+
+    def __init__(self, fixed: Mapping[int, _V], index: Mapping[int, int], make: Callable[[int, int], _V]) -> None:
+        self._fixed, self._index, self._make = fixed, index, make
+        self._made: dict[int, _V] = {}
+
+    def __getitem__(self, key: int) -> _V:
+        if key in self._fixed:
+            return self._fixed[key]
+        got = self._made.get(key)
+        if got is None:
+            got = self._made[key] = self._make(key, self._index[key])
+        return got
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._fixed or key in self._index
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._fixed
+        yield from (k for k in self._index if k not in self._fixed)
+
+    def __len__(self) -> int:
+        return len(self._fixed) + sum(1 for k in self._index if k not in self._fixed)
+
+
 class MarketDay:
     """One trading day at the close (16:00 New York): ``date``, ``now_ns`` (ns since the epoch), ``spots``,
     ``opens``, ``highs``, ``lows`` (symbol -> currency), ``dividends`` (symbol -> cash per share going ex
     today), ``rate`` (continuously compounded), and the listed options as ``instruments``, ``quotes``,
     ``vols`` (model implied vol) and ``stats`` (model open interest and volume), the underlyings included
-    (ids 0..n-1). From :class:`DailyMarket` the records are built on first use from ``chain``: the same
-    contracts as numpy columns (:data:`CHAIN_COLUMNS`, one row per contract), the fast way to scan them.
+    (ids 0..n-1). From :class:`DailyMarket`, ``quotes``, ``vols``, ``stats`` and ``instrument_map`` are
+    read-only mappings (:class:`ChainRecords`) that build a contract's record on its first read from
+    ``chain``: the same contracts as numpy columns (:data:`CHAIN_COLUMNS`, one row per contract), the fast
+    way to scan them (``instruments``, a list, builds them all).
     ``div_yields`` symbol -> continuously compounded yield; ``styles`` symbol -> european|american;
     ``vol_index`` symbol -> the vol index level (vol points). Built by hand (tests), give the records."""
 
@@ -460,10 +494,42 @@ class MarketDay:
         self.underlyings = underlyings or []
         self.vol_index = vol_index or {}
         self._market = market
-        self._instruments, self._quotes, self._vols, self._stats = instruments, quotes, vols, stats
+        self._instruments = instruments
+        self._quotes: Mapping[int, Quote] | None = quotes
+        self._vols: Mapping[int, float] | None = vols
+        self._stats: Mapping[int, InstrumentStats] | None = stats
+        self._index: dict[int, int] | None = None
+        self._instrument_map: Mapping[int, Instrument] | None = None
 
     def __repr__(self) -> str:
         return f"MarketDay({self.date}, spots={self.spots}, rate={self.rate:.4f}, contracts={len(self.chain['id'])})"
+
+    @property
+    def from_chain(self) -> bool:
+        """True when the records are built from :attr:`chain` (a :class:`DailyMarket` day), False when they
+        were given (a hand-built day)."""
+        return self._market is not None
+
+    @property
+    def index(self) -> dict[int, int]:
+        """Instrument id -> its row in :attr:`chain`."""
+        if self._index is None:
+            self._index = dict(zip(self.chain["id"].astype(np.int64).tolist(), range(len(self.chain["id"])),
+                                   strict=True))
+        return self._index
+
+    @property
+    def instrument_map(self) -> Mapping[int, Instrument]:
+        """Instrument id -> :class:`Instrument` of every listed contract and underlying (records built on first
+        read, and cached by the market across days: ids are stable)."""
+        if self._instrument_map is None:
+            m = self._market
+            if self.from_chain and m is not None:
+                self._instrument_map = ChainRecords({u.instrument_id: u for u in self.underlyings}, self.index,
+                                                    lambda iid, _row: m.instrument(iid))
+            else:
+                self._instrument_map = {i.instrument_id: i for i in self.instruments}
+        return self._instrument_map
 
     @property
     def instruments(self) -> list[Instrument]:
@@ -478,16 +544,19 @@ class MarketDay:
         return self._instruments
 
     @property
-    def quotes(self) -> dict[int, Quote]:
+    def quotes(self) -> Mapping[int, Quote]:
         if self._quotes is None:
             c = self.chain
-            out = {u.instrument_id: self._underlying_quote(u) for u in self.underlyings}
-            sizes = np.maximum(1, c["open_interest"] // 100) if len(c["id"]) else np.zeros(0, np.int64)
-            bid_sizes = np.where(c["bid"] > 0, sizes, 0) if len(c["id"]) else sizes
-            ids: list[int] = c["id"].astype(np.int64).tolist()
-            out.update(zip(ids, map(Quote, ids, c["bid"].tolist(), c["ask"].tolist(), bid_sizes.tolist(), sizes.tolist(),
-                                    repeat(self.now_ns), repeat("model")), strict=True))
-            self._quotes = out
+            bid, ask, oi = c["bid"], c["ask"], c["open_interest"]
+            now = self.now_ns
+
+            def make(iid: int, r: int) -> Quote:
+                size = max(1, int(oi[r]) // 100)
+                b = float(bid[r])
+                return Quote(iid, b, float(ask[r]), size if b > 0 else 0, size, now, "model")
+
+            self._quotes = ChainRecords({u.instrument_id: self._underlying_quote(u) for u in self.underlyings},
+                                        self.index, make)
         return self._quotes
 
     def _underlying_quote(self, u: Instrument) -> Quote:
@@ -497,19 +566,17 @@ class MarketDay:
         return Quote(u.instrument_id, round(mid - half, 6), round(mid + half, 6), 10_000, 10_000, self.now_ns, "model")
 
     @property
-    def vols(self) -> dict[int, float]:
+    def vols(self) -> Mapping[int, float]:
         if self._vols is None:
-            ids = [int(i) for i in self.chain["id"].tolist()]
-            self._vols = dict(zip(ids, self.chain["vol"].tolist(), strict=True))
+            vol = self.chain["vol"]
+            self._vols = ChainRecords({}, self.index, lambda _iid, r: float(vol[r]))
         return self._vols
 
     @property
-    def stats(self) -> dict[int, InstrumentStats]:
+    def stats(self) -> Mapping[int, InstrumentStats]:
         if self._stats is None:
-            c = self.chain
-            ids: list[int] = c["id"].astype(np.int64).tolist()
-            self._stats = dict(zip(ids, map(InstrumentStats, ids, c["open_interest"].tolist(), c["volume"].tolist()),
-                                   strict=True))
+            oi, volume = self.chain["open_interest"], self.chain["volume"]
+            self._stats = ChainRecords({}, self.index, lambda iid, r: InstrumentStats(iid, int(oi[r]), int(volume[r])))
         return self._stats
 
     def row(self, instrument_id: int) -> dict[str, Any] | None:
@@ -697,9 +764,9 @@ class DailyMarket:
         cheaply; any order works."""
         d = self.dates[i]
         chain = self._chain(i)
-        wanted = {int(x) for x in extra if int(x) >= len(self.underlyings)}
-        if wanted:
-            absent = sorted(wanted - set(chain["id"].tolist()))
+        wanted = np.array(sorted({int(x) for x in extra if int(x) >= len(self.underlyings)}), dtype=np.int64)
+        if len(wanted):
+            absent = wanted[~np.isin(wanted, chain["id"])].tolist()
             if absent:
                 rows = self._rows_of(i, absent)
                 if len(rows["id"]):

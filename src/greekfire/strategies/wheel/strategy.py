@@ -29,6 +29,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import torch
 
 from greekfire.data.indicators import rsi_tensor, sma_tensor
@@ -473,40 +474,31 @@ class WheelStrategy(Strategy):
         """Score every candidate for every wanted leg in one call, then send the orders."""
         ctx, cfg = self.ctx, self.config
         syms = list(dict.fromkeys(w.symbol for w in wants))
-        index = {s: i for i, s in enumerate(syms)}
-        cols: dict[str, list[Any]] = {c: [] for c in (
-            "sym", "right", "strike", "dte", "bid", "ask", "open_interest", "volume", "iv", "spot", "target_delta",
-            "dte_target", "max_dte", "strike_min", "strike_max", "iv_rank", "allowed")}
-        ids: list[int] = []
-        by_key = {(w.symbol, w.right): w for w in wants}
-        for inst in ctx.instruments.values():
-            w = by_key.get((inst.underlying, inst.right)) if inst.is_option else None
-            if w is None or inst.expiry_ns <= self._now:
-                continue
-            q = ctx.quotes.get(inst.instrument_id)
-            if q is None:
-                continue
-            st = ctx.stats.get(inst.instrument_id)
+        parts: list[dict[str, np.ndarray]] = []
+        for w in wants:  # each wanted leg's candidates: the symbol's quoted options of that right, not expired
+            chain = ctx.option_chain(w.symbol)
+            keep = (chain["right"] == w.right) & (chain["expiry_ns"] > self._now)
+            ch = {k: v[keep] for k, v in chain.items()}
+            n = len(ch["id"])
             dte, mx = target_dte(cfg, w.symbol)
-            vol = ctx.vol(inst.instrument_id)
-            cols["sym"].append(index[w.symbol])
-            cols["right"].append(inst.right)
-            cols["strike"].append(inst.strike)
-            cols["dte"].append((inst.expiry_ns - self._now) / DAY_NS)
-            cols["bid"].append(q.bid if math.isfinite(q.bid) else 0.0)
-            cols["ask"].append(q.ask if math.isfinite(q.ask) else 0.0)
-            cols["open_interest"].append(float(st.open_interest) if st is not None else math.inf)
-            cols["volume"].append(float(st.volume) if st is not None else math.inf)
-            cols["iv"].append(vol if math.isfinite(vol) and vol > 0 else 0.3)
-            cols["spot"].append(ctx.spots[w.symbol])
-            cols["target_delta"].append(target_delta(cfg, w.symbol, inst.right))
-            cols["dte_target"].append(float(dte))
-            cols["max_dte"].append(float(mx))
-            cols["strike_min"].append(w.strike_min)
-            cols["strike_max"].append(w.strike_max)
-            cols["iv_rank"].append(self._iv_rank(w.symbol) if cfg.iv_rank_min > 0 else 1.0)
-            cols["allowed"].append(inst.instrument_id != w.exclude)
-            ids.append(inst.instrument_id)
+            vol = ch["vol"]
+            part = {
+                "id": ch["id"], "sym": np.full(n, syms.index(w.symbol), dtype=np.int64), "right": ch["right"],
+                "strike": ch["strike"], "dte": (ch["expiry_ns"] - self._now) / DAY_NS,
+                "bid": np.where(np.isfinite(ch["bid"]), ch["bid"], 0.0),
+                "ask": np.where(np.isfinite(ch["ask"]), ch["ask"], 0.0),
+                "open_interest": ch["open_interest"].astype(np.float64), "volume": ch["volume"].astype(np.float64),
+                "iv": np.where(np.isfinite(vol) & (vol > 0), vol, 0.3),
+                "spot": np.full(n, ctx.spots[w.symbol]),
+                "target_delta": np.full(n, target_delta(cfg, w.symbol, w.right)),
+                "dte_target": np.full(n, float(dte)), "max_dte": np.full(n, float(mx)),
+                "strike_min": np.full(n, w.strike_min), "strike_max": np.full(n, w.strike_max),
+                "iv_rank": np.full(n, self._iv_rank(w.symbol) if cfg.iv_rank_min > 0 else 1.0),
+                "allowed": ch["id"] != w.exclude,
+            }
+            parts.append(part)
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        ids: list[int] = cols.pop("id").tolist()
         picks: dict[tuple[str, float], int] = {}
         if ids:
             sel = select(Candidates.from_columns(syms, cols), cfg, self.device)

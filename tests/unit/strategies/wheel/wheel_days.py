@@ -4,7 +4,7 @@ the test (no model), so each scenario states exactly what the market did."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -90,5 +90,5 @@ class ListMarket:
     def dates(self) -> list[date]:
         return [d.date for d in self.days]
 
-    def day(self, i: int) -> MarketDay:
-        return self.days[i]
+    def day(self, i: int, extra: Iterable[int] = ()) -> MarketDay:
+        return self.days[i]  # every day lists its contracts by hand: ``extra`` (held ids) adds nothing

@@ -42,7 +42,10 @@ def _trades(url: str, account: str) -> list[tuple]:
 
 def kill_and_resume(url: str, tmp_path: Path, account: str) -> None:
     env = command_env(GREEKFIRE_HOME=str(tmp_path / "home"))
-    args = ["wheel", "run", "--paper", "--db", url, "--account", account, "--time-scale", "86400", "--json"]
+    config = tmp_path / "wheel.yaml"  # one-week options, so a 60-market-day run sees several expiries
+    config.write_text("symbols: {SPY: 1.0}\ndte: 7\nmax_dte: 21\n")
+    args = ["wheel", "run", "--paper", "--db", url, "--account", account, "--time-scale", "86400", "--json",
+            "--config", str(config)]
     first = subprocess.Popen(CLI + args + ["--duration", "60"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:

@@ -41,7 +41,7 @@ from greekfire.core.errors import ConfigError, DataError
 from greekfire.core.settings import Settings
 from greekfire.strategies.paper import StatusHook, _run_with_status, engine_on_venues, wind_down
 from greekfire.strategies.wheel.calendar import Sessions
-from greekfire.strategies.wheel.config import WheelConfig
+from greekfire.strategies.wheel.config import WheelConfig, target_dte
 from greekfire.strategies.wheel.db import DEFAULT_URL, SqlJournal, WheelDB
 from greekfire.strategies.wheel.strategy import WheelStrategy
 from greekfire.trading.build import chain_id, chain_key, option_chain
@@ -336,7 +336,7 @@ def _paper_settings(settings: Settings, scale: float) -> Settings:
 
 def run_wheel_paper(
     settings: Settings, config: WheelConfig, db_url: str | None = None, duration_s: float | None = None,
-    venues: int | str | None = None, *, account: str = "paper", time_scale: float = DAY_S / 3.0, weeks: int = 6,
+    venues: int | str | None = None, *, account: str = "paper", time_scale: float = DAY_S / 3.0, weeks: int | None = None,
     calendar: str = "XNYS", spot: float = 100.0, fresh: bool = False, status: StatusHook | None = None,
     status_interval_s: float = 1.0,
 ) -> dict[str, Any]:
@@ -348,7 +348,7 @@ def run_wheel_paper(
     ``db_url``: the position database (default ``sqlite:///.greekfire/wheel.db`` under ``settings.home``);
     ``venues``: simulated venues (a number; default ``trading.venues``) or ``"fix"``; ``account``: whose
     positions (a restart with the same account resumes them); ``time_scale``: market seconds per wall second
-    (simulated venues); ``weeks``: weekly expiries listed; ``spot``: the synthetic underlying's first price
+    (simulated venues); ``weeks``: weekly expiries listed (default: six, or enough to reach ``wheel.dte``); ``spot``: the synthetic underlying's first price
     (currency; a resumed run continues from its saved one); ``fresh``: forget the account first.
     ConfigError for a bad duration, venues or calendar; UnavailableError when the database cannot be used.
     """
@@ -388,6 +388,8 @@ def run_wheel_paper(
         clock = MarketClock(start, scale)
         clock_ns = clock.now_ns
         s0 = float(saved.get("spot") or spot)
+        if weeks is None:  # enough weekly expiries that the configured days to expiry can be written
+            weeks = max(6, target_dte(config, symbol)[0] // 7 + 2)
         instruments = wheel_chain(symbol, s0, sessions, start, weeks, saved_instrument_ids(store, db))
         tsettings = _paper_settings(settings, scale)
         market = SyntheticMarket(instruments, spot=s0, time_scale=1.0, step_ms=20.0 * scale,

@@ -38,6 +38,7 @@ from greekfire.cli_errors import (
     venues_option,
 )
 from greekfire.cli_fix import fix_app
+from greekfire.cli_models import models_app
 from greekfire.cli_output import (
     print_gpu_status,
     print_itch,
@@ -78,6 +79,7 @@ market_app = typer.Typer(help="Market core: ITCH files, LOBSTER checks, books.",
 app.add_typer(market_app, name="market")
 app.add_typer(fix_app, name="fix")
 app.add_typer(api_key_app, name="api-key")
+app.add_typer(models_app, name="models")
 serve_app.command("trading")(serve_trading_cmd)
 
 console = Console()

@@ -27,6 +27,7 @@ OWNER = {
     "trading": "docs/trading.md",
     "fix": "docs/fix.md",
     "training": "docs/pricing-model.md",
+    "models": "docs/training.md",
     "wheel": "docs/wheel.md",
 }
 

@@ -166,7 +166,12 @@ class ModelRegistry:
     def versions(self) -> list[VersionInfo]:
         """Every version, oldest first."""
         found = self.client.search_model_versions(f"name = '{self.name}'")
-        return sorted((self._info(mv) for mv in found), key=lambda v: int(v.version))
+        infos = sorted((self._info(mv) for mv in found), key=lambda v: int(v.version))
+        if infos:  # search results carry no aliases on every store: take them from the registered model
+            aliases = self.client.get_registered_model(self.name).aliases or {}
+            for info in infos:
+                info.aliases = sorted(a for a, v in aliases.items() if str(v) == info.version)
+        return infos
 
     def info(self, version: str) -> VersionInfo:
         """One version; ConfigError when it does not exist."""

@@ -189,3 +189,34 @@ def test_models_cli_history_and_bad_rollback(trained: dict[str, Any]) -> None:
     bad = subprocess.run([sys.executable, "-m", "greekfire.cli", "models", "rollback", "--to", "99", "--reason", "x"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "99" in bad.stderr
+
+
+def test_models_cli_list_and_compare(trained: dict[str, Any], tmp_path: Path) -> None:
+    s = trained["settings"]
+    reg = ModelRegistry(s, name="unit-cli")
+    good_v = reg.register(trained["good"].mlflow_run_id)
+    reg.register(trained["weak"].mlflow_run_id)
+    reg.promote(good_v, actor="test")
+    env = command_env(GREEKFIRE_TRAINING__RUNS_DIR=str(s.training.runs_dir), GREEKFIRE_HOME=str(trained["tmp"]),
+                      GREEKFIRE_MODELS__AUDIT_URL=f"sqlite:///{trained['tmp'] / 'audit.db'}",
+                      GREEKFIRE_MODELS__NAME="unit-cli")
+    runs = [trained["good"].mlflow_run_id, trained["weak"].mlflow_run_id]
+    out = subprocess.run([sys.executable, "-m", "greekfire.cli", "models", "compare", *runs, "--out",
+                          str(tmp_path / "plots")], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "test_rmse" in out.stdout and "cfg.optim.lr" in out.stdout
+    assert (tmp_path / "plots" / "val_loss.png").is_file()
+    listed = subprocess.run([sys.executable, "-m", "greekfire.cli", "models", "list", "--json"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    versions = json.loads(listed.stdout)["versions"]
+    assert [(v["version"], v["aliases"]) for v in versions] == [(good_v, ["champion"]), (str(int(good_v) + 1), [])]
+
+
+def test_an_unreachable_pushgateway_never_fails_a_run(tmp_path: Path) -> None:
+    from conftest import free_port
+    from greekfire.ml.tracking import push_training_metrics
+
+    s = _settings(tmp_path, **{"training.pushgateway_url": f"127.0.0.1:{free_port()}"})
+    assert push_training_metrics(s, "r", status="ok", seconds=1.0) is False
+    assert push_training_metrics(_settings(tmp_path), "r", status="ok", seconds=1.0) is True  # no URL: off

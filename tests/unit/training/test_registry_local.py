@@ -220,3 +220,30 @@ def test_an_unreachable_pushgateway_never_fails_a_run(tmp_path: Path) -> None:
     s = _settings(tmp_path, **{"training.pushgateway_url": f"127.0.0.1:{free_port()}"})
     assert push_training_metrics(s, "r", status="ok", seconds=1.0) is False
     assert push_training_metrics(_settings(tmp_path), "r", status="ok", seconds=1.0) is True  # no URL: off
+
+
+def test_ab_promotion_goes_through_the_registry_and_its_audit(trained: dict[str, Any]) -> None:
+    s = trained["settings"].model_copy(deep=True)
+    s.models.ab_challenger_weight = 0.5
+    s.models.ab_min_samples = 10
+    reg = ModelRegistry(s, name="unit-ab")
+    weak_v = reg.register(trained["weak"].mlflow_run_id)
+    good_v = reg.register(trained["good"].mlflow_run_id)
+    reg.promote(weak_v, actor="test")
+    reg.promote(good_v, alias="challenger", actor="test")
+    router = ABRouter({"champion": "weak", "challenger": "good"}, s, registry=reg, seed=4,
+                      versions={"champion": weak_v, "challenger": good_v})
+    rng = random.Random(9)
+    for i in range(400):
+        v = router.choose()
+        truth = rng.random()
+        router.record(f"q{i}", v, [truth + rng.gauss(0, 0.05 if v == "champion" else 0.005)], latency_s=0.001)
+        router.observe(f"q{i}", [truth])
+        if router.decision is not None:
+            break
+    assert router.decision is not None and router.decision.outcome == "promote"
+    assert (reg.alias_version("champion"), reg.alias_version("challenger")) == (good_v, None)
+    last = reg.history()[-1]
+    assert (last.action, last.alias, last.from_version, last.to_version, last.actor) == (
+        "promote", "champion", weak_v, good_v, "ab-test")
+    assert last.details["ab"]["outcome"] == "promote" and router.models["champion"] == "good"

@@ -325,7 +325,8 @@ def train_pricing_cmd(
 @serve_app.command("pricing")
 def serve_pricing_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="checkpoint path, run folder (its best, else last "
-                                       "checkpoint), or MLflow URI (runs:/...)")],
+                                       "checkpoint), MLflow URI (runs:/...), or `registry`: the "
+                                       "registry's champion, A/B against its challenger (models.*)")],
     host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
     port: Annotated[int | None, typer.Option("--port", help="default: api.port")] = None,
     no_batching: Annotated[bool, typer.Option("--no-batching", help="one forward pass per request")] = False,

@@ -76,6 +76,21 @@ if [ ! -x "$AZURITE_BIN" ] || ! "$AZURITE_BIN" --version 2>/dev/null | grep -qx 
   fi
 fi
 [ -x "$AZURITE_BIN" ] || echo "test-services: Azurite is missing (needs node and npm); the Azure storage tests skip"
+# Prometheus pushgateway (training runs push their metrics; the tests start it on a free loopback port).
+need_pkg prometheus-pushgateway prometheus-pushgateway
+if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now prometheus-pushgateway >/dev/null 2>&1 || true; fi
+command -v prometheus-pushgateway >/dev/null 2>&1 || echo "test-services: prometheus-pushgateway is missing; the registry cycle test skips"
+
+# MLflow tracking server (PostgreSQL backend store, artifacts on S3). The registry cycle test starts its own, on
+# a fresh database and moto's S3 server, through greekfire.training.mlflow_server; `mlflow` comes with the ml
+# extra. To run one by hand for a team or a debugging session:
+#   python -m greekfire.training.mlflow_server --port 5000 \
+#     --backend-store-uri postgresql+psycopg://postgres@127.0.0.1:5432/greekfire_mlflow \
+#     --artifacts-destination s3://BUCKET/artifacts --s3-endpoint-url http://127.0.0.1:9000
+# and set GREEKFIRE_TRAINING__MLFLOW_TRACKING_URI=http://127.0.0.1:5000.
+[ -x "$ROOT/.venv/bin/mlflow" ] || command -v mlflow >/dev/null 2>&1 \
+  || echo "test-services: mlflow is missing: install the ml extra (make dev)"
+
 for tool in moto_server gcp-storage-emulator; do
   [ -x "$ROOT/.venv/bin/$tool" ] || command -v "$tool" >/dev/null 2>&1 \
     || echo "test-services: $tool is missing: install the dev extra (make dev)"

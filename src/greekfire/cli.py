@@ -39,6 +39,7 @@ from greekfire.cli_errors import (
 )
 from greekfire.cli_fix import fix_app
 from greekfire.cli_hft import hft_app
+from greekfire.cli_models import models_app
 from greekfire.cli_output import (
     print_gpu_status,
     print_itch,
@@ -84,6 +85,7 @@ app.add_typer(hft_app, name="hft")
 app.add_typer(api_key_app, name="api-key")
 app.add_typer(wheel_app, name="wheel")
 register_wheel_run(wheel_app)
+app.add_typer(models_app, name="models")
 serve_app.command("trading")(serve_trading_cmd)
 serve_app.command("wheel")(serve_wheel_cmd)
 
@@ -389,7 +391,8 @@ def train_run_cmd(
 @serve_app.command("pricing")
 def serve_pricing_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="checkpoint path, run folder (its best, else last "
-                                       "checkpoint), or MLflow URI (runs:/...)")],
+                                       "checkpoint), MLflow URI (runs:/...), or `registry`: the "
+                                       "registry's champion, A/B against its challenger (models.*)")],
     host: Annotated[str | None, typer.Option("--host", help="default: api.host")] = None,
     port: Annotated[int | None, typer.Option("--port", help="default: api.port")] = None,
     no_batching: Annotated[bool, typer.Option("--no-batching", help="one forward pass per request")] = False,

@@ -12,8 +12,14 @@ Requests (JSON)::
 
 or an Arrow IPC stream (``Content-Type: application/vnd.apache.arrow.stream``) with one float column per
 contract feature and, for LSTM models, a ``seq`` column of lists of per-day lists. The answer is
-``{"price": [...], "unit": "price/strike", "rows": n, "model": ...}``. A bad request gets HTTP 422 whose
+``{"price": [...], "unit": "price/strike", "rows": n, "model": ..., "request_id": ..., "variant": ...}``. A bad request gets HTTP 422 whose
 ``detail`` names the field (``contract[3].vol``, ``seq``, ``rows[0].ttm``).
+
+A/B serving (:mod:`greekfire.training.ab`, ``--model registry``): each request goes to the registry's
+champion or challenger by ``models.ab_challenger_weight``; the answer names the ``variant`` and a
+``request_id``. ``POST /v1/observed`` ``{"request_id": ..., "price": [...]}`` joins the price observed later
+(price/strike, one per row) to that prediction; ``GET /v1/ab`` shows the per-variant figures and the
+sequential test, which promotes or rolls back the challenger through the registry once it decides.
 
 Example::
 
@@ -23,7 +29,10 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, ValidationError
 
@@ -44,6 +53,7 @@ from greekfire.gpu.device import choose_device, cuda_usable
 from greekfire.gpu.manager import GpuManager
 from greekfire.ml.serving import LoadedModel, MicroBatcher, check_inputs, load_pricing_model
 from greekfire.ml.tracking import mlflow_uri
+from greekfire.training.ab import ABRouter
 
 ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
 
@@ -72,6 +82,17 @@ class PriceResponse(BaseModel):
     unit: str = "price/strike"
     rows: int
     model: str
+    request_id: str = Field(description="id to post the observed price under (POST /v1/observed)")
+    variant: str | None = Field(None, description="A/B variant that answered (champion, challenger); none: no A/B")
+
+
+class ObservedPrices(BaseModel):
+    """Prices observed after a prediction, joined to it by ``request_id`` (price/strike, one per row)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1)
+    price: list[StrictFloat] = Field(min_length=1)
 
 
 def _unprocessable(field: str, value: Any, msg: str) -> RequestValidationError:
@@ -140,12 +161,15 @@ def _from_arrow(model: LoadedModel, body: bytes) -> tuple[torch.Tensor, torch.Te
 
 
 def build_app(settings: Settings | None = None, model: LoadedModel | None = None, *,
-              batching: bool = True) -> FastAPI:
-    """The inference app for ``model`` (a :class:`~greekfire.ml.serving.LoadedModel`).
+              batching: bool = True, ab: ABRouter | None = None) -> FastAPI:
+    """The inference app for ``model`` (a :class:`~greekfire.ml.serving.LoadedModel`), or for the
+    champion and challenger of ``ab`` (an :class:`~greekfire.training.ab.ABRouter`; ``model`` may be None).
 
     ``batching=False`` runs one forward pass per request (the benchmark's baseline); the micro-batch
     window and size come from ``training.serve_max_wait_ms`` and ``training.serve_max_batch_rows``.
     """
+    if model is None and ab is not None:
+        model = ab.models["champion"]
     if model is None:
         raise DataError("model", None, "build_app needs a loaded model (greekfire.ml.serving.load_pricing_model)")
     s = settings or load_settings()
@@ -154,13 +178,21 @@ def build_app(settings: Settings | None = None, model: LoadedModel | None = None
         torch.set_num_threads(s.training.torch_threads)
     batcher = MicroBatcher(model, max_rows=s.training.serve_max_batch_rows,
                            max_wait_ms=s.training.serve_max_wait_ms, enabled=batching)
+    batchers: dict[int, MicroBatcher] = {id(model): batcher}
+
+    def batcher_for(m: LoadedModel) -> MicroBatcher:
+        if id(m) not in batchers:
+            batchers[id(m)] = MicroBatcher(m, max_rows=s.training.serve_max_batch_rows,
+                                           max_wait_ms=s.training.serve_max_wait_ms, enabled=batching)
+        return batchers[id(m)]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await batcher.close()
+            for b in batchers.values():
+                await b.close()
 
     app = FastAPI(title="greekfire pricing model", version="1", lifespan=lifespan)
     app.state.batcher = batcher
@@ -169,6 +201,7 @@ def build_app(settings: Settings | None = None, model: LoadedModel | None = None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        model = ab.models["champion"] if ab is not None else app.state.model
         return {
             "status": "ok",
             "model": model.source,
@@ -183,29 +216,61 @@ def build_app(settings: Settings | None = None, model: LoadedModel | None = None
 
     @app.post("/v1/price", response_model=PriceResponse)
     async def price(request: Request) -> PriceResponse:
-        """Price / strike for a JSON or Arrow batch of contracts (see the module docstring)."""
+        """Price / strike for a JSON or Arrow batch of contracts (see the module docstring); under A/B from
+        the champion or the challenger, answering with the variant."""
         with LATENCY.time():
+            t0 = time.perf_counter()
+            variant = ab.choose() if ab is not None else None
+            chosen: LoadedModel = ab.models[variant] if ab is not None and variant is not None else model
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             body = await request.body()
             try:
-                contract, seq = _from_arrow(model, body) if ctype in ARROW_TYPES else _from_json(model, body)
-                check_inputs(model, contract, seq)
+                contract, seq = _from_arrow(chosen, body) if ctype in ARROW_TYPES else _from_json(chosen, body)
+                check_inputs(chosen, contract, seq)
             except RequestValidationError:
                 REQUESTS.labels("invalid").inc()
                 raise
             except DataError as exc:
                 REQUESTS.labels("invalid").inc()
                 raise _unprocessable(exc.field, exc.value, exc.reason) from None
-            out = await batcher.submit(contract, seq if model.uses_sequence else None)
+            request_id = uuid.uuid4().hex
+            try:
+                out = await batcher_for(chosen).submit(contract, seq if chosen.uses_sequence else None)
+            except Exception:
+                if ab is not None and variant is not None:
+                    ab.record(request_id, variant, [], time.perf_counter() - t0, ok=False)
+                raise
+            prices = out.tolist()
+            if ab is not None and variant is not None:
+                ab.record(request_id, variant, prices, time.perf_counter() - t0)
             REQUESTS.labels("ok").inc()
-            return PriceResponse(price=out.tolist(), rows=len(out), model=model.source)
+            return PriceResponse(price=prices, rows=len(out), model=chosen.source, request_id=request_id,
+                                 variant=variant)
+
+    @app.post("/v1/observed")
+    async def observed(body: ObservedPrices) -> dict[str, Any]:
+        """Join observed prices to an earlier A/B prediction; the test may decide (and the registry record it)."""
+        if ab is None:
+            raise HTTPException(404, "this server runs no A/B test (serve with --model registry)")
+        try:
+            return await asyncio.to_thread(ab.observe, body.request_id, list(body.price))
+        except DataError as exc:
+            raise _unprocessable(exc.field, exc.value, exc.reason) from None
+
+    @app.get("/v1/ab")
+    async def ab_state() -> dict[str, Any]:
+        """The A/B split, per-variant latency and error, and the sequential test."""
+        if ab is None:
+            raise HTTPException(404, "this server runs no A/B test (serve with --model registry)")
+        return ab.state()
 
     return app
 
 
 def serve(settings: Settings, model_uri: str, *, host: str | None = None, port: int | None = None,
           batching: bool = True, device: str | None = None) -> None:
-    """Load ``model_uri`` (a checkpoint path, a run folder: its best, else last checkpoint, or an MLflow URI)
+    """Load ``model_uri`` (a checkpoint path, a run folder: its best, else last checkpoint, an MLflow URI, or
+    ``registry``: the registry's champion, A/B against its challenger by ``models.ab_challenger_weight``)
     and serve it with uvicorn until stopped; once it listens, say where on stderr:
     ``greekfire serve pricing: listening on http://HOST:PORT (/v1/price, /health, /metrics, /docs)``.
 
@@ -216,7 +281,14 @@ def serve(settings: Settings, model_uri: str, *, host: str | None = None, port: 
     # the manager (NVML discovery and health) is only worth starting where there is a GPU to choose
     manager = GpuManager(settings) if requested == "auto" and settings.gpu.enabled and cuda_usable() else None
     chosen = choose_device(requested, min_free_mb=settings.gpu.min_free_mb, manager=manager)
-    model = load_pricing_model(model_uri, device=chosen, tracking_uri=mlflow_uri(settings))
-    app = build_app(settings, model, batching=batching)
+    if model_uri == "registry":  # the registry's champion, and its challenger under A/B
+        from greekfire.training.ab import router_from_registry
+        from greekfire.training.registry import open_registry
+
+        ab = router_from_registry(settings, open_registry(settings), device=str(chosen))
+        app = build_app(settings, None, batching=batching, ab=ab)
+    else:
+        model = load_pricing_model(model_uri, device=chosen, tracking_uri=mlflow_uri(settings))
+        app = build_app(settings, model, batching=batching)
     config = uvicorn.Config(app, host=host or settings.api.host, port=port or settings.api.port, log_level="warning")
     ListeningServer(config, name="greekfire serve pricing", paths="/v1/price, /health, /metrics, /docs").run()

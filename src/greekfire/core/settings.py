@@ -258,6 +258,37 @@ class TrainingSettings(Section):
     torch_threads: int = Field(0, ge=0, le=1024, description="CPU threads for torch (0: torch's default)")
     serve_max_batch_rows: int = Field(4096, ge=1, description="inference micro-batch: most rows per forward")
     serve_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="inference micro-batch: gather window, ms")
+    pushgateway_url: str | None = Field(
+        None, description="Prometheus pushgateway (host:port or URL) training runs push their metrics to; none: off"
+    )
+    pushgateway_job: str = Field("greekfire_training", min_length=1, description="pushgateway job label of runs")
+
+
+class ModelsSettings(Section):
+    """Model registry, gated promotion, audited rollback and A/B serving (greekfire.training, `greekfire models`)."""
+
+    name: str = Field("greekfire-pricing", min_length=1, description="registered model name in the MLflow registry")
+    gate_metric: str = Field("test_rmse", min_length=1, description="held-out run metric the promotion gate compares")
+    gate_mode: Literal["min", "max"] = Field("min", description="min: lower is better (errors); max: higher (R^2)")
+    gate_margin: float = Field(
+        0.0, ge=0, lt=1, description="relative improvement over the champion a candidate needs (0.02: 2% better)"
+    )
+    audit_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL of the promotion audit table; none: database.url (masked when shown)"
+    )
+    ab_challenger_weight: float = Field(
+        0.0, ge=0, le=1, description="share of inference requests routed to the challenger (0: champion only)"
+    )
+    ab_alpha: float = Field(0.05, gt=0, lt=1, description="A/B test error rate: decide when the mSPRT ratio >= 1/alpha")
+    ab_tau: float = Field(
+        0.5, gt=0, description="A/B mixture scale, as a fraction of the pooled mean squared error"
+    )
+    ab_min_samples: int = Field(30, ge=2, description="observed prices per variant before the A/B test may decide")
+    ab_max_samples: int = Field(
+        100_000, ge=2, description="observed prices per variant after which an undecided test stops (champion stays)"
+    )
+    ab_auto_decide: bool = Field(True, description="promote or roll back through the registry when the test decides")
+    ab_pending_max: int = Field(100_000, ge=1, description="predictions kept awaiting an observed price (oldest dropped)")
 
 
 class FixSettings(Section):
@@ -523,6 +554,7 @@ class Settings(BaseSettings):
     market: MarketSettings = MarketSettings()
     trading: TradingSettings = TradingSettings()
     training: TrainingSettings = TrainingSettings()
+    models: ModelsSettings = ModelsSettings()
     fix: FixSettings = FixSettings()
     api: ApiSettings = ApiSettings()
     hft: HftSettings = HftSettings()

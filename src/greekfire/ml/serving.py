@@ -68,6 +68,11 @@ def _resolve_uri(uri: str, tracking_uri: str | None) -> Path:
     """A local checkpoint file for an MLflow URI (``runs:/...``, ``models:/...``, ``mlflow-artifacts:/...``)."""
     import mlflow  # lazy: MLflow takes about two seconds to import and only URIs need it
 
+    from greekfire.core.settings import env_set
+
+    # through the tracking server, never presigned URLs straight to its object store: a client needs only
+    # the server's URL (the store may be on a network the client cannot reach); a user's setting is kept
+    env_set("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false", overwrite=False)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
     except Exception as exc:  # mlflow raises several types; say which URI failed

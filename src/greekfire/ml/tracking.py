@@ -83,3 +83,138 @@ def log_mlflow_artifact(loggers: list[Any], path: Path, artifact_path: str = "mo
             lg.experiment.log_artifact(lg.run_id, str(path), artifact_path=artifact_path)
             return f"runs:/{lg.run_id}/{artifact_path}/{path.name}"
     return None
+
+
+def git_commit(folder: Path | None = None) -> str | None:
+    """The git commit (40 hex digits) of the code in ``folder`` (default: this package's source), with a
+    ``-dirty`` suffix when the work tree has changes; None outside a git checkout or without git."""
+    import subprocess  # lazy: only a tracked run asks
+
+    where = folder or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = head.stdout.strip()
+    return f"{commit}-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else commit
+
+
+#: run tags every tracked run carries (besides MLflow's own ``mlflow.source.git.commit``)
+TAG_DATA_VERSION = "greekfire.data_version"
+TAG_GIT_COMMIT = "greekfire.git_commit"
+TAG_STATUS = "greekfire.status"
+TAG_ERROR = "greekfire.error"
+
+
+def log_run_context(loggers: list[Any], cfg: ExperimentConfig, data_version: str, version: str) -> None:
+    """Record on the MLflow run what makes it reproducible: the composed config (artifact ``config.json``
+    and flattened params ``cfg.*``), the data version (fingerprint of the rows, tag
+    ``greekfire.data_version``) and the git commit of the code (tags ``greekfire.git_commit`` and
+    ``mlflow.source.git.commit``)."""
+    commit = git_commit()
+    for lg in loggers:
+        if not isinstance(lg, MLFlowLogger):
+            continue
+        client, run_id = lg.experiment, lg.run_id
+        tags = {TAG_DATA_VERSION: data_version, "greekfire.run_version": version, TAG_STATUS: "running"}
+        if commit:
+            tags.update({TAG_GIT_COMMIT: commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")})
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+        composed = cfg.model_dump(mode="json")
+        client.log_dict(run_id, composed, "config.json")
+        from mlflow.entities import Param
+
+        flat = _flatten(composed, "cfg")
+        params = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[i : i + 100])
+
+
+def _flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def record_failure(loggers: list[Any], exc: BaseException) -> None:
+    """Mark the MLflow run FAILED with the exception in tag ``greekfire.error`` (type and message) and its
+    traceback as artifact ``error.txt``; the exception is also logged. Errors of the tracking server while
+    doing so are logged, never raised over ``exc``."""
+    import traceback
+
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())[:4000]
+    log.error("training run failed: %s", text, exc_info=exc)
+    for lg in loggers:
+        if not isinstance(lg, MLFlowLogger):
+            continue
+        try:
+            lg.experiment.set_tag(lg.run_id, TAG_ERROR, text)
+            lg.experiment.set_tag(lg.run_id, TAG_STATUS, "failed")
+            lg.experiment.log_text(lg.run_id, "".join(traceback.format_exception(exc)), "error.txt")
+            lg.finalize("failed")
+        except Exception as err:  # the tracking server may be what failed
+            log.warning("could not record the failure on MLflow run %s: %s", lg.run_id, err)
+
+
+def record_success(loggers: list[Any]) -> None:
+    """Tag the MLflow run ``greekfire.status=finished``."""
+    for lg in loggers:
+        if isinstance(lg, MLFlowLogger):
+            lg.experiment.set_tag(lg.run_id, TAG_STATUS, "finished")
+
+
+def push_training_metrics(settings: Settings, run: str, *, status: str, seconds: float, steps: int = 0,
+                          scores: dict[str, Any] | None = None, error: str | None = None) -> bool:
+    """Push a finished (``status`` ok) or failed run's figures to the Prometheus pushgateway at
+    ``training.pushgateway_url`` (job ``training.pushgateway_job``, grouping label ``run``). Gauges:
+    ``greekfire_training_run_success`` (1/0), ``greekfire_training_run_duration_seconds``,
+    ``greekfire_training_run_steps``, ``greekfire_training_run_last_{success,failure}_timestamp_seconds``,
+    ``greekfire_training_run_max_rss_bytes`` (peak resident memory of this process),
+    ``greekfire_training_run_gpu_peak_bytes`` (peak torch CUDA memory), and ``greekfire_training_run_score``
+    (label ``metric``: each test/val score). Returns False (and logs why) when the gateway cannot be
+    reached: a monitoring outage never fails a run. Does nothing (True) when no URL is set."""
+    url = settings.training.pushgateway_url
+    if not url:
+        return True
+    import resource
+    import time
+
+    import torch
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    reg = CollectorRegistry()
+    ok = status == "ok"
+    Gauge("greekfire_training_run_success", "1 when the run finished, 0 when it failed", registry=reg).set(int(ok))
+    Gauge("greekfire_training_run_duration_seconds", "wall time of the run, seconds", registry=reg).set(seconds)
+    Gauge("greekfire_training_run_steps", "optimizer steps taken", registry=reg).set(steps)
+    stamp = "greekfire_training_run_last_success_timestamp_seconds" if ok else \
+        "greekfire_training_run_last_failure_timestamp_seconds"
+    Gauge(stamp, "Unix time the run ended, seconds", registry=reg).set(time.time())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    Gauge("greekfire_training_run_max_rss_bytes", "peak resident memory of the trainer, bytes", registry=reg).set(rss)
+    gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() and torch.cuda.is_initialized() else 0
+    Gauge("greekfire_training_run_gpu_peak_bytes", "peak GPU memory allocated by torch, bytes", registry=reg).set(gpu)
+    score = Gauge("greekfire_training_run_score", "held-out scores of the run", ["metric"], registry=reg)
+    for k, v in (scores or {}).items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            score.labels(k).set(float(v))
+    if error:
+        Gauge("greekfire_training_run_error_info", "the failed run's exception type", ["error"],
+              registry=reg).labels(error.split(":", 1)[0][:100]).set(1)
+    try:
+        push_to_gateway(url, job=settings.training.pushgateway_job, registry=reg, grouping_key={"run": run},
+                        timeout=5)
+    except OSError as exc:
+        log.warning("could not push training metrics to the pushgateway %s: %s", url, exc)
+        return False
+    return True

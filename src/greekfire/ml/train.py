@@ -51,7 +51,15 @@ from greekfire.ml.config import (
 from greekfire.ml.data import PricingData, data_source_for, load_pricing_data
 from greekfire.ml.evaluate import evaluate
 from greekfire.ml.module import PricingDataModule, PricingModule, module_for
-from greekfire.ml.tracking import log_mlflow_artifact, make_loggers, mlflow_run_id
+from greekfire.ml.tracking import (
+    log_mlflow_artifact,
+    log_run_context,
+    make_loggers,
+    mlflow_run_id,
+    push_training_metrics,
+    record_failure,
+    record_success,
+)
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +282,24 @@ def _train(
 
         _hush()
     loggers = make_loggers(cfg, settings, run_dir, version)
+    log_run_context(loggers, cfg, data.fingerprint, version)
+    try:
+        return _fit(cfg, settings, loggers, module, datamodule, data, cbs, callbacks, run_dir, version,
+                    (accelerator, devices), start_from, best_cb, test, t0)
+    except BaseException as exc:
+        record_failure(loggers, exc)
+        push_training_metrics(settings, f"{cfg.name}-{version}", status="failed",
+                              seconds=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _fit(cfg: ExperimentConfig, settings: Settings, loggers: list[Any], module: PricingModule,
+         datamodule: PricingDataModule, data: PricingData, cbs: list[Any], callbacks: Sequence[Any], run_dir: Path,
+         version: str, placement: tuple[str, Any], start_from: Path | None, best_cb: ModelCheckpoint, test: bool,
+         t0: float) -> TrainResult:
+    tc = cfg.trainer
+    accelerator, devices = placement
+    ckpt_dir = run_dir / "checkpoints"
     if loggers and cfg.optim.scheduler != "none":
         cbs.append(LearningRateMonitor(logging_interval="step"))
     cbs.extend(callbacks)
@@ -326,9 +352,12 @@ def _train(
             lg.log_metrics({k: v for k, v in result.scores.items() if isinstance(v, float)}, step=trainer.global_step)
     if best is not None and cfg.tracking.log_model:
         result.model_uri = log_mlflow_artifact(loggers, best)
+    record_success(loggers)
     for lg in loggers:
         lg.finalize("success")
     result.seconds = round(time.perf_counter() - t0, 2)
+    push_training_metrics(settings, f"{cfg.name}-{version}", status="ok", seconds=result.seconds,
+                          steps=result.global_step, scores=result.scores)
     (run_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=2, default=str))
     return result
 

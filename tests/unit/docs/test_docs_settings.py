@@ -28,6 +28,7 @@ OWNER = {
     "fix": "docs/fix.md",
     "training": "docs/pricing-model.md",
     "hft": "docs/hft.md",
+    "models": "docs/training.md",
     "wheel": "docs/wheel.md",
 }
 

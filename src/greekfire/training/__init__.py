@@ -1,0 +1,1 @@
+"""The production trainer: experiments, distributed runs, registry, hyperparameter search, pipelines."""

@@ -28,9 +28,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,7 +127,7 @@ class HpoConfig(_Strict):
     timeout_s: float | None = Field(None, gt=0, description="a worker starts no trial after this many seconds")
     heartbeat_s: int = Field(60, ge=0, description="a running trial's heartbeat; a silent one is marked FAIL (0: off)")
     final_train: bool = Field(True, description="train the best trial in full after the search")
-    register: bool = Field(True, description="register the final model as challenger")
+    register_challenger: bool = Field(True, description="register the final model with the alias challenger")
     model_name: str = Field("pricing", pattern=NAME_PATTERN, description="registered model name")
     storage: str | None = Field(None, description="storage URL (default: training.hpo_storage_url)")
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig.model_validate({}))
@@ -133,8 +135,8 @@ class HpoConfig(_Strict):
 
     @model_validator(mode="after")
     def _register_needs_final(self) -> HpoConfig:
-        if self.register and not self.final_train:
-            raise ValueError("register: true needs final_train: true (only the final run is registered)")
+        if self.register_challenger and not self.final_train:
+            raise ValueError("register_challenger: true needs final_train: true (only the final run is registered)")
         return self
 
 
@@ -407,7 +409,7 @@ def _data_key(cfg: ExperimentConfig) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def _objective(job: _Job, settings: Settings) -> Callable[[Any], float]:
+def _objective(job: _Job, settings: Settings, worker: int) -> Callable[[Any], float]:
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
@@ -420,6 +422,8 @@ def _objective(job: _Job, settings: Settings) -> Callable[[Any], float]:
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, job.config.space)
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("pid", os.getpid())
         cfg = apply_params(base, params, name=f"{job.study}-t{trial.number}")
         key = _data_key(cfg)
         if key not in cache:  # one worker loads each data set once (trials differ in model and optimiser)
@@ -464,17 +468,48 @@ def run_worker(job: _Job, index: int, n_trials: int, callbacks: list[Any] | None
     seed = (job.config.sampler.seed if job.config.sampler.seed is not None else settings.training.seed) + index
     study = optuna.load_study(study_name=job.study, storage=open_storage(job.storage_url, job.config.heartbeat_s),
                               sampler=make_sampler(job.config.sampler, seed), pruner=make_pruner(job.config.pruner))
-    study.optimize(_objective(job, settings), n_trials=n_trials, timeout=job.config.timeout_s, catch=(Exception,),
+    study.optimize(_objective(job, settings, index), n_trials=n_trials, timeout=job.config.timeout_s, catch=(Exception,),
                    callbacks=callbacks or [], gc_after_trial=False)
 
 
-def _worker_main(job: _Job, index: int, n_trials: int, errors: Any) -> None:
+_WORKER = "import sys; from greekfire.training.hpo import worker_main; sys.exit(worker_main(*sys.argv[1:]))"
+
+
+def worker_main(job_file: str, index: int | str, n_trials: int | str) -> int:
+    """Entry point of a worker process (``python -c`` :data:`_WORKER` ``JOB INDEX N``): run its share of
+    trials; an error ends as one line on stderr and exit code 1."""
+    import pickle
+
     logging.basicConfig(level=logging.WARNING)
     try:
+        job = pickle.loads(Path(job_file).read_bytes())
+        index, n_trials = int(index), int(n_trials)
         run_worker(job, index, n_trials)
-    except BaseException as exc:  # reported to the parent as one line; the exit code says it failed
-        errors.put((index, _one_line(exc)))
-        raise SystemExit(1) from None
+    except Exception as exc:
+        print(f"hpo worker {index}: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _start_workers(job: _Job, trials: int, workers: int, folder: Path) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    """One fresh interpreter per worker (no forked torch/OpenMP state, and no re-import of the caller's
+    script as multiprocessing's spawn would do); each one's stderr goes to a log file in ``folder``."""
+    import pickle
+
+    job_file = folder / "job.pkl"
+    job_file.write_bytes(pickle.dumps(job))
+    procs = []
+    for i, n in enumerate(_shares(trials, workers)):
+        log_file = folder / f"worker-{i}.log"
+        with log_file.open("wb") as err:
+            cmd = [sys.executable, "-c", _WORKER, str(job_file), str(i), str(n)]
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err), log_file))
+    return procs
+
+
+def _last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()] if path.is_file() else []
+    return lines[-1].strip() if lines else "no output"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -548,7 +583,7 @@ def _row(t: Any) -> dict[str, Any]:
     seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
     return {"number": t.number, "state": t.state.name, "value": t.value, "epochs": len(t.intermediate_values),
             "seconds": round(seconds, 2) if seconds is not None else None, "params": dict(t.params),
-            "error": t.user_attrs.get("error")}
+            "worker": t.user_attrs.get("worker"), "pid": t.user_attrs.get("pid"), "error": t.user_attrs.get("error")}
 
 
 def _shares(trials: int, workers: int) -> list[int]:
@@ -611,29 +646,23 @@ def run_study(
     if workers == 1:
         run_worker(job, 0, trials, callbacks=[lambda _s, _t: report()])
     else:
-        ctx = mp.get_context("spawn")  # no forked torch/OpenMP state; each worker imports afresh
-        queue = ctx.Queue()
-        procs = [ctx.Process(target=_worker_main, args=(job, i, n, queue), name=f"hpo-worker-{i}")
-                 for i, n in enumerate(_shares(trials, workers))]
-        for p in procs:
-            p.start()
-        try:
-            last: HpoProgress | None = None
-            while any(p.is_alive() for p in procs):
-                time.sleep(poll_s)
-                if on_progress is not None:
-                    now = _progress(mine(), trials, config.direction)
-                    if now != last:
-                        on_progress(now)
-                    last = now
-        finally:
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-                p.join()
-        while not queue.empty():
-            index, line = queue.get()
-            errors.append(f"worker {index}: {line}")
+        with tempfile.TemporaryDirectory(prefix="greekfire-hpo-") as tmp:
+            procs = _start_workers(job, trials, workers, Path(tmp))
+            try:
+                last: HpoProgress | None = None
+                while any(p.poll() is None for p, _ in procs):
+                    time.sleep(poll_s)
+                    if on_progress is not None:
+                        now = _progress(mine(), trials, config.direction)
+                        if now != last:
+                            on_progress(now)
+                        last = now
+            finally:
+                for p, _ in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                    p.wait()
+            errors = [_last_line(f) for p, f in procs if p.returncode]
         report()
     seconds = time.perf_counter() - t0
     rows = [_row(t) for t in mine()]
@@ -662,7 +691,7 @@ def run_study(
 def train_best(config: HpoConfig, settings: Settings, params: dict[str, Any], *, study: str,
                trial: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Train ``params`` in full (the preset with ``overrides`` and ``final_overrides``, its own epochs,
-    tracking and early stopping), then register the model as challenger when ``config.register``.
+    tracking and early stopping), then register the model as challenger when ``config.register_challenger``.
     Returns (the run's summary, the registration or None)."""
     from greekfire.ml.train import train_pricing
 
@@ -670,7 +699,7 @@ def train_best(config: HpoConfig, settings: Settings, params: dict[str, Any], *,
     result = train_pricing(cfg, settings)
     metrics = {k: v for k, v in result.scores.items() if isinstance(v, float)}
     registered = None
-    if config.register:
+    if config.register_challenger:
         registered = register_challenger(result, metrics, settings=settings, name=config.model_name,
                                          tags={"greekfire.hpo.study": study, "greekfire.hpo.trial": str(trial)})
     return result.as_dict(), registered

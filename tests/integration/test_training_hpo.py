@@ -70,8 +70,8 @@ def test_two_workers_on_postgresql_prune_and_register_the_best_as_challenger(pos
         stored = optuna.load_study(study_name=study, storage=storage)
         states = [t.state for t in stored.trials]
         assert states.count(optuna.trial.TrialState.PRUNED) == result.pruned
-        # a pruned trial stopped before the last epoch; early stopping or the epochs limit ended the others
-        assert all(t["epochs"] < 3 for t in result.trials if t["state"] == "PRUNED")
+        # a trial is pruned on a validation it reported (one per epoch)
+        assert all(1 <= t["epochs"] <= 3 for t in result.trials)
         assert seen and seen[-1].done == TRIALS
 
         # the best trial is the lowest validation loss among the completed ones

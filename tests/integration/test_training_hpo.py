@@ -9,6 +9,7 @@ epoch. Which trials are pruned depends on the order in which the two workers fin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from pathlib import Path
@@ -95,7 +96,5 @@ def test_two_workers_on_postgresql_prune_and_register_the_best_as_challenger(pos
         assert version.run_id == result.final["mlflow_run_id"]
         assert version.tags["greekfire.hpo.trial"] == str(result.best_trial)
     finally:
-        try:
+        with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=study, storage=storage)
-        except KeyError:
-            pass

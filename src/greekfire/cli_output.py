@@ -166,7 +166,8 @@ def print_hpo(console: Console, result: Any) -> None:
     """``greekfire train hpo``: one row per trial (state, value, epochs, seconds, params), then the best
     trial, its full run and its registration; the final run's folder as a plain line."""
     table = Table(title=f"study {result.study}: {result.complete} complete, {result.pruned} pruned, "
-                        f"{result.failed} failed ({result.workers} workers, {result.trials_per_hour:.0f} trials/h)")
+                        f"{result.failed} failed ({result.workers} worker{'s' if result.workers != 1 else ''}, "
+                        f"{result.trials_per_hour:.0f} trials/h)")
     for col in ("trial", "state", "value", "epochs", "seconds", "worker", "params"):
         table.add_column(col, justify="right" if col in {"trial", "value", "epochs", "seconds", "worker"} else "left")
     for r in result.trials:

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,7 +318,9 @@ def open_storage(url: str, heartbeat_s: int = 0) -> Any:
     if heartbeat_s:
         kw.update(heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s)
     try:
-        return optuna.storages.RDBStorage(url, **kw)
+        with warnings.catch_warnings():  # the heartbeat is marked experimental in Optuna; it is what we want
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kw)
     except Exception as exc:  # SQLAlchemy and Optuna raise several kinds; the reason is in the text
         raise UnavailableError(masked_url(url), db_error_reason(exc)) from None
 
@@ -468,8 +471,14 @@ def run_worker(job: _Job, index: int, n_trials: int, callbacks: list[Any] | None
     seed = (job.config.sampler.seed if job.config.sampler.seed is not None else settings.training.seed) + index
     study = optuna.load_study(study_name=job.study, storage=open_storage(job.storage_url, job.config.heartbeat_s),
                               sampler=make_sampler(job.config.sampler, seed), pruner=make_pruner(job.config.pruner))
-    study.optimize(_objective(job, settings, index), n_trials=n_trials, timeout=job.config.timeout_s, catch=(Exception,),
-                   callbacks=callbacks or [], gc_after_trial=False)
+    train_log = logging.getLogger("greekfire.ml.train")  # a trial's epoch lines would bury the search's own
+    level = train_log.level
+    train_log.setLevel(logging.WARNING)
+    try:
+        study.optimize(_objective(job, settings, index), n_trials=n_trials, timeout=job.config.timeout_s,
+                       catch=(Exception,), callbacks=callbacks or [], gc_after_trial=False)
+    finally:
+        train_log.setLevel(level)
 
 
 _WORKER = "import sys; from greekfire.training.hpo import worker_main; sys.exit(worker_main(*sys.argv[1:]))"

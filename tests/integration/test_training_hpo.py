@@ -98,3 +98,31 @@ def test_two_workers_on_postgresql_prune_and_register_the_best_as_challenger(pos
     finally:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=study, storage=storage)
+
+
+def test_the_command_shows_progress_on_a_terminal_and_a_table(tmp_path: Path) -> None:
+    """`greekfire train hpo` at a terminal: a progress bar over the trials, then the trial table (one worker
+    on SQLite, no final run, so it needs no server)."""
+    import sys
+
+    from conftest import command_env, run_in_pty
+
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "preset: smoke\n"
+        "overrides: [data.n_samples=400, model.hidden=8, model.layers=1, trainer.max_epochs=1]\n"
+        "space:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        "sampler: {kind: random, seed: 1}\nfinal_train: false\nregister_challenger: false\n"
+    )
+    rc, out = run_in_pty(
+        [sys.executable, "-m", "greekfire.cli", "train", "hpo", "--study", "tty", "--trials", "2", "--workers", "1",
+         "--storage", f"sqlite:///{tmp_path / 'hpo.db'}", "--space", str(space)],
+        timeout_s=240, cwd=tmp_path,
+        env=command_env(GREEKFIRE_TRAINING__RUNS_DIR=str(tmp_path / "runs"), GREEKFIRE_TRAINING__TORCH_THREADS="1",
+                        GREEKFIRE_TRAINING__CONFIG_DIR=str(ROOT / "configs" / "train")),
+    )
+    assert rc == 0, out[-3000:]
+    assert "trials" in out and "2/2" in out  # the bar counted both trials
+    assert "trials 2/2:" not in out  # (the log line written when stdout is no terminal)
+    assert "study tty: " in out and "complete (best)" in out
+    assert "Traceback" not in out

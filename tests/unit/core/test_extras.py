@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[3]
 SRC = ROOT / "src" / "greekfire"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # parts of the package that need an extra, and which
-NEEDS = {"ml": "train", "api": "serve"}
+NEEDS = {"ml": "train", "training": "train", "api": "serve"}
 
 
 def _name(req: str) -> str:

@@ -129,7 +129,7 @@ class HpoConfig(_Strict):
     heartbeat_s: int = Field(60, ge=0, description="a running trial's heartbeat; a silent one is marked FAIL (0: off)")
     final_train: bool = Field(True, description="train the best trial in full after the search")
     register_challenger: bool = Field(True, description="register the final model with the alias challenger")
-    model_name: str = Field("pricing", pattern=NAME_PATTERN, description="registered model name")
+    model_name: str | None = Field(None, pattern=NAME_PATTERN, description="registered model name (default: models.name)")
     storage: str | None = Field(None, description="storage URL (default: training.hpo_storage_url)")
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig.model_validate({}))
     pruner: PrunerConfig = Field(default_factory=lambda: PrunerConfig.model_validate({}))
@@ -715,11 +715,27 @@ def train_best(config: HpoConfig, settings: Settings, params: dict[str, Any], *,
 
 
 def register_challenger(run_or_checkpoint: Any, metrics: dict[str, float], *, settings: Settings,
-                        name: str = "pricing", tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Register a trained model (a :class:`~greekfire.ml.train.TrainResult` or a checkpoint path) as a new
-    version of ``name`` with alias ``challenger``, its held-out ``metrics`` (target units) attached.
+                        name: str | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Register a trained model (a :class:`~greekfire.ml.train.TrainResult` tracked on MLflow, or an MLflow
+    run id) as a new version of ``name`` (default ``models.name``) in the model registry and point the alias
+    ``challenger`` at it (no gate: a challenger is what the A/B test and the gate will judge), with its
+    held-out ``metrics`` (target units) and ``tags`` on the version and in the audit.
 
-    Returns ``{"name", "version", "alias", "source", "run_id"}``."""
-    from greekfire.training.registry_standin import register_challenger_standin
+    Returns ``{"name", "version", "alias", "source", "run_id"}``; ConfigError naming ``run`` when the model
+    was not tracked on MLflow."""
+    from greekfire.training.registry import CHALLENGER, ModelRegistry
 
-    return register_challenger_standin(run_or_checkpoint, metrics, settings=settings, name=name, tags=tags or {})
+    run_id = (str(run_or_checkpoint) if isinstance(run_or_checkpoint, str | Path)
+              else getattr(run_or_checkpoint, "mlflow_run_id", None))
+    if not run_id:
+        raise ConfigError("run", run_or_checkpoint, "a run tracked on MLflow (the final run needs tracking on)")
+    registry = ModelRegistry(settings, name=name)
+    try:
+        version = registry.register(run_id)
+        for key, value in (tags or {}).items():
+            registry.client.set_model_version_tag(registry.name, version, key, value)
+        registry.promote(version, alias=CHALLENGER, gate=False, reason="best trial of a hyperparameter search",
+                         details={"metrics": metrics, **(tags or {})})
+        return {"name": registry.name, "version": version, "alias": CHALLENGER, "source": run_id, "run_id": run_id}
+    finally:
+        registry.close()

@@ -42,6 +42,7 @@ from greekfire.cli_hft import hft_app
 from greekfire.cli_models import models_app
 from greekfire.cli_output import (
     print_gpu_status,
+    print_hpo,
     print_itch,
     print_lobster,
     print_mapping,
@@ -386,6 +387,64 @@ def train_run_cmd(
     for key in ("resumed_from", "run_dir", "last_checkpoint", "best_checkpoint"):
         if summary.get(key):
             typer.echo(f"{key.replace('_', ' ')}: {summary[key]}")
+
+
+@train_app.command("hpo")
+def train_hpo_cmd(
+    study: Annotated[str, typer.Option("--study", help="study name (created when missing; a rerun adds trials)")],
+    trials: Annotated[int, typer.Option("--trials", "-n", min=1, help="trials to run now, over all workers")] = 8,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="parallel worker processes")] = 2,
+    storage: Annotated[str | None, typer.Option("--storage", help="SQLAlchemy URL of the study storage (default: "
+                                                "training.hpo_storage_url; sqlite:///file.db for one worker only)")] = None,
+    space: Annotated[str, typer.Option("--space", help="search space: a name in configs/train/hpo/ or a YAML file")] = "smoke",
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Hyperparameter search with Optuna: parallel workers share the study, poor trials are pruned each
+    epoch, and the best trial is trained in full and registered as challenger."""
+    from greekfire.training.hpo import load_space, run_study
+
+    s = settings()
+    try:
+        config = load_space(space, s)
+        show = console.is_terminal and not as_json
+        with _hpo_progress(show, trials) as on_progress:
+            result = run_study(config, s, study=study, trials=trials, workers=workers, storage=storage,
+                               on_progress=on_progress)
+    except (ConfigErrors, ConfigError) as exc:  # exit 2; an unreachable storage or a study with no
+        raise fail("train hpo", exc) from None   # completed trial ends as one line with exit 1 (the group)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    print_hpo(console, result)
+
+
+def _hpo_progress(show: bool, total: int) -> Any:
+    """A context giving the progress hook of ``train hpo``: a bar on a terminal, else a log line per change."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def bar() -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[state]}"),
+                      TimeElapsedColumn(), console=console, transient=False) as progress:
+            task = progress.add_task("trials", total=total, state="starting workers")
+
+            def update(p: Any) -> None:
+                best = f" best {p.best_value:.4g}" if p.best_value is not None else ""
+                progress.update(task, completed=p.done, state=f"complete {p.complete} pruned {p.pruned} failed "
+                                f"{p.failed} running {p.running}{best}")
+            yield update
+
+    @contextmanager
+    def lines() -> Any:
+        def update(p: Any) -> None:
+            best = f" best {p.best_value:.4g}" if p.best_value is not None else ""
+            log.info("trials %d/%d: complete %d pruned %d failed %d running %d%s", p.done, p.total, p.complete,
+                     p.pruned, p.failed, p.running, best)
+        yield update
+
+    return bar() if show else lines()
 
 
 @serve_app.command("pricing")

@@ -162,6 +162,33 @@ def print_training(console: Console, name: str, version: str, summary: dict[str,
     console.print(table)
 
 
+def print_hpo(console: Console, result: Any) -> None:
+    """``greekfire train hpo``: one row per trial (state, value, epochs, seconds, params), then the best
+    trial, its full run and its registration; the final run's folder as a plain line."""
+    table = Table(title=f"study {result.study}: {result.complete} complete, {result.pruned} pruned, "
+                        f"{result.failed} failed ({result.workers} worker{'s' if result.workers != 1 else ''}, "
+                        f"{result.trials_per_hour:.0f} trials/h)")
+    for col in ("trial", "state", "value", "epochs", "seconds", "worker", "params"):
+        table.add_column(col, justify="right" if col in {"trial", "value", "epochs", "seconds", "worker"} else "left")
+    for r in result.trials:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
+        mark = " (best)" if r["number"] == result.best_trial else ""
+        table.add_row(str(r["number"]), r["state"].lower() + mark, f"{r['value']:.4g}" if r["value"] is not None else "-",
+                      str(r["epochs"]), f"{r['seconds']:.1f}" if r["seconds"] is not None else "-",
+                      str(r.get("worker", "-")), params if not r.get("error") else f"{params} error: {r['error']}")
+    console.print(table)
+    for line in result.errors:
+        console.print(f"[red]{line}[/red]")
+    if result.final is not None:
+        scores = result.final.get("scores", {})
+        shown = ", ".join(f"{k}={scores[k]:.4g}" for k in ("test_rmse", "test_r2", "val_rmse") if k in scores)
+        print(f"best trial {result.best_trial}: {result.best_value:.6g}; trained in full: {shown}")
+        print(f"run: {result.final.get('run_dir')}")
+    if result.registered is not None:
+        reg = result.registered
+        print(f"registered: {reg['name']} version {reg['version']} alias {reg['alias']}")
+
+
 def print_preview(console: Console, result: Any, rows: int = 10) -> None:
     """``greekfire price`` without ``-o``: the first priced rows, headers with units (``ttm (years)``,
     ``vega (per 1.00 vol)``); on a narrow terminal the last columns are left out (the caption says so)

@@ -285,7 +285,7 @@ def _train(
     log_run_context(loggers, cfg, data.fingerprint, version)
     try:
         return _fit(cfg, settings, loggers, module, datamodule, data, cbs, callbacks, run_dir, version,
-                    (accelerator, devices), start_from, best_cb, test, t0)
+                    (accelerator, devices), start_from, best_cb, test, t0, accumulate=accumulate, plugins=plugins)
     except BaseException as exc:
         record_failure(loggers, exc)
         push_training_metrics(settings, f"{cfg.name}-{version}", status="failed",
@@ -296,7 +296,7 @@ def _train(
 def _fit(cfg: ExperimentConfig, settings: Settings, loggers: list[Any], module: PricingModule,
          datamodule: PricingDataModule, data: PricingData, cbs: list[Any], callbacks: Sequence[Any], run_dir: Path,
          version: str, placement: tuple[str, Any], start_from: Path | None, best_cb: ModelCheckpoint, test: bool,
-         t0: float) -> TrainResult:
+         t0: float, *, accumulate: int, plugins: Sequence[Any] = ()) -> TrainResult:
     tc = cfg.trainer
     accelerator, devices = placement
     ckpt_dir = run_dir / "checkpoints"

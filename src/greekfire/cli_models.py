@@ -165,3 +165,39 @@ def models_compare(
     cli.console.print(table)
     for p in cmp.plots:
         cli.console.print(f"plot: {p}")
+
+
+@models_app.command("pipeline")
+def models_pipeline(
+    steps: Annotated[list[str], typer.Argument(help="steps in order: test train validate register deploy ab rollback")],
+    experiment: Annotated[str, typer.Option("--experiment", help="the smoke model's experiment (configs/train)")] = "smoke",
+    state: Annotated[Path, typer.Option("--state", help="JSON file the steps share (CI runs them one at a time)")] = Path(
+        ".greekfire/pipeline-state.json"),
+    image: Annotated[str | None, typer.Option("--image", help="deploy: the new image, NAME:TAG or NAME@sha256:...")] = None,
+    apply: Annotated[bool, typer.Option("--apply", help="deploy: also kubectl apply -k (needs a cluster)")] = False,
+    test_path: Annotated[list[str] | None, typer.Option("--test-path", help="test: pytest paths (repeatable)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The models pipeline, step by step as CI runs it: tests, a smoke model trained, validated against the
+    champion, registered, deployed (the manifests' image tag), judged by the A/B test; a failed validation or
+    A/B test rolls back on its own. Exit 1 when a step failed."""
+    from greekfire.cli_errors import UsageProblem
+    from greekfire.training.pipeline import STEPS, PipelineOptions, open_pipeline_registry, pipeline
+
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        raise UsageProblem(f"step {bad[0]!r}: one of {', '.join(STEPS)}")
+    cli = _cli()
+    settings = cli.STATE.settings
+    needs_registry = any(s in ("validate", "register", "ab", "rollback") for s in steps)
+    options = PipelineOptions(settings=settings, experiment=experiment, state_path=state, image=image, apply=apply,
+                              test_paths=tuple(test_path) if test_path else ("tests/unit/ml",),
+                              registry=open_pipeline_registry(settings) if needs_registry else None)
+    results = pipeline(steps, options)
+    if as_json:
+        cli.print_json([{"step": r.step, "status": r.status, "detail": r.detail} for r in results])
+    else:
+        for r in results:
+            cli.console.print(f"{r.step}: {r.status}: {r.detail}")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)

@@ -292,7 +292,7 @@ def data_spx(
 @train_app.command("pricing")
 def train_pricing_cmd(
     overrides: Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. optim.lr=1e-3 trainer.max_epochs=5")] = None,
-    preset: Annotated[str, typer.Option("--preset", "-p", help="experiment in configs/train/ (smoke, liu_mlp, ...)")] = "smoke",
+    preset: Annotated[str, typer.Option("--preset", "-p", help="experiment in configs/train/experiment/ (smoke, liu_mlp, ...)")] = "smoke",
     experiment: Annotated[Path | None, typer.Option("--experiment", "-e", help="an experiment YAML file instead of a preset")] = None,
     data: Annotated[str | None, typer.Option("--data", help="train on these quotes instead of the experiment's data: "
                                              "a folder written by `greekfire data generate`, or any Parquet file or "

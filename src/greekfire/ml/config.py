@@ -1,8 +1,9 @@
 """Experiment configuration: YAML composed with Hydra, validated into pydantic models.
 
-An experiment file in ``configs/train/`` (a *preset*: ``smoke``, ``liu_mlp``, ...) lists ``base`` in its
-Hydra ``defaults`` and overrides what it needs; command-line overrides use Hydra's syntax
-(``optim.lr=3e-4 trainer.max_epochs=5``). Any unknown or bad key fails with a
+``configs/train/base.yaml`` is the primary config; an experiment (a *preset*: ``smoke``, ``liu_mlp``, ...)
+in ``configs/train/experiment/`` overrides what it needs, then the config groups named on the command line
+(``model=lstm env=prod``: folders ``data/ model/ optim/ trainer/ storage/ tracking/ env/``), then overrides in
+Hydra's syntax (``optim.lr=3e-4 trainer.max_epochs=5``). Any unknown or bad key fails with a
 :class:`~greekfire.core.errors.ConfigErrors` naming the dotted field and the value.
 """
 
@@ -13,12 +14,21 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from greekfire.core.errors import ConfigError, ConfigErrors
 from greekfire.core.settings import Settings
@@ -132,6 +142,8 @@ class TrainerConfig(_Strict):
         "end (false), or none: the bar when stdout is a terminal, else the log lines"
     )
     progress_interval_s: float = Field(10.0, ge=0, description="seconds between progress log lines (no bar)")
+    memory_fraction: float | None = Field(None, gt=0, le=1, description="cap this process's share of each GPU's "
+                                          "memory (torch.cuda.set_per_process_memory_fraction); none: no cap")
 
 
 class TrackingConfig(_Strict):
@@ -142,6 +154,33 @@ class TrackingConfig(_Strict):
     mlflow: bool = True
     wandb: bool | None = None
     log_model: bool = Field(True, description="store the best checkpoint as an MLflow artifact")
+    mlflow_uri: str | None = Field(None, description="MLflow server URI (instead of training.mlflow_tracking_uri); "
+                                   "a password in it is masked in every dumped config")
+
+    @field_serializer("mlflow_uri", when_used="json")
+    def _mask_password(self, uri: str | None) -> str | None:
+        return mask_url(uri)
+
+
+def mask_url(uri: str | None) -> str | None:
+    """``uri`` with the password of its user part replaced by ``***`` (``https://u:***@host``)."""
+    if not uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class StorageConfig(_Strict):
+    """Where runs and checkpoints are stored; secrets come from the environment or a mounted secret file."""
+
+    runs_url: str | None = Field(None, description="folder or URL (s3://...) of runs; none: training.runs_dir")
+    credentials_file: str | None = Field(None, description="a mounted secret file (Kubernetes secret) with the "
+                                         "storage credentials; the path is dumped, never its content")
+    secret_access_key: SecretStr | None = Field(None, description="from an environment variable only "
+                                                "(${oc.env:AWS_SECRET_ACCESS_KEY}); masked in dumps")
 
 
 class ExperimentConfig(_Strict):
@@ -154,11 +193,14 @@ class ExperimentConfig(_Strict):
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig.model_validate({}))
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig.model_validate({}))
     tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig.model_validate({}))
+    storage: StorageConfig = Field(default_factory=lambda: StorageConfig.model_validate({}))
 
     def fingerprint(self) -> dict[str, Any]:
         """The parts that change what is learned (not how long or where it is logged): hashed into versions."""
         d = self.model_dump(mode="json")
         d.pop("tracking", None)
+        d.pop("storage", None)
+        d["trainer"].pop("memory_fraction", None)
         for k in ("max_epochs", "max_steps", "max_time_s", "enable_progress_bar", "progress_interval_s", "log_every_n_steps",
                   "checkpoint_every_n_steps", "early_stopping_patience", "devices", "num_nodes",
                   "strategy", "accelerator"):
@@ -169,6 +211,15 @@ class ExperimentConfig(_Strict):
             if d["data"].get(key) == default:  # keep the versions of runs from before these keys existed
                 d["data"].pop(key, None)
         return d
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The experiment as indented JSON (a run's ``config.json``): secrets masked, URI passwords hidden."""
+    return json.dumps(config.model_dump(mode="json"), indent=2)
+
+
+#: config groups of ``configs/train`` (folders) that ``group=option`` on the command line selects
+GROUPS = ("experiment", "data", "model", "optim", "trainer", "storage", "tracking", "env")
 
 
 def default_config_dir(settings: Settings | None = None) -> Path:
@@ -207,32 +258,49 @@ def compose_experiment(
 ) -> ExperimentConfig:
     """Compose an experiment with Hydra and validate it.
 
-    ``preset`` names a YAML file in the config folder (``smoke`` -> ``configs/train/smoke.yaml``);
+    ``preset`` names an experiment (``smoke`` -> ``configs/train/experiment/smoke.yaml``, composed over
+    ``base.yaml``; a folder without ``experiment/`` keeps the flat layout ``<dir>/smoke.yaml``);
     ``config_file`` instead points at any YAML experiment file (its folder becomes the search path, so it
     can list ``base`` in its defaults only if ``base.yaml`` lies beside it). ``overrides`` are Hydra
-    overrides such as ``optim.lr=1e-3``. ``settings`` gives ``training.config_dir``; without them the
-    folder is ``configs/train`` (see :func:`default_config_dir`); nothing is read from the environment here.
+    overrides: ``group=option`` picks a config group (``model=lstm``, ``env=prod``; see :data:`GROUPS`),
+    ``key=value`` sets any field (``optim.lr=1e-3``). ``settings`` gives ``training.config_dir``; without
+    them the folder is ``configs/train`` (see :func:`default_config_dir`). ``${oc.env:VAR}`` in a group
+    reads the environment at compose time (secrets: see :class:`StorageConfig`).
     """
     if config_file is not None:
         path = Path(config_file).resolve()
         if not path.is_file():
             raise ConfigError("--experiment", str(config_file), "the experiment YAML file does not exist")
-        config_dir, name = path.parent, path.stem
+        config_dir, name, primary = path.parent, path.stem, path.stem
+        select: list[str] = []
     else:
         config_dir = default_config_dir(settings).resolve()
         name = preset
-        if not (config_dir / f"{name}.yaml").is_file():
-            known = sorted(p.stem for p in config_dir.glob("*.yaml")) if config_dir.is_dir() else []
-            raise ConfigError("--preset", preset, f"no {name}.yaml in the config folder; known: {known}")
+        if (config_dir / "experiment" / f"{name}.yaml").is_file() and (config_dir / "base.yaml").is_file():
+            primary, select = "base", [f"experiment={name}"]
+        elif (config_dir / f"{name}.yaml").is_file() and name != "base":
+            primary, select = name, []
+        else:
+            known = sorted(p.stem for p in (config_dir / "experiment").glob("*.yaml")) if config_dir.is_dir() else []
+            raise ConfigError("--preset", preset, f"no experiment/{name}.yaml in the config folder; known: {known}")
+    groups = {d.name for d in config_dir.iterdir() if d.is_dir() and d.name in GROUPS}
     # `key=value` may name any field of the pydantic model, not only those the YAML spells out: force-add
-    # (Hydra's `++`) and let pydantic reject unknown keys with the field's dotted name
-    forced = [o if o.startswith(("+", "~")) or "=" not in o else f"++{o}" for o in overrides]
+    # (Hydra's `++`) and let pydantic reject unknown keys with the field's dotted name; `group=option` is a
+    # choice of a config group and stays as it is
+    forced = [o if o.startswith(("+", "~")) or "=" not in o or o.partition("=")[0] in groups else f"++{o}"
+              for o in overrides]
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            cfg = compose(config_name=name, overrides=forced)
+            cfg = compose(config_name=primary, overrides=[*select, *forced])
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError("overrides", list(overrides), f"Hydra could not compose {name}: {exc}") from None
-    data: Any = OmegaConf.to_container(cfg, resolve=True)
+        why = " ".join(str(exc).split("\nConfig search path")[0].split())  # one line, the options kept
+        raise ConfigError("overrides", list(overrides), f"Hydra could not compose {name}: {why}") from None
+    try:
+        data: Any = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:  # ${oc.env:VAR} without VAR, a bad interpolation
+        key = getattr(exc, "full_key", None) or "config"
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(str(key), None, f"could not resolve {name}: {why}", source=f"{name}.yaml") from None
     assert isinstance(data, dict)
     data.setdefault("name", name)
     return validate_experiment(data, source=f"{name}.yaml or overrides")

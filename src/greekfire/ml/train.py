@@ -46,6 +46,7 @@ from greekfire.ml.config import (
     ExperimentConfig,
     compose_experiment,
     config_hash,
+    dump_config,
     validate_experiment,
 )
 from greekfire.ml.data import PricingData, data_source_for, load_pricing_data
@@ -253,10 +254,13 @@ def _train(
         if not start_from.is_file():
             raise ConfigError("--resume", str(start_from), "no checkpoint to resume from (train once without --resume)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    (run_dir / "config.json").write_text(dump_config(cfg))
 
     tc = cfg.trainer
     accelerator, devices = resolve_accelerator(tc.accelerator, tc.devices, settings.gpu.min_free_mb)
+    if tc.memory_fraction is not None and accelerator in ("gpu", "cuda") and cuda_usable():
+        for index in range(torch.cuda.device_count()):  # the trainer group's memory cap, per visible GPU
+            torch.cuda.set_per_process_memory_fraction(tc.memory_fraction, index)
     module = module_for(cfg, data)
     module.time_budget_s = tc.max_time_s
     datamodule = PricingDataModule(data, cfg.data, seed)
@@ -281,7 +285,11 @@ def _train(
         import mlflow  # noqa: F401
 
         _hush()
-    loggers = make_loggers(cfg, settings, run_dir, version)
+    log_settings = settings
+    if cfg.tracking.mlflow_uri:  # the tracking group / env overlay names the MLflow server
+        training = settings.training.model_copy(update={"mlflow_tracking_uri": cfg.tracking.mlflow_uri})
+        log_settings = settings.model_copy(update={"training": training})
+    loggers = make_loggers(cfg, log_settings, run_dir, version)
     log_run_context(loggers, cfg, data.fingerprint, version)
     try:
         return _fit(cfg, settings, loggers, module, datamodule, data, cbs, callbacks, run_dir, version,

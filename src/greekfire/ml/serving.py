@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,11 @@ def compile_model(model: LoadedModel, mode: str = "script") -> LoadedModel:
             model.runner(contract) if seq is None else model.runner(contract, seq)  # compile now, not on a request
         else:
             example = (contract,) if seq is None else (contract, seq)
-            traced = torch.jit.trace(net, example, check_trace=False)
-            model.runner = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            with warnings.catch_warnings():
+                # attention's shape asserts become constants: the shapes they check are fixed by the model
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(net, example, check_trace=False)
+            model.runner = torch.jit.freeze(traced.eval())
     model.info["compile"] = mode
     return model
 

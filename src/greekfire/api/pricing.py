@@ -51,7 +51,7 @@ from greekfire.core.metrics import counter, histogram, mount_metrics
 from greekfire.core.settings import Settings, load_settings
 from greekfire.gpu.device import choose_device, cuda_usable
 from greekfire.gpu.manager import GpuManager
-from greekfire.ml.serving import LoadedModel, MicroBatcher, check_inputs, load_pricing_model
+from greekfire.ml.serving import LoadedModel, MicroBatcher, check_inputs, compile_model, load_pricing_model
 from greekfire.ml.tracking import mlflow_uri
 from greekfire.training.ab import ABRouter
 
@@ -166,7 +166,8 @@ def build_app(settings: Settings | None = None, model: LoadedModel | None = None
     champion and challenger of ``ab`` (an :class:`~greekfire.training.ab.ABRouter`; ``model`` may be None).
 
     ``batching=False`` runs one forward pass per request (the benchmark's baseline); the micro-batch
-    window and size come from ``training.serve_max_wait_ms`` and ``training.serve_max_batch_rows``.
+    window and size come from ``training.serve_max_wait_ms`` and ``training.serve_max_batch_rows``; the
+    network runs as ``training.serve_compile`` says (default ``script``: TorchScript).
     """
     if model is None and ab is not None:
         model = ab.models["champion"]
@@ -176,6 +177,9 @@ def build_app(settings: Settings | None = None, model: LoadedModel | None = None
     if s.training.torch_threads:
         # small models on a shared CPU run fastest on one thread: spinning OpenMP workers lose to the clients
         torch.set_num_threads(s.training.torch_threads)
+    for m in (ab.models.values() if ab is not None else [model]):
+        if m is not None and m.runner is None:
+            compile_model(m, s.training.serve_compile)
     batcher = MicroBatcher(model, max_rows=s.training.serve_max_batch_rows,
                            max_wait_ms=s.training.serve_max_wait_ms, enabled=batching)
     batchers: dict[int, MicroBatcher] = {id(model): batcher}

@@ -258,6 +258,9 @@ class TrainingSettings(Section):
     torch_threads: int = Field(0, ge=0, le=1024, description="CPU threads for torch (0: torch's default)")
     serve_max_batch_rows: int = Field(4096, ge=1, description="inference micro-batch: most rows per forward")
     serve_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="inference micro-batch: gather window, ms")
+    serve_compile: Literal["none", "script", "compile"] = Field(
+        "script", description="served network: none (eager), script (TorchScript trace, frozen), compile (torch.compile)"
+    )
     hpo_storage_url: str = Field(
         "postgresql+psycopg://postgres@127.0.0.1:5432/greekfire_hpo",
         description="Optuna study storage (PostgreSQL; its database is created if missing; sqlite:/// for one worker)",

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ class LoadedModel:
     device: torch.device
     source: str
     info: dict[str, Any] = field(default_factory=dict)
+    #: what runs the forward pass: the module itself, or its compiled form (see :func:`compile_model`)
+    runner: Any = None
 
     @property
     def uses_sequence(self) -> bool:
@@ -60,8 +63,47 @@ class LoadedModel:
     @torch.inference_mode()
     def __call__(self, contract: Tensor, seq: Tensor | None = None) -> Tensor:
         """Price / strike [N] (float32, CPU) for raw features; runs on the model's device."""
-        out = self.module(contract.to(self.device), None if seq is None else seq.to(self.device))
+        net = self.runner if self.runner is not None else self.module
+        c = contract.to(self.device)
+        out = net(c) if seq is None else net(c, seq.to(self.device))
         return out.float().cpu()
+
+
+#: how the served network runs: ``none`` eager PyTorch, ``script`` TorchScript (torch.jit.trace, frozen),
+#: ``compile`` torch.compile (dynamic shapes; needs a C++ compiler on CPU)
+COMPILE_MODES = ("none", "script", "compile")
+
+
+def compile_model(model: LoadedModel, mode: str = "script") -> LoadedModel:
+    """Make ``model`` run its forward pass compiled (``mode``: one of :data:`COMPILE_MODES`); returns it.
+
+    ``script`` traces the network on example rows of its own input shape and freezes it (weights become
+    constants); outputs match the eager module to float32 rounding. Raises ConfigError naming
+    ``training.serve_compile`` for an unknown mode.
+    """
+    if mode not in COMPILE_MODES:
+        raise ConfigError("training.serve_compile", mode, f"one of {list(COMPILE_MODES)}")
+    if mode == "none":
+        model.runner = None
+        return model
+    net = model.module.net
+    n = 8
+    contract = torch.rand(n, len(model.contract_names), device=model.device) + 0.5
+    seq = (torch.randn(n, model.window, len(model.seq_names), device=model.device)
+           if model.uses_sequence else None)
+    with torch.no_grad():
+        if mode == "compile":
+            model.runner = torch.compile(net, dynamic=True)
+            model.runner(contract) if seq is None else model.runner(contract, seq)  # compile now, not on a request
+        else:
+            example = (contract,) if seq is None else (contract, seq)
+            with warnings.catch_warnings():
+                # attention's shape asserts become constants: the shapes they check are fixed by the model
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(net, example, check_trace=False)
+            model.runner = torch.jit.freeze(traced.eval())
+    model.info["compile"] = mode
+    return model
 
 
 def _resolve_uri(uri: str, tracking_uri: str | None) -> Path:

@@ -92,7 +92,7 @@ def test_two_workers_on_postgresql_prune_and_register_the_best_as_challenger(pos
         assert result.registered is not None
         client = MlflowClient(tracking_uri=mlflow_uri(settings), registry_uri=mlflow_uri(settings))
         version = client.get_model_version_by_alias("pricing-hpo-test", "challenger")
-        assert int(version.version) == result.registered["version"]
+        assert str(version.version) == str(result.registered["version"])  # the registry names versions as text
         assert version.run_id == result.final["mlflow_run_id"]
         assert version.tags["greekfire.hpo.trial"] == str(result.best_trial)
     finally:

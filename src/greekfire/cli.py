@@ -7,6 +7,9 @@ Each sub-command imports the library it calls inside its own function, not at th
 command loads only what it uses (torch, Lightning, numba kernels, uvicorn cost seconds to import), so
 ``greekfire --help`` and ``greekfire config show`` answer at once. (Elsewhere in the package an import
 inside a function is kept only for the same reason, and its comment says what it saves.)
+
+It is one module: the main command tree and the commands of the parts that have no sub-app module of their
+own (price, data, train, serve, gpu, trade); the larger sub-apps live in ``cli_*.py``.
 """
 
 from __future__ import annotations

@@ -43,14 +43,14 @@ def _trades(url: str, account: str) -> list[tuple]:
 def kill_and_resume(url: str, tmp_path: Path, account: str) -> None:
     env = command_env(GREEKFIRE_HOME=str(tmp_path / "home"))
     config = tmp_path / "wheel.yaml"  # one-week options, so a 60-market-day run sees several expiries
-    config.write_text("symbols: {SPY: 1.0}\ndte: 7\nmax_dte: 21\n")
+    config.write_text("symbols: {SPY: 1.0}\ndte: 5\nmax_dte: 12\n")
     args = ["wheel", "run", "--paper", "--db", url, "--account", account, "--time-scale", "86400", "--json",
             "--config", str(config)]
-    first = subprocess.Popen(CLI + args + ["--duration", "60"], env=env, stdout=subprocess.PIPE,
+    first = subprocess.Popen(CLI + args + ["--duration", "150"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
         # kill it once an option has been settled (an expired contract the restarted run must list again)
-        settled = poll_until(lambda: {"fill", "settlement"} <= {r[1] for r in _trades(url, account)}, timeout_s=120,
+        settled = poll_until(lambda: {"fill", "settlement"} <= {r[1] for r in _trades(url, account)}, timeout_s=150,
                              step_s=0.5, ignore=(Exception,))
         assert first.poll() is None, first.communicate()[1][-3000:]
         assert settled, "the first run stored no fill and settlement"

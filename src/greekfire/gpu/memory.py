@@ -74,6 +74,14 @@ def free_caches(full: bool = True) -> None:
         torch.cuda.empty_cache()
 
 
+def peak_allocated_bytes() -> int:
+    """Peak GPU memory torch has allocated in this process (bytes); 0 where CUDA was never initialised."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return 0
+    return int(torch.cuda.max_memory_allocated())
+
+
 def _device_of(items: Any) -> str:
     dev = getattr(items, "device", None)
     return str(dev) if dev is not None else "cpu"

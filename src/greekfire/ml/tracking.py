@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings, env_set
+from greekfire.gpu.memory import peak_allocated_bytes
 from greekfire.ml.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,6 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
     import resource
     import time
 
-    import torch
     from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
     reg = CollectorRegistry()
@@ -202,7 +202,7 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
     Gauge(stamp, "Unix time the run ended, seconds", registry=reg).set(time.time())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     Gauge("greekfire_training_run_max_rss_bytes", "peak resident memory of the trainer, bytes", registry=reg).set(rss)
-    gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() and torch.cuda.is_initialized() else 0
+    gpu = peak_allocated_bytes()
     Gauge("greekfire_training_run_gpu_peak_bytes", "peak GPU memory allocated by torch, bytes", registry=reg).set(gpu)
     score = Gauge("greekfire_training_run_score", "held-out scores of the run", ["metric"], registry=reg)
     for k, v in (scores or {}).items():

@@ -1,6 +1,7 @@
 """Hyperparameter search with Optuna: a search space from YAML, a study shared by parallel worker processes
 through PostgreSQL, pruning of poor trials each epoch, and the best trial trained in full and registered as
-the ``challenger``.
+the ``challenger``. It is one module: the worker processes are started from it with one job record that the
+space, the storage, the trial loop and the final run all read.
 
 A search space file (``configs/train/hpo/<name>.yaml``) names the experiment to search around and, per
 dotted experiment key, how to draw it::

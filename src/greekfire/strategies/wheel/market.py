@@ -22,6 +22,9 @@ open interest and volume fall away from the money and with time to expiry. Expir
 Friday, the Thursday before when the Friday is not a trading day in the price file) out to ``max_dte``
 and weekly Fridays out to ``weekly_weeks`` weeks. Every contract keeps one instrument id over its life
 (:func:`contract_id`); the underlying of symbol ``i`` (in the order given) has id ``i``.
+
+It is one module: the loaders and the chain model share the row-problem reports and the date index the
+market is built on.
 """
 
 from __future__ import annotations

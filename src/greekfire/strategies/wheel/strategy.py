@@ -18,6 +18,9 @@ Fills move the state (:meth:`on_fill`); expiry and assignment come as settlement
 an assigned put adds a lot of shares at the strike to the journal, a called-away call removes it. Every
 transition goes to the journal with its reason. The strategy reads only its context, so the same object
 runs in the backtest harness (:mod:`.backtest`) and on the trading engine.
+
+It is one module: the daily decisions (write, manage, roll, stop, settle, reconcile) all read and move the
+strategy's per-symbol state and its journal.
 """
 
 from __future__ import annotations

@@ -149,8 +149,10 @@ def test_killed_worker_restarts_and_resumes_to_the_same_weights(tmp_path: Path) 
             p.kill()
         raise
     result = _finish(procs, logs)
-    assert result["restarts"] >= 1, "the kill came after the run had finished: no restart happened"
-    assert result["resumed_from"] == f"{shared}/killed/last.ckpt"
+    # the killed worker's agent saw it die; the group came back and resumed from the shared checkpoint (the
+    # restart count is the reporting agent's own, which may be the node whose worker was not killed)
+    assert "exitcode: -9" in logs[1].read_text(), logs[1].read_text()[-2000:]
+    assert result["resumed_from"] == f"{shared}/killed/last.ckpt", "no restart resumed from the shared checkpoint"
     assert result["world_size"] == 2 and result["global_step"] == steps
     a, b = _weights(result["last_checkpoint"]), _weights(reference["last_checkpoint"])
     assert a.keys() == b.keys() and a

@@ -29,7 +29,9 @@ import numpy as np
 
 from greekfire.core.errors import DataError, InputFileError, UnavailableError
 from greekfire.hft.transport import (  # the transports, re-exported: a feed is built from one
+    ANC_SPACE,
     MAX_PAYLOAD,
+    SO_RXQ_OVFL,
     AfPacket,
     Transport,
     UdpMulticast,
@@ -51,26 +53,8 @@ from greekfire.market.moldudp import (
     request,
 )
 
-# socket options (linux/net_tstamp.h, asm-generic/socket.h, linux/if_packet.h, linux/sockios.h)
-SO_TIMESTAMPING = 37
-SO_RXQ_OVFL = 40
-SO_RCVBUFFORCE = 33
-SOF_TIMESTAMPING_RX_HARDWARE = 1 << 2
-SOF_TIMESTAMPING_RX_SOFTWARE = 1 << 3
-SOF_TIMESTAMPING_SOFTWARE = 1 << 4
-SOF_TIMESTAMPING_RAW_HARDWARE = 1 << 6
-SIOCGIFADDR = 0x8915
-SIOCETHTOOL = 0x8946
-ETHTOOL_GET_TS_INFO = 0x41
-ETH_P_IP = 0x0800
-SOL_PACKET = 263
-PACKET_STATISTICS = 6
-PACKET_OUTGOING = 4
-SO_ATTACH_FILTER = 26
-
 DEFAULT_GROUP = "239.192.0.1"
 DEFAULT_PORT = 26400
-_ANC = socket.CMSG_SPACE(48) + socket.CMSG_SPACE(4)
 
 __all__ = ["AfPacket", "FeedHandler", "FeedServer", "RetransmissionBuffer", "Transport", "UdpMulticast", "interface_name",
            "load_itch", "serve_feed", "timestamp_caps"]
@@ -473,7 +457,7 @@ class FeedHandler:
             return
         for _ in range(self.batch):
             try:
-                size, anc, _, _ = self._req.recvmsg_into([view], _ANC)
+                size, anc, _, _ = self._req.recvmsg_into([view], ANC_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # ICMP port unreachable from an earlier request: the server is down

@@ -37,11 +37,9 @@ PACKET_STATISTICS = 6
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 
-DEFAULT_GROUP = "239.192.0.1"
-DEFAULT_PORT = 26400
 DEFAULT_RCVBUF = 32 << 20  # bytes asked for; the kernel caps it at net.core.rmem_max unless root
 MAX_PAYLOAD = 1400  # MoldUDP64 payload bytes per packet: fits a 1500-byte Ethernet frame
-_ANC = socket.CMSG_SPACE(48) + socket.CMSG_SPACE(4)
+ANC_SPACE = socket.CMSG_SPACE(48) + socket.CMSG_SPACE(4)
 
 
 # ------------------------------------------------------------------------------------------- timestamps
@@ -184,7 +182,7 @@ class UdpMulticast:
     def recv(self, buf: memoryview) -> tuple[int, int]:
         """One packet into ``buf``: (bytes, receive time ns); (0, 0) when none waits."""
         try:
-            n, anc, flags, _ = self._sock.recvmsg_into([buf], _ANC)
+            n, anc, flags, _ = self._sock.recvmsg_into([buf], ANC_SPACE)
         except (BlockingIOError, InterruptedError):
             return 0, 0
         ts, hw, drops = parse_ancillary(anc)
@@ -289,7 +287,7 @@ class AfPacket:
         f = self._frame
         while True:
             try:
-                n, anc, _, addr = self._sock.recvmsg_into([self._fview], _ANC)
+                n, anc, _, addr = self._sock.recvmsg_into([self._fview], ANC_SPACE)
             except (BlockingIOError, InterruptedError):
                 return 0, 0
             if len(addr) > 2 and addr[2] == PACKET_OUTGOING:

@@ -59,12 +59,19 @@ class Idle:
     another runnable thread (sched_yield), ``block`` yields for a while and then sleeps 50 µs at a time
     (latency traded for a free core: what a shared machine needs)."""
 
-    def __init__(self, strategy: str) -> None:
+    # how often (idle rounds) a stage looks whether the process that started the run is still there
+    OWNER_CHECK_EVERY = 1 << 12
+
+    def __init__(self, strategy: str, owner_pid: int = 0) -> None:
         self.strategy = strategy
         self.n = 0
+        self.owner_pid = owner_pid
 
     def __call__(self) -> None:
         self.n += 1
+        if self.owner_pid and not self.n % self.OWNER_CHECK_EVERY and not _alive(self.owner_pid):
+            # the coordinator is gone (killed, or its test timed out): a stage must not spin on without it
+            raise SystemExit(f"hft stage: the coordinator (pid {self.owner_pid}) is gone")
         if self.strategy == "busy":
             return
         if self.strategy == "yield" or self.n < 64:
@@ -77,12 +84,24 @@ class Idle:
         self.n = 0
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # ------------------------------------------------------------------------------------------- control
 class ClusterControl:
     """Shared state of the cluster: generation, final flag, per-worker acknowledged sequence number, end
     reached, generation seen, alive flag; and the owner (worker index) of every instrument."""
 
     GEN, FINAL, NW = 0, 1, 2
+    OWNER_PID = 7  # header word: pid of the process that created the table (the run's coordinator)
 
     def __init__(self, shm: shared_memory.SharedMemory, n_instruments: int, owner: bool = False) -> None:
         self._shm = shm
@@ -107,6 +126,7 @@ class ClusterControl:
         c.head[:] = 0
         c.head[cls.NW] = n_workers
         c.head[3] = n_instruments
+        c.head[cls.OWNER_PID] = os.getpid()
         c.alive[:n_workers] = 1
         c.owner[:] = partition(n_instruments, n_workers)
         return c
@@ -369,7 +389,7 @@ def worker_main(k: int, cfg: Any, names: dict[str, str], device: str, cpu: int |
     last_seq = 0
     ended = False
     replayed = 0
-    idle = Idle(cfg.wait)
+    idle = Idle(cfg.wait, int(ctl.head[ctl.OWNER_PID]))
     warm_up(bf.engine.params, cfg.decide_every, cfg.feature_backend, device)
     out_q.put(("ready", f"worker{k}"))
 

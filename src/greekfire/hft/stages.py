@@ -124,6 +124,15 @@ VENUE = 5  # ClusterControl header word: port of the OUCH exchange simulator onc
 DONE = 6  # ClusterControl header word: the run is over (the OUCH exchange simulator may stop)
 
 
+def _coordinator_pid(names: dict[str, str]) -> int:
+    """The pid of the process that started the run (stages stop when it is gone)."""
+    ctl = ClusterControl.attach(names["control"])
+    try:
+        return int(ctl.head[ctl.OWNER_PID])
+    finally:
+        ctl.close()
+
+
 def _wait_go(names: dict[str, str]) -> None:
     ctl = ClusterControl.attach(names["control"])
     while not ctl.head[GO]:
@@ -231,7 +240,7 @@ def strategy_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot
     stats = st.arr[slot]
     taker = ImbalanceTaker(ctl.n_instruments, cfg.order_qty, cfg.max_position)
     ended: set[int] = set()
-    idle = Idle(cfg.wait)
+    idle = Idle(cfg.wait, int(ctl.head[ctl.OWNER_PID]))
     ImbalanceTaker(2, 1, 1).on_signals(np.zeros(1, SIG_DTYPE))
     out_q.put(("ready", "strategy"))
     with gc_frozen():
@@ -304,7 +313,7 @@ def gateway_main(cfg: HftSettings, names: dict[str, str], cpu: int | None, slot:
     rejected = 0
     sent_end = False
     killed = False
-    wait = Idle(cfg.wait)
+    wait = Idle(cfg.wait, _coordinator_pid(names))
     risk.check(as_order_records(np.zeros(0, ORD_DTYPE)))
     out_q.put(("ready", "gateway"))
     with gc_frozen():
@@ -400,7 +409,7 @@ def exchange_main(cfg: HftSettings, names: dict[str, str], itch_path: str, frami
     sim.books.apply_fast(sim.events[:1], np.zeros(1, np.int8))  # the kernels, loaded before the first order
     sim.books = OrderBooks(sim.n_instruments, sim.books.max_orders, 256)
     out_q.put(("ready", "exchange"))
-    idle = Idle(cfg.wait)
+    idle = Idle(cfg.wait, _coordinator_pid(names))
     while True:
         view = to_ex.consume(cfg.batch)
         n = len(view)

@@ -4,6 +4,7 @@ the hft settings, the metrics and the status command."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -160,4 +161,26 @@ def test_replay_log_and_control_table_are_shared_between_handles() -> None:
         peer.close()
     finally:
         log.close()
+        ctl.close()
+
+
+def test_a_stage_stops_waiting_when_its_coordinator_is_gone() -> None:
+    import subprocess
+
+    from greekfire.hft.cluster import ClusterControl, Idle
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    idle = Idle("busy", gone.pid)
+    with pytest.raises(SystemExit, match=f"pid {gone.pid}"):
+        for _ in range(Idle.OWNER_CHECK_EVERY):
+            idle()
+    here = Idle("busy", os.getpid())
+    for _ in range(2 * Idle.OWNER_CHECK_EVERY):
+        here()  # the coordinator lives: the stage waits on
+    assert here.n == 2 * Idle.OWNER_CHECK_EVERY
+    ctl = ClusterControl.create(1, 4)
+    try:
+        assert int(ctl.head[ctl.OWNER_PID]) == os.getpid()
+    finally:
         ctl.close()

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from k8s_check import KUBERNETES_VERSION, by_kind, kustomize, pod_specs, tool
 
 from conftest import need, need_binary, need_module
 
@@ -24,41 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE_DIR = ROOT / "deploy" / "k8s" / "training"
 WORKFLOWS = ROOT / ".github" / "workflows"
 RULES_DIR = ROOT / "deploy" / "prometheus"
-# The Kubernetes version the manifests are checked against (kubernetes-validate ships its schemas).
-KUBERNETES_VERSION = "1.32.0"
-
 pytestmark = pytest.mark.integration
-
-
-def tool(name: str) -> str:
-    """An executable of the dev extra (beside this Python) or on PATH; skip (fail in CI) where absent."""
-    here = Path(sys.executable).parent / name
-    if here.exists():
-        return str(here)
-    return need_binary(name)
 
 
 @pytest.fixture(scope="module")
 def rendered() -> list[dict[str, Any]]:
     """The objects ``kubectl kustomize deploy/k8s/training`` renders."""
-    kubectl = tool("kubectl")
-    proc = subprocess.run([kubectl, "kustomize", str(KUSTOMIZE_DIR)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
-
-
-def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] == kind]
-
-
-def pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every pod spec inside a workload (Deployment, Job, CronJob, PyTorchJob replicas)."""
-    spec = obj["spec"]
-    if obj["kind"] == "CronJob":
-        return [spec["jobTemplate"]["spec"]["template"]["spec"]]
-    if obj["kind"] == "PyTorchJob":
-        return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
-    return [spec["template"]["spec"]]
+    return kustomize(KUSTOMIZE_DIR)
 
 
 WORKLOADS = ("Job", "CronJob", "PyTorchJob", "Deployment")

@@ -363,6 +363,8 @@ def train_run_cmd(
     data: Annotated[str | None, typer.Option("--data", help="train on these quotes or samples (see train pricing)")] = None,
     input_noise: Annotated[float, typer.Option("--input-noise", help="augmentation: multiplicative noise on the "
                                                "inputs, a fraction (0.01: 1 %); 0: none")] = 0.0,
+    multirun: Annotated[bool, typer.Option("--multirun", help="a sweep: key=a,b or key=range(..) overrides give "
+                                           "one run per combination, trained in turn")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Run an experiment: `+experiment=NAME` plus overrides; with --nproc/--nnodes under torchrun (DDP).
@@ -376,6 +378,9 @@ def train_run_cmd(
     opts = LaunchOptions(nproc=nproc, nnodes=nnodes, rdzv=rdzv, max_restarts=max_restarts, backend=backend,
                          job_id=job_id, checkpoint_url=checkpoint_url)
     s = settings()
+    if multirun:
+        _train_sweep(s, opts, name or "smoke", rest, data, input_noise, as_json)
+        return
     try:
         summary = launch(s, opts, preset=name or "smoke", overrides=rest, data_path=data, input_noise=input_noise)
     except (ConfigErrors, ConfigError, GreekfireError) as exc:
@@ -390,6 +395,38 @@ def train_run_cmd(
     for key in ("resumed_from", "run_dir", "last_checkpoint", "best_checkpoint"):
         if summary.get(key):
             typer.echo(f"{key.replace('_', ' ')}: {summary[key]}")
+
+
+def _train_sweep(s: Settings, opts: Any, preset: str, overrides: list[str], data: str | None, input_noise: float,
+                 as_json: bool) -> None:
+    """``train run --multirun``: every combination validated first, then trained in turn; a table (or JSON)."""
+    from greekfire.training.distributed import launch
+    from greekfire.training.sweep import run_sweep
+
+    def one(combo: list[str]) -> dict[str, Any] | None:
+        if not as_json:
+            typer.echo(f"run: +experiment={preset} {' '.join(combo)}")
+        return launch(s, opts, preset=preset, overrides=combo, data_path=data, input_noise=input_noise)
+
+    try:
+        rows = run_sweep(s, preset, overrides, one)
+    except (ConfigErrors, ConfigError, GreekfireError) as exc:
+        raise fail("train run", exc) from None
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"sweep of {preset}: {len(rows)} runs")
+    for col in ("run", "overrides", "version", "val_rmse", "test_rmse", "run folder"):
+        table.add_column(col)
+    values = [dict(o.split("=", 1) for o in r["overrides"] if "=" in o) for r in rows]
+    swept = [k for k in values[0] if len({v.get(k) for v in values}) > 1] if values else []
+    for r, v in zip(rows, values, strict=True):
+        sm = r["summary"] or {}
+        sc = sm.get("scores", {})
+        shown = " ".join(f"{k}={v[k]}" for k in swept)
+        table.add_row(str(r["run"]), shown, str(sm.get("version", "-")), f"{sc.get('val_rmse', float('nan')):.5f}",
+                      f"{sc.get('test_rmse', float('nan')):.5f}", str(sm.get("run_dir", "-")))
+    console.print(table)
 
 
 @train_app.command("hpo")

@@ -48,6 +48,7 @@ class Reason(StrEnum):
     VAR_LIMIT = "VAR_LIMIT"
     ORDER_RATE = "ORDER_RATE"
     INSUFFICIENT_MARGIN = "INSUFFICIENT_MARGIN"
+    STOPPED = "STOPPED"  # the engine is stopping: no new orders or amends (cancels still pass)
     # continuous
     STOP_LOSS = "STOP_LOSS"
     DAILY_LOSS = "DAILY_LOSS"

@@ -359,6 +359,7 @@ class TradingEngine:
     def start(self) -> None:
         """Start: every strategy's ``on_start``."""
         self.running = True
+        self.entry.accepting = True
         for s in self.strategies:
             self._call(s, "on_start")
 
@@ -367,6 +368,7 @@ class TradingEngine:
         for s in self.strategies:
             self._call(s, "on_stop")
         self.running = False
+        self.entry.accepting = False  # winding down: a strategy's reactions to the last events send nothing
         self.risk.refresh()  # exact figures for the final summary
         self.risk.compute_mc_var()
         self.snapshot()

@@ -19,7 +19,7 @@ from typing import Any
 
 from greekfire.trading.audit import AuditLog
 from greekfire.trading.bus import MessageBus
-from greekfire.trading.denials import Denial
+from greekfire.trading.denials import Denial, Reason
 from greekfire.trading.latency import LatencyRecorder
 from greekfire.trading.model import Instrument, OrderType, Side, TimeInForce
 from greekfire.trading.oms import OMS
@@ -33,6 +33,7 @@ from greekfire.trading.venues import Venue
 # bound once: Enum attribute lookups cost ~0.2 us each on the per-order path
 _PENDING_REPLACE, _SUBMITTED = OrderStatus.PENDING_REPLACE, OrderStatus.SUBMITTED
 _AMENDABLE = frozenset(s for s, nxt in TRANSITIONS.items() if _PENDING_REPLACE in nxt)
+_STOPPED = Denial(Reason.STOPPED, {}, "the engine is stopping: new orders and amends are refused, cancels pass")
 _HELD_TYPES = frozenset((OrderType.STOP, OrderType.STOP_LIMIT))  # held by the engine until triggered
 _NO_LIMIT_TYPES = frozenset((OrderType.MARKET, OrderType.STOP))
 _NO_POST_TIFS = frozenset((TimeInForce.IOC, TimeInForce.FOK))  # never rest a remainder
@@ -64,6 +65,9 @@ class OrderEntry:
         self.sent_ns: dict[str, int] = {}
         self.posted: set[str] = set()
         self.orders_out = 0
+        # False once the engine stops: new orders and amends are denied STOPPED while it winds down (a
+        # strategy reacting to the last fills must not put new orders at the venue); cancels still pass
+        self.accepting = True
 
     # ---------------------------------------------------------------- new orders
     def new_order(
@@ -79,7 +83,8 @@ class OrderEntry:
     def submit(self, order: Order) -> list[Order]:
         """Risk-check, route and send an order. Returns the orders created (DENIED, one, or sweep children)."""
         now = self.clock_ns()
-        denial = self.risk.check(order, self.portfolio.marks.get(order.instrument_id), now)
+        denial = (self.risk.check(order, self.portfolio.marks.get(order.instrument_id), now) if self.accepting
+                  else _STOPPED)
         self.oms.add(order)
         if denial is not None:
             self.oms.transition(order, OrderStatus.DENIED, now, denial.reason.value, values=denial.values)
@@ -180,7 +185,12 @@ class OrderEntry:
             if order.status not in _AMENDABLE and todo is changes:
                 where = [k for k, c in enumerate(changes) if c[0].status in _AMENDABLE]
                 todo = [changes[k] for k in where]
-        denials = self.risk.check_amends(todo, self.portfolio.marks, now) if todo else []
+        if not todo:
+            denials: list[Denial | None] = []
+        elif self.accepting:
+            denials = self.risk.check_amends(todo, self.portfolio.marks, now)
+        else:
+            denials = [_STOPPED] * len(todo)
         if one_venue and todo is changes and denials.count(None) == len(changes):
             self._send_amends(((venue, changes),), now)
             return out

@@ -154,3 +154,23 @@ def test_a_repeating_timer_polled_late_fires_once_then_keeps_its_interval() -> N
     assert timers.fire_due(5_500) == 1  # four intervals missed: one call, not a burst
     assert timers.heap[0][0] == 6_500 and fired == [("s", 5_500)]
     assert timers.cancel(tid) and timers.fire_due(10_000) == 0 and not timers.cancel(tid)
+
+
+def test_a_stopped_engine_refuses_new_orders_and_amends_but_lets_cancels_through() -> None:
+    s = Recorder()
+    eng, venue, clock = setup(s)
+    (o,) = s.ctx.submit(2, Side.BUY, 5, s.ctx.ticks(2, 2.45), post_only=True)
+    step(eng, clock)
+    assert o.status == OrderStatus.ACCEPTED
+    eng.stop()  # winding down: what a strategy does in reaction to the last events must not reach the venue
+    (late,) = s.ctx.submit(2, Side.BUY, 1, 244)
+    assert late.status == OrderStatus.DENIED and late.reason == Reason.STOPPED.value
+    denial = s.ctx.amend(o, 6, 246)
+    assert denial is not None and denial.reason == Reason.STOPPED
+    assert s.ctx.cancel(o)
+    step(eng, clock)
+    assert o.status == OrderStatus.CANCELED and venue.books[2].best_bid() != (245, 5)  # other participants remain
+    eng.start()
+    (again,) = s.ctx.submit(2, Side.BUY, 1, 244)
+    step(eng, clock)
+    assert again.status == OrderStatus.ACCEPTED

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DENIALS = counter("greekfire_trading_risk_denials", "orders denied by pre-trade risk", ["reason"])
 BREACHES = counter("greekfire_trading_risk_breaches", "continuous-limit breaches", ["reason"])
 STATE_GAUGE = gauge("greekfire_trading_state", "trading state: 0 active, 1 reducing, 2 halted")
+KILL_SWITCH = gauge("greekfire_trading_kill_switch", "1 while the kill switch is set, 0 otherwise")
 
 VAR_EXACT_ZONE = 0.8  # recompute VaR exactly when the upper bound is above this share of the limit
 
@@ -85,6 +86,7 @@ class RiskEngine:
         self.var_model = VarModel(portfolio, self.limits)
         self._margin_used = 0.0
         STATE_GAUGE.set(0)
+        KILL_SWITCH.set(0)
 
     # ---------------------------------------------------------------- limits and state
     def set_limits(self, **changes: Any) -> None:
@@ -113,6 +115,7 @@ class RiskEngine:
         first = not self.killed
         self.killed = True
         self.kill_reason = reason
+        KILL_SWITCH.set(1)
         self.set_state(TradingState.HALTED, reason)
         if first:
             log.error("kill switch tripped: %s", reason, extra={"reason": reason})
@@ -123,6 +126,7 @@ class RiskEngine:
         """Clear the kill switch and return to ACTIVE."""
         self.killed = False
         self.kill_reason = ""
+        KILL_SWITCH.set(0)
         self.set_state(TradingState.ACTIVE, "kill switch reset")
 
     # ---------------------------------------------------------------- pre-trade

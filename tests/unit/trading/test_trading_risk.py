@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from greekfire.core.errors import ConfigError
+from greekfire.core.metrics import sample_value
 from greekfire.core.settings import RiskSettings
 from greekfire.trading.denials import Reason, TradingState
 from greekfire.trading.model import Fill, Instrument, InstrumentKind, OrderType, Side, option
@@ -176,6 +177,15 @@ def test_kill_switch_blocks_until_reset_and_calls_back() -> None:
         risk.set_state(TradingState.ACTIVE)
     risk.reset_kill()
     assert risk.state == TradingState.ACTIVE and denied(risk, order()) is None
+
+
+def test_kill_switch_gauge_follows_the_switch() -> None:
+    risk = RiskEngine(RiskSettings(), book())
+    assert sample_value("greekfire_trading_kill_switch") == 0
+    risk.kill("test")
+    assert sample_value("greekfire_trading_kill_switch") == 1
+    risk.reset_kill()
+    assert sample_value("greekfire_trading_kill_switch") == 0
 
 
 def test_limits_change_at_run_time_and_bad_values_name_the_field() -> None:

@@ -250,6 +250,8 @@ def test_drawdown_from_the_peak_halts_without_kill_when_configured() -> None:
     risk.portfolio.mark(2, 2.90)  # 600 below the peak
     assert [b.reason for b in risk.continuous()] == [Reason.DRAWDOWN]
     assert risk.state == TradingState.HALTED and not risk.killed
+    assert sample_value("greekfire_trading_drawdown") == pytest.approx(600.0)
+    assert sample_value("greekfire_trading_drawdown_limit") == 500.0
 
 
 def test_mass_amend_checks_agree_with_one_by_one_checks_on_every_outcome() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import uvicorn
 
 from conftest import free_port, poll_until, port_open, pricing_checkpoint
 from greekfire.api.pricing import build_app
+from greekfire.core.metrics import sample_value
 from greekfire.core.settings import load_settings
 from greekfire.ml.serving import LoadedModel, load_pricing_model
 
@@ -123,6 +125,24 @@ def test_health_and_metrics(mlp_server: _Server) -> None:
     m = httpx.get(f"{mlp_server.url}/metrics")
     assert m.status_code == 200
     assert "greekfire_inference_rows_total" in m.text and "greekfire_inference_batch_rows_bucket" in m.text
+
+
+def test_a_failing_forward_pass_counts_as_an_error(mlp_model: LoadedModel) -> None:
+    def broken(*_: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("device lost")
+
+    app = build_app(load_settings(), dataclasses.replace(mlp_model, runner=broken))
+    before = sample_value("greekfire_inference_requests_total", {"status": "error"}) or 0.0
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://pricing") as c:
+            r = await c.post("/v1/price", json={"contract": _rows(2).tolist()})
+            await app.state.batcher.close()
+            return r
+
+    assert asyncio.run(go()).status_code == 500
+    assert sample_value("greekfire_inference_requests_total", {"status": "error"}) == before + 1
 
 
 def test_lstm_model_needs_its_history_window(tmp_path: Path) -> None:

@@ -57,7 +57,9 @@ from greekfire.training.ab import ABRouter
 
 ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
 
-REQUESTS = counter("greekfire_inference_requests", "pricing requests by outcome", ["status"])
+REQUESTS = counter("greekfire_inference_requests", "pricing requests by outcome (ok, invalid, error)", ["status"])
+for _status in ("ok", "invalid", "error"):
+    REQUESTS.labels(_status)  # every outcome's series exists (at 0) from the start: error rates need them
 LATENCY = histogram(
     "greekfire_inference_request_seconds", "pricing request latency in the server, seconds",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
@@ -241,6 +243,7 @@ def build_app(settings: Settings | None = None, model: LoadedModel | None = None
             try:
                 out = await batcher_for(chosen).submit(contract, seq if chosen.uses_sequence else None)
             except Exception:
+                REQUESTS.labels("error").inc()
                 if ab is not None and variant is not None:
                     ab.record(request_id, variant, [], time.perf_counter() - t0, ok=False)
                 raise

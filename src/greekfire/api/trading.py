@@ -54,6 +54,7 @@ from greekfire.api.auth import SCOPES, ApiKeyStore, Authenticator, Principal
 from greekfire.api.ratelimit import RateLimiter, make_limiter, rate_limited
 from greekfire.api.server import ListeningServer
 from greekfire.api.streams import CLOSE_POLICY, StreamHub
+from greekfire.api.tracing import add_request_ids
 from greekfire.api.trading_control import StrategyControl
 from greekfire.api.trading_models import (
     AMENDABLE,
@@ -88,6 +89,7 @@ from greekfire.api.trading_models import (
 )
 from greekfire.core.db import resolve_url
 from greekfire.core.errors import ConfigError, DataError
+from greekfire.core.logging import current_trace_id
 from greekfire.core.metrics import counter, mount_metrics
 from greekfire.core.settings import RiskSettings, Settings
 from greekfire.trading.engine import TradingEngine
@@ -172,6 +174,7 @@ def build_app(
     app.state.engine, app.state.hub, app.state.auth, app.state.limiter = engine, hub, auth, limiter
     app.state.strategies = strategies
     mount_metrics(app)
+    add_request_ids(app)  # X-Request-ID in and out; the request's log lines carry it as trace_id
 
     need: dict[str, Callable[..., Awaitable[Principal]]] = {}
     for scope in SCOPES:
@@ -277,7 +280,9 @@ def build_app(
         ticks = None if body.market else inst.ticks(float(body.price or 0.0), "price")
         order = engine.new_order(inst.instrument_id, Side.BUY if body.side == "buy" else Side.SELL, body.qty, ticks,
                                  OrderType.MARKET if body.market else OrderType.LIMIT, TIFS[body.tif],
-                                 strategy_id=API_STRATEGY)
+                                 strategy_id=API_STRATEGY, trace_id=current_trace_id())
+        log.info("POST /v1/orders: %s %s %d %s from key %s", order.client_id, body.side, body.qty, inst.symbol,
+                 p.key_id, extra={"client_id": order.client_id, "key_id": p.key_id})
         created = engine.submit(order)
         first = created[0]
         if first.status == OrderStatus.DENIED:

@@ -3,6 +3,11 @@
 Call :func:`configure_logging` once at process start (the CLI does). Libraries only do
 ``log = logging.getLogger(__name__)`` and pass context as ``extra={...}``; the JSON formatter writes
 those extra fields as keys.
+
+A trace id follows one request through the processes' log lines: whoever starts the work (the trading API's
+middleware, from the request's ``X-Request-ID``) sets it with :func:`trace_context`, and the
+:class:`TraceIdFilter` on every greekfire handler adds it to each record as ``trace_id``. Work that leaves
+the context (another thread, a queue) carries the id itself and passes ``extra={"trace_id": ...}``.
 """
 
 from __future__ import annotations
@@ -11,11 +16,46 @@ import json
 import logging
 import logging.handlers
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime", "taskName"}
+
+
+TRACE_ID: ContextVar[str | None] = ContextVar("greekfire_trace_id", default=None)
+"""The trace id of the work in progress (None outside a traced request)."""
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the current context (a request's ``X-Request-ID``), or None."""
+    return TRACE_ID.get()
+
+
+@contextmanager
+def trace_context(trace_id: str) -> Iterator[str]:
+    """Log records made inside the block (in this context) carry ``trace_id``; the previous id comes back
+    after it."""
+    token = TRACE_ID.set(trace_id)
+    try:
+        yield trace_id
+    finally:
+        TRACE_ID.reset(token)
+
+
+class TraceIdFilter(logging.Filter):
+    """Adds ``trace_id`` (from :data:`TRACE_ID`) to records that have none; never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Set ``record.trace_id`` from the context unless the caller passed one; always True."""
+        if getattr(record, "trace_id", None) is None:
+            tid = TRACE_ID.get()
+            if tid is not None:
+                record.trace_id = tid
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -90,12 +130,14 @@ def configure_logging(
             handler = _PlainHandler(stream)
             handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)-8s %(message)s", "%x %X"))
     setattr(handler, "_greekfire", True)  # noqa: B010 - marks our handlers for replacement
+    handler.addFilter(TraceIdFilter())
     root.addHandler(handler)
     if file:
         path = Path(file)
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backup_count)
         fh.setFormatter(JsonFormatter())
+        fh.addFilter(TraceIdFilter())
         setattr(fh, "_greekfire", True)  # noqa: B010
         root.addHandler(fh)
     root.setLevel(level.upper())

@@ -28,12 +28,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 
+from greekfire.core.metrics import counter, gauge
 from greekfire.fix import dictionary as dd_
 from greekfire.fix.dictionary import DataDictionary, FieldProblem
 from greekfire.fix.message import BEGIN_STRING, FixMessage, GarbledMessage, parse
 from greekfire.fix.store import SessionStore
 
 log = logging.getLogger("greekfire.fix")
+
+LOGGED_ON = gauge("greekfire_fix_session_logged_on", "1 while the FIX session is logged on, 0 otherwise", ["session"])
+SEQUENCE_GAPS = counter(
+    "greekfire_fix_sequence_gaps", "messages received with MsgSeqNum above the expected one (a gap)", ["session"]
+)
 
 ADMIN_TYPES = frozenset("012345A")
 _ALWAYS_SENT = frozenset("A524")  # sent even before the logon completes
@@ -135,6 +141,7 @@ class Session:
         self._close: Callable[[], None] | None = None
         self.counters = {"received": 0, "sent": 0, "rejected": 0, "garbled": 0, "resent": 0, "gaps": 0}
         self._clear_state()
+        SEQUENCE_GAPS.labels(config.session_id)  # the series exists (at 0) from the start
 
     # -- connection ---------------------------------------------------------------------------------------
     @property
@@ -175,6 +182,7 @@ class Session:
         self.resend_range: tuple[int, int] | None = None
         self.queue: dict[int, FixMessage] = {}
         self.logon_sent_at = self.logout_sent_at = 0.0
+        LOGGED_ON.labels(self.config.session_id).set(0)
 
     # -- sending ------------------------------------------------------------------------------------------
     @property
@@ -369,6 +377,7 @@ class Session:
     def _target_too_high(self, msg: FixMessage, seq: int) -> None:
         self.queue[seq] = msg
         self.counters["gaps"] += 1
+        SEQUENCE_GAPS.labels(self.config.session_id).inc()
         if self.resend_range is not None and seq >= self.resend_range[0]:
             return
         begin = self.next_target_seq
@@ -431,6 +440,7 @@ class Session:
             self.store.set_next_target_seq(self.next_target_seq + 1)
             self._next_queued()
         if self.is_logged_on:
+            LOGGED_ON.labels(self.config.session_id).set(1)
             log.info("FIX %s: logged on", self.config.session_id)
             self.app.on_logon(self)
 

@@ -19,9 +19,10 @@ def _inc(name: str, doc: str, labels: tuple[str, ...], values: tuple[str, ...], 
     """Counters from running totals: add what grew since the last call."""
     key = (name, *values)
     delta = total - _last.get(key, 0.0)
+    c = counter(name, doc, labels)
+    child = c.labels(*values) if labels else c  # the series exists (at 0) before anything is counted
     if delta > 0:
-        c = counter(name, doc, labels)
-        (c.labels(*values) if labels else c).inc(delta)
+        child.inc(delta)
     _last[key] = max(total, _last.get(key, 0.0))
 
 
@@ -44,6 +45,9 @@ def publish(status: dict[str, Any]) -> None:
         _inc("greekfire_hft_messages", "records a pipeline stage handled", ("stage",), (stage,), st.get("messages", 0))
         _inc("greekfire_hft_drops", "records a stage lost or could not pass on", ("stage",), (stage,), st.get("drops", 0))
         _inc("greekfire_hft_errors", "bad records a stage counted and skipped", ("stage",), (stage,), st.get("errors", 0))
+        if "gaps" in st:  # the feed handler: sequence gaps seen (recovered or not)
+            _inc("greekfire_hft_feed_gaps", "sequence gaps the feed handler saw (missing ranges)", ("stage",), (stage,),
+                 st["gaps"])
         if st.get("pid"):
             cpu_s, rss = proc_usage(int(st["pid"]))
             gauge("greekfire_hft_cpu_seconds", "CPU seconds of a stage's process", ["stage"]).labels(stage).set(cpu_s)

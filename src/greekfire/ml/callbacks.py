@@ -7,6 +7,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -25,13 +26,22 @@ log = logging.getLogger("greekfire.ml.train")
 
 
 class PrometheusTrainingMetrics(L.Callback):
-    """Sets loss, throughput and GPU memory gauges (label ``run``) every ``every_n_steps`` batches."""
+    """Sets loss, throughput and GPU memory gauges (label ``run``) every ``every_n_steps`` batches.
 
-    def __init__(self, run: str, every_n_steps: int = 10) -> None:
+    With ``push`` (called as ``push(loss=..., steps=...)``, e.g. :func:`greekfire.ml.tracking.push_training_progress`
+    bound to the settings and the run) the global-zero process also hands the latest loss and the optimizer
+    steps so far to it at most every ``push_interval_s`` seconds (and at the first logged batch): the trainer
+    serves no /metrics, so this is how a live run reaches Prometheus."""
+
+    def __init__(self, run: str, every_n_steps: int = 10, *, push: Callable[..., Any] | None = None,
+                 push_interval_s: float = 30.0) -> None:
         self.run = run
         self.every = max(1, every_n_steps)
         self._t0 = time.perf_counter()
         self._rows = 0
+        self.push = push
+        self.push_interval_s = push_interval_s
+        self._pushed_at = -math.inf
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -44,8 +54,12 @@ class PrometheusTrainingMetrics(L.Callback):
             THROUGHPUT.labels(self.run).set(self._rows * trainer.world_size / (now - self._t0))
         self._t0, self._rows = now, 0
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            TRAIN_LOSS.labels(self.run).set(float(loss.detach()))
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else None
+        if value is not None:
+            TRAIN_LOSS.labels(self.run).set(value)
+        if self.push is not None and trainer.is_global_zero and now - self._pushed_at >= self.push_interval_s:
+            self._pushed_at = now
+            self.push(loss=value, steps=trainer.global_step)
         if pl_module.device.type == "cuda":
             GPU_MEMORY.labels(self.run).set(torch.cuda.memory_allocated(pl_module.device))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -174,12 +175,38 @@ def record_success(loggers: list[Any]) -> None:
             lg.experiment.set_tag(lg.run_id, TAG_STATUS, "finished")
 
 
+def push_training_progress(settings: Settings, run: str, *, loss: float | None, steps: int) -> bool:
+    """Push a running run's live figures to the pushgateway (the group :func:`push_training_metrics` replaces
+    when the run ends): ``greekfire_training_run_active`` 1, ``greekfire_training_loss`` (the latest training
+    loss, target units squared) and ``greekfire_training_steps_total`` (optimizer steps so far). The alert
+    rules watch them for a stalled loss, steps that stopped and pushes that stopped. Returns False (and logs
+    why) when the gateway cannot be reached; does nothing (True) when no URL is set."""
+    url = settings.training.pushgateway_url
+    if not url:
+        return True
+    from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+
+    reg = CollectorRegistry()
+    Gauge("greekfire_training_run_active", "1 while the run trains, 0 once it ended", registry=reg).set(1)
+    if loss is not None and math.isfinite(loss):
+        Gauge("greekfire_training_loss", "latest training loss (target units squared)", registry=reg).set(loss)
+    Counter("greekfire_training_steps", "optimizer steps taken", registry=reg).inc(max(0, steps))
+    try:
+        push_to_gateway(url, job=settings.training.pushgateway_job, registry=reg, grouping_key={"run": run},
+                        timeout=5)
+    except OSError as exc:
+        log.warning("could not push live training metrics to the pushgateway %s: %s", url, exc)
+        return False
+    return True
+
+
 def push_training_metrics(settings: Settings, run: str, *, status: str, seconds: float, steps: int = 0,
                           scores: dict[str, Any] | None = None, error: str | None = None) -> bool:
     """Push a finished (``status`` ok) or failed run's figures to the Prometheus pushgateway at
     ``training.pushgateway_url`` (job ``training.pushgateway_job``, grouping label ``run``). Gauges:
     ``greekfire_training_run_success`` (1/0), ``greekfire_training_run_duration_seconds``,
     ``greekfire_training_run_steps``, ``greekfire_training_run_last_{success,failure}_timestamp_seconds``,
+    ``greekfire_training_run_active`` (0: it replaces the live group of :func:`push_training_progress`),
     ``greekfire_training_run_max_rss_bytes`` (peak resident memory of this process),
     ``greekfire_training_run_gpu_peak_bytes`` (peak torch CUDA memory), and ``greekfire_training_run_score``
     (label ``metric``: each test/val score). Returns False (and logs why) when the gateway cannot be
@@ -195,6 +222,7 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
     reg = CollectorRegistry()
     ok = status == "ok"
     Gauge("greekfire_training_run_success", "1 when the run finished, 0 when it failed", registry=reg).set(int(ok))
+    Gauge("greekfire_training_run_active", "1 while the run trains, 0 once it ended", registry=reg).set(0)
     Gauge("greekfire_training_run_duration_seconds", "wall time of the run, seconds", registry=reg).set(seconds)
     Gauge("greekfire_training_run_steps", "optimizer steps taken", registry=reg).set(steps)
     stamp = "greekfire_training_run_last_success_timestamp_seconds" if ok else \

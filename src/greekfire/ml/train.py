@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -58,6 +59,7 @@ from greekfire.ml.tracking import (
     make_loggers,
     mlflow_run_id,
     push_training_metrics,
+    push_training_progress,
     record_failure,
     record_success,
 )
@@ -277,7 +279,9 @@ def _train(
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
                               every_n_train_steps=cfg.trainer.checkpoint_every_n_steps or None)
     cbs: list[Any] = [best_cb, last_cb, RngState(),
-                      PrometheusTrainingMetrics(f"{cfg.name}-{version}", cfg.trainer.log_every_n_steps),
+                      PrometheusTrainingMetrics(f"{cfg.name}-{version}", cfg.trainer.log_every_n_steps, push=(
+                          functools.partial(push_training_progress, settings, f"{cfg.name}-{version}")
+                          if settings.training.pushgateway_url else None)),
                       TrainingProgress(tc.enable_progress_bar, interval_s=tc.progress_interval_s)]
     if cfg.trainer.early_stopping_patience:
         cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.trainer.early_stopping_patience))

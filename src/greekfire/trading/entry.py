@@ -14,6 +14,7 @@ order takes to leave.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ _STOPPED = Denial(Reason.STOPPED, {}, "the engine is stopping: new orders and am
 _HELD_TYPES = frozenset((OrderType.STOP, OrderType.STOP_LIMIT))  # held by the engine until triggered
 _NO_LIMIT_TYPES = frozenset((OrderType.MARKET, OrderType.STOP))
 _NO_POST_TIFS = frozenset((TimeInForce.IOC, TimeInForce.FOK))  # never rest a remainder
+
+log = logging.getLogger(__name__)
 
 
 class NotOwner(PermissionError):
@@ -81,7 +84,17 @@ class OrderEntry:
                      ord_type, tif, ts_ns=self.clock_ns(), **kw)
 
     def submit(self, order: Order) -> list[Order]:
-        """Risk-check, route and send an order. Returns the orders created (DENIED, one, or sweep children)."""
+        """Risk-check, route and send an order. Returns the orders created (DENIED, one, or sweep children).
+
+        An order with a ``trace_id`` (entered through the API) logs its outcome with that id; the others log
+        nothing here (this is the per-order path of every strategy)."""
+        out = self._submit(order)
+        if order.trace_id is not None:
+            log.info("order entry: %s -> %s", order.client_id, ", ".join(f"{o.client_id} {o.status.value}" for o in out),
+                     extra={"trace_id": order.trace_id, "client_id": order.client_id})
+        return out
+
+    def _submit(self, order: Order) -> list[Order]:
         now = self.clock_ns()
         denial = (self.risk.check(order, self.portfolio.marks.get(order.instrument_id), now) if self.accepting
                   else _STOPPED)
@@ -116,7 +129,7 @@ class OrderEntry:
                 f"{order.client_id}/{k}", order.instrument_id, order.side, c.qty, order.price_ticks, order.ord_type,
                 order.tif if c.mode == "post" else (TimeInForce.IOC if order.tif == TimeInForce.GTC else order.tif),
                 strategy_id=order.strategy_id, post_only=order.post_only, reduce_only=order.reduce_only,
-                expire_ns=order.expire_ns, ts_ns=now, parent_id=order.client_id,
+                expire_ns=order.expire_ns, ts_ns=now, parent_id=order.client_id, trace_id=order.trace_id,
             )
             self.oms.add(child)
             self._send(child, c.venue, c.mode, now)

@@ -193,15 +193,18 @@ class FixVenue(Venue):
             self._n += 1
             return f"{client_id}~{self._boot}.{self._n}"
 
-    def _send(self, client_id: str, msg: FixMessage) -> None:
+    def _send(self, client_id: str, msg: FixMessage, trace_id: str | None = None) -> None:
         if self.thread is None:
             raise UnavailableError(f"FIX exchange {self.host}:{self.port}", "the venue is not started")
-        self.thread.call(self._send_now, client_id, msg)
+        self.thread.call(self._send_now, client_id, msg, trace_id)
 
-    def _send_now(self, client_id: str, msg: FixMessage) -> None:  # FIX thread
+    def _send_now(self, client_id: str, msg: FixMessage, trace_id: str | None = None) -> None:  # FIX thread
         seq = self.session.send(msg)
         with self._lock:
             self._by_seq[seq] = (client_id, msg.msg_type)
+        if trace_id is not None:  # the request's id travels with the call: this thread has its own context
+            log.info("FIX %s: sent %s (35=%s, 34=%d)", self.name, client_id, msg.msg_type, seq,
+                     extra={"trace_id": trace_id, "venue": self.name, "client_id": client_id})
 
     def submit(self, order: Order, now_ns: int) -> None:
         inst = self.instruments[order.instrument_id]
@@ -223,7 +226,7 @@ class FixVenue(Venue):
             self._orders[cid] = VenueOrderState(
                 cid, "", inst.instrument_id, int(order.side), order.qty, order.price_ticks or 0, 0, True
             )
-        self._send(cid, m)
+        self._send(cid, m, order.trace_id)
 
     def _change(self, order: Order, msg_type: str) -> FixMessage:
         inst = self.instruments[order.instrument_id]

@@ -88,7 +88,7 @@ class Order:
     __slots__ = (
         "client_id", "instrument_id", "strategy_id", "side", "qty", "ord_type", "price_ticks", "stop_ticks", "tif",
         "expire_ns", "post_only", "reduce_only", "status", "filled_qty", "avg_px", "fees", "venue",
-        "venue_order_id", "fill_ids", "ts_init_ns", "ts_last_ns", "parent_id", "reason", "_prev_open",
+        "venue_order_id", "fill_ids", "ts_init_ns", "ts_last_ns", "parent_id", "reason", "_prev_open", "trace_id",
     )
 
     def __init__(
@@ -108,6 +108,7 @@ class Order:
         reduce_only: bool = False,
         ts_ns: int = 0,
         parent_id: str = "",
+        trace_id: str | None = None,
     ) -> None:
         self.client_id = client_id
         self.instrument_id = instrument_id
@@ -133,6 +134,8 @@ class Order:
         self.parent_id = parent_id
         self.reason = ""
         self._prev_open = OrderStatus.INITIALIZED
+        #: the request that entered the order (the API's X-Request-ID); its log lines carry it as trace_id
+        self.trace_id = trace_id
 
     @property
     def leaves_qty(self) -> int:

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 DENIALS = counter("greekfire_trading_risk_denials", "orders denied by pre-trade risk", ["reason"])
 BREACHES = counter("greekfire_trading_risk_breaches", "continuous-limit breaches", ["reason"])
 STATE_GAUGE = gauge("greekfire_trading_state", "trading state: 0 active, 1 reducing, 2 halted")
+KILL_SWITCH = gauge("greekfire_trading_kill_switch", "1 while the kill switch is set, 0 otherwise")
+DRAWDOWN = gauge("greekfire_trading_drawdown", "equity below its peak, currency (the continuous checks' value)")
+DRAWDOWN_LIMIT = gauge("greekfire_trading_drawdown_limit", "trading.risk.max_drawdown, currency (halts beyond it)")
 
 VAR_EXACT_ZONE = 0.8  # recompute VaR exactly when the upper bound is above this share of the limit
 
@@ -85,6 +88,7 @@ class RiskEngine:
         self.var_model = VarModel(portfolio, self.limits)
         self._margin_used = 0.0
         STATE_GAUGE.set(0)
+        KILL_SWITCH.set(0)
 
     # ---------------------------------------------------------------- limits and state
     def set_limits(self, **changes: Any) -> None:
@@ -113,6 +117,7 @@ class RiskEngine:
         first = not self.killed
         self.killed = True
         self.kill_reason = reason
+        KILL_SWITCH.set(1)
         self.set_state(TradingState.HALTED, reason)
         if first:
             log.error("kill switch tripped: %s", reason, extra={"reason": reason})
@@ -123,6 +128,7 @@ class RiskEngine:
         """Clear the kill switch and return to ACTIVE."""
         self.killed = False
         self.kill_reason = ""
+        KILL_SWITCH.set(0)
         self.set_state(TradingState.ACTIVE, "kill switch reset")
 
     # ---------------------------------------------------------------- pre-trade
@@ -424,6 +430,8 @@ class RiskEngine:
         pf.peak_equity = max(pf.peak_equity, equity)
         day_loss = pf.day_start_equity - equity
         drawdown = pf.peak_equity - equity
+        DRAWDOWN.set(drawdown)
+        DRAWDOWN_LIMIT.set(lim.max_drawdown)
         if day_loss > lim.daily_loss_limit:
             out.append(Breach(Reason.DAILY_LOSS, {"loss": day_loss, "limit": lim.daily_loss_limit}, "halt"))
         elif day_loss > 0.8 * lim.daily_loss_limit and self.state == TradingState.ACTIVE:

@@ -10,6 +10,7 @@ onto the books as they are; market data (quotes, trades, depth) leaves in curren
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -41,6 +42,9 @@ _REJECTED, _REPLACE_REJECT, _CANCEL_REJECT = (
 )
 
 US_OWNER = 1  # our orders on the simulated books; synthetic participants use owners >= 100
+
+
+log = logging.getLogger(__name__)
 
 
 class SimulatedVenue(Venue):
@@ -123,6 +127,9 @@ class SimulatedVenue(Venue):
     def submit(self, order: Order, now_ns: int) -> None:
         self._push_in(now_ns, "submit", (order.client_id, order.instrument_id, int(order.side), order.qty,
                                          order.price_ticks, int(order.ord_type), int(order.tif), order.post_only))
+        if order.trace_id is not None:  # entered through the API: say where it went
+            log.info("venue %s: sent %s", self.name, order.client_id,
+                     extra={"trace_id": order.trace_id, "venue": self.name, "client_id": order.client_id})
 
     def amend(self, order: Order, new_qty: int, new_price_ticks: int, now_ns: int) -> None:
         self._push_in(now_ns, "amend", (order.client_id, new_qty, new_price_ticks))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from greekfire.core.metrics import sample_value
 from greekfire.fix.dictionary import DataDictionary
 from greekfire.fix.message import FixMessage, frames, parse
 from greekfire.fix.session import Application, Session, SessionConfig
@@ -139,6 +140,20 @@ def test_a_lost_message_is_detected_by_the_gap_and_resent_with_possdup() -> None
     assert [m.get(11) for m in resent if m.msg_type == "D"] == ["o1", "o2"]  # o3 was not sent yet
     assert all(m.get(122) for m in resent)
     assert b.counters["gaps"] >= 1 and b.next_target_seq == a.next_sender_seq
+
+
+def test_logged_on_gauge_and_gap_counter_move() -> None:
+    clock = Clock()
+    a, b, _, _, wire = pair(clock)
+    sid = {"session": b.config.session_id}
+    assert sample_value("greekfire_fix_session_logged_on", sid) == 1
+    gaps = sample_value("greekfire_fix_sequence_gaps_total", sid) or 0.0
+    wire.drop_to_b = {3}
+    for i in range(3):
+        a.send(order(f"o{i}"))
+    assert sample_value("greekfire_fix_sequence_gaps_total", sid) == gaps + b.counters["gaps"] > gaps
+    wire.close()
+    assert sample_value("greekfire_fix_session_logged_on", sid) == 0
 
 
 def test_admin_messages_are_gap_filled_not_resent() -> None:

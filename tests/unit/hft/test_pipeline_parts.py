@@ -111,6 +111,14 @@ def test_metrics_count_what_grew() -> None:
     metrics.publish(status)
     assert sample_value("greekfire_hft_messages_total", {"stage": "feedX"}) == 25
     assert sample_value("greekfire_hft_drops_total", {"stage": "feedX"}) == 2
+    assert sample_value("greekfire_hft_errors_total", {"stage": "feedX"}) == 0  # exported before the first
+    assert sample_value("greekfire_hft_feed_gaps_total", {"stage": "feedX"}) is None  # no gaps key: no series
+    feed["gaps"] = 0
+    metrics.publish(status)
+    assert sample_value("greekfire_hft_feed_gaps_total", {"stage": "feedX"}) == 0
+    feed["gaps"] = 4
+    metrics.publish(status)
+    assert sample_value("greekfire_hft_feed_gaps_total", {"stage": "feedX"}) == 4
     assert sample_value("greekfire_hft_stage_latency_us", {"stage": "tick->order", "quantile": "p99"}) == 9.0
     import urllib.request
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from greekfire.core.errors import ConfigError
+from greekfire.core.metrics import sample_value
 from greekfire.core.settings import RiskSettings
 from greekfire.trading.denials import Reason, TradingState
 from greekfire.trading.model import Fill, Instrument, InstrumentKind, OrderType, Side, option
@@ -178,6 +179,15 @@ def test_kill_switch_blocks_until_reset_and_calls_back() -> None:
     assert risk.state == TradingState.ACTIVE and denied(risk, order()) is None
 
 
+def test_kill_switch_gauge_follows_the_switch() -> None:
+    risk = RiskEngine(RiskSettings(), book())
+    assert sample_value("greekfire_trading_kill_switch") == 0
+    risk.kill("test")
+    assert sample_value("greekfire_trading_kill_switch") == 1
+    risk.reset_kill()
+    assert sample_value("greekfire_trading_kill_switch") == 0
+
+
 def test_limits_change_at_run_time_and_bad_values_name_the_field() -> None:
     risk = engine()
     assert denied(risk, order(qty=30)) is None
@@ -240,6 +250,8 @@ def test_drawdown_from_the_peak_halts_without_kill_when_configured() -> None:
     risk.portfolio.mark(2, 2.90)  # 600 below the peak
     assert [b.reason for b in risk.continuous()] == [Reason.DRAWDOWN]
     assert risk.state == TradingState.HALTED and not risk.killed
+    assert sample_value("greekfire_trading_drawdown") == pytest.approx(600.0)
+    assert sample_value("greekfire_trading_drawdown_limit") == 500.0
 
 
 def test_mass_amend_checks_agree_with_one_by_one_checks_on_every_outcome() -> None:

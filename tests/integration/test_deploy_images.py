@@ -583,3 +583,29 @@ def test_compose_prometheus_config_scrapes_our_services_and_loads_the_rules(comp
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for rule in rules:
         assert rule.name in proc.stdout, f"promtool did not load {rule.name}: {proc.stdout}"
+
+
+# ---- CI/CD (actionlint runs on every workflow in tests/integration/test_training_deploy.py) ---------------
+def test_ci_workflow_runs_the_local_commands_and_undoes_failed_rollouts() -> None:
+    """ci.yml calls what a person runs (make lint, .ci/run, benchmarks/run.py), builds both images from
+    their Dockerfiles on tags only, applies each overlay and undoes a rollout that fails."""
+    doc = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    jobs = doc["jobs"]
+    runs = {name: "\n".join(str(s.get("run", "")) for s in job["steps"]) for name, job in jobs.items()}
+    assert "make lint" in runs["lint"]
+    assert ".ci/run" in runs["test"] and (ROOT / ".ci" / "run").exists()
+    assert "benchmarks/run.py" in runs["bench-smoke"]
+    for name in ("images", "deploy"):
+        assert jobs[name]["if"] == "startsWith(github.ref, 'refs/tags/v')", name
+    built = {inc["dockerfile"] for inc in jobs["images"]["strategy"]["matrix"]["include"]}
+    assert built == {str(p.relative_to(ROOT)) for p in (CPU_DOCKERFILE, CUDA_DOCKERFILE)}
+    pushes = [s for s in jobs["images"]["steps"] if str(s.get("uses", "")).startswith("docker/build-push-action@")]
+    assert pushes and pushes[0]["with"]["push"] is True
+    assert jobs["deploy"]["strategy"]["matrix"]["overlay"] == ["dev", "prod", "gpu"]
+    assert jobs["deploy"]["env"]["OVERLAY"] == "deploy/k8s/overlays/${{ matrix.overlay }}"
+    assert "kubectl apply" in runs["deploy"] and "kubectl rollout status" in runs["deploy"]
+    assert "kubectl rollout undo" in runs["deploy"]
+    for job in jobs.values():
+        for step in job["steps"]:
+            if "uses" in step:
+                assert re.search(r"@v\d+(\.\d+)*$", step["uses"]), f"unpinned action {step['uses']}"

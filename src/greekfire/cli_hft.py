@@ -88,8 +88,8 @@ def _run_pipeline(itch: Path, source: str, rate: float, serve: bool, workers: in
     if cfg.metrics_port is not None:
         from greekfire.hft.metrics import serve as serve_metrics
 
-        bound = serve_metrics(cfg.metrics_port)
-        _cli().err_console.print(f"greekfire hft: metrics on http://127.0.0.1:{bound}/metrics")
+        bound = serve_metrics(cfg.metrics_port, cfg.metrics_host)
+        _cli().err_console.print(f"greekfire hft: metrics on http://{cfg.metrics_host}:{bound}/metrics")
     # a stage that dies or a feed that never ends: one line and exit 1 (the greekfire group)
     venue = (cfg.venue_host, cfg.venue_port) if external_venue and cfg.gateway == "ouch" else None
     result = Pipeline(cfg, itch=itch, source=source, rate=rate, serve=serve, venue=venue).run(timeout_s=timeout)

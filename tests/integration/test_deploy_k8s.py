@@ -207,7 +207,7 @@ def test_servicemonitor_matches_the_crd(overlay: tuple[str, list[dict[str, Any]]
     assert servicemonitor_errors(monitor) == []
     # it selects the Services whose pods serve /metrics, on their port named http
     selected = [s for s in by_kind(objects, "Service") if matches(monitor["spec"]["selector"], s["metadata"]["labels"])]
-    expected = {"greekfire-trading", "greekfire-pricing", "greekfire-wheel-dashboard"} | (
+    expected = {"greekfire-trading", "greekfire-pricing", "greekfire-wheel-dashboard", "greekfire-hft"} | (
         {"greekfire-gpu"} if name == "gpu" else set())
     assert {s["metadata"]["name"] for s in selected} == expected
     (endpoint,) = monitor["spec"]["endpoints"]
@@ -215,7 +215,14 @@ def test_servicemonitor_matches_the_crd(overlay: tuple[str, list[dict[str, Any]]
         assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}, service["metadata"]["name"]
         for w, _, c in containers(objects):
             if matches(service["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"]):
-                module = SERVERS[tuple(greekfire_command(c["command"] + c["args"])[:2])]  # type: ignore[index]
+                command = tuple(greekfire_command(c["command"] + c["args"])[:2])  # type: ignore[index]
+                if command == ("hft", "run"):  # prometheus_client's server: /metrics on hft.metrics_host:port
+                    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                    assert env["GREEKFIRE_HFT__METRICS_HOST"] == "0.0.0.0"
+                    port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
+                    assert int(env["GREEKFIRE_HFT__METRICS_PORT"]) == port, w["metadata"]["name"]
+                    continue
+                module = SERVERS[command]  # type: ignore[index]
                 assert endpoint["path"] in api_routes(module), (service["metadata"]["name"], module)
 
 

@@ -405,6 +405,9 @@ class HftSettings(Section):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus /metrics of `hft run` and `hft replay` (none: off)"
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="address the HFT metrics server binds (0.0.0.0 so a Prometheus in another pod scrapes it)"
+    )
     status_file: Path = Field(Path(".greekfire/hft-status.json"), description="what `greekfire hft status` reads")
     status_interval_s: float = Field(1.0, gt=0, description="how often the running pipeline writes its status")
 

@@ -32,7 +32,7 @@ from conftest import ROOT, free_port, need, port_open
 from greekfire.core.settings import Settings, load_settings
 from greekfire.data.dataset import StreamingOptionsDataset, read_samples, write_samples
 from greekfire.data.features import Samples
-from greekfire.data.storage import open_fs
+from greekfire.data.storage import open_fs, publish_folder
 from greekfire.data.storage_check import check_storage, storage_error
 from object_stores import CLOUD_ENV_PREFIXES, clean_env
 
@@ -325,3 +325,18 @@ def test_azure_anonymous_reads_a_public_container(cloud: Cloud) -> None:
     assert not w.ok and w.problem == "bad_credentials", w  # writing needs credentials, and none were given
     private = check_storage(cloud.url(), st)
     assert not private.ok and private.problem == "bad_credentials", private  # a private container stays closed
+
+
+def test_a_finished_run_folder_is_published(cloud: Cloud, tmp_path: Path) -> None:
+    """``storage.runs_url``: the trainer copies the run folder (config, summary, checkpoints) there."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text('{"name": "smoke"}')
+    blob, _ = _checkpoint()
+    (run / "checkpoints" / "last.ckpt").write_bytes(blob)
+    url = cloud.url(f"runs-{uuid.uuid4().hex[:8]}/smoke/v1")
+    written = publish_folder(run, url, cloud.settings())
+    assert written == ["checkpoints/last.ckpt", "config.json"]
+    fs, root = open_fs(url, cloud.settings(), fresh=True)
+    assert fs.cat_file(f"{root}/config.json") == b'{"name": "smoke"}'
+    assert fs.cat_file(f"{root}/checkpoints/last.ckpt") == blob

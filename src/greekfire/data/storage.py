@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from greekfire.core.errors import ConfigError
+from greekfire.core.errors import ConfigError, UnavailableError
 from greekfire.core.settings import Settings, StorageSettings
 
 StorageLike = Settings | StorageSettings | None
@@ -324,3 +324,25 @@ def open_fs(url: str, settings: StorageLike = None, *, fresh: bool = False) -> t
     if retries is not None:
         fs.retries = retries  # s3fs retries on its own as well as botocore; both follow the one setting
     return fs, fs._strip_protocol(url)
+
+
+def publish_folder(local: str | Path, url: str, settings: StorageLike = None) -> list[str]:
+    """Copy the folder ``local`` (a finished run: config, checkpoints, summary, logs) to ``url`` (a folder or
+    ``s3://``/``gs://``/``az://`` prefix), file by file; returns the paths written, relative to ``url``.
+
+    :class:`ConfigError` names ``local`` when it is not a folder; a storage failure is raised as
+    :class:`UnavailableError` naming the URL (the local folder is left as it is, so nothing is lost)."""
+    src = Path(local)
+    if not src.is_dir():
+        raise ConfigError("local", str(local), "an existing folder to publish")
+    fs, root = open_fs(url, settings)
+    root = root.rstrip("/")
+    written: list[str] = []
+    try:
+        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+            rel = path.relative_to(src).as_posix()
+            fs.put_file(str(path), f"{root}/{rel}")
+            written.append(rel)
+    except (OSError, ValueError) as exc:
+        raise UnavailableError(url, f"could not copy {src} there after {len(written)} files: {exc}") from exc
+    return written

@@ -38,6 +38,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings
+from greekfire.data.storage import publish_folder
 from greekfire.data.storage_check import check_storage
 from greekfire.gpu.device import choose_device, cuda_usable
 from greekfire.gpu.memory import run_with_oom_backoff
@@ -48,6 +49,7 @@ from greekfire.ml.config import (
     compose_experiment,
     config_hash,
     dump_config,
+    mask_url,
     validate_experiment,
 )
 from greekfire.ml.data import PricingData, data_source_for, load_pricing_data
@@ -85,6 +87,7 @@ class TrainResult:
     resumed_from: Path | None = None
     world_size: int = 1
     rank: int = 0
+    run_url: str | None = None  # where the run folder was copied (storage.runs_url/<name>/<version>)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data summary (paths as strings), as written to ``summary.json``."""
@@ -370,7 +373,12 @@ def _fit(cfg: ExperimentConfig, settings: Settings, loggers: list[Any], module: 
     result.seconds = round(time.perf_counter() - t0, 2)
     push_training_metrics(settings, f"{cfg.name}-{version}", status="ok", seconds=result.seconds,
                           steps=result.global_step, scores=result.scores)
+    if cfg.storage.runs_url:
+        result.run_url = f"{cfg.storage.runs_url.rstrip('/')}/{cfg.name}/{version}"
     (run_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=2, default=str))
+    if result.run_url:
+        files = publish_folder(run_dir, result.run_url, settings)
+        log.info("run %s %s copied to %s (%d files)", cfg.name, version, mask_url(result.run_url), len(files))
     return result
 
 

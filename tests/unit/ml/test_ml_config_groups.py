@@ -118,12 +118,19 @@ def test_a_run_config_json_holds_no_secret(server_env: None, tmp_path: Path) -> 
     cfg = compose_experiment("smoke", ["env=prod", "data.n_samples=64", "data.num_workers=0", "data.batch_size=32",
                                        "model.hidden=4", "model.layers=1", "trainer.max_epochs=1",
                                        "trainer.accelerator=cpu", "tracking.mlflow=false",
-                                       "tracking.tensorboard=false", "tracking.log_model=false"])
+                                       "tracking.tensorboard=false", "tracking.log_model=false",
+                                       f"storage.runs_url={(tmp_path / 'published').as_uri()}"])
     settings = load_settings(overrides={"training.runs_dir": str(tmp_path / "runs")})
     result = train_pricing(cfg, settings, test=False)
     written = (Path(result.run_dir) / "config.json").read_text()
     assert SECRET not in written
-    assert json.loads(written)["storage"]["runs_url"] == "s3://runs-bucket/pricing"
+    assert json.loads(written)["storage"]["runs_url"] == (tmp_path / "published").as_uri()
+    # the finished run is copied to storage.runs_url/<name>/<version>, secrets still masked there
+    published = tmp_path / "published" / cfg.name / result.version
+    assert result.run_url == f"{(tmp_path / 'published').as_uri()}/{cfg.name}/{result.version}"
+    assert (published / "config.json").read_text() == written
+    assert json.loads((published / "summary.json").read_text())["run_url"] == result.run_url
+    assert (published / "checkpoints" / "last.ckpt").stat().st_size == (Path(result.run_dir) / "checkpoints" / "last.ckpt").stat().st_size
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -7,6 +7,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -25,13 +26,20 @@ log = logging.getLogger("greekfire.ml.train")
 
 
 class PrometheusTrainingMetrics(L.Callback):
-    """Sets loss, throughput and GPU memory gauges (label ``run``) every ``every_n_steps`` batches."""
+    """Sets loss, throughput and GPU memory gauges (label ``run``) every ``every_n_steps`` batches; with
+    ``push`` (e.g. :func:`greekfire.ml.tracking.push_live_training_metrics` bound to the settings), rank 0
+    also calls ``push(run)`` after such an update at most every ``push_every_s`` seconds, so a pushgateway
+    shows the live run."""
 
-    def __init__(self, run: str, every_n_steps: int = 10) -> None:
+    def __init__(self, run: str, every_n_steps: int = 10, push: Callable[[str], Any] | None = None,
+                 push_every_s: float = 10.0) -> None:
         self.run = run
         self.every = max(1, every_n_steps)
         self._t0 = time.perf_counter()
         self._rows = 0
+        self.push = push
+        self.push_every_s = push_every_s
+        self._pushed_at: float | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -48,6 +56,10 @@ class PrometheusTrainingMetrics(L.Callback):
             TRAIN_LOSS.labels(self.run).set(float(loss.detach()))
         if pl_module.device.type == "cuda":
             GPU_MEMORY.labels(self.run).set(torch.cuda.memory_allocated(pl_module.device))
+        if self.push is not None and trainer.is_global_zero and (
+                self._pushed_at is None or now - self._pushed_at >= self.push_every_s):
+            self._pushed_at = now
+            self.push(self.run)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         val = trainer.callback_metrics.get("val_loss")

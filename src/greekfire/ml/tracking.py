@@ -181,8 +181,10 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
     ``greekfire_training_run_success`` (1/0), ``greekfire_training_run_duration_seconds``,
     ``greekfire_training_run_steps``, ``greekfire_training_run_last_{success,failure}_timestamp_seconds``,
     ``greekfire_training_run_max_rss_bytes`` (peak resident memory of this process),
-    ``greekfire_training_run_gpu_peak_bytes`` (peak torch CUDA memory), and ``greekfire_training_run_score``
-    (label ``metric``: each test/val score). Returns False (and logs why) when the gateway cannot be
+    ``greekfire_training_run_gpu_peak_bytes`` (peak torch CUDA memory), ``greekfire_training_run_score``
+    (label ``metric``: each test/val score), ``greekfire_training_run_active`` 0 and the run's last
+    ``greekfire_training_loss`` and ``greekfire_training_steps_total`` where it had them (see
+    :func:`push_live_training_metrics`). Returns False (and logs why) when the gateway cannot be
     reached: a monitoring outage never fails a run. Does nothing (True) when no URL is set."""
     url = settings.training.pushgateway_url
     if not url:
@@ -208,6 +210,9 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
     for k, v in (scores or {}).items():
         if isinstance(v, int | float) and not isinstance(v, bool):
             score.labels(k).set(float(v))
+    # the live figures end with the run: active 0, and the last loss and step count stay readable
+    Gauge("greekfire_training_run_active", "1 while the run trains, 0 once it ended", registry=reg).set(0)
+    _last_live_figures(reg, run)
     if error:
         Gauge("greekfire_training_run_error_info", "the failed run's exception type", ["error"],
               registry=reg).labels(error.split(":", 1)[0][:100]).set(1)
@@ -216,5 +221,42 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
                         timeout=5)
     except OSError as exc:
         log.warning("could not push training metrics to the pushgateway %s: %s", url, exc)
+        return False
+    return True
+
+
+def _last_live_figures(reg: Any, run: str) -> None:
+    """Copy this process's live loss and step count of ``run`` (greekfire.ml.callbacks) into ``reg``."""
+    from prometheus_client import Counter, Gauge
+
+    from greekfire.core.metrics import sample_value
+
+    loss = sample_value("greekfire_training_loss", {"run": run})
+    if loss is not None:
+        Gauge("greekfire_training_loss", "latest training loss (target units squared)", registry=reg).set(loss)
+    steps = sample_value("greekfire_training_steps_total", {"run": run})
+    if steps is not None:
+        Counter("greekfire_training_steps", "optimizer steps taken", registry=reg).inc(steps)
+
+
+def push_live_training_metrics(settings: Settings, run: str) -> bool:
+    """Push a running run's live figures to the pushgateway (the group of :func:`push_training_metrics`:
+    job ``training.pushgateway_job``, label ``run``): ``greekfire_training_run_active`` 1, the latest
+    ``greekfire_training_loss`` and ``greekfire_training_steps_total`` (from this process's registry, which
+    :class:`greekfire.ml.callbacks.PrometheusTrainingMetrics` keeps). The run's end push replaces them.
+    Returns False (logged) when the gateway cannot be reached; True without a URL (nothing to do)."""
+    url = settings.training.pushgateway_url
+    if not url:
+        return True
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    reg = CollectorRegistry()
+    Gauge("greekfire_training_run_active", "1 while the run trains, 0 once it ended", registry=reg).set(1)
+    _last_live_figures(reg, run)
+    try:
+        push_to_gateway(url, job=settings.training.pushgateway_job, registry=reg, grouping_key={"run": run},
+                        timeout=5)
+    except OSError as exc:
+        log.warning("could not push live training metrics to the pushgateway %s: %s", url, exc)
         return False
     return True

@@ -1,6 +1,7 @@
 """A training run's live figures on a real pushgateway: while it trains the run's group holds
 greekfire_training_run_active 1 with the latest loss and step count; the end push replaces them with the
-run's figures, active 0, and keeps the last loss and step count."""
+run's figures, active 0, and keeps the last loss and step count; both carry the trainer's out-of-memory count
+by device."""
 
 from __future__ import annotations
 
@@ -25,8 +26,15 @@ def _group(gateway: str, run: str) -> dict[str, float]:
     return out
 
 
+def _oom_lines(gateway: str, run: str) -> str:
+    with urllib.request.urlopen(f"http://{gateway}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return "\n".join(line for line in text.splitlines() if line.startswith("greekfire_oom_total") and f'run="{run}"' in line)
+
+
 def test_live_push_then_end_push(tmp_path: Path) -> None:
     from greekfire.core.settings import load_settings
+    from greekfire.gpu.memory import run_with_oom_backoff
     from greekfire.ml.callbacks import STEPS, TRAIN_LOSS
     from greekfire.ml.tracking import push_live_training_metrics, push_training_metrics
 
@@ -41,10 +49,12 @@ def test_live_push_then_end_push(tmp_path: Path) -> None:
         run = "live-push-test"
         TRAIN_LOSS.labels(run).set(0.25)  # what PrometheusTrainingMetrics sets during a run
         STEPS.labels(run).inc(7)
+        run_with_oom_backoff(lambda b: b, [1.0, 2.0], batch_size=2, device="cpu")  # as evaluation does
         assert push_live_training_metrics(settings, run)
         live = _group(gateway, run)
         assert live["greekfire_training_run_active"] == 1.0
         assert live["greekfire_training_loss"] == 0.25 and live["greekfire_training_steps_total"] == 7.0
+        assert "greekfire_oom_total" in _oom_lines(gateway, run)
         assert "greekfire_training_run_success" not in live
         STEPS.labels(run).inc(3)
         TRAIN_LOSS.labels(run).set(0.125)

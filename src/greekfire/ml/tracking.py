@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings, env_set
-from greekfire.gpu.memory import peak_allocated_bytes
+from greekfire.gpu.memory import oom_counts, peak_allocated_bytes
 from greekfire.ml.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,8 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
     ``greekfire_training_run_max_rss_bytes`` (peak resident memory of this process),
     ``greekfire_training_run_gpu_peak_bytes`` (peak torch CUDA memory), ``greekfire_training_run_score``
     (label ``metric``: each test/val score), ``greekfire_training_run_active`` 0 and the run's last
-    ``greekfire_training_loss`` and ``greekfire_training_steps_total`` where it had them (see
-    :func:`push_live_training_metrics`). Returns False (and logs why) when the gateway cannot be
+    ``greekfire_training_loss``, ``greekfire_training_steps_total`` and ``greekfire_oom_total{device}`` where
+    it had them (see :func:`push_live_training_metrics`). Returns False (and logs why) when the gateway cannot be
     reached: a monitoring outage never fails a run. Does nothing (True) when no URL is set."""
     url = settings.training.pushgateway_url
     if not url:
@@ -226,7 +226,8 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
 
 
 def _last_live_figures(reg: Any, run: str) -> None:
-    """Copy this process's live loss and step count of ``run`` (greekfire.ml.callbacks) into ``reg``."""
+    """Copy this process's live loss and step count of ``run`` (greekfire.ml.callbacks) and its out-of-memory
+    count by device (``greekfire_oom_total``, greekfire.gpu.memory) into ``reg``."""
     from prometheus_client import Counter, Gauge
 
     from greekfire.core.metrics import sample_value
@@ -237,13 +238,20 @@ def _last_live_figures(reg: Any, run: str) -> None:
     steps = sample_value("greekfire_training_steps_total", {"run": run})
     if steps is not None:
         Counter("greekfire_training_steps", "optimizer steps taken", registry=reg).inc(steps)
+    ooms = oom_counts()
+    if ooms:
+        oom = Counter("greekfire_oom", "out-of-memory errors recovered from or raised, by device", ["device"],
+                      registry=reg)
+        for device, n in ooms.items():
+            oom.labels(device).inc(n)
 
 
 def push_live_training_metrics(settings: Settings, run: str) -> bool:
     """Push a running run's live figures to the pushgateway (the group of :func:`push_training_metrics`:
     job ``training.pushgateway_job``, label ``run``): ``greekfire_training_run_active`` 1, the latest
     ``greekfire_training_loss`` and ``greekfire_training_steps_total`` (from this process's registry, which
-    :class:`greekfire.ml.callbacks.PrometheusTrainingMetrics` keeps). The run's end push replaces them.
+    :class:`greekfire.ml.callbacks.PrometheusTrainingMetrics` keeps) and ``greekfire_oom_total{device}``. The
+    run's end push replaces them.
     Returns False (logged) when the gateway cannot be reached; True without a URL (nothing to do)."""
     url = settings.training.pushgateway_url
     if not url:

@@ -8,8 +8,10 @@ the alert rules (deploy/prometheus/*-rules.yml, a glob: rule files added later a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -125,13 +127,15 @@ def data_queries(e: Expression) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ services
 def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    """SIGTERM to the process's group (its own session: the HFT pipeline's stage processes go too), then
+    SIGKILL to what is left after 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(15)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(5)
 
 
 @dataclass
@@ -143,6 +147,7 @@ class Stack:
     targets: dict[str, str] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
     prometheus_url: str = ""
+    started_after_s: list[float] = field(default_factory=list)  # when each starter finished (diagnostics)
     _exit: ExitStack = field(default_factory=ExitStack)
 
     # -- helpers ----------------------------------------------------------------------------------------
@@ -150,7 +155,8 @@ class Stack:
         log_path = self.tmp / f"{name}.log"
         log = log_path.open("w")
         self._exit.callback(log.close)
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp)
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
+                                start_new_session=True)
         self._exit.callback(_stop, proc)
         self.logs[name] = log_path
         return proc
@@ -245,6 +251,25 @@ class Stack:
             http.get("/v1/pnl")
             http.get("/v1/greeks")
 
+    def _keep_busy(self, stop: threading.Event) -> None:
+        """Light traffic until ``stop``: a priced row and its observed price, an order and a denied order on
+        the trading API every second or so, so rates over the last minute are not flat."""
+        url, width = self._pricing
+        with httpx.Client(timeout=10) as http:
+            while not stop.wait(1.0):
+                try:
+                    r = http.post(f"{url}/v1/price", json={"contract": [[0.5] * width] * 2})
+                    http.post(f"{url}/v1/observed", json={"request_id": r.json()["request_id"],
+                                                          "price": [p * 0.99 for p in r.json()["price"]]})
+                    h = {"X-API-Key": self.trade_key}
+                    inst = next(i for i in http.get(f"{self._trading_url}/v1/instruments", headers=h).json()
+                                if i.get("ask"))
+                    for price in (inst["ask"] * 1.01, inst["ask"] * 50):  # a fill, a price-band denial
+                        http.post(f"{self._trading_url}/v1/orders", headers=h, json={
+                            "symbol": inst["symbol"], "side": "buy", "qty": 1, "price": round(price, 2), "tif": "IOC"})
+                except (httpx.HTTPError, KeyError, StopIteration, ValueError):
+                    continue  # a busy server: the next round tries again
+
     def wheel(self) -> None:
         """`greekfire serve wheel` over a wheel database with a short put, shares and equity history."""
         from greekfire.api.auth import ApiKeyStore
@@ -275,15 +300,16 @@ class Stack:
         self.targets["greekfire-wheel"] = f"127.0.0.1:{port}"
 
     def hft(self) -> None:
-        """`greekfire hft replay` of a synthetic ITCH file at a slow rate (it runs through the test), metrics on."""
+        """`greekfire hft replay` of a synthetic ITCH file at a slow rate (it runs through the module: ~6 min),
+        metrics on."""
         from greekfire.market import synth
 
         itch = self.tmp / "synthetic.itch"
-        itch.write_bytes(synth.synthetic_stream(400_000, n_stocks=12, seed=3))
+        itch.write_bytes(synth.synthetic_stream(150_000, n_stocks=12, seed=3))
         port = free_port()
         env = command_env(GREEKFIRE_HOME=str(self.tmp / "hft"), GREEKFIRE_HFT__METRICS_PORT=str(port),
                           GREEKFIRE_HFT__WORKERS="1", GREEKFIRE_HFT__WAIT="block")
-        proc = self._popen("hft", CLI + ["hft", "replay", str(itch), "--source", "file", "--rate", "2000"], env)
+        proc = self._popen("hft", CLI + ["hft", "replay", str(itch), "--source", "file", "--rate", "400"], env)
         self._wait_port("hft", port, proc)
 
         def publishing() -> bool:  # the pipeline's stages are up and its coordinator published a status
@@ -302,7 +328,8 @@ class Stack:
         from greekfire.training.registry import ModelRegistry
 
         port = free_port()
-        proc = self._popen("pushgateway", [pushgateway, f"--web.listen-address=127.0.0.1:{port}"], command_env())
+        proc = self._popen("pushgateway", [pushgateway, f"--web.listen-address=127.0.0.1:{port}",
+                                             "--persistence.file="], command_env())
         self._wait_port("pushgateway", port, proc)
         gateway = f"127.0.0.1:{port}"
         home = self.tmp / "training"
@@ -311,7 +338,8 @@ class Stack:
                   "GREEKFIRE_TRAINING__PUSHGATEWAY_URL": gateway, "GREEKFIRE_GPU__DMI_ROOT": str(self.tmp)}
         train = self._popen("training", CLI + ["train", "run", "--json", "+experiment=smoke",
                                                "tracking.tensorboard=false", "trainer.accelerator=cpu",
-                                               "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=2"],
+                                               "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=2",
+                                               "data.n_samples=3000", "trainer.max_epochs=2"],
                             command_env(GREEKFIRE_TRAINING__TORCH_THREADS="1", **common))
         settings = load_settings(overrides={"training.pushgateway_url": gateway, "home": str(home),
                                             "training.runs_dir": str(home / "runs"),
@@ -388,13 +416,23 @@ def running_stack(tmp: Path, shared_data: Path, prometheus: str, pushgateway: st
     with stack._exit:
         starters: list[Callable[[], None]] = [lambda: stack.training_and_pricing(pushgateway), stack.gpu,
                                               stack.trading, stack.wheel, stack.hft]
+        t0 = time.monotonic()
+
+        def timed(start: Callable[[], None]) -> float:
+            start()
+            return time.monotonic() - t0
+
         with ThreadPoolExecutor(len(starters)) as pool:
-            for f in [pool.submit(s) for s in starters]:
-                f.result()
+            stack.started_after_s = [f.result() for f in [pool.submit(timed, s) for s in starters]]
         stack.prometheus(prometheus)
         with ThreadPoolExecutor(2) as pool:
             for f in [pool.submit(stack._price_traffic), pool.submit(stack._trading_traffic)]:
                 f.result()
+        stop = threading.Event()
+        background = threading.Thread(target=stack._keep_busy, args=(stop,), daemon=True)
+        background.start()
+        stack._exit.callback(background.join, 10)
+        stack._exit.callback(stop.set)
         assert poll_until(stack.all_up, 60, 0.5, ignore=(httpx.HTTPError,)), \
             stack.query("up") if stack.prometheus_url else "no Prometheus"
         time.sleep(2.0)  # two more scrapes after the traffic, so rates over it are not empty

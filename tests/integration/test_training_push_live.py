@@ -40,7 +40,7 @@ def test_live_push_then_end_push(tmp_path: Path) -> None:
 
     binary = need_binary("prometheus-pushgateway")
     port = free_port()
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], env=command_env(),
+    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="], env=command_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert poll_until(lambda: port_open("127.0.0.1", port), 30, 0.1), "the pushgateway did not start"

@@ -106,7 +106,7 @@ PRICING = Board("pricing", "greekfire-pricing", "Greekfire / Pricing inference s
 TRADING = Board("trading", "greekfire-trading", "Greekfire / Trading engine and API",
                 "`greekfire serve trading`: orders, fills, risk denials by reason, latency, P&L, Greeks, the "
                 "kill switch and the API.", (
-    _p("Trading state (0 active, 1 reducing, 2 halted: kill switch)", "short", ("greekfire_trading_state", "state")),
+    _p("Trading state (0 active, 1 reducing, 2 halted: kill switch)", "short", ("greekfire_trading_state", "{{job}} {{instance}}")),
     _p("Order transitions", "ops", ("sum by (status) (rate(greekfire_trading_orders_total[1m]))", "{{status}}")),
     _p("Fills", "ops", ("sum by (venue, liquidity) (rate(greekfire_trading_fills_total[1m]))",
                         "{{venue}} {{liquidity}}")),
@@ -123,7 +123,7 @@ TRADING = Board("trading", "greekfire-trading", "Greekfire / Trading engine and 
        ("sum by (status) (rate(greekfire_api_trading_requests_total[1m]))", "{{status}}")),
     _p("API answers by route", "reqps",
        ("sum by (route) (rate(greekfire_api_trading_requests_total[1m]))", "{{route}}")),
-    _p("WebSocket clients", "short", ("greekfire_api_ws_clients", "clients")),
+    _p("WebSocket clients", "short", ("greekfire_api_ws_clients", "{{job}} {{instance}}")),
 ))
 
 FIX = Board("fix", "greekfire-fix", "Greekfire / FIX sessions",
@@ -140,17 +140,23 @@ FIX = Board("fix", "greekfire-fix", "Greekfire / FIX sessions",
 ))
 
 WHEEL = Board("wheel", "greekfire-wheel", "Greekfire / Wheel",
-              "The wheel strategy's book as `greekfire serve wheel` (or the trading API's /wheel) reads it.", (
+              "The wheel's book as `greekfire serve wheel` reads it, and the paper run's cycles and denials "
+              "(`greekfire wheel run --paper --metrics-port`).", (
     _p("State per underlying", "short", ('greekfire_wheel_state == 1', "{{symbol}} {{state}}")),
     _p("Positions", "short", ("greekfire_wheel_positions", "{{symbol}} {{right}}")),
-    _p("Equity", "currencyUSD", ("greekfire_wheel_equity", "equity")),
-    _p("Drawdown from peak", "percentunit", ("greekfire_wheel_drawdown", "drawdown")),
+    _p("Equity", "currencyUSD", ("greekfire_wheel_equity", "{{job}} {{instance}}")),
+    _p("Drawdown from peak", "percentunit", ("greekfire_wheel_drawdown", "{{job}} {{instance}}")),
     _p("P&L", "currencyUSD", ("greekfire_wheel_pnl", "{{kind}}")),
     _p("Premium collected", "currencyUSD", ("greekfire_wheel_premium_collected", "{{symbol}}")),
     _p("Days to next expiry", "d",
        ("(greekfire_wheel_next_expiry_timestamp_seconds - time()) / 86400", "{{symbol}}")),
-    _p("Days since last snapshot", "d",
-       ("(time() - greekfire_wheel_last_snapshot_timestamp_seconds) / 86400", "snapshot")),
+    _p("Days since the last snapshot", "d",
+       ("(time() - (greekfire_wheel_last_snapshot_timestamp_seconds > 0)) / 86400", "{{job}} {{instance}}"),
+       description="A process that has read no snapshot exports 0 and is left out."),
+    _p("Cycles of the paper run", "short", ("increase(greekfire_wheel_cycles_total[5m])", "{{job}} {{instance}}")),
+    _p("Orders denied by risk, by reason", "short",
+       ("sum by (reason) (increase(greekfire_wheel_denials_total[1h]))", "{{reason}}"),
+       description="Every risk reason code has a series from the run's start (0 until a denial)."),
 ))
 
 HFT = Board("hft", "greekfire-hft", "Greekfire / HFT pipeline",

@@ -271,7 +271,8 @@ class Stack:
                     continue  # a busy server: the next round tries again
 
     def wheel(self) -> None:
-        """`greekfire serve wheel` over a wheel database with a short put, shares and equity history."""
+        """`greekfire serve wheel` over a wheel database with a short put and equity history, and a wheel
+        paper run (`greekfire wheel run --paper --metrics-port`)."""
         from greekfire.api.auth import ApiKeyStore
         from greekfire.strategies.wheel.db import WheelDB
         from greekfire.strategies.wheel.state import Transition, WheelState
@@ -298,6 +299,14 @@ class Stack:
                                            str(port), "--poll", "0.5"], env)
         self._wait_port("wheel", port, proc)
         self.targets["greekfire-wheel"] = f"127.0.0.1:{port}"
+        # the paper run itself (its cycles, denials and reconcile repairs are its own metrics)
+        port = free_port()
+        run_env = command_env(GREEKFIRE_HOME=str(self.tmp / "wheel-run"))
+        proc = self._popen("wheel-run", CLI + ["wheel", "run", "--paper", "--duration", "900", "--db",
+                                               f"sqlite:///{self.tmp / 'wheel-run.db'}", "--metrics-port", str(port)],
+                           run_env)
+        self._wait_port("wheel-run", port, proc)
+        self.targets["greekfire-wheel-run"] = f"127.0.0.1:{port}"
 
     def hft(self) -> None:
         """`greekfire hft replay` of a synthetic ITCH file at a slow rate (it runs through the module: ~6 min),

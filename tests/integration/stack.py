@@ -172,29 +172,21 @@ class Stack:
 
     # -- services ---------------------------------------------------------------------------------------
     def gpu(self) -> None:
-        """The GPU manager's app in this process over the fake NVML of the unit tests (two GPUs)."""
-        import uvicorn
-
-        sys.path.insert(0, str(ROOT / "tests" / "unit" / "gpu"))
-        from gpu_fake_nvml import FakeNvml, gpus
-
-        from greekfire.api.gpu import build_app
-        from greekfire.core.settings import load_settings
-        from greekfire.gpu.cloud import CloudInfo
-
-        fake = FakeNvml(gpus(2))
-        app = build_app(load_settings(overrides={"gpu.sample_interval_s": 0.5}), nvml=fake, cloud=CloudInfo())
+        """The GPU manager's app over the fake NVML of the unit tests (two GPUs), in a process of its own (so
+        its /metrics holds only what the GPU manager exports)."""
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-
-        def stop() -> None:
-            server.should_exit = True
-            thread.join(10)
-
-        self._exit.callback(stop)
-        assert poll_until(lambda: server.started, 60, 0.1), "the GPU manager app did not start"
+        code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests' / 'unit' / 'gpu')!r})\n"
+                "import uvicorn\n"
+                "from gpu_fake_nvml import FakeNvml, gpus\n"
+                "from greekfire.api.gpu import build_app\n"
+                "from greekfire.core.settings import load_settings\n"
+                "from greekfire.gpu.cloud import CloudInfo\n"
+                "app = build_app(load_settings(overrides={'gpu.sample_interval_s': 0.5}), nvml=FakeNvml(gpus(2)),"
+                " cloud=CloudInfo())\n"
+                f"uvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning')\n")
+        env = command_env(GREEKFIRE_HOME=str(self.tmp / "gpu"), GREEKFIRE_GPU__DMI_ROOT=str(self.tmp))
+        proc = self._popen("gpu", [sys.executable, "-c", code], env)
+        self._wait_port("gpu", port, proc)
         self.targets["greekfire-gpu"] = f"127.0.0.1:{port}"
 
     def _price_traffic(self) -> None:
@@ -418,7 +410,7 @@ def running_stack(tmp: Path, shared_data: Path, prometheus: str, pushgateway: st
     """Start every service (in parallel), then Prometheus, traffic, and wait until each job was scraped."""
     stack = Stack(tmp, shared_data)
     # imports in one thread first: modules imported by two threads at once can deadlock on import locks
-    for module in ("lightning", "uvicorn", "greekfire.api.gpu", "greekfire.api.auth", "greekfire.ml.tracking",
+    for module in ("lightning", "greekfire.api.auth", "greekfire.ml.tracking",
                    "greekfire.strategies.wheel.db", "greekfire.market.synth", "greekfire.ml.config",
                    "greekfire.ml.data", "greekfire.ml.module", "greekfire.training.registry", "mlflow"):
         importlib.import_module(module)

@@ -93,6 +93,21 @@ def _unwrap(node: Any) -> Any:
     return node
 
 
+def _has_selector(node: Any) -> bool:
+    """Whether the expression reads any series (``4 * 86400`` or ``time()`` read none)."""
+    found = False
+
+    def visit(n: Any) -> bool:
+        nonlocal found
+        if isinstance(n, promql_parser.VectorSelector | promql_parser.MatrixSelector):
+            found = True
+            return False
+        return True
+
+    promql_parser.walk(node, pre_visit=visit)
+    return found
+
+
 def _operands(node: Any) -> list[Any]:
     """The parts of an alert condition whose series must exist (see :func:`data_queries`)."""
     node = _unwrap(node)
@@ -105,9 +120,7 @@ def _operands(node: Any) -> list[Any]:
             return _operands(node.lhs) + _operands(node.rhs)
         if op == "unless":
             return _operands(node.lhs)
-    if isinstance(node, promql_parser.NumberLiteral | promql_parser.StringLiteral):
-        return []
-    return [node]
+    return [node] if _has_selector(node) else []  # a number or time(): nothing to find
 
 
 def data_queries(e: Expression) -> list[str]:
@@ -116,7 +129,7 @@ def data_queries(e: Expression) -> list[str]:
     A dashboard or recording-rule expression is evaluated as it is. An alert rule is a condition that is
     empty while all is well (``x > 0.9``), so its expression is parsed (promql-parser, a real PromQL parser)
     and split at the top: a filtering comparison (``==, !=, >, <, >=, <=`` without ``bool``) is replaced by
-    its non-literal operands, ``a and b`` / ``a or b`` by both sides, ``a unless b`` by ``a``; each part left
+    its operands that read series (not ``4 * 86400``), ``a and b`` / ``a or b`` by both sides, ``a unless b`` by ``a``; each part left
     must return series. Selectors' ``offset`` modifiers are dropped: a Prometheus started for the test holds
     no data from before it started, while the series are the same.
     """

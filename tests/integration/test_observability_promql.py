@@ -33,6 +33,7 @@ import yaml
 from stack import (
     DASHBOARDS,
     ROOT,
+    Expression,
     Stack,
     dashboard_expressions,
     data_queries,
@@ -81,6 +82,18 @@ def test_a_broken_expression_is_caught_by_promtool(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [{"record": "x:y", "expr": "rate(up[1m]"}]}]}))
     check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert check.returncode != 0
+
+
+def test_an_alert_is_taken_apart_at_its_conditions() -> None:
+    def parts(expr: str, alert: bool = True) -> list[str]:
+        return data_queries(Expression("t", expr, alert))
+
+    assert parts("x > 0.9") == ["x{}"]
+    assert parts("time() - t > 4 * 86400") == ["time() - t{}"]  # the threshold reads no series: not evaluated
+    assert parts("a >= b offset 30m and on (run) c == 1 unless d") == ["a{}", "b{}", "c{}"]
+    assert parts("min_over_time(a[30m] offset 30m) > 0") == ["min_over_time(a{}[30m])"]
+    assert parts("a > bool 1") == ["a{} > bool 1"]  # a bool comparison is a value, not a filter
+    assert parts("rate(a[1m]) > 0", alert=False) == ["rate(a{}[1m]) > 0"]  # panels and recording rules as they are
 
 
 @pytest.fixture(scope="module")

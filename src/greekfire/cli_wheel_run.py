@@ -55,6 +55,7 @@ def run(
     time_scale: Annotated[float, typer.Option("--time-scale", help="market seconds per wall second on simulated venues (default: a day in 3 s)")] = 28_800.0,
     fresh: Annotated[bool, typer.Option("--fresh", help="forget the account's positions and history first")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", min=0, max=65535, help="serve Prometheus /metrics on 127.0.0.1:PORT while the run lasts (0: a free port)")] = None,
 ) -> None:
     """Paper-trade the wheel: cycles on the XNYS calendar, expiry and assignment on the engine, every step in
     the position database; run it again to resume."""
@@ -73,6 +74,13 @@ def run(
     from greekfire.strategies.wheel.paper import run_wheel_paper
 
     s = cli.settings()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from greekfire.core.metrics import REGISTRY
+
+        server, _thread = start_http_server(metrics_port, "127.0.0.1", registry=REGISTRY)
+        cli.err_console.print(f"greekfire wheel run: metrics on http://127.0.0.1:{server.server_port}/metrics")
     try:
         cfg = WheelConfig.from_yaml(config) if config is not None else getattr(s, "wheel", None) or WheelConfig(
             symbols={"GFX": 1.0})

@@ -124,6 +124,11 @@ def parse_timestamp(value: str) -> float:
     return t.timestamp() + frac
 
 
+EVENTS = counter("greekfire_fix_session_events", "FIX session events by session: messages sent, received, "
+                 "rejected, garbled, resent, and sequence gaps (ResendRequests sent)", ["session", "event"])
+LOGONS = counter("greekfire_fix_logons", "FIX logons completed, by session", ["session"])
+
+
 class Session:
     """One FIX session's state machine (see the module docstring)."""
 
@@ -140,8 +145,16 @@ class Session:
         self._write: Callable[[bytes], None] | None = None
         self._close: Callable[[], None] | None = None
         self.counters = {"received": 0, "sent": 0, "rejected": 0, "garbled": 0, "resent": 0, "gaps": 0}
-        self._clear_state()
-        SEQUENCE_GAPS.labels(config.session_id)  # the series exists (at 0) from the start
+        sid = config.session_id
+        self._events = {name: EVENTS.labels(sid, name) for name in self.counters}  # every series from the start
+        LOGONS.labels(sid)
+        SEQUENCE_GAPS.labels(sid)  # the series exists (at 0) from the start
+        self._clear_state()  # and greekfire_fix_session_logged_on at 0
+
+    def _count(self, event: str) -> None:
+        """Count one session event in :attr:`counters` and in Prometheus (``greekfire_fix_session_events``)."""
+        self.counters[event] += 1
+        self._events[event].inc()
 
     # -- connection ---------------------------------------------------------------------------------------
     @property
@@ -215,7 +228,7 @@ class Session:
             self.store.save_sent(number, raw if resend else b"")
         if self._write is not None and (mt in _ALWAYS_SENT or self.is_logged_on):
             self.last_sent = now
-            self.counters["sent"] += 1
+            self._count("sent")
             self._write(raw)
         return number
 
@@ -264,7 +277,7 @@ class Session:
         out.append(373, reason)
         if mt not in ("A", "4") and seq and seq.isdigit() and int(seq) == self.next_target_seq:
             self.store.set_next_target_seq(self.next_target_seq + 1)
-        self.counters["rejected"] += 1
+        self._count("rejected")
         log.warning("FIX %s: rejected message %s (%s): %s%s", self.config.session_id, seq, mt, text,
                     f" tag {tag}" if tag is not None else "")
         if not self.received_logon:
@@ -275,7 +288,7 @@ class Session:
     def _business_reject(self, msg: FixMessage, reason: int, text: str) -> None:
         out = FixMessage([(35, "j"), (45, msg.get(34, "") or ""), (58, text), (372, msg.msg_type), (380, str(reason))])
         self.store.set_next_target_seq(self.next_target_seq + 1)
-        self.counters["rejected"] += 1
+        self._count("rejected")
         self._send_raw(out)
 
     # -- receiving ----------------------------------------------------------------------------------------
@@ -284,12 +297,12 @@ class Session:
         try:
             msg = parse(frame)
         except GarbledMessage as e:
-            self.counters["garbled"] += 1
+            self._count("garbled")
             log.warning("FIX %s: ignored %s", self.config.session_id, e)
             if not self.received_logon:
                 self.disconnect("garbled message before logon")
             return
-        self.counters["received"] += 1
+        self._count("received")
         self._next(msg)
 
     def _next(self, msg: FixMessage, queued: bool = False) -> None:
@@ -376,7 +389,7 @@ class Session:
 
     def _target_too_high(self, msg: FixMessage, seq: int) -> None:
         self.queue[seq] = msg
-        self.counters["gaps"] += 1
+        self._count("gaps")
         SEQUENCE_GAPS.labels(self.config.session_id).inc()
         if self.resend_range is not None and seq >= self.resend_range[0]:
             return
@@ -440,8 +453,9 @@ class Session:
             self.store.set_next_target_seq(self.next_target_seq + 1)
             self._next_queued()
         if self.is_logged_on:
-            LOGGED_ON.labels(self.config.session_id).set(1)
             log.info("FIX %s: logged on", self.config.session_id)
+            LOGONS.labels(self.config.session_id).inc()
+            LOGGED_ON.labels(self.config.session_id).set(1.0)
             self.app.on_logon(self)
 
     def _on_heartbeat(self, msg: FixMessage) -> None:
@@ -513,7 +527,7 @@ class Session:
                     gap_from = 0
                 old.set(43, "Y")
                 old.set(122, old.get(52) or "")
-                self.counters["resent"] += 1
+                self._count("resent")
                 self._send_raw(old, seq=seq)
             current = seq + 1
         if gap_from:

@@ -125,6 +125,7 @@ def run_with_oom_backoff(
     if batch_size < 1 or min_batch_size < 1:
         raise GreekfireError(f"run_with_oom_backoff: batch_size={batch_size} and min_batch_size={min_batch_size} must be >= 1")
     dev = device or _device_of(items)
+    _oom_total.labels(device=dev)  # the series exists (at 0) from the first use, so increase() sees the first OOM
     n = len(items)
     size = int(batch_size)
     tried = [size]
@@ -155,6 +156,16 @@ def run_with_oom_backoff(
             continue
         start = stop
     return _concat(parts)
+
+
+def oom_counts() -> dict[str, float]:
+    """``greekfire_oom_total`` of this process by device label (devices :func:`run_with_oom_backoff` ran on)."""
+    out: dict[str, float] = {}
+    for metric in _oom_total.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out[sample.labels["device"]] = sample.value
+    return out
 
 
 def oom_backoff(batch_size: int, *, min_batch_size: int = 1, device: str | None = None) -> Callable[[F], F]:

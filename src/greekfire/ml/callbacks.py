@@ -26,22 +26,20 @@ log = logging.getLogger("greekfire.ml.train")
 
 
 class PrometheusTrainingMetrics(L.Callback):
-    """Sets loss, throughput and GPU memory gauges (label ``run``) every ``every_n_steps`` batches.
+    """Sets loss, throughput and GPU memory gauges (label ``run``) every ``every_n_steps`` batches; with
+    ``push`` (e.g. :func:`greekfire.ml.tracking.push_live_training_metrics` bound to the settings), rank 0
+    also calls ``push(run)`` after such an update at most every ``push_every_s`` seconds, so a pushgateway
+    shows the live run."""
 
-    With ``push`` (called as ``push(loss=..., steps=...)``, e.g. :func:`greekfire.ml.tracking.push_training_progress`
-    bound to the settings and the run) the global-zero process also hands the latest loss and the optimizer
-    steps so far to it at most every ``push_interval_s`` seconds (and at the first logged batch): the trainer
-    serves no /metrics, so this is how a live run reaches Prometheus."""
-
-    def __init__(self, run: str, every_n_steps: int = 10, *, push: Callable[..., Any] | None = None,
-                 push_interval_s: float = 30.0) -> None:
+    def __init__(self, run: str, every_n_steps: int = 10, push: Callable[[str], Any] | None = None,
+                 push_every_s: float = 10.0) -> None:
         self.run = run
         self.every = max(1, every_n_steps)
         self._t0 = time.perf_counter()
         self._rows = 0
         self.push = push
-        self.push_interval_s = push_interval_s
-        self._pushed_at = -math.inf
+        self.push_every_s = push_every_s
+        self._pushed_at: float | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -54,14 +52,14 @@ class PrometheusTrainingMetrics(L.Callback):
             THROUGHPUT.labels(self.run).set(self._rows * trainer.world_size / (now - self._t0))
         self._t0, self._rows = now, 0
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else None
-        if value is not None:
-            TRAIN_LOSS.labels(self.run).set(value)
-        if self.push is not None and trainer.is_global_zero and now - self._pushed_at >= self.push_interval_s:
-            self._pushed_at = now
-            self.push(loss=value, steps=trainer.global_step)
+        if isinstance(loss, torch.Tensor):
+            TRAIN_LOSS.labels(self.run).set(float(loss.detach()))
         if pl_module.device.type == "cuda":
             GPU_MEMORY.labels(self.run).set(torch.cuda.memory_allocated(pl_module.device))
+        if self.push is not None and trainer.is_global_zero and (
+                self._pushed_at is None or now - self._pushed_at >= self.push_every_s):
+            self._pushed_at = now
+            self.push(self.run)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         val = trainer.callback_metrics.get("val_loss")

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 
 from greekfire.core.errors import ConfigError
 from greekfire.core.settings import Settings, env_set
-from greekfire.gpu.memory import peak_allocated_bytes
+from greekfire.gpu.memory import oom_counts, peak_allocated_bytes
 from greekfire.ml.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -175,41 +175,17 @@ def record_success(loggers: list[Any]) -> None:
             lg.experiment.set_tag(lg.run_id, TAG_STATUS, "finished")
 
 
-def push_training_progress(settings: Settings, run: str, *, loss: float | None, steps: int) -> bool:
-    """Push a running run's live figures to the pushgateway (the group :func:`push_training_metrics` replaces
-    when the run ends): ``greekfire_training_run_active`` 1, ``greekfire_training_loss`` (the latest training
-    loss, target units squared) and ``greekfire_training_steps_total`` (optimizer steps so far). The alert
-    rules watch them for a stalled loss, steps that stopped and pushes that stopped. Returns False (and logs
-    why) when the gateway cannot be reached; does nothing (True) when no URL is set."""
-    url = settings.training.pushgateway_url
-    if not url:
-        return True
-    from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
-
-    reg = CollectorRegistry()
-    Gauge("greekfire_training_run_active", "1 while the run trains, 0 once it ended", registry=reg).set(1)
-    if loss is not None and math.isfinite(loss):
-        Gauge("greekfire_training_loss", "latest training loss (target units squared)", registry=reg).set(loss)
-    Counter("greekfire_training_steps", "optimizer steps taken", registry=reg).inc(max(0, steps))
-    try:
-        push_to_gateway(url, job=settings.training.pushgateway_job, registry=reg, grouping_key={"run": run},
-                        timeout=5)
-    except OSError as exc:
-        log.warning("could not push live training metrics to the pushgateway %s: %s", url, exc)
-        return False
-    return True
-
-
 def push_training_metrics(settings: Settings, run: str, *, status: str, seconds: float, steps: int = 0,
                           scores: dict[str, Any] | None = None, error: str | None = None) -> bool:
     """Push a finished (``status`` ok) or failed run's figures to the Prometheus pushgateway at
     ``training.pushgateway_url`` (job ``training.pushgateway_job``, grouping label ``run``). Gauges:
     ``greekfire_training_run_success`` (1/0), ``greekfire_training_run_duration_seconds``,
     ``greekfire_training_run_steps``, ``greekfire_training_run_last_{success,failure}_timestamp_seconds``,
-    ``greekfire_training_run_active`` (0: it replaces the live group of :func:`push_training_progress`),
     ``greekfire_training_run_max_rss_bytes`` (peak resident memory of this process),
-    ``greekfire_training_run_gpu_peak_bytes`` (peak torch CUDA memory), and ``greekfire_training_run_score``
-    (label ``metric``: each test/val score). Returns False (and logs why) when the gateway cannot be
+    ``greekfire_training_run_gpu_peak_bytes`` (peak torch CUDA memory), ``greekfire_training_run_score``
+    (label ``metric``: each test/val score), ``greekfire_training_run_active`` 0 and the run's last
+    ``greekfire_training_loss``, ``greekfire_training_steps_total`` and ``greekfire_oom_total{device}`` where
+    it had them (see :func:`push_live_training_metrics`). Returns False (and logs why) when the gateway cannot be
     reached: a monitoring outage never fails a run. Does nothing (True) when no URL is set."""
     url = settings.training.pushgateway_url
     if not url:
@@ -222,7 +198,6 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
     reg = CollectorRegistry()
     ok = status == "ok"
     Gauge("greekfire_training_run_success", "1 when the run finished, 0 when it failed", registry=reg).set(int(ok))
-    Gauge("greekfire_training_run_active", "1 while the run trains, 0 once it ended", registry=reg).set(0)
     Gauge("greekfire_training_run_duration_seconds", "wall time of the run, seconds", registry=reg).set(seconds)
     Gauge("greekfire_training_run_steps", "optimizer steps taken", registry=reg).set(steps)
     stamp = "greekfire_training_run_last_success_timestamp_seconds" if ok else \
@@ -236,6 +211,9 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
     for k, v in (scores or {}).items():
         if isinstance(v, int | float) and not isinstance(v, bool):
             score.labels(k).set(float(v))
+    # the live figures end with the run: active 0, and the last loss and step count stay readable
+    Gauge("greekfire_training_run_active", "1 while the run trains, 0 once it ended", registry=reg).set(0)
+    _last_live_figures(reg, run)
     if error:
         Gauge("greekfire_training_run_error_info", "the failed run's exception type", ["error"],
               registry=reg).labels(error.split(":", 1)[0][:100]).set(1)
@@ -244,5 +222,50 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
                         timeout=5)
     except OSError as exc:
         log.warning("could not push training metrics to the pushgateway %s: %s", url, exc)
+        return False
+    return True
+
+
+def _last_live_figures(reg: Any, run: str) -> None:
+    """Copy this process's live loss and step count of ``run`` (greekfire.ml.callbacks) and its out-of-memory
+    count by device (``greekfire_oom_total``, greekfire.gpu.memory) into ``reg``."""
+    from prometheus_client import Counter, Gauge
+
+    from greekfire.core.metrics import sample_value
+
+    loss = sample_value("greekfire_training_loss", {"run": run})
+    if loss is not None:
+        Gauge("greekfire_training_loss", "latest training loss (target units squared)", registry=reg).set(loss)
+    steps = sample_value("greekfire_training_steps_total", {"run": run})
+    if steps is not None:
+        Counter("greekfire_training_steps", "optimizer steps taken", registry=reg).inc(steps)
+    ooms = oom_counts()
+    if ooms:
+        oom = Counter("greekfire_oom", "out-of-memory errors recovered from or raised, by device", ["device"],
+                      registry=reg)
+        for device, n in ooms.items():
+            oom.labels(device).inc(n)
+
+
+def push_live_training_metrics(settings: Settings, run: str) -> bool:
+    """Push a running run's live figures to the pushgateway (the group of :func:`push_training_metrics`:
+    job ``training.pushgateway_job``, label ``run``): ``greekfire_training_run_active`` 1, the latest
+    ``greekfire_training_loss`` and ``greekfire_training_steps_total`` (from this process's registry, which
+    :class:`greekfire.ml.callbacks.PrometheusTrainingMetrics` keeps) and ``greekfire_oom_total{device}``. The
+    run's end push replaces them.
+    Returns False (logged) when the gateway cannot be reached; True without a URL (nothing to do)."""
+    url = settings.training.pushgateway_url
+    if not url:
+        return True
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    reg = CollectorRegistry()
+    Gauge("greekfire_training_run_active", "1 while the run trains, 0 once it ended", registry=reg).set(1)
+    _last_live_figures(reg, run)
+    try:
+        push_to_gateway(url, job=settings.training.pushgateway_job, registry=reg, grouping_key={"run": run},
+                        timeout=5)
+    except OSError as exc:
+        log.warning("could not push live training metrics to the pushgateway %s: %s", url, exc)
         return False
     return True

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,8 @@ from greekfire.ml.tracking import (
     log_run_context,
     make_loggers,
     mlflow_run_id,
+    push_live_training_metrics,
     push_training_metrics,
-    push_training_progress,
     record_failure,
     record_success,
 )
@@ -282,9 +283,8 @@ def _train(
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
                               every_n_train_steps=cfg.trainer.checkpoint_every_n_steps or None)
     cbs: list[Any] = [best_cb, last_cb, RngState(),
-                      PrometheusTrainingMetrics(f"{cfg.name}-{version}", cfg.trainer.log_every_n_steps, push=(
-                          functools.partial(push_training_progress, settings, f"{cfg.name}-{version}")
-                          if settings.training.pushgateway_url else None)),
+                      PrometheusTrainingMetrics(f"{cfg.name}-{version}", cfg.trainer.log_every_n_steps,
+                                                push=partial(push_live_training_metrics, settings)),
                       TrainingProgress(tc.enable_progress_bar, interval_s=tc.progress_interval_s)]
     if cfg.trainer.early_stopping_patience:
         cbs.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.trainer.early_stopping_patience))

@@ -263,3 +263,32 @@ def test_frames_take_complete_messages_and_leave_the_rest() -> None:
     buf = bytearray(b"noise" + raw + raw[:20])
     assert list(frames(buf)) == [raw]
     assert bytes(buf) == raw[:20]
+
+
+def test_session_events_logons_and_state_reach_prometheus() -> None:
+    """The session's counters, logons and logged-on state are Prometheus series of the session id (one
+    process holds many sessions of that id in this module: deltas, not absolute values)."""
+    from greekfire.core.metrics import sample_value
+
+    clock = Clock()
+    a, b, _, _, wire = pair(clock)
+    sid = b.config.session_id
+
+    def value(name: str, **labels: str) -> float:
+        v = sample_value(name, {"session": sid, **labels})
+        assert v is not None, (name, labels)
+        return v
+
+    before = {e: value("greekfire_fix_session_events_total", event=e) for e in ("received", "gaps", "garbled")}
+    logons = value("greekfire_fix_logons_total")
+    assert value("greekfire_fix_session_logged_on") == 1.0
+    wire.drop_to_b = {3}
+    for i in range(3):
+        a.send(order(f"m{i}"))
+    assert value("greekfire_fix_session_events_total", event="gaps") > before["gaps"]
+    assert value("greekfire_fix_session_events_total", event="received") >= before["received"] + 3
+    assert value("greekfire_fix_session_events_total", event="garbled") == before["garbled"]  # present, unchanged
+    wire.close()
+    assert value("greekfire_fix_session_logged_on") == 0.0
+    wire.connect()
+    assert value("greekfire_fix_session_logged_on") == 1.0 and value("greekfire_fix_logons_total") == logons + 1

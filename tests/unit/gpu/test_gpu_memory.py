@@ -97,3 +97,14 @@ def test_memory_policy_only_installed_frameworks(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
     done = apply_memory_policy(GpuSettings(expandable_segments=False))
     assert env_get("PYTORCH_CUDA_ALLOC_CONF") is None and done["torch"] == "defaults"
+
+
+def test_the_oom_series_exists_from_the_first_use_and_is_counted_by_device() -> None:
+    from greekfire.gpu.memory import oom_counts
+
+    label = {"device": "cpu:series-test"}
+    assert sample_value("greekfire_oom_total", label) is None
+    out = run_with_oom_backoff(lambda b: [v * 2 for v in b], [1, 2, 3], batch_size=2, device=label["device"])
+    assert out == [2, 4, 6]
+    assert sample_value("greekfire_oom_total", label) == 0.0  # no OOM, but the series is there for increase()
+    assert oom_counts()[label["device"]] == 0.0

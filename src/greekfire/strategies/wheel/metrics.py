@@ -81,6 +81,18 @@ def record_reconcile(mismatches: Iterable[str], symbol: str | None = None) -> No
         RECONCILE.labels(symbol or (str(m).split(maxsplit=1) or ["?"])[0].rstrip(":")).inc()
 
 
+def start_run(symbols: Iterable[str]) -> None:
+    """A paper run starts: its counters' series exist from now at 0 (denials for every risk reason code,
+    reconcile mismatches for every traded symbol), so ``increase()`` sees their first event."""
+    from greekfire.trading.denials import Reason
+
+    for reason in Reason:
+        DENIALS.labels(str(reason))
+    for symbol in symbols:
+        RECONCILE.labels(str(symbol))
+    CYCLES.inc(0)
+
+
 def record_cycle(now_ns: int) -> None:
     """Count one daily cycle run at ``now_ns`` (ns since the epoch)."""
     CYCLES.inc()

@@ -40,6 +40,7 @@ from greekfire.core.db import resolve_url
 from greekfire.core.errors import ConfigError, DataError
 from greekfire.core.settings import Settings
 from greekfire.strategies.paper import StatusHook, _run_with_status, engine_on_venues, wind_down
+from greekfire.strategies.wheel import metrics as wheel_metrics
 from greekfire.strategies.wheel.calendar import Sessions
 from greekfire.strategies.wheel.config import WheelConfig, target_dte
 from greekfire.strategies.wheel.db import DEFAULT_URL, SqlJournal, WheelDB
@@ -193,6 +194,8 @@ class WheelRunner:
         inst = self.engine.instruments.get(o.instrument_id)
         msg = f"order {ev.client_id} ({inst.symbol if inst else o.instrument_id}) {str(ev.new).lower()}: {o.reason or '?'}"
         self.rejections.append(msg)
+        if str(ev.new).lower() == "denied":
+            wheel_metrics.record_denial(str(o.reason or ""))  # a risk reason code
         if self._in_cycle:
             self._retry_after_cycle = msg  # the cycle under way schedules the retry when it ends
         elif self.next_cycle > ev.ts_ns + self._retry_ns:  # a venue's late reject: retry unless one comes sooner
@@ -236,6 +239,7 @@ class WheelRunner:
         if repaired:
             log.warning("wheel: reconcile repaired %s", repaired)
             self.repairs.extend(repaired)
+            wheel_metrics.record_reconcile(repaired)
         self._in_cycle, self._retry_after_cycle = True, None
         try:
             self.strategy.cycle(now_ns)
@@ -247,6 +251,7 @@ class WheelRunner:
         finally:
             self._in_cycle = False
         self.cycles += 1
+        wheel_metrics.record_cycle(now_ns)
         self.engine.end_batch()
         if self._retry_after_cycle is not None:
             self._retry(now_ns, self._retry_after_cycle)
@@ -405,8 +410,10 @@ def run_wheel_paper(
     now = engine.clock_ns()
     start = start if start is not None else now
     start_diffs = runner.check_db(now)  # what the last run had not copied (a kill between snapshot and copy)
+    wheel_metrics.start_run(config.symbols)
     repaired = strategy.reconcile()
     runner.repairs.extend(repaired)
+    wheel_metrics.record_reconcile(repaired)
     if repaired:
         log.warning("wheel: reconcile at start repaired %s", repaired)
     runner.schedule(now)

@@ -96,3 +96,11 @@ def test_bad_numbers_in_rows_are_skipped_not_exported() -> None:
     m.set_book([{"symbol": "MTG", "right": "P", "qty": "n/a"}], [], [{"date": "x", "equity": float("nan")}],
                {"realized_pnl": float("inf")})
     assert sample_value("greekfire_wheel_positions", {"symbol": "MTG", "right": "put"}) == 0.0
+
+
+def test_a_run_start_creates_its_counters_series_at_zero() -> None:
+    assert sample_value("greekfire_wheel_reconcile_mismatches_total", {"symbol": "STARTSYM"}) is None
+    m.start_run(["STARTSYM"])
+    assert sample_value("greekfire_wheel_reconcile_mismatches_total", {"symbol": "STARTSYM"}) == 0.0
+    assert sample_value("greekfire_wheel_denials_total", {"reason": "VAR_LIMIT"}) is not None
+    assert sample_value("greekfire_wheel_cycles_total") is not None

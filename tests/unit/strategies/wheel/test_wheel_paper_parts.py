@@ -135,7 +135,12 @@ def test_a_denied_order_is_logged_with_its_reason_and_retried(runner: tuple[Whee
     clock.advance(now - clock.now_ns())
     r.schedule(r.cycle_close + 1)  # today's cycle has run: the next one is tomorrow's
     put = next(i for i in r.engine.instruments.values() if i.is_option)
+    from greekfire.core.metrics import sample_value
+
+    before = sample_value("greekfire_wheel_denials_total", {"reason": "MAX_QTY"}) or 0.0
     (o,) = r.strategy.ctx.submit(put.instrument_id, Side.SELL, 1_000_000, 100)
     assert o.status == OrderStatus.DENIED
+    # counted under its risk reason code (greekfire_wheel_denials_total{reason})
+    assert o.reason == "MAX_QTY" and sample_value("greekfire_wheel_denials_total", {"reason": "MAX_QTY"}) == before + 1
     assert r.rejections and f"({put.symbol}) denied: {o.reason}" in r.rejections[-1]
     assert r.next_cycle == now + 600 * NS

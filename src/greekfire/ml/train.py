@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time

@@ -41,7 +41,7 @@ def expand_sweeps(overrides: Sequence[str]) -> list[list[str]]:
                 raise ConfigError(o.key_or_group, o.input_line, "a sweep with at least one value")
             axes.append([f"{key}={v}" for v in values])
         else:
-            axes.append([o.input_line])
+            axes.append([o.input_line or f"{key}={o.get_value_element_as_str()}"])
     return [list(combo) for combo in itertools.product(*axes)]
 
 

@@ -145,6 +145,7 @@ class TradingEngine:
         """Attach a strategy: it gets its context, and its hooks are subscribed on the bus under its name."""
         attach(self, strategy)
         self.strategies.append(strategy)
+        STRATEGY_ERRORS.labels(strategy.name)  # the series exists (at 0) before the first error
 
     def _call(self, strategy: Strategy, hook: str) -> None:
         self._isolated(f"strategy:{strategy.name}", getattr(strategy, hook))

@@ -12,6 +12,7 @@ torchrun elastic agent, they meet at a c10d rendezvous on loopback, and their wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,12 +35,22 @@ COMMON = ["tracking.mlflow=false", "tracking.tensorboard=false", "trainer.accele
 
 def _env(runs: Path) -> dict[str, str]:
     return command_env(OMP_NUM_THREADS="1", GREEKFIRE_TRAINING__RUNS_DIR=str(runs),
-                       GREEKFIRE_TRAINING__TORCH_THREADS="1", GREEKFIRE_LOGGING__LEVEL="WARNING")
+                       GREEKFIRE_TRAINING__TORCH_THREADS="1", GREEKFIRE_LOGGING__LEVEL="WARNING",
+                       # a restarted group whose gloo mesh does not connect fails in 60 s and torchrun restarts
+                       # it again (--max-restarts 2), instead of hanging the default 300 s
+                       GREEKFIRE_TRAINING__DIST_TIMEOUT_S="60")
 
 
 def _node(args: list[str], runs: Path, log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "greekfire.cli", "train", "run", "--json", *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(runs), stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    # its own session: a test that gives up kills the agent and the workers it started (no orphans)
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(runs), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _kill_tree(p: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGKILL)
 
 
 def _finish(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout_s: float = 300) -> dict[str, Any]:
@@ -49,7 +60,7 @@ def _finish(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout_s: f
             p.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             for q in procs:
-                q.kill()
+                _kill_tree(q)
             raise AssertionError("nodes did not finish: " + " | ".join(x.read_text()[-1500:] for x in logs)) from None
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log.read_text()[-3000:]
@@ -146,7 +157,7 @@ def test_killed_worker_restarts_and_resumes_to_the_same_weights(tmp_path: Path) 
         os.kill(workers[0], signal.SIGKILL)
     except BaseException:
         for p in procs:
-            p.kill()
+            _kill_tree(p)
         raise
     result = _finish(procs, logs)
     # the killed worker's agent saw it die; the group came back and resumed from the shared checkpoint (the

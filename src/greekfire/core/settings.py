@@ -256,6 +256,8 @@ class TrainingSettings(Section):
     wandb_enabled: bool = Field(False, description="also log to Weights & Biases (needs the wandb package)")
     wandb_mode: Literal["offline", "online"] = Field("offline", description="W&B mode; offline needs no network")
     torch_threads: int = Field(0, ge=0, le=1024, description="CPU threads for torch (0: torch's default)")
+    dist_timeout_s: float = Field(300.0, gt=0, description="seconds a distributed worker waits for the others "
+                                  "(joining the group, a collective); past it the worker fails and torchrun restarts the group")
     serve_max_batch_rows: int = Field(4096, ge=1, description="inference micro-batch: most rows per forward")
     serve_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="inference micro-batch: gather window, ms")
     serve_compile: Literal["none", "script", "compile"] = Field(

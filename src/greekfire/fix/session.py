@@ -37,9 +37,8 @@ from greekfire.fix.store import SessionStore
 log = logging.getLogger("greekfire.fix")
 
 LOGGED_ON = gauge("greekfire_fix_session_logged_on", "1 while the FIX session is logged on, 0 otherwise", ["session"])
-SEQUENCE_GAPS = counter(
-    "greekfire_fix_sequence_gaps", "messages received with MsgSeqNum above the expected one (a gap)", ["session"]
-)
+SEQUENCE_GAPS = counter("greekfire_fix_sequence_gaps", "messages received with MsgSeqNum above the expected "
+                        "one (a gap)", ["session"])
 
 ADMIN_TYPES = frozenset("012345A")
 _ALWAYS_SENT = frozenset("A524")  # sent even before the logon completes

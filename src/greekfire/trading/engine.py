@@ -359,8 +359,7 @@ class TradingEngine:
     # ---------------------------------------------------------------- loop
     def start(self) -> None:
         """Start: every strategy's ``on_start``."""
-        self.running = True
-        self.entry.accepting = True
+        self.running = self.entry.accepting = True
         for s in self.strategies:
             self._call(s, "on_start")
 
@@ -368,8 +367,7 @@ class TradingEngine:
         """Stop: every strategy's ``on_stop``, exact risk figures, a last snapshot."""
         for s in self.strategies:
             self._call(s, "on_stop")
-        self.running = False
-        self.entry.accepting = False  # winding down: a strategy's reactions to the last events send nothing
+        self.running = self.entry.accepting = False  # winding down: strategies' new orders are denied STOPPED
         self.risk.refresh()  # exact figures for the final summary
         self.risk.compute_mc_var()
         self.snapshot()

@@ -1,15 +1,14 @@
 """Risk engine: pre-trade checks with reason codes, continuous checks, trading state and the kill switch.
 
 Pre-trade (:meth:`RiskEngine.check`, on every submit and amend) runs cheapest first and stops at the first
-denial. Greek, position and VaR checks look at the portfolio *as it would be after the order fully
-fills*, and deny only an order that makes a breached measure worse (a reducing order always passes them).
+denial. Greek, position and VaR checks look at the portfolio *as it would be after the order fully fills*, and
+deny only an order that makes a breached measure worse (a reducing order always passes them).
 
-Greeks come from the portfolio's per-unit cache (refreshed at each quote-batch end, never priced per
-order). VaR comes from :class:`~greekfire.trading.var.VarModel`: pre-trade, its bound of the VaR after the
-order decides, and only when that bound is above ``VAR_EXACT_ZONE`` of the limit is the VaR after the order
-computed exactly before deciding. Monte Carlo VaR runs in the continuous check and denies risk-increasing
-orders while it is over the limit. Reason codes and the Denial / Breach records are in
-:mod:`greekfire.trading.denials`.
+Greeks come from the portfolio's per-unit cache (refreshed at each quote-batch end, never priced per order).
+VaR comes from :class:`~greekfire.trading.var.VarModel`: pre-trade, its bound of the VaR after the order
+decides, and only when that bound is above ``VAR_EXACT_ZONE`` of the limit is the VaR after the order computed
+exactly before deciding. Monte Carlo VaR runs in the continuous check and denies risk-increasing orders while
+it is over the limit. Reason codes and the Denial / Breach records are in :mod:`greekfire.trading.denials`.
 """
 
 from __future__ import annotations
@@ -87,8 +86,7 @@ class RiskEngine:
         self._rate: dict[str, _RateWindow] = {}
         self.var_model = VarModel(portfolio, self.limits)
         self._margin_used = 0.0
-        STATE_GAUGE.set(0)
-        KILL_SWITCH.set(0)
+        self.set_state(TradingState.ACTIVE, "start")  # the state and kill-switch gauges start at 0
 
     # ---------------------------------------------------------------- limits and state
     def set_limits(self, **changes: Any) -> None:
@@ -111,13 +109,13 @@ class RiskEngine:
             log.warning("trading state %s -> %s (%s)", self.state.value, state.value, reason)
         self.state = state
         STATE_GAUGE.set({TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}[state])
+        KILL_SWITCH.set(int(self.killed))
 
     def kill(self, reason: str = "manual") -> None:
         """Trip the kill switch: HALTED, every open order is canceled (by ``on_kill``), new ones blocked."""
         first = not self.killed
         self.killed = True
         self.kill_reason = reason
-        KILL_SWITCH.set(1)
         self.set_state(TradingState.HALTED, reason)
         if first:
             log.error("kill switch tripped: %s", reason, extra={"reason": reason})
@@ -128,7 +126,6 @@ class RiskEngine:
         """Clear the kill switch and return to ACTIVE."""
         self.killed = False
         self.kill_reason = ""
-        KILL_SWITCH.set(0)
         self.set_state(TradingState.ACTIVE, "kill switch reset")
 
     # ---------------------------------------------------------------- pre-trade

@@ -281,7 +281,7 @@ def train_worker(spec: WorkerSpec, settings: Settings) -> dict[str, Any]:
     from greekfire.ml.train import train_pricing, with_data
     from greekfire.training.elastic import SharedCheckpointIO, SharedCheckpoints
 
-    info = init_distributed(spec.backend)
+    info = init_distributed(spec.backend, timeout_s=settings.training.dist_timeout_s)
     cfg = compose_experiment(spec.preset, spec.overrides, config_file=spec.config_file, settings=settings)
     if spec.data_path is not None:
         cfg = with_data(cfg, spec.data_path, settings)

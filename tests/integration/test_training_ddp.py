@@ -38,7 +38,10 @@ def _env(runs: Path) -> dict[str, str]:
                        GREEKFIRE_TRAINING__TORCH_THREADS="1", GREEKFIRE_LOGGING__LEVEL="WARNING",
                        # a restarted group whose gloo mesh does not connect fails in 60 s and torchrun restarts
                        # it again (--max-restarts 2), instead of hanging the default 300 s
-                       GREEKFIRE_TRAINING__DIST_TIMEOUT_S="60")
+                       GREEKFIRE_TRAINING__DIST_TIMEOUT_S="60",
+                       # both "nodes" are on loopback: gloo binds there instead of the address the host name
+                       # resolves to (the default, which a restarted group may fail to reach)
+                       GLOO_SOCKET_IFNAME="lo")
 
 
 def _node(args: list[str], runs: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -142,7 +145,9 @@ def test_killed_worker_restarts_and_resumes_to_the_same_weights(tmp_path: Path) 
     base = ["data.n_samples=1000", f"trainer.max_steps={steps}", "trainer.max_epochs=100", "data.batch_size=16",
             f"trainer.checkpoint_every_n_steps={every}", "name=elastic"]
     shared = tmp_path / "shared"
-    elastic = ["--nnodes", "1:2", "--max-restarts", "2", "--checkpoint-url", str(shared)]
+    # 2:2: the restarted group must have both nodes again (a 1-node round would train a different world
+    # size and could never give the uninterrupted run's weights)
+    elastic = ["--nnodes", "2:2", "--max-restarts", "2", "--checkpoint-url", str(shared)]
 
     ref_procs, ref_logs = _two_nodes(tmp_path, "ref", base, [*elastic, "--job-id", "reference"], tmp_path / "ref")
     reference = _finish(ref_procs, ref_logs)

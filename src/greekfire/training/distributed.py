@@ -31,9 +31,11 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import socket
 import sys
 import tempfile
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -323,7 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rank = env_get("RANK") or "0"
         line = " ".join(f"rank {rank}: {type(exc).__name__}: {exc}".split())
         Path(spec.result_file).with_name(f"error-rank{rank}.txt").write_text(line[:2000])
-        raise
+        traceback.print_exc()
+        logging.shutdown()
+        # exit now: a thread or a half-torn-down process group left behind must not keep the failed worker
+        # alive, since torchrun restarts the group only once every worker has exited
+        os._exit(1)
     return 0
 
 

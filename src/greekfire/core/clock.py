@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 
@@ -40,3 +42,14 @@ class ManualClock:
             raise ValueError(f"ManualClock.advance: ns={ns} must be >= 0")
         self._now += int(ns)
         return self._now
+
+
+def stop_when(stop: threading.Event | float | None) -> Callable[[], bool]:
+    """A predicate that turns True once ``stop`` says so: an Event that gets set, a duration in seconds from
+    now (wall monotonic clock), or never (None: the caller runs until interrupted)."""
+    if isinstance(stop, threading.Event):
+        return stop.is_set
+    if stop is None:
+        return lambda: False
+    t_end = time.monotonic() + float(stop)
+    return lambda: time.monotonic() >= t_end

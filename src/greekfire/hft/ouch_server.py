@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from greekfire.core.clock import stop_when
 from greekfire.core.errors import DataError
 from greekfire.hft.ouch import (
     BAD_MESSAGES,
@@ -171,11 +172,9 @@ class OuchServer:
         log.info("OUCH exchange %s listening on %s:%d", self.session, self.host, port)
         if on_listening is not None:
             on_listening(port)
-        t_end = time.monotonic() + stop if isinstance(stop, int | float) else None
+        done = stop_when(stop)
         try:
-            while not (isinstance(stop, threading.Event) and stop.is_set()):
-                if t_end is not None and time.monotonic() >= t_end:
-                    break
+            while not done():
                 time.sleep(0.05)
         except KeyboardInterrupt:
             pass

@@ -192,7 +192,7 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
     import resource
     import time
 
-    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+    from prometheus_client import CollectorRegistry, Gauge
 
     reg = CollectorRegistry()
     ok = status == "ok"
@@ -216,11 +216,19 @@ def push_training_metrics(settings: Settings, run: str, *, status: str, seconds:
     if error:
         Gauge("greekfire_training_run_error_info", "the failed run's exception type", ["error"],
               registry=reg).labels(error.split(":", 1)[0][:100]).set(1)
+    return _push(settings, url, reg, run, "training metrics")
+
+
+def _push(settings: Settings, url: str, reg: Any, run: str, what: str) -> bool:
+    """Push ``reg`` as the group of ``run`` (job ``training.pushgateway_job``); False (logged) when the gateway
+    cannot be reached: a monitoring outage never fails a run."""
+    from prometheus_client import push_to_gateway
+
     try:
         push_to_gateway(url, job=settings.training.pushgateway_job, registry=reg, grouping_key={"run": run},
                         timeout=5)
     except OSError as exc:
-        log.warning("could not push training metrics to the pushgateway %s: %s", url, exc)
+        log.warning("could not push %s to the pushgateway %s: %s", what, url, exc)
         return False
     return True
 
@@ -256,15 +264,9 @@ def push_live_training_metrics(settings: Settings, run: str) -> bool:
     url = settings.training.pushgateway_url
     if not url:
         return True
-    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+    from prometheus_client import CollectorRegistry, Gauge
 
     reg = CollectorRegistry()
     Gauge("greekfire_training_run_active", "1 while the run trains, 0 once it ended", registry=reg).set(1)
     _last_live_figures(reg, run)
-    try:
-        push_to_gateway(url, job=settings.training.pushgateway_job, registry=reg, grouping_key={"run": run},
-                        timeout=5)
-    except OSError as exc:
-        log.warning("could not push live training metrics to the pushgateway %s: %s", url, exc)
-        return False
-    return True
+    return _push(settings, url, reg, run, "live training metrics")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from greekfire.core.clock import stop_when
 from greekfire.core.settings import Settings
 from greekfire.fix.message import FixMessage
 from greekfire.fix.session import Application, Session, UnsupportedMessageType, utc_timestamp
@@ -195,11 +196,9 @@ class FixExchange:
             )
             if on_listening is not None:
                 on_listening(port)
-            t_end = time.monotonic() + stop if isinstance(stop, int | float) else None
+            done = stop_when(stop)
             try:
-                while not (isinstance(stop, threading.Event) and stop.is_set()):
-                    if t_end is not None and time.monotonic() >= t_end:
-                        break
+                while not done():
                     await asyncio.sleep(0.05)
             finally:
                 await self.stop()

@@ -37,8 +37,6 @@ from greekfire.fix.store import SessionStore
 log = logging.getLogger("greekfire.fix")
 
 LOGGED_ON = gauge("greekfire_fix_session_logged_on", "1 while the FIX session is logged on, 0 otherwise", ["session"])
-SEQUENCE_GAPS = counter("greekfire_fix_sequence_gaps", "messages received with MsgSeqNum above the expected "
-                        "one (a gap)", ["session"])
 
 ADMIN_TYPES = frozenset("012345A")
 _ALWAYS_SENT = frozenset("A524")  # sent even before the logon completes
@@ -147,7 +145,6 @@ class Session:
         sid = config.session_id
         self._events = {name: EVENTS.labels(sid, name) for name in self.counters}  # every series from the start
         LOGONS.labels(sid)
-        SEQUENCE_GAPS.labels(sid)  # the series exists (at 0) from the start
         self._clear_state()  # and greekfire_fix_session_logged_on at 0
 
     def _count(self, event: str) -> None:
@@ -389,7 +386,6 @@ class Session:
     def _target_too_high(self, msg: FixMessage, seq: int) -> None:
         self.queue[seq] = msg
         self._count("gaps")
-        SEQUENCE_GAPS.labels(self.config.session_id).inc()
         if self.resend_range is not None and seq >= self.resend_range[0]:
             return
         begin = self.next_target_seq

@@ -37,7 +37,11 @@ _PENDING = (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE)
 
 class ExecutionHandler:
     """Applies venue events. ``sent_ns`` and ``posted`` are order entry's (send times, ids sent to rest);
-    ``cancel(client_id)`` sends a cancel; ``malformed(topic, exc)`` counts a bad event."""
+    ``cancel(client_id)`` sends a cancel; ``malformed(topic, exc)`` counts a bad event.
+
+    ``latency_scale``: engine-clock seconds per wall-clock second (1 on the wall clock or a replay's own
+    clock; a paper run on a market clock that runs N times faster sets N), so the venue latencies the
+    router keeps and exports stay in wall-clock microseconds."""
 
     def __init__(
         self, *, oms: OMS, portfolio: Portfolio, router: SmartOrderRouter, bus: MessageBus,
@@ -46,6 +50,7 @@ class ExecutionHandler:
     ) -> None:
         self.oms, self.portfolio, self.router, self.bus, self.clock_ns = oms, portfolio, router, bus, clock_ns
         self.sent_ns, self.posted, self.cancel, self.malformed = sent_ns, posted, cancel, malformed
+        self.latency_scale = 1.0
         self._cancel_on_ack: set[str] = set()
         self._acked_while_canceling: set[str] = set()
         self.new_fills: list[dict[str, Any]] = []  # fills since the last snapshot
@@ -84,7 +89,7 @@ class ExecutionHandler:
             self._acked_while_canceling.add(order.client_id)
         sent = self.sent_ns.get(order.client_id)
         if sent:
-            self.router.venues[ev.venue].record_ack((self.clock_ns() - sent) / 1000.0)
+            self.router.venues[ev.venue].record_ack((self.clock_ns() - sent) / 1000.0 / self.latency_scale)
         if order.client_id in self._cancel_on_ack:
             self._cancel_on_ack.discard(order.client_id)
             self.cancel(order.client_id)
@@ -147,7 +152,7 @@ class ExecutionHandler:
         FILLS.labels(ev.venue, ev.liquidity or "?").inc()
         sent = self.sent_ns.get(order.client_id)
         if sent:
-            self.router.venues[ev.venue].record_fill_latency((self.clock_ns() - sent) / 1000.0)
+            self.router.venues[ev.venue].record_fill_latency((self.clock_ns() - sent) / 1000.0 / self.latency_scale)
         self.bus.publish("fills", fill)
         if order.strategy_id:
             self.bus.publish(f"fills.{order.strategy_id}", fill)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from greekfire.core.errors import ConfigError, GreekfireError, UnavailableError
-from greekfire.core.settings import Settings, env_get, load_settings
+from greekfire.core.settings import Settings, env_get, env_set, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,11 @@ def launch(
     job_id = options.job_id or default_job_id(cfg.name, [*overrides, str(config_file), str(data_path)])
     checkpoint_url = options.checkpoint_url or str(Path(settings.training.runs_dir).absolute() / "elastic")
     rdzv = options.rdzv or f"127.0.0.1:{_free_port()}"
+    # every rendezvous round gets a fresh store for the workers: torch's default shares one agent-hosted
+    # store across rounds with no per-round prefix, so a restarted worker can read the process-group
+    # addresses its dead predecessors left there and wait forever on a peer that is gone (torch issue
+    # 135712). With sharing off, the rank-0 worker hosts a new store at a port chosen for that round.
+    env_set("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1", overwrite=False)
     with tempfile.TemporaryDirectory(prefix="greekfire-train-") as tmp:
         spec = WorkerSpec(preset=preset, overrides=list(overrides), backend=backend, job_id=job_id,
                           checkpoint_url=checkpoint_url, result_file=str(Path(tmp) / "result.json"),

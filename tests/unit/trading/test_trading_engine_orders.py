@@ -204,3 +204,18 @@ def test_a_mass_quote_over_two_venues_sends_both_before_booking_and_stops_at_a_v
     assert a.status == OrderStatus.PENDING_REPLACE and b.status == OrderStatus.ACCEPTED  # A took it, B did not
     step(eng, clock)
     assert (a.price_ticks, b.price_ticks) == (245, 244)
+
+
+def test_venue_latency_is_kept_in_wall_clock_microseconds_on_a_faster_market_clock() -> None:
+    """A paper run on a market clock N times faster than the wall clock sets ``latency_scale`` N: the same
+    ack, seen after the same engine-clock time, is recorded N times shorter (what the router routes on and
+    ``greekfire_trading_venue_latency_us`` shows)."""
+    acks = []
+    for scale in (1.0, 1000.0):
+        eng, _, clock = setup()
+        eng.executions.latency_scale = scale
+        eng.submit(eng.new_order(2, Side.BUY, 1, 240, post_only=True))
+        step(eng, clock)
+        acks.append(eng.router.venues["A"].ack_ewma_us)
+    assert acks[0] >= 200.0  # 100 us each way on the venue, seen at the next 1 ms poll
+    assert acks[1] == pytest.approx(acks[0] / 1000.0)

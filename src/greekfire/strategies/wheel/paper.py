@@ -404,6 +404,7 @@ def run_wheel_paper(
     engine, fix_venue = engine_on_venues(tsettings, [strategy], store, venues, engine_id=f"wheel-{account}",
                                          instruments=instruments, market=market, clock_ns=clock_ns)
     engine.expiry.rules = dataclasses.replace(engine.expiry.rules, early=True)  # equity options are American
+    engine.executions.latency_scale = scale  # venue latencies in wall-clock microseconds, not market time
     if market is not None:
         engine.instrument_stats.update(model_open_interest(instruments or (), market.spot))
     runner = WheelRunner(engine, strategy, db, journal, sessions, run_id, symbols=config.symbols, cycle_offset_s=1800.0)

@@ -296,6 +296,47 @@ def test_two_clients_get_only_their_own_reports(tmp_path: Path, shared_data: Pat
         thread.stop()
 
 
+def test_two_clients_trade_with_each_other_and_never_with_themselves(tmp_path: Path, shared_data: Path) -> None:
+    """Each client session is its own owner on the exchange's books: one client's order fills against
+    another's, while an order that would cross the same client's own resting order is refused by self-trade
+    prevention (no background flow, so the only counterparties are the two clients and the seeded quotes)."""
+    settings = make_settings(tmp_path, shared_data, **{"fix.clients": ["GREEKFIRE", "DESK2"],
+                                                        "trading.background_rate_hz": 0.0})
+    insts = default_instruments()
+    thread = FixThread("test-exchange")
+    ex = FixExchange(settings, insts)
+    port = thread.run(ex.start())
+    a = FixVenue(settings, insts, port=port)
+    b = FixVenue(make_settings(tmp_path, shared_data, **{"fix.sender_comp_id": "DESK2"}), insts, port=port)
+    try:
+        a.start(timeout_s=10)
+        b.start(timeout_s=10)
+        ca, cb = Collector(a), Collector(b)
+        ca.wait(lambda: ex.sessions_logged_on == 2)
+        bid, ask = best(ex, thread, 1)
+        assert ask - bid >= 2  # room inside the spread for A's bid
+        px = bid + 1  # A's bid becomes the best one
+        a.submit(Order("a.1", 1, Side.BUY, 3, px), time.time_ns())
+        ca.wait(lambda: bool(ca.of("a.1", K.ACCEPTED)))
+        b.submit(Order("b.1", 1, Side.SELL, 2, px, OrderType.LIMIT, TimeInForce.IOC), time.time_ns())
+        cb.wait(lambda: sum(e.qty for e in cb.of("b.1", K.FILL)) == 2)
+        ca.wait(lambda: sum(e.qty for e in ca.of("a.1", K.FILL)) == 2)
+        (taker,), (maker,) = cb.of("b.1", K.FILL), ca.of("a.1", K.FILL)
+        assert (taker.liquidity, maker.liquidity) == ("T", "M")
+        assert taker.price_ticks == maker.price_ticks == px
+        assert (taker.side, maker.side) == (int(Side.SELL), int(Side.BUY))
+        # A selling into its own bid: refused, and its bid keeps the 1 left
+        a.submit(Order("a.2", 1, Side.SELL, 1, px, OrderType.LIMIT, TimeInForce.IOC), time.time_ns())
+        ca.wait(lambda: bool(ca.of("a.2", K.CANCELED) or ca.of("a.2", K.REJECTED)))
+        assert not ca.of("a.2", K.FILL)
+        assert thread.call_wait(lambda: ex.venue.books[1].best_bid()) == (px, 1)
+    finally:
+        a.stop()
+        b.stop()
+        thread.run(ex.stop())
+        thread.stop()
+
+
 def test_a_restarted_trader_learns_its_open_orders_from_the_exchange(rig: Any) -> None:
     """OrderMassStatusRequest: a new FixVenue on the same session (the trader process restarted) asks the
     exchange for our open orders, so report() (what the engine reconciles against) holds the one still

@@ -46,7 +46,7 @@ from greekfire.trading.fixwire import (
 )
 from greekfire.trading.model import Instrument, OrderType, Side, TimeInForce, VenueEvent, VenueEventKind
 from greekfire.trading.orders import Order
-from greekfire.trading.simvenue import SimulatedVenue
+from greekfire.trading.simvenue import CLIENT_OWNERS, SimulatedVenue
 from greekfire.trading.synthetic import SyntheticMarket
 
 log = logging.getLogger("greekfire.fix.exchange")
@@ -128,6 +128,9 @@ class FixExchange:
             c.recovered = open_at_crash(s.store, cfg.session_id)
             self.clients[c.comp_id] = c
         self._by_session = {id(c.session): c for c in self.clients.values()}
+        # each client its own owner on the books: two clients' orders trade with each other (up to 99 clients)
+        owners = {comp: CLIENT_OWNERS[i % len(CLIENT_OWNERS)] for i, comp in enumerate(self.clients)}
+        self.venue.owner_of = lambda sim_id: owners[sim_id.split("|", 1)[0]]
         self.quote_interval_ns = int(fs.quote_interval_ms * 1e6)
         self.acceptor: FixAcceptor | None = None
         self._task: asyncio.Task[None] | None = None

@@ -42,6 +42,7 @@ _REJECTED, _REPLACE_REJECT, _CANCEL_REJECT = (
 )
 
 US_OWNER = 1  # our orders on the simulated books; synthetic participants use owners >= 100
+CLIENT_OWNERS = range(1, 100)  # owners whose orders are reported back (``SimulatedVenue.owner_of``)
 
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ class SimulatedVenue(Venue):
     the order the venue sent them (``ordered_reports``, one session: FIX guarantees it, so a fill is never
     overtaken by the cancel that followed it); ``ordered_reports=False`` lets the jitter reorder them, to
     put the engine through replies that cross.
+
+    ``owner_of(client_id) -> int`` (attribute, default None: every order is ``US_OWNER``) files orders under
+    several owners in :data:`CLIENT_OWNERS`: the exchange simulator over FIX gives each client session its
+    own, so two clients' orders trade with each other (one owner's orders never do: self-trade prevention).
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class SimulatedVenue(Venue):
         self.half_spread_ticks = half_spread_ticks
         self.book_levels = book_levels  # > 0: also publish depth snapshots (BookUpdate) of touched books
         self.ordered_reports = ordered_reports
+        self.owner_of: Callable[[str], int] | None = None
         self._last_report_due = 0
         self.rng = random.Random(seed)
         # fees are per unit of quantity on the books: one contract is one unit here
@@ -234,7 +240,8 @@ class SimulatedVenue(Venue):
             self._inst_of[oid] = iid
             is_mkt = ord_type == OrderType.MARKET
             reports = self.books[iid].submit(
-                oid, US_OWNER, Side(side), qty, None if is_mkt else price,
+                oid, US_OWNER if self.owner_of is None else self.owner_of(cid), Side(side), qty,
+                None if is_mkt else price,
                 OrderType(ord_type), TimeInForce(tif), post_only, now_ns,
             )
         elif op == "amend":
@@ -267,7 +274,7 @@ class SimulatedVenue(Venue):
         for r in reports:
             if r.kind == ExecKind.TRADE and r.liquidity == "T":
                 out.append(TradeTick(iid, inst.from_ticks(r.price), r.qty, Side(int(r.side)), now_ns, self.name))
-            if r.owner != US_OWNER:
+            if r.owner not in CLIENT_OWNERS:
                 continue
             cid = self._cid_of.get(r.order_id)
             if cid is None:

@@ -3,6 +3,7 @@ amends, cancels, rejects, market data, and an exchange restart that the venue ri
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -260,8 +261,11 @@ def test_paper_run_over_fix(tmp_path: Path, shared_data: Path) -> None:
         thread.stop()
 
 
-def test_two_clients_get_only_their_own_reports(tmp_path: Path, shared_data: Path) -> None:
-    settings = make_settings(tmp_path, shared_data, **{"fix.clients": ["GREEKFIRE", "DESK2"]})
+@contextlib.contextmanager
+def two_clients(tmp_path: Path, shared_data: Path, **extra: Any) -> Iterator[tuple[
+        FixThread, FixExchange, FixVenue, FixVenue, Collector, Collector]]:  # fmt: skip
+    """The exchange with clients GREEKFIRE and DESK2, each a logged-on FixVenue with its collector."""
+    settings = make_settings(tmp_path, shared_data, **{"fix.clients": ["GREEKFIRE", "DESK2"], **extra})
     insts = default_instruments()
     thread = FixThread("test-exchange")
     ex = FixExchange(settings, insts)
@@ -273,6 +277,16 @@ def test_two_clients_get_only_their_own_reports(tmp_path: Path, shared_data: Pat
         b.start(timeout_s=10)
         ca, cb = Collector(a), Collector(b)
         ca.wait(lambda: ex.sessions_logged_on == 2)
+        yield thread, ex, a, b, ca, cb
+    finally:
+        a.stop()
+        b.stop()
+        thread.run(ex.stop())
+        thread.stop()
+
+
+def test_two_clients_get_only_their_own_reports(tmp_path: Path, shared_data: Path) -> None:
+    with two_clients(tmp_path, shared_data) as (thread, ex, a, b, ca, cb):
         bid, _ask = best(ex, thread, 1)
         # the same ClOrdID from both clients: two different orders on the exchange
         oa, ob = Order("x.1", 1, Side.BUY, 1, bid - 300), Order("x.1", 1, Side.BUY, 2, bid - 301)
@@ -289,30 +303,13 @@ def test_two_clients_get_only_their_own_reports(tmp_path: Path, shared_data: Pat
         assert [s.qty for s in b.report()[0]] == [2]
         b.cancel(ob, time.time_ns())
         cb.wait(lambda: bool(cb.of("x.1", K.CANCELED)))
-    finally:
-        a.stop()
-        b.stop()
-        thread.run(ex.stop())
-        thread.stop()
 
 
 def test_two_clients_trade_with_each_other_and_never_with_themselves(tmp_path: Path, shared_data: Path) -> None:
     """Each client session is its own owner on the exchange's books: one client's order fills against
     another's, while an order that would cross the same client's own resting order is refused by self-trade
     prevention (no background flow, so the only counterparties are the two clients and the seeded quotes)."""
-    settings = make_settings(tmp_path, shared_data, **{"fix.clients": ["GREEKFIRE", "DESK2"],
-                                                        "trading.background_rate_hz": 0.0})
-    insts = default_instruments()
-    thread = FixThread("test-exchange")
-    ex = FixExchange(settings, insts)
-    port = thread.run(ex.start())
-    a = FixVenue(settings, insts, port=port)
-    b = FixVenue(make_settings(tmp_path, shared_data, **{"fix.sender_comp_id": "DESK2"}), insts, port=port)
-    try:
-        a.start(timeout_s=10)
-        b.start(timeout_s=10)
-        ca, cb = Collector(a), Collector(b)
-        ca.wait(lambda: ex.sessions_logged_on == 2)
+    with two_clients(tmp_path, shared_data, **{"trading.background_rate_hz": 0.0}) as (thread, ex, a, b, ca, cb):
         bid, ask = best(ex, thread, 1)
         assert ask - bid >= 2  # room inside the spread for A's bid
         px = bid + 1  # A's bid becomes the best one
@@ -330,11 +327,6 @@ def test_two_clients_trade_with_each_other_and_never_with_themselves(tmp_path: P
         ca.wait(lambda: bool(ca.of("a.2", K.CANCELED) or ca.of("a.2", K.REJECTED)))
         assert not ca.of("a.2", K.FILL)
         assert thread.call_wait(lambda: ex.venue.books[1].best_bid()) == (px, 1)
-    finally:
-        a.stop()
-        b.stop()
-        thread.run(ex.stop())
-        thread.stop()
 
 
 def test_a_restarted_trader_learns_its_open_orders_from_the_exchange(rig: Any) -> None:

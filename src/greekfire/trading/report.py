@@ -24,6 +24,11 @@ def pnl(eng: TradingEngine) -> dict[str, float]:
     return eng.portfolio.pnl()
 
 
+def account(eng: TradingEngine) -> tuple[float, float]:
+    """``(equity, cash)`` of the account now, in currency (a runner's end-of-day record)."""
+    return eng.portfolio.equity(), eng.portfolio.cash
+
+
 def summary(eng: TradingEngine) -> dict[str, Any]:
     """What happened: orders, fills, denials by reason, P&L, Greeks, latency, errors.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,18 @@ def test_only_the_gpu_package_asks_torch_for_cuda() -> None:
         if "torch.cuda.is_available" in p.read_text() and p.parent.name != "gpu"
     ]
     assert offenders == []
+
+
+def test_nothing_in_strategies_reaches_into_the_engine_s_parts() -> None:
+    """Strategies and their runners read the engine through the strategy API (``ctx``) and
+    ``trading.report``, never its OMS, portfolio, router or risk engine as attributes (the contract above
+    catches imports; this catches ``engine.portfolio``-style reads, which need no import)."""
+    pattern = re.compile(r"\b(eng|engine|_engine)\.(oms|portfolio|router|risk)\b")
+    found = [
+        f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in _modules(SRC / "strategies")
+        for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)
+    ]
+    assert found == []
 
 
 def test_trading_modules_stay_small_and_long_modules_say_why() -> None:

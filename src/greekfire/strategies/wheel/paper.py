@@ -45,9 +45,11 @@ from greekfire.strategies.wheel.calendar import Sessions
 from greekfire.strategies.wheel.config import WheelConfig, target_dte
 from greekfire.strategies.wheel.db import DEFAULT_URL, SqlJournal, WheelDB
 from greekfire.strategies.wheel.strategy import WheelStrategy
+from greekfire.trading import report
 from greekfire.trading.build import chain_id, chain_key, option_chain
 from greekfire.trading.model import Instrument, InstrumentStats, option
 from greekfire.trading.store import SnapshotStore
+from greekfire.trading.strategy import StrategyContext
 from greekfire.trading.synthetic import SyntheticMarket
 
 log = logging.getLogger(__name__)
@@ -117,18 +119,19 @@ def saved_instrument_ids(store: SnapshotStore, db: WheelDB) -> set[int]:
     return ids
 
 
-def _position_rows(engine: Any) -> list[dict[str, Any]]:
-    pf = engine.portfolio
+def _position_rows(ctx: StrategyContext) -> list[dict[str, Any]]:
+    """The account's open positions as the strategy's context shows them, one row each."""
     rows = []
-    for iid, p in pf.positions.items():
-        if not p.qty:
+    for iid, qty in ctx.positions.items():
+        if not qty:
             continue
-        inst = engine.instruments[iid]
+        p = ctx.position(iid)
+        inst = ctx.instruments[iid]
         kind = "stock" if not inst.is_option else ("call" if inst.right > 0 else "put")
         rows.append({"instrument_id": iid, "instrument": inst.symbol, "symbol": inst.underlying, "kind": kind,
                      "strike": inst.strike, "expiry_ns": inst.expiry_ns, "multiplier": inst.multiplier,
                      "qty": p.qty, "avg_cost": p.avg_cost, "realized_pnl": p.realized_pnl, "fees": p.fees,
-                     "mark": pf.marks.get(iid)})
+                     "mark": ctx.marks.get(iid)})
     return rows
 
 
@@ -188,8 +191,8 @@ class WheelRunner:
     def _on_order(self, ev: Any) -> None:
         if str(ev.new).lower() not in ("rejected", "denied"):
             return
-        o = self.engine.oms.get(ev.client_id)
-        if o is None or o.strategy_id != self.strategy.name:
+        o = self.strategy.ctx.order(ev.client_id)  # None unless the wheel's own
+        if o is None:
             return
         inst = self.engine.instruments.get(o.instrument_id)
         msg = f"order {ev.client_id} ({inst.symbol if inst else o.instrument_id}) {str(ev.new).lower()}: {o.reason or '?'}"
@@ -217,12 +220,12 @@ class WheelRunner:
 
     def data_gap(self) -> str | None:
         """Why the strategy cannot decide now (no spot, no two-sided option quote), or None."""
-        eng = self.engine
+        ctx = self.strategy.ctx
         for sym in self.symbols:
-            if sym not in eng.portfolio.spots:
+            if sym not in ctx.spots:
                 return f"data gap: no spot of {sym} yet"
-            quoted = any(q.bid == q.bid and q.bid > 0 and q.ask == q.ask for iid, q in eng.last_quotes.items()
-                         if eng.instruments[iid].is_option and eng.instruments[iid].underlying == sym)
+            quoted = any(q.bid == q.bid and q.bid > 0 and q.ask == q.ask for iid, q in ctx.quotes.items()
+                         if ctx.instruments[iid].is_option and ctx.instruments[iid].underlying == sym)
             if not quoted:
                 return f"data gap: no two-sided option quote of {sym}"
         return None
@@ -261,7 +264,7 @@ class WheelRunner:
     def close_session(self, now_ns: int) -> None:
         """The session closed: cancel what is unfilled, end the day on the engine, copy, snapshot the day."""
         eng = self.engine
-        for o in eng.oms.open_orders(None, self.strategy.name):
+        for o in self.strategy.ctx.open_orders():
             inst = eng.instruments.get(o.instrument_id)
             msg = f"order {o.client_id} ({inst.symbol if inst else o.instrument_id}) unfilled at the close: canceled"
             log.info("wheel: %s", msg)
@@ -270,8 +273,8 @@ class WheelRunner:
         eng.end_of_day()
         self.sync(now_ns)
         day = datetime.fromtimestamp(self.close_at / 1e9, UTC).date()
-        pf = eng.portfolio
-        self.journal.snapshot(day, pf.equity(), pf.cash, {r["instrument"]: r["qty"] for r in _position_rows(eng)})
+        equity, cash = report.account(eng)
+        self.journal.snapshot(day, equity, cash, {r["instrument"]: r["qty"] for r in _position_rows(self.strategy.ctx)})
         self.close_at = self.sessions.current_or_next(now_ns)[2]  # after a close: the next session's
         if self.close_at <= now_ns:
             self.close_at = self.sessions.current_or_next(self.sessions.next_open(now_ns))[2]
@@ -310,7 +313,7 @@ class WheelRunner:
                                 "side": 1 if d["underlying_qty"] > 0 else -1, "qty": abs(d["underlying_qty"]),
                                 "price": d["price"], "fee": 0.0, "kind": d["kind"]})
         self.db.record_trades(self.run_id, settled, "settlement")
-        self.db.set_positions(_position_rows(eng), now_ns)
+        self.db.set_positions(_position_rows(self.strategy.ctx), now_ns)
         market = eng.market
         self.db.save_account_state({"clock_ns": now_ns, "spot": market.spot if market is not None else None,
                                     "run_id": self.run_id})
@@ -318,8 +321,7 @@ class WheelRunner:
     def check_db(self, now_ns: int) -> list[str]:
         """The database's positions against the engine's (they must agree after a copy); a difference is logged
         and repaired by copying again."""
-        eng = self.engine
-        want = {iid: p.qty for iid, p in eng.portfolio.positions.items() if p.qty}
+        want = {iid: qty for iid, qty in self.strategy.ctx.positions.items() if qty}
         have = {r["instrument_id"]: r["qty"] for r in self.db.positions()}
         diffs = [f"instrument {i}: database {have.get(i, 0)}, engine {want.get(i, 0)}"
                  for i in sorted(set(want) | set(have)) if want.get(i, 0) != have.get(i, 0)]
@@ -463,8 +465,8 @@ def _summary(engine: Any, runner: WheelRunner, journal: SqlJournal, start_ns: in
                          "shares": s.underlying_qty, "early": s.early, "reason": s.reason}
                         for s in engine.expiry.settlements],
         "states": {k: str(v) for k, v in journal.states().items()},
-        "positions": {insts[i].symbol: p.qty for i, p in sorted(engine.portfolio.positions.items()) if p.qty},
-        "positions_by_id": {str(i): p.qty for i, p in sorted(engine.portfolio.positions.items()) if p.qty},
+        "positions": {insts[i].symbol: q for i, q in sorted(runner.strategy.ctx.positions.items()) if q},
+        "positions_by_id": {str(i): q for i, q in sorted(runner.strategy.ctx.positions.items()) if q},
         "db_positions": {r["instrument"]: r["qty"] for r in runner.db.positions()},
         "premium": round(journal.premium(), 2),
         "retries": runner.retries[-20:], "rejections": runner.rejections[-20:],

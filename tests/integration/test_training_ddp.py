@@ -5,7 +5,7 @@ torchrun elastic agent, they meet at a c10d rendezvous on loopback, and their wo
 
 - Gradient synchronisation: 2 nodes x 1 process on half the global batch each give the same weights after
   N steps as one process on the whole global batch.
-- Fault tolerance (acceptance 1): an elastic job (1:2 nodes, 2 restarts) whose worker on node B is killed
+- Fault tolerance (acceptance 1): an elastic job (2:2 nodes, 2 restarts) whose worker on node B is killed
   with SIGKILL mid-run; torchrun restarts the group, the workers resume from ``last.ckpt`` on shared storage,
   and the final weights equal those of an uninterrupted run, bit for bit.
 """

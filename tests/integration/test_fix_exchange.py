@@ -74,23 +74,31 @@ class Collector:
         return [e for e in self.events if e.client_id == cid and (kind is None or e.kind == kind)]
 
 
+@contextlib.contextmanager
+def exchange_and_venue(settings: Settings, insts: list[Instrument]) -> Iterator[
+        tuple[FixThread, FixExchange, FixVenue]]:  # fmt: skip
+    """The FIX exchange simulator on its own thread and one FixVenue logged on to it; all stopped after."""
+    thread = FixThread("test-exchange")
+    ex = FixExchange(settings, insts)
+    port = thread.run(ex.start())
+    venue = FixVenue(settings, insts, port=port)
+    try:
+        venue.start(timeout_s=10)
+        yield thread, ex, venue
+    finally:
+        venue.stop()
+        thread.run(ex.stop())
+        thread.stop()
+
+
 @pytest.fixture()
 def rig(
     tmp_path: Path, shared_data: Path
 ) -> Iterator[tuple[Settings, FixThread, FixExchange, FixVenue, list[Instrument]]]:
     settings = make_settings(tmp_path, shared_data)
     insts = default_instruments()
-    thread = FixThread("test-exchange")
-    ex = FixExchange(settings, insts)
-    port = thread.run(ex.start())
-    venue = FixVenue(settings, insts, port=port)
-    venue.start(timeout_s=10)
-    try:
+    with exchange_and_venue(settings, insts) as (thread, ex, venue):
         yield settings, thread, ex, venue, insts
-    finally:
-        venue.stop()
-        thread.run(ex.stop())
-        thread.stop()
 
 
 def best(ex: FixExchange, thread: FixThread, iid: int) -> tuple[int, int]:

@@ -15,15 +15,12 @@ from typing import Any
 
 import pytest
 from test_api_trading import TradingServer
-from test_fix_exchange import make_settings
+from test_fix_exchange import exchange_and_venue, make_settings
 
 from conftest import poll_until
 from greekfire.core.logging import configure_logging, trace_context
 from greekfire.core.metrics import sample_value
-from greekfire.fix.transport import FixThread
 from greekfire.trading.build import default_instruments
-from greekfire.trading.fixexchange import FixExchange
-from greekfire.trading.fixvenue import FixVenue
 from greekfire.trading.model import OrderType, Side, TimeInForce
 from greekfire.trading.orders import Order
 
@@ -93,14 +90,7 @@ def test_one_trace_id_from_the_api_through_the_engine_to_the_venue(tmp_path: Pat
 def test_the_fix_venue_logs_its_send_on_its_own_thread_with_the_orders_trace_id(
     tmp_path: Path, shared_data: Path, json_logs: io.StringIO,
 ) -> None:
-    settings = make_settings(tmp_path, shared_data)
-    insts = default_instruments()
-    thread = FixThread("test-exchange")
-    ex = FixExchange(settings, insts)
-    port = thread.run(ex.start())
-    venue = FixVenue(settings, insts, port=port)
-    venue.start(timeout_s=10)
-    try:
+    with exchange_and_venue(make_settings(tmp_path, shared_data), default_instruments()) as (_, _, venue):
         sid = {"session": venue.session.config.session_id}
         assert sample_value("greekfire_fix_session_logged_on", sid) == 1
         order = Order("t.1", 1, Side.BUY, 1, 1, OrderType.LIMIT, TimeInForce.DAY, trace_id="fix-req-7")
@@ -110,8 +100,4 @@ def test_the_fix_venue_logs_its_send_on_its_own_thread_with_the_orders_trace_id(
                           10, 0.02), json_logs.getvalue()[-2000:]
         line = next(r for r in _lines(json_logs, "fix-req-7") if r["logger"] == "greekfire.fix.venue")
         assert line["client_id"] == "t.1" and line["venue"] == venue.name
-    finally:
-        venue.stop()
-        thread.run(ex.stop())
-        thread.stop()
     assert sample_value("greekfire_fix_session_logged_on", sid) == 0

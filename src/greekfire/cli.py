@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,7 +66,48 @@ from greekfire.core.logging import configure_logging
 from greekfire.core.progress import terminal_bars
 from greekfire.core.settings import Settings, load_settings, settings_dict
 
-app = typer.Typer(
+# root options that take a value: the word after them is not the sub-command
+_VALUE_OPTIONS = ("--config", "-c", "--log-level")
+
+
+def named_subcommand(argv: list[str]) -> str | None:
+    """The sub-command a command line names (``gpu`` in ``-c s.yaml gpu status``), or None where it names
+    none or asks the root for help or the version."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in ("--help", "--version"):
+            return None
+        elif word in _VALUE_OPTIONS:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+class RootApp(typer.Typer):
+    """The ``greekfire`` app. Run as a program, it turns into click commands only the sub-command (or group)
+    its command line names: building the options of every command of every system took about 20 ms of
+    each run's start. The root's help, an unknown or missing sub-command (so click's message and
+    suggestions are whole) and shell completion build the whole tree; tests' ``CliRunner`` always does."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        name = named_subcommand(sys.argv[1:])
+        groups = [g for g in self.registered_groups if g.name == name]
+        commands = [c for c in self.registered_commands if c.name == name]
+        completing = any(k.startswith("_GREEKFIRE_COMPLETE") or k == "_TYPER_COMPLETE_ARGS" for k in os.environ)
+        if completing or not (groups or commands):
+            return super().__call__(*args, **kwargs)
+        every = self.registered_groups, self.registered_commands
+        self.registered_groups, self.registered_commands = groups, commands
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self.registered_groups, self.registered_commands = every
+
+
+app = RootApp(
     cls=ErrorReportingGroup,
     name="greekfire",
     help="GPU-accelerated options research and trading: price, learn, trade, manage risk.",

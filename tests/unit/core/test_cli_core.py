@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from greekfire import __version__
-from greekfire.cli import STATE, app
+from greekfire.cli import STATE, app, named_subcommand
 from greekfire.core.logging import JsonFormatter, configure_logging
 
 runner = CliRunner()
@@ -67,3 +67,49 @@ def test_json_formatter_includes_exception() -> None:
         rec = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     out = json.loads(JsonFormatter().format(rec))
     assert "ValueError: boom" in out["exc"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["gpu", "status", "--json"], "gpu"),
+        (["-c", "s.yaml", "--log-level", "debug", "trade", "--paper"], "trade"),
+        (["--config", "price.yaml", "price", "x.csv"], "price"),
+        (["--config=s.yaml", "--log-json", "wheel", "backtest"], "wheel"),
+        (["--help"], None),
+        (["--version", "gpu"], None),
+        ([], None),
+    ],
+)
+def test_named_subcommand_skips_the_root_options_and_their_values(argv: list[str], name: str | None) -> None:
+    assert named_subcommand(argv) == name
+
+
+def test_a_run_builds_only_the_sub_command_it_names(tmp_settings_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    import typer.main
+
+    built: list[list[str]] = []
+    real = typer.main.get_command
+
+    def spy(typer_instance):  # noqa: ANN001, ANN202
+        cmd = real(typer_instance)
+        built.append(sorted(cmd.commands))
+        return cmd
+
+    monkeypatch.setattr(typer.main, "get_command", spy)
+    every = len(app.registered_groups), len(app.registered_commands)
+    for argv in (["config", "show", "--json"], ["nosuch"]):
+        monkeypatch.setattr(sys, "argv", ["greekfire", *argv])
+        with pytest.raises(SystemExit) as exit_:
+            app()
+        assert (len(app.registered_groups), len(app.registered_commands)) == every  # restored after the run
+        if argv[0] == "config":
+            assert exit_.value.code == 0
+            assert json.loads(capsys.readouterr().out)["gpu"]["sample_interval_s"] == 5.0
+        else:
+            assert exit_.value.code == 2 and "No such command" in capsys.readouterr().err
+    assert built[0] == ["config"]
+    assert {"config", "gpu", "price", "trade", "wheel", "hft", "fix"} <= set(built[1])  # an unknown name: all

@@ -9,6 +9,7 @@ are written to a temporary file in its event layout and peer_hftbacktest.py time
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import struct
@@ -482,7 +483,15 @@ def bench_matching(rows_out: list, notes: list) -> None:
             else:
                 eng.submit(oid, side, qty, px)
 
-    t, t_n = interleaved_best([lambda: cpu_seconds(ours), lambda: cpu_seconds(naive)], repeat=5)
+    # the earlier sections' surviving objects are frozen out of the collector's way: both engines allocate an
+    # object or more per order, and each full collection would also walk whatever the book and LOBSTER rows
+    # left alive (that, not the engines, had made this row swing by 25% between runs of the same code)
+    gc.collect()
+    gc.freeze()
+    try:
+        t, t_n = interleaved_best([lambda: cpu_seconds(ours), lambda: cpu_seconds(naive)], repeat=5)
+    finally:
+        gc.unfreeze()
     rows_out.append(row("matching engine, 70% limit / 20% cancel / 10% marketable", n / t,
                         "heapq engine, lazy cancel (no reports/STP/fees)", n / t_n, "orders/s", orders=n))
 

@@ -1,6 +1,6 @@
 """greekfire: GPU-accelerated options research and trading platform.
 
-One package, layered as described in ARCHITECTURE.md: ``core`` at the bottom; ``quant`` and ``gpu``;
+One package, layered as described in docs/architecture.md: ``core`` at the bottom; ``quant`` and ``gpu``;
 ``market`` and ``data``; ``trading`` and ``fix``; the systems; then ``api`` and ``cli``.
 """
 

@@ -191,7 +191,32 @@ def postgres_url() -> str:
     """URL of the loopback PostgreSQL test database; skip (fail in CI) where no server answers."""
     url = os.environ.get("GREEKFIRE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/greekfire_test")
     need(port_open("127.0.0.1", 5432), "no PostgreSQL server on 127.0.0.1:5432 (scripts/test-services.sh starts one)")
+    need(database_ready(url), f"PostgreSQL answers on 127.0.0.1:5432 but the database of {url!r} can neither be "
+                              "opened nor created (scripts/test-services.sh creates it)")
     return url
+
+
+def database_ready(url: str) -> bool:
+    """Whether the database of ``url`` opens, after creating it where the server answers but the database
+    does not exist yet (what scripts/test-services.sh does, so `make test` alone also works)."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    for attempt in ("open", "create"):
+        engine = sa.create_engine(target if attempt == "open" else target.set(database="postgres"),
+                                  isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                if attempt == "create":
+                    conn.exec_driver_sql(f'CREATE DATABASE "{target.database}"')
+            return True
+        except sa.exc.SQLAlchemyError as exc:
+            if attempt == "open" and "does not exist" not in str(exc):
+                return False
+        finally:
+            engine.dispose()
+    return False
 
 
 @pytest.fixture

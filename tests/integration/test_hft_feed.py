@@ -129,6 +129,8 @@ def test_deliberate_drops_are_all_recovered_from_the_rerequest_server(group):
         live = itch.StreamBooks(n_locates=8, max_orders=1 << 14)
         msgs, _ = _collect(handler, books=live)
         handler.close()
+        # the server counts a re-sent packet once its sendto has returned, which the handler can beat to it
+        poll_until(lambda: server.stats["resent"] >= len(drop), timeout_s=5.0)
         sst = dict(server.stats)
     st = handler.stats
     assert itch.frame(msgs) == stream

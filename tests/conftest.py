@@ -200,23 +200,29 @@ def database_ready(url: str) -> bool:
     """Whether the database of ``url`` opens, after creating it where the server answers but the database
     does not exist yet (what scripts/test-services.sh does, so `make test` alone also works)."""
     import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
-    target = make_url(url)
-    for attempt in ("open", "create"):
-        engine = sa.create_engine(target if attempt == "open" else target.set(database="postgres"),
-                                  isolation_level="AUTOCOMMIT")
+    def connect(u: URL, sql: str | None = None) -> None:
+        engine = sa.create_engine(u, isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as conn:
-                if attempt == "create":
-                    conn.exec_driver_sql(f'CREATE DATABASE "{target.database}"')
-            return True
-        except sa.exc.SQLAlchemyError as exc:
-            if attempt == "open" and "does not exist" not in str(exc):
-                return False
+                if sql:
+                    conn.exec_driver_sql(sql)
         finally:
             engine.dispose()
-    return False
+
+    target = make_url(url)
+    try:
+        connect(target)
+        return True
+    except sa.exc.SQLAlchemyError as exc:
+        if "does not exist" not in str(exc):
+            return False
+    try:
+        connect(target.set(database="postgres"), f'CREATE DATABASE "{target.database}"')
+        return True
+    except sa.exc.SQLAlchemyError:
+        return False
 
 
 @pytest.fixture

@@ -68,6 +68,9 @@ class _Order:
     reason: str
     data: dict[str, Any] = field(default_factory=dict)
     then: tuple[int, int, int] | None = None  # roll: (instrument id, qty, limit ticks) of the new leg
+    children: tuple[str, ...] = ()  # the client ids it went out as (several when the router swept venues)
+    filled: int = 0  # contracts or shares filled, over all its child orders
+    value: float = 0.0  # sum of price x qty of those fills (currency per share x contracts or shares)
 
 
 @dataclass
@@ -142,13 +145,17 @@ class WheelStrategy(Strategy):
             held = max(0, -self.ctx.positions.get(iid, 0) - fill.qty)  # short before this fill
             prev = self.premium_of.get(iid, fill.price)
             self.premium_of[iid] = (prev * held + fill.price * fill.qty) / (held + fill.qty)
+        o.filled += fill.qty
+        o.value += fill.price * fill.qty
         order = self.ctx.order(fill.client_id)
         if order is not None and order.status != OrderStatus.FILLED:
             return  # partly filled: the state moves when the order is done
         del self._orders[fill.client_id]
-        data = {**o.data, "price": fill.price, "qty": fill.qty}
+        if any(self._working(c) for c in o.children if c != fill.client_id):
+            return  # a sweep: the state moves once, when the last of its child orders is done
+        data = {**o.data, "price": o.value / o.filled, "qty": o.filled}
         if o.action == "shares":
-            self.journal.add_lot(o.symbol, -fill.qty, fill.price, fill.ts_ns or self._now)
+            self.journal.add_lot(o.symbol, -o.filled, data["price"], fill.ts_ns or self._now)
         if o.action == "roll_close":
             self.premium_of.pop(fill.instrument_id, None)
             assert o.then is not None
@@ -604,9 +611,15 @@ class WheelStrategy(Strategy):
                                  "qty": qty, "reason": reason, "action": rec.action})
             log.warning("wheel %s: order denied (%s): %s; retried next cycle", sym, reason, rec.reason)
             return False
+        rec.children = tuple(o.client_id for o in sent)
         for o in sent:
             self._orders[o.client_id] = rec
         return True
+
+    def _working(self, client_id: str) -> bool:
+        """Whether one of our orders is still ours to hear from and open at its venue."""
+        seen = self.ctx.order(client_id)
+        return client_id in self._orders and seen is not None and seen.is_open
 
     # ---------------------------------------------------------------- state
     def _move(self, sym: str, ev: WheelEvent, reason: str, data: dict[str, Any] | None = None,

@@ -76,3 +76,45 @@ def test_the_strategy_runs_unchanged_on_the_engine() -> None:
     wheel.on_timer(now + 3_600 * 10**9)  # same New York day: no second cycle
     assert len(venue.sent) == 1
     assert wheel.reconcile() == []
+
+
+def test_a_sweep_over_two_venues_moves_the_state_once_and_rolls_once() -> None:
+    """Orders the router splits into child orders (one per venue): the put sale moves CASH -> SHORT_PUT once,
+    when its last child fills, and a roll's buy-back in two children sends the new leg once."""
+    old, new = opt(day(35), 95.0, "P"), opt(day(42), 95.0, "P")
+    now = close_ns(D0)
+    clock = ManualClock(now)
+    venues = [FillingVenue("V1"), FillingVenue("V2")]
+    journal = MemoryJournal()
+    cfg = WheelConfig(symbols={"SPY": 1.0}, exercise="european", dte=20, max_dte=60, min_open_interest=0,
+                      max_contracts=2, limit_fraction=0.0)  # sell at the bid, buy at the ask: takes on both venues
+    wheel = WheelStrategy(cfg, journal, capital=1_000_000)
+    eng = build_engine(load_settings(), instruments=[SPY, old, new], venues=venues, strategies=[wheel], store=False,
+                       clock_ns=clock.now_ns)
+    eng.start()
+
+    def quote(inst: Any, bid: float, ask: float, ts: int) -> list[Quote]:
+        return [Quote(inst.instrument_id, bid, ask, 1, 1, ts, v.name) for v in venues]  # one contract a venue
+
+    eng.process(quote(SPY, 99.99, 100.01, now) + quote(old, 1.00, 1.10, now))
+    wheel.on_timer(now)
+    assert [(v.name, v.sent) for v in venues] == [("V1", [(old.instrument_id, -1, 1, 20)]),
+                                                  ("V2", [(old.instrument_id, -1, 1, 20)])]
+    eng.poll_once()
+    assert wheel.state["SPY"] == WheelState.SHORT_PUT and wheel.ctx.positions[old.instrument_id] == -2
+    assert [(t.event, t.data["qty"]) for t in journal.transitions] == [("put_sold", 2)]
+
+    later = close_ns(day(1))  # the put bought back for 0.05 of its 1.00: P&L 95% >= roll_pnl 90%
+    clock.advance(later - now)
+    eng.process(quote(SPY, 99.99, 100.01, later) + quote(old, 0.04, 0.05, later) + quote(new, 1.00, 1.10, later))
+    wheel.on_timer(later)
+    buys = [s for v in venues for s in v.sent if s[0] == old.instrument_id and s[1] == 1]
+    assert buys == [(old.instrument_id, 1, 1, 1), (old.instrument_id, 1, 1, 1)]  # the buy-back, swept
+    eng.poll_once()  # both buy-back children fill: the new leg goes out once (itself swept over both venues)
+    eng.poll_once()
+    sells = [s for v in venues for s in v.sent if s[0] == new.instrument_id]
+    assert sum(s[2] for s in sells) == 2, sells
+    assert wheel.ctx.positions.get(old.instrument_id, 0) == 0 and wheel.ctx.positions[new.instrument_id] == -2
+    assert [t.event for t in journal.transitions] == ["put_sold", "put_rolled"]
+    assert wheel.state["SPY"] == WheelState.SHORT_PUT
+    assert wheel.reconcile() == []

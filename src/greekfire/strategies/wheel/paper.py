@@ -199,8 +199,9 @@ class WheelRunner:
         self.rejections.append(msg)
         if str(ev.new).lower() == "denied":
             wheel_metrics.record_denial(str(o.reason or ""))  # a risk reason code
-        if self._in_cycle:
-            self._retry_after_cycle = msg  # the cycle under way schedules the retry when it ends
+        if self._in_cycle:  # the cycle under way schedules the retry when it ends
+            if str(ev.new).lower() == "rejected":  # a denial counts only if the strategy gave up (strategy.denials)
+                self._retry_after_cycle = msg
         elif self.next_cycle > ev.ts_ns + self._retry_ns:  # a venue's late reject: retry unless one comes sooner
             self._retry(ev.ts_ns, msg)
 
@@ -244,6 +245,7 @@ class WheelRunner:
             self.repairs.extend(repaired)
             wheel_metrics.record_reconcile(repaired)
         self._in_cycle, self._retry_after_cycle = True, None
+        denied = len(self.strategy.denials)
         try:
             self.strategy.cycle(now_ns)
         except Exception as exc:
@@ -253,6 +255,8 @@ class WheelRunner:
             return
         finally:
             self._in_cycle = False
+        if len(self.strategy.denials) > denied and self._retry_after_cycle is None:  # not one the wheel resized
+            self._retry_after_cycle = self.rejections[-1] if self.rejections else "an order was denied"
         self.cycles += 1
         wheel_metrics.record_cycle(now_ns)
         self.engine.end_batch()

@@ -45,6 +45,7 @@ from greekfire.trading.strategy import (
     Instrument,
     OrderStatus,
     OrderType,
+    Reason,
     Settlement,
     SettlementKind,
     Side,
@@ -56,6 +57,12 @@ log = logging.getLogger(__name__)
 NY = ZoneInfo("America/New_York")
 DAY_NS = 86_400 * 10**9
 E, W = WheelEvent, WheelState
+# risk denials a smaller order can pass
+_SIZE_REASONS = frozenset(r.value for r in (
+    Reason.MAX_QTY, Reason.MAX_NOTIONAL, Reason.POSITION_LIMIT, Reason.UNDERLYING_POSITION_LIMIT, Reason.DELTA_LIMIT,
+    Reason.GAMMA_LIMIT, Reason.VEGA_LIMIT, Reason.THETA_LIMIT, Reason.TOTAL_DELTA_LIMIT, Reason.TOTAL_GAMMA_LIMIT,
+    Reason.TOTAL_VEGA_LIMIT, Reason.TOTAL_THETA_LIMIT, Reason.VAR_LIMIT, Reason.MC_VAR, Reason.INSUFFICIENT_MARGIN,
+))
 
 
 @dataclass
@@ -603,8 +610,15 @@ class WheelStrategy(Strategy):
         self._send(sym, und.instrument_id, Side.SELL, n, ticks, _Order(sym, "shares", E.SHARES_SOLD, why, {"spot": spot}))
 
     def _send(self, sym: str, iid: int, side: Side, qty: int, ticks: int, rec: _Order) -> bool:
-        """Submit one limit order; a denied one is logged with its reason and left for the next cycle."""
+        """Submit one limit order; a denied one is logged with its reason and left for the next cycle. A new
+        leg denied for its size (a Greek, position, notional, margin or VaR limit) is tried again at once
+        with half the contracts, down to one."""
         sent = self.ctx.submit(iid, side, qty, ticks, OrderType.LIMIT, TimeInForce.DAY)
+        while (rec.action in ("open", "roll_open") and qty > 1 and sent and sent[0].status == OrderStatus.DENIED
+               and sent[0].reason in _SIZE_REASONS):
+            log.info("wheel %s: %d contracts denied (%s): trying %d", sym, qty, sent[0].reason, qty // 2)
+            qty //= 2
+            sent = self.ctx.submit(iid, side, qty, ticks, OrderType.LIMIT, TimeInForce.DAY)
         if not sent or sent[0].status == OrderStatus.DENIED:
             reason = sent[0].reason if sent else "no order"
             self.denials.append({"ts_ns": self._now, "symbol": sym, "instrument_id": iid, "side": int(side),

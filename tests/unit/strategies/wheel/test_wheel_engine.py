@@ -118,3 +118,28 @@ def test_a_sweep_over_two_venues_moves_the_state_once_and_rolls_once() -> None:
     assert [t.event for t in journal.transitions] == ["put_sold", "put_rolled"]
     assert wheel.state["SPY"] == WheelState.SHORT_PUT
     assert wheel.reconcile() == []
+
+
+def test_a_new_leg_denied_for_its_size_is_sent_again_at_half_the_contracts() -> None:
+    """The wheel sizes a put by its cash budget; the engine's risk limits may allow less. A sale denied for
+    its size (here MAX_QTY, at most 3 contracts an order) goes out again at once with half the contracts:
+    8 denied, 4 denied, 2 sent and filled; the denials stay on the engine's record."""
+    put = opt(day(35), 95.0, "P")
+    now = close_ns(D0)
+    clock = ManualClock(now)
+    venue = FillingVenue("V1")
+    journal = MemoryJournal()
+    cfg = WheelConfig(symbols={"SPY": 1.0}, exercise="european", dte=20, max_dte=60, min_open_interest=0,
+                      max_contracts=8)
+    wheel = WheelStrategy(cfg, journal, capital=1_000_000)
+    eng = build_engine(load_settings(overrides={"trading.risk.max_order_qty": 3}), instruments=[SPY, put],
+                       venues=[venue], strategies=[wheel], store=False, clock_ns=clock.now_ns)
+    eng.start()
+    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 100, 100, now, "V1"),
+                 Quote(put.instrument_id, 1.00, 1.10, 10, 10, now, "V1")])
+    wheel.on_timer(now)
+    assert venue.sent == [(put.instrument_id, -1, 2, 21)]
+    assert [o.reason for o in eng.oms.orders.values() if o.status.name == "DENIED"] == ["MAX_QTY", "MAX_QTY"]
+    assert wheel.denials == []  # the leg went out: nothing left for the next cycle
+    eng.poll_once()
+    assert wheel.state["SPY"] == WheelState.SHORT_PUT and wheel.ctx.positions[put.instrument_id] == -2

@@ -49,18 +49,25 @@ class FillingVenue(Venue):
         return [], []
 
 
+def wheel_on_engine(instruments: list[Any], venues: list[Venue], now: int, overrides: dict[str, Any] | None = None,
+                    **config: Any) -> tuple[WheelStrategy, MemoryJournal, Any, ManualClock]:
+    """A WheelStrategy on SPY (European, 20-60 days, no open-interest floor, ``config`` on top) on a started
+    engine over ``venues``, its clock at ``now``; the settings with ``overrides``."""
+    clock = ManualClock(now)
+    journal = MemoryJournal()
+    cfg = WheelConfig(symbols={"SPY": 1.0}, exercise="european", dte=20, max_dte=60, min_open_interest=0, **config)
+    wheel = WheelStrategy(cfg, journal, capital=1_000_000)
+    eng = build_engine(load_settings(overrides=overrides), instruments=[SPY, *instruments], venues=venues,
+                       strategies=[wheel], store=False, clock_ns=clock.now_ns)
+    eng.start()
+    return wheel, journal, eng, clock
+
+
 def test_the_strategy_runs_unchanged_on_the_engine() -> None:
     put = opt(day(35), 95.0, "P")
     now = close_ns(D0)
-    clock = ManualClock(now)
     venue = FillingVenue("V1")
-    journal = MemoryJournal()
-    cfg = WheelConfig(symbols={"SPY": 1.0}, exercise="european", dte=20, max_dte=60, min_open_interest=0,
-                      max_contracts=2)
-    wheel = WheelStrategy(cfg, journal, capital=1_000_000)
-    eng = build_engine(load_settings(), instruments=[SPY, put], venues=[venue], strategies=[wheel], store=False,
-                       clock_ns=clock.now_ns)
-    eng.start()
+    wheel, journal, eng, _ = wheel_on_engine([put], [venue], now, max_contracts=2)
     eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 100, 100, now, "V1"),
                  Quote(put.instrument_id, 1.00, 1.10, 10, 10, now, "V1")])
     assert put.instrument_id not in wheel.ctx.stats  # no liquidity source here: the minimums let it pass
@@ -83,15 +90,9 @@ def test_a_sweep_over_two_venues_moves_the_state_once_and_rolls_once() -> None:
     when its last child fills, and a roll's buy-back in two children sends the new leg once."""
     old, new = opt(day(35), 95.0, "P"), opt(day(42), 95.0, "P")
     now = close_ns(D0)
-    clock = ManualClock(now)
-    venues = [FillingVenue("V1"), FillingVenue("V2")]
-    journal = MemoryJournal()
-    cfg = WheelConfig(symbols={"SPY": 1.0}, exercise="european", dte=20, max_dte=60, min_open_interest=0,
-                      max_contracts=2, limit_fraction=0.0)  # sell at the bid, buy at the ask: takes on both venues
-    wheel = WheelStrategy(cfg, journal, capital=1_000_000)
-    eng = build_engine(load_settings(), instruments=[SPY, old, new], venues=venues, strategies=[wheel], store=False,
-                       clock_ns=clock.now_ns)
-    eng.start()
+    venues: list[Venue] = [FillingVenue("V1"), FillingVenue("V2")]
+    # sell at the bid, buy at the ask: takes on both venues
+    wheel, journal, eng, clock = wheel_on_engine([old, new], venues, now, max_contracts=2, limit_fraction=0.0)
 
     def quote(inst: Any, bid: float, ask: float, ts: int) -> list[Quote]:
         return [Quote(inst.instrument_id, bid, ask, 1, 1, ts, v.name) for v in venues]  # one contract a venue
@@ -126,15 +127,8 @@ def test_a_new_leg_denied_for_its_size_is_sent_again_at_half_the_contracts() -> 
     8 denied, 4 denied, 2 sent and filled; the denials stay on the engine's record."""
     put = opt(day(35), 95.0, "P")
     now = close_ns(D0)
-    clock = ManualClock(now)
     venue = FillingVenue("V1")
-    journal = MemoryJournal()
-    cfg = WheelConfig(symbols={"SPY": 1.0}, exercise="european", dte=20, max_dte=60, min_open_interest=0,
-                      max_contracts=8)
-    wheel = WheelStrategy(cfg, journal, capital=1_000_000)
-    eng = build_engine(load_settings(overrides={"trading.risk.max_order_qty": 3}), instruments=[SPY, put],
-                       venues=[venue], strategies=[wheel], store=False, clock_ns=clock.now_ns)
-    eng.start()
+    wheel, _, eng, _ = wheel_on_engine([put], [venue], now, {"trading.risk.max_order_qty": 3}, max_contracts=8)
     eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 100, 100, now, "V1"),
                  Quote(put.instrument_id, 1.00, 1.10, 10, 10, now, "V1")])
     wheel.on_timer(now)

@@ -159,6 +159,8 @@ class Stack:
     shared_data: Path
     targets: dict[str, str] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
+    job_process: dict[str, str] = field(default_factory=dict)  # Prometheus job -> the process behind it
     prometheus_url: str = ""
     started_after_s: list[float] = field(default_factory=list)  # when each starter finished (diagnostics)
     _exit: ExitStack = field(default_factory=ExitStack)
@@ -172,7 +174,13 @@ class Stack:
                                 start_new_session=True)
         self._exit.callback(_stop, proc)
         self.logs[name] = log_path
+        self.procs[name] = proc
         return proc
+
+    def _scrape(self, job: str, name: str, target: str) -> None:
+        """Have Prometheus scrape ``target`` as ``job``; ``name`` is the process behind it (for diagnostics)."""
+        self.targets[job] = target
+        self.job_process[job] = name
 
     def _wait_port(self, name: str, port: int, proc: subprocess.Popen[Any] | None = None, timeout: float = 90) -> None:
         def up() -> bool:
@@ -200,7 +208,7 @@ class Stack:
         env = command_env(GREEKFIRE_HOME=str(self.tmp / "gpu"), GREEKFIRE_GPU__DMI_ROOT=str(self.tmp))
         proc = self._popen("gpu", [sys.executable, "-c", code], env)
         self._wait_port("gpu", port, proc)
-        self.targets["greekfire-gpu"] = f"127.0.0.1:{port}"
+        self._scrape("greekfire-gpu", "gpu", f"127.0.0.1:{port}")
 
     def _price_traffic(self) -> None:
         """Good requests of 1, 4 and 16 rows with their observed prices (the A/B test joins them), a bad one."""
@@ -234,7 +242,7 @@ class Stack:
         proc = self._popen("trading", CLI + ["serve", "trading", "--venues", "fix", "--host", "127.0.0.1",
                                              "--port", str(port)], env)
         self._wait_port("trading", port, proc)
-        self.targets["greekfire-trading"] = f"127.0.0.1:{port}"
+        self._scrape("greekfire-trading", "trading", f"127.0.0.1:{port}")
         self._trading_url = f"http://127.0.0.1:{port}"
 
     def _trading_traffic(self) -> None:
@@ -303,7 +311,7 @@ class Stack:
         proc = self._popen("wheel", CLI + ["serve", "wheel", "--db", db_url, "--host", "127.0.0.1", "--port",
                                            str(port), "--poll", "0.5"], env)
         self._wait_port("wheel", port, proc)
-        self.targets["greekfire-wheel"] = f"127.0.0.1:{port}"
+        self._scrape("greekfire-wheel", "wheel", f"127.0.0.1:{port}")
         # the paper run itself (its cycles, denials and reconcile repairs are its own metrics)
         port = free_port()
         run_env = command_env(GREEKFIRE_HOME=str(self.tmp / "wheel-run"))
@@ -311,7 +319,7 @@ class Stack:
                                                f"sqlite:///{self.tmp / 'wheel-run.db'}", "--metrics-port", str(port)],
                            run_env)
         self._wait_port("wheel-run", port, proc)
-        self.targets["greekfire-wheel-run"] = f"127.0.0.1:{port}"
+        self._scrape("greekfire-wheel-run", "wheel-run", f"127.0.0.1:{port}")
 
     def hft(self) -> None:
         """`greekfire hft replay` of a synthetic ITCH file at a slow rate (it runs through the module: ~6 min),
@@ -330,7 +338,7 @@ class Stack:
             return "greekfire_hft_stage_latency_us{" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
 
         assert poll_until(publishing, 120, 0.5, ignore=(httpx.HTTPError,)), self.logs["hft"].read_text()[-3000:]
-        self.targets["greekfire-hft"] = f"127.0.0.1:{port}"
+        self._scrape("greekfire-hft", "hft", f"127.0.0.1:{port}")
 
     def training_and_pricing(self, pushgateway: str) -> None:
         """A pushgateway; a real tiny training run (`greekfire train run +experiment=smoke`, MLflow's local
@@ -361,7 +369,7 @@ class Stack:
         push_training_metrics(settings, "smoke-failed", status="failed", seconds=3.0, steps=5,
                               error="RuntimeError: diverged")
         assert train.wait(240) == 0, self.logs["training"].read_text()[-3000:]
-        self.targets["pushgateway"] = gateway
+        self._scrape("pushgateway", "pushgateway", gateway)
         out = self.logs["training"].read_text()
         run_id = json.loads(out[out.rindex("\n{") + 1: out.rindex("}") + 1])["mlflow_run_id"]  # the --json summary
         reg = ModelRegistry(settings)
@@ -379,7 +387,7 @@ class Stack:
         self._wait_port("pricing", port, proc, timeout=120)
         url = f"http://127.0.0.1:{port}"
         width = len(httpx.get(f"{url}/health", timeout=10).json()["contract_features"])
-        self.targets["greekfire-pricing"] = f"127.0.0.1:{port}"
+        self._scrape("greekfire-pricing", "pricing", f"127.0.0.1:{port}")
         self._pricing = (url, width)
 
     def prometheus(self, binary: str) -> None:
@@ -416,6 +424,32 @@ class Stack:
         """Every job scraped successfully at least twice (so rate() has two samples)."""
         series = self.query("count_over_time(up[1m]) >= 3 and up == 1")
         return {s["metric"]["job"] for s in series} >= set(self.targets)
+
+    def up_now(self) -> bool:
+        """Every job's latest scrape succeeded. A failed scrape (a busy process past the 1 s scrape timeout)
+        marks every series of its job stale: instant queries on them come back empty until the next good one."""
+        series = self.query("up == 1")
+        return {s["metric"]["job"] for s in series} >= set(self.targets)
+
+    def targets_report(self) -> str:
+        """Each target's health, last scrape error and duration (Prometheus's own view), and for a job that is
+        not up, whether its process still runs and the end of its log."""
+        r = httpx.get(f"{self.prometheus_url}/api/v1/targets", timeout=10).json()
+        slowest = {s["metric"]["job"]: float(s["value"][1])
+                   for s in self.query("max by (job)(max_over_time(scrape_duration_seconds[10m]))")}
+        failed = {s["metric"]["job"]: int(float(s["value"][1])) for s in self.query("sum by (job)(changes(up[10m]))")}
+        lines = []
+        for t in r["data"]["activeTargets"]:
+            job = t["labels"]["job"]
+            lines.append(f"{job}: {t['health']}, last scrape {t['lastScrapeDuration']:.3f} s, slowest "
+                         f"{slowest.get(job, float('nan')):.3f} s, up changed {failed.get(job, 0)} times in 10 min"
+                         + (f", error {t['lastError']!r}" if t["lastError"] else ""))
+            name = self.job_process.get(job)
+            if t["health"] != "up" and name in self.procs:
+                rc = self.procs[name].poll()
+                lines.append(f"  process {name}: " + ("running" if rc is None else f"exited with {rc}"))
+                lines.append("  " + self.logs[name].read_text()[-2000:].replace("\n", "\n  "))
+        return "\n".join(lines)
 
 
 @contextmanager

@@ -6,7 +6,12 @@
 * against a real Prometheus scraping our services on loopback (the GPU manager app over a fake NVML, `greekfire
   serve pricing`, `greekfire serve trading --venues fix` with a `greekfire fix exchange`, `greekfire serve
   wheel`, `greekfire hft replay` with its metrics port, and a pushgateway the trainer's own code pushed a good
-  and a failed run to), each expression returns at least one series. The failure lists every empty one.
+  and a failed run to), each expression returns at least one series. The failure lists every empty one and
+  each target's health (a job whose scrape failed, and why; its process and the end of its log).
+
+An empty query is asked again, for up to a minute, until every job's latest scrape succeeded: one scrape that
+failed (a service busy past the 1 s scrape timeout on a loaded machine) makes all its job's series stale, and
+the plain selectors on them (``greekfire_fix_session_logged_on{}``) empty, until the next good scrape.
 
 Alert expressions are conditions that are empty while all is well (``x > 0.9``), so an alert's expression is
 parsed with a real PromQL parser (promql-parser) and its top-level comparisons and set operators are taken
@@ -42,7 +47,7 @@ from stack import (
     running_stack,
 )
 
-from conftest import need_binary
+from conftest import need_binary, poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -108,15 +113,29 @@ def test_every_dashboard_and_rule_expression_returns_data(stack: Stack) -> None:
     exprs = expressions()
     assert exprs
     pairs = [(e, q) for e in exprs for q in data_queries(e)]
-    with ThreadPoolExecutor(8) as pool:  # Prometheus answers queries in parallel
-        answers = list(pool.map(lambda pair: stack.query(pair[1]), pairs))
-    empty = [f"{e.source}: {q}" for (e, q), series in zip(pairs, answers, strict=True) if not series]
-    for (e, q), series in zip(pairs, answers, strict=True):  # shown with -s
-        print(f"{len(series):4d} series  {e.source}: {q}")
+    answers: dict[int, list[dict[str, object]]] = {}
+
+    def ask() -> bool:
+        """(Re)ask the queries that have no series yet; done when all have and every job's latest scrape was
+        good. A failed scrape (a service busy past the 1 s timeout on a loaded machine) leaves its job's
+        instant series stale until the next good one; a series that is never exported stays empty and fails
+        below."""
+        up = stack.up_now()
+        todo = [i for i in range(len(pairs)) if not answers.get(i)]
+        with ThreadPoolExecutor(8) as pool:  # Prometheus answers queries in parallel
+            answers.update(zip(todo, pool.map(lambda i: stack.query(pairs[i][1]), todo), strict=True))
+        return up and all(answers.values())
+
+    poll_until(ask, 60, 1.0)
+    empty = [f"{e.source}: {q}" for i, (e, q) in enumerate(pairs) if not answers.get(i)]
+    for i, (e, q) in enumerate(pairs):  # shown with -s
+        print(f"{len(answers.get(i, [])):4d} series  {e.source}: {q}")
     print(f"{len(pairs)} queries from {len(exprs)} expressions evaluated, {len(pairs) - len(empty)} returned data; "
           f"services ready after {[round(t) for t in stack.started_after_s]} s")
+    print(stack.targets_report())
     report = "\n".join(empty)
-    assert not empty, f"{len(empty)} of {len(pairs)} queries returned no series:\n{report}"
+    assert not empty, (f"{len(empty)} of {len(pairs)} queries returned no series:\n{report}\n"
+                       f"targets:\n{stack.targets_report()}")
 
 
 def _render(stack: Stack, board_path: Path, out: Path) -> None:

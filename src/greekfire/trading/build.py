@@ -83,6 +83,21 @@ def option_chain(
     return out
 
 
+def list_instruments(engine: TradingEngine, instruments: Iterable[Instrument], now_ns: int) -> list[Instrument]:
+    """Trade ``instruments`` from ``now_ns`` on (ns since the epoch), as an exchange lists a new expiry during a
+    run: the engine, its simulated venues and its synthetic market (if any) learn the ones it does not know yet.
+    Venues of other kinds (FIX) list what their exchange lists. Returns the new instruments."""
+    new = [i for i in instruments if i.instrument_id not in engine.instruments]
+    if engine.market is not None and new:  # fair values first: the venues' participants quote around them
+        engine.market.add_options(new, now_ns)
+    for inst in new:
+        engine.add_instrument(inst)
+        for venue in engine.venues.values():
+            if isinstance(venue, SimulatedVenue):
+                venue.add_instrument(inst, now_ns)
+    return new
+
+
 def simulated_venues(
     settings: Settings, instruments: list[Instrument], fair_value: Callable[[int], float], n: int | None = None,
 ) -> list[SimulatedVenue]:

@@ -156,6 +156,20 @@ class SimulatedVenue(Venue):
                 self._bg_quote(iid, now_ns, offset=lvl, size=size)
             self._touched.add(iid)
 
+    def add_instrument(self, inst: Instrument, now_ns: int, levels: int = 3, size: int = 20) -> bool:
+        """List ``inst`` from now on (a new expiry during a run): an empty book that synthetic participants quote,
+        ``levels`` a side of ``size`` at once. False when it was listed already."""
+        iid = inst.instrument_id
+        if iid in self.instruments:
+            return False
+        self.instruments[iid] = inst
+        self.books[iid] = MatchingEngine(iid, maker_fee=self.maker_fee, taker_fee=self.taker_fee)
+        self._bg_live[iid] = []
+        for lvl in range(levels):
+            self._bg_quote(iid, now_ns, offset=lvl, size=size)
+        self._touched.add(iid)
+        return True
+
     def add_liquidity(self, instrument_id: int, side: int, qty: int, price: float, now_ns: int = 0) -> None:
         """Rest a synthetic participant's limit order (price in currency) at once; for scripted scenarios."""
         oid = self._next_oid

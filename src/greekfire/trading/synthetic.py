@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterable
 
 import torch
 
@@ -50,6 +51,19 @@ class SyntheticMarket:
             px = bsm_price(self._right, self.spot, self._strike, ttm, self.rate, 0.0, self.vol).tolist()
             for o, p in zip(self.options, px, strict=True):
                 self._fair[o.instrument_id] = p
+
+    def add_options(self, options: Iterable[Instrument], now_ns: int) -> list[Instrument]:
+        """Price more options of the underlying from ``now_ns`` on (a new expiry listed during a run); ones
+        already priced are skipped. Returns the new ones."""
+        known = {o.instrument_id for o in self.options}
+        new = [o for o in options if o.is_option and o.instrument_id not in known]
+        if new:
+            self.instruments = [*self.instruments, *new]
+            self.options = [*self.options, *new]
+            self._right = torch.tensor([o.right for o in self.options], dtype=torch.float64)
+            self._strike = torch.tensor([o.strike for o in self.options], dtype=torch.float64)
+            self._reprice(now_ns)
+        return new
 
     def fair_value(self, instrument_id: int) -> float:
         """Current fair value of an instrument (currency per unit)."""

@@ -6,8 +6,9 @@ Time: on simulated venues the run keeps its own market clock, ``time_scale`` tim
 restart, where the last run left it. Sessions of the calendar decide when the strategy's daily ``cycle`` runs
 (``cycle_offset_s`` after the open) and when weekly options expire (the week's last session close). The
 engine settles expiries and assignments itself (``trading.expiry``); the strategy hears them in
-``on_settlement``. Over FIX the wall clock is the market's (no compression) and the exchange's instruments are
-traded.
+``on_settlement``. The synthetic market keeps ``weeks`` weekly expiries listed: each session close lists the
+ones missing, with strikes around that day's spot, so a run of any length finds contracts to write. Over FIX
+the wall clock is the market's (no compression) and the exchange's instruments are traded.
 
 Persistence: the engine's own state (orders, fills, portfolio, audit) is snapshotted in the same database
 as the wheel's tables (engine id ``wheel-<account>``); about once a second, and at every session close, the
@@ -46,7 +47,7 @@ from greekfire.strategies.wheel.config import WheelConfig, target_dte
 from greekfire.strategies.wheel.db import DEFAULT_URL, SqlJournal, WheelDB
 from greekfire.strategies.wheel.strategy import WheelStrategy
 from greekfire.trading import report
-from greekfire.trading.build import chain_id, chain_key, option_chain
+from greekfire.trading.build import chain_id, chain_key, list_instruments, option_chain
 from greekfire.trading.model import Instrument, InstrumentStats, option
 from greekfire.trading.store import SnapshotStore
 from greekfire.trading.strategy import StrategyContext
@@ -74,14 +75,18 @@ def strike_grid(spot: float, width: float = 0.20, step: float = 5.0) -> list[flo
     return [k * step for k in range(max(lo, 1), hi + 1)]
 
 
+def expiries_ahead(sessions: Sessions, now_ns: int, weeks: int) -> list[datetime]:
+    """The next ``weeks`` weekly expiries after ``now_ns`` (ns since the epoch; aware UTC datetimes)."""
+    return [e for e in sessions.weekly_expiries(now_ns, weeks + 1) if e.timestamp() * NS > now_ns][:weeks]
+
+
 def wheel_chain(symbol: str, spot: float, sessions: Sessions, now_ns: int, weeks: int,
                 held: Iterable[int] = ()) -> list[Instrument]:
     """The instruments of a paper run: ``symbol`` (id 1), puts and calls around ``spot`` for the weekly
     expiries of ``weeks`` weeks from ``now_ns``, and every option id in ``held`` (the ones the saved engine
     state and the database refer to, expired ones included), rebuilt from its stable id, so a restarted run
     finds each position and order again."""
-    expiries = [e for e in sessions.weekly_expiries(now_ns, weeks + 1) if e.timestamp() * NS > now_ns][:weeks]
-    chain = option_chain(symbol, expiries, strike_grid(spot))
+    chain = option_chain(symbol, expiries_ahead(sessions, now_ns, weeks), strike_grid(spot))
     have = {i.instrument_id for i in chain}
     for iid in sorted(set(held) - have):
         key = chain_key(iid)
@@ -141,8 +146,10 @@ class WheelRunner:
 
     def __init__(self, engine: Any, strategy: WheelStrategy, db: WheelDB, journal: SqlJournal, sessions: Sessions,
                  run_id: str, *, symbols: Iterable[str] | None = None, cycle_offset_s: float = 1800.0,
-                 sync_interval_s: float = 1.0, backoff_s: float = 600.0) -> None:
+                 sync_interval_s: float = 1.0, backoff_s: float = 600.0, weeks: int = 0) -> None:
         self.engine, self.strategy, self.db, self.journal, self.sessions = engine, strategy, db, journal, sessions
+        self.weeks = weeks  # weekly expiries kept listed ahead on a synthetic market (0: what was listed stays)
+        self.listed: list[str] = []  # the expiries listed during the run (ISO dates)
         self.symbols = list(symbols) if symbols is not None else list(strategy.config.symbols)
         self.run_id = run_id
         self.cycle_offset_ns = int(cycle_offset_s * NS)
@@ -284,6 +291,29 @@ class WheelRunner:
             self.close_at = self.sessions.current_or_next(self.sessions.next_open(now_ns))[2]
         if self.next_cycle <= now_ns:  # a cycle due in a closed market (it never ran): the next session's
             self.schedule(now_ns)
+        self.list_expiries(now_ns)
+
+    def list_expiries(self, now_ns: int) -> list[Instrument]:
+        """Keep ``weeks`` weekly expiries listed ahead of ``now_ns`` on a synthetic market, as an exchange lists
+        a new weekly each week: each missing expiry is listed with strikes around today's spot, on the engine,
+        its simulated venues and the market. Over FIX the exchange lists. Returns the new options."""
+        market = self.engine.market
+        if market is None or self.weeks <= 0:
+            return []
+        new: list[Instrument] = []
+        for sym in self.symbols:
+            have = {i.expiry_ns for i in self.engine.instruments.values() if i.is_option and i.underlying == sym}
+            missing = [e for e in expiries_ahead(self.sessions, now_ns, self.weeks) if int(e.timestamp() * NS) not in have]
+            if not missing:
+                continue
+            listed = list_instruments(self.engine, option_chain(sym, missing, strike_grid(market.spot)), now_ns)
+            self.engine.instrument_stats.update(model_open_interest(listed, market.spot))
+            days = [e.date().isoformat() for e in missing]
+            self.listed.extend(days)
+            log.info("wheel: listed %s expiries %s (%d options, strikes around %.2f)", sym, ", ".join(days),
+                     len(listed), market.spot)
+            new.extend(listed)
+        return new
 
     # ---------------------------------------------------------------- the database
     def sync(self, now_ns: int) -> None:
@@ -359,7 +389,8 @@ def run_wheel_paper(
     ``db_url``: the position database (default ``sqlite:///.greekfire/wheel.db`` under ``settings.home``);
     ``venues``: simulated venues (a number; default ``trading.venues``) or ``"fix"``; ``account``: whose
     positions (a restart with the same account resumes them); ``time_scale``: market seconds per wall second
-    (simulated venues); ``weeks``: weekly expiries listed (default: six, or enough to reach ``wheel.dte``); ``spot``: the synthetic underlying's first price
+    (simulated venues); ``weeks``: weekly expiries kept listed ahead (default: six, or enough to reach ``wheel.dte``;
+    each session close lists the next ones, strikes around that day's spot); ``spot``: the synthetic underlying's first price
     (currency; a resumed run continues from its saved one); ``fresh``: forget the account first.
     ConfigError for a bad duration, venues or calendar; UnavailableError when the database cannot be used.
     """
@@ -413,7 +444,8 @@ def run_wheel_paper(
     engine.executions.latency_scale = scale  # venue latencies in wall-clock microseconds, not market time
     if market is not None:
         engine.instrument_stats.update(model_open_interest(instruments or (), market.spot))
-    runner = WheelRunner(engine, strategy, db, journal, sessions, run_id, symbols=config.symbols, cycle_offset_s=1800.0)
+    runner = WheelRunner(engine, strategy, db, journal, sessions, run_id, symbols=config.symbols, cycle_offset_s=1800.0,
+                         weeks=weeks or 0)
     now = engine.clock_ns()
     start = start if start is not None else now
     start_diffs = runner.check_db(now)  # what the last run had not copied (a kill between snapshot and copy)
@@ -464,7 +496,7 @@ def _summary(engine: Any, runner: WheelRunner, journal: SqlJournal, start_ns: in
         "run_id": run_id, "account": runner.db.account, "database": runner.db.url.split("://", 1)[0].split("+")[0],
         "market_start": datetime.fromtimestamp((start_ns or 0) / 1e9, UTC).isoformat(timespec="minutes"),
         "market_end": datetime.fromtimestamp(engine.clock_ns() / 1e9, UTC).isoformat(timespec="minutes"),
-        "cycles": runner.cycles,
+        "cycles": runner.cycles, "expiries_listed": runner.listed,
         "settlements": [{"instrument": insts[s.instrument_id].symbol, "kind": s.kind.value, "qty": s.qty,
                          "shares": s.underlying_qty, "early": s.early, "reason": s.reason}
                         for s in engine.expiry.settlements],

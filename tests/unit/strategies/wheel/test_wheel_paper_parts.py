@@ -144,3 +144,50 @@ def test_a_denied_order_is_logged_with_its_reason_and_retried(runner: tuple[Whee
     assert o.reason == "MAX_QTY" and sample_value("greekfire_wheel_denials_total", {"reason": "MAX_QTY"}) == before + 1
     assert r.rejections and f"({put.symbol}) denied: {o.reason}" in r.rejections[-1]
     assert r.next_cycle == now + 600 * NS
+
+
+def test_each_session_close_keeps_the_weekly_expiries_listed(tmp_path: Path) -> None:
+    """Two weeks listed at the start; after the first Friday's close the third week's expiry is listed on the
+    engine, the simulated venue (a quoted book) and the synthetic market (a fair value), with strikes around
+    the spot of that day, stable ids and open interest; a second close lists nothing more that week."""
+    from greekfire.trading.synthetic import SyntheticMarket
+
+    sessions = Sessions("XNYS")
+    start = ns("2026-12-07T14:30Z")
+    clock = ManualClock(start)
+    chain = wheel_chain("GFX", 100.0, sessions, start, 2)
+    market = SyntheticMarket(chain, spot=100.0, now_ns=start)
+    db = WheelDB(f"sqlite:///{tmp_path / 'w.db'}")
+    db.ensure_account(1e6)
+    journal = db.journal("r")
+    strategy = WheelStrategy(WheelConfig(symbols={"GFX": 1.0}), journal)
+    eng = build_engine(load_settings(), instruments=chain, strategies=[strategy], store=False, clock_ns=clock.now_ns,
+                       market=market)
+    eng.store = SnapshotStore(f"sqlite:///{tmp_path / 'w.db'}", "wheel-paper")
+    r = WheelRunner(eng, strategy, db, journal, sessions, "r", weeks=2)
+    r.schedule(start)
+    expiries = lambda: sorted({i.expiry_ns for i in eng.instruments.values() if i.is_option})  # noqa: E731
+    assert expiries() == [ns("2026-12-11T21:00Z"), ns("2026-12-18T21:00Z")]
+    assert r.list_expiries(start) == []  # both weeks are listed already
+    market.set_spot(131.0, start)  # the spot moved before the Friday close
+    friday_close = ns("2026-12-11T21:00Z")
+    for day in ("2026-12-07", "2026-12-08", "2026-12-09", "2026-12-10"):
+        clock.advance(ns(f"{day}T21:00Z") - clock.now_ns())
+        r.on_poll(clock.now_ns())
+    assert len(expiries()) == 2 and r.listed == []  # nothing expired yet: nothing to list
+    clock.advance(friday_close - clock.now_ns())
+    r.on_poll(friday_close)
+    assert r.errors == 0 and r.listed == ["2026-12-24"]  # Christmas Day is a holiday: Thursday the 24th, 18:00 UTC
+    new = [i for i in eng.instruments.values() if i.is_option and i.expiry_ns == ns("2026-12-24T18:00Z")]
+    assert sorted({i.strike for i in new}) == strike_grid(131.0)
+    assert {i.instrument_id for i in new} == {i.instrument_id for i in option_chain("GFX", [datetime(2026, 12, 24, 18, tzinfo=UTC)],
+                                                                                    strike_grid(131.0)) if i.is_option}
+    venue = next(iter(eng.venues.values()))
+    atm = next(i for i in new if i.strike == 130.0 and i.right < 0)
+    assert market.fair_value(atm.instrument_id) > 0
+    assert venue.books[atm.instrument_id].best_bid() is not None and venue.books[atm.instrument_id].best_ask() is not None
+    assert eng.instrument_stats[atm.instrument_id] == model_open_interest([atm], 131.0)[atm.instrument_id]
+    assert strategy.ctx.instruments[atm.instrument_id] == atm  # the strategy sees it
+    clock.advance(ns("2026-12-14T21:00Z") - clock.now_ns())
+    r.on_poll(clock.now_ns())
+    assert r.listed == ["2026-12-24"]  # Monday: the next two weeks' expiries are listed already

@@ -109,6 +109,9 @@ class SimulatedVenue(Venue):
         self._our_fills: list[VenueEvent] = []
         self._last_flow_ns: int | None = None
         self._bg_live: dict[int, list[int]] = {iid: [] for iid in self.instruments}
+        self._flow_ids: list[int] = []  # the instruments synthetic participants trade: none expired
+        self._next_expiry = 0
+        self._prune_expired(0)
         self.connected = True
         self.requests = 0
         self._touched: set[int] = set()
@@ -165,10 +168,17 @@ class SimulatedVenue(Venue):
         self.instruments[iid] = inst
         self.books[iid] = MatchingEngine(iid, maker_fee=self.maker_fee, taker_fee=self.taker_fee)
         self._bg_live[iid] = []
+        self._prune_expired(now_ns)
         for lvl in range(levels):
             self._bg_quote(iid, now_ns, offset=lvl, size=size)
         self._touched.add(iid)
         return True
+
+    def _prune_expired(self, now_ns: int) -> None:
+        """Synthetic flow trades only what has not expired at ``now_ns`` (an expired option's book stays)."""
+        self._flow_ids = [i for i, inst in self.instruments.items() if not 0 < inst.expiry_ns <= now_ns]
+        self._next_expiry = min((inst.expiry_ns for inst in self.instruments.values() if inst.expiry_ns > now_ns),
+                                default=2**63)
 
     def add_liquidity(self, instrument_id: int, side: int, qty: int, price: float, now_ns: int = 0) -> None:
         """Rest a synthetic participant's limit order (price in currency) at once; for scripted scenarios."""
@@ -360,7 +370,11 @@ class SimulatedVenue(Venue):
             n += 1
             p *= lam / n
             cum += p
-        ids = list(self.instruments)
+        if now_ns >= self._next_expiry:
+            self._prune_expired(now_ns)
+        ids = self._flow_ids
+        if not ids:
+            return
         for _ in range(n):
             iid = ids[self.rng.randrange(len(ids))]
             if self.rng.random() < self.taker_share:

@@ -3,6 +3,8 @@ its reports come back in the order it sent them (one session), unless told to le
 
 from __future__ import annotations
 
+import dataclasses
+
 from greekfire.trading.build import default_instruments
 from greekfire.trading.model import Side, VenueEvent
 from greekfire.trading.orders import Order
@@ -63,3 +65,29 @@ def test_one_set_of_order_type_and_time_in_force_enums_serves_books_and_trading(
     assert [r.kind for r in reports] == [matching.ExecKind.ACCEPTED] and book.best_bid() == (100, 5)
     book.expire_day_orders(0)
     assert book.best_bid() == (100, 5)
+
+
+def test_synthetic_flow_stops_at_an_instruments_expiry_and_reaches_one_listed_later() -> None:
+    """default_instruments expire 30 days after T0: past that, the flow trades only the underlying; an option
+    listed then (add_instrument) is quoted at once and traded by the flow; listing it twice does nothing."""
+    insts = default_instruments(T0)
+    v = SimulatedVenue("S", insts, lambda _iid: 2.5, flow_rate_hz=2_000.0, seed=5)
+    v.seed_books(now_ns=T0)
+    expiry = next(i.expiry_ns for i in insts if i.is_option)
+
+    def traded(t0: int) -> set[int]:
+        """The instruments whose books the flow touched over 0.4 s from ``t0``."""
+        seen: set[int] = set()
+        v.poll(t0)
+        for k in range(1, 40):
+            seen |= {u.instrument_id for u in v.poll(t0 + k * 10_000_000) if hasattr(u, "instrument_id")}
+        return seen
+
+    before = traded(expiry - 10**9)
+    assert 1 in before and any(v.instruments[i].is_option for i in before)
+    assert traded(expiry + 10**9) == {1}
+    listed = dataclasses.replace(default_instruments(expiry, strikes=(100,))[1], instrument_id=99)
+    assert v.add_instrument(listed, expiry + 2 * 10**9)
+    assert v.books[99].best_bid() is not None and v.books[99].best_ask() is not None
+    assert not v.add_instrument(listed, expiry + 2 * 10**9)
+    assert 99 in traded(expiry + 3 * 10**9)

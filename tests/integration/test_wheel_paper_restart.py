@@ -41,7 +41,9 @@ def _trades(url: str, account: str) -> list[tuple]:
 
 
 def kill_and_resume(url: str, tmp_path: Path, account: str) -> None:
-    env = command_env(GREEKFIRE_HOME=str(tmp_path / "home"))
+    # five times the default synthetic flow: the wheel's limit orders fill within a few market days, so the
+    # first expiry comes sooner (the run waits for it); the test's subject is the restart, not the fill rate
+    env = command_env(GREEKFIRE_HOME=str(tmp_path / "home"), GREEKFIRE_TRADING__BACKGROUND_RATE_HZ="1000")
     config = tmp_path / "wheel.yaml"  # one-week options, so a 60-market-day run sees several expiries
     config.write_text("symbols: {SPY: 1.0}\ndte: 5\nmax_dte: 12\n")
     args = ["wheel", "run", "--paper", "--db", url, "--account", account, "--time-scale", "86400", "--json",
@@ -62,7 +64,7 @@ def kill_and_resume(url: str, tmp_path: Path, account: str) -> None:
             first.kill()
             first.wait(10)
     before = {r[0] for r in _trades(url, account)}
-    second = subprocess.run(CLI + args + ["--duration", "15"], env=env, capture_output=True, text=True, timeout=180)
+    second = subprocess.run(CLI + args + ["--duration", "8"], env=env, capture_output=True, text=True, timeout=180)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Traceback" not in second.stderr
     summary = json.loads(second.stdout)

@@ -14,7 +14,8 @@ calls at the first tick of each New York date, and a backtest calls at each clos
 5. sends limit orders through ``ctx.submit`` (prices in integer ticks via ``ctx.ticks``). A DENIED order
    is logged with its reason (``denials``) and the same decision is taken again next cycle.
 
-Fills move the state (:meth:`on_fill`); expiry and assignment come as settlements (:meth:`on_settlement`):
+Fills move the state (:meth:`on_fill`) when an order is done; a new leg that ended partly filled (the rest
+canceled at the close) moves it for the contracts sold, before reconciling; expiry and assignment come as settlements (:meth:`on_settlement`):
 an assigned put adds a lot of shares at the strike to the journal, a called-away call removes it. Every
 transition goes to the journal with its reason. The strategy reads only its context, so the same object
 runs in the backtest harness (:mod:`.backtest`) and on the trading engine.
@@ -39,7 +40,13 @@ from greekfire.data.indicators import rsi_tensor, sma_tensor
 from greekfire.strategies.wheel.config import WheelConfig, target_delta, target_dte, weights
 from greekfire.strategies.wheel.journal import Journal, MemoryJournal, cost_basis
 from greekfire.strategies.wheel.select import Candidates, select
-from greekfire.strategies.wheel.state import Transition, WheelEvent, WheelState, next_state
+from greekfire.strategies.wheel.state import (
+    IllegalWheelTransition,
+    Transition,
+    WheelEvent,
+    WheelState,
+    next_state,
+)
 from greekfire.trading.strategy import (
     Fill,
     Instrument,
@@ -78,6 +85,8 @@ class _Order:
     children: tuple[str, ...] = ()  # the client ids it went out as (several when the router swept venues)
     filled: int = 0  # contracts or shares filled, over all its child orders
     value: float = 0.0  # sum of price x qty of those fills (currency per share x contracts or shares)
+    qty: int = 0  # contracts or shares sent (after any resizing)
+    done: bool = False  # the state moved for it
 
 
 @dataclass
@@ -160,6 +169,7 @@ class WheelStrategy(Strategy):
         del self._orders[fill.client_id]
         if any(self._working(c) for c in o.children if c != fill.client_id):
             return  # a sweep: the state moves once, when the last of its child orders is done
+        o.done = True
         data = {**o.data, "price": o.value / o.filled, "qty": o.filled}
         if o.action == "shares":
             self.journal.add_lot(o.symbol, -o.filled, data["price"], fill.ts_ns or self._now)
@@ -175,11 +185,48 @@ class WheelStrategy(Strategy):
             return
         if o.action in ("close", "stop"):
             self.premium_of.pop(fill.instrument_id, None)
-        self._move(o.symbol, o.event, o.reason, data)
-        if o.action == "open" and o.event == E.PUT_SOLD:
-            self.entry_spot[o.symbol] = self.ctx.spots.get(o.symbol, 0.0)
+        self._opened(o, o.reason, data)
         if o.data.get("sell_shares"):  # the drawdown stop bought the call back: now the shares
             self._sell_shares(o.symbol, o.reason)
+
+    def _opened(self, o: _Order, reason: str, data: dict[str, Any]) -> None:
+        """Move the state for a done order (a new leg sold: its entry spot is the stop's reference)."""
+        self._move(o.symbol, o.event, reason, data)
+        if o.action == "open" and o.event == E.PUT_SOLD:
+            self.entry_spot[o.symbol] = self.ctx.spots.get(o.symbol, 0.0)
+
+    def _forget_ended(self) -> None:
+        """Drop our orders that ended unfilled or partly filled (canceled, expired, rejected); a new leg partly
+        sold moves the state for what was sold (:meth:`_partly_filled`)."""
+        for cid in list(self._orders):
+            seen = self.ctx.order(cid)
+            if seen is None or not seen.is_open:
+                self._partly_filled(self._orders.pop(cid))
+
+    def _partly_filled(self, o: _Order) -> None:
+        """A new leg that ended partly filled (the rest canceled at the close, expired or rejected): the state
+        moves for what was sold, as for a filled order (before, only reconcile moved it, as a repair, and the
+        put's entry spot was never set). A close, stop or roll buy-back that ended partly filled leaves the
+        leg short: the state holds and the next cycle decides on the rest. A roll whose new leg ended unfilled
+        (the old one bought back) closed the leg: ``put_closed`` / ``call_closed``."""
+        if o.done or o.action not in ("open", "roll_open") or any(self._working(c) for c in o.children):
+            return
+        if not o.filled:
+            right = -1.0 if o.event == E.PUT_ROLLED else 1.0
+            if o.action == "roll_open" and self._short_qty(o.symbol, right) == 0:
+                o.done = True
+                self._move(o.symbol, E.PUT_CLOSED if right < 0 else E.CALL_CLOSED,
+                           f"{o.reason}; the new leg ended unfilled", o.data)
+            return
+        o.done = True
+        try:
+            next_state(o.symbol, self.state[o.symbol], o.event)
+        except IllegalWheelTransition:  # the state moved already (a settlement): reconcile decides
+            log.info("wheel %s: %s partly filled (%d of %d) in state %s: left to reconcile", o.symbol, o.action,
+                     o.filled, o.qty, self.state[o.symbol].value)
+            return
+        data = {**o.data, "price": o.value / o.filled, "qty": o.filled}
+        self._opened(o, f"{o.reason}; {o.filled} of {o.qty} filled, the rest ended unfilled", data)
 
     def on_settlement(self, settlement: Settlement) -> None:
         s = settlement
@@ -219,14 +266,11 @@ class WheelStrategy(Strategy):
         day = _ny_date(now_ns)
         self._record(day)
         self._day = day
-        for cid in list(self._orders):  # orders that ended unfilled (canceled, expired, rejected)
-            seen = ctx.order(cid)
-            if seen is None or not seen.is_open:
-                self._orders.pop(cid)
+        self._forget_ended()
         for order in ctx.open_orders():  # yesterday's orders: re-decided (and re-priced) today
             if order.client_id in self._orders:
                 ctx.cancel(order)
-                self._orders.pop(order.client_id, None)
+                self._partly_filled(self._orders.pop(order.client_id))
         self.reconcile()
         allowed = self.entry_filters()
         wants: list[_Want] = []
@@ -626,6 +670,7 @@ class WheelStrategy(Strategy):
             log.warning("wheel %s: order denied (%s): %s; retried next cycle", sym, reason, rec.reason)
             return False
         rec.children = tuple(o.client_id for o in sent)
+        rec.qty = qty
         for o in sent:
             self._orders[o.client_id] = rec
         return True
@@ -654,6 +699,7 @@ class WheelStrategy(Strategy):
         truth); also brings the journal's share lots to the position. Underlyings with one of our orders in
         flight are left alone. Returns what was repaired, one line each."""
         ctx = self.ctx
+        self._forget_ended()  # a new leg that ended partly sold moves the state first, as a sale, not a repair
         busy = {self._orders[o.client_id].symbol for o in ctx.open_orders() if o.client_id in self._orders}
         fixed: list[str] = []
         for sym in self.config.symbols:

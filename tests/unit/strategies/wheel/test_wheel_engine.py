@@ -137,3 +137,85 @@ def test_a_new_leg_denied_for_its_size_is_sent_again_at_half_the_contracts() -> 
     assert wheel.denials == []  # the leg went out: nothing left for the next cycle
     eng.poll_once()
     assert wheel.state["SPY"] == WheelState.SHORT_PUT and wheel.ctx.positions[put.instrument_id] == -2
+
+
+class PartFillingVenue(FillingVenue):
+    """Fills one contract of every new order and leaves the rest working until canceled."""
+
+    def submit(self, order: Order, now_ns: int) -> None:
+        self.sent.append((order.instrument_id, int(order.side), order.qty, order.price_ticks or 0))
+        self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, "v1", ts_ns=now_ns))
+        self._out.append(VenueEvent(VenueEventKind.FILL, self.name, order.client_id, "v1", qty=1,
+                                    price_ticks=order.price_ticks or 0, leaves_qty=order.qty - 1, cum_qty=1,
+                                    fill_id=f"f{len(self.sent)}", ts_ns=now_ns, instrument_id=order.instrument_id,
+                                    side=int(order.side)))
+
+
+def test_a_put_sale_partly_filled_then_canceled_at_the_close_moves_the_state_for_what_was_sold() -> None:
+    """3 puts offered, 1 sold, the rest canceled at the close (what the paper runner does): the next cycle
+    records put_sold for 1 contract at its price, with the put's entry spot (the drawdown stop's reference),
+    not a reconcile repair."""
+    put = opt(day(35), 95.0, "P")
+    now = close_ns(D0)
+    venue = PartFillingVenue("V1")
+    wheel, journal, eng, clock = wheel_on_engine([put], [venue], now, max_contracts=3)
+    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 100, 100, now, "V1"),
+                 Quote(put.instrument_id, 1.00, 1.10, 10, 10, now, "V1")])
+    wheel.on_timer(now)
+    eng.poll_once()
+    assert venue.sent == [(put.instrument_id, -1, 3, 21)] and wheel.ctx.positions[put.instrument_id] == -1
+    assert wheel.state["SPY"] == WheelState.CASH  # still working: the state waits for the order to end
+    eng.cancel_all(wheel.name)  # the session closes
+    eng.poll_once()
+    later = close_ns(day(1))
+    clock.advance(later - now)
+    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 100, 100, later, "V1"),
+                 Quote(put.instrument_id, 1.00, 1.10, 10, 10, later, "V1")])
+    wheel.on_timer(later)
+    assert [(t.event, t.data["qty"], t.data["price"]) for t in journal.transitions] == [("put_sold", 1, 1.05)]
+    assert "1 of 3 filled" in journal.transitions[0].reason
+    assert wheel.state["SPY"] == WheelState.SHORT_PUT and wheel.entry_spot["SPY"] == 100.0
+    assert wheel.reconcile() == []
+
+
+class SellsNothingVenue(FillingVenue):
+    """Fills every order in full, until ``buyers`` is False: then sell orders rest unfilled until canceled."""
+
+    buyers = True
+
+    def submit(self, order: Order, now_ns: int) -> None:
+        if self.buyers or int(order.side) > 0:
+            super().submit(order, now_ns)
+            return
+        self.sent.append((order.instrument_id, int(order.side), order.qty, order.price_ticks or 0))
+        self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, "v1", ts_ns=now_ns))
+
+
+def test_a_roll_whose_new_leg_ends_unfilled_closes_the_leg() -> None:
+    """The old put bought back, the new one offered and canceled unfilled at the close: put_closed, with the
+    roll's reason, not a reconcile repair."""
+    old, new = opt(day(35), 95.0, "P"), opt(day(42), 95.0, "P")
+    now = close_ns(D0)
+    venue = SellsNothingVenue("V1")
+    wheel, journal, eng, clock = wheel_on_engine([old, new], [venue], now, max_contracts=2, limit_fraction=0.0)
+    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 10, 10, now, "V1"),
+                 Quote(old.instrument_id, 1.00, 1.10, 10, 10, now, "V1")])
+    wheel.on_timer(now)
+    eng.poll_once()
+    assert wheel.state["SPY"] == WheelState.SHORT_PUT
+    venue.buyers = False  # from now on, nobody buys our puts
+    later = close_ns(day(1))
+    clock.advance(later - now)
+    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 10, 10, later, "V1"),
+                 Quote(old.instrument_id, 0.04, 0.05, 10, 10, later, "V1"),
+                 Quote(new.instrument_id, 1.00, 1.10, 10, 10, later, "V1")])
+    wheel.on_timer(later)  # P&L 95% >= 90%: roll; the buy-back fills, the new leg rests
+    eng.poll_once()
+    eng.poll_once()
+    assert wheel.ctx.positions.get(old.instrument_id, 0) == 0 and not wheel.ctx.positions.get(new.instrument_id)
+    assert [s for s in venue.sent if s[0] == new.instrument_id and s[1] < 0]  # the new leg went out
+    eng.cancel_all(wheel.name)  # the session closes
+    eng.poll_once()
+    assert wheel.reconcile() == []
+    assert [t.event for t in journal.transitions] == ["put_sold", "put_closed"]
+    assert "the new leg ended unfilled" in journal.transitions[-1].reason and wheel.state["SPY"] == WheelState.CASH

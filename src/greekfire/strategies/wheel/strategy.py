@@ -185,26 +185,26 @@ class WheelStrategy(Strategy):
             return
         if o.action in ("close", "stop"):
             self.premium_of.pop(fill.instrument_id, None)
-        self._opened(o, o.reason, data)
+        self._complete(o, o.reason, data)
         if o.data.get("sell_shares"):  # the drawdown stop bought the call back: now the shares
             self._sell_shares(o.symbol, o.reason)
 
-    def _opened(self, o: _Order, reason: str, data: dict[str, Any]) -> None:
-        """Move the state for a done order (a new leg sold: its entry spot is the stop's reference)."""
+    def _complete(self, o: _Order, reason: str, data: dict[str, Any]) -> None:
+        """Move the state for a done order (a new put sold: its entry spot is the stop's reference)."""
         self._move(o.symbol, o.event, reason, data)
         if o.action == "open" and o.event == E.PUT_SOLD:
             self.entry_spot[o.symbol] = self.ctx.spots.get(o.symbol, 0.0)
 
     def _forget_ended(self) -> None:
         """Drop our orders that ended unfilled or partly filled (canceled, expired, rejected); a new leg partly
-        sold moves the state for what was sold (:meth:`_partly_filled`)."""
+        sold moves the state for what was sold (:meth:`_ended`)."""
         for cid in list(self._orders):
             seen = self.ctx.order(cid)
             if seen is None or not seen.is_open:
-                self._partly_filled(self._orders.pop(cid))
+                self._ended(self._orders.pop(cid))
 
-    def _partly_filled(self, o: _Order) -> None:
-        """A new leg that ended partly filled (the rest canceled at the close, expired or rejected): the state
+    def _ended(self, o: _Order) -> None:
+        """An order that ended before it filled in full. A new leg that ended partly filled (the rest canceled at the close, expired or rejected): the state
         moves for what was sold, as for a filled order (before, only reconcile moved it, as a repair, and the
         put's entry spot was never set). A close, stop or roll buy-back that ended partly filled leaves the
         leg short: the state holds and the next cycle decides on the rest. A roll whose new leg ended unfilled
@@ -219,14 +219,12 @@ class WheelStrategy(Strategy):
                            f"{o.reason}; the new leg ended unfilled", o.data)
             return
         o.done = True
+        data = {**o.data, "price": o.value / o.filled, "qty": o.filled}
         try:
-            next_state(o.symbol, self.state[o.symbol], o.event)
+            self._complete(o, f"{o.reason}; {o.filled} of {o.qty} filled, the rest ended unfilled", data)
         except IllegalWheelTransition:  # the state moved already (a settlement): reconcile decides
             log.info("wheel %s: %s partly filled (%d of %d) in state %s: left to reconcile", o.symbol, o.action,
                      o.filled, o.qty, self.state[o.symbol].value)
-            return
-        data = {**o.data, "price": o.value / o.filled, "qty": o.filled}
-        self._opened(o, f"{o.reason}; {o.filled} of {o.qty} filled, the rest ended unfilled", data)
 
     def on_settlement(self, settlement: Settlement) -> None:
         s = settlement
@@ -270,7 +268,7 @@ class WheelStrategy(Strategy):
         for order in ctx.open_orders():  # yesterday's orders: re-decided (and re-priced) today
             if order.client_id in self._orders:
                 ctx.cancel(order)
-                self._partly_filled(self._orders.pop(order.client_id))
+                self._ended(self._orders.pop(order.client_id))
         self.reconcile()
         allowed = self.entry_filters()
         wants: list[_Want] = []

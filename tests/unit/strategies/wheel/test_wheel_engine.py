@@ -28,10 +28,17 @@ class FillingVenue(Venue):
         self._out: list[VenueEvent] = []
 
     def submit(self, order: Order, now_ns: int) -> None:
+        self._accept(order, now_ns)
+        self._fill(order, order.qty, now_ns)
+
+    def _accept(self, order: Order, now_ns: int) -> None:
         self.sent.append((order.instrument_id, int(order.side), order.qty, order.price_ticks or 0))
         self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, "v1", ts_ns=now_ns))
-        self._out.append(VenueEvent(VenueEventKind.FILL, self.name, order.client_id, "v1", qty=order.qty,
-                                    price_ticks=order.price_ticks or 0, leaves_qty=0, cum_qty=order.qty,
+
+    def _fill(self, order: Order, qty: int, now_ns: int) -> None:
+        """``qty`` of ``order`` filled at its limit (the first fill of the order)."""
+        self._out.append(VenueEvent(VenueEventKind.FILL, self.name, order.client_id, "v1", qty=qty,
+                                    price_ticks=order.price_ticks or 0, leaves_qty=order.qty - qty, cum_qty=qty,
                                     fill_id=f"f{len(self.sent)}", ts_ns=now_ns, instrument_id=order.instrument_id,
                                     side=int(order.side)))
 
@@ -63,13 +70,18 @@ def wheel_on_engine(instruments: list[Any], venues: list[Venue], now: int, overr
     return wheel, journal, eng, clock
 
 
+def quote_v1(eng: Any, ts: int, *legs: tuple[Any, float, float], spy_size: int = 100) -> None:
+    """SPY at 99.99 / 100.01 and each ``(option, bid, ask)`` (10 a side) quoted on venue V1 at ``ts``."""
+    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, spy_size, spy_size, ts, "V1"),
+                 *(Quote(i.instrument_id, bid, ask, 10, 10, ts, "V1") for i, bid, ask in legs)])
+
+
 def test_the_strategy_runs_unchanged_on_the_engine() -> None:
     put = opt(day(35), 95.0, "P")
     now = close_ns(D0)
     venue = FillingVenue("V1")
     wheel, journal, eng, _ = wheel_on_engine([put], [venue], now, max_contracts=2)
-    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 100, 100, now, "V1"),
-                 Quote(put.instrument_id, 1.00, 1.10, 10, 10, now, "V1")])
+    quote_v1(eng, now, (put, 1.00, 1.10))
     assert put.instrument_id not in wheel.ctx.stats  # no liquidity source here: the minimums let it pass
     wheel.on_timer(now - 3_600 * 10**9)  # 15:00 New York: before the cycle time (15:30)
     assert venue.sent == []
@@ -129,8 +141,7 @@ def test_a_new_leg_denied_for_its_size_is_sent_again_at_half_the_contracts() -> 
     now = close_ns(D0)
     venue = FillingVenue("V1")
     wheel, _, eng, _ = wheel_on_engine([put], [venue], now, {"trading.risk.max_order_qty": 3}, max_contracts=8)
-    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 100, 100, now, "V1"),
-                 Quote(put.instrument_id, 1.00, 1.10, 10, 10, now, "V1")])
+    quote_v1(eng, now, (put, 1.00, 1.10))
     wheel.on_timer(now)
     assert venue.sent == [(put.instrument_id, -1, 2, 21)]
     assert [o.reason for o in eng.oms.orders.values() if o.status.name == "DENIED"] == ["MAX_QTY", "MAX_QTY"]
@@ -143,12 +154,8 @@ class PartFillingVenue(FillingVenue):
     """Fills one contract of every new order and leaves the rest working until canceled."""
 
     def submit(self, order: Order, now_ns: int) -> None:
-        self.sent.append((order.instrument_id, int(order.side), order.qty, order.price_ticks or 0))
-        self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, "v1", ts_ns=now_ns))
-        self._out.append(VenueEvent(VenueEventKind.FILL, self.name, order.client_id, "v1", qty=1,
-                                    price_ticks=order.price_ticks or 0, leaves_qty=order.qty - 1, cum_qty=1,
-                                    fill_id=f"f{len(self.sent)}", ts_ns=now_ns, instrument_id=order.instrument_id,
-                                    side=int(order.side)))
+        self._accept(order, now_ns)
+        self._fill(order, 1, now_ns)
 
 
 def test_a_put_sale_partly_filled_then_canceled_at_the_close_moves_the_state_for_what_was_sold() -> None:
@@ -159,8 +166,7 @@ def test_a_put_sale_partly_filled_then_canceled_at_the_close_moves_the_state_for
     now = close_ns(D0)
     venue = PartFillingVenue("V1")
     wheel, journal, eng, clock = wheel_on_engine([put], [venue], now, max_contracts=3)
-    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 100, 100, now, "V1"),
-                 Quote(put.instrument_id, 1.00, 1.10, 10, 10, now, "V1")])
+    quote_v1(eng, now, (put, 1.00, 1.10))
     wheel.on_timer(now)
     eng.poll_once()
     assert venue.sent == [(put.instrument_id, -1, 3, 21)] and wheel.ctx.positions[put.instrument_id] == -1
@@ -169,8 +175,7 @@ def test_a_put_sale_partly_filled_then_canceled_at_the_close_moves_the_state_for
     eng.poll_once()
     later = close_ns(day(1))
     clock.advance(later - now)
-    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 100, 100, later, "V1"),
-                 Quote(put.instrument_id, 1.00, 1.10, 10, 10, later, "V1")])
+    quote_v1(eng, later, (put, 1.00, 1.10))
     wheel.on_timer(later)
     assert [(t.event, t.data["qty"], t.data["price"]) for t in journal.transitions] == [("put_sold", 1, 1.05)]
     assert "1 of 3 filled" in journal.transitions[0].reason
@@ -184,11 +189,9 @@ class SellsNothingVenue(FillingVenue):
     buyers = True
 
     def submit(self, order: Order, now_ns: int) -> None:
+        self._accept(order, now_ns)
         if self.buyers or int(order.side) > 0:
-            super().submit(order, now_ns)
-            return
-        self.sent.append((order.instrument_id, int(order.side), order.qty, order.price_ticks or 0))
-        self._out.append(VenueEvent(VenueEventKind.ACCEPTED, self.name, order.client_id, "v1", ts_ns=now_ns))
+            self._fill(order, order.qty, now_ns)
 
 
 def test_a_roll_whose_new_leg_ends_unfilled_closes_the_leg() -> None:
@@ -198,17 +201,14 @@ def test_a_roll_whose_new_leg_ends_unfilled_closes_the_leg() -> None:
     now = close_ns(D0)
     venue = SellsNothingVenue("V1")
     wheel, journal, eng, clock = wheel_on_engine([old, new], [venue], now, max_contracts=2, limit_fraction=0.0)
-    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 10, 10, now, "V1"),
-                 Quote(old.instrument_id, 1.00, 1.10, 10, 10, now, "V1")])
+    quote_v1(eng, now, (old, 1.00, 1.10), spy_size=10)
     wheel.on_timer(now)
     eng.poll_once()
     assert wheel.state["SPY"] == WheelState.SHORT_PUT
     venue.buyers = False  # from now on, nobody buys our puts
     later = close_ns(day(1))
     clock.advance(later - now)
-    eng.process([Quote(SPY.instrument_id, 99.99, 100.01, 10, 10, later, "V1"),
-                 Quote(old.instrument_id, 0.04, 0.05, 10, 10, later, "V1"),
-                 Quote(new.instrument_id, 1.00, 1.10, 10, 10, later, "V1")])
+    quote_v1(eng, later, (old, 0.04, 0.05), (new, 1.00, 1.10), spy_size=10)
     wheel.on_timer(later)  # P&L 95% >= 90%: roll; the buy-back fills, the new leg rests
     eng.poll_once()
     eng.poll_once()

@@ -108,18 +108,12 @@ def give_back_freed_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
-def best_given_back(fn: Callable[[], Any], repeat: int) -> float:
-    """Best wall time in seconds of ``repeat`` calls of ``fn``, each after :func:`give_back_freed_memory`
-    (untimed). With glibc's defaults a process keeps freed 8 MB outputs or gives them back depending on
-    its heap's layout, so a plain best-of lands in either mode from one process to the next (1.7x apart,
-    benchmarks/history/house-rework-old-vs-new.md); this fixes the mode to "given back" on both sides."""
-    best = float("inf")
-    for _ in range(repeat):
-        give_back_freed_memory()
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def given_back_hook(given_back: bool) -> Callable[[], None] | None:
+    """The untimed ``before`` hook of :func:`best_of` for a "memory given back" row (None: glibc as it is).
+    With glibc's defaults a process keeps freed 8 MB outputs or gives them back depending on its heap's
+    layout, so a plain best-of lands in either mode from one process to the next (1.7x apart,
+    benchmarks/history/house-rework-old-vs-new.md); the hook fixes the mode to "given back" on both sides."""
+    return give_back_freed_memory if given_back else None
 
 
 def time_greeks(
@@ -138,8 +132,7 @@ def time_greeks(
         bsm_greeks(*args, names=names, compile=compile)
         sync(device)
 
-    best = best_given_back(run, repeat=repeat) if given_back else best_of(run, repeat=repeat)
-    return len(g["w"]) / best, first
+    return len(g["w"]) / best_of(run, repeat=repeat, before=given_back_hook(given_back)), first
 
 
 def ql_option(ql: Any, today: Any, dc: Any, row: tuple[float, ...], american: bool) -> tuple[Any, Any]:
@@ -172,7 +165,7 @@ def ql_european_rate(g: dict[str, torch.Tensor], n: int, given_back: bool = Fals
             opt.NPV(), opt.delta(), opt.gamma(), opt.vega(), opt.theta(), opt.rho(), opt.dividendRho()
 
     # best of QL_PASSES passes: one pass of a small sample is noisy
-    return n / (best_given_back(run, repeat=QL_PASSES) if given_back else best_of(run, repeat=QL_PASSES))
+    return n / best_of(run, repeat=QL_PASSES, before=given_back_hook(given_back))
 
 
 def vollib_greeks_rate(g: dict[str, torch.Tensor], given_back: bool = False) -> float:
@@ -185,7 +178,7 @@ def vollib_greeks_rate(g: dict[str, torch.Tensor], given_back: bool = False) -> 
         pvv.vectorized_black_scholes_merton(flag, a[0], a[1], a[2], a[3], a[4], a[5], return_as="numpy")
         pvv.get_all_greeks(flag, a[0], a[1], a[2], a[3], a[4], a[5], model="black_scholes_merton", return_as="dict")
 
-    return len(flag) / (best_given_back(run, repeat=3) if given_back else best_of(run, repeat=3))
+    return len(flag) / best_of(run, repeat=3, before=given_back_hook(given_back))
 
 
 def european_rows(notes: list[str]) -> list[dict[str, Any]]:

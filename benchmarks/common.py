@@ -16,10 +16,15 @@ from rich.table import Table
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def best_of(fn: Callable[[], Any], repeat: int = 3, min_time: float = 0.0) -> float:
-    """Best wall time in seconds of ``repeat`` calls of ``fn`` (each call may loop until ``min_time``)."""
+def best_of(
+    fn: Callable[[], Any], repeat: int = 3, min_time: float = 0.0, before: Callable[[], Any] | None = None
+) -> float:
+    """Best wall time in seconds of ``repeat`` calls of ``fn`` (each call may loop until ``min_time``);
+    ``before``, when given, runs untimed before each of the ``repeat`` calls."""
     best = float("inf")
     for _ in range(repeat):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         n = 0
         while True:

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from conftest import command_env, free_port, poll_until, port_open
-from greekfire.api.auth import ApiKeyStore
+from greekfire.api.auth import KEY_PREFIX, SECRET_LEN, ApiKeyStore, key_id_of
 from greekfire.api.trading import API_STRATEGY, build_app
 from greekfire.core.db import resolve_url
 from greekfire.core.settings import Settings, load_settings
@@ -343,7 +343,13 @@ def test_mutating_calls_are_audited_without_secrets(srv: TradingServer) -> None:
     assert "/v1/risk/limits" in routes and "/token" in routes
     text = repr(entries)
     for key in srv.keys.values():
-        assert key not in text and key.rsplit("_", 1)[-1] not in text
+        # both the key id and the secret may hold "_": take the secret by position, never by splitting
+        key_id = key_id_of(key)
+        assert key_id is not None
+        secret = key[len(KEY_PREFIX) + len(key_id) + 1:]
+        assert len(secret) == SECRET_LEN and key not in text and secret not in text
+    tokens = [e for e in entries if e[4].get("route") == "/token"]
+    assert key_id_of(srv.keys["admin"]) in {e[3] for e in tokens}
     put = [e for e in entries if e[4].get("route") == "/v1/risk/limits"][-1]
     assert put[4]["key_id"] and put[4]["method"] == "PUT" and "max_order_qty" in put[4]["body"]
 

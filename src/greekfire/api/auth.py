@@ -137,6 +137,14 @@ def mask_key(api_key: str) -> str:
     return f"{KEY_PREFIX}{m.group(1)}_***" if m else "***"
 
 
+def key_id_of(api_key: str) -> str | None:
+    """The ``key_id`` of a well-formed ``gfk_<key_id>_<secret>`` key, else ``None``.
+
+    Both parts may hold ``_`` themselves, so the key is read by position, never split on ``_``."""
+    m = _KEY_RE.fullmatch(api_key) if isinstance(api_key, str) else None
+    return m.group(1) if m else None
+
+
 class _Unavailable(Exception):
     pass
 

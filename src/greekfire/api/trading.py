@@ -50,7 +50,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from greekfire.api.auth import SCOPES, ApiKeyStore, Authenticator, Principal
+from greekfire.api.auth import SCOPES, ApiKeyStore, Authenticator, Principal, key_id_of
 from greekfire.api.ratelimit import RateLimiter, make_limiter, rate_limited
 from greekfire.api.server import ListeningServer
 from greekfire.api.streams import CLOSE_POLICY, StreamHub
@@ -241,8 +241,7 @@ def build_app(
                 [{**e, "loc": ("body", *e["loc"]), "input": clean(redact(e.get("input")))}
                  for e in exc.errors(include_url=False, include_context=False)]) from None
         out = auth.issue_token(req.api_key)
-        parts = req.api_key.split("_")
-        engine.audit.append(engine.clock_ns(), "api", parts[1] if len(parts) >= 3 else "?",
+        engine.audit.append(engine.clock_ns(), "api", key_id_of(req.api_key) or "?",
                             {"route": "/token", "method": "POST", "body": {"api_key": "***"}, "status": 200})
         return out
 

@@ -29,11 +29,15 @@ from greekfire.api.auth import (
     MISSING,
     REVOKED,
     SCOPES,
+    KEY_PREFIX,
+    SECRET_LEN,
     VERIFY_CACHE_TTL_S,
     ApiKeyStore,
     Authenticator,
     Principal,
     expand_scopes,
+    key_id_of,
+    mask_key,
 )
 from greekfire.api.keys import create_key, list_keys, revoke_key
 from greekfire.core.errors import ConfigError, DataError, UnavailableError
@@ -87,7 +91,18 @@ def test_key_format_and_only_an_argon2_hash_is_stored(store: ApiKeyStore, db_url
     assert listed[0]["created_at"].tzinfo is not None
     # two keys never share an id or a secret
     key_id2, api_key2 = store.create("desk-2", ["read"])
-    assert key_id2 != key_id and api_key2.split("_", 2)[2] != api_key.split("_", 2)[2]
+    m2 = KEY_RE.fullmatch(api_key2)
+    assert m2 is not None and key_id2 != key_id and m2.group(2) != m.group(2)
+
+
+@pytest.mark.parametrize("key_id", ["_juMwupg7B-p", "ab_cd_ef_gh_", "I9RwfMyJDk0T"])
+def test_key_id_is_read_by_position_when_parts_hold_underscores(key_id: str) -> None:
+    secret = "O_" + "x" * (SECRET_LEN - 4) + "_o"  # "_" inside and at both ends of the parts
+    api_key = f"{KEY_PREFIX}{key_id}_{secret}"
+    assert key_id_of(api_key) == key_id
+    assert mask_key(api_key) == f"{KEY_PREFIX}{key_id}_***"
+    for bad in ("gfk_nope_nope", api_key + "x", api_key[1:], "", None):
+        assert key_id_of(bad) is None  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("granted", "expanded"), [

@@ -9,6 +9,10 @@ PIP := $(PY) -m pip
 # torch into .venv first and it is kept (we only install torch when none is importable).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# `make test` runs the suite on one pytest-xdist worker a CPU (at most 4; `make test PYTEST_WORKERS=0` runs
+# it in one process). A test file is one unit of work, the docs examples one unit a page, handed out in file
+# order, the integration tests (the longest) first (tests/conftest.py)
+PYTEST_WORKERS ?= auto
 PEERS ?= .venv-peers
 
 .PHONY: help venv dev demo test test-unit bench peers lint services clean
@@ -46,7 +50,7 @@ demo: venv
 
 test: dev
 	$(BIN)/lint-imports
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder --durations 25 $(PYTEST_ARGS)
 
 test-unit: dev
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

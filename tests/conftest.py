@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 import socket
 import time
@@ -54,6 +55,23 @@ collect_ignore = [] if cuda_test_device() else ["cuda"]
 def pytest_report_header(config: pytest.Config) -> str:
     dev = cuda_test_device()
     return f"tests/cuda: running on {dev}" if dev else "tests/cuda: not collected (torch sees no CUDA device)"
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test`'s scheduler (pytest-xdist, ``--dist loadfile``): each test file is one unit of work for a
+    worker, so its tests run in file order and its module fixtures (a Prometheus stack, a trading server)
+    start once; the docs examples are one unit a page (a page's blocks build on each other, pages do not)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrDocsPage(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file, _, test = nodeid.partition("::")
+            page = re.fullmatch(r"test_docs_example\[(.+):\d+:\w+\]", test)
+            return f"{file}::{page.group(1)}" if page else file
+
+    return FileOrDocsPage(config, log)
 
 
 def in_ci() -> bool:

@@ -67,11 +67,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class FileOrDocsPage(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            file, _, test = nodeid.partition("::")
-            page = re.fullmatch(r"test_docs_example\[(.+):\d+:\w+\]", test)
-            return f"{file}::{page.group(1)}" if page else file
+            return work_unit(nodeid)
 
     return FileOrDocsPage(config, log)
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to under `make test`'s workers: its file, or ``<file>::<page>`` for a
+    docs example (``test_docs_example[docs/quant.md:17:python]`` -> ``...::docs/quant.md``)."""
+    file, _, test = nodeid.partition("::")
+    page = re.fullmatch(r"test_docs_example\[(.+):\d+:\w+\]", test)
+    return f"{file}::{page.group(1)}" if page else file
 
 
 def in_ci() -> bool:

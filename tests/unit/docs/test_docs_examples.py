@@ -25,7 +25,7 @@ from docs_blocks import (
     run_block,
 )
 
-from conftest import need
+from conftest import need, work_unit
 
 PAGES = doc_pages()
 PAGE_BLOCKS: dict[str, list[Block]] = {
@@ -116,6 +116,17 @@ def test_docs_example(block: Block, page_runs: dict[str, PageRun]) -> None:
     """The example runs to the end with exit status 0."""
     assert check_block(block) is None, check_block(block)
     _run_page_until(block.page, block, page_runs[block.page])
+
+
+def test_each_page_is_one_unit_of_work_for_the_test_workers() -> None:
+    """`make test` hands a page's examples to one worker (they build on each other), pages to any."""
+    file = "tests/unit/docs/test_docs_examples.py"
+    units = {b.label: work_unit(f"{file}::test_docs_example[{b.label}]") for b in RUNNABLE}
+    assert units and all(u == f"{file}::{label.rsplit(':', 2)[0]}" for label, u in units.items())
+    assert len(set(units.values())) == len({b.page for b in RUNNABLE}) > 1
+    assert work_unit(f"{file}::test_relative_links_resolve[docs/quant.md]") == file
+    assert work_unit("tests/unit/quant/test_quant_compiled.py::test_compiled_greeks_equal_eager") == (
+        "tests/unit/quant/test_quant_compiled.py")
 
 
 def test_there_are_examples_on_every_system_page() -> None:

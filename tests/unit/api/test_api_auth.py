@@ -26,10 +26,10 @@ from fastapi import Depends, FastAPI, HTTPException
 from greekfire.api.auth import (
     BAD_KEY,
     EXPIRED,
+    KEY_PREFIX,
     MISSING,
     REVOKED,
     SCOPES,
-    KEY_PREFIX,
     SECRET_LEN,
     VERIFY_CACHE_TTL_S,
     ApiKeyStore,

@@ -60,7 +60,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`make test`'s scheduler (pytest-xdist, ``--dist loadfile``): each test file is one unit of work for a
     worker, so its tests run in file order and its module fixtures (a Prometheus stack, a trading server)
-    start once; the docs examples are one unit a page (a page's blocks build on each other, pages do not)."""
+    start once; the docs examples are one unit a page (a page's blocks build on each other, pages do not).
+    Not ``--dist loadgroup`` with ``xdist_group`` marks: under pytest 9.2, xdist 3.8 drops the groups without a
+    word and spreads a file's tests over the workers (pytest-xdist issue 1386)."""
     if config.getoption("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling

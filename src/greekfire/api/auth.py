@@ -131,18 +131,18 @@ def _digest(api_key: str) -> bytes:
     return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).digest()
 
 
-def mask_key(api_key: str) -> str:
-    """``api_key`` safe to show: ``gfk_<key_id>_***`` for a well-formed key, else ``***``."""
-    m = _KEY_RE.fullmatch(api_key) if isinstance(api_key, str) else None
-    return f"{KEY_PREFIX}{m.group(1)}_***" if m else "***"
-
-
 def key_id_of(api_key: str) -> str | None:
     """The ``key_id`` of a well-formed ``gfk_<key_id>_<secret>`` key, else ``None``.
 
     Both parts may hold ``_`` themselves, so the key is read by position, never split on ``_``."""
     m = _KEY_RE.fullmatch(api_key) if isinstance(api_key, str) else None
     return m.group(1) if m else None
+
+
+def mask_key(api_key: str) -> str:
+    """``api_key`` safe to show: ``gfk_<key_id>_***`` for a well-formed key, else ``***``."""
+    key_id = key_id_of(api_key)
+    return f"{KEY_PREFIX}{key_id}_***" if key_id else "***"
 
 
 class _Unavailable(Exception):
@@ -252,10 +252,9 @@ class ApiKeyStore:
             if hit[1]:
                 self._touch(hit[0].key_id, self.clock())
             return hit[0]
-        m = _KEY_RE.fullmatch(api_key) if isinstance(api_key, str) else None
-        if m is None:
+        key_id = key_id_of(api_key)
+        if key_id is None:
             return None
-        key_id = m.group(1)
         row = self._row(key_id)
         if row is None:
             self._burn(api_key)

@@ -69,3 +69,25 @@ def test_the_table_takes_medians_and_marks_falls_beyond_the_tolerance(compare, t
     assert worse == 2
     _, none_worse = compare.table(old, new, 0.25)
     assert none_worse == 0
+    # our own figure alone, + is better: throughput 2.2 -> 1.9; a latency 5.0 -> 6.0 us is 1/1.2 - 1
+    assert lines["throughput"].endswith("| -13.6% |")
+    assert lines["p50"].endswith("| -16.7% |")
+
+
+def test_more_rounds_find_the_runs_kept_before(compare, tmp_path: Path) -> None:  # noqa: ANN001
+    for name in ("old-r1-market.json", "new-r1-market.json", "old-r2-market.json", "new-r2-market.json",
+                 "old-warm-market.json", "old-r1-data.json", "new-r3-quant_european.json"):
+        (tmp_path / name).write_text("{}")
+    runs, rounds = compare.kept_runs(tmp_path, ["market", "quant_european"])
+    assert [p.name for p in runs["old"]] == ["old-r1-market.json", "old-r2-market.json"]
+    assert [p.name for p in runs["new"]] == ["new-r1-market.json", "new-r2-market.json", "new-r3-quant_european.json"]
+    assert rounds == 3
+
+
+def test_variables_for_both_sides_are_name_value_pairs(compare) -> None:  # noqa: ANN001
+    assert compare.parse_env(["MALLOC_MMAP_THRESHOLD_=33554432", "A=b=c"]) == {
+        "MALLOC_MMAP_THRESHOLD_": "33554432", "A": "b=c"}
+    with pytest.raises(SystemExit, match="'MALLOC_TRIM_THRESHOLD_': expected NAME=VALUE"):
+        compare.parse_env(["MALLOC_TRIM_THRESHOLD_"])
+    with pytest.raises(SystemExit, match="'=1'"):
+        compare.parse_env(["=1"])

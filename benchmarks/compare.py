@@ -35,6 +35,13 @@ from pathlib import Path
 from typing import Any
 
 
+def unit_less_is_better(row: dict[str, Any]) -> bool:
+    """Whether less of the row's figures (ours and the peer's) is better, read from its unit: a time, a size,
+    or a unit marked "lower is better"."""
+    unit = str(row.get("unit", ""))
+    return "lower is better" in unit or unit.split(" ")[0] in {"ns", "us", "ms", "s", "MB", "GB"}
+
+
 def lower_is_better(row: dict[str, Any]) -> bool:
     """Whether a row's ratio is better when smaller.
 
@@ -42,8 +49,7 @@ def lower_is_better(row: dict[str, Any]) -> bool:
     goal (latency in us / the goal), the bytes-read row and the start-up row write ours / peer of a
     quantity where less is better. Read from the row: its unit says whether less of it is better, and
     its ratio says which way round it was taken."""
-    unit = str(row.get("unit", ""))
-    less_is_better = "lower is better" in unit or unit.split(" ")[0] in {"ns", "us", "ms", "s", "MB", "GB"}
+    less_is_better = unit_less_is_better(row)
     ours, peer, ratio = row.get("ours"), row.get("peer_value"), row.get("ratio")
     if isinstance(ours, (int, float)) and isinstance(peer, (int, float)) and isinstance(ratio, (int, float)) \
             and peer and ratio:
@@ -123,9 +129,7 @@ def collect(paths: list[Path]) -> dict[tuple[str, str, str], RowRuns]:
             if not isinstance(r.get("ratio"), (int, float)):
                 continue
             key = (data["subject"], r["benchmark"], str(r.get("peer", "")))
-            unit = str(r.get("unit", ""))
-            ours_lower = "lower is better" in unit or unit.split(" ")[0] in {"ns", "us", "ms", "s", "MB", "GB"}
-            row = rows.setdefault(key, RowRuns(lower_is_better(r), ours_lower))
+            row = rows.setdefault(key, RowRuns(lower_is_better(r), unit_less_is_better(r)))
             row.ratios.append(float(r["ratio"]))
             if isinstance(r.get("ours"), (int, float)):
                 row.ours.append(float(r["ours"]))
@@ -150,9 +154,9 @@ def table(old: dict[tuple[str, str, str], RowRuns], new: dict[tuple[str, str, st
         mark = f" **worse >{tolerance:.0%}**" if bad else ""
         arrow = " (lower is better)" if o.lower else ""
         ours = "-"
-        if o.ours and n.ours and statistics.median(o.ours) and statistics.median(n.ours):
-            ratio = statistics.median(n.ours) / statistics.median(o.ours)
-            ours = f"{(1 / ratio if o.ours_lower else ratio) - 1:+.1%}"
+        old_ours, new_ours = (statistics.median(o.ours) if o.ours else 0.0), (statistics.median(n.ours) if n.ours else 0.0)
+        if old_ours and new_ours:
+            ours = f"{(old_ours / new_ours if o.ours_lower else new_ours / old_ours) - 1:+.1%}"
         lines.append(f"| {key[0]} | {key[1]} | {key[2]}{arrow} | {', '.join(f'{x:.3g}' for x in o.ratios)} | "
                      f"{', '.join(f'{x:.3g}' for x in n.ratios)} | {mo:.3g} | {mn:.3g} | {change:+.1%}{mark} | {ours} |")
     return "\n".join(lines), worse

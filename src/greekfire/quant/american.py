@@ -57,18 +57,41 @@ def crr_price(
     dt = T / n
     dx = v * torch.sqrt(dt)
     pu = 0.5 + 0.5 * (r - q - 0.5 * v * v) * dt / dx
-    pd = 1.0 - pu
     disc = torch.exp(-r * dt)
-    j = torch.arange(n + 1, device=S.device, dtype=S.dtype).reshape(1, -1)
-    log_s = torch.log(S)
-    values = torch.clamp(w * (torch.exp(log_s + (2.0 * j - n) * dx) - K), min=0.0)
+    pu_d, pd_d = disc * pu, disc * (1.0 - pu)  # discounted branch weights
+    # node j of level i sits at log-price log S + (2j - i) dx: every level's nodes are among the 2n + 1
+    # lattice points k dx, k = -n..n, so the exercise values are computed once (one exp per lattice point,
+    # not one per node and level) and level i reads its own: every second point from n - i, kept as the
+    # even and the odd points apart so that a level's slice is contiguous
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (S, K, T, r, q, v))
+    k = torch.arange(-n, n + 1, device=S.device, dtype=S.dtype).reshape(1, -1)
+    if grad:
+        payoff = torch.clamp(w * (torch.exp(torch.log(S) + k * dx) - K), min=0.0)
+    else:
+        payoff = k * dx
+        payoff.add_(torch.log(S)).exp_().sub_(K).mul_(w).clamp_(min=0.0)
+    parity = (payoff[:, 0::2].contiguous(), payoff[:, 1::2].contiguous()) if american else None
+    values = payoff[:, 0::2].contiguous()  # level n: points -n, -n + 2, ..., n
+    del payoff
+    # without autograd the roll-back runs in two buffers: no allocation per level, so its time does not
+    # depend on whether the allocator hands freed memory back to the system between levels (ADR 0006)
+    spare = None if grad else torch.empty_like(values)
     for i in range(n - 1, -1, -1):
-        values = disc * (pu * values[:, 1 : i + 2] + pd * values[:, : i + 1])
-        if american:
-            jj = j[:, : i + 1]
-            exercise = torch.clamp(w * (torch.exp(log_s + (2.0 * jj - i) * dx) - K), min=0.0)
-            values = torch.maximum(values, exercise)
-    return values.reshape(shape)
+        if spare is None:
+            nxt = torch.addcmul(pd_d * values[:, : i + 1], values[:, 1 : i + 2], pu_d)
+        else:
+            nxt = spare[:, : i + 1]
+            torch.mul(values[:, : i + 1], pd_d, out=nxt)
+            nxt.addcmul_(values[:, 1 : i + 2], pu_d)
+        if parity is not None:
+            start = (n - i) // 2
+            exercise = parity[(n - i) % 2][:, start : start + i + 1]
+            nxt = torch.maximum(nxt, exercise) if spare is None else torch.maximum(nxt, exercise, out=nxt)
+        if spare is not None:
+            spare, values = values, spare
+        else:
+            values = nxt
+    return values[:, :1].reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------------

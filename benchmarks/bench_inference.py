@@ -5,7 +5,8 @@ Both servers are the real command (`greekfire serve pricing`) under uvicorn on l
 keep-alive connections with a request in flight (small requests, as an online pricer sees them), so the
 clients are not the bottleneck. Ours: micro-batching with the network traced by TorchScript
 (`training.serve_compile=script`); the peer: the same server with `--no-batching` and the eager network
-(one forward pass per request), measured in the same run; batched-eager is shown to separate the effects.
+(one forward pass per request), measured in the same run, the servers taking the load in turn; batched-eager
+is shown to separate the effects.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from greekfire.ml.module import module_for  # noqa: E402
 PROCESSES = 2  # load-generator processes
 CONNECTIONS = 32  # keep-alive connections per process, each with one request in flight
 WARMUP_S = 1.0
-MEASURE_S = 4.0
+MEASURE_S = 2.0  # one slice of load
+SLICES = 3  # each server takes the load this many times, the three servers in turn
 
 
 SCENARIOS = {
@@ -160,14 +162,30 @@ def _load(port: int, rows_per_request: int) -> tuple[float, np.ndarray]:
     return len(latencies) * rows_per_request / MEASURE_S, latencies
 
 
-def measure(ckpt: Path, batching: bool, compile_mode: str, rows_per_request: int) -> tuple[float, np.ndarray]:
-    port = _free_port()
-    proc = _start_server(ckpt, port, batching, compile_mode)
+#: the servers measured: one forward per request (the peer), micro-batched eager, micro-batched TorchScript
+CONFIGS = {"single": (False, "none"), "eager": (True, "none"), "script": (True, "script")}
+
+
+def measure(ckpt: Path, rows_per_request: int) -> dict[str, tuple[float, np.ndarray]]:
+    """Rows/s and request latencies (s) of each server of CONFIGS. The three run side by side and take the
+    load in turn, SLICES slices of MEASURE_S seconds each, starting with a different one every slice: the
+    machine's drift over the minute is shared by all three instead of falling on whichever ran last."""
+    ports = {k: _free_port() for k in CONFIGS}
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        return _load(port, rows_per_request)
+        for k, (batching, compile_mode) in CONFIGS.items():
+            procs.append(_start_server(ckpt, ports[k], batching, compile_mode))
+        lats: dict[str, list[np.ndarray]] = {k: [] for k in CONFIGS}
+        keys = list(CONFIGS)
+        for i in range(SLICES):
+            for k in keys[i % len(keys):] + keys[: i % len(keys)]:
+                lats[k].append(_load(ports[k], rows_per_request)[1])
+        return {k: (sum(len(x) for x in v) * rows_per_request / (SLICES * MEASURE_S), np.concatenate(v))
+                for k, v in lats.items()}
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def main() -> None:
@@ -178,9 +196,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (preset, overrides, per_request) in SCENARIOS.items():
             ckpt = _checkpoint(Path(tmp), preset, overrides)
-            s_rps, s_lat = measure(ckpt, False, "none", per_request)
-            e_rps, e_lat = measure(ckpt, True, "none", per_request)
-            b_rps, b_lat = measure(ckpt, True, "script", per_request)
+            m = measure(ckpt, per_request)
+            (s_rps, s_lat), (e_rps, e_lat), (b_rps, b_lat) = m["single"], m["eager"], m["script"]
             p99 = {k: float(np.percentile(v, 99)) * 1e3 for k, v in (("b", b_lat), ("e", e_lat), ("s", s_lat))}
             p50 = {k: float(np.percentile(v, 50)) * 1e3 for k, v in (("b", b_lat), ("e", e_lat), ("s", s_lat))}
             rows += [
@@ -194,10 +211,11 @@ def main() -> None:
                  "peer_value": p50["s"], "unit": "ms", "ratio": p50["s"] / p50["b"]},
             ]
             notes.append(f"{name}: {len(b_lat)} batched+TorchScript, {len(e_lat)} batched eager, {len(s_lat)} "
-                         f"single requests in {MEASURE_S:.0f} s each")
+                         f"single requests in {SLICES} x {MEASURE_S:.0f} s each")
     report("inference", rows, notes=[
         "server: `greekfire serve pricing` under uvicorn on loopback, CPU, torch threads 1, default allocator; "
-        "micro-batch window 2 ms",
+        "micro-batch window 2 ms; the three servers run side by side and take the load in turn "
+        f"({SLICES} slices of {MEASURE_S:.0f} s each, after {WARMUP_S:.0f} s of load unmeasured)",
         f"load: {PROCESSES} client processes x {CONNECTIONS} keep-alive connections (asyncio streams, "
         "pre-encoded requests, closed loop); clients and server share the machine's cores",
         "ratio: ours/peer for rows/s, peer/ours for latency (> 1: ours better)",

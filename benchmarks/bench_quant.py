@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, report  # noqa: E402
+from common import best_of, paired_rates, report  # noqa: E402
 
 from greekfire.quant import (  # noqa: E402
     ACCURATE,
@@ -64,6 +64,7 @@ MEMORY_CHUNK_ROWS = 65_536  # rows of the American Greeks chunk whose peak memor
 ALL_CORES = torch.get_num_threads()
 AMERICAN_N = 4000
 QL_AMERICAN_SAMPLE = 100
+PAIRED_ROUNDS = 5  # American rows: ours and QuantLib's loop timed back to back this many times
 
 
 def grid(n: int, seed: int, device: str = "cpu", dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
@@ -351,22 +352,31 @@ def _american_rows(notes: list[str], ql: Any) -> list[dict[str, Any]]:
         ("crr-200", lambda: crr_price(*args, steps=200), lambda p: ql.BinomialVanillaEngine(p, "crr", 200), None),
     ]
     for name, ours_fn, ql_engine, goal in engines:
-        ours = AMERICAN_N / best_of(ours_fn, repeat=2)
-        peer = max(ql_rate(ql_engine) for _ in range(3))  # best of 3: one pass of a small sample is noisy
+        def ours_rate(fn: Any = ours_fn) -> float:
+            return AMERICAN_N / best_of(fn, repeat=2)
+
+        def peer_rate(make: Any = ql_engine) -> float:
+            return max(ql_rate(make) for _ in range(3))  # best of 3: one pass of a small sample is noisy
+
+        # ours and the peer back to back, PAIRED_ROUNDS times; the ratio is the median of the rounds' ratios
+        ours, peer, ratio = paired_rates(ours_rate, peer_rate, PAIRED_ROUNDS)
         row = {"benchmark": f"american {name} ({AMERICAN_N:,} batched)", "ours": ours,
-               "peer": f"QuantLib {name} loop", "peer_value": peer, "unit": "options/s", "ratio": ours / peer}
+               "peer": f"QuantLib {name} loop", "peer_value": peer, "unit": "options/s", "ratio": ratio}
         if goal:
             row["goal_ratio"] = goal
         rows.append(row)
         if goal:  # the goal's row also with torch's default thread count (QuantLib's loop stays single-threaded)
             with torch_threads(ALL_CORES):
                 ours_fn()
-                ours_all = AMERICAN_N / best_of(ours_fn, repeat=3)
+                ours_all, peer_all, ratio_all = paired_rates(ours_rate, peer_rate, PAIRED_ROUNDS)
             rows.append({**row, "benchmark": f"american {name} ({AMERICAN_N:,} batched), {ALL_CORES} threads",
-                         "ours": ours_all, "ratio": ours_all / peer})
+                         "ours": ours_all, "peer_value": peer_all, "ratio": ratio_all})
     notes.append(f"american: qdfp accurate scheme worst error vs our high-precision scheme {acc_err_k:.1e} relative "
                  f"(floor 1e-8 x strike; {acc_err:.1e} with a floor of 0.01 in price); first (compiling) call "
-                 f"{qdfp_first:.1f} s; American rows run torch on 1 thread, like QuantLib's loop, and the qdfp row "
+                 f"{qdfp_first:.1f} s; each American row times ours (best of 2 calls) and QuantLib's loop (best "
+                 f"of 3 passes of {QL_AMERICAN_SAMPLE} options) back to back {PAIRED_ROUNDS} times: the figures are "
+                 f"the medians, the ratio the median of the {PAIRED_ROUNDS} ratios; American rows run torch on 1 "
+                 f"thread, like QuantLib's loop, and the qdfp row "
                  f"again on torch's default {ALL_CORES} threads")
     notes.append("american: bs2002 is compared with QuantLib's BjerksundStensland engine, which implements the 1993 "
                  "version (same family, cheaper); see docs/quant.md for the accuracy gap")

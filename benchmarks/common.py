@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -35,6 +36,21 @@ def best_of(
                 break
         best = min(best, el / n)
     return best
+
+
+def paired_rates(ours: Callable[[], float], peer: Callable[[], float], rounds: int = 5) -> tuple[float, float, float]:
+    """Our rate and the peer's, measured back to back ``rounds`` times: (median of ours, median of the
+    peer's, median of the per-round ratios ours / peer).
+
+    ``ours`` and ``peer`` each measure once and return items per second. On a shared machine the speed of
+    the whole box drifts over seconds (2x swings of a Python loop have been seen from one second to the
+    next); a ratio taken from two measurements made far apart carries that drift whole, a ratio of two
+    adjacent ones mostly cancels it, and the median of several drops the round that straddled a change."""
+    if rounds < 1:
+        raise ValueError(f"rounds: {rounds!r}, must be at least 1")
+    pairs = [(ours(), peer()) for _ in range(rounds)]
+    med = statistics.median
+    return med(o for o, _ in pairs), med(p for _, p in pairs), med(o / p for o, p in pairs)
 
 
 def report(subject: str, rows: list[dict[str, Any]], notes: list[str] | None = None) -> Path:

@@ -37,6 +37,32 @@ def test_crr_matches_quantlib_tree_same_steps() -> None:
     assert np.allclose(ours, ref, rtol=1e-9, atol=1e-10 * S)
 
 
+def test_crr_european_tree_converges_to_black_scholes() -> None:
+    w, S, K, days, r, q, v = american_grid(150, seed=1)
+    args = _t(w, S, K, days / 365.0, r, q, v)
+    tree = crr_price(*args, steps=1000, american=False)
+    # a 1,000-step tree is within about 1e-4 x spot of the closed form (1.1e-4 seen on this grid)
+    assert ((tree - bsm_price(*args)).abs() / args[1]).max().item() < 3e-4
+    american = crr_price(*args, steps=200)
+    assert bool((american >= crr_price(*args, steps=200, american=False) - 1e-12).all())
+
+
+def test_crr_with_autograd_prices_as_without_and_gives_a_delta() -> None:
+    # with an input that requires grad the tree rolls back out of place (no reused buffers): same arithmetic
+    w, S, K, days, r, q, v = _t(*american_grid(150, seed=1))
+    plain = crr_price(w, S, K, days / 365.0, r, q, v, steps=50)
+    spot = S.clone().requires_grad_(True)
+    priced = crr_price(w, spot, K, days / 365.0, r, q, v, steps=50)
+    assert torch.equal(priced.detach(), plain)
+    priced.sum().backward()
+    delta = spot.grad
+    assert delta is not None
+    calls, puts = delta[w > 0], delta[w < 0]
+    assert calls.min().item() >= 0.0 and calls.max().item() <= 1.0 + 1e-12
+    assert puts.min().item() >= -1.0 - 1e-12 and puts.max().item() <= 0.0
+    assert (delta.abs() > 1e-3).sum().item() > len(delta) // 2  # not a zero gradient
+
+
 def test_baw_matches_quantlib() -> None:
     w, S, K, days, r, q, v = american_grid(300, seed=2)
     ours = baw_price(*_t(w, S, K, days / 365.0, r, q, v)).numpy()

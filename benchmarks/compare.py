@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -48,12 +49,14 @@ def lower_is_better(row: dict[str, Any]) -> bool:
     The scripts write speeds as ours / peer and times as peer / ours (> 1: we win), but rows against a
     goal (latency in us / the goal), the bytes-read row and the start-up row write ours / peer of a
     quantity where less is better. Read from the row: its unit says whether less of it is better, and
-    its ratio says which way round it was taken."""
+    its ratio says which way round it was taken: the nearer (on a log scale) of ours / peer and peer / ours,
+    since a ratio taken as the median of paired rounds (``common.paired_rates``) is close to the quotient of
+    the medians but not equal to it."""
     less_is_better = unit_less_is_better(row)
     ours, peer, ratio = row.get("ours"), row.get("peer_value"), row.get("ratio")
-    if isinstance(ours, (int, float)) and isinstance(peer, (int, float)) and isinstance(ratio, (int, float)) \
-            and peer and ratio:
-        ours_over_peer = abs(ours / peer - ratio) <= 1e-6 * abs(ratio)
+    if all(isinstance(x, (int, float)) and x > 0 for x in (ours, peer, ratio)):
+        quotient, r = math.log(ours / peer), math.log(ratio)
+        ours_over_peer = abs(r - quotient) <= abs(r + quotient)
         return less_is_better if ours_over_peer else not less_is_better
     return less_is_better
 

@@ -35,6 +35,9 @@ def compare():  # noqa: ANN201
         ({"ours": 37.0, "peer_value": 263.0, "unit": "MB (lower is better)", "ratio": 37.0 / 263.0}, True),
         # rows/s written as peer time / our time (the same number as ours / peer in rows/s)
         ({"ours": 2.0e5, "peer_value": 1.9e5, "unit": "rows/s", "ratio": 2.0e5 / 1.9e5}, False),
+        # paired rounds: the ratio is the median of the rounds' ratios, near ours / peer but not equal to it
+        ({"ours": 20146.7, "peer_value": 3178.0, "unit": "options/s", "ratio": 6.15}, False),
+        ({"ours": 53.0, "peer_value": 50.0, "unit": "us", "ratio": 1.08}, True),
     ],
 )
 def test_which_way_a_ratio_is_better(compare, row: dict, lower: bool) -> None:  # noqa: ANN001

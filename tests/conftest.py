@@ -7,10 +7,12 @@ user's machine it skips with the reason; under CI (``CI=true``) it fails, so CI 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -197,6 +199,17 @@ def pricing_checkpoint(folder: Path, preset: str = "smoke", overrides: list[str]
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": L.__version__, FORMAT_KEY: CHECKPOINT_FORMAT}, path)
     return path
+
+
+def load_benchmark_script(stem: str) -> Any:
+    """benchmarks/<stem>.py imported as the module ``bench_<stem>`` (the benchmark scripts are not a package)."""
+    path = ROOT / "benchmarks" / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{stem}", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[f"bench_{stem}"] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def free_port() -> int:

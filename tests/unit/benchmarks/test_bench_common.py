@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "common.py"
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def common():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("bench_common", SCRIPT)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_common"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("common")
 
 
 def _feed(values: list[float]) -> Callable[[], float]:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "compare.py"
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def compare():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("bench_compare", SCRIPT)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_compare"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("compare")
 
 
 @pytest.mark.parametrize(

@@ -287,10 +287,10 @@ class OptionsMarketMaker(Strategy):
             # the gate's comparisons, inline: the target nudged 1e-6 tick outward against the best prices. The
             # bounds answer for most options (a target a few ticks off fair is far from the market); only a
             # target that reaches a bound needs the exact best over the venues' quotes
+            gb = -_INF if want_bid is None else (want_bid + 1e-6) * tick  # an absent side reaches no price
+            ga = _INF if want_ask is None else (want_ask - 1e-6) * tick
             ma, mb = leg.lo_ask, leg.hi_bid
-            if (want_bid is not None and (want_bid + 1e-6) * tick >= ma) or (
-                want_ask is not None and (want_ask - 1e-6) * tick <= mb
-            ):
+            if gb >= ma or ga <= mb:  # a bound is reached: the exact best prices, and the clamp they force
                 mb, ma = -_INF, _INF
                 for q in leg.tops.values():
                     if q.bid > mb:
@@ -298,12 +298,12 @@ class OptionsMarketMaker(Strategy):
                     if q.ask < ma:
                         ma = q.ask
                 leg.lo_ask, leg.hi_bid = ma, mb
-            if want_bid is not None and (want_bid + 1e-6) * tick >= ma:
-                want_bid = ceil(ma / tick - 1e-6) - 1
-                if want_bid < 1:
-                    want_bid = None
-            if want_ask is not None and (want_ask - 1e-6) * tick <= mb:
-                want_ask = floor(mb / tick + 1e-6) + 1
+                if gb >= ma:
+                    want_bid = ceil(ma / tick - 1e-6) - 1
+                    if want_bid < 1:
+                        want_bid = None
+                if ga <= mb:
+                    want_ask = floor(mb / tick + 1e-6) + 1
             mine = leg.orders
             # the common case inline: a working quote that stays, or moves (one amend); else _quote_side
             o = mine[0]
@@ -323,7 +323,10 @@ class OptionsMarketMaker(Strategy):
             else:
                 leg.live = (shown_bid, quote_side(mine, 1, iid, want_ask))
         if amends:
-            for (o, _, _), denial in zip(amends, ctx.amend_many(amends), strict=True):
+            denials = ctx.amend_many(amends)
+            if denials.count(None) == len(denials):  # the common case: every re-price went out
+                return
+            for (o, _, _), denial in zip(amends, denials, strict=True):
                 leg = self._legs[o.instrument_id]
                 if denial is not None and leg.live is not None:  # that order still shows its old price
                     b0, a0 = leg.live

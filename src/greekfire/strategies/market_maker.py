@@ -13,7 +13,7 @@ Each option is quoted on both sides:
     bid = reservation - half_width_ticks x tick,  ask = reservation + half_width_ticks x tick
 
 rounded away from the reservation onto the tick grid, kept one tick inside the best opposite price over
-every venue (so the router can post it wherever it goes), post-only. With the cap at the half width (the
+every venue the engine routes to (``ctx.venue_quotes``: the router can post it wherever it goes), post-only. With the cap at the half width (the
 default) a quote leans to shed inventory but never bids above or offers below fair value. Quote prices are
 integer ticks; the market's prices (currency) are compared with a quote's target through that target in
 currency nudged 1e-6 of a tick outward (exact for prices on the grid, and an empty side, NaN, compares
@@ -52,7 +52,7 @@ class _Leg:
     """One option's quoting state. The re-quote loop reads it once per market move: attributes of one
     object, not a lookup in each of several dicts keyed by instrument."""
 
-    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "gate", "live", "tops", "lo_ask", "hi_bid", "orders")
+    __slots__ = ("inst", "iid", "und", "tick", "base", "want", "gate", "live", "lo_ask", "hi_bid", "orders")
 
     def __init__(self, inst: Instrument) -> None:
         self.inst = inst
@@ -66,10 +66,10 @@ class _Leg:
         # option quote that needs it after ``want`` changed (None until then), not on every chain step
         self.gate: tuple[float, float] | None = None
         self.live: tuple[int | None, int | None] | None = None  # what our working orders show (bid, ask), ticks
-        self.tops: dict[str, Quote] = {}  # the last quote of each venue
-        # bounds on the best prices over ``tops``: ``lo_ask`` <= the lowest ask, ``hi_bid`` >= the highest bid.
-        # A quote can only push them outward (two comparisons); a re-quote whose target clears them needs no
-        # look at the venues' quotes, and one that does not works the exact best out and tightens them to it
+        # bounds on the best prices over the venues' last quotes (``ctx.venue_quotes``): ``lo_ask`` <= the
+        # lowest ask, ``hi_bid`` >= the highest bid. A quote can only push them outward (two comparisons); a
+        # re-quote whose target clears them needs no look at the venues' quotes, and one that does not works
+        # the exact best out and tightens them to it
         self.lo_ask = _INF
         self.hi_bid = -_INF
         self.orders: list[OrderView | None] = [None, None]  # our working [bid, ask] order
@@ -162,8 +162,11 @@ class OptionsMarketMaker(Strategy):
     # ---------------------------------------------------------------- events
     def on_quote(self, quote: Quote) -> None:
         iid = quote.instrument_id
-        und = self._underlying_ids.get(iid)
-        if und is not None:
+        leg = self._legs.get(iid)  # an option's quote (nearly every event): one lookup before its fast path
+        if leg is None:
+            und = self._underlying_ids.get(iid)
+            if und is None:
+                return
             ctx = self.ctx
             spot = ctx.spots.get(und)
             chain = self._chain.get(und)
@@ -177,10 +180,6 @@ class OptionsMarketMaker(Strategy):
             if abs(spot / base[0] - 1.0) * 1e4 >= self.full_reprice_bps:
                 ctx.after_batch(self._reprice_all)
             return
-        leg = self._legs.get(iid)
-        if leg is None:
-            return
-        leg.tops[quote.venue] = quote
         bid, ask = quote.bid, quote.ask
         if ask < leg.lo_ask:  # an empty side (NaN) moves neither bound
             leg.lo_ask = ask
@@ -227,7 +226,7 @@ class OptionsMarketMaker(Strategy):
         found, and the re-prices of working quotes go out together in one mass quote at the end (one
         ``amend_many``). With ``spot``, each fair value is first stepped to it from its Taylor base."""
         ctx = self.ctx
-        positions, units, totals = ctx.positions, ctx.unit_greeks, ctx.greeks
+        positions, units, totals, venue_quotes = ctx.positions, ctx.unit_greeks, ctx.greeks, ctx.venue_quotes
         fair_of, quote_side = self.fair, self._quote_side
         inv_skew, delta_skew, vega_skew = self.inventory_skew, self.delta_skew, self.vega_skew
         hw, max_inv, size, ticks = self.half_width_ticks, self.max_inventory, self.size, self.requote_ticks
@@ -292,11 +291,13 @@ class OptionsMarketMaker(Strategy):
             ma, mb = leg.lo_ask, leg.hi_bid
             if gb >= ma or ga <= mb:  # a bound is reached: the exact best prices, and the clamp they force
                 mb, ma = -_INF, _INF
-                for q in leg.tops.values():
-                    if q.bid > mb:
-                        mb = q.bid
-                    if q.ask < ma:
-                        ma = q.ask
+                for tops in venue_quotes.values():  # each venue the router may post to: its last quote
+                    q = tops.get(iid)
+                    if q is not None:
+                        if q.bid > mb:
+                            mb = q.bid
+                        if q.ask < ma:
+                            ma = q.ask
                 leg.lo_ask, leg.hi_bid = ma, mb
                 if gb >= ma:
                     want_bid = ceil(ma / tick - 1e-6) - 1

@@ -37,6 +37,7 @@ class EngineContext(StrategyContext):
         self.spots = MappingProxyType(pf.spots)
         self.marks = MappingProxyType(pf.marks)
         self.quotes = MappingProxyType(engine.last_quotes)
+        self.venue_quotes = MappingProxyType(engine.venue_quotes)
         self.stats = MappingProxyType(engine.instrument_stats)
         self._owner = sid
 

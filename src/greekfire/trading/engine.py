@@ -6,8 +6,8 @@ stops (``stops``), venue events (``executions``), latency (``latency``), recover
 engine enforces itself (``guard``), option expiry and assignment (``expiry``), reports (``report``), the
 strategies' contexts (``context``) and timers (``timers``). Strategies hear the bus (``quotes.<symbol>``,
 ``trades.<symbol>``, ``books.<symbol>``, ``fills.<strategy>``, ``settlements``, ``timers``) and act through
-their context. Dispatch is synchronous inside the loop, so
-the latency of the internal path (market event in -> order handed to the venue) is measured exactly.
+their context. Dispatch is synchronous inside the loop, so the latency of the internal path (market event
+in -> order handed to the venue) is measured exactly.
 Build it with :func:`greekfire.trading.build_engine` so tests run what production runs.
 """
 
@@ -18,7 +18,8 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -90,7 +91,8 @@ class TradingEngine:
         self._quote_topic: dict[int, str] = {}; self._trade_topic: dict[int, str] = {}  # noqa: E702
         self._book_topic: dict[int, str] = {}
         self.venues: dict[str, Venue] = {}
-        self._venue_tops: dict[str, dict[int, tuple[float, int, float, int]]] = {}
+        self._venue_tops: dict[str, dict[int, Quote]] = {}  # each venue's last quote per instrument
+        self.venue_quotes: dict[str, Mapping[int, Quote]] = {}  # the same, read-only (the strategies' view)
         self.latency_recorder = LatencyRecorder()
         self.entry = OrderEntry(
             engine_id=engine_id, clock_ns=self.clock_ns, risk=self.risk, portfolio=self.portfolio, oms=self.oms,
@@ -136,10 +138,10 @@ class TradingEngine:
     def add_venue(self, venue: Venue) -> None:
         """Trade through ``venue``: the router scores it from its fees and what it shows."""
         self.venues[venue.name] = venue
-        maker, taker = venue.fees()
-        stats = VenueStats(venue.name, maker, taker)
+        stats = VenueStats(venue.name, *venue.fees())  # (maker, taker) fees
         self.router.add_venue(stats)
         self._venue_tops[venue.name] = stats.top
+        self.venue_quotes[venue.name] = MappingProxyType(stats.top)
 
     def add_strategy(self, strategy: Strategy) -> None:
         """Attach a strategy: it gets its context, and its hooks are subscribed on the bus under its name."""
@@ -195,8 +197,7 @@ class TradingEngine:
         return self.entry.cancel_all(strategy_id, instrument_id)
 
     def after_batch(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` once at the end of the current event batch (work that must not delay this event's
-        orders, e.g. a full re-price). Its orders are not timed as event -> order latency."""
+        """Run ``fn`` once at this batch's end (e.g. a full re-price); its orders are not timed as latency."""
         if fn not in self._after_batch:
             self._after_batch.append(fn)
 
@@ -261,8 +262,8 @@ class TradingEngine:
             raise DataError("bid/ask", (bid, ask), "quote prices must be finite and > 0")
         self.last_quotes[iid] = q
         tops = self._venue_tops.get(q.venue)
-        if tops is not None:  # the router's displayed-liquidity view, written in place (no call per quote)
-            tops[iid] = (bid, q.bid_size, ask, q.ask_size)
+        if tops is not None:  # the router's displayed-liquidity view, written in place (no call, no tuple per quote)
+            tops[iid] = q
         held = self._held_stops
         if held:
             stops = held.get(iid)
@@ -391,8 +392,7 @@ class TradingEngine:
 
     async def run(self, duration_s: float, *, poll_interval_s: float = 0.0005) -> None:
         """Run the loop for ``duration_s`` seconds: poll venues, fire timers, snapshot; then stop."""
-        # everything alive now (imports, torch, instruments) is long-lived: keep it out of the collector's
-        # scans, so a full collection during the run does not stall the event path for tens of ms
+        # what is alive now lives all run: out of the collector's scans (no full collection stalls it for ms)
         gc.collect()
         gc.freeze()
         self.start()

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from hdrh.histogram import HdrHistogram
 
 from greekfire.core.metrics import counter, gauge
-from greekfire.trading.model import Side
+from greekfire.trading.model import Quote, Side
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ class VenueStats:
     fill_rate: float = 0.5  # prior before any history
     posted: int = 0
     filled: int = 0
-    # instrument -> (bid, bid_size, ask, ask_size), prices in currency
-    top: dict[int, tuple[float, int, float, int]] = field(default_factory=dict)
+    # instrument -> the last quote seen from this venue (prices in currency, NaN: an empty side). The engine
+    # stores each quote as it comes (no tuple built per market event); quotes are immutable
+    top: dict[int, Quote] = field(default_factory=dict)
     ack_hist: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, 60_000_000, 3))
     fill_hist: HdrHistogram = field(default_factory=lambda: HdrHistogram(1, 60_000_000, 3))
 
@@ -128,7 +129,7 @@ class SmartOrderRouter:
         """Displayed top of book of one instrument on one venue (NaN price: that side is empty)."""
         v = self.venues.get(venue)
         if v is not None:
-            v.top[instrument_id] = (bid, bid_size, ask, ask_size)
+            v.top[instrument_id] = Quote(instrument_id, bid, ask, bid_size, ask_size, 0, venue)
 
     def take_cost(self, v: VenueStats, side: int, price: float, multiplier: float) -> float:
         """All-in cost per contract of taking at ``price`` on venue ``v`` (currency; lower is better)."""
@@ -154,7 +155,7 @@ class SmartOrderRouter:
             top = v.top.get(instrument_id)
             if top is None:
                 continue
-            px, size = (top[2], top[3]) if s > 0 else (top[0], top[1])
+            px, size = (top.ask, top.ask_size) if s > 0 else (top.bid, top.bid_size)
             if size <= 0 or px != px:  # empty side (NaN)
                 continue
             if limit is None or (s > 0 and px <= lim_px + 1e-12) or (s < 0 and px >= lim_px - 1e-12):

@@ -123,6 +123,8 @@ class StrategyContext(ABC):
     - ``unit_greeks``: instrument id -> (delta, gamma, vega, theta) of one unit (before the multiplier);
     - ``spots``: underlying -> its last mid; ``marks``: instrument id -> last mid;
     - ``quotes``: instrument id -> the last :class:`Quote` seen (any venue);
+    - ``venue_quotes``: venue name -> (instrument id -> the last :class:`Quote` from that venue), for each
+      venue the engine routes to (what its router sees as displayed liquidity);
     - ``stats``: instrument id -> :class:`InstrumentStats` (open interest, volume) where the data source
       reports them (empty otherwise);
     - :meth:`option_chain` (optional, a method): the quoted options of an underlying as numpy columns, for
@@ -140,6 +142,7 @@ class StrategyContext(ABC):
     spots: Mapping[str, float]
     marks: Mapping[int, float]
     quotes: Mapping[int, Quote]
+    venue_quotes: Mapping[str, Mapping[int, Quote]]
     stats: Mapping[int, InstrumentStats]
 
     # ---------------------------------------------------------------- commands

@@ -94,6 +94,20 @@ def test_views_are_live_and_read_only() -> None:
     assert eng.portfolio.positions[2].qty == 4
 
 
+def test_venue_quotes_show_each_routed_venues_last_quote_read_only() -> None:
+    s = Recorder()
+    eng, _venue, clock = setup(s)
+    vq = s.ctx.venue_quotes
+    assert list(vq) == ["A"] and vq["A"][2].bid == 2.40 and vq["A"][2].venue == "A"
+    eng.process([Quote(2, 2.45, 2.55, 3, 4, clock.now_ns(), "A"), Quote(2, 2.30, 2.70, 1, 1, clock.now_ns(), "X")])
+    # the engine's last quote is X's; the router's view of A (where orders can go) keeps A's own quote
+    assert s.ctx.quotes[2].venue == "X" and (vq["A"][2].bid, vq["A"][2].ask_size) == (2.45, 4) and "X" not in vq
+    with pytest.raises(TypeError):
+        vq["A"][2] = vq["A"][2]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        vq["X"] = {}  # type: ignore[index]
+
+
 def test_timers_fire_on_the_loop_and_can_be_canceled() -> None:
     s = Recorder()
     eng, _venue, clock = setup(s)

@@ -175,6 +175,7 @@ class BacktestContext(StrategyContext):
         self.spots: dict[str, float] = {}
         self.marks: Mapping[int, float] = {}
         self.quotes: Mapping[int, Quote] = {}
+        self.venue_quotes: Mapping[str, Mapping[int, Quote]] = {}  # the one venue: the day's model market
         self.stats: Mapping[int, InstrumentStats] = {}
         self.vols: Mapping[int, float] = {}
         self.cash = float(starting_cash)
@@ -215,10 +216,12 @@ class BacktestContext(StrategyContext):
             self.by_symbol = _BySymbol({i.symbol: i for i in (*day.underlyings, *held.values())}, self.instruments)
             self.quotes, self.stats, self.vols = day.quotes, day.stats, day.vols
             self.marks = _Marks(self.quotes)
+            self.venue_quotes = {"model": self.quotes}
             return
         self.instruments = {**held, **{inst.instrument_id: inst for inst in day.instruments}}
         self.by_symbol = {inst.symbol: inst for inst in self.instruments.values()}
         self.quotes = dict(day.quotes)
+        self.venue_quotes = {"model": self.quotes}
         self.stats = dict(day.stats)
         self.vols = dict(day.vols)
         self.marks = {iid: 0.5 * (q.bid + q.ask) if q.bid > 0 else q.ask for iid, q in self.quotes.items()}

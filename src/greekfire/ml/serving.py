@@ -360,7 +360,8 @@ def check_inputs(model: LoadedModel, contract: Tensor, seq: Tensor | None) -> No
         bad = (~torch.isfinite(contract)).nonzero()
         if len(bad):
             r, c = (int(v) for v in bad[0])
-            raise DataError(f"contract[{r}].{model.contract_names[c]}", float(contract[r, c]), "must be a finite number")
+            raise DataError(f"contract[{r}].{model.contract_names[c]}", float(contract[r, c]),
+                            "must be a finite number")
         for c, name in enumerate(model.contract_names):
             if name not in FEATURE_BOUNDS:
                 continue
@@ -368,8 +369,8 @@ def check_inputs(model: LoadedModel, contract: Tensor, seq: Tensor | None) -> No
             bad_rows = ((contract[:, c] <= low) if strict else (contract[:, c] < low)).nonzero()
             if len(bad_rows):
                 r = int(bad_rows[0])
-                raise DataError(f"contract[{r}].{name}", float(contract[r, c]),
-                                f"must be {'>' if strict else '>='} {low:g} (as `greekfire price` requires of a row)")
+                raise DataError(f"contract[{r}].{name}", float(contract[r, c]), f"must be {'>' if strict else '>='} "
+                                f"{low:g} (as `greekfire price` requires of a row)")
     if model.uses_sequence:
         if seq is None:
             raise DataError("seq", None, f"this model needs the history window [rows, {model.window}, "

@@ -13,13 +13,13 @@ Each option is quoted on both sides:
     bid = reservation - half_width_ticks x tick,  ask = reservation + half_width_ticks x tick
 
 rounded away from the reservation onto the tick grid, kept one tick inside the best opposite price over
-every venue the engine routes to (``ctx.venue_quotes``: the router can post it wherever it goes), post-only. With the cap at the half width (the
-default) a quote leans to shed inventory but never bids above or offers below fair value. Quote prices are
-integer ticks; the market's prices (currency) are compared with a quote's target through that target in
-currency nudged 1e-6 of a tick outward (exact for prices on the grid, and an empty side, NaN, compares
-false), so an option's quote costs no conversion. A quote is amended only when its price moves by
-``requote_ticks`` or more, so most market events produce no order. At ``max_inventory`` contracts the side
-that would grow the position is pulled.
+every venue the engine routes to (``ctx.venue_quotes``: the router can post it wherever it goes), post-only.
+With the cap at the half width (the default) a quote leans to shed inventory but never bids above or offers
+below fair value. Quote prices are integer ticks; the market's prices (currency) are compared with a quote's
+target through that target in currency nudged 1e-6 of a tick outward (exact for prices on the grid, and an
+empty side, NaN, compares false), so an option's quote costs no conversion. A quote is amended only when its
+price moves by ``requote_ticks`` or more, so most market events produce no order. At ``max_inventory``
+contracts the side that would grow the position is pulled.
 
 It acts only through its :class:`~greekfire.trading.strategy.StrategyContext`: its volatility is declared
 to the engine's pricing inputs at start (``ctx.declare_vol``), so the book's Greeks and the VaR limit use

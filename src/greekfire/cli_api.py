@@ -72,7 +72,7 @@ def api_key_list(as_json: Annotated[bool, typer.Option("--json", help="print the
 
 @api_key_app.command("revoke")
 def api_key_revoke(
-    key_id: Annotated[str, typer.Argument(help="the key id (12 characters) from `greekfire api-key list`")],
+    key_id: Annotated[str, typer.Argument(help="the key id (12 characters) from `greekfire api-key list`; an id that begins with `-` (made by an earlier version) goes after `--`: `greekfire api-key revoke -- -AbC...`")],
 ) -> None:
     """Revoke a key: this server process refuses it at once, another one within a minute."""
     from greekfire.api.keys import revoke_key

@@ -1,9 +1,10 @@
 """API keys, bearer tokens and scopes of the trading API server.
 
-An API key looks like ``gfk_<key_id>_<secret>``: ``key_id`` is 12 URL-safe characters (it names the key in
-listings, logs and rate limits; it is not secret), ``secret`` is 32 random bytes, URL-safe base64 (43
-characters). The key is shown once, when it is created; the database (table ``api_keys``) keeps only its
-argon2 hash, so a lost key cannot be recovered, only revoked and replaced.
+An API key looks like ``gfk_<key_id>_<secret>``: ``key_id`` is 12 characters of A-Z a-z 0-9 (it names the key
+in listings, logs and rate limits; it is not secret; ids made by earlier versions may also hold ``-`` and
+``_``), ``secret`` is 32 random bytes, URL-safe base64 (43 characters). The key is shown once, when it is
+created; the database (table ``api_keys``) keeps only its argon2 hash, so a lost key cannot be recovered,
+only revoked and replaced.
 
 A client authenticates each request with ONE of:
 
@@ -32,6 +33,7 @@ import hashlib
 import logging
 import re
 import secrets
+import string
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -70,6 +72,7 @@ JWT_ALGORITHM = "HS256"
 JWT_MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least as long as the hash
 
 _URLSAFE = r"[A-Za-z0-9_-]"
+_ID_ALPHABET = string.ascii_letters + string.digits
 _KEY_RE = re.compile(rf"gfk_({_URLSAFE}{{{KEY_ID_LEN}}})_({_URLSAFE}{{{SECRET_LEN}}})")
 _KEY_ID_RE = re.compile(rf"{_URLSAFE}{{{KEY_ID_LEN}}}")
 _NAME_MAX = 128
@@ -131,6 +134,14 @@ def _digest(api_key: str) -> bytes:
     return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).digest()
 
 
+def new_key_id() -> str:
+    """A fresh key id: :data:`KEY_ID_LEN` characters of A-Z a-z 0-9 (about 71 random bits).
+
+    Never ``-`` or ``_``: an id that began with ``-`` would read as an option on the command line
+    (``greekfire api-key revoke -x...``). Ids made before this rule may hold both and are still accepted."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(KEY_ID_LEN))
+
+
 def key_id_of(api_key: str) -> str | None:
     """The ``key_id`` of a well-formed ``gfk_<key_id>_<secret>`` key, else ``None``.
 
@@ -184,8 +195,8 @@ class ApiKeyStore:
         granted = list(scopes) if not isinstance(scopes, str) else scopes.replace(",", " ").split()
         expand_scopes(granted)
         stored = " ".join(_ordered(granted))
-        for _ in range(5):  # a key id collision (2^-72 per pair) is retried, not surfaced
-            key_id = secrets.token_urlsafe(9)
+        for _ in range(5):  # a key id collision (2^-71 per pair) is retried, not surfaced
+            key_id = new_key_id()
             api_key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
             row = {"key_id": key_id, "name": name.strip(), "scopes": stored,
                    "secret_hash": self._hasher.hash(api_key), "created_at": _utcnow()}

@@ -4,8 +4,10 @@ list shows no secret, a revoked key is marked, and mistakes get one line and an 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from conftest import command_env
@@ -35,6 +37,26 @@ def test_create_list_revoke(tmp_path: Path) -> None:
     assert again.returncode == 1 and "no such active key" in again.stdout
     rows = json.loads(_run(["api-key", "list", "--json"], tmp_path).stdout)
     assert rows[0]["revoked_at"] is not None
+
+
+def test_an_earlier_versions_id_that_begins_with_a_dash_is_revoked_after_double_dash(tmp_path: Path) -> None:
+    """Ids made before they were letters and digits only could begin with `-`; such a key is still listed
+    and revoked (`api-key revoke -- -id`), and a new key's id never begins with `-`."""
+    created = _run(["api-key", "create", "--name", "old", "--scope", "read", "--json"], tmp_path)
+    assert created.returncode == 0, created.stderr
+    new_id = json.loads(created.stdout)["key_id"]
+    assert new_id.isalnum()
+    old_id = "-" + new_id[1:]
+    (db,) = tmp_path.rglob("*.db")
+    with closing(sqlite3.connect(db)) as conn, conn:
+        assert conn.execute("UPDATE api_keys SET key_id = ? WHERE key_id = ?", (old_id, new_id)).rowcount == 1
+
+    as_option = _run(["api-key", "revoke", old_id], tmp_path)
+    assert as_option.returncode == 2 and "Traceback" not in as_option.stderr
+    revoked = _run(["api-key", "revoke", "--", old_id], tmp_path)
+    assert revoked.returncode == 0 and f"revoked {old_id}" in revoked.stdout, revoked.stdout + revoked.stderr
+    rows = json.loads(_run(["api-key", "list", "--json"], tmp_path).stdout)
+    assert [(r["key_id"], r["revoked_at"] is not None) for r in rows] == [(old_id, True)]
 
 
 def test_mistakes_get_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from greekfire.core.errors import DataError
-from greekfire.data.storage import StorageLike, open_fs, storage_settings
+from greekfire.data.storage import StorageLike, arrow_filesystem, open_fs, storage_settings
 
 QUOTE_PARTITION = "quote_date"
 BAR_PARTITION = "date"
@@ -314,7 +314,6 @@ def _read_partitions(
 ) -> pd.DataFrame:
     # lazy: pyarrow.dataset costs about 0.5 s to import and only partition readers need it
     import pyarrow.dataset as ds
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     fs, root = open_fs(url, settings)
     if not fs.exists(root):
@@ -325,7 +324,7 @@ def _read_partitions(
     full = schema.append(part_schema.field(0)) if by_year else schema
     dataset = ds.dataset(
         root,
-        filesystem=PyFileSystem(FSSpecHandler(fs)),
+        filesystem=arrow_filesystem(fs),
         format="parquet",
         partitioning=ds.partitioning(part_schema, flavor="hive"),
         schema=full,

@@ -277,6 +277,21 @@ def is_object_store(fs: Any) -> bool:
     return any(p in _S3 | _GCS | _AZURE for p in protocols)
 
 
+def arrow_filesystem(fs: Any) -> Any:
+    """The ``pyarrow.fs.FileSystem`` for ``pyarrow.dataset`` over the fsspec filesystem ``fs``.
+
+    A local one is Arrow's own ``LocalFileSystem``, so Arrow's I/O threads never call Python: through
+    fsspec (``PyFileSystem(FSSpecHandler(fs))``) they open, read and close every file in Python, and one
+    still at it when the interpreter shuts down aborts the process after the work is done ("terminate called
+    without an active exception", exit 134). Object stores and ``memory://`` stay on fsspec, which carries
+    their credentials and retries (:func:`open_fs`)."""
+    from pyarrow import fs as pafs
+
+    if isinstance(fs, LocalFileSystem):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
 def open_fs(url: str, settings: StorageLike = None, *, fresh: bool = False) -> tuple[Any, str]:
     """An fsspec filesystem for ``url`` and the path inside it, configured from the storage settings.
 

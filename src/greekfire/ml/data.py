@@ -42,7 +42,7 @@ from greekfire.data.dataset import Batch, StreamingOptionsDataset, read_samples
 from greekfire.data.features import Samples, build_samples, time_split
 from greekfire.data.schema import ATTRS_KEY, QUOTE_COLUMNS, conform_quotes, read_bars
 from greekfire.data.spx import load_sp500_history, load_spx_quotes
-from greekfire.data.storage import open_fs
+from greekfire.data.storage import arrow_filesystem, open_fs
 from greekfire.data.synthetic import generate_market
 from greekfire.ml.config import DataConfig
 from greekfire.quant import MarketInputs, OptionBatch, price
@@ -239,11 +239,10 @@ def read_quote_parquet(url: str, storage: Any = None) -> pd.DataFrame:
     # lazy: pyarrow.dataset costs about half a second to import
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     fs, root = open_fs(url, storage)
     try:
-        dataset = ds.dataset(root, filesystem=PyFileSystem(FSSpecHandler(fs)), format="parquet",
+        dataset = ds.dataset(root, filesystem=arrow_filesystem(fs), format="parquet",
                              partitioning="hive")
         names = dataset.schema.names
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError

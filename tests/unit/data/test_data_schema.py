@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.local import LocalFileOpener, LocalFileSystem
 
 from greekfire.core.errors import DataError
 from greekfire.data.schema import (
@@ -20,6 +22,7 @@ from greekfire.data.schema import (
     write_bars,
     write_quotes,
 )
+from greekfire.ml.data import read_quote_parquet
 
 
 def quotes_frame() -> pd.DataFrame:
@@ -125,3 +128,37 @@ def test_attrs_travel_with_the_partitions(tmp_path: Path) -> None:
     q.attrs.update({"rate": 0.03, "div_yield": 0.01})
     write_quotes(q, str(tmp_path))
     assert read_quotes(str(tmp_path)).attrs == {"rate": 0.03, "div_yield": 0.01}
+
+
+def test_local_partitions_are_read_without_arrow_threads_calling_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local dataset is read through Arrow's own filesystem. Through fsspec (PyFileSystem), Arrow's I/O
+    threads call Python to open, read and close each file, and one still doing so when the interpreter
+    shuts down aborts the process ("terminate called without an active exception", exit 134) after the
+    command's work is done. Every fsspec call made while reading must come from the calling thread."""
+    q = conform_quotes(quotes_frame())
+    write_quotes(q, str(tmp_path / "quotes"), row_group_size=4)
+    write_bars(pd.DataFrame({"date": pd.bdate_range("2024-01-01", periods=3), "underlying": "XYZ",
+                             "close": [1.0, 2, 3]}), str(tmp_path / "bars"))
+    callers: list[str] = []
+    main = threading.get_ident()
+
+    def spy(cls: type, name: str) -> None:
+        real = getattr(cls, name)
+
+        def wrapped(*a: object, **k: object) -> object:
+            if threading.get_ident() != main:
+                callers.append(f"{cls.__name__}.{name} on {threading.current_thread().name}")
+            return real(*a, **k)
+
+        monkeypatch.setattr(cls, name, wrapped)
+
+    for name in ("open", "info", "ls", "find"):
+        spy(LocalFileSystem, name)
+    for name in ("read", "seek", "tell", "close"):
+        spy(LocalFileOpener, name)
+    assert len(read_quotes(str(tmp_path / "quotes"))) == len(q)
+    assert len(read_bars(str(tmp_path / "bars"))) == 3
+    assert len(read_quote_parquet(str(tmp_path / "quotes"))) == len(q)
+    assert callers == []
